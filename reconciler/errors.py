@@ -1,0 +1,50 @@
+"""The project's exceptions: one root, subclasses named for what the caller should do.
+
+    SyncError
+    ├── RetriableError            back off and try again (network, 5xx, lock, MongoDB unavailable)
+    │   └── SessionExpiredError   re-authenticate once, then retry
+    ├── FatalError                stop and report (bad credentials, misconfiguration)
+    ├── SkippableError            record a `failed` sync log for this record and go on
+    │   └── RecordRejectedError   Salesforce refused one record (status code + message)
+    └── BudgetExhaustedError      the org's API allocation is spent (REQUEST_LIMIT_EXCEEDED)
+
+Library exceptions (aiohttp, pymongo/motor, aiocometd) are translated into these at one
+boundary each (`listener/salesforce/_transport.py`, `reconciler/store.py`,
+`listener/_sfstream_compat.py`); nothing above those boundaries catches a library's exception.
+"""
+
+from __future__ import annotations
+
+
+class SyncError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class RetriableError(SyncError):
+    """A transient failure: back off (with jitter) and retry."""
+
+
+class SessionExpiredError(RetriableError):
+    """The Salesforce session is no longer valid (`INVALID_SESSION_ID`): re-authenticate."""
+
+
+class FatalError(SyncError):
+    """A failure retrying cannot fix: stop and report."""
+
+
+class SkippableError(SyncError):
+    """One record cannot be synced: log it as failed, keep it retryable, go on with the rest."""
+
+
+class RecordRejectedError(SkippableError):
+    """Salesforce rejected one record."""
+
+    def __init__(self, status_code: str, message: str, fields: list[str] | None = None) -> None:
+        super().__init__(f"{status_code}: {message}")
+        self.status_code = status_code
+        self.message = message
+        self.fields = fields or []
+
+
+class BudgetExhaustedError(SyncError):
+    """The daily API allocation is spent (`REQUEST_LIMIT_EXCEEDED`); wait for the budget."""

@@ -1,0 +1,117 @@
+"""The data that crosses module boundaries, and the small interfaces the reconciler needs.
+
+The reconciler never imports `listener`: the process wires concrete implementations
+(the REST client, the budget governor) into these protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class ChangeKind(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    UNDELETE = "undelete"
+    UPSERT = "upsert"  # a polled or re-fetched full record: create-or-update
+
+
+class ChangeSource(StrEnum):
+    STREAM = "stream"
+    POLL = "poll"
+    GAP = "gap"        # re-fetched by id after a GAP_* event
+    IMPORT = "import"  # backfill or a manual re-import
+    RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class SalesforceChange:
+    """One inbound change to one Salesforce record, already flattened to API field names.
+
+    `fields` holds flat Salesforce API names (`FirstName`, `City`, `MailingCity`), never the
+    compound `Name`/`Address` structures of CDC events. For CDC updates it holds only the
+    changed fields; for polled/imported records it holds every selected field.
+    """
+
+    sobject: str                      # "Lead" | "Contact" | "Account"
+    sf_id: str                        # 18-character id
+    kind: ChangeKind
+    fields: dict[str, Any]
+    changed_at: datetime              # LastModifiedDate, else commitTimestamp / SystemModstamp (UTC)
+    source: ChangeSource
+    nulled_fields: frozenset[str] = frozenset()
+    is_echo: bool = False             # changeOrigin carried our own client= name
+    transaction_key: str | None = None
+    replay_id: int | None = None
+    raw: dict[str, Any] | None = None  # the raw event, kept for failed logs and retry
+
+
+@dataclass(frozen=True)
+class RejectedEvent:
+    """An inbound message that could not be turned into a change (malformed, unknown entity...)."""
+
+    reason: str
+    raw: dict[str, Any]
+    channel: str | None = None
+    replay_id: int | None = None
+
+
+class ChangeSink(Protocol):
+    """Where inbound changes go. `apply` returns once every change is durably applied or
+    durably logged as failed; it raises `RetriableError` only when nothing can be written
+    (MongoDB unreachable), in which case the caller must not advance its offset."""
+
+    async def apply(self, changes: Sequence[SalesforceChange]) -> None: ...
+
+    async def reject(self, events: Sequence[RejectedEvent]) -> None: ...
+
+
+@dataclass(frozen=True)
+class RecordError:
+    status_code: str
+    message: str
+    fields: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """One record's outcome in a `composite/sobjects` call, matched by position."""
+
+    success: bool
+    id: str | None = None
+    errors: list[RecordError] = field(default_factory=list)
+
+
+class SalesforceApi(Protocol):
+    """The Salesforce REST surface the reconciler uses (implemented by listener.salesforce)."""
+
+    @property
+    def instance_url(self) -> str: ...
+
+    def query(self, soql: str, *, include_deleted: bool = False) -> AsyncIterator[list[dict[str, Any]]]:
+        """Yield pages of records (attributes removed), following `nextRecordsUrl`."""
+        ...
+
+    async def describe(self, sobject: str) -> dict[str, Any]: ...
+
+    async def create(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]: ...
+
+    async def update(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]: ...
+
+
+class Budget(Protocol):
+    """What the reconciler asks of the API-budget governor."""
+
+    @property
+    def mode(self) -> str:
+        """`starting` | `streaming` | `polling` | `paused`."""
+        ...
+
+    def allows_optional_calls(self) -> bool:
+        """False below the reserve: outbound writes and retries wait."""
+        ...

@@ -1,0 +1,148 @@
+"""Typed configuration from the environment and an env file (prefix ``SFSYNC_``, nested ``__``)."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SALESFORCE_OBJECTS = ("Lead", "Contact", "Account")
+
+
+class AuthFlow(StrEnum):
+    JWT_BEARER = "jwt_bearer"
+    CLIENT_CREDENTIALS = "client_credentials"
+    REFRESH_TOKEN = "refresh_token"
+
+
+class SalesforceSettings(BaseModel):
+    login_url: str = "https://login.salesforce.com"
+    auth_flow: AuthFlow = AuthFlow.JWT_BEARER
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    username: str | None = None
+    private_key_file: Path | None = None
+    refresh_token: SecretStr | None = None
+    api_version: str = Field(default="62.0", pattern=r"^\d{2,3}\.0$")
+    client_name: str = Field(default="salesforce-sync", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @field_validator("login_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    def missing_credentials(self) -> list[str]:
+        """The env variables the chosen auth flow needs but that are unset."""
+        needed: dict[AuthFlow, tuple[str, ...]] = {
+            AuthFlow.JWT_BEARER: ("client_id", "username", "private_key_file"),
+            AuthFlow.CLIENT_CREDENTIALS: ("client_id", "client_secret"),
+            AuthFlow.REFRESH_TOKEN: ("client_id", "refresh_token"),
+        }
+        return [
+            f"SFSYNC_SALESFORCE__{name.upper()}"
+            for name in needed[self.auth_flow]
+            if getattr(self, name) in (None, "")
+        ]
+
+
+class MongoSettings(BaseModel):
+    uri: SecretStr = SecretStr("mongodb://localhost:27017")
+    database: str = Field(default="salesforce_sync", min_length=1, pattern=r"^[^/\\. \"$]+$")
+    sync_log_retention_days: int = Field(default=30, ge=1, le=3650)
+
+
+class SyncSettings(BaseModel):
+    objects: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(SALESFORCE_OBJECTS))
+    frequency_minutes: Literal[1, 5, 10] = 10
+    mappings_file: Path = Path("mappings.toml")
+    retry_interval_minutes: int = Field(default=20, ge=1, le=1440)
+    retry_max_attempts: int = Field(default=10, ge=1, le=100)
+    batch_size: int = Field(default=200, ge=1, le=2000)
+    batch_wait_ms: int = Field(default=100, ge=0, le=10_000)
+
+    @field_validator("frequency_minutes", mode="before")
+    @classmethod
+    def _int_minutes(cls, value: Any) -> Any:
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+    @field_validator("objects", mode="before")
+    @classmethod
+    def _split_objects(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("objects")
+    @classmethod
+    def _known_objects(cls, value: list[str]) -> list[str]:
+        unknown = [o for o in value if o not in SALESFORCE_OBJECTS]
+        if unknown or not value:
+            raise ValueError(
+                f"unknown object(s) {unknown or '(empty)'}; allowed: {', '.join(SALESFORCE_OBJECTS)}"
+            )
+        return list(dict.fromkeys(value))
+
+
+class BudgetSettings(BaseModel):
+    poll_below_pct: float = Field(default=25, ge=0, le=100)
+    stream_above_pct: float = Field(default=35, ge=0, le=100)
+    reserve_pct: float = Field(default=10, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BudgetSettings:
+        if not self.reserve_pct <= self.poll_below_pct <= self.stream_above_pct:
+            raise ValueError(
+                "need RESERVE_PCT <= POLL_BELOW_PCT <= STREAM_ABOVE_PCT "
+                f"(got {self.reserve_pct}, {self.poll_below_pct}, {self.stream_above_pct})"
+            )
+        return self
+
+
+class AdminSettings(BaseModel):
+    host: str = "0.0.0.0"  # noqa: S104 - the container's admin port is meant to be published
+    port: int = Field(default=8080, ge=0, le=65535)
+    token: SecretStr | None = None
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class LogSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    format: LogFormat = LogFormat.JSON
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    """The whole service configuration; see the configuration contract in the README."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SFSYNC_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    salesforce: SalesforceSettings = Field(default_factory=SalesforceSettings)
+    mongodb: MongoSettings = Field(default_factory=MongoSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
