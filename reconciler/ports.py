@@ -115,3 +115,26 @@ class Budget(Protocol):
     def allows_optional_calls(self) -> bool:
         """False below the reserve: outbound writes and retries wait."""
         ...
+
+
+@dataclass(frozen=True)
+class OutboundWrite:
+    """One record's pending write to Salesforce, kept in the durable outbox until applied.
+
+    `sf_id` None means create (the object comes from the rules: Lead or Contact, or Account);
+    `fields` holds Salesforce API names and never blank values.
+    """
+
+    sobject: str
+    sf_id: str | None
+    collection: str                   # "people" | "companies"
+    local_id: Any
+    fields: dict[str, Any]
+    reason: str                       # "local_edit" | "merge" | "create" | "retry" | "remerge"
+    attempt: int = 0
+
+
+class OutboundQueue(Protocol):
+    """Where writes to Salesforce are enqueued (the durable outbox)."""
+
+    async def enqueue(self, writes: Sequence[OutboundWrite]) -> None: ...

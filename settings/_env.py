@@ -108,7 +108,7 @@ class BudgetSettings(BaseModel):
 
 
 class AdminSettings(BaseModel):
-    host: str = "0.0.0.0"  # noqa: S104 - the container's admin port is meant to be published
+    host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
     token: SecretStr | None = None
 
