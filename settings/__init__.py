@@ -63,7 +63,7 @@ def load_settings(env_file: str | Path | None = None, *, require_credentials: bo
     """Read settings from the environment and the env file; raise `ConfigError` with one line."""
     path = env_file if env_file is not None else os.environ.get("SFSYNC_ENV_FILE", ".env")
     try:
-        settings = Settings(_env_file=path)  # type: ignore[call-arg]
+        settings = Settings(_env_file=path)
     except ValidationError as exc:
         raise ConfigError(first_line(exc, mapping=False)) from None
     if require_credentials:

@@ -24,5 +24,6 @@ def first_line(exc: ValidationError, name_of: type[object] | None = None, *, map
     message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     where = mapping_key(loc) if mapping else env_name(loc)
     given = err.get("input")
-    shown = "" if given is None or isinstance(given, dict | list) or "SECRET" in where or "TOKEN" in where or "URI" in where else f" (got {given!r})"
+    secret = any(word in where for word in ("SECRET", "TOKEN", "URI", "KEY"))
+    shown = "" if given is None or isinstance(given, dict | list) or secret else f" (got {given!r})"
     return f"{where}: {message}{shown}"
