@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from settings._env import (
     SALESFORCE_OBJECTS,
@@ -61,11 +62,20 @@ __all__ = [
 
 def load_settings(env_file: str | Path | None = None, *, require_credentials: bool = True) -> Settings:
     """Read settings from the environment and the env file; raise `ConfigError` with one line."""
-    path = env_file if env_file is not None else os.environ.get("SFSYNC_ENV_FILE", ".env")
+    explicit = env_file if env_file is not None else os.environ.get("SFSYNC_ENV_FILE")
+    path = Path(explicit) if explicit else Path(".env")
+    # A missing default `.env` is normal (plain env vars); a file someone named must exist.
+    if explicit and not path.is_file():
+        raise ConfigError(f"SFSYNC_ENV_FILE: no such file {str(path)!r}")
     try:
         settings = Settings(_env_file=path)
     except ValidationError as exc:
         raise ConfigError(first_line(exc, mapping=False)) from None
+    except SettingsError as exc:
+        # e.g. SFSYNC_SALESFORCE='...' that is not JSON: nested values use `__` variables.
+        raise ConfigError(
+            f"SFSYNC_*: {exc}; set nested values one by one, e.g. SFSYNC_SALESFORCE__LOGIN_URL"
+        ) from None
     if require_credentials:
         missing = settings.salesforce.missing_credentials()
         if missing:

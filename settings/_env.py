@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,8 +28,28 @@ class SalesforceSettings(BaseModel):
     username: str | None = None
     private_key_file: Path | None = None
     refresh_token: SecretStr | None = None
-    api_version: str = Field(default="62.0", pattern=r"^\d{2,3}\.0$")
-    client_name: str = Field(default="salesforce-sync", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    api_version: str = "62.0"
+    client_name: str = "salesforce-sync"
+
+    @field_validator("auth_flow", mode="before")
+    @classmethod
+    def _lower_flow(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("api_version")
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        if not re.fullmatch(r"\d{2,3}\.0", value):
+            raise ValueError("must be a Salesforce API version like 62.0")
+        return value
+
+    @field_validator("client_name")
+    @classmethod
+    def _client_name(cls, value: str) -> str:
+        # Sent in the Sforce-Call-Options header and matched in CDC changeOrigin.
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+            raise ValueError("must be non-empty letters, digits, '_', '.' or '-'")
+        return value
 
     @field_validator("login_url")
     @classmethod
@@ -53,8 +74,15 @@ class SalesforceSettings(BaseModel):
 
 class MongoSettings(BaseModel):
     uri: SecretStr = SecretStr("mongodb://localhost:27017")
-    database: str = Field(default="salesforce_sync", min_length=1, pattern=r"^[^/\\. \"$]+$")
+    database: str = "salesforce_sync"
     sync_log_retention_days: int = Field(default=30, ge=1, le=3650)
+
+    @field_validator("database")
+    @classmethod
+    def _database_name(cls, value: str) -> str:
+        if not value or any(ch in value for ch in '/\\. "$'):
+            raise ValueError("must be a non-empty MongoDB database name without / \\ . space \" or $")
+        return value
 
 
 class SyncSettings(BaseModel):
@@ -101,8 +129,9 @@ class BudgetSettings(BaseModel):
     def _ordered(self) -> BudgetSettings:
         if not self.reserve_pct <= self.poll_below_pct <= self.stream_above_pct:
             raise ValueError(
-                "need RESERVE_PCT <= POLL_BELOW_PCT <= STREAM_ABOVE_PCT "
-                f"(got {self.reserve_pct}, {self.poll_below_pct}, {self.stream_above_pct})"
+                "need SFSYNC_BUDGET__RESERVE_PCT <= SFSYNC_BUDGET__POLL_BELOW_PCT <= "
+                f"SFSYNC_BUDGET__STREAM_ABOVE_PCT (got {self.reserve_pct:g}, {self.poll_below_pct:g}, "
+                f"{self.stream_above_pct:g})"
             )
         return self
 
@@ -125,7 +154,12 @@ class LogSettings(BaseModel):
     @field_validator("level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
-        return value.upper() if isinstance(value, str) else value
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -138,6 +172,8 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         case_sensitive=False,
+        # `SFSYNC_ADMIN__TOKEN=` (as in .env.example) means unset, not an empty secret.
+        env_ignore_empty=True,
     )
 
     salesforce: SalesforceSettings = Field(default_factory=SalesforceSettings)

@@ -1,0 +1,15 @@
+"""The admin HTTP surface: health, readiness, metrics, the sync-log API and the Sync Logs page."""
+
+from __future__ import annotations
+
+from listener.admin.app import AdminServer, create_admin_app, start_admin
+from listener.admin.ports import JobRunner, StatusProvider, SyncLogReader
+
+__all__ = [
+    "AdminServer",
+    "JobRunner",
+    "StatusProvider",
+    "SyncLogReader",
+    "create_admin_app",
+    "start_admin",
+]

@@ -1,0 +1,131 @@
+"""The admin HTTP surface: health, readiness, metrics, the sync-log API and the Sync Logs page.
+
+Routes and their auth follow the admin contract in the design. `/api/*` and the page need
+the admin token; with no token configured they answer 503 rather than being open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from listener.admin import auth
+from listener.admin._http import (
+    CONTEXT,
+    AdminContext,
+    error_response,
+    json_response,
+    sync_error_response,
+)
+from listener.admin.api import add_api_routes
+from listener.admin.filters import BadParameter
+from listener.admin.ports import JobRunner, StatusProvider, SyncLogReader
+from listener.admin.views import add_page_routes
+from listener.metrics import METRICS
+from reconciler.errors import SyncError
+
+log = structlog.get_logger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_admin_app(
+    *,
+    status: StatusProvider,
+    store: SyncLogReader,
+    jobs: JobRunner,
+    token: str | None,
+    instance_url: str,
+) -> web.Application:
+    """Build the admin application; `token` None or empty keeps `/api/*` and the page closed (503)."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors, _api_auth])
+    app[CONTEXT] = AdminContext(status=status, store=store, jobs=jobs, token=token or None,
+                                instance_url=instance_url)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    add_api_routes(app)
+    add_page_routes(app)
+    return app
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """JSON errors with a reason for the API; no traceback ever reaches a client."""
+    try:
+        return await handler(request)
+    except BadParameter as exc:
+        return error_response(400, "bad_request", exc.reason, parameter=exc.parameter)
+    except SyncError as exc:
+        log.warning("admin_request_failed", path=request.path, error=str(exc),
+                    error_type=type(exc).__name__)
+        return sync_error_response(exc)
+    except web.HTTPException as exc:
+        if not request.path.startswith("/api/") or exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+    except Exception:
+        log.exception("admin_request_crashed", path=request.path)
+        return error_response(500, "internal", "unexpected error; see the service logs")
+
+
+@web.middleware
+async def _api_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/api/"):
+        token = request.app[CONTEXT].token
+        if token is None:
+            return error_response(503, "admin token not configured",
+                                  "set SFSYNC_ADMIN__TOKEN to enable the admin API")
+        if not auth.has_valid_bearer(request, token):
+            return error_response(401, "unauthorized", "send Authorization: Bearer <SFSYNC_ADMIN__TOKEN>")
+    return await handler(request)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    try:
+        ready, reason = request.app[CONTEXT].status.ready()
+    except Exception as exc:  # a probe must answer, whatever the supervisor does
+        ready, reason = False, f"readiness check failed: {type(exc).__name__}"
+    if ready:
+        return json_response({"ready": True})
+    return json_response({"ready": False, "reason": reason or "not ready"}, status=503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=METRICS.render().encode("utf-8"),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+class AdminServer:
+    """A started admin app; `stop()` closes the listening socket and the app."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+        self._runner = runner
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+async def start_admin(app: web.Application, host: str, port: int) -> AdminServer:
+    """Serve `app` on host:port (port 0 picks a free one, see `AdminServer.port`)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = int(runner.addresses[0][1]) if runner.addresses else port
+    log.info("admin_listening", host=host, port=bound)
+    return AdminServer(runner, host, bound)

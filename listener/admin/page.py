@@ -1,0 +1,278 @@
+"""The Sync Logs page, rendered on the server: plain HTML forms, no script, everything escaped."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from html import escape
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from listener.admin.filters import LogFilters
+
+NOTICES: dict[str, tuple[str, str]] = {
+    "retried": ("ok", "Retried: the outcome is the newest row for that record."),
+    "retried_all": ("ok", "Retried every failed job; the outcomes are the newest rows."),
+    "imported": ("ok", "Re-imported the record."),
+    "not_found": ("error", "That sync log no longer exists."),
+    "not_failed": ("error", "Only failed sync logs can be retried."),
+    "error": ("error", "The retry could not run; see the service logs."),
+    "unavailable": ("error", "The service cannot retry right now (MongoDB or the API budget); try again."),
+}
+
+_FUNNEL = (
+    '<svg viewBox="0 0 16 16" width="14" height="14" aria-hidden="true" focusable="false">'
+    '<path d="M1.5 2h13l-5 6v5l-3 1.5V8z" fill="currentColor"/></svg>'
+)
+
+
+@dataclass(frozen=True)
+class PageView:
+    """Everything the Sync Logs page shows."""
+
+    items: Sequence[Mapping[str, Any]]
+    status: Mapping[str, Any]
+    filters: LogFilters
+    next_cursor: str | None
+    instance_url: str
+    notice: str | None = None
+
+
+def _e(value: object) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+def _document(title: str, body: str) -> str:
+    return (
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>{_e(title)} · Salesforce Sync</title>"
+        "<link rel=\"stylesheet\" href=\"/logs/style.css\"></head>"
+        f"<body>{body}</body></html>\n"
+    )
+
+
+def format_time(value: Any) -> tuple[str, str]:
+    """(machine ISO string, short human UTC string) for a datetime or an ISO string."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value, value
+    if not isinstance(value, datetime):
+        return "", "—"
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    return value.isoformat().replace("+00:00", "Z"), value.strftime("%Y-%m-%d %H:%M:%S") + " UTC"
+
+
+def render_message_page(title: str, message: str) -> str:
+    body = f'<main class="narrow"><h1>{_e(title)}</h1><p>{_e(message)}</p></main>'
+    return _document(title, body)
+
+
+def render_login_page(*, error: str | None = None) -> str:
+    problem = f'<p class="notice error" role="alert">{_e(error)}</p>' if error else ""
+    body = (
+        '<main class="narrow"><h1>Sync Logs</h1>'
+        "<p>Enter the admin token (<code>SFSYNC_ADMIN__TOKEN</code>) to see the sync logs.</p>"
+        f"{problem}"
+        '<form class="login" method="post" action="/logs/login">'
+        '<label for="token">Admin token</label>'
+        '<input id="token" name="token" type="password" autocomplete="current-password" required autofocus>'
+        '<button type="submit">Log in</button></form></main>'
+    )
+    return _document("Log in", body)
+
+
+def render_logs_page(view: PageView) -> str:
+    body = (
+        '<header class="top"><h1>Sync Logs</h1>'
+        '<form method="post" action="/logs/logout"><button class="quiet" type="submit">Log out</button>'
+        "</form></header>"
+        f"{_status_strip(view.status)}{_notice(view.notice)}{_filter_form(view.filters)}"
+        f"{_table(view)}{_pager(view)}"
+    )
+    return _document("Sync Logs", f"<main>{body}</main>")
+
+
+def _notice(code: str | None) -> str:
+    if not code or code not in NOTICES:
+        return ""
+    kind, text = NOTICES[code]
+    return f'<p class="notice {kind}" role="status">{_e(text)}</p>'
+
+
+def _status_strip(status: Mapping[str, Any]) -> str:
+    mode = str(status.get("mode") or "unknown")
+    budget = status.get("budget") if isinstance(status.get("budget"), Mapping) else {}
+    assert isinstance(budget, Mapping)
+    used, most, pct = budget.get("used"), budget.get("max"), budget.get("remaining_pct")
+    if isinstance(used, int | float) and isinstance(most, int | float):
+        spent = f"{int(used):,} / {int(most):,}"
+    else:
+        spent = "—"
+    left = f"{float(pct):.1f}% left" if isinstance(pct, int | float) else ""
+    iso, shown = format_time(status.get("last_event_at") or status.get("last_event"))
+    last = f'<time datetime="{_e(iso)}">{_e(shown)}</time>' if iso else "—"
+    cells = [
+        ("Mode", f'<span class="mode mode-{_e(mode)}">{_e(mode)}</span>'),
+        ("API budget", f"{_e(spent)} <small>{_e(left)}</small>"),
+        ("Last event", last),
+        ("Queue depth", _e(_queue_depth(status.get("queue_depth")))),
+    ]
+    inner = "".join(
+        f'<div class="stat"><span class="label">{_e(label)}</span><span class="value">{value}</span></div>'
+        for label, value in cells
+    )
+    return f'<section class="strip" aria-label="Service status">{inner}</section>'
+
+
+def _queue_depth(value: Any) -> str:
+    if isinstance(value, Mapping):
+        total = sum(v for v in value.values() if isinstance(v, int | float))
+        parts = ", ".join(f"{k} {v}" for k, v in value.items())
+        return f"{int(total)} ({parts})" if parts else "0"
+    return "—" if value is None else str(value)
+
+
+def _filter_form(filters: LogFilters) -> str:
+    choices = [("all", "All"), ("success", "Success"), ("failed", "Failed")]
+    current = filters.status or "all"
+    options = "".join(
+        f'<option value="{v}"{" selected" if v == current else ""}>{label}</option>' for v, label in choices
+    )
+    kept = "".join(
+        f'<input type="hidden" name="{_e(k)}" value="{_e(v)}">'
+        for k, v in filters.query().items() if k not in ("status", "record")
+    )
+    return (
+        '<div class="toolbar"><form class="filters" method="get" action="/logs">'
+        f'<label>Status <select name="status">{options}</select></label>'
+        '<label>Record <input name="record" placeholder="Salesforce or local id" '
+        f'value="{_e(filters.record or "")}" size="22"></label>{kept}'
+        '<button type="submit">Filter</button> <a class="clear" href="/logs">Clear</a></form>'
+        '<form method="post" action="/logs/retry-failed">'
+        f'<input type="hidden" name="back" value="{_e(urlencode(filters.query()))}">'
+        '<button class="secondary" type="submit">Retry all failed</button></form></div>'
+    )
+
+
+def _table(view: PageView) -> str:
+    if not view.items:
+        return '<p class="empty">No sync logs match these filters.</p>'
+    head = "".join(
+        f'<th scope="col">{h}</th>'
+        for h in ("Time", "Source", "Type", "Status", "Object", "Record", "Details")
+    )
+    back = urlencode(view.filters.query(cursor=view.filters.cursor))
+    rows = "".join(_row(item, view.instance_url, back) for item in view.items)
+    return f'<table class="logs"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def _row(item: Mapping[str, Any], instance_url: str, back: str) -> str:
+    status = str(item.get("status") or "")
+    iso, shown = format_time(item.get("ts"))
+    badge = f'<span class="badge {_e(status)}">{_e(status.capitalize() or "—")}</span>'
+    cells = [
+        ("Time", f'<time datetime="{_e(iso)}">{_e(shown)}</time>'),
+        ("Source", _e(item.get("source") or "—")),
+        ("Type", _e(item.get("type") or "—")),
+        ("Status", badge),
+        ("Object", _e(item.get("object") or "—")),
+        ("Record", _record_cell(item, instance_url)),
+        ("Details", _details_cell(item, back)),
+    ]
+    tds = "".join(f'<td data-label="{label}"><div class="cell">{html}</div></td>' for label, html in cells)
+    return f'<tr class="row-{_e(status)}" id="log-{_e(item.get("id"))}">{tds}</tr>'
+
+
+def salesforce_url(instance_url: str, sobject: str | None, sf_id: str) -> str:
+    base = instance_url.rstrip("/")
+    if sobject:
+        return f"{base}/lightning/r/{quote(sobject, safe='')}/{quote(sf_id, safe='')}/view"
+    return f"{base}/{quote(sf_id, safe='')}"
+
+
+def _filter_link(record: str) -> str:
+    href = "/logs?" + urlencode({"record": record})
+    return (
+        f'<a class="filter" href="{_e(href)}" title="All actions of {_e(record)}" '
+        f'aria-label="Show all actions of {_e(record)}">{_FUNNEL}</a>'
+    )
+
+
+def _record_cell(item: Mapping[str, Any], instance_url: str) -> str:
+    sf_id, local_id = item.get("sf_id"), item.get("local_id")
+    parts: list[str] = []
+    if sf_id:
+        href = salesforce_url(instance_url, item.get("object"), str(sf_id))
+        parts.append(
+            f'<span class="id"><a href="{_e(href)}" target="_blank" rel="noopener noreferrer">'
+            f"{_e(sf_id)}</a>{_filter_link(str(sf_id))}</span>"
+        )
+    if local_id:
+        link = "" if sf_id else _filter_link(str(local_id))
+        parts.append(f'<span class="id local"><span class="tag">local</span>'
+                     f'<span class="value">{_e(local_id)}</span>{link}</span>')
+    return "".join(parts) or "—"
+
+
+def _details_cell(item: Mapping[str, Any], back: str) -> str:
+    parts: list[str] = []
+    if item.get("error"):
+        parts.append(f'<p class="error">{_e(item["error"])}</p>')
+    fields = item.get("fields")
+    if isinstance(fields, Mapping) and fields:
+        parts.append(f'<p class="fields">{_fields_summary(fields)}</p>')
+    attempt = item.get("attempt")
+    if isinstance(attempt, int) and attempt > 1:
+        parts.append(f'<span class="meta">attempt {attempt}</span>')
+    if item.get("status") == "failed":
+        parts.append(_retry_control(item, back))
+    return "".join(parts) or '<span class="meta">—</span>'
+
+
+def _retry_control(item: Mapping[str, Any], back: str) -> str:
+    if item.get("retried_by"):
+        return '<span class="meta">retried</span>'
+    if item.get("retriable") is False:
+        return '<span class="meta">not retriable</span>'
+    action = "/logs/retry/" + quote(str(item.get("id") or ""), safe="")
+    return (
+        f'<form class="retry" method="post" action="{_e(action)}">'
+        f'<input type="hidden" name="back" value="{_e(back)}">'
+        '<button type="submit">Retry</button></form>'
+    )
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = "∅" if value in (None, "") else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _fields_summary(fields: Mapping[str, Any], most: int = 4) -> str:
+    shown: list[str] = []
+    for name, change in list(fields.items())[:most]:
+        if isinstance(change, Mapping) and ("old" in change or "new" in change):
+            text = f"{name}: {_short(change.get('old'))} → {_short(change.get('new'))}"
+        else:
+            text = f"{name}: {_short(change)}"
+        shown.append(f"<span>{_e(text)}</span>")
+    more = len(fields) - most
+    if more > 0:
+        shown.append(f'<span class="meta">+{more} more</span>')
+    return "".join(shown)
+
+
+def _pager(view: PageView) -> str:
+    links: list[str] = []
+    if view.filters.cursor:
+        first = "/logs?" + urlencode(view.filters.query())
+        links.append(f'<a href="{_e(first.rstrip("?"))}">← Newest</a>')
+    if view.next_cursor:
+        older = "/logs?" + urlencode(view.filters.query(cursor=view.next_cursor))
+        links.append(f'<a class="older" href="{_e(older)}">Older →</a>')
+    return f'<nav class="pager" aria-label="Pages">{"".join(links)}</nav>' if links else ""

@@ -1,0 +1,53 @@
+"""What the admin surface needs from the rest of the process, as small protocols.
+
+The supervisor (status), the store (sync logs) and the job runner (retry, import) are wired
+in by whoever builds the app, so the admin code and its tests depend on shapes, not modules.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class StatusProvider(Protocol):
+    """The running service as the admin surface sees it (implemented by `listener.supervisor.Service`)."""
+
+    def status(self) -> dict[str, Any]:
+        """`mode`, `budget` {used, max, remaining_pct}, replay ids, watermarks, queue depth..."""
+        ...
+
+    def ready(self) -> tuple[bool, str]:
+        """(True, "") when MongoDB and Salesforce are reachable and a source runs; else the reason."""
+        ...
+
+
+class SyncLogReader(Protocol):
+    """The part of `reconciler.store.Store` the admin surface reads."""
+
+    async def find_sync_logs(
+        self,
+        *,
+        status: str | None = None,
+        source: str | None = None,
+        type: str | None = None,
+        object: str | None = None,
+        record: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]: ...
+
+    async def get_sync_log(self, log_id: str) -> dict[str, Any] | None: ...
+
+
+class JobRunner(Protocol):
+    """Re-runs failed jobs and re-imports records; each is a merge (see `reconciler.jobs`).
+
+    Each call returns a JSON-ready summary. A record that fails again is not an exception:
+    it is a new `failed` sync log, reported in the summary.
+    """
+
+    async def retry(self, log_id: str) -> dict[str, Any]: ...
+
+    async def retry_failed(self) -> dict[str, Any]: ...
+
+    async def import_record(self, sf_id: str) -> dict[str, Any]: ...

@@ -1,0 +1,136 @@
+"""The Sync Logs page's routes: view, log in/out, and the no-script Retry forms."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import parse_qsl, urlencode
+
+import structlog
+from aiohttp import web
+
+from listener.admin import auth
+from listener.admin._http import (
+    CONTEXT,
+    css_response,
+    find_logs,
+    html_response,
+    load_failed_log,
+)
+from listener.admin.filters import BadParameter
+from listener.admin.page import PageView, render_login_page, render_logs_page, render_message_page
+from reconciler.errors import BudgetExhaustedError, RetriableError, SyncError
+
+log = structlog.get_logger(__name__)
+
+_WRONG_TOKEN_DELAY_S = 0.3  # slows down guessing; the token is the only secret here
+
+
+def add_page_routes(app: web.Application) -> None:
+    app.router.add_get("/logs", _page)
+    app.router.add_get("/logs/style.css", _css)
+    app.router.add_post("/logs/login", _login)
+    app.router.add_post("/logs/logout", _logout)
+    app.router.add_post("/logs/retry/{id}", _retry)
+    app.router.add_post("/logs/retry-failed", _retry_failed)
+
+
+def _refusal(request: web.Request) -> web.Response | None:
+    """None when the request may see the page; else the page that says why not."""
+    token = request.app[CONTEXT].token
+    if token is None:
+        return html_response(render_message_page(
+            "Admin token not configured",
+            "Set SFSYNC_ADMIN__TOKEN and restart the service to use the Sync Logs page.",
+        ), status=503)
+    if auth.has_valid_bearer(request, token) or auth.has_valid_session(request, token):
+        return None
+    return html_response(render_login_page(), status=401)
+
+
+async def _css(request: web.Request) -> web.Response:
+    return css_response()
+
+
+async def _page(request: web.Request) -> web.Response:
+    refused = _refusal(request)
+    if refused is not None:
+        return refused
+    ctx = request.app[CONTEXT]
+    try:
+        filters, items, next_cursor = await find_logs(request, allow_all=True)
+    except BadParameter as exc:
+        return html_response(render_message_page("Bad filter", f"{exc.parameter} {exc.reason}"), status=400)
+    view = PageView(items=items, status=ctx.status.status(), filters=filters, next_cursor=next_cursor,
+                    instance_url=ctx.instance_url, notice=request.query.get("notice"))
+    return html_response(render_logs_page(view))
+
+
+async def _login(request: web.Request) -> web.Response:
+    token = request.app[CONTEXT].token
+    if token is None:
+        return html_response(render_message_page("Admin token not configured",
+                                                 "Set SFSYNC_ADMIN__TOKEN to use this page."), status=503)
+    form = await request.post()
+    given = form.get("token")
+    if not isinstance(given, str) or not auth.token_matches(token, given.strip()):
+        log.warning("admin_login_refused", remote=request.remote)
+        await asyncio.sleep(_WRONG_TOKEN_DELAY_S)
+        return html_response(render_login_page(error="That token is not right."), status=401)
+    response = _redirect("/logs")
+    auth.set_session(response, request, token)
+    return response
+
+
+async def _logout(request: web.Request) -> web.Response:
+    response = _redirect("/logs")
+    auth.clear_session(response)
+    return response
+
+
+def _redirect(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+def _back_to(back: object, notice: str) -> web.Response:
+    """Redirect to the page the form came from; only its query survives, so no open redirect."""
+    pairs = [(k, v) for k, v in parse_qsl(back if isinstance(back, str) else "") if k != "notice"]
+    pairs.append(("notice", notice))
+    return _redirect("/logs?" + urlencode(pairs))
+
+
+async def _retry(request: web.Request) -> web.Response:
+    refused = _refusal(request)
+    if refused is not None:
+        return refused
+    form = await request.post()
+    log_id = request.match_info["id"]
+    found = await load_failed_log(request, log_id)
+    if isinstance(found, web.Response):
+        return _back_to(form.get("back"), "not_found" if found.status == 404 else "not_failed")
+    log.info("admin_retry", log_id=log_id, via="page")
+    return _back_to(form.get("back"), await _run(request, "retried", log_id))
+
+
+async def _retry_failed(request: web.Request) -> web.Response:
+    refused = _refusal(request)
+    if refused is not None:
+        return refused
+    form = await request.post()
+    log.info("admin_retry_failed", via="page")
+    return _back_to(form.get("back"), await _run(request, "retried_all", None))
+
+
+async def _run(request: web.Request, done: str, log_id: str | None) -> str:
+    """Run a retry; the notice code to show."""
+    jobs = request.app[CONTEXT].jobs
+    try:
+        if log_id is None:
+            await jobs.retry_failed()
+        else:
+            await jobs.retry(log_id)
+    except (RetriableError, BudgetExhaustedError):
+        return "unavailable"
+    except SyncError as exc:
+        log.warning("admin_retry_failed_to_run", log_id=log_id, error=str(exc))
+        return "error"
+    return done

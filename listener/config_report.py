@@ -1,0 +1,87 @@
+"""`check-config` output: the effective configuration as env lines (secrets masked) + mappings summary."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, SecretStr
+
+from settings import SALESFORCE_OBJECTS, Mappings, Settings
+
+MASK = "***"
+
+
+def render_config(settings: Settings, mappings: Mappings | None) -> str:
+    """Every setting as `SFSYNC_...=value` (secrets `***`), then a summary of the mappings."""
+    lines = ["# effective configuration (secrets masked)"]
+    for section_name in type(settings).model_fields:
+        section = getattr(settings, section_name)
+        if not isinstance(section, BaseModel):
+            continue
+        for field_name in type(section).model_fields:
+            variable = f"SFSYNC_{section_name.upper()}__{field_name.upper()}"
+            lines.append(f"{variable}={_show(getattr(section, field_name))}")
+    lines.append("")
+    lines.extend(_mappings_summary(mappings))
+    return "\n".join(lines) + "\n"
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, SecretStr):
+        return _masked_uri(value.get_secret_value()) if _is_uri(value) else MASK
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, list | tuple):
+        return ",".join(_show(v) for v in value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _is_uri(secret: SecretStr) -> bool:
+    return "://" in secret.get_secret_value()
+
+
+def _masked_uri(uri: str) -> str:
+    """Keep a URI's host and options readable; hide only its credentials."""
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    netloc = f"{user}:{MASK}@{host}" if parts.password is not None else f"{MASK}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _mappings_summary(mappings: Mappings | None) -> list[str]:
+    if mappings is None:
+        return ["# mappings: not loaded"]
+    lines = [
+        f"# mappings: {len(mappings.people)} people field(s), {len(mappings.companies)} company "
+        f"field(s), {len(mappings.users)} user link(s); hash {mappings.content_hash()[:12]}"
+    ]
+    for sobject in SALESFORCE_OBJECTS:
+        for m in mappings.for_object(sobject):
+            collection = "companies" if sobject == "Account" else "people"
+            lines.append(
+                f"#   {collection}.{m.local_field} <-> {sobject}.{m.sf_field} "
+                f"({m.direction.value}, {m.merge.value})"
+            )
+    rules = mappings.rules
+    lines.append(
+        f"# rules: create_person_from_salesforce={str(rules.create_person_from_salesforce).lower()} "
+        f"create_in_salesforce={rules.create_in_salesforce} "
+        f"on_salesforce_owner_change={rules.on_salesforce_owner_change}"
+    )
+    lines.append(
+        "# accounts importable: "
+        + ("yes" if mappings.accounts_importable() else "no (map companies.name and companies.domain)")
+    )
+    return lines

@@ -1,0 +1,230 @@
+"""SOQL polling: the inbound fallback when the stream cannot run, and the stream's catch-up.
+
+Per object, one `queryAll` (deleted records included) ordered by (`SystemModstamp`, `Id`):
+
+    SELECT <mapped fields + system fields> FROM Lead
+    WHERE SystemModstamp >= <watermark> AND SystemModstamp < <signpost>
+    ORDER BY SystemModstamp, Id
+
+`SystemModstamp` has one-second precision, so the lower bound is inclusive and the
+(`Id`, `SystemModstamp`) pairs already applied at exactly the watermark second are skipped.
+The signpost is the start of the second the pass began: every second below it is complete, so
+a record cannot change again with a modstamp the pass has already moved past. The watermark
+(`sync_state` `watermark:<Object>` = `{"ts": "2024-05-01T10:00:00Z", "ids": [...]}`, shared
+with the backfill; the fields selected are `reconciler.records.select_fields`, as the backfill's)
+moves only after a page is applied, and never reaches the signpost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+
+from listener.events import parse_sf_datetime
+from listener.metrics import METRICS
+from reconciler.errors import BudgetExhaustedError, RetriableError
+from reconciler.ports import ChangeKind, ChangeSink, ChangeSource, SalesforceChange
+from reconciler.records import format_sf_datetime, select_fields
+from settings import Mappings
+
+log = structlog.get_logger(__name__)
+
+IN_CHUNK = 200  # ids per `Id IN (...)` query, well inside SOQL's statement length limit
+
+
+class QueryApi(Protocol):
+    """What the poller needs of `SalesforceClient`."""
+
+    def query(self, soql: str, *, include_deleted: bool = False) -> AsyncIterator[list[dict[str, Any]]]: ...
+
+    @property
+    def calls_made(self) -> int: ...
+
+
+class StateStore(Protocol):
+    async def load_state(self, key: str) -> dict[str, Any] | None: ...
+
+    async def save_state(self, key: str, value: dict[str, Any]) -> None: ...
+
+
+def watermark_key(sobject: str) -> str:
+    return f"watermark:{sobject}"
+
+
+def soql_datetime(value: datetime) -> str:
+    """The SOQL literal, and the watermark's `ts` form (the same as the backfill writes)."""
+    return format_sf_datetime(value)
+
+
+def floor_second(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(microsecond=0)
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """All changes with `SystemModstamp < ts`, and those of `ids` at exactly `ts`, are applied."""
+
+    ts: datetime | None = None
+    ids: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_state(cls, value: dict[str, Any] | None) -> Watermark:
+        if not value:
+            return cls()
+        ts = parse_sf_datetime(value.get("ts"))
+        raw_ids = value.get("ids") or []
+        return cls(ts=ts, ids=frozenset(str(i) for i in raw_ids))
+
+    def to_state(self) -> dict[str, Any]:
+        return {"ts": soql_datetime(self.ts) if self.ts else None, "ids": sorted(self.ids)}
+
+    def covers(self, sf_id: str, modstamp: datetime) -> bool:
+        """Whether this (Id, SystemModstamp) pair has already been applied."""
+        if self.ts is None:
+            return False
+        return modstamp < self.ts or (modstamp == self.ts and sf_id in self.ids)
+
+    def advance(self, applied: Iterable[tuple[str, datetime]], signpost: datetime) -> Watermark:
+        """The watermark after `applied` pairs, never at or past the signpost."""
+        current = self
+        for sf_id, modstamp in applied:
+            if modstamp >= signpost:
+                continue
+            if current.ts is None or modstamp > current.ts:
+                current = Watermark(modstamp, frozenset({sf_id}))
+            elif modstamp == current.ts:
+                current = Watermark(current.ts, current.ids | {sf_id})
+        return current
+
+
+def polled_change(sobject: str, record: dict[str, Any], source: ChangeSource) -> SalesforceChange | None:
+    """One queried record -> an UPSERT (or DELETE when `IsDeleted`); None when unusable."""
+    sf_id = record.get("Id")
+    stamp = parse_sf_datetime(record.get("SystemModstamp"))
+    if not isinstance(sf_id, str) or stamp is None:
+        return None
+    changed_at = parse_sf_datetime(record.get("LastModifiedDate")) or stamp
+    kind = ChangeKind.DELETE if record.get("IsDeleted") is True else ChangeKind.UPSERT
+    fields = {k: v for k, v in record.items() if k not in ("Id", "attributes")}
+    return SalesforceChange(sobject=sobject, sf_id=sf_id, kind=kind, fields=fields,
+                            changed_at=changed_at, source=source)
+
+
+@dataclass
+class PassReport:
+    records: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_calls(self) -> int:
+        return sum(self.calls.values())
+
+
+class Poller:
+    """Polls each configured object from its watermark; also fetches records by id."""
+
+    def __init__(
+        self,
+        sf: QueryApi,
+        store: StateStore,
+        sink: ChangeSink,
+        mappings: Mappings,
+        objects: Sequence[str],
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._sf = sf
+        self._store = store
+        self._sink = sink
+        self._mappings = mappings
+        self.objects = list(objects)
+        self._clock = clock
+        self.last_pass: PassReport | None = None
+        self.running = False
+
+    async def watermark(self, sobject: str) -> Watermark:
+        return Watermark.from_state(await self._store.load_state(watermark_key(sobject)))
+
+    async def run_once(self, objects: Sequence[str] | None = None) -> PassReport:
+        """One pass over every object (or `objects`); watermarks advance page by page."""
+        signpost = floor_second(self._clock())
+        report = PassReport()
+        for sobject in objects if objects is not None else self.objects:
+            before = self._sf.calls_made
+            report.records[sobject] = await self._poll(sobject, await self.watermark(sobject), signpost,
+                                                       persist=True)
+            report.calls[sobject] = self._sf.calls_made - before
+        log.info("poll_pass", signpost=signpost.isoformat(), records=report.records, calls=report.calls)
+        self.last_pass = report
+        return report
+
+    async def poll_since(self, sobject: str, since: datetime) -> int:
+        """Catch up one object from `since` (after a GAP_OVERFLOW); the watermark is untouched."""
+        signpost = floor_second(self._clock())
+        return await self._poll(sobject, Watermark(floor_second(since)), signpost, persist=False)
+
+    async def run_every(self, minutes: int, stop: asyncio.Event) -> None:
+        """Poll every `minutes` until `stop`; a failed pass is logged and retried next interval."""
+        self.running = True
+        try:
+            while not stop.is_set():
+                try:
+                    await self.run_once()
+                except (RetriableError, BudgetExhaustedError) as exc:
+                    log.warning("poll_pass_failed", error=str(exc), error_type=type(exc).__name__)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), minutes * 60)
+        finally:
+            self.running = False
+
+    async def fetch_by_ids(self, sobject: str, ids: Iterable[str]) -> list[SalesforceChange]:
+        """Current state of records by id: one `Id IN (...)` query per 200 ids (deleted included)."""
+        unique = sorted(set(ids))
+        fields = ", ".join(select_fields(self._mappings, sobject))
+        changes: list[SalesforceChange] = []
+        for start in range(0, len(unique), IN_CHUNK):
+            quoted = ", ".join(_quote(i) for i in unique[start:start + IN_CHUNK])
+            soql = f"SELECT {fields} FROM {sobject} WHERE Id IN ({quoted})"
+            async for page in self._sf.query(soql, include_deleted=True):
+                changes.extend(c for r in page if (c := polled_change(sobject, r, ChangeSource.GAP)))
+        return changes
+
+    async def _poll(self, sobject: str, mark: Watermark, signpost: datetime, *, persist: bool) -> int:
+        seen = 0
+        async for page in self._sf.query(self._soql(sobject, mark, signpost), include_deleted=True):
+            fresh: list[SalesforceChange] = []
+            applied: list[tuple[str, datetime]] = []
+            for record in page:
+                change = polled_change(sobject, record, ChangeSource.POLL)
+                stamp = parse_sf_datetime(record.get("SystemModstamp"))
+                if change is None or stamp is None or mark.covers(change.sf_id, stamp):
+                    continue
+                fresh.append(change)
+                applied.append((change.sf_id, stamp))
+            if fresh:
+                await self._sink.apply(fresh)
+            seen += len(fresh)
+            METRICS.inc("sfsync_records_polled_total", len(page), object=sobject)
+            advanced = mark.advance(applied, signpost)
+            if persist and advanced != mark:
+                await self._store.save_state(watermark_key(sobject), advanced.to_state())
+            mark = advanced
+        return seen
+
+    def _soql(self, sobject: str, mark: Watermark, signpost: datetime) -> str:
+        fields = ", ".join(select_fields(self._mappings, sobject))
+        where = [f"SystemModstamp < {soql_datetime(signpost)}"]
+        if mark.ts is not None:
+            where.insert(0, f"SystemModstamp >= {soql_datetime(mark.ts)}")
+        return (f"SELECT {fields} FROM {sobject} WHERE {' AND '.join(where)} "
+                "ORDER BY SystemModstamp, Id")
+
+
+def _quote(sf_id: str) -> str:
+    return "'" + sf_id.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -1,0 +1,246 @@
+"""The Salesforce REST client: query, describe, get, sObject Collections, limits.
+
+Implements `reconciler.ports.SalesforceApi`. One `aiohttp.ClientSession` with a bounded
+connection pool per client; errors are translated in `_transport`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Callable, Sequence
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+
+from listener.salesforce._transport import RetryPolicy, Transport
+from listener.salesforce.auth import Authenticator
+from listener.salesforce.usage import ApiUsage
+from reconciler.errors import FatalError
+from reconciler.ports import RecordError, RecordResult
+from settings import SalesforceSettings
+
+log = structlog.get_logger(__name__)
+
+COLLECTION_LIMIT = 200  # records per composite/sobjects call
+
+
+class ClientState(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class SalesforceClient:
+    """Async context manager; authenticates on first use.
+
+    `calls_made` counts REST calls sent (retries included, OAuth not).
+    """
+
+    def __init__(
+        self,
+        settings: SalesforceSettings,
+        *,
+        on_usage: Callable[[ApiUsage], None] | None = None,
+        max_connections: int = 8,
+        timeout: float = 60,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008  (frozen dataclass: a safe default)
+    ) -> None:
+        self._settings = settings
+        self._on_usage = on_usage
+        self._max_connections = max_connections
+        self._timeout = timeout
+        self._retry = retry
+        self._state = ClientState.UNOPENED
+        self._session: aiohttp.ClientSession | None = None
+        self._auth: Authenticator | None = None
+        self._transport: Transport | None = None
+        self._describes: dict[str, dict[str, Any]] = {}
+        self._base = f"/services/data/v{settings.api_version}"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state is not ClientState.UNOPENED:
+            raise RuntimeError(f"SalesforceClient cannot be opened when {self._state.value}")
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._max_connections),
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+        )
+        self._auth = Authenticator(self._session, self._settings)
+        self._transport = Transport(
+            self._session, self._auth, client_name=self._settings.client_name,
+            retry=self._retry, on_usage=self._on_usage,
+        )
+        self._state = ClientState.OPEN
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._state is ClientState.OPEN and self._session is not None:
+            await self._session.close()
+        self._state = ClientState.CLOSED
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    def _open(self) -> tuple[Authenticator, Transport]:
+        if self._state is not ClientState.OPEN or self._auth is None or self._transport is None:
+            raise RuntimeError(f"SalesforceClient is {self._state.value}, not open")
+        return self._auth, self._transport
+
+    # -- auth --------------------------------------------------------------------------------
+
+    @property
+    def instance_url(self) -> str:
+        """The org's instance URL; known once authenticated (after the first call)."""
+        auth, _ = self._open()
+        if auth.current is None:
+            raise RuntimeError("instance_url is known only after authentication")
+        return auth.current.instance_url
+
+    @property
+    def calls_made(self) -> int:
+        return self._transport.calls_made if self._transport is not None else 0
+
+    async def access_token(self) -> str:
+        """The current bearer token (authenticating on first use); used by the CometD stream."""
+        auth, _ = self._open()
+        token, _ = await auth.token()
+        return token
+
+    async def reauthenticate(self) -> str:
+        """Force a new token (e.g. after the stream's handshake was refused)."""
+        auth, _ = self._open()
+        stale = auth.current.access_token.get_secret_value() if auth.current else None
+        token, _ = await auth.renew(stale)
+        return token
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def query(
+        self, soql: str, *, include_deleted: bool = False
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Yield pages of records (`attributes` removed), following `nextRecordsUrl`."""
+        _, transport = self._open()
+        endpoint = "queryAll" if include_deleted else "query"
+        page = await transport.request("GET", f"{self._base}/{endpoint}", params={"q": soql})
+        while True:
+            records = [_strip_attributes(r) for r in (page or {}).get("records", [])]
+            if records:
+                yield records
+            next_url = (page or {}).get("nextRecordsUrl")
+            if not next_url or page.get("done", True):
+                return
+            page = await transport.request("GET", str(next_url))
+
+    async def describe(self, sobject: str) -> dict[str, Any]:
+        """`sobjects/<Object>/describe`, cached per object for the client's life."""
+        cached = self._describes.get(sobject)
+        if cached is None:
+            _, transport = self._open()
+            cached = await transport.request("GET", f"{self._base}/sobjects/{_name(sobject)}/describe")
+            if not isinstance(cached, dict):
+                raise FatalError(f"describe {sobject}: unexpected response")
+            self._describes[sobject] = cached
+        return cached
+
+    async def field_writability(self, sobject: str) -> dict[str, bool]:
+        """Field name -> whether we may write it (updateable and not calculated)."""
+        described = await self.describe(sobject)
+        return {
+            str(f["name"]): bool(f.get("updateable")) and not bool(f.get("calculated"))
+            for f in described.get("fields", [])
+        }
+
+    async def get(self, sobject: str, sf_id: str, fields: Sequence[str]) -> dict[str, Any] | None:
+        """One record's fields, or None when it does not exist (or was deleted)."""
+        _, transport = self._open()
+        params = {"fields": ",".join(fields)} if fields else None
+        record = await transport.request(
+            "GET", f"{self._base}/sobjects/{_name(sobject)}/{_name(sf_id)}", params=params,
+            not_found_ok=True,
+        )
+        return _strip_attributes(record) if isinstance(record, dict) else None
+
+    async def limits(self) -> dict[str, Any]:
+        _, transport = self._open()
+        body = await transport.request("GET", f"{self._base}/limits")
+        return body if isinstance(body, dict) else {}
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def create(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
+        """POST composite/sobjects in chunks of 200; results by position (failed creates carry no id)."""
+        return await self._collections("POST", sobject, records)
+
+    async def update(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
+        """PATCH composite/sobjects in chunks of 200; every record needs its `Id`."""
+        if any(not r.get("Id") for r in records):
+            raise ValueError("update needs an Id in every record")
+        return await self._collections("PATCH", sobject, records)
+
+    async def delete(self, sobject: str, sf_id: str) -> None:
+        """Delete one record; a record that is already gone counts as deleted."""
+        _, transport = self._open()
+        await transport.request(
+            "DELETE", f"{self._base}/sobjects/{_name(sobject)}/{_name(sf_id)}", not_found_ok=True
+        )
+
+    async def _collections(
+        self, method: str, sobject: str, records: Sequence[dict[str, Any]]
+    ) -> list[RecordResult]:
+        _, transport = self._open()
+        results: list[RecordResult] = []
+        for start in range(0, len(records), COLLECTION_LIMIT):
+            chunk = records[start : start + COLLECTION_LIMIT]
+            body = {
+                "allOrNone": False,
+                "records": [{"attributes": {"type": sobject}, **r} for r in chunk],
+            }
+            answer = await transport.request(method, f"{self._base}/composite/sobjects", body=body)
+            if not isinstance(answer, list) or len(answer) != len(chunk):
+                raise FatalError(
+                    f"{method} composite/sobjects {sobject}: expected {len(chunk)} results, "
+                    f"got {len(answer) if isinstance(answer, list) else type(answer).__name__}"
+                )
+            results.extend(_record_result(item) for item in answer)
+        return results
+
+
+def _record_result(item: Any) -> RecordResult:
+    if not isinstance(item, dict):
+        return RecordResult(success=False, errors=[RecordError("UNKNOWN", "malformed result")])
+    errors = [
+        RecordError(
+            status_code=str(e.get("statusCode") or e.get("errorCode") or "UNKNOWN"),
+            message=str(e.get("message") or ""),
+            fields=[str(f) for f in e.get("fields") or []],
+        )
+        for e in item.get("errors") or []
+        if isinstance(e, dict)
+    ]
+    success = bool(item.get("success"))
+    # Failed creates carry no id; failed updates may echo the one we sent.
+    return RecordResult(success=success, id=item.get("id") or None, errors=errors)
+
+
+def _strip_attributes(record: dict[str, Any]) -> dict[str, Any]:
+    """Drop Salesforce's `attributes` here and in nested relationship records."""
+    return {
+        key: _strip_attributes(value) if isinstance(value, dict) and "attributes" in value else value
+        for key, value in record.items()
+        if key != "attributes"
+    }
+
+
+def _name(segment: str) -> str:
+    # Object names and ids are plain identifiers; quoting keeps a bad one from changing the path.
+    return quote(segment, safe="")

@@ -1,0 +1,368 @@
+"""The CDC stream: `/data/<Object>ChangeEvent` over CometD, applied in micro-batches.
+
+    CometD session --receive--> bounded queue --MicroBatcher--> parse --> ChangeSink.apply
+                                (reader waits when full)                       |
+                                        replay id per channel committed  <-----+  (after apply)
+
+- Resumes from the replay id stored per channel (`sync_state` `replay:<channel>` =
+  `{"replay_id": N}`), written with a journaled majority only after `apply` returned.
+- A channel with no usable replay id (first start, or `400` replay id too old) is subscribed
+  with -1 (new events) and closed over by a poll: catch-up poll, subscribe, closing poll, then
+  consume; events the poll already covered are skipped (`Watermark.covers`).
+- Echoes (our client name in `changeOrigin`) go to the sink flagged `is_echo`; offsets advance.
+- GAP_* events: one `Id IN (...)` query per object per batch, applied as UPSERTs (source GAP).
+- GAP_OVERFLOW: poll the object from the event's commit time.
+- Network loss, `403::Unknown client`, a 401 a fresh token did not cure: close, back off with
+  jitter, reopen from the committed replay ids (redelivered events are dropped by replay id).
+- `403::Organization total events daily limit exceeded`: tell the governor; `run` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from listener._sfstream_compat import (
+    NEW_EVENTS,
+    Backoff,
+    CommittedReplayIds,
+    DeliveryLimitError,
+    ReplayIdInvalidError,
+    StreamSession,
+    TokenSource,
+)
+from listener.batching import CommitPolicy, MicroBatcher
+from listener.events import GapRequest, OverflowRequest, channel_object, parse_message
+from listener.metrics import METRICS
+from listener.poller import Poller, StateStore, Watermark, floor_second, watermark_key
+from reconciler.errors import RetriableError
+from reconciler.ports import ChangeSink, RejectedEvent, SalesforceChange
+
+log = structlog.get_logger(__name__)
+
+# When the stream hands over to the poller, the poller re-reads this much before the last
+# applied commit: SystemModstamp and commitTimestamp are close but not guaranteed equal.
+HANDOVER_MARGIN = timedelta(seconds=2)
+
+
+def channel_for(sobject: str) -> str:
+    return f"/data/{sobject}ChangeEvent"
+
+
+def replay_key(channel: str) -> str:
+    return f"replay:{channel}"
+
+
+class Session(Protocol):
+    async def open(self, channels: Sequence[str]) -> None: ...
+
+    async def receive(self) -> dict[str, Any] | RejectedEvent: ...
+
+    async def close(self) -> None: ...
+
+
+class EventsExhausted(Protocol):
+    def events_exhausted(self) -> None: ...
+
+
+@dataclass
+class _Batch:
+    """What one micro-batch turned into."""
+
+    changes: list[SalesforceChange] = field(default_factory=list)
+    rejected: list[RejectedEvent] = field(default_factory=list)
+    gaps: dict[str, set[str]] = field(default_factory=dict)
+    overflows: list[OverflowRequest] = field(default_factory=list)
+    offsets: dict[str, int] = field(default_factory=dict)
+    committed_at: dict[str, datetime] = field(default_factory=dict)
+
+
+class CdcStream:
+    """Runs the stream until `stop` is set or the CDC allocation is spent."""
+
+    def __init__(
+        self,
+        *,
+        sf: TokenSource,
+        store: StateStore,
+        sink: ChangeSink,
+        poller: Poller,
+        objects: Sequence[str],
+        client_name: str,
+        api_version: str,
+        batch_size: int = 500,
+        batch_wait_ms: int = 100,
+        governor: EventsExhausted | None = None,
+        session_factory: Callable[[CommittedReplayIds], Session] | None = None,
+        stall_timeout: float = 5.0,
+        commit_every: int = 1,
+    ) -> None:
+        self._sf = sf
+        self._store = store
+        self._sink = sink
+        self._poller = poller
+        self.objects = list(objects)
+        self._client_name = client_name
+        self._api_version = api_version
+        self._batch_size = batch_size
+        self._batch_wait = batch_wait_ms / 1000
+        self._governor = governor
+        self._session_factory = session_factory or self._default_session
+        self._stall_timeout = stall_timeout
+        self._commit_every = commit_every  # events applied per offset commit (CommitPolicy)
+        self._applied: dict[str, int] = {}        # highest replay id applied, per channel
+        self._poll_marks: dict[str, Watermark] = {}  # what a poll covered, per object
+        self._last_commit: dict[str, datetime] = {}  # newest applied commit time, per object
+        self._closing_poll: set[str] = set()
+        self._pending: dict[str, int] = {}        # applied, not yet committed, per channel
+        self._replay: CommittedReplayIds | None = None
+        self._queue: asyncio.Queue[dict[str, Any] | RejectedEvent] | None = None
+        self.connected = False
+        self.running = False
+
+    # -- public ------------------------------------------------------------------------------
+
+    @property
+    def channels(self) -> list[str]:
+        return [channel_for(o) for o in self.objects]
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "running": self.running,
+            "connected": self.connected,
+            "replay_ids": dict(self._applied),
+            "queue_depth": self._queue.qsize() if self._queue else 0,
+        }
+
+    def resume_after_poll(self, marks: dict[str, Watermark]) -> None:
+        """Skip replayed events the poller already applied (handover poll -> stream)."""
+        self._poll_marks.update(marks)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.running = True
+        try:
+            replay = CommittedReplayIds(await self._load_replay_ids())
+            self._replay = replay
+            self._closing_poll = {o for o in self.objects if channel_for(o) not in replay.committed_ids}
+            await self._sessions(replay, stop)
+        finally:
+            self.running = False
+            self.connected = False
+            await self._checkpoint_watermarks()
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def _sessions(self, replay: CommittedReplayIds, stop: asyncio.Event) -> None:
+        backoff = Backoff()
+        while not stop.is_set():
+            session = self._session_factory(replay)
+            failure: Exception | None = None
+            try:
+                await session.open(self.channels)
+                self.connected = True
+                log.info("stream_connected", channels=self.channels, replay_ids=replay.committed_ids)
+                await self._close_over_with_poll()
+                backoff.reset()
+                await self._consume(session, stop)
+            except (RetriableError, DeliveryLimitError) as exc:
+                failure = exc
+            finally:
+                self.connected = False
+                await session.close()
+            if isinstance(failure, DeliveryLimitError):
+                log.warning("stream_events_exhausted", error=str(failure))
+                if self._governor is not None:
+                    self._governor.events_exhausted()
+                return
+            if isinstance(failure, ReplayIdInvalidError):
+                await self._resync(replay, failure)
+            elif failure is not None:
+                log.warning("stream_reconnect", error=str(failure), error_type=type(failure).__name__)
+                await backoff.sleep(stop)
+
+    def _default_session(self, replay: CommittedReplayIds) -> Session:
+        return StreamSession(self._sf, api_version=self._api_version, replay_ids=replay,
+                             stall_timeout=self._stall_timeout,
+                             max_pending=max(self._batch_size * 2, 100))
+
+    async def _resync(self, replay: CommittedReplayIds, error: ReplayIdInvalidError) -> None:
+        """Replay id unusable: poll from the watermark, then subscribe with -1 (and poll again)."""
+        channels = [error.channel] if error.channel in self.channels else self.channels
+        objects = [o for c in channels if (o := channel_object(c))]
+        log.warning("stream_resync", channels=channels, reason=str(error))
+        await self._poll(objects)
+        for channel in channels:
+            replay.override(channel, NEW_EVENTS)
+        self._closing_poll.update(objects)
+
+    async def _close_over_with_poll(self) -> None:
+        """After subscribing with -1: poll what changed before the subscription took effect."""
+        if self._closing_poll:
+            objects, self._closing_poll = sorted(self._closing_poll), set()
+            await self._poll(objects)
+
+    async def _poll(self, objects: Sequence[str]) -> None:
+        await self._poller.run_once(objects)
+        for sobject in objects:
+            self._poll_marks[sobject] = await self._poller.watermark(sobject)
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    async def _consume(self, session: Session, stop: asyncio.Event) -> None:
+        """Read into a bounded queue and apply batches until `stop` or an error."""
+        queue: asyncio.Queue[dict[str, Any] | RejectedEvent] = asyncio.Queue(maxsize=self._batch_size * 2)
+        self._queue = queue
+        batcher = MicroBatcher(queue, max_items=self._batch_size, max_wait=self._batch_wait)
+        reader = asyncio.create_task(self._read(session, queue))
+        stopping = asyncio.create_task(stop.wait())
+        policy = CommitPolicy(max_pending=self._commit_every, max_seconds=1.0)
+        try:
+            while True:
+                taking = asyncio.create_task(batcher.next_batch())
+                done, _ = await asyncio.wait({taking, reader, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if taking not in done:
+                    # Items already taken are dropped: uncommitted, they are redelivered later.
+                    taking.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await taking
+                    await self._commit_offsets()  # what was applied stays applied
+                    if reader in done:
+                        reader.result()  # raises the reader's error
+                    return
+                # The batch in flight is finished even if we are cancelled meanwhile.
+                await asyncio.shield(self._process(taking.result(), policy))
+                METRICS.set("sfsync_queue_depth", queue.qsize(), queue="inbound")
+        finally:
+            for task in (reader, stopping):
+                task.cancel()
+            await asyncio.gather(reader, stopping, return_exceptions=True)
+            self._queue = None
+
+    async def _read(self, session: Session, queue: asyncio.Queue[dict[str, Any] | RejectedEvent]) -> None:
+        while True:
+            await queue.put(await session.receive())  # waits when full: back-pressure
+
+    async def _process(self, messages: list[dict[str, Any] | RejectedEvent], policy: CommitPolicy) -> None:
+        batch = self._sort(messages)
+        changes = batch.changes
+        if batch.gaps:
+            changes = changes + await self._fetch_gaps(batch.gaps)
+        if changes:
+            await self._sink.apply(changes)
+        if batch.rejected:
+            await self._sink.reject(batch.rejected)
+            METRICS.inc("sfsync_events_failed_total", len(batch.rejected), object="unknown")
+        for overflow in batch.overflows:
+            log.info("stream_overflow_poll", object=overflow.sobject, since=overflow.since.isoformat())
+            await self._poller.poll_since(overflow.sobject, overflow.since)
+        for channel, replay_id in batch.offsets.items():
+            self._pending[channel] = max(replay_id, self._pending.get(channel, -1))
+            self._applied[channel] = max(replay_id, self._applied.get(channel, -1))
+        for sobject, at in batch.committed_at.items():
+            self._last_commit[sobject] = max(at, self._last_commit.get(sobject, at))
+        policy.applied(len(messages))
+        if policy.due():
+            await self._commit_offsets()
+            policy.committed()
+        self._note_lag(batch)
+
+    def _sort(self, messages: list[dict[str, Any] | RejectedEvent]) -> _Batch:
+        batch = _Batch()
+        objects = set(self.objects)
+        for message in messages:
+            if isinstance(message, RejectedEvent):
+                batch.rejected.append(message)
+                continue
+            channel = str(message.get("channel", ""))
+            parsed = parse_message(message, client_name=self._client_name, objects=objects)
+            replay_id = parsed.replay_id if not isinstance(parsed, list) else _first_replay(parsed)
+            if replay_id is not None:
+                if replay_id <= self._applied.get(channel, -1):
+                    continue  # redelivered after a reconnect: already applied
+                batch.offsets[channel] = max(replay_id, batch.offsets.get(channel, -1))
+            self._dispatch(parsed, batch)
+        return batch
+
+    def _dispatch(self, parsed: Any, batch: _Batch) -> None:
+        if isinstance(parsed, RejectedEvent):
+            log.warning("stream_event_rejected", reason=parsed.reason, channel=parsed.channel,
+                        replay_id=parsed.replay_id)
+            batch.rejected.append(parsed)
+        elif isinstance(parsed, GapRequest):
+            METRICS.inc("sfsync_events_received_total", object=parsed.sobject)
+            batch.gaps.setdefault(parsed.sobject, set()).update(parsed.record_ids)
+            self._saw_commit(batch, parsed.sobject, parsed.committed_at)
+        elif isinstance(parsed, OverflowRequest):
+            METRICS.inc("sfsync_events_received_total", object=parsed.sobject)
+            batch.overflows.append(parsed)
+            self._saw_commit(batch, parsed.sobject, parsed.since)
+        else:
+            for change in parsed:
+                METRICS.inc("sfsync_events_received_total", object=change.sobject)
+                self._saw_commit(batch, change.sobject, change.changed_at)
+                if not self._covered_by_poll(change):
+                    batch.changes.append(change)
+
+    @staticmethod
+    def _saw_commit(batch: _Batch, sobject: str, at: datetime) -> None:
+        previous = batch.committed_at.get(sobject)
+        if previous is None or at > previous:
+            batch.committed_at[sobject] = at
+
+    def _covered_by_poll(self, change: SalesforceChange) -> bool:
+        mark = self._poll_marks.get(change.sobject)
+        return mark is not None and mark.covers(change.sf_id, floor_second(change.changed_at))
+
+    async def _fetch_gaps(self, gaps: dict[str, set[str]]) -> list[SalesforceChange]:
+        fetched: list[SalesforceChange] = []
+        for sobject, ids in gaps.items():
+            log.info("stream_gap_fetch", object=sobject, records=len(ids))
+            fetched.extend(await self._poller.fetch_by_ids(sobject, ids))
+        return fetched
+
+    async def _commit_offsets(self) -> None:
+        """Durably store the replay ids of applied events (journaled majority, in the store)."""
+        for channel, replay_id in sorted(self._pending.items()):
+            await self._store.save_state(replay_key(channel), {"replay_id": replay_id})
+            if self._replay is not None:
+                self._replay.commit(channel, replay_id)
+            del self._pending[channel]
+
+    def _note_lag(self, batch: _Batch) -> None:
+        if batch.committed_at:
+            newest = max(batch.committed_at.values())
+            METRICS.set("sfsync_replay_lag_seconds", max(time.time() - newest.timestamp(), 0.0))
+
+    # -- offsets -----------------------------------------------------------------------------
+
+    async def _load_replay_ids(self) -> dict[str, int]:
+        ids: dict[str, int] = {}
+        for channel in self.channels:
+            state = await self._store.load_state(replay_key(channel))
+            value = state.get("replay_id") if state else None
+            if isinstance(value, int) and value >= 0:
+                ids[channel] = value
+                self._applied[channel] = value
+        return ids
+
+    async def _checkpoint_watermarks(self) -> None:
+        """Hand over to the poller: its watermark need not reach back before the stream's work."""
+        for sobject, committed in self._last_commit.items():
+            ts = floor_second(committed - HANDOVER_MARGIN)
+            try:
+                current = await self._poller.watermark(sobject)
+                if current.ts is None or ts > current.ts:
+                    await self._store.save_state(watermark_key(sobject), Watermark(ts).to_state())
+            except RetriableError as exc:
+                log.warning("stream_watermark_checkpoint_failed", object=sobject, error=str(exc))
+
+
+def _first_replay(changes: list[SalesforceChange]) -> int | None:
+    return changes[0].replay_id if changes else None

@@ -1,0 +1,173 @@
+"""Lead conversion: the SAME Person moves from the Lead to the new Contact.
+
+Salesforce sends, in one transaction, Account CREATE, Contact CREATE, then Lead UPDATE with
+`IsConverted`, `ConvertedContactId`, `ConvertedAccountId` (a polled Lead carries the same
+fields). The approach chosen:
+
+1. Within a batch the conversion runs FIRST, whatever the order of the changes: the Person
+   linked to the Lead is relinked to the Contact (`crm.object = "Contact"`, `crm.id` = the
+   contact id, `crm.converted_from` = the lead id), and its Company to the Account. The
+   Contact CREATE of the same batch is then applied as a merge into that Person, so no second
+   Person is ever created when both arrive together (the Contact create is in effect held
+   back behind its transaction's Lead update).
+2. Across batches (the Contact CREATE applied in an earlier batch created a Person for it):
+   the conversion is detected on the Lead update and that Person is folded into the Lead's
+   Person — its values fill the Lead Person's blanks (data wins over blank), then it is
+   deleted if the service created it, or unlinked (its old link kept in `crm_previous`) if it
+   was a platform record. The Lead's Person survives: it carries the platform's history.
+3. When the Contact's data is not in the batch and no folded Person brought it, the Contact
+   is re-fetched (one SOQL call, when the budget allows) and merged.
+
+Each conversion leaves one `convert` sync log; the merge that follows leaves a `merge` log.
+A conversion already applied (the Person is linked to the Contact, `converted_from` set) is
+recognised and not applied twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from reconciler.backfill import fetch_changes
+from reconciler.ports import ChangeSource, SalesforceChange
+from reconciler.records import COMPANIES, PEOPLE, get_path, is_blank
+from reconciler.rules import is_converted_lead
+from reconciler.store import RecordWrite
+from reconciler.sync_logs import SyncLog, failed_inbound, utcnow
+
+if TYPE_CHECKING:
+    from reconciler.inbound import BatchResult, Reconciler
+
+
+@dataclass(frozen=True)
+class Conversion:
+    lead_id: str
+    contact_id: str
+    account_id: str | None
+    changed_at: datetime
+
+
+def conversions_in(changes: list[SalesforceChange]) -> list[Conversion]:
+    out: dict[str, Conversion] = {}
+    for c in changes:
+        contact = c.fields.get("ConvertedContactId")
+        if is_converted_lead(c) and isinstance(contact, str) and contact:
+            account = c.fields.get("ConvertedAccountId")
+            out[c.sf_id] = Conversion(c.sf_id, contact, account if isinstance(account, str) else None,
+                                      c.changed_at)
+    return list(out.values())
+
+
+async def relink(
+    reconciler: Reconciler, changes: list[SalesforceChange], result: BatchResult, *, attempt: int = 1
+) -> list[SalesforceChange]:
+    """Apply the batch's conversions; return extra changes (re-fetched Contacts) to merge."""
+    conversions = conversions_in(changes)
+    if not conversions:
+        return []
+    store = reconciler.store
+    ids = {x.lead_id for x in conversions} | {x.contact_id for x in conversions}
+    people = await store.find_linked(PEOPLE, ids)
+    by_crm = {d["crm"]["id"]: d for d in people if get_path(d, "crm.id")}
+    companies = await _companies(reconciler, conversions, by_crm)
+    in_batch = {c.sf_id for c in changes if c.sobject == "Contact"}
+    people_writes: list[RecordWrite] = []
+    company_writes: list[RecordWrite] = []
+    done: list[tuple[Conversion, dict[str, Any], dict[str, Any] | None]] = []
+    for conv in conversions:
+        person = by_crm.get(conv.lead_id)
+        if person is None or get_path(person, "crm.object") != "Lead":
+            continue  # never synced, or already converted
+        duplicate = by_crm.get(conv.contact_id)
+        people_writes += _person_writes(reconciler, conv, person, duplicate, companies, company_writes)
+        done.append((conv, person, duplicate))
+    await store.bulk_apply(COMPANIES, company_writes)
+    outcome = await store.write_in_order(PEOPLE, people_writes)
+    # ordered writes stop at the first failure: the batch's conversions stand or fall together
+    error = outcome.errors[min(outcome.errors)] if outcome.errors else None
+    failed = error is not None
+    for conv, person, duplicate in done:
+        result.logs.append(_log(conv, person, duplicate, error, attempt))
+        if failed:
+            result.failed += 1
+        else:
+            result.applied += 1
+    refetch = [x.contact_id for x, _, dup in done if x.contact_id not in in_batch and dup is None]
+    return await _refetch(reconciler, refetch) if refetch and not failed else []
+
+
+async def _companies(
+    reconciler: Reconciler, conversions: list[Conversion], by_crm: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Account id -> Company doc: the one linked to the Account, else the Lead Person's own
+    (still unlinked) Company, which the conversion links to the Account."""
+    account_ids = {x.account_id for x in conversions if x.account_id}
+    linked = await reconciler.store.find_linked(COMPANIES, account_ids)
+    out: dict[str, Any] = {d["crm"]["id"]: d for d in linked if get_path(d, "crm.id")}
+    own = {x.account_id: by_crm[x.lead_id].get("company_id") for x in conversions
+           if x.account_id and x.account_id not in out and x.lead_id in by_crm}
+    own_docs = await reconciler.store.find_records(COMPANIES, {v for v in own.values() if v is not None})
+    by_id = {d["_id"]: d for d in own_docs if not get_path(d, "crm.id")}
+    for account_id, company_id in own.items():
+        if company_id in by_id:
+            out[account_id] = {**by_id[company_id], "_link_to_account": True}
+    return out
+
+
+def _person_writes(
+    reconciler: Reconciler, conv: Conversion, person: dict[str, Any], duplicate: dict[str, Any] | None,
+    companies: dict[str, Any], company_writes: list[RecordWrite],
+) -> list[RecordWrite]:
+    now = utcnow()
+    stamp = {"_sync.written_at": now, "updated_at": now}
+    writes: list[RecordWrite] = []
+    values: dict[str, Any] = {
+        "crm.object": "Contact", "crm.id": conv.contact_id, "crm.converted_from": conv.lead_id,
+        "crm.converted_at": conv.changed_at, "crm.linked_at": now, **stamp,
+    }
+    if duplicate is not None and duplicate["_id"] != person["_id"]:
+        # free the contact id first (unique index), then take over the duplicate's values
+        if get_path(duplicate, "_sync.created_by_sync"):
+            writes.append(RecordWrite(filter={"_id": duplicate["_id"]}, delete=True))
+        else:
+            writes.append(RecordWrite(filter={"_id": duplicate["_id"]}, unset=["crm"],
+                                      set={"crm_previous": duplicate.get("crm"), **stamp}))
+        for m in reconciler.mappings.for_object("Contact"):
+            mine, theirs = get_path(person, m.local_field), get_path(duplicate, m.local_field)
+            if is_blank(mine) and not is_blank(theirs):
+                values[m.local_field] = theirs
+    company = companies.get(conv.account_id) if conv.account_id else None
+    if company is not None:
+        values["company_id"] = company["_id"]
+        if company.get("_link_to_account"):
+            company_writes.append(RecordWrite(
+                filter={"_id": company["_id"], "crm.id": {"$exists": False}},
+                set={"crm.object": "Account", "crm.id": conv.account_id, "crm.linked_at": now, **stamp}))
+    writes.append(RecordWrite(filter={"_id": person["_id"], "crm.id": conv.lead_id}, set=values))
+    return writes
+
+
+def _log(
+    conv: Conversion, person: dict[str, Any], duplicate: dict[str, Any] | None, error: str | None,
+    attempt: int,
+) -> SyncLog:
+    if error is not None:
+        return failed_inbound("Lead", conv.lead_id, error, type="convert", collection=PEOPLE,
+                              local_id=str(person["_id"]), attempt=attempt)
+    fields: dict[str, dict[str, Any]] = {
+        "crm.object": {"old": "Lead", "new": "Contact"},
+        "crm.id": {"old": conv.lead_id, "new": conv.contact_id},
+    }
+    if duplicate is not None:
+        fields["merged_person"] = {"old": str(duplicate["_id"]), "new": str(person["_id"])}
+    return SyncLog(source="salesforce", type="convert", status="success", object="Contact",
+                   sf_id=conv.contact_id, local_id=str(person["_id"]), collection=PEOPLE,
+                   fields=fields, attempt=attempt)
+
+
+async def _refetch(reconciler: Reconciler, contact_ids: list[str]) -> list[SalesforceChange]:
+    if reconciler.sf is None or (reconciler.budget and not reconciler.budget.allows_optional_calls()):
+        return []
+    return await fetch_changes(reconciler.sf, reconciler.mappings, "Contact", contact_ids,
+                               source=ChangeSource.IMPORT)

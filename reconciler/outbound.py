@@ -1,0 +1,293 @@
+"""The outbound flusher: drains the outbox into `composite/sobjects` calls.
+
+Per object and kind (create vs update), up to 200 pending writes go out in ONE call; results
+are matched to records by position (failed records carry no id). A record Salesforce refuses
+becomes a `failed` sync log (that log is what an admin or the auto-retry re-runs) and leaves
+the outbox; a call that fails as a whole (network, 5xx, lock storm) leaves its writes in the
+outbox with exponential backoff and jitter; with the budget below its reserve nothing is
+claimed at all. Nothing is ever dropped silently.
+
+When to flush is a pure predicate (`FlushPolicy.should_flush`): streaming flushes at 200
+pending or once the oldest has waited `max_wait` (so a burst of edits to one record coalesces
+into one write); polling mode (low budget) flushes once per polling interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from reconciler.errors import BudgetExhaustedError, FatalError, RetriableError, SkippableError
+from reconciler.outbox import Clock, Outbox, utcnow
+from reconciler.ports import Budget, RecordResult, SalesforceApi
+from reconciler.records import is_blank
+from reconciler.store._outbox import CREATE, OutboxEntry, OutboxGroup
+from reconciler.sync_logs import SyncLog
+
+log = structlog.get_logger(__name__)
+
+BATCH_SIZE = 200  # sObject Collections' limit per call
+# Per-record status codes worth an automatic retry: the record was fine, the moment was not.
+RETRIABLE_CODES = frozenset({
+    "UNABLE_TO_LOCK_ROW", "REQUEST_RUNNING_TOO_LONG", "SERVER_UNAVAILABLE", "QUERY_TIMEOUT",
+    "ALL_OR_NONE_OPERATION_ROLLED_BACK", "TOO_MANY_ENQUEUED_JOBS",
+})
+
+
+class FlushStore(Protocol):
+    """What the flusher needs from the store (`reconciler.store.Store` provides it)."""
+
+    async def insert_sync_logs(self, logs: Sequence[SyncLog]) -> Any: ...
+
+    async def link_created(self, collection: str, local_id: Any, *, sobject: str, sf_id: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class FlushPolicy:
+    batch_size: int = BATCH_SIZE
+    max_wait: timedelta = timedelta(seconds=2)
+    poll_interval: timedelta = timedelta(minutes=10)
+
+    def should_flush(self, *, mode: str, pending: int, oldest_wait: timedelta,
+                     since_last_flush: timedelta) -> bool:
+        """Flush now? `pending`/`oldest_wait` count due writes only."""
+        if pending <= 0 or mode == "paused":
+            return False
+        if mode == "polling":
+            return since_last_flush >= self.poll_interval
+        return pending >= self.batch_size or oldest_wait >= self.max_wait
+
+
+def plan_calls(groups: Sequence[OutboxGroup], batch_size: int = BATCH_SIZE) -> list[tuple[str, str, int]]:
+    """(sobject, kind, size) per call: each group of one object and kind in chunks of `batch_size`."""
+    calls: list[tuple[str, str, int]] = []
+    for group in groups:
+        remaining = group.count
+        while remaining > 0:
+            calls.append((group.sobject, group.kind, min(batch_size, remaining)))
+            remaining -= batch_size
+    return calls
+
+
+def build_records(entries: Sequence[OutboxEntry], kind: str, writable: Mapping[str, bool]
+                  ) -> tuple[list[dict[str, Any]], set[str]]:
+    """The request records, in entry order, and the read-only fields left out.
+
+    Blank values are never sent; a field `writable` marks False is never sent; a field it does
+    not list is sent (Salesforce answers an unknown field with a per-record error).
+    """
+    records: list[dict[str, Any]] = []
+    skipped: set[str] = set()
+    for entry in entries:
+        record: dict[str, Any] = {}
+        for name, value in entry.write.fields.items():
+            if is_blank(value):
+                continue
+            if not writable.get(name, True):
+                skipped.add(name)
+                continue
+            record[name] = sf_value(value)
+        if kind != CREATE:
+            record["Id"] = entry.write.sf_id
+        records.append(record)
+    return records, skipped
+
+
+def sf_value(value: Any) -> Any:
+    """BSON values in the JSON form Salesforce takes."""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}" + (
+            value.strftime("%z") or "+0000")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def backoff_delay(attempt: int, *, base: timedelta, cap: timedelta, rng: random.Random) -> timedelta:
+    """Exponential backoff with jitter in [50 %, 100 %] of min(cap, base * 2**attempt)."""
+    ceiling = min(cap.total_seconds(), base.total_seconds() * (2 ** min(attempt, 30)))
+    return timedelta(seconds=ceiling * (0.5 + rng.random() / 2))
+
+
+def error_text(result: RecordResult) -> str:
+    if not result.errors:
+        return "UNKNOWN: Salesforce reported a failure without an error"
+    return "; ".join(f"{e.status_code}: {e.message}" for e in result.errors)
+
+
+def is_retriable(result: RecordResult) -> bool:
+    return bool(result.errors) and all(e.status_code in RETRIABLE_CODES for e in result.errors)
+
+
+def _job(entry: OutboxEntry) -> dict[str, Any]:
+    write = entry.write
+    return {"kind": "outbound", "sobject": write.sobject, "sf_id": write.sf_id,
+            "collection": write.collection, "local_id": str(write.local_id)}
+
+
+def _log(entry: OutboxEntry, kind: str, *, sf_id: str | None, record: Mapping[str, Any],
+         error: str | None = None, retriable: bool = False) -> SyncLog:
+    fields = {name: {"old": None, "new": value} for name, value in record.items() if name != "Id"}
+    return SyncLog(
+        source="local", type="create" if kind == CREATE else "update",
+        status="failed" if error else "success", object=entry.write.sobject, sf_id=sf_id,
+        local_id=str(entry.write.local_id), collection=entry.write.collection, fields=fields,
+        error=error, job=_job(entry) if error else None, attempt=entry.write.attempt + 1,
+        retriable=retriable,
+    )
+
+
+class OutboundFlusher:
+    """Sends the outbox to Salesforce. Safe to run in several replicas (claims are leased)."""
+
+    def __init__(
+        self, outbox: Outbox, sf: SalesforceApi, store: FlushStore, budget: Budget, *,
+        client_name: str, policy: FlushPolicy | None = None,
+        writable: Mapping[str, Mapping[str, bool]] | None = None,
+        backoff_base: timedelta = timedelta(seconds=5), backoff_cap: timedelta = timedelta(minutes=5),
+        budget_wait: timedelta = timedelta(minutes=1), tick: timedelta = timedelta(milliseconds=250),
+        clock: Clock = utcnow, rng: random.Random | None = None,
+    ) -> None:
+        self._outbox, self._sf, self._store, self._budget = outbox, sf, store, budget
+        self.client_name = client_name
+        self.policy = policy or FlushPolicy()
+        self._writable = {k: dict(v) for k, v in (writable or {}).items()}
+        self._described: dict[tuple[str, str], dict[str, bool]] = {}
+        self._backoff_base, self._backoff_cap, self._budget_wait = backoff_base, backoff_cap, budget_wait
+        self._tick, self._clock = tick, clock
+        self._rng = rng or random.Random()
+        self._last_flush = clock()
+        self.calls_made = 0        # composite/sobjects calls: the bench's "calls per 1,000 edits"
+        self.records_sent = 0
+        self.records_failed = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick until `stop` is set: recover expired leases, flush when the policy says so."""
+        log.info("outbound_flusher_started", client=self.client_name)
+        while not stop.is_set():
+            await self._outbox.recover_expired()
+            try:
+                await self.tick()
+            except RetriableError as exc:
+                log.warning("outbound_tick_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._tick.total_seconds())
+        log.info("outbound_flusher_stopped", calls=self.calls_made)
+
+    async def tick(self) -> bool:
+        """Flush if the policy says so; True when it did."""
+        groups = await self._outbox.due_groups()
+        now = self._clock()
+        pending = sum(g.count for g in groups)
+        oldest = min((g.oldest for g in groups), default=now)
+        if not self.policy.should_flush(mode=self._budget.mode, pending=pending,
+                                        oldest_wait=now - oldest, since_last_flush=now - self._last_flush):
+            return False
+        await self.flush(groups)
+        return True
+
+    async def flush(self, groups: Sequence[OutboxGroup] | None = None) -> int:
+        """Send every due write now (budget permitting); the number of calls made."""
+        self._last_flush = self._clock()
+        if groups is None:
+            groups = await self._outbox.due_groups()
+        calls = 0
+        for sobject, kind, size in plan_calls(groups, self.policy.batch_size):
+            if not self._budget.allows_optional_calls():
+                log.info("outbound_waiting_for_budget", mode=self._budget.mode)
+                break
+            entries = await self._outbox.claim(sobject, kind, size)
+            if entries:
+                if not await self._send(sobject, kind, entries):
+                    break  # the org is unreachable or out of budget: the rest waits too
+                calls += 1
+        return calls
+
+    async def _send(self, sobject: str, kind: str, entries: list[OutboxEntry]) -> bool:
+        """One call for `entries`. False when the call failed as a whole (entries kept)."""
+        try:
+            writable = await self._writability(sobject, kind)
+            records, skipped = build_records(entries, kind, writable)
+            if skipped:
+                log.warning("outbound_fields_read_only", sobject=sobject, fields=sorted(skipped))
+            call = self._sf.create if kind == CREATE else self._sf.update
+            self.calls_made += 1
+            results = await call(sobject, records)
+        except BudgetExhaustedError:
+            log.warning("outbound_budget_exhausted", sobject=sobject, writes=len(entries))
+            await self._outbox.retry_later(entries, self._budget_wait, count_attempt=False)
+            return False
+        except RetriableError as exc:
+            delay = backoff_delay(max(e.write.attempt for e in entries), base=self._backoff_base,
+                                  cap=self._backoff_cap, rng=self._rng)
+            log.warning("outbound_call_failed", sobject=sobject, kind=kind, writes=len(entries),
+                        error=str(exc), retry_in_s=round(delay.total_seconds(), 1))
+            await self._outbox.retry_later(entries, delay)
+            return False
+        except SkippableError as exc:
+            results = [RecordResult(success=False, errors=[]) for _ in entries]
+            await self._finish(kind, entries, [{} for _ in entries], results, call_error=str(exc))
+            return True
+        except FatalError:
+            await self._outbox.retry_later(entries, timedelta(0), count_attempt=False)
+            raise
+        if len(results) != len(records):
+            await self._outbox.retry_later(entries, timedelta(0), count_attempt=False)
+            raise FatalError(f"composite/sobjects {sobject}: {len(results)} results for {len(records)}")
+        await self._finish(kind, entries, records, results)
+        return True
+
+    async def _finish(self, kind: str, entries: Sequence[OutboxEntry], records: Sequence[dict[str, Any]],
+                      results: Sequence[RecordResult], call_error: str | None = None) -> None:
+        """Log every record's outcome, link created records, then drop the writes."""
+        logs: list[SyncLog] = []
+        for entry, record, result in zip(entries, records, results, strict=True):
+            if not result.success:
+                retriable = is_retriable(result)
+                logs.append(_log(entry, kind, sf_id=entry.write.sf_id, record=record,
+                                 error=call_error or error_text(result), retriable=retriable))
+                self.records_failed += 1
+                continue
+            sf_id = result.id or entry.write.sf_id
+            logs.append(_log(entry, kind, sf_id=sf_id, record=record))
+            self.records_sent += 1
+            if kind == CREATE and sf_id:
+                logs.extend(await self._link(entry, sf_id))
+        # Logs before the outbox delete: a crash in between re-sends (at least once), never loses.
+        await self._store.insert_sync_logs(logs)
+        await self._outbox.done(entries)
+        log.info("outbound_batch_done", sobject=entries[0].write.sobject, kind=kind,
+                 written=sum(r.success for r in results), failed=sum(not r.success for r in results))
+
+    async def _link(self, entry: OutboxEntry, sf_id: str) -> list[SyncLog]:
+        write = entry.write
+        linked = await self._store.link_created(write.collection, write.local_id,
+                                                sobject=write.sobject, sf_id=sf_id)
+        if linked:
+            await self._outbox.created(write.collection, write.local_id, write.sobject, sf_id)
+            return []
+        log.warning("outbound_link_failed", sobject=write.sobject, sf_id=sf_id,
+                    local_id=str(write.local_id))
+        return [SyncLog(source="local", type="link", status="failed", object=write.sobject, sf_id=sf_id,
+                        local_id=str(write.local_id), collection=write.collection,
+                        error=f"ALREADY_LINKED: the local record was linked meanwhile; {sf_id} is not")]
+
+    async def _writability(self, sobject: str, kind: str) -> Mapping[str, bool]:
+        """Field -> may we send it, from the configured map or (once per object) the describe."""
+        if sobject in self._writable:
+            return self._writable[sobject]
+        cached = self._described.get((sobject, kind))
+        if cached is None:
+            described = await self._sf.describe(sobject)
+            flag = "createable" if kind == CREATE else "updateable"
+            cached = {str(f["name"]): bool(f.get(flag)) and not bool(f.get("calculated"))
+                      for f in described.get("fields", [])}
+            self._described[(sobject, kind)] = cached
+        return cached

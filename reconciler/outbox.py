@@ -1,0 +1,91 @@
+"""The durable outbox: where writes to Salesforce wait until the flusher sends them.
+
+`Outbox.enqueue` is `reconciler.ports.OutboundQueue`: every producer (the local-change watcher,
+merges, retries) puts its writes here, and returns only once they are durable (journaled
+majority), so a caller may then advance its own offset. Writes to one record coalesce into one
+pending write (latest value per field wins). Blank values never enter the outbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from reconciler.ports import OutboundWrite
+from reconciler.records import is_blank
+from reconciler.store._outbox import OutboxCollection, OutboxEntry, OutboxGroup
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def without_blanks(write: OutboundWrite) -> OutboundWrite:
+    """The write minus blank values: data always wins over a blank, so blanks are never sent."""
+    fields = {name: value for name, value in write.fields.items() if not is_blank(value)}
+    return write if len(fields) == len(write.fields) else replace(write, fields=fields)
+
+
+class Outbox:
+    """`OutboundQueue` over the `outbox` collection, plus what the flusher needs to drain it."""
+
+    def __init__(self, collection: OutboxCollection, *, clock: Clock = utcnow,
+                 lease: timedelta = timedelta(minutes=2)) -> None:
+        self._collection = collection
+        self._clock = clock
+        self.lease = lease
+        self._indexed = False
+
+    async def ensure_indexes(self) -> None:
+        """Coalescing rests on the unique pending-key index: made once, before the first write."""
+        if not self._indexed:
+            await self._collection.ensure_indexes()
+            self._indexed = True
+
+    async def enqueue(self, writes: Sequence[OutboundWrite]) -> None:
+        cleaned = [without_blanks(w) for w in writes]
+        # An update with nothing left to send is no write; a create still links the record.
+        kept = [w for w in cleaned if w.fields or w.sf_id is None]
+        if kept:
+            await self.ensure_indexes()
+            await self._collection.add(kept, self._clock())
+            log.debug("outbox_enqueued", writes=len(kept))
+
+    async def due_groups(self) -> list[OutboxGroup]:
+        return await self._collection.due_groups(self._clock())
+
+    async def claim(self, sobject: str, kind: str, limit: int) -> list[OutboxEntry]:
+        return await self._collection.claim(sobject, kind, now=self._clock(), lease=self.lease,
+                                            limit=limit)
+
+    async def done(self, entries: Sequence[OutboxEntry]) -> None:
+        """Sent (or logged as failed, which is what gets retried): drop them."""
+        await self._collection.remove(entries)
+
+    async def retry_later(self, entries: Sequence[OutboxEntry], delay: timedelta, *,
+                          count_attempt: bool = True) -> None:
+        await self._collection.release(entries, next_attempt_at=self._clock() + delay,
+                                       count_attempt=count_attempt)
+
+    async def recover_expired(self) -> int:
+        recovered = await self._collection.recover_expired(self._clock())
+        if recovered:
+            log.warning("outbox_leases_expired", writes=recovered)
+        return recovered
+
+    async def created(self, collection: str, local_id: object, sobject: str, sf_id: str) -> None:
+        """Edits queued while the create was in flight become updates of the new record."""
+        await self._collection.rekey_created(collection, local_id, sobject, sf_id)
+
+    async def depth(self) -> int:
+        return await self._collection.depth()
+
+    async def pending(self) -> list[OutboxEntry]:
+        return await self._collection.pending()

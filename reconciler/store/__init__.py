@@ -1,0 +1,56 @@
+"""The MongoDB store: the only package that imports motor/pymongo.
+
+`Store` is assembled from one mixin per concern; its `db` attribute is for the store's own
+modules (`_records`, `_logs`, `_state`, and the outbox/watch modules), not for callers.
+"""
+
+from __future__ import annotations
+
+from bson import ObjectId
+from bson.errors import InvalidId
+
+from reconciler.store._client import Connection, translate_errors
+from reconciler.store._logs import LogsMixin, decode_cursor, encode_cursor
+from reconciler.store._records import BulkOutcome, RecordsMixin, RecordWrite
+from reconciler.store._state import StateMixin
+from reconciler.store._watch import OutboundMixin
+
+__all__ = [
+    "BulkOutcome",
+    "RecordWrite",
+    "Store",
+    "decode_cursor",
+    "encode_cursor",
+    "new_object_id",
+    "parse_local_id",
+    "translate_errors",
+]
+
+
+class Store(Connection, RecordsMixin, LogsMixin, StateMixin, OutboundMixin):
+    """People/Companies, sync logs and sync state in one MongoDB database; the outbox and
+    the local-change watch come from `OutboundMixin` (reconciler-outbound's modules)."""
+
+    @classmethod
+    async def connect(
+        cls, uri: str, database: str, *, sync_log_retention_days: int = 30,
+        server_selection_timeout_ms: int = 10_000,
+    ) -> Store:
+        store = await super().connect(
+            uri, database, sync_log_retention_days=sync_log_retention_days,
+            server_selection_timeout_ms=server_selection_timeout_ms,
+        )
+        assert isinstance(store, Store)
+        return store
+
+
+def new_object_id() -> object:
+    return ObjectId()
+
+
+def parse_local_id(text: str) -> object:
+    """A local id as the APIs show it (string) back to the stored `_id` (ObjectId when it is one)."""
+    try:
+        return ObjectId(text)
+    except (InvalidId, TypeError):
+        return text

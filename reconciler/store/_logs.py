@@ -1,0 +1,124 @@
+"""Sync logs: insert, filter newest-first with a stable cursor, mark retried."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+from bson.errors import InvalidId
+
+from reconciler.store._client import translate_errors
+from reconciler.sync_logs import SyncLog
+
+
+def encode_cursor(ts: datetime, oid: ObjectId) -> str:
+    return base64.urlsafe_b64encode(f"{ts.isoformat()}|{oid}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, ObjectId] | None:
+    """None for a cursor we did not make (the API answers from the start rather than fail)."""
+    try:
+        ts_text, oid_text = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(ts_text), ObjectId(oid_text)
+    except (ValueError, binascii.Error, InvalidId, UnicodeDecodeError):
+        return None
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def public_log(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored log as the APIs show it: `id` (string) instead of `_id`, JSON-safe values."""
+    out = {"id": str(doc["_id"])}
+    out.update({k: _json_safe(v) for k, v in doc.items() if k != "_id"})
+    return out
+
+
+def _object_id(log_id: str) -> ObjectId | None:
+    try:
+        return ObjectId(log_id)
+    except (InvalidId, TypeError):
+        return None
+
+
+class LogsMixin:
+    db: Any
+
+    async def insert_sync_logs(self, logs: Sequence[SyncLog]) -> list[str]:
+        """Insert in one round-trip; returns the new log ids (as strings), in order."""
+        if not logs:
+            return []
+        with translate_errors("insert_sync_logs"):
+            result = await self.db.sync_logs.insert_many([entry.to_document() for entry in logs],
+                                                         ordered=False)
+        return [str(oid) for oid in result.inserted_ids]
+
+    async def find_sync_logs(
+        self, *, status: str | None = None, source: str | None = None, type: str | None = None,
+        object: str | None = None, record: str | None = None, limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Newest first. The cursor is the (ts, _id) of the last item: stable under inserts."""
+        query: dict[str, Any] = {}
+        for key, value in (("status", status), ("source", source), ("type", type), ("object", object)):
+            if value:
+                query[key] = value
+        if record:
+            query["$or"] = [{"sf_id": record}, {"local_id": record}]
+        position = decode_cursor(cursor) if cursor else None
+        if position is not None:
+            ts, oid = position
+            query = {"$and": [query, {"$or": [{"ts": {"$lt": ts}}, {"ts": ts, "_id": {"$lt": oid}}]}]}
+        limit = max(1, min(limit, 500))
+        with translate_errors("find_sync_logs"):
+            docs = await self.db.sync_logs.find(query).sort([("ts", -1), ("_id", -1)]).limit(limit + 1) \
+                .to_list(None)
+        more = len(docs) > limit
+        docs = docs[:limit]
+        next_cursor = encode_cursor(docs[-1]["ts"], docs[-1]["_id"]) if more and docs else None
+        return [public_log(d) for d in docs], next_cursor
+
+    async def get_sync_log(self, log_id: str) -> dict[str, Any] | None:
+        oid = _object_id(log_id)
+        if oid is None:
+            return None
+        with translate_errors("get_sync_log"):
+            doc = await self.db.sync_logs.find_one({"_id": oid})
+        return public_log(doc) if doc else None
+
+    async def mark_sync_log(self, log_id: str, *, retried_by: str) -> None:
+        oid = _object_id(log_id)
+        if oid is None:
+            return
+        with translate_errors("mark_sync_log"):
+            await self.db.sync_logs.update_one({"_id": oid}, {"$set": {"retried_by": retried_by}})
+
+    async def find_failed_logs(
+        self, *, retriable_only: bool = False, max_attempt: int | None = None,
+        before: datetime | None = None, limit: int = 500,
+    ) -> list[dict[str, Any]]:
+        """Failed logs not yet retried (oldest first), as `public_log` dicts."""
+        query: dict[str, Any] = {"status": "failed", "retried_by": None, "job": {"$ne": None}}
+        if retriable_only:
+            query["retriable"] = True
+        if max_attempt is not None:
+            query["attempt"] = {"$lt": max_attempt}
+        if before is not None:
+            query["ts"] = {"$lte": before}
+        with translate_errors("find_failed_logs"):
+            cursor = self.db.sync_logs.find(query).sort([("ts", 1), ("_id", 1)]).limit(limit)
+            docs = await cursor.to_list(None)
+        return [public_log(d) for d in docs]

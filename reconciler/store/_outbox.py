@@ -1,0 +1,253 @@
+"""The durable outbox (collection `outbox`): pending writes to Salesforce, coalesced per record.
+
+One pending document per record (`key`, unique among `pending` documents): a burst of edits to
+one record merges into one write, the latest value of each field winning. A flusher claims a
+batch by moving documents to `inflight` under a lease (an id only it knows, and an expiry), so
+several replicas never send the same write; documents a crashed process left `inflight` return
+to `pending` once their lease expires.
+
+Returning a document to `pending` when a newer pending document for the same record exists
+merges the two (the newer values win) instead of breaking the unique key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, UpdateOne
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from reconciler.errors import RetriableError
+from reconciler.ports import OutboundWrite
+from reconciler.store._client import DURABLE, translate_errors
+
+OUTBOX = "outbox"
+PENDING = "pending"
+INFLIGHT = "inflight"
+CREATE = "create"
+UPDATE = "update"
+_DUPLICATE_KEY = 11000
+
+
+def aware(value: datetime) -> datetime:
+    """BSON dates come back naive unless the client is tz-aware: they are UTC either way."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def coalescing_key(write: OutboundWrite) -> str:
+    """Writes to one Salesforce record, or to one not-yet-linked local doc, share a key."""
+    if write.sf_id:
+        return f"sf:{write.sobject}:{write.sf_id}"
+    return f"local:{write.collection}:{write.local_id}"
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One claimed (or pending) outbox document."""
+
+    id: ObjectId
+    key: str
+    kind: str                       # "create" | "update"
+    write: OutboundWrite
+    enqueued_at: datetime           # the oldest coalesced edit: what the flush wait is timed from
+    next_attempt_at: datetime
+    lease: str | None = None        # set while claimed
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> OutboxEntry:
+        write = OutboundWrite(
+            sobject=doc["sobject"], sf_id=doc.get("sf_id"), collection=doc["collection"],
+            local_id=doc["local_id"], fields=dict(doc.get("fields") or {}),
+            reason=doc.get("reason", "local_edit"), attempt=int(doc.get("attempt", 0)),
+        )
+        return cls(id=doc["_id"], key=doc["key"], kind=doc["kind"], write=write,
+                   enqueued_at=aware(doc["enqueued_at"]), next_attempt_at=aware(doc["next_attempt_at"]),
+                   lease=doc.get("lease"))
+
+
+@dataclass(frozen=True)
+class OutboxGroup:
+    """Due pending writes of one object and kind: one or more `composite/sobjects` calls."""
+
+    sobject: str
+    kind: str
+    count: int
+    oldest: datetime
+
+
+class OutboxCollection:
+    """The `outbox` collection. Takes a motor database."""
+
+    def __init__(self, db: Any) -> None:
+        self._coll = db[OUTBOX].with_options(write_concern=DURABLE)
+
+    async def ensure_indexes(self) -> None:
+        with translate_errors("outbox.ensure_indexes"):
+            await self._coll.create_index(
+                [("key", ASCENDING)], unique=True, name="pending_key",
+                partialFilterExpression={"status": PENDING},
+            )
+            await self._coll.create_index(
+                [("status", ASCENDING), ("sobject", ASCENDING), ("kind", ASCENDING),
+                 ("next_attempt_at", ASCENDING)], name="due",
+            )
+            await self._coll.create_index([("lease", ASCENDING)], name="lease", sparse=True)
+
+    async def add(self, writes: Sequence[OutboundWrite], now: datetime) -> None:
+        """Upsert each write into its record's pending document (journaled majority)."""
+        ops = [_upsert(write, now) for write in writes]
+        start, races = 0, 0
+        while start < len(ops):
+            if races > len(ops) + 2:
+                raise RetriableError("outbox.add: upserts keep racing on the pending key")
+            races += 1
+            with translate_errors("outbox.add"):
+                try:
+                    await self._coll.bulk_write(ops[start:], ordered=True)
+                    return
+                except BulkWriteError as exc:
+                    failed_at = _duplicate_index(exc)
+                    if failed_at is None:
+                        raise
+            # Two upserts raced for one record: the other's insert is in, so from the failed
+            # operation on, every upsert finds the pending document.
+            start += failed_at
+
+    async def due_groups(self, now: datetime) -> list[OutboxGroup]:
+        pipeline = [
+            {"$match": {"status": PENDING, "next_attempt_at": {"$lte": now}}},
+            {"$group": {"_id": {"sobject": "$sobject", "kind": "$kind"},
+                        "count": {"$sum": 1}, "oldest": {"$min": "$enqueued_at"}}},
+        ]
+        with translate_errors("outbox.due_groups"):
+            rows = await self._coll.aggregate(pipeline).to_list(None)
+        groups = [OutboxGroup(r["_id"]["sobject"], r["_id"]["kind"], int(r["count"]), aware(r["oldest"]))
+                  for r in rows]
+        return sorted(groups, key=lambda g: (g.oldest, g.sobject, g.kind))
+
+    async def claim(self, sobject: str, kind: str, *, now: datetime, lease: timedelta,
+                    limit: int) -> list[OutboxEntry]:
+        """Move up to `limit` due pending writes to `inflight` under a fresh lease, oldest first."""
+        token = str(ObjectId())
+        due = {"status": PENDING, "sobject": sobject, "kind": kind, "next_attempt_at": {"$lte": now}}
+        with translate_errors("outbox.claim"):
+            ids = [d["_id"] async for d in self._coll.find(due, {"_id": 1})
+                   .sort([("enqueued_at", ASCENDING), ("_id", ASCENDING)]).limit(limit)]
+            if not ids:
+                return []
+            # The status filter makes each document's claim atomic: a replica that lost the
+            # race simply claims fewer.
+            await self._coll.update_many(
+                {"_id": {"$in": ids}, "status": PENDING},
+                {"$set": {"status": INFLIGHT, "lease": token, "lease_until": now + lease}},
+            )
+            docs = await self._coll.find({"lease": token}).to_list(None)
+        order = {doc_id: i for i, doc_id in enumerate(ids)}
+        docs.sort(key=lambda d: order[d["_id"]])
+        return [OutboxEntry.from_document(d) for d in docs]
+
+    async def remove(self, entries: Sequence[OutboxEntry]) -> None:
+        """Drop writes that are done (sent, or logged as failed), if still under our lease."""
+        if not entries:
+            return
+        with translate_errors("outbox.remove"):
+            await self._coll.delete_many(
+                {"_id": {"$in": [e.id for e in entries]}, "lease": entries[0].lease})
+
+    async def release(self, entries: Sequence[OutboxEntry], *, next_attempt_at: datetime,
+                      count_attempt: bool) -> None:
+        """Return claimed writes to `pending`, due at `next_attempt_at`."""
+        for entry in entries:
+            await self._to_pending(entry.id, entry.lease, next_attempt_at, 1 if count_attempt else 0)
+
+    async def recover_expired(self, now: datetime) -> int:
+        """Return writes whose lease expired (their process died) to `pending`; how many."""
+        with translate_errors("outbox.recover_expired"):
+            expired = await self._coll.find(
+                {"status": INFLIGHT, "lease_until": {"$lt": now}}, {"_id": 1, "lease": 1}).to_list(None)
+        for doc in expired:
+            await self._to_pending(doc["_id"], doc["lease"], now, 0)
+        return len(expired)
+
+    async def rekey_created(self, collection: str, local_id: Any, sobject: str, sf_id: str) -> None:
+        """A create succeeded: edits queued meanwhile under the local key become updates."""
+        with translate_errors("outbox.rekey_created"):
+            doc = await self._coll.find_one(
+                {"key": f"local:{collection}:{local_id}", "status": PENDING})
+        if doc is None:
+            return
+        sf_key = f"sf:{sobject}:{sf_id}"
+        change = {"key": sf_key, "sf_id": sf_id, "sobject": sobject, "kind": UPDATE}
+        with translate_errors("outbox.rekey_created"):
+            try:
+                await self._coll.update_one({"_id": doc["_id"], "status": PENDING}, {"$set": change})
+                return
+            except DuplicateKeyError:
+                pass
+        await self._merge_into_pending(doc, sf_key)
+
+    async def depth(self) -> int:
+        with translate_errors("outbox.depth"):
+            return int(await self._coll.count_documents({}))
+
+    async def pending(self) -> list[OutboxEntry]:
+        """Every pending write, oldest first (admin views and tests)."""
+        with translate_errors("outbox.pending"):
+            docs = await self._coll.find({"status": PENDING}).sort(
+                [("enqueued_at", ASCENDING), ("_id", ASCENDING)]).to_list(None)
+        return [OutboxEntry.from_document(d) for d in docs]
+
+    async def _to_pending(self, entry_id: ObjectId, lease: str | None, due: datetime,
+                          add_attempt: int) -> None:
+        update = {"$set": {"status": PENDING, "next_attempt_at": due},
+                  "$unset": {"lease": "", "lease_until": ""}, "$inc": {"attempt": add_attempt}}
+        with translate_errors("outbox.release"):
+            try:
+                await self._coll.update_one({"_id": entry_id, "lease": lease}, update)
+                return
+            except DuplicateKeyError:
+                doc = await self._coll.find_one({"_id": entry_id, "lease": lease})
+        if doc is not None:
+            await self._merge_into_pending(doc, doc["key"])
+
+    async def _merge_into_pending(self, older: dict[str, Any], key: str) -> None:
+        """Fold an older document into the pending one for `key` (its values win), then drop it."""
+        merged = [{"$set": {
+            "fields": {"$mergeObjects": [{"$literal": older.get("fields") or {}}, "$fields"]},
+            "enqueued_at": {"$min": [{"$literal": older["enqueued_at"]}, "$enqueued_at"]},
+            "attempt": {"$max": [{"$literal": int(older.get("attempt", 0))}, "$attempt"]},
+        }}]
+        with translate_errors("outbox.merge"):
+            result = await self._coll.update_one({"key": key, "status": PENDING}, merged)
+            if result.matched_count:
+                await self._coll.delete_one({"_id": older["_id"]})
+
+
+def _upsert(write: OutboundWrite, now: datetime) -> UpdateOne:
+    kind = UPDATE if write.sf_id else CREATE
+    fields = {f"fields.{name}": value for name, value in write.fields.items()}
+    return UpdateOne(
+        {"key": coalescing_key(write), "status": PENDING},
+        {
+            "$set": {**fields, "reason": write.reason, "updated_at": now},
+            "$setOnInsert": {
+                "kind": kind, "sobject": write.sobject, "sf_id": write.sf_id,
+                "collection": write.collection, "local_id": write.local_id,
+                "enqueued_at": now, "next_attempt_at": now,
+            },
+            "$max": {"attempt": write.attempt},
+        },
+        upsert=True,
+    )
+
+
+def _duplicate_index(exc: BulkWriteError) -> int | None:
+    """The index of the first failed operation, when it failed on the pending-key index."""
+    errors = exc.details.get("writeErrors") or []
+    if errors and errors[0].get("code") == _DUPLICATE_KEY:
+        return int(errors[0]["index"])
+    return None

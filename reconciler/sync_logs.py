@@ -1,0 +1,78 @@
+"""Sync logs: one document per sync action, what an admin filters, reads and retries.
+
+Bulk imports (backfill pages) are logged as ONE summary log per page (`type="import"`,
+`count` = records applied) plus one log per failed record: a 100,000-record backfill would
+otherwise double its MongoDB write load with log inserts while telling the admin nothing
+more than "imported". Everything else (stream, poll, retry, re-import) logs per record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+Source = Literal["salesforce", "local"]
+LogType = Literal[
+    "create", "update", "delete", "undelete", "merge", "convert", "link", "import",
+    "owner_change", "event",
+]
+Status = Literal["success", "failed"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class SyncLog:
+    source: Source
+    type: LogType
+    status: Status
+    object: str | None = None
+    sf_id: str | None = None
+    local_id: str | None = None
+    collection: str | None = None
+    fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # field -> {"old", "new"}
+    error: str | None = None
+    job: dict[str, Any] | None = None
+    attempt: int = 1
+    retriable: bool = False
+    retried_by: str | None = None
+    count: int = 1                 # records this log covers (>1 only for import summaries)
+    ts: datetime = field(default_factory=utcnow)
+
+    def to_document(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def inbound_job(sobject: str, sf_id: str) -> dict[str, Any]:
+    """What a retry needs to re-run an inbound change: re-fetch the record and merge it."""
+    return {"kind": "inbound", "sobject": sobject, "sf_id": sf_id}
+
+
+def event_job(raw: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "event", "raw": raw}
+
+
+def failed_inbound(
+    sobject: str | None, sf_id: str | None, error: str, *, type: LogType = "update",
+    retriable: bool = False, collection: str | None = None, local_id: str | None = None,
+    attempt: int = 1, raw: dict[str, Any] | None = None,
+) -> SyncLog:
+    """A failed inbound change, with the job that re-runs it."""
+    job = inbound_job(sobject, sf_id) if sobject and sf_id else event_job(raw or {})
+    return SyncLog(
+        source="salesforce", type=type, status="failed", object=sobject, sf_id=sf_id,
+        local_id=local_id, collection=collection, error=error, job=job, attempt=attempt,
+        retriable=retriable,
+    )
+
+
+def field_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`{"field": {"old": ..., "new": ...}}` for the fields whose value changes."""
+    return {
+        name: {"old": old.get(name), "new": value}
+        for name, value in new.items()
+        if old.get(name) != value
+    }

@@ -1,0 +1,178 @@
+"""The durable outbox on a real MongoDB-wire server: coalescing, leased claims, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from reconciler.outbox import Outbox
+from reconciler.ports import OutboundWrite
+from reconciler.store import Store
+from reconciler.store._outbox import CREATE, UPDATE
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
+    store = await Store.connect(mongo_uri, database_name)
+    await store.ensure_indexes()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def outbox(store: Store, clock: Clock) -> Outbox:
+    return Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2))
+
+
+def update(sf_id: str, **fields: object) -> OutboundWrite:
+    return OutboundWrite(sobject="Lead", sf_id=sf_id, collection="people", local_id=f"p-{sf_id}",
+                         fields=dict(fields), reason="local_edit")
+
+
+def create(local_id: str, **fields: object) -> OutboundWrite:
+    return OutboundWrite(sobject="Lead", sf_id=None, collection="people", local_id=local_id,
+                         fields=dict(fields), reason="create")
+
+
+class TestCoalescing:
+    async def test_a_burst_of_edits_to_one_record_is_one_write(self, outbox: Outbox, clock: Clock) -> None:
+        """Edits to one record merge into one pending write; the latest value of a field wins."""
+        await outbox.enqueue([update("00Q1", FirstName="Ann")])
+        clock.advance(0.5)
+        await outbox.enqueue([update("00Q1", FirstName="Anne", City="Paris")])
+        await outbox.enqueue([update("00Q1", Title="CTO"), update("00Q1", City="Lyon")])
+        pending = await outbox.pending()
+        assert len(pending) == 1
+        assert pending[0].write.fields == {"FirstName": "Anne", "City": "Lyon", "Title": "CTO"}
+        assert pending[0].kind == UPDATE
+        assert pending[0].enqueued_at == datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+    async def test_creates_coalesce_per_local_document(self, outbox: Outbox) -> None:
+        """An unlinked document's create and later edits are one create."""
+        await outbox.enqueue([create("p-1", LastName="Lee"), create("p-1", Company="Acme"),
+                              create("p-2", LastName="Kim")])
+        pending = {e.write.local_id: e for e in await outbox.pending()}
+        assert set(pending) == {"p-1", "p-2"}
+        assert pending["p-1"].write.fields == {"LastName": "Lee", "Company": "Acme"}
+        assert pending["p-1"].kind == CREATE
+
+    async def test_blank_values_never_enter_the_outbox(self, outbox: Outbox) -> None:
+        """Blanks are dropped; an update left with nothing to send is not enqueued."""
+        await outbox.enqueue([update("00Q1", FirstName="Ann", City="  ", Title=None),
+                              update("00Q2", City="")])
+        pending = await outbox.pending()
+        assert [(e.write.sf_id, e.write.fields) for e in pending] == [("00Q1", {"FirstName": "Ann"})]
+
+    async def test_concurrent_enqueues_for_one_record_stay_one_write(self, store: Store) -> None:
+        """Replicas racing on one record's upsert end with a single pending document."""
+        boxes = [Outbox(store.outbox) for _ in range(4)]
+        await asyncio.gather(*(box.enqueue([update("00Q9", **{f"F{i}__c": i})])
+                               for i, box in enumerate(boxes)))
+        pending = await boxes[0].pending()
+        assert len(pending) == 1
+        assert pending[0].write.fields == {f"F{i}__c": i for i in range(4)}
+
+
+class TestClaims:
+    async def test_a_claimed_write_is_not_claimed_again(self, outbox: Outbox) -> None:
+        """Claims move writes to inflight under a lease; a second claim finds nothing."""
+        await outbox.enqueue([update(f"00Q{i}", City="x") for i in range(5)])
+        first = await outbox.claim("Lead", UPDATE, 3)
+        second = await outbox.claim("Lead", UPDATE, 10)
+        assert len(first) == 3 and len(second) == 2
+        assert not {e.id for e in first} & {e.id for e in second}
+        assert await outbox.claim("Lead", UPDATE, 10) == []
+
+    async def test_replicas_claiming_at_once_split_the_work(self, store: Store) -> None:
+        """Concurrent claims from several replicas never hand one write to two of them."""
+        boxes = [Outbox(store.outbox) for _ in range(3)]
+        await boxes[0].enqueue([update(f"00Q{i:03d}", City="x") for i in range(60)])
+        claims = await asyncio.gather(*(box.claim("Lead", UPDATE, 200) for box in boxes))
+        ids = [e.id for claim in claims for e in claim]
+        assert len(ids) == 60 and len(set(ids)) == 60
+
+    async def test_an_edit_during_a_send_waits_for_the_next_one(self, outbox: Outbox) -> None:
+        """A record edited while its write is inflight gets a new pending write."""
+        await outbox.enqueue([update("00Q1", City="Paris")])
+        inflight = await outbox.claim("Lead", UPDATE, 10)
+        await outbox.enqueue([update("00Q1", City="Lyon")])
+        await outbox.done(inflight)
+        pending = await outbox.pending()
+        assert [e.write.fields for e in pending] == [{"City": "Lyon"}]
+
+    async def test_a_failed_send_folds_into_a_newer_pending_write(self, outbox: Outbox) -> None:
+        """Releasing an inflight write merges it under the newer pending one (newer wins)."""
+        await outbox.enqueue([update("00Q1", City="Paris", Title="CEO")])
+        inflight = await outbox.claim("Lead", UPDATE, 10)
+        await outbox.enqueue([update("00Q1", City="Lyon")])
+        await outbox.retry_later(inflight, timedelta(seconds=30))
+        pending = await outbox.pending()
+        assert len(pending) == 1
+        assert pending[0].write.fields == {"City": "Lyon", "Title": "CEO"}
+        assert pending[0].write.attempt == 0  # the newer write has not failed yet
+
+    async def test_retry_later_counts_the_attempt_and_delays(self, outbox: Outbox, clock: Clock) -> None:
+        """A released write is not due until its next attempt time."""
+        await outbox.enqueue([update("00Q1", City="Paris")])
+        await outbox.retry_later(await outbox.claim("Lead", UPDATE, 10), timedelta(seconds=30))
+        assert await outbox.claim("Lead", UPDATE, 10) == []
+        clock.advance(31)
+        again = await outbox.claim("Lead", UPDATE, 10)
+        assert [e.write.attempt for e in again] == [1]
+
+
+class TestLeaseExpiry:
+    async def test_writes_of_a_crashed_process_return_after_the_lease(
+        self, outbox: Outbox, clock: Clock
+    ) -> None:
+        """Inflight writes whose lease expired become pending again; live leases are left alone."""
+        await outbox.enqueue([update("00Q1", City="Paris")])
+        await outbox.claim("Lead", UPDATE, 10)  # the claimer "crashes"
+        assert await outbox.recover_expired() == 0
+        clock.advance(121)
+        assert await outbox.recover_expired() == 1
+        assert [e.write.sf_id for e in await outbox.claim("Lead", UPDATE, 10)] == ["00Q1"]
+
+    async def test_a_late_finisher_cannot_drop_a_reclaimed_write(self, outbox: Outbox, clock: Clock) -> None:
+        """`done` with an expired lease leaves the write another replica now holds."""
+        await outbox.enqueue([update("00Q1", City="Paris")])
+        stale = await outbox.claim("Lead", UPDATE, 10)
+        clock.advance(121)
+        await outbox.recover_expired()
+        fresh = await outbox.claim("Lead", UPDATE, 10)
+        await outbox.done(stale)
+        assert await outbox.depth() == 1
+        await outbox.done(fresh)
+        assert await outbox.depth() == 0
+
+
+class TestCreatedRecords:
+    async def test_edits_queued_during_a_create_become_an_update(self, outbox: Outbox) -> None:
+        """After a create succeeds, the pending local-key write targets the new record."""
+        await outbox.enqueue([create("p-1", LastName="Lee", Company="Acme")])
+        inflight = await outbox.claim("Lead", CREATE, 10)
+        await outbox.enqueue([create("p-1", Title="CTO")])
+        await outbox.done(inflight)
+        await outbox.created("people", "p-1", "Lead", "00Q000000000001AAA")
+        pending = await outbox.pending()
+        assert [(e.kind, e.write.sf_id, e.write.fields) for e in pending] == [
+            (UPDATE, "00Q000000000001AAA", {"Title": "CTO"})]

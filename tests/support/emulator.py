@@ -1,0 +1,106 @@
+"""Run the Salesforce org emulator for tests: in-process (`running_emulator`) or as a separate
+process (`start_emulator_process`, for restart tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from emulator.app import create_app
+from emulator.state import EmulatorConfig, EmulatorState
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningEmulator:
+    base_url: str
+    state: EmulatorState
+
+
+@asynccontextmanager
+async def running_emulator(config: EmulatorConfig | None = None) -> AsyncIterator[RunningEmulator]:
+    """The emulator on a free 127.0.0.1 port in this event loop; stopped on exit."""
+    app = create_app(config or EmulatorConfig())
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    state: EmulatorState = app["state"]
+    state.instance_url = f"http://127.0.0.1:{port}"
+    try:
+        yield RunningEmulator(state.instance_url, state)
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class EmulatorProcess:
+    """`python -m emulator` on a fixed port; `restart()` keeps the port (and loses the org's memory)."""
+
+    port: int
+    args: tuple[str, ...]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives with the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "emulator", "--host", "127.0.0.1", "--port", str(self.port), *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"emulator exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"emulator did not open port {self.port} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def start_emulator_process(*args: str) -> EmulatorProcess:
+    """Start `python -m emulator --port <free> *args` and wait until it accepts connections."""
+    port = free_port()
+    handle = EmulatorProcess(port, args, Path(tempfile.gettempdir()) / f"emulator-{port}.log")
+    handle.start()
+    return handle
