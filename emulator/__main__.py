@@ -13,7 +13,7 @@ from emulator.app import create_app
 from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET, SAMPLE_REFRESH_TOKEN, EmulatorConfig
 
 
-def _config(argv: list[str] | None) -> tuple[EmulatorConfig, str, int]:
+def _config(argv: list[str] | None) -> tuple[EmulatorConfig, str, int, str | None]:
     parser = argparse.ArgumentParser(prog="python -m emulator", description="Local Salesforce org emulator")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
@@ -24,6 +24,7 @@ def _config(argv: list[str] | None) -> tuple[EmulatorConfig, str, int]:
     parser.add_argument("--events-max", type=int, default=50_000, help="DailyDeliveredPlatformEvents Max")
     parser.add_argument("--jwt-public-key", type=Path, default=None, help="PEM public key for JWT bearer")
     parser.add_argument("--username", default="integration@example.com")
+    parser.add_argument("--instance-url", default=None, help="base URL clients reach this org at")
     parser.add_argument("--no-control", action="store_true", help="disable the /_emulator control API")
     args = parser.parse_args(argv)
     config = EmulatorConfig(
@@ -36,18 +37,19 @@ def _config(argv: list[str] | None) -> tuple[EmulatorConfig, str, int]:
         records=args.records,
         jwt_public_key_pem=args.jwt_public_key.read_bytes() if args.jwt_public_key else None,
     )
-    return config, args.host, args.port
+    return config, args.host, args.port, args.instance_url
 
 
-async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
+async def _serve(config: EmulatorConfig, host: str, port: int, instance_url: str | None) -> None:
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound = runner.addresses[0][1] if port == 0 else port
-    base = f"http://{host}:{bound}"
-    app["state"].instance_url = base
+    base = instance_url or f"http://{host}:{bound}"
+    if instance_url or host not in ("0.0.0.0", "::"):
+        app["state"].instance_url = base  # else learned from the first request's Host header
     print(
         f"Salesforce emulator at {base} — token: POST {base}/services/oauth2/token with "
         f"grant_type=client_credentials client_id={SAMPLE_CLIENT_ID} client_secret={SAMPLE_CLIENT_SECRET}; "
@@ -67,8 +69,8 @@ async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, host, port = _config(argv)
-    asyncio.run(_serve(config, host, port))
+    config, host, port, instance_url = _config(argv)
+    asyncio.run(_serve(config, host, port, instance_url))
 
 
 if __name__ == "__main__":

@@ -194,20 +194,17 @@ class CometdServer:
             return self._fail(message, error, subscription)
         if self._events_exhausted():
             return self._fail(message, ERROR_EVENTS_LIMIT, subscription)
-        cursor = self._replay_cursor(message, subscription)
+        requested = _requested_replay_id(message, subscription)
+        cursor = self._replay_cursor(requested)
         if cursor is None:
-            requested = ((message.get("ext") or {}).get("replay") or {}).get(subscription)
             return self._fail(message, invalid_replay_id_error(requested), subscription)
         client.subscriptions[subscription] = cursor
         log.info("cometd_subscribed", client_id=client.client_id, channel=subscription, replay_id=cursor)
         self._wake(client)  # replayed events go out on the open connect, if any
         return {**_reply(message, client.client_id), "subscription": subscription}
 
-    def _replay_cursor(self, message: Message, subscription: str) -> int | None:
+    def _replay_cursor(self, requested: object) -> int | None:
         """Where a new subscription starts reading; None for an invalid replay id."""
-        ext = message.get("ext")
-        replay = ext.get("replay") if isinstance(ext, dict) else None
-        requested = replay.get(subscription, -1) if isinstance(replay, dict) else -1
         if isinstance(requested, str) and requested.lstrip("-").isdigit():
             requested = int(requested)
         if not isinstance(requested, int) or isinstance(requested, bool):
@@ -394,6 +391,13 @@ def _error(message: Message, error: str) -> Message:
         if key in message:
             reply[key] = message[key]
     return reply
+
+
+def _requested_replay_id(message: Message, subscription: str) -> object:
+    """``ext.replay[subscription]`` of a subscribe; -1 (new events only) when absent, as on Salesforce."""
+    ext = message.get("ext")
+    replay = ext.get("replay") if isinstance(ext, dict) else None
+    return replay.get(subscription, -1) if isinstance(replay, dict) else -1
 
 
 def _with_subscription(reply: Message, message: Message) -> Message:

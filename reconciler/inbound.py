@@ -232,6 +232,8 @@ class Reconciler:
     async def _company_ids(self, group: list[SalesforceChange]) -> dict[str, Any]:
         """Contact AccountId -> the local `_id` of the Company linked to that Account."""
         account_ids = {a for c in group if isinstance(a := c.fields.get("AccountId"), str) and a}
+        if not account_ids:
+            return {}
         companies = await self.store.find_linked(COMPANIES, account_ids)
         return {d["crm"]["id"]: d["_id"] for d in companies if get_path(d, "crm.id")}
 

@@ -70,7 +70,7 @@ async def _limits_status(base_url: str, token: str) -> tuple[int, Any]:
 
 class TestTokenGrants:
     async def test_client_credentials_issue_a_salesforce_shaped_token(self, jwt_org: RunningEmulator) -> None:
-        """client_credentials answers with access_token, instance_url, id, token_type, issued_at, signature."""
+        """client_credentials answers with a Salesforce-shaped token response."""
         status, body = await _grant(
             jwt_org.base_url,
             grant_type="client_credentials",

@@ -188,7 +188,7 @@ class TestFaults:
 
 class TestRequestLog:
     async def test_requests_are_logged_with_authorization_redacted(self, api: Api) -> None:
-        """GET /_emulator/requests lists method, path, query, headers (Authorization redacted), body, status."""
+        """GET /_emulator/requests lists each request, Authorization redacted."""
         await api.control("DELETE", "requests")
         await api.call("POST", f"{API}/sobjects/Lead", json={"LastName": "Logged"})
         [entry] = (await api.control("GET", "requests"))["requests"]

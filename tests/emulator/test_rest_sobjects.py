@@ -203,7 +203,7 @@ class TestChangeEvents:
     async def test_create_event_carries_all_fields_and_echo_origin(
         self, api: Api, org: RunningEmulator
     ) -> None:
-        """CREATE carries every non-null field; changeOrigin names our client; commitUser is the token's user."""
+        """CREATE carries every non-null field; changeOrigin names our client, commitUser the token's user."""
         _, created, _ = await api.call(
             "POST",
             f"{API}/sobjects/Lead",

@@ -1,0 +1,254 @@
+"""The local-change watcher on a real MongoDB-wire server: change streams and polling fallback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from bson import ObjectId
+
+from reconciler.local_changes import LocalChangeWatcher
+from reconciler.outbox import Outbox
+from reconciler.store import Store
+from reconciler.store._outbox import OutboxEntry
+from settings import Mappings, parse_mappings
+
+MAPPINGS = """
+[people.first_name]
+lead = "FirstName"
+contact = "FirstName"
+[people.last_name]
+lead = "LastName"
+contact = "LastName"
+[people.company_name]
+lead = "Company"
+[people.score]
+lead = "Score__c"
+direction = "from_salesforce"
+[people."custom_fields.linkedin"]
+lead = "LinkedIn__c"
+[companies.name]
+account = "Name"
+[companies.domain]
+account = "Website"
+[rules]
+create_in_salesforce = "lead"
+"""
+
+LEAD_ID = "00Q000000000001AAA"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@pytest.fixture
+async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
+    store = await Store.connect(mongo_uri, database_name)
+    await store.ensure_indexes()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def mappings() -> Mappings:
+    return parse_mappings(MAPPINGS)
+
+
+@pytest.fixture
+def outbox(store: Store) -> Outbox:
+    return Outbox(store.outbox)
+
+
+class Running:
+    """A watcher running in the background for the duration of a test."""
+
+    def __init__(self, watcher: LocalChangeWatcher) -> None:
+        self.watcher = watcher
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LocalChangeWatcher:
+        self.task = asyncio.create_task(self.watcher.run(self.stop))
+        await asyncio.sleep(0.3)  # let the streams open before the test writes
+        return self.watcher
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 10)
+
+
+def watcher(store: Store, mappings: Mappings, outbox: Outbox, **options: Any) -> LocalChangeWatcher:
+    options.setdefault("max_await_ms", 50)
+    return LocalChangeWatcher(store, mappings, outbox, poll_interval=timedelta(milliseconds=100),
+                              settle=timedelta(0), **options)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def pending_after(outbox: Outbox, count: int, quiet: float = 0.4) -> list[OutboxEntry]:
+    """Wait for `count` pending writes, then a quiet spell, and return what is pending."""
+    async def enough() -> bool:
+        return len(await outbox.pending()) >= count
+    await eventually(enough)
+    await asyncio.sleep(quiet)
+    return await outbox.pending()
+
+
+async def insert_linked_person(store: Store, **fields: Any) -> ObjectId:
+    """A Person the service created from Salesforce: a service write."""
+    doc_id = ObjectId()
+    at = now()
+    await store.db.people.insert_one({
+        "_id": doc_id, "first_name": "Ann", "last_name": "Lee", "updated_at": at,
+        "crm": {"object": "Lead", "id": LEAD_ID, "linked_at": at},
+        "_sync": {"written_at": at}, **fields})
+    return doc_id
+
+
+async def platform_edit(store: Store, doc_id: Any, collection: str = "people", **fields: Any) -> None:
+    await store.db[collection].update_one({"_id": doc_id}, {"$set": {**fields, "updated_at": now()}})
+
+
+async def service_write(store: Store, doc_id: Any, **fields: Any) -> None:
+    at = now()
+    await store.db.people.update_one(
+        {"_id": doc_id}, {"$set": {**fields, "_sync.written_at": at, "updated_at": at}})
+
+
+@pytest.fixture(params=["stream", "poll"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class TestPlatformEdits:
+    async def test_an_edit_to_a_linked_person_is_enqueued(
+        self, store: Store, mappings: Mappings, outbox: Outbox, mode: str
+    ) -> None:
+        """The mapped fields the platform changed go to the outbox as one update."""
+        doc_id = await insert_linked_person(store)
+        async with Running(watcher(store, mappings, outbox, force_polling=mode == "poll")) as w:
+            await asyncio.sleep(0.2)
+            await platform_edit(store, doc_id, first_name="Anne", **{"custom_fields.linkedin": "in/anne"})
+            [entry] = await pending_after(outbox, 1)
+        assert w.mode == mode
+        assert (entry.kind, entry.write.sobject, entry.write.sf_id) == ("update", "Lead", LEAD_ID)
+        expected = {"FirstName": "Anne", "LinkedIn__c": "in/anne"}
+        if mode == "stream":
+            assert entry.write.fields == expected
+        else:  # polling has no baseline for a document it never saw: every mapped field goes
+            assert entry.write.fields == {**expected, "LastName": "Lee"}
+        doc = await store.db.people.find_one({"_id": doc_id})
+        assert set(doc["_sync"]["field_times"]) >= {"first_name", "custom_fields"}
+        assert doc["_sync"]["written_at"] == doc["updated_at"]
+
+    async def test_the_services_own_writes_are_not_sent_back(
+        self, store: Store, mappings: Mappings, outbox: Outbox, mode: str
+    ) -> None:
+        """Writes carrying `_sync.written_at` (inbound applies, links) never reach the outbox."""
+        doc_id = await insert_linked_person(store)
+        async with Running(watcher(store, mappings, outbox, force_polling=mode == "poll")):
+            await asyncio.sleep(0.2)
+            await service_write(store, doc_id, first_name="From Salesforce")
+            await asyncio.sleep(0.6)
+            assert await outbox.pending() == []
+            # ...and the watcher's own field-time write after a real edit does not loop either
+            await platform_edit(store, doc_id, last_name="Lee-Smith")
+            await pending_after(outbox, 1)
+            for entry in await outbox.pending():
+                await outbox.done(await outbox.claim(entry.write.sobject, entry.kind, 10))
+            await asyncio.sleep(0.6)
+            assert await outbox.pending() == []
+
+    async def test_a_new_unlinked_person_becomes_a_lead_create(
+        self, store: Store, mappings: Mappings, outbox: Outbox, mode: str
+    ) -> None:
+        """A Person the platform creates is a create per `rules.create_in_salesforce`."""
+        async with Running(watcher(store, mappings, outbox, force_polling=mode == "poll")):
+            await asyncio.sleep(0.2)
+            doc_id = ObjectId()
+            await store.db.people.insert_one({"_id": doc_id, "first_name": "Kim", "last_name": "Park",
+                                              "company_name": "Acme", "score": 7, "updated_at": now()})
+            [entry] = await pending_after(outbox, 1)
+        assert (entry.kind, entry.write.sobject, entry.write.local_id) == ("create", "Lead", doc_id)
+        assert entry.write.fields == {"FirstName": "Kim", "LastName": "Park", "Company": "Acme"}
+
+    async def test_a_new_company_becomes_an_account_create(
+        self, store: Store, mappings: Mappings, outbox: Outbox
+    ) -> None:
+        """A Company the platform creates is an Account create."""
+        async with Running(watcher(store, mappings, outbox)):
+            await store.db.companies.insert_one({"_id": "c-1", "name": "Acme", "domain": "acme.com",
+                                                 "updated_at": now()})
+            [entry] = await pending_after(outbox, 1)
+        assert (entry.kind, entry.write.sobject) == ("create", "Account")
+        assert entry.write.fields == {"Name": "Acme", "Website": "acme.com"}
+
+    async def test_inbound_only_fields_and_deletes_are_not_sent(
+        self, store: Store, mappings: Mappings, outbox: Outbox
+    ) -> None:
+        """A from_salesforce field edit and a delete enqueue nothing; the edit's time is kept."""
+        doc_id = await insert_linked_person(store)
+        other = await insert_linked_person(store, crm={"object": "Lead", "id": "00Q000000000002AAA"})
+        async with Running(watcher(store, mappings, outbox)):
+            await platform_edit(store, doc_id, score=99)
+            await store.db.people.delete_one({"_id": other})
+            await asyncio.sleep(0.6)
+        assert await outbox.pending() == []
+        doc = await store.db.people.find_one({"_id": doc_id})
+        assert "score" in doc["_sync"]["field_times"]
+
+    async def test_create_in_salesforce_none_creates_nothing(
+        self, store: Store, outbox: Outbox
+    ) -> None:
+        """With `create_in_salesforce = "none"` a new Person stays local."""
+        mappings = parse_mappings(MAPPINGS.replace('create_in_salesforce = "lead"',
+                                                   'create_in_salesforce = "none"'))
+        async with Running(watcher(store, mappings, outbox)):
+            await store.db.people.insert_one({"last_name": "Park", "updated_at": now()})
+            await asyncio.sleep(0.6)
+        assert await outbox.pending() == []
+
+
+class TestResume:
+    async def test_a_restart_resumes_from_the_saved_token(
+        self, store: Store, mappings: Mappings, outbox: Outbox
+    ) -> None:
+        """Edits made while stopped are picked up after a restart; earlier ones are not repeated."""
+        doc_id = await insert_linked_person(store)
+        async with Running(watcher(store, mappings, outbox)):
+            await platform_edit(store, doc_id, first_name="Before")
+            [first] = await pending_after(outbox, 1)
+        assert (await store.load_state("resume:people") or {}).get("token")
+        await outbox.done(await outbox.claim("Lead", "update", 10))  # flushed
+
+        await platform_edit(store, doc_id, last_name="While-Stopped")
+        async with Running(watcher(store, mappings, outbox)):
+            [second] = await pending_after(outbox, 1)
+        assert first.write.fields == {"FirstName": "Before"}
+        assert second.write.fields == {"LastName": "While-Stopped"}
+
+    async def test_polling_resumes_from_its_watermark(
+        self, store: Store, mappings: Mappings, outbox: Outbox
+    ) -> None:
+        """The polling fallback keeps an (updated_at, _id) watermark across restarts."""
+        doc_id = await insert_linked_person(store)
+        async with Running(watcher(store, mappings, outbox, force_polling=True)):
+            await platform_edit(store, doc_id, first_name="Before")
+            await pending_after(outbox, 1)
+        assert await store.load_state("local_watermark:people")
+        await outbox.done(await outbox.claim("Lead", "update", 10))
+
+        await platform_edit(store, doc_id, last_name="While-Stopped")
+        async with Running(watcher(store, mappings, outbox, force_polling=True)):
+            [second] = await pending_after(outbox, 1)
+        assert second.write.fields == {"LastName": "While-Stopped"}  # diffed against the snapshot

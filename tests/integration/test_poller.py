@@ -1,0 +1,187 @@
+"""The poller against the emulator's REST/SOQL and a real SecantusDB, through the real reconciler."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET
+from listener.poller import Poller, Watermark, watermark_key
+from listener.salesforce import SalesforceClient
+from reconciler.inbound import Reconciler
+from reconciler.ports import ChangeKind, RejectedEvent, SalesforceChange
+from reconciler.store import Store
+from settings import AuthFlow, SalesforceSettings, parse_mappings
+from tests.support.emulator import RunningEmulator, running_emulator
+
+MAPPINGS = parse_mappings("""
+[people.first_name]
+lead = "FirstName"
+[people.last_name]
+lead = "LastName"
+[people.company_name]
+lead = "Company"
+
+[[users]]
+local = "u-1"
+salesforce = "005000000000001AAA"
+""")
+BASE = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+
+
+def stamp(seconds: int) -> str:
+    return (BASE + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class RecordingSink:
+    """The real reconciler, with every change it was given kept for assertions."""
+
+    inner: Reconciler
+    applied: list[SalesforceChange] = field(default_factory=list)
+
+    async def apply(self, changes: Sequence[SalesforceChange]) -> None:
+        self.applied.extend(changes)
+        await self.inner.apply(changes)
+
+    async def reject(self, events: Sequence[RejectedEvent]) -> None:
+        await self.inner.reject(events)
+
+
+@dataclass
+class Org:
+    emu: RunningEmulator
+    http: aiohttp.ClientSession
+
+    async def seed(self, sobject: str, records: list[dict[str, Any]]) -> list[str]:
+        async with self.http.post(f"{self.emu.base_url}/_emulator/seed",
+                                  json={"emit_events": False, "records": {sobject: records}}) as r:
+            assert r.status == 200, await r.text()
+            ids: list[str] = (await r.json())["ids"][sobject]
+            return ids
+
+    async def touch(self, sobject: str, sf_id: str, **fields: Any) -> None:
+        async with self.http.patch(f"{self.emu.base_url}/_emulator/records/{sobject}/{sf_id}?emit_event=false",
+                                   json=fields) as r:
+            assert r.status == 200, await r.text()
+
+    async def delete(self, sobject: str, sf_id: str) -> None:
+        async with self.http.delete(f"{self.emu.base_url}/_emulator/records/{sobject}/{sf_id}") as r:
+            assert r.status == 200, await r.text()
+
+
+@dataclass
+class Rig:
+    org: Org
+    store: Store
+    sink: RecordingSink
+    sf: SalesforceClient
+    now: list[datetime]
+
+    def poller(self) -> Poller:
+        return Poller(self.sf, self.store, self.sink, MAPPINGS, ["Lead"], clock=lambda: self.now[0])
+
+
+@pytest.fixture
+async def rig(mongo_uri: str, database_name: str) -> AsyncIterator[Rig]:
+    async with running_emulator() as emu, aiohttp.ClientSession() as http:
+        settings = SalesforceSettings(login_url=emu.base_url, auth_flow=AuthFlow.CLIENT_CREDENTIALS,
+                                      client_id=SAMPLE_CLIENT_ID, client_secret=SecretStr(SAMPLE_CLIENT_SECRET))
+        store = await Store.connect(mongo_uri, database_name)
+        await store.ensure_indexes()
+        try:
+            async with SalesforceClient(settings) as sf:
+                sink = RecordingSink(Reconciler(store, MAPPINGS, sf=sf))
+                yield Rig(Org(emu, http), store, sink, sf, [BASE + timedelta(minutes=5)])
+        finally:
+            await store.close()
+
+
+def lead(last: str, at: int, **extra: Any) -> dict[str, Any]:
+    return {"LastName": last, "Company": "Acme", "SystemModstamp": stamp(at), "LastModifiedDate": stamp(at),
+            **extra}
+
+
+class TestSameSecond:
+    async def test_a_change_in_the_watermark_second_is_not_missed(self, rig: Rig) -> None:
+        """A record modified in the watermark's own second is polled; the one applied is skipped."""
+        [first] = await rig.org.seed("Lead", [lead("First", 10)])
+        poller = rig.poller()
+        await poller.run_once()
+        assert [c.sf_id for c in rig.sink.applied] == [first]
+        assert await poller.watermark("Lead") == Watermark(BASE + timedelta(seconds=10), frozenset({first}))
+
+        [second] = await rig.org.seed("Lead", [lead("Second", 10)])  # same second as the watermark
+        rig.sink.applied.clear()
+        await poller.run_once()
+        assert [c.sf_id for c in rig.sink.applied] == [second]
+        person = await rig.store.db.people.find_one({"crm.id": second})
+        assert person is not None and person["last_name"] == "Second"
+
+
+class TestDeletions:
+    async def test_deleted_records_are_seen_through_query_all(self, rig: Rig) -> None:
+        """A deleted Lead reaches the reconciler as a DELETE from queryAll."""
+        [sf_id] = await rig.org.seed("Lead", [lead("Gone", 10)])
+        poller = rig.poller()
+        await poller.run_once()
+        await rig.org.delete("Lead", sf_id)  # stamped with the emulator's wall clock
+        rig.now[0] = datetime.now(UTC) + timedelta(seconds=2)
+        rig.sink.applied.clear()
+        await poller.run_once()
+        [change] = rig.sink.applied
+        assert (change.sf_id, change.kind) == (sf_id, ChangeKind.DELETE)
+        person = await rig.store.db.people.find_one({"crm.id": sf_id})
+        assert person is not None and person["crm"].get("deleted") is True
+
+
+class TestSignpost:
+    async def test_the_watermark_never_passes_the_signpost(self, rig: Rig) -> None:
+        """Records at or after the pass's start second wait for the next pass."""
+        signpost = rig.now[0]
+        offset = int((signpost - BASE).total_seconds())
+        before, at, after = await rig.org.seed("Lead", [
+            lead("Before", offset - 3), lead("At", offset), lead("After", offset + 7)])
+        poller = rig.poller()
+        await poller.run_once()
+        assert [c.sf_id for c in rig.sink.applied] == [before]
+        mark = await poller.watermark("Lead")
+        assert mark.ts is not None and mark.ts < signpost
+
+        rig.now[0] = signpost + timedelta(seconds=30)
+        rig.sink.applied.clear()
+        await poller.run_once()
+        assert [c.sf_id for c in rig.sink.applied] == [at, after]
+
+    async def test_watermark_is_stored_in_the_backfill_shape(self, rig: Rig) -> None:
+        """`watermark:<Object>` is {"ts": SOQL literal, "ids": [...]}, as the backfill writes it."""
+        [sf_id] = await rig.org.seed("Lead", [lead("Shape", 42)])
+        await rig.poller().run_once()
+        assert await rig.store.load_state(watermark_key("Lead")) == {"ts": stamp(42), "ids": [sf_id]}
+
+
+class TestCost:
+    async def test_calls_per_pass_are_one_per_page(self, rig: Rig) -> None:
+        """2,500 changed records cost 2 query calls (pages of 2,000): 8 per 10,000 at most 7 is met."""
+        await rig.org.seed("Lead", [lead(f"L{i}", 10 + i % 50) for i in range(2500)])
+        report = await rig.poller().run_once()
+        assert report.records == {"Lead": 2500}
+        assert report.calls == {"Lead": 2}
+        assert report.total_calls * 10_000 / 2500 <= 8
+        assert await rig.store.db.people.count_documents({}) == 2500
+
+    async def test_fetch_by_ids_is_one_in_query(self, rig: Rig) -> None:
+        """Fetching records by id costs one query call per 200 ids, deleted ones included."""
+        ids = await rig.org.seed("Lead", [lead(f"G{i}", 10) for i in range(3)])
+        await rig.org.delete("Lead", ids[0])
+        before = rig.sf.calls_made
+        changes = await rig.poller().fetch_by_ids("Lead", ids)
+        assert rig.sf.calls_made - before == 1
+        assert sorted(c.sf_id for c in changes) == sorted(ids)
+        assert {c.sf_id: c.kind for c in changes}[ids[0]] is ChangeKind.DELETE
