@@ -15,8 +15,9 @@ from urllib.parse import parse_qsl
 import structlog
 from aiohttp import web
 
-from emulator.describe import FieldError, rest_value, sobject
+from emulator.describe import rest_value, sobject
 from emulator.org import OWNER_USER_ID, Actor, RecordRejected, convert_lead
+from emulator.sample import seed_sample
 
 if TYPE_CHECKING:
     from emulator.state import EmulatorState
@@ -177,8 +178,6 @@ async def reset(request: web.Request) -> web.Response:
 
 
 async def seed(request: web.Request) -> web.Response:
-    from emulator.sample import seed_sample
-
     state, body = _state(request), await _body(request)
     emit = bool(body.get("emit_events", True))
     ids: dict[str, list[str]] = {}
@@ -334,4 +333,4 @@ def add_control_routes(app: web.Application) -> None:
         app.router.add_route(method, f"/_emulator/{path}", handler)
 
 
-__all__ = ["Fault", "Faults", "FieldError", "RequestLog", "add_control_routes", "traffic_middleware"]
+__all__ = ["Fault", "Faults", "RequestLog", "add_control_routes", "traffic_middleware"]

@@ -71,8 +71,8 @@ class FakeSalesforce:
         if method == "POST" and sobject == "Lead":
             missing = [f for f in ("LastName", "Company") if not record.get(f)]
             if missing:
-                return RecordResult(False, None, [RecordError(
-                    "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]", missing)])
+                message = f"Required fields are missing: [{', '.join(missing)}]"
+                return RecordResult(False, None, [RecordError("REQUIRED_FIELD_MISSING", message, missing)])
         if method == "POST":
             self.created += 1
             return RecordResult(True, f"00Q{self.created:012d}AAA")
@@ -148,8 +148,10 @@ class TestBatching:
         """Lead updates, Lead creates and Account updates never share a call."""
         await rig.outbox.enqueue([
             lead_update(1),
-            OutboundWrite("Lead", None, "people", "p-new", {"LastName": "Lee", "Company": "Acme"}, "create"),
-            OutboundWrite("Account", "001000000000001AAA", "companies", "c-1", {"Name": "Acme"}, "local_edit"),
+            OutboundWrite("Lead", None, "people", "p-new", {"LastName": "Lee", "Company": "Acme"},
+                          "create"),
+            OutboundWrite("Account", "001000000000001AAA", "companies", "c-1", {"Name": "Acme"},
+                          "local_edit"),
         ])
         await rig.flusher.flush()
         assert sorted((c.method, c.sobject, len(c.records)) for c in rig.sf.calls) == [
@@ -179,8 +181,9 @@ class TestBatching:
 class TestRecordOutcomes:
     async def test_one_rejected_record_fails_alone(self, rig: Rig) -> None:
         """A per-record failure is a failed log with its job; the other records succeed."""
-        rig.sf.rules.append(lambda m, s, r: RecordResult(False, None, [RecordError(
-            "FIELD_CUSTOM_VALIDATION_EXCEPTION", "City is not allowed")]) if r.get("City") == "Nowhere" else None)
+        rejected = RecordResult(False, None, [RecordError("FIELD_CUSTOM_VALIDATION_EXCEPTION",
+                                                          "City is not allowed")])
+        rig.sf.rules.append(lambda m, s, r: rejected if r.get("City") == "Nowhere" else None)
         await rig.outbox.enqueue([lead_update(1), lead_update(2, City="Nowhere"), lead_update(3)])
         await rig.flusher.flush()
         [failed] = await rig.logs(status="failed")
@@ -205,7 +208,8 @@ class TestRecordOutcomes:
 
     async def test_a_lead_without_required_fields_fails_with_salesforce_error(self, rig: Rig) -> None:
         """A Lead create missing Company is sent, and Salesforce's error names the field."""
-        await rig.outbox.enqueue([OutboundWrite("Lead", None, "people", "p-1", {"LastName": "Lee"}, "create")])
+        await rig.outbox.enqueue([OutboundWrite("Lead", None, "people", "p-1", {"LastName": "Lee"},
+                                                "create")])
         await rig.flusher.flush()
         assert rig.sf.calls[0].records == [{"LastName": "Lee"}]
         [failed] = await rig.logs(status="failed")

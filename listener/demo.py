@@ -1,0 +1,375 @@
+"""`sfsync demo`: the real service against an emulated Salesforce org and a local MongoDB.
+
+Starts `python -m emulator --seed sample` and (unless SFSYNC_MONGODB__URI is set) a SecantusDB
+server as child processes, writes a demo mappings file and env file under `.sfsync-demo/`, runs
+the service in this process, then edits records on both sides so the Sync Logs page shows
+successes, a merge (re-import), a lead conversion and failures Salesforce rejects. Ctrl-C or
+SIGTERM (or `--duration`) stops the service and kills the children by pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+
+from reconciler.errors import SyncError
+from settings import Settings, load_mappings
+
+log = structlog.get_logger(__name__)
+
+DEMO_DIR = Path(".sfsync-demo")
+DEMO_DATABASE = "salesforce_sync_demo"
+MAPPED_OWNER = "005000000000001AAA"   # the emulator's sample owner (emulator.org.OWNER_USER_ID)
+OTHER_OWNER = "005000000000002AAA"
+DEMO_MAPPINGS = f"""\
+# Written by `sfsync demo`: the example mappings, restricted to fields the emulated org has.
+[people.first_name]
+lead = "FirstName"
+contact = "FirstName"
+[people.last_name]
+lead = "LastName"
+contact = "LastName"
+[people.email]
+lead = "Email"
+contact = "Email"
+[people.title]
+lead = "Title"
+contact = "Title"
+[people.phone]
+lead = "Phone"
+contact = "Phone"
+[people.company_name]
+lead = "Company"
+merge = "salesforce_unless_blank"
+[people.city]
+lead = "City"
+contact = "MailingCity"
+[people.state]
+lead = "State"
+contact = "MailingState"
+[people.owner_crm_id]
+lead = "OwnerId"
+contact = "OwnerId"
+[people.company_crm_id]
+contact = "AccountId"
+direction = "from_salesforce"
+
+[companies.name]
+account = "Name"
+[companies.domain]
+account = "Website"
+[companies.industry]
+account = "Industry"
+[companies.city]
+account = "BillingCity"
+
+[[users]]
+local = "u-1"
+salesforce = "{MAPPED_OWNER}"
+
+[rules]
+create_person_from_salesforce = true
+create_in_salesforce = "lead"
+on_salesforce_owner_change = "update_owner"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Children:
+    """Child processes, stopped by pid (SIGTERM, then SIGKILL) whatever happens."""
+
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as out:
+            process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.processes.append(process)
+        log.info("demo_child_started", pid=process.pid, program=Path(args[0]).name, log=str(log_path))
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in reversed(self.processes):
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        self.processes.clear()
+
+
+async def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}")
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{what} did not open port {port} within {timeout:g}s")
+
+
+def _secantus_daemon() -> str:
+    beside = Path(sys.executable).with_name("secantusd-py")
+    return str(beside) if beside.exists() else (shutil.which("secantusd-py") or "secantusd-py")
+
+
+async def start_backends(children: Children, workdir: Path) -> tuple[str, str]:
+    """(emulator base URL, MongoDB URI), starting what is needed."""
+    emulator_port = free_port()
+    emulator = children.start(
+        [sys.executable, "-m", "emulator", "--host", "127.0.0.1", "--port", str(emulator_port),
+         "--seed", "sample"], workdir / "emulator.log")
+    uri = os.environ.get("SFSYNC_MONGODB__URI")
+    if not uri:
+        db_port = free_port()
+        (workdir / "db").mkdir(parents=True, exist_ok=True)
+        db = children.start(
+            [_secantus_daemon(), "--host", "127.0.0.1", "--port", str(db_port),
+             "--storage-path", str(workdir / "db"), "--log-level", "WARNING"], workdir / "secantus.log")
+        await wait_for_port(db_port, db, "secantusd-py")
+        uri = f"mongodb://127.0.0.1:{db_port}/?directConnection=true"
+    await wait_for_port(emulator_port, emulator, "the Salesforce emulator")
+    return f"http://127.0.0.1:{emulator_port}", uri
+
+
+def demo_settings(*, login_url: str, mongo_uri: str, admin_port: int, token: str, workdir: Path) -> Settings:
+    """The demo's settings, also written to `<workdir>/demo.env` for `sfsync` commands."""
+    mappings_file = workdir / "mappings.toml"
+    mappings_file.write_text(DEMO_MAPPINGS, encoding="utf-8")
+    values = {
+        "SFSYNC_SALESFORCE__LOGIN_URL": login_url,
+        "SFSYNC_SALESFORCE__AUTH_FLOW": "client_credentials",
+        "SFSYNC_SALESFORCE__CLIENT_ID": "sample-client-id",
+        "SFSYNC_SALESFORCE__CLIENT_SECRET": "sample-client-secret",
+        "SFSYNC_MONGODB__URI": mongo_uri,
+        "SFSYNC_MONGODB__DATABASE": os.environ.get("SFSYNC_MONGODB__DATABASE", DEMO_DATABASE),
+        "SFSYNC_SYNC__FREQUENCY_MINUTES": "1",
+        "SFSYNC_SYNC__MAPPINGS_FILE": str(mappings_file.resolve()),
+        "SFSYNC_ADMIN__HOST": "127.0.0.1",
+        "SFSYNC_ADMIN__PORT": str(admin_port),
+        "SFSYNC_ADMIN__TOKEN": token,
+        "SFSYNC_LOG__LEVEL": os.environ.get("SFSYNC_LOG__LEVEL", "WARNING"),
+        "SFSYNC_LOG__FORMAT": "console",
+    }
+    env_file = workdir / "demo.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()), encoding="utf-8")
+    env_file.chmod(0o600)  # it holds the admin token
+    # Only the env file, not this shell's SFSYNC_* variables: the demo must not reach a real org.
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SFSYNC_")}
+    try:
+        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+    finally:
+        os.environ.update(saved)
+
+
+async def run_demo(*, duration: float | None = None, admin_port: int = 8080,
+                   workdir: Path = DEMO_DIR) -> int:
+    """Run the demo until Ctrl-C/SIGTERM or `duration` seconds; 0 on a clean stop."""
+    from listener.logs import configure_logging, settings_secrets
+    from listener.supervisor import run_service
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    children = Children()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    service: asyncio.Task[int] | None = None
+    try:
+        login_url, mongo_uri = await start_backends(children, workdir)
+        token = secrets.token_urlsafe(24)
+        settings = demo_settings(login_url=login_url, mongo_uri=mongo_uri, admin_port=admin_port,
+                                 token=token, workdir=workdir)
+        mappings = load_mappings(settings.sync.mappings_file)
+        configure_logging(settings.log.level, settings.log.format.value, secrets=settings_secrets(settings))
+        service = asyncio.create_task(run_service(settings, mappings), name="sfsync-service")
+        admin_url = f"http://127.0.0.1:{admin_port}"
+        scenario = asyncio.create_task(
+            Scenario(login_url, admin_url, token, mongo_uri, settings.mongodb.database).run(stop),
+            name="sfsync-demo-scenario")
+        _banner(admin_url, token, login_url, mongo_uri, workdir)
+        await _until_stopped(stop, service, duration)
+        scenario.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await scenario
+        return await _stop_service(service)
+    finally:
+        if service is not None and not service.done():
+            service.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        children.stop()
+        print("Demo stopped.", flush=True)
+
+
+async def _until_stopped(stop: asyncio.Event, service: asyncio.Task[int], duration: float | None) -> None:
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({waiter, service}, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if service in done and service.exception() is None:
+        print(f"The service exited with code {service.result()}.", flush=True)
+
+
+async def _stop_service(service: asyncio.Task[int]) -> int:
+    if service.done():
+        return 0 if service.exception() is None and service.result() == 0 else 1
+    service.cancel()
+    try:
+        await asyncio.wait_for(service, timeout=20)
+    except (asyncio.CancelledError, TimeoutError):
+        return 0
+    return 0
+
+
+def _banner(admin_url: str, token: str, login_url: str, mongo_uri: str, workdir: Path) -> None:
+    print(
+        "\nSalesforce Sync demo is running.\n"
+        f"  Sync Logs page : {admin_url}/logs\n"
+        f"  admin token    : {token}\n"
+        f"  Salesforce     : {login_url} (emulated org, sample data)\n"
+        f"  MongoDB        : {mongo_uri}\n"
+        f"  CLI            : SFSYNC_ENV_FILE={workdir / 'demo.env'} sfsync logs\n"
+        "Press Ctrl-C to stop.\n",
+        flush=True,
+    )
+
+
+class Scenario:
+    """Edits on both sides once the service is ready; each step is independent of the others.
+
+    Local edits play the platform: plain writes to `people` (with `updated_at`, without the
+    service's `_sync.written_at` marker), which the service must notice and send to Salesforce.
+    """
+
+    def __init__(self, emulator_url: str, admin_url: str, token: str, mongo_uri: str, database: str) -> None:
+        self.emulator_url, self.admin_url, self.token = emulator_url, admin_url, token
+        self.mongo_uri, self.database = mongo_uri, database
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from reconciler.store import Store
+
+        store = await Store.connect(self.mongo_uri, self.database)
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+                if await self._wait_ready(http, stop):
+                    await self._steps(http, store, stop)
+        finally:
+            await store.close()
+
+    async def _steps(self, http: aiohttp.ClientSession, store: Any, stop: asyncio.Event) -> None:
+        leads = await self._sample_leads(http)
+        mine = [lead["Id"] for lead in leads if lead.get("OwnerId") == MAPPED_OWNER]
+        theirs = [lead["Id"] for lead in leads if lead.get("OwnerId") == OTHER_OWNER]
+        steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+            ("a new Lead in Salesforce", lambda: self._control(http, "POST", "seed", {"records": {"Lead": [{
+                "FirstName": "Dana", "LastName": "Scully", "Company": "FBI", "Title": "Special Agent",
+                "Email": "dana.scully@fbi.example.com", "OwnerId": MAPPED_OWNER}]}})),
+        ]
+        if len(mine) >= 4:
+            steps += [
+                ("a Lead edited in Salesforce", lambda: self._control(
+                    http, "PATCH", f"records/Lead/{mine[0]}", {"Title": "VP Engineering"})),
+                ("a Lead converted to a Contact", lambda: self._control(
+                    http, "POST", "convert-lead", {"leadId": mine[1]})),
+                ("a Person edited locally", lambda: self._edit_person(store, mine[2], {"title": "Head of Data"})),
+                ("a local email Salesforce rejects", lambda: self._edit_person(
+                    store, mine[3], {"email": "not-an-email@@example"})),
+            ]
+        steps.append(("a local Person without a company (Lead create fails)", lambda: self._new_person(store)))
+        if theirs:
+            steps.append(("a Lead re-imported (merge)", lambda: self._admin(
+                http, "/api/import", {"sf_id": theirs[0]})))
+        for name, step in steps:
+            if stop.is_set():
+                return
+            try:
+                await step()
+                print(f"  demo: {name}", flush=True)
+            except (aiohttp.ClientError, TimeoutError, RuntimeError, SyncError) as exc:
+                log.warning("demo_step_failed", step=name, error=str(exc))
+            await asyncio.sleep(1.5)
+
+    async def _edit_person(self, store: Any, sf_id: str, changes: dict[str, Any]) -> None:
+        from reconciler.store import RecordWrite
+
+        for _ in range(40):  # the initial import may still be running
+            found = await store.find_linked("people", [sf_id])
+            if found:
+                now = datetime.now(UTC)
+                await store.bulk_apply("people", [RecordWrite(filter={"_id": found[0]["_id"]},
+                                                              set={**changes, "updated_at": now})])
+                return
+            await asyncio.sleep(0.5)
+        raise RuntimeError(f"no local Person linked to {sf_id} yet")
+
+    async def _new_person(self, store: Any) -> None:
+        from reconciler.store import RecordWrite, new_object_id
+
+        now = datetime.now(UTC)
+        person = {"first_name": "Fox", "last_name": "Mulder", "email": "fox.mulder@example.com",
+                  "owner_id": "u-1", "created_at": now, "updated_at": now}
+        await store.bulk_apply("people", [RecordWrite(filter={"_id": new_object_id()},
+                                                      set_on_insert=person, upsert=True)])
+
+    async def _wait_ready(self, http: aiohttp.ClientSession, stop: asyncio.Event) -> bool:
+        for _ in range(600):
+            if stop.is_set():
+                return False
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.get(self.admin_url + "/readyz") as response:
+                    if response.status == 200:
+                        return True
+            await asyncio.sleep(0.5)
+        log.warning("demo_service_not_ready")
+        return False
+
+    async def _sample_leads(self, http: aiohttp.ClientSession) -> list[dict[str, Any]]:
+        form = {"grant_type": "client_credentials", "client_id": "sample-client-id",
+                "client_secret": "sample-client-secret"}
+        async with http.post(self.emulator_url + "/services/oauth2/token", data=form) as response:
+            access = (await response.json())["access_token"]
+        query = "SELECT Id, OwnerId FROM Lead WHERE IsConverted = false ORDER BY CreatedDate"
+        async with http.get(self.emulator_url + "/services/data/v62.0/query", params={"q": query},
+                            headers={"Authorization": f"Bearer {access}"}) as response:
+            body = await response.json()
+        return list(body.get("records") or [])
+
+    async def _control(self, http: aiohttp.ClientSession, method: str, path: str,
+                       body: dict[str, Any]) -> Any:
+        async with http.request(method, f"{self.emulator_url}/_emulator/{path}", json=body) as response:
+            if response.status >= 400:
+                raise RuntimeError(f"emulator {path}: {response.status} {await response.text()}")
+            return await response.json()
+
+    async def _admin(self, http: aiohttp.ClientSession, path: str, body: dict[str, Any]) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with http.post(self.admin_url + path, json=body, headers=headers) as response:
+            if response.status >= 400:
+                raise RuntimeError(f"admin {path}: {response.status} {await response.text()}")
+            return await response.json()
