@@ -121,8 +121,8 @@ class Children:
         self.processes.clear()
 
 
-async def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, within: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while asyncio.get_running_loop().time() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited with code {process.returncode}")
@@ -131,7 +131,7 @@ async def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, 
             writer.close()
             return
         await asyncio.sleep(0.1)
-    raise RuntimeError(f"{what} did not open port {port} within {timeout:g}s")
+    raise RuntimeError(f"{what} did not open port {port} within {within:g}s")
 
 
 def _secantus_daemon() -> str:
@@ -183,7 +183,7 @@ def demo_settings(*, login_url: str, mongo_uri: str, admin_port: int, token: str
     # Only the env file, not this shell's SFSYNC_* variables: the demo must not reach a real org.
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SFSYNC_")}
     try:
-        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file)
     finally:
         os.environ.update(saved)
 
@@ -194,7 +194,7 @@ async def run_demo(*, duration: float | None = None, admin_port: int = 8080,
     from listener.logs import configure_logging, settings_secrets
     from listener.supervisor import run_service
 
-    workdir.mkdir(parents=True, exist_ok=True)
+    _prepare(workdir)
     children = Children()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -226,6 +226,10 @@ async def run_demo(*, duration: float | None = None, admin_port: int = 8080,
             loop.remove_signal_handler(sig)
         children.stop()
         print("Demo stopped.", flush=True)
+
+
+def _prepare(workdir: Path) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
 
 
 async def _until_stopped(stop: asyncio.Event, service: asyncio.Task[int], duration: float | None) -> None:
@@ -297,11 +301,13 @@ class Scenario:
                     http, "PATCH", f"records/Lead/{mine[0]}", {"Title": "VP Engineering"})),
                 ("a Lead converted to a Contact", lambda: self._control(
                     http, "POST", "convert-lead", {"leadId": mine[1]})),
-                ("a Person edited locally", lambda: self._edit_person(store, mine[2], {"title": "Head of Data"})),
+                ("a Person edited locally", lambda: self._edit_person(
+                    store, mine[2], {"title": "Head of Data"})),
                 ("a local email Salesforce rejects", lambda: self._edit_person(
                     store, mine[3], {"email": "not-an-email@@example"})),
             ]
-        steps.append(("a local Person without a company (Lead create fails)", lambda: self._new_person(store)))
+        steps.append(("a local Person without a company (Lead create fails)",
+                      lambda: self._new_person(store)))
         if theirs:
             steps.append(("a Lead re-imported (merge)", lambda: self._admin(
                 http, "/api/import", {"sf_id": theirs[0]})))

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
+from reconciler.errors import RetriableError
 from reconciler.merge import Side, merge_field
 from reconciler.outbox import Clock, utcnow
 from reconciler.ports import OutboundQueue, OutboundWrite
@@ -215,7 +216,22 @@ class LocalChangeWatcher:
         loop = self._stream if mode == "stream" else self._poll
         async with asyncio.TaskGroup() as group:
             for name in self._collections:
-                group.create_task(loop(self._store.watched(name), stop))
+                group.create_task(self._guarded(loop, self._store.watched(name), stop))
+
+    async def _guarded(self, loop: Callable[[WatchedCollection, asyncio.Event], Awaitable[None]],
+                       watched: WatchedCollection, stop: asyncio.Event) -> None:
+        """Restart a collection's loop after a transient MongoDB failure, from its saved offset."""
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                await loop(watched, stop)
+                return
+            except RetriableError as exc:
+                log.warning("local_watch_failed", collection=watched.name, error=str(exc),
+                            retry_in_s=delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 30.0)
 
     async def apply(self, watched: WatchedCollection, plan: Plan) -> None:
         """Outbox first (durable), then field times; the caller saves its offset after this."""

@@ -171,9 +171,12 @@ class OutboundFlusher:
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until `stop` is set: recover expired leases, flush when the policy says so."""
         log.info("outbound_flusher_started", client=self.client_name)
+        recovered_at = self._clock() - self._outbox.lease
         while not stop.is_set():
-            await self._outbox.recover_expired()
             try:
+                if self._clock() - recovered_at >= self._outbox.lease / 4:
+                    await self._outbox.recover_expired()
+                    recovered_at = self._clock()
                 await self.tick()
             except RetriableError as exc:
                 log.warning("outbound_tick_failed", error=str(exc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -312,3 +313,24 @@ class TestFlushTiming:
         clock.advance(240)
         assert await flusher.tick() is True
         assert len(sf.calls) == 2 and await outbox.depth() == 0
+
+
+class TestRunLoop:
+    async def test_the_loop_sends_what_is_queued_and_stops_on_request(self, store: Store) -> None:
+        """Running with the real clock, queued writes go out after the burst wait; stop ends it."""
+        sf = FakeSalesforce()
+        outbox = Outbox(store.outbox)
+        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="x",
+                                  policy=FlushPolicy(max_wait=timedelta(milliseconds=100)),
+                                  tick=timedelta(milliseconds=20))
+        stop = asyncio.Event()
+        task = asyncio.create_task(flusher.run(stop))
+        await outbox.enqueue([lead_update(i) for i in range(3)])
+        for _ in range(100):
+            if await outbox.depth() == 0:
+                break
+            await asyncio.sleep(0.02)
+        stop.set()
+        await asyncio.wait_for(task, 2)
+        assert len(sf.calls) == 1 and len(sf.calls[0].records) == 3
+        assert await outbox.depth() == 0
