@@ -195,6 +195,7 @@ async def run_demo(*, duration: float | None = None, admin_port: int = 8080,
     from listener.supervisor import run_service
 
     _prepare(workdir)
+    configure_logging(os.environ.get("SFSYNC_LOG__LEVEL", "WARNING"), "console")
     children = Children()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -230,6 +231,8 @@ async def run_demo(*, duration: float | None = None, admin_port: int = 8080,
 
 def _prepare(workdir: Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
+    # a fresh emulated org each run: yesterday's local data would not match it
+    shutil.rmtree(workdir / "db", ignore_errors=True)
 
 
 async def _until_stopped(stop: asyncio.Event, service: asyncio.Task[int], duration: float | None) -> None:

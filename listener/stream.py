@@ -125,6 +125,7 @@ class CdcStream:
         self._replay: CommittedReplayIds | None = None
         self._queue: asyncio.Queue[dict[str, Any] | RejectedEvent] | None = None
         self.connected = False
+        self.ready = False  # connected, and any closing poll done: events flow
         self.running = False
 
     # -- public ------------------------------------------------------------------------------
@@ -137,6 +138,7 @@ class CdcStream:
         return {
             "running": self.running,
             "connected": self.connected,
+            "ready": self.ready,
             "replay_ids": dict(self._applied),
             "queue_depth": self._queue.qsize() if self._queue else 0,
         }
@@ -150,7 +152,6 @@ class CdcStream:
         try:
             replay = CommittedReplayIds(await self._load_replay_ids())
             self._replay = replay
-            self._closing_poll = {o for o in self.objects if channel_for(o) not in replay.committed_ids}
             await self._sessions(replay, stop)
         finally:
             self.running = False
@@ -164,17 +165,20 @@ class CdcStream:
         while not stop.is_set():
             session = self._session_factory(replay)
             failure: Exception | None = None
+            # A channel with no committed replay id is subscribed with -1: poll around it.
+            self._closing_poll.update(o for o in self.objects if channel_for(o) not in replay.committed_ids)
             try:
                 await session.open(self.channels)
                 self.connected = True
                 log.info("stream_connected", channels=self.channels, replay_ids=replay.committed_ids)
                 await self._close_over_with_poll()
+                self.ready = True
                 backoff.reset()
                 await self._consume(session, stop)
             except (RetriableError, DeliveryLimitError) as exc:
                 failure = exc
             finally:
-                self.connected = False
+                self.connected = self.ready = False
                 await session.close()
             if isinstance(failure, DeliveryLimitError):
                 log.warning("stream_events_exhausted", error=str(failure))
@@ -203,10 +207,16 @@ class CdcStream:
         self._closing_poll.update(objects)
 
     async def _close_over_with_poll(self) -> None:
-        """After subscribing with -1: poll what changed before the subscription took effect."""
+        """After subscribing with -1: poll what changed before the subscription took effect.
+
+        The poller's signpost excludes the current second, so the poll waits for the next
+        second boundary: then every change before the subscription is below the signpost.
+        """
         if self._closing_poll:
-            objects, self._closing_poll = sorted(self._closing_poll), set()
+            objects = sorted(self._closing_poll)
+            await asyncio.sleep(1.0 - time.time() % 1.0 + 0.01)
             await self._poll(objects)
+            self._closing_poll.clear()
 
     async def _poll(self, objects: Sequence[str]) -> None:
         await self._poller.run_once(objects)

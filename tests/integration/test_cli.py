@@ -193,3 +193,73 @@ class TestFollow:
         finally:
             proc.terminate()
             await proc.wait()
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class TestDemo:
+    async def test_demo_syncs_both_ways_and_stops_cleanly(self, tmp_path: Path) -> None:
+        """`sfsync demo` shows successes, a conversion and a failure, then SIGTERM leaves no children."""
+        pytest.importorskip("listener.supervisor")
+        import aiohttp
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}
+        port = free_port()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "listener", "demo", "--duration", "100", "--port", str(port),
+            cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        assert proc.stdout is not None
+        output: list[str] = []
+        try:
+            token = ""
+            while not token:
+                line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+                assert line, "demo exited early:\n" + "".join(output)
+                output.append(line)
+                if "admin token" in line:
+                    token = line.split(":", 1)[1].strip()
+            assert any(f"http://127.0.0.1:{port}/logs" in line for line in output)
+            children = _children_of(proc.pid)
+            assert len(children) == 2  # the emulator and SecantusDB
+            seen: set[tuple[str, str]] = set()
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+                for _ in range(120):
+                    async with http.get(f"http://127.0.0.1:{port}/api/sync-logs",
+                                        params={"limit": "500"}) as r:
+                        if r.status == 200:
+                            seen = {(i["type"], i["status"]) for i in (await r.json())["items"]}
+                    if {("convert", "success"), ("update", "success")} <= seen and \
+                            any(status == "failed" for _, status in seen):
+                        break
+                    await asyncio.sleep(0.5)
+            assert ("convert", "success") in seen, seen
+            assert any(status == "failed" for _, status in seen), seen
+            proc.terminate()
+            rest, _ = await asyncio.wait_for(proc.communicate(), 40)
+            output.append(rest.decode())
+            assert proc.returncode == 0, "".join(output)
+            assert "Demo stopped." in output[-1]
+            assert not [pid for pid in children if _alive(pid)]
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
