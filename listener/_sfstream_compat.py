@@ -169,9 +169,17 @@ class TokenAuthenticator(AuthenticatorBase):
         # The transport calls `authenticate()` right after it sees a 401/403 reply; only a 401
         # means the token is bad (403 is an unknown client or a limit, not an auth problem).
         for message in payload:
-            error = message.get("error")
-            if isinstance(error, str) and error.startswith("401"):
+            if _auth_failure(message):
                 self._saw_401 = True
+
+
+def _auth_failure(message: dict[str, Any]) -> bool:
+    """A 401, or a handshake denied because of one (`ext.sfdc.failureReason` = `401::...`)."""
+    error = message.get("error")
+    ext = message.get("ext")
+    sfdc = ext.get("sfdc") if isinstance(ext, dict) else None
+    reason = sfdc.get("failureReason") if isinstance(sfdc, dict) else None
+    return any(isinstance(text, str) and text.startswith("401") for text in (error, reason))
 
 
 class _ErrorWatch(Extension):
@@ -193,6 +201,8 @@ class _ErrorWatch(Extension):
                     self._auth_failures = 0
                 continue
             error = classify_server_error(channel, message.get("error"))
+            if _auth_failure(message):
+                error = SessionExpiredError(f"CometD {channel}: {message.get('error')}")
             if isinstance(error, SessionExpiredError):
                 # The transport re-authenticates and resends once; only a repeat is an error.
                 self._auth_failures += 1

@@ -28,7 +28,7 @@ import aiohttp
 import structlog
 
 from reconciler.errors import SyncError
-from settings import Settings, load_mappings
+from settings import Mappings, Settings, load_mappings
 
 log = structlog.get_logger(__name__)
 
@@ -95,6 +95,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: Linux sends it SIGTERM if the demo dies without cleaning up
+    (e.g. SIGKILL), so no emulator or database outlives the demo."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 @dataclass
 class Children:
     """Child processes, stopped by pid (SIGTERM, then SIGKILL) whatever happens."""
@@ -103,7 +113,8 @@ class Children:
 
     def start(self, args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
         with log_path.open("ab") as out:
-            process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       preexec_fn=_die_with_parent)
         self.processes.append(process)
         log.info("demo_child_started", pid=process.pid, program=Path(args[0]).name, log=str(log_path))
         return process
@@ -192,7 +203,6 @@ async def run_demo(*, duration: float | None = None, admin_port: int = 8080,
                    workdir: Path = DEMO_DIR) -> int:
     """Run the demo until Ctrl-C/SIGTERM or `duration` seconds; 0 on a clean stop."""
     from listener.logs import configure_logging, settings_secrets
-    from listener.supervisor import run_service
 
     _prepare(workdir)
     configure_logging(os.environ.get("SFSYNC_LOG__LEVEL", "WARNING"), "console")
@@ -201,7 +211,6 @@ async def run_demo(*, duration: float | None = None, admin_port: int = 8080,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    service: asyncio.Task[int] | None = None
     try:
         login_url, mongo_uri = await start_backends(children, workdir)
         token = secrets.token_urlsafe(24)
@@ -209,23 +218,14 @@ async def run_demo(*, duration: float | None = None, admin_port: int = 8080,
                                  token=token, workdir=workdir)
         mappings = load_mappings(settings.sync.mappings_file)
         configure_logging(settings.log.level, settings.log.format.value, secrets=settings_secrets(settings))
-        service = asyncio.create_task(run_service(settings, mappings), name="sfsync-service")
         admin_url = f"http://127.0.0.1:{admin_port}"
-        scenario = asyncio.create_task(
-            Scenario(login_url, admin_url, token, mongo_uri, settings.mongodb.database).run(stop),
-            name="sfsync-demo-scenario")
         _banner(admin_url, token, login_url, mongo_uri, workdir)
-        await _until_stopped(stop, service, duration)
-        scenario.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await scenario
-        return await _stop_service(service)
+        scenario = Scenario(login_url, admin_url, token, mongo_uri, settings.mongodb.database)
+        return await _run_service(settings, mappings, scenario, stop, duration)
     finally:
-        if service is not None and not service.done():
-            service.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        children.stop()
+        children.stop()  # after the service: it must not see its backends vanish mid-run
         print("Demo stopped.", flush=True)
 
 
@@ -235,22 +235,32 @@ def _prepare(workdir: Path) -> None:
     shutil.rmtree(workdir / "db", ignore_errors=True)
 
 
-async def _until_stopped(stop: asyncio.Event, service: asyncio.Task[int], duration: float | None) -> None:
+async def _run_service(settings: Settings, mappings: Mappings, scenario: Scenario,
+                       stop: asyncio.Event, duration: float | None) -> int:
+    """The real service (what `run_service` runs), stopped through its own stop event, so the
+    demo goes through the same orderly shutdown as SIGTERM does in production."""
+    from listener.supervisor import SHUTDOWN_SECONDS, Service
+
+    service_stop = asyncio.Event()
+    service = asyncio.create_task(Service(settings, mappings).run(service_stop), name="sfsync-service")
+    edits = asyncio.create_task(scenario.run(stop), name="sfsync-demo-scenario")
     waiter = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({waiter, service}, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    if service in done and service.exception() is None:
-        print(f"The service exited with code {service.result()}.", flush=True)
-
-
-async def _stop_service(service: asyncio.Task[int]) -> int:
-    if service.done():
-        return 0 if service.exception() is None and service.result() == 0 else 1
-    service.cancel()
     try:
-        await asyncio.wait_for(service, timeout=20)
-    except (asyncio.CancelledError, TimeoutError):
-        return 0
+        await asyncio.wait({waiter, service}, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        edits.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await edits
+        service_stop.set()
+    try:
+        await asyncio.wait_for(service, SHUTDOWN_SECONDS + 5)
+    except TimeoutError:
+        log.error("demo_service_stop_timeout")
+        return 1
+    except SyncError as exc:
+        print(f"The service stopped: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -261,7 +271,7 @@ def _banner(admin_url: str, token: str, login_url: str, mongo_uri: str, workdir:
         f"  admin token    : {token}\n"
         f"  Salesforce     : {login_url} (emulated org, sample data)\n"
         f"  MongoDB        : {mongo_uri}\n"
-        f"  CLI            : SFSYNC_ENV_FILE={workdir / 'demo.env'} sfsync logs\n"
+        f"  CLI            : SFSYNC_ENV_FILE={(workdir / 'demo.env').resolve()} sfsync logs\n"
         "Press Ctrl-C to stop.\n",
         flush=True,
     )

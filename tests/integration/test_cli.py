@@ -243,10 +243,13 @@ class TestDemo:
             seen: set[tuple[str, str]] = set()
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
                 for _ in range(120):
-                    async with http.get(f"http://127.0.0.1:{port}/api/sync-logs",
-                                        params={"limit": "500"}) as r:
-                        if r.status == 200:
-                            seen = {(i["type"], i["status"]) for i in (await r.json())["items"]}
+                    try:  # the admin API comes up once the service has started
+                        async with http.get(f"http://127.0.0.1:{port}/api/sync-logs",
+                                            params={"limit": "500"}) as r:
+                            if r.status == 200:
+                                seen = {(i["type"], i["status"]) for i in (await r.json())["items"]}
+                    except aiohttp.ClientConnectionError:
+                        pass
                     if {("convert", "success"), ("update", "success")} <= seen and \
                             any(status == "failed" for _, status in seen):
                         break
@@ -261,5 +264,9 @@ class TestDemo:
             assert not [pid for pid in children if _alive(pid)]
         finally:
             if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 30)
+                except TimeoutError:
+                    proc.kill()  # its children still get SIGTERM (parent-death signal)
+                    await proc.wait()

@@ -80,8 +80,8 @@ class Org:
             return ids
 
     async def touch(self, sobject: str, sf_id: str, **fields: Any) -> None:
-        async with self.http.patch(f"{self.emu.base_url}/_emulator/records/{sobject}/{sf_id}?emit_event=false",
-                                   json=fields) as r:
+        url = f"{self.emu.base_url}/_emulator/records/{sobject}/{sf_id}?emit_event=false"
+        async with self.http.patch(url, json=fields) as r:
             assert r.status == 200, await r.text()
 
     async def delete(self, sobject: str, sf_id: str) -> None:
@@ -104,8 +104,9 @@ class Rig:
 @pytest.fixture
 async def rig(mongo_uri: str, database_name: str) -> AsyncIterator[Rig]:
     async with running_emulator() as emu, aiohttp.ClientSession() as http:
-        settings = SalesforceSettings(login_url=emu.base_url, auth_flow=AuthFlow.CLIENT_CREDENTIALS,
-                                      client_id=SAMPLE_CLIENT_ID, client_secret=SecretStr(SAMPLE_CLIENT_SECRET))
+        settings = SalesforceSettings(
+            login_url=emu.base_url, auth_flow=AuthFlow.CLIENT_CREDENTIALS,
+            client_id=SAMPLE_CLIENT_ID, client_secret=SecretStr(SAMPLE_CLIENT_SECRET))
         store = await Store.connect(mongo_uri, database_name)
         await store.ensure_indexes()
         try:

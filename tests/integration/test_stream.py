@@ -79,8 +79,8 @@ class Rig:
             return await r.json()
 
     async def create_lead(self, last: str, *, emit: bool = True) -> str:
-        body = await self.control("POST", "seed", {"emit_events": emit,
-                                                   "records": {"Lead": [{"LastName": last, "Company": "Acme"}]}})
+        records = {"Lead": [{"LastName": last, "Company": "Acme"}]}
+        body = await self.control("POST", "seed", {"emit_events": emit, "records": records})
         sf_id: str = body["ids"]["Lead"][0]
         return sf_id
 
@@ -126,9 +126,9 @@ class Rig:
 @pytest.fixture
 async def rig(mongo_uri: str, database_name: str) -> AsyncIterator[Rig]:
     async with running_emulator() as emu, aiohttp.ClientSession() as http:
-        settings = SalesforceSettings(login_url=emu.base_url, auth_flow=AuthFlow.CLIENT_CREDENTIALS,
-                                      client_id=SAMPLE_CLIENT_ID, client_secret=SecretStr(SAMPLE_CLIENT_SECRET),
-                                      client_name=CLIENT_NAME)
+        settings = SalesforceSettings(
+            login_url=emu.base_url, auth_flow=AuthFlow.CLIENT_CREDENTIALS, client_id=SAMPLE_CLIENT_ID,
+            client_secret=SecretStr(SAMPLE_CLIENT_SECRET), client_name=CLIENT_NAME)
         store = await Store.connect(mongo_uri, database_name)
         await store.ensure_indexes()
         governor = BudgetGovernor(BudgetSettings())
@@ -282,7 +282,7 @@ class TestResilience:
 
 
 async def _equals(value: Awaitable[Any], expected: Any) -> bool:
-    return (await value) == expected
+    return bool((await value) == expected)
 
 
 async def _true(value: bool) -> bool:

@@ -18,10 +18,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from pymongo.database import Database
 
 T = TypeVar("T")
 
@@ -33,6 +38,12 @@ TEST_CLIENT_NAME = "e2e-other-app"        # another integration editing Salesfor
 MAPPED_OWNER = "005000000000001AAA"       # mapped to local user u-1 in the test mappings
 OTHER_MAPPED_OWNER = "005000000000002AAA"  # mapped to local user u-2
 STOP_TIMEOUT = 10.0
+DEADLINE = 20.0  # how long a change may take to cross over, either way
+
+
+def unique(prefix: str = "e2e") -> str:
+    """A name no other test uses (tests share one org and one database per module)."""
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
 
 
 # --- waiting ------------------------------------------------------------------------------------
@@ -388,3 +399,66 @@ class ServiceProcess:
 def logs_of(items: Iterable[Mapping[str, Any]], **match: Any) -> list[Mapping[str, Any]]:
     """The sync logs whose keys equal every `match` value."""
     return [i for i in items if all(i.get(k) == v for k, v in match.items())]
+
+
+# --- the moves both sides make, and waiting for them to cross over ------------------------------
+
+Doc = dict[str, Any]
+
+
+def lead_fields(tag: str, **extra: Any) -> dict[str, Any]:
+    """A new Lead's fields: unique name and email, owned by the mapped owner (becomes a Person)."""
+    name = unique(tag)
+    return {"FirstName": "Ada", "LastName": name.capitalize(), "Company": f"{name} Ltd",
+            "Email": f"{name}@example.com", "OwnerId": MAPPED_OWNER, **extra}
+
+
+def person_of(db: Database[Doc], sf_id: str) -> Doc | None:
+    """The Person linked to Salesforce record `sf_id`."""
+    return db.people.find_one({"crm.id": sf_id})
+
+
+def wait_person(db: Database[Doc], sf_id: str, check: Callable[[Doc], bool] = lambda _: True,
+                what: str = "the Person", timeout: float = DEADLINE) -> Doc:
+    def probe() -> Doc | None:
+        doc = person_of(db, sf_id)
+        return doc if doc is not None and check(doc) else None
+    return wait_for(probe, timeout=timeout, what=f"{what} linked to {sf_id}")
+
+
+def wait_record(org: SalesforceOrg, sf_id: str, check: Callable[[dict[str, Any]], bool], what: str,
+                sobject: str = "Lead", timeout: float = DEADLINE) -> dict[str, Any]:
+    """Wait until the Salesforce record satisfies `check` (read through the control API: no API
+    calls spent, so the service's budget is untouched)."""
+    def probe() -> dict[str, Any] | None:
+        record = org.record(sobject, sf_id)
+        return record if check(record) else None
+    return wait_for(probe, timeout=timeout, what=f"{what} in {sobject} {sf_id}")
+
+
+def linked_lead(org: SalesforceOrg, db: Database[Doc], tag: str, **extra: Any) -> tuple[str, Doc]:
+    """A Lead created in Salesforce by a mapped owner, and the Person it became."""
+    lead_id = org.create("Lead", lead_fields(tag, **extra))
+    return lead_id, wait_person(db, lead_id)
+
+
+def platform_edit(db: Database[Doc], person: Mapping[str, Any], **fields: Any) -> datetime:
+    """What the platform does when a user edits a Person: set the fields and `updated_at`."""
+    now = datetime.now(UTC)
+    db.people.update_one({"_id": person["_id"]}, {"$set": {**fields, "updated_at": now}})
+    return now
+
+
+def wait_pipeline(org: SalesforceOrg, db: Database[Doc], timeout: float = 45.0) -> None:
+    """Prove the inbound path is live: a Lead created now becomes a Person. A fresh Lead per
+    try, since the first one may race the subscription (and an unlinked UPDATE is skipped)."""
+    def one_try() -> bool:
+        lead_id = org.create("Lead", lead_fields("probe"))
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            if person_of(db, lead_id) is not None:
+                return True
+            time.sleep(0.2)
+        return False
+
+    wait_for(one_try, timeout=timeout, interval=0, what="a new Lead to reach MongoDB (pipeline live)")

@@ -152,8 +152,8 @@ class TestEcho:
 
     def test_echo_flag_on_change(self) -> None:
         """An echo is still a change (its offset advances), flagged is_echo."""
-        msg = message({"Company": "x"}, header={
-            "changeOrigin": "com/salesforce/api/rest/62.0;client=salesforce-sync", "changedFields": ["Company"]})
+        origin = "com/salesforce/api/rest/62.0;client=salesforce-sync"
+        msg = message({"Company": "x"}, header={"changeOrigin": origin, "changedFields": ["Company"]})
         [change] = changes_of(parse(msg))
         assert change.is_echo is True
 
@@ -179,8 +179,8 @@ class TestRejected:
     @pytest.mark.parametrize(
         ("msg", "reason"),
         [
-            ({"channel": "/data/LeadChangeEvent", "data": {"payload": {"Company": "x"}, "event": {"replayId": 5}}},
-             "no ChangeEventHeader"),
+            ({"channel": "/data/LeadChangeEvent",
+              "data": {"payload": {"Company": "x"}, "event": {"replayId": 5}}}, "no ChangeEventHeader"),
             ({"channel": "/data/LeadChangeEvent", "data": {"event": {"replayId": 5}}}, "no payload"),
             (message(header={"entityName": "Opportunity"}), "unknown entity"),
             (message(header={"recordIds": "00QA"}), "recordIds must be a list"),

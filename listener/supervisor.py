@@ -1,0 +1,342 @@
+"""The process: starts every part in order, runs the inbound source the budget allows, stops cleanly.
+
+Start-up: store (indexes) -> Salesforce client -> governor (first `limits`) -> reconciler ->
+backfill when no watermark exists yet -> remerge when the mappings changed -> outbound
+flusher, local-change watcher, auto-retry, admin HTTP -> the inbound source.
+
+The source follows the governor's mode: `streaming` runs `CdcStream`, `polling` runs the
+`Poller` every SFSYNC_SYNC__FREQUENCY_MINUTES, `paused`/`starting` run neither. A switch
+stops the running source (it finishes its batch and commits) before the next one starts:
+
+- stream -> poller: the stream leaves a watermark just before its last applied commit, so the
+  poller continues from there (not from an older watermark);
+- poller -> stream: the stream resumes from its stored replay id and skips the events the
+  poller already covered (`CdcStream.resume_after_poll`); without a usable replay id it
+  subscribes with -1 and polls around the subscription.
+
+Shutdown (SIGTERM/SIGINT via `run_service`): stop intake, finish the batch in flight, commit
+offsets, stop the background tasks, close clients -- within `SHUTDOWN_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import structlog
+
+from listener.admin import AdminServer, create_admin_app, start_admin
+from listener.budget import BudgetGovernor, Mode
+from listener.poller import Poller, watermark_key
+from listener.salesforce import SalesforceClient
+from listener.stream import CdcStream
+from reconciler.backfill import backfill
+from reconciler.errors import FatalError, RetriableError, SyncError
+from reconciler.inbound import Reconciler
+from reconciler.outbox import Outbox
+from reconciler.ports import ChangeSink
+from reconciler.store import Store
+from settings import Mappings, Settings
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_SECONDS = 10.0
+MAPPINGS_KEY = "mappings"
+STATUS_REFRESH_SECONDS = 5.0
+
+
+class Service:
+    """The whole service; `status()`/`ready()` feed `/api/status` and `/readyz`."""
+
+    def __init__(self, settings: Settings, mappings: Mappings, *, limits_interval: float = 60.0,
+                 admin: bool = True, sink_wrapper: Callable[[ChangeSink], ChangeSink] | None = None) -> None:
+        self.settings = settings
+        self.mappings = mappings
+        # A seam for tests and benchmarks: observe what reaches the reconciler.
+        self._sink_wrapper = sink_wrapper
+        self.governor = BudgetGovernor(settings.budget, check_interval=limits_interval)
+        self._admin_enabled = admin
+        self.admin: AdminServer | None = None
+        self.store: Store | None = None
+        self.stream: CdcStream | None = None
+        self.poller: Poller | None = None
+        self.source: str | None = None
+        self._state_cache: dict[str, dict[str, Any]] = {}
+        self._outbox_depth = 0
+        self._mongo_ok = False
+        self._salesforce_ok = False
+        self._not_ready = "starting"
+
+    # -- admin surface -----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        budget = self.governor.status()
+        stream = self.stream.status() if self.stream else {}
+        replay_ids = {k.removeprefix("replay:"): v.get("replay_id") for k, v in self._state_cache.items()
+                      if k.startswith("replay:")}
+        replay_ids.update(stream.get("replay_ids", {}))
+        return {
+            "mode": self.governor.mode,
+            "source": self.source,
+            "budget": {k: budget[k] for k in ("used", "max", "remaining_pct")},
+            "events_exhausted": budget["events_exhausted"],
+            "replay_ids": replay_ids,
+            "watermarks": {k.removeprefix("watermark:"): v.get("ts") for k, v in self._state_cache.items()
+                           if k.startswith("watermark:")},
+            "queue_depth": {"inbound": stream.get("queue_depth", 0), "outbox": self._outbox_depth},
+        }
+
+    def ready(self) -> tuple[bool, str]:
+        if self._not_ready:
+            return False, self._not_ready
+        if not self._mongo_ok:
+            return False, "mongodb unreachable"
+        if not self._salesforce_ok:
+            return False, "salesforce unreachable"
+        if self.source == "stream" and self.stream is not None and self.stream.ready:
+            return True, ""
+        if self.source == "poller" and self.poller is not None and self.poller.running:
+            return True, ""
+        return False, f"no inbound source running (mode {self.governor.mode})"
+
+    # -- life --------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.settings
+        store = await Store.connect(settings.mongodb.uri.get_secret_value(), settings.mongodb.database,
+                                    sync_log_retention_days=settings.mongodb.sync_log_retention_days)
+        self.store = store
+        background: list[asyncio.Task[Any]] = []
+        try:
+            await store.ensure_indexes()
+            self._mongo_ok = True
+            async with SalesforceClient(settings.salesforce, on_usage=self.governor.record_usage) as sf:
+                await self.governor.check(sf.limits)
+                self._salesforce_ok = self.governor.status()["max"] is not None
+                outbox = Outbox(store.outbox)
+                await outbox.ensure_indexes()
+                reconciler = Reconciler(store, self.mappings, sf=sf, outbox=outbox,
+                                        client_name=settings.salesforce.client_name, budget=self.governor)
+                self._build_sources(sf, store, reconciler)
+                await self._first_start(sf, store, reconciler)
+                background = self._start_background(stop, sf, store, outbox)
+                await self._start_admin(store, sf)
+                self._not_ready = ""
+                await self._run_sources(stop)
+        finally:
+            await self._shutdown(background)
+
+    def _build_sources(self, sf: SalesforceClient, store: Store, reconciler: Reconciler) -> None:
+        sync = self.settings.sync
+        sink: ChangeSink = self._sink_wrapper(reconciler) if self._sink_wrapper else reconciler
+        self.poller = Poller(sf, store, sink, self.mappings, sync.objects)
+        self.stream = CdcStream(
+            sf=sf, store=store, sink=sink, poller=self.poller, objects=sync.objects,
+            client_name=self.settings.salesforce.client_name,
+            api_version=self.settings.salesforce.api_version,
+            batch_size=sync.batch_size, batch_wait_ms=sync.batch_wait_ms, governor=self.governor,
+        )
+
+    async def _first_start(self, sf: SalesforceClient, store: Store, reconciler: Reconciler) -> None:
+        """Backfill when no watermark exists yet; remerge when the mappings changed."""
+        objects = self.settings.sync.objects
+        marks = [await store.load_state(watermark_key(o)) for o in objects]
+        if not any(marks):
+            log.info("backfill_starting", objects=objects)
+            await backfill(sf, store, reconciler, self.mappings, objects)
+        digest = self.mappings.content_hash()
+        previous = await store.load_state(MAPPINGS_KEY)
+        if previous is not None and previous.get("hash") != digest:
+            await self._remerge(sf, store, reconciler)
+        if previous is None or previous.get("hash") != digest:
+            await store.save_state(MAPPINGS_KEY, {"hash": digest})
+
+    async def _remerge(self, sf: SalesforceClient, store: Store, reconciler: Reconciler) -> None:
+        """HOOK: reconciler-inbound's remerge (merge every linked record again) when it exists."""
+        try:
+            from reconciler import remerge as module  # type: ignore[attr-defined,unused-ignore]
+        except ImportError:
+            log.warning("remerge_unavailable", reason="reconciler.remerge is not installed")
+            return
+        run: Callable[..., Awaitable[Any]] = module.remerge
+        await run(sf, store, reconciler, self.mappings, self.settings.sync.objects)
+
+    def _start_background(self, stop: asyncio.Event, sf: SalesforceClient, store: Store,
+                          outbox: Outbox) -> list[asyncio.Task[Any]]:
+        from reconciler.local_changes import LocalChangeWatcher
+        from reconciler.outbound import OutboundFlusher
+
+        flusher = OutboundFlusher(outbox, sf, store, self.governor,
+                                  client_name=self.settings.salesforce.client_name)
+        watcher = LocalChangeWatcher(store, self.mappings, outbox, objects=self.settings.sync.objects)
+        tasks = [
+            asyncio.create_task(self.governor.run(stop, sf.limits), name="governor"),
+            asyncio.create_task(flusher.run(stop), name="outbound"),
+            asyncio.create_task(watcher.run(stop), name="local-watch"),
+            asyncio.create_task(self._refresh_status(stop, sf), name="status"),
+        ]
+        retry = self._auto_retry(stop)
+        if retry is not None:
+            tasks.append(asyncio.create_task(retry, name="auto-retry"))
+        return tasks
+
+    def _auto_retry(self, stop: asyncio.Event) -> Coroutine[Any, Any, None] | None:
+        """HOOK: the auto-retry scheduler needs `reconciler.jobs` (retry of failed jobs)."""
+        try:
+            from reconciler import jobs  # type: ignore[attr-defined,unused-ignore]
+            from reconciler.retry import AutoRetryScheduler
+        except ImportError:
+            log.warning("auto_retry_unavailable", reason="reconciler.jobs is not installed")
+            return None
+        runner: Any = jobs.retry_transient_for(self)  # pragma: no cover - wired when jobs lands
+        scheduler = AutoRetryScheduler(runner, self.governor)
+        result: Coroutine[Any, Any, None] = scheduler.run(stop)
+        return result
+
+    async def _start_admin(self, store: Store, sf: SalesforceClient) -> None:
+        if not self._admin_enabled:
+            return
+        admin = self.settings.admin
+        app = create_admin_app(status=self, store=store, jobs=_job_runner(self, store),
+                               token=admin.token.get_secret_value() if admin.token else None,
+                               instance_url=sf.instance_url)
+        self.admin = await start_admin(app, admin.host, admin.port)
+
+    # -- sources -----------------------------------------------------------------------------
+
+    async def _run_sources(self, stop: asyncio.Event) -> None:
+        """Run the source the mode asks for; switch on every mode change; return on `stop`."""
+        previous: str | None = None
+        while not stop.is_set():
+            mode = self.governor.current
+            source_stop = asyncio.Event()
+            task = self._start_source(mode, previous, source_stop)
+            previous = self.source if task is not None else previous
+            waits = [asyncio.create_task(stop.wait()),
+                     asyncio.create_task(self.governor.wait_for_change(mode))]
+            if task is not None:
+                waits.append(task)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waits[:2]:
+                waiter.cancel()
+            source_stop.set()
+            if task is not None:
+                await self._finish_source(task)
+                if self.governor.current is mode and not stop.is_set():
+                    await asyncio.sleep(1.0)  # the source ended by itself; do not spin
+            self.source = None
+
+    def _start_source(self, mode: Mode, previous: str | None, source_stop: asyncio.Event
+                      ) -> asyncio.Task[None] | None:
+        assert self.stream is not None and self.poller is not None
+        log.info("source_starting", mode=mode.value, previous=previous)
+        if mode is Mode.STREAMING:
+            self.source = "stream"
+            return asyncio.create_task(self._stream_after(previous, source_stop), name="stream")
+        if mode is Mode.POLLING:
+            self.source = "poller"
+            minutes = self.settings.sync.frequency_minutes
+            return asyncio.create_task(self.poller.run_every(minutes, source_stop), name="poller")
+        return None
+
+    async def _stream_after(self, previous: str | None, source_stop: asyncio.Event) -> None:
+        assert self.stream is not None and self.poller is not None
+        if previous == "poller":
+            self.stream.resume_after_poll({o: await self.poller.watermark(o) for o in self.stream.objects})
+        await self.stream.run(source_stop)
+
+    async def _finish_source(self, task: asyncio.Task[None]) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_SECONDS * 0.6)
+        except TimeoutError:
+            log.warning("source_stop_timeout", source=self.source)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        except FatalError:
+            raise
+        except SyncError as exc:
+            log.warning("source_failed", source=self.source, error=str(exc), error_type=type(exc).__name__)
+
+    # -- status and shutdown -----------------------------------------------------------------
+
+    async def _refresh_status(self, stop: asyncio.Event, sf: SalesforceClient) -> None:
+        assert self.store is not None
+        while not stop.is_set():
+            try:
+                await self.store.ping()
+                self._state_cache = await self.store.all_state()
+                self._outbox_depth = await self.store.outbox.depth()
+                self._mongo_ok = True
+            except RetriableError as exc:
+                self._mongo_ok = False
+                log.warning("status_refresh_failed", error=str(exc))
+            self._salesforce_ok = self.governor.status()["max"] is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), STATUS_REFRESH_SECONDS)
+
+    async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
+        self._not_ready = "stopping"
+        if background:
+            _, pending = await asyncio.wait(background, timeout=SHUTDOWN_SECONDS * 0.3)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+        if self.admin is not None:
+            await self.admin.stop()
+        if self.store is not None:
+            await self.store.close()
+        log.info("service_stopped")
+
+
+def _job_runner(service: Service, store: Store) -> Any:
+    """HOOK: `reconciler.jobs` (retry / re-import) when it exists; else a runner that says so."""
+    try:
+        from reconciler import jobs  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return _NoJobs()
+    return jobs.runner_for(service, store)  # pragma: no cover - wired when jobs lands
+
+
+class _NoJobs:
+    async def retry(self, log_id: str) -> dict[str, Any]:
+        raise FatalError("retry is not available: reconciler.jobs is not installed")
+
+    async def retry_failed(self) -> dict[str, Any]:
+        raise FatalError("retry is not available: reconciler.jobs is not installed")
+
+    async def import_record(self, sf_id: str) -> dict[str, Any]:
+        raise FatalError("import is not available: reconciler.jobs is not installed")
+
+
+async def run_service(settings: Settings, mappings: Mappings) -> int:
+    """Run until SIGTERM/SIGINT; 0 on a clean stop, 1 on a fatal error."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    service = Service(settings, mappings)
+    task = asyncio.create_task(service.run(stop))
+    try:
+        await asyncio.wait({task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            log.info("service_stopping", timeout_seconds=SHUTDOWN_SECONDS)
+            try:
+                await asyncio.wait_for(task, SHUTDOWN_SECONDS)
+            except TimeoutError:
+                log.error("service_stop_timeout")
+                return 1
+        task.result()
+        return 0
+    except FatalError as exc:
+        log.error("service_failed", error=str(exc))
+        return 1
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+__all__ = ["Service", "run_service"]
