@@ -227,6 +227,9 @@ def _details_cell(item: Mapping[str, Any], back: str) -> str:
     fields = item.get("fields")
     if isinstance(fields, Mapping) and fields:
         parts.append(f'<p class="fields">{_fields_summary(fields)}</p>')
+    count = item.get("count")
+    if isinstance(count, int) and (count > 1 or item.get("type") == "import"):
+        parts.append(f'<span class="meta">{count:,} record{"s" if count != 1 else ""}</span>')
     attempt = item.get("attempt")
     if isinstance(attempt, int) and attempt > 1:
         parts.append(f'<span class="meta">attempt {attempt}</span>')
@@ -238,8 +241,10 @@ def _details_cell(item: Mapping[str, Any], back: str) -> str:
 def _retry_control(item: Mapping[str, Any], back: str) -> str:
     if item.get("retried_by"):
         return '<span class="meta">retried</span>'
-    if item.get("retriable") is False:
-        return '<span class="meta">not retriable</span>'
+    # `retriable` only says whether the automatic retry may re-run it; an admin can retry any
+    # failure that recorded its job (after fixing the data, for a permanent error).
+    if "job" in item and not item.get("job"):
+        return '<span class="meta">nothing to retry</span>'
     action = "/logs/retry/" + quote(str(item.get("id") or ""), safe="")
     return (
         f'<form class="retry" method="post" action="{_e(action)}">'

@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
 
 import pytest
 from pymongo import MongoClient
@@ -18,13 +17,7 @@ from pymongo.database import Database
 
 from tests.support.emulator import EmulatorProcess, start_emulator_process
 from tests.support.secantus import SecantusServer
-from tests.support.service import SalesforceOrg, ServiceProcess
-
-Doc = dict[str, Any]
-
-
-class ServiceFactory(Protocol):
-    def __call__(self, mappings: str, *, database: str | None = None) -> ServiceProcess: ...
+from tests.support.service import Doc, SalesforceOrg, ServiceFactory, ServiceProcess
 
 
 @pytest.fixture(scope="module")

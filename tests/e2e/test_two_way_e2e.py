@@ -8,17 +8,19 @@ module; every test works on records of its own.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from pymongo.database import Database
 
-from tests.e2e.conftest import Doc, ServiceFactory
 from tests.support.service import (
+    DEADLINE,
     OTHER_MAPPED_OWNER,
+    Doc,
     SalesforceOrg,
+    ServiceFactory,
     ServiceProcess,
     lead_fields,
     linked_lead,
@@ -104,7 +106,9 @@ on_salesforce_owner_change = "update_owner"
 # --- the service under test ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def service(service_factory: ServiceFactory, org: SalesforceOrg, db: Database[Doc]) -> Iterator[ServiceProcess]:
+def service(
+    service_factory: ServiceFactory, org: SalesforceOrg, db: Database[Doc]
+) -> Iterator[ServiceProcess]:
     """The service, running, with the inbound pipeline proven: a Lead created now becomes a Person."""
     running = service_factory(MAPPINGS)
     running.start()
@@ -276,7 +280,7 @@ class TestLeadConversion:
     def test_conversion_relinks_the_same_person_and_its_company(
         self, service: ServiceProcess, org: SalesforceOrg, db: Database[Doc]
     ) -> None:
-        """A converted Lead: the same Person now follows the Contact, its Company the Account; no duplicate."""
+        """A converted Lead: the same Person follows the Contact, its Company the Account; no duplicate."""
         domain = f"{unique('conv')}.example.com"
         lead_id, person = linked_lead(org, db, "conv", Website=f"https://{domain}")
         email = person["email"]
@@ -342,7 +346,8 @@ class TestCreateRules:
         person = wait_for(linked, timeout=DEADLINE, what="the new Person linked to a Lead")
         assert person["crm"]["object"] == "Lead"
         lead = org.read("Lead", person["crm"]["id"])
-        assert (lead["LastName"], lead["Company"], lead["Email"]) == (name, "Platform Co", f"{name}@example.com")
+        assert (lead["LastName"], lead["Company"], lead["Email"]) == (
+            name, "Platform Co", f"{name}@example.com")
         assert db.people.count_documents({"email": f"{name}@example.com"}) == 1
 
 
@@ -405,4 +410,5 @@ class TestOwnWritesNeverLoop:
               what="exactly one outbound write")
         new = [i for i in service.sync_logs(record=lead_id) if i["id"] not in before]
         assert [(i["source"], i["type"], i["status"]) for i in new] == [("local", "update", "success")], new
-        assert db.people.find_one({"_id": person["_id"]})["first_name"] == "Outbound"
+        final = person_of(db, lead_id)
+        assert final is not None and final["first_name"] == "Outbound"

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -48,15 +48,14 @@ def unique(prefix: str = "e2e") -> str:
 
 # --- waiting ------------------------------------------------------------------------------------
 
-def wait_for(probe: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.2,
+def wait_for(probe: Callable[[], T | None], *, timeout: float = 20.0, interval: float = 0.2,
              what: str = "condition") -> T:
     """Call `probe` until it returns something truthy and return that; AssertionError naming
     `what` and the last value seen once `timeout` seconds have passed."""
     deadline = time.monotonic() + timeout
-    last: Any = None
     while True:
         last = probe()
-        if last:
+        if last is not None and last:
             return last
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last value: {last!r}")
@@ -144,7 +143,8 @@ class SalesforceOrg:
         return http(method, f"{self.base_url}/services/data/v{API_VERSION}/{path.lstrip('/')}",
                     json_body=json_body, headers=headers)
 
-    def create(self, sobject: str, fields: Mapping[str, Any], *, client: str | None = TEST_CLIENT_NAME) -> str:
+    def create(self, sobject: str, fields: Mapping[str, Any], *,
+               client: str | None = TEST_CLIENT_NAME) -> str:
         reply = self.rest("POST", f"sobjects/{sobject}", json_body=dict(fields), client=client)
         assert reply.status == 201, f"create {sobject} refused: {reply.body}"
         return str(reply.body["id"])
@@ -394,6 +394,12 @@ class ServiceProcess:
         reply = self.api("GET", "/api/status")
         assert reply.status == 200, f"GET /api/status: {reply.status} {reply.body}"
         return dict(reply.body)
+
+
+class ServiceFactory(Protocol):
+    """Builds (does not start) a `ServiceProcess` over the module's org (see tests/e2e/conftest.py)."""
+
+    def __call__(self, mappings: str, *, database: str | None = None) -> ServiceProcess: ...
 
 
 def logs_of(items: Iterable[Mapping[str, Any]], **match: Any) -> list[Mapping[str, Any]]:

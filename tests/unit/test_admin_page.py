@@ -90,12 +90,22 @@ class TestRetryButton:
 
     @pytest.mark.parametrize(("over", "shown"), [
         ({"retried_by": "665f00000000000000000fff"}, "retried"),
-        ({"retriable": False}, "not retriable"),
+        ({"job": None}, "nothing to retry"),
     ])
     def test_no_retry_button_when_it_cannot_help(self, over: dict[str, Any], shown: str) -> None:
         """Already-retried or non-retriable failures show why instead of a button."""
         html = page([log(status="failed", error="x", **over)])
         assert 'class="retry"' not in html and shown in html
+
+    def test_permanent_failures_can_still_be_retried_by_hand(self) -> None:
+        """Not auto-retriable (e.g. a validation error) still offers Retry, for after a fix."""
+        html = page([log(status="failed", error="INVALID_EMAIL_ADDRESS: x", retriable=False,
+                         job={"kind": "outbound"})])
+        assert 'class="retry"' in html
+
+    def test_import_summaries_show_their_count(self) -> None:
+        """A backfill page's summary log says how many records it covers."""
+        assert "1,200 records" in page([log(type="import", sf_id=None, local_id=None, count=1200)])
 
     def test_success_rows_have_no_retry(self) -> None:
         """Successful rows show the fields that changed, not a Retry button."""
