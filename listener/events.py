@@ -169,7 +169,7 @@ def _changes(
     header: dict[str, Any], payload: dict[str, Any], entity: str, kind: ChangeKind, ids: list[str],
     committed_at: datetime, client_name: str, replay_id: int | None, raw: dict[str, Any],
 ) -> list[SalesforceChange]:
-    for key in ("Name", "Address"):
+    for key in _compound_fields(entity):
         if key in payload and payload[key] is not None and not isinstance(payload[key], dict):
             raise _Invalid(f"compound field {key} is not an object")
     everything = flatten_fields(payload)
@@ -194,6 +194,15 @@ def _changes(
         )
         for sf_id in ids
     ]
+
+
+def _compound_fields(entity: str) -> tuple[str, ...]:
+    """Account `Name` is a plain text field; only person names and addresses are compound."""
+    return {
+        "Lead": ("Name", "Address"),
+        "Contact": ("Name", "MailingAddress", "OtherAddress"),
+        "Account": ("BillingAddress", "ShippingAddress"),
+    }.get(entity, ())
 
 
 def _size(message: dict[str, Any]) -> int:

@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from listener.admin import AdminServer, create_admin_app, start_admin
 from listener.budget import BudgetGovernor, Mode
+from listener.metrics import METRICS
 from listener.poller import Poller, watermark_key
 from listener.salesforce import SalesforceClient
 from listener.stream import CdcStream
@@ -37,7 +40,7 @@ from reconciler.backfill import backfill
 from reconciler.errors import FatalError, RetriableError, SyncError
 from reconciler.inbound import Reconciler
 from reconciler.outbox import Outbox
-from reconciler.ports import ChangeSink
+from reconciler.ports import ChangeSink, RejectedEvent, SalesforceChange
 from reconciler.store import Store
 from settings import Mappings, Settings
 
@@ -69,6 +72,8 @@ class Service:
         self._mongo_ok = False
         self._salesforce_ok = False
         self._not_ready = "starting"
+        self._observed: ObservedSink | None = None
+        self._flusher: Any = None
 
     # -- admin surface -----------------------------------------------------------------------
 
@@ -87,6 +92,8 @@ class Service:
             "watermarks": {k.removeprefix("watermark:"): v.get("ts") for k, v in self._state_cache.items()
                            if k.startswith("watermark:")},
             "queue_depth": {"inbound": stream.get("queue_depth", 0), "outbox": self._outbox_depth},
+            "last_event_at": self._observed.last_event_at.isoformat()
+            if self._observed and self._observed.last_event_at else None,
         }
 
     def ready(self) -> tuple[bool, str]:
@@ -121,9 +128,11 @@ class Service:
                 reconciler = Reconciler(store, self.mappings, sf=sf, outbox=outbox,
                                         client_name=settings.salesforce.client_name, budget=self.governor)
                 self._build_sources(sf, store, reconciler)
+                # The admin surface answers (healthz, 503 readyz with the reason) during backfill.
+                await self._start_admin(store, sf)
+                self._not_ready = "backfill or remerge in progress"
                 await self._first_start(sf, store, reconciler)
                 background = self._start_background(stop, sf, store, outbox)
-                await self._start_admin(store, sf)
                 self._not_ready = ""
                 await self._run_sources(stop)
         finally:
@@ -131,7 +140,9 @@ class Service:
 
     def _build_sources(self, sf: SalesforceClient, store: Store, reconciler: Reconciler) -> None:
         sync = self.settings.sync
-        sink: ChangeSink = self._sink_wrapper(reconciler) if self._sink_wrapper else reconciler
+        observed = ObservedSink(reconciler)
+        self._observed = observed
+        sink: ChangeSink = self._sink_wrapper(observed) if self._sink_wrapper else observed
         self.poller = Poller(sf, store, sink, self.mappings, sync.objects)
         self.stream = CdcStream(
             sf=sf, store=store, sink=sink, poller=self.poller, objects=sync.objects,
@@ -171,6 +182,7 @@ class Service:
 
         flusher = OutboundFlusher(outbox, sf, store, self.governor,
                                   client_name=self.settings.salesforce.client_name)
+        self._flusher = flusher
         watcher = LocalChangeWatcher(store, self.mappings, outbox, objects=self.settings.sync.objects)
         tasks = [
             asyncio.create_task(self.governor.run(stop, sf.limits), name="governor"),
@@ -270,6 +282,8 @@ class Service:
                 await self.store.ping()
                 self._state_cache = await self.store.all_state()
                 self._outbox_depth = await self.store.outbox.depth()
+                METRICS.set("sfsync_queue_depth", self._outbox_depth, queue="outbox")
+                self._publish_outbound_metrics()
                 self._mongo_ok = True
             except RetriableError as exc:
                 self._mongo_ok = False
@@ -277,6 +291,14 @@ class Service:
             self._salesforce_ok = self.governor.status()["max"] is not None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), STATUS_REFRESH_SECONDS)
+
+    def _publish_outbound_metrics(self) -> None:
+        flusher = self._flusher
+        if flusher is None:
+            return
+        METRICS.set("sfsync_outbound_calls_total", flusher.calls_made)
+        METRICS.set("sfsync_outbound_records_total", flusher.records_sent, status="success")
+        METRICS.set("sfsync_outbound_records_total", flusher.records_failed, status="failed")
 
     async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
         self._not_ready = "stopping"
@@ -290,6 +312,28 @@ class Service:
         if self.store is not None:
             await self.store.close()
         log.info("service_stopped")
+
+
+class ObservedSink:
+    """Counts what reaches the reconciler, for `/metrics` and the status strip's last event time."""
+
+    def __init__(self, inner: ChangeSink) -> None:
+        self._inner = inner
+        self.last_event_at: datetime | None = None
+
+    async def apply(self, changes: Sequence[SalesforceChange]) -> None:
+        await self._inner.apply(changes)
+        now = datetime.now(UTC)
+        for change in changes:
+            METRICS.inc("sfsync_events_applied_total", object=change.sobject)
+        if changes:
+            newest = max(change.changed_at for change in changes)
+            self.last_event_at = newest if self.last_event_at is None else max(newest, self.last_event_at)
+            METRICS.set("sfsync_replay_lag_seconds", max(0.0, (now - newest).total_seconds()))
+
+    async def reject(self, events: Sequence[RejectedEvent]) -> None:
+        await self._inner.reject(events)
+        METRICS.inc("sfsync_sync_failures_total", len(events), source="salesforce")
 
 
 def _job_runner(service: Service, store: Store) -> Any:
@@ -312,16 +356,41 @@ class _NoJobs:
         raise FatalError("import is not available: reconciler.jobs is not installed")
 
 
-async def run_service(settings: Settings, mappings: Mappings) -> int:
-    """Run until SIGTERM/SIGINT; 0 on a clean stop, 1 on a fatal error."""
-    stop = asyncio.Event()
+async def run_service(settings: Settings, mappings: Mappings, stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop`); 0 on a clean stop, 1 on a fatal error.
+
+    A transient failure that ends the service (MongoDB or Salesforce unreachable at start-up)
+    restarts it after a backoff with jitter instead of exiting: the container stays up and
+    `/readyz` says why it is not ready.
+    """
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    service = Service(settings, mappings)
-    task = asyncio.create_task(service.run(stop))
     try:
-        await asyncio.wait({task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        attempt = 0
+        while True:
+            outcome = await _run_once(Service(settings, mappings), stop)
+            if outcome is not None:
+                return outcome
+            attempt += 1
+            delay = min(60.0, 1.0 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2)
+            log.warning("service_restarting", attempt=attempt, delay_seconds=round(delay, 1))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _run_once(service: Service, stop: asyncio.Event) -> int | None:
+    """One life of the service: an exit code, or None to restart after a transient failure."""
+    task = asyncio.create_task(service.run(stop))
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
             log.info("service_stopping", timeout_seconds=SHUTDOWN_SECONDS)
             try:
@@ -332,11 +401,15 @@ async def run_service(settings: Settings, mappings: Mappings) -> int:
         task.result()
         return 0
     except FatalError as exc:
-        log.error("service_failed", error=str(exc))
+        log.error("service_failed", error=str(exc), error_type=type(exc).__name__)
         return 1
+    except RetriableError as exc:
+        if stop.is_set():
+            return 0
+        log.warning("service_interrupted", error=str(exc), error_type=type(exc).__name__)
+        return None
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        stopper.cancel()
 
 
 __all__ = ["Service", "run_service"]

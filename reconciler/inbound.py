@@ -51,7 +51,8 @@ _TYPE_RANK: dict[str, int] = {t: i for i, t in enumerate(
 
 
 class InboundStore(Protocol):
-    async def find_linked(self, collection: str, sf_ids: Any) -> list[dict[str, Any]]: ...
+    async def find_linked(self, collection: str, sf_ids: Any, *,
+                          converted: bool = False) -> list[dict[str, Any]]: ...
     async def find_unlinked_matches(self, collection: str, local_field: str,
                                     values: Any) -> list[dict[str, Any]]: ...
     async def find_records(self, collection: str, ids: Any) -> list[dict[str, Any]]: ...
@@ -204,7 +205,8 @@ class Reconciler:
         self, collection: str, group: list[SalesforceChange], result: BatchResult,
         applied: Counter[str], summary: bool, attempt: int,
     ) -> None:
-        docs = await self.store.find_linked(collection, {c.sf_id for c in group})
+        docs = await self.store.find_linked(collection, {c.sf_id for c in group},
+                                            converted=collection == PEOPLE)
         linked = {d["crm"]["id"]: d for d in docs if get_path(d, "crm.id")}
         converted = {d["crm"]["converted_from"] for d in docs if get_path(d, "crm.converted_from")}
         claimed = {d["_id"] for d in docs}

@@ -80,13 +80,15 @@ class Connection:
         self.client.close()
 
     async def ensure_indexes(self) -> None:
-        linked = {"crm.id": {"$exists": True}}
         ttl = self.sync_log_retention_days * 86_400
         with translate_errors("ensure_indexes"):
             for name, match_field in (("people", "email"), ("companies", "domain")):
                 await self.db[name].create_indexes([
-                    IndexModel([("crm.id", ASCENDING)], name="crm_id", unique=True,
-                               partialFilterExpression=linked),
+                    # sparse rather than partial ({crm.id: {$exists: true}}): the same rule for
+                    # a single field, and usable by SecantusDB's planner for `$in` lookups
+                    IndexModel([("crm.id", ASCENDING)], name="crm_id", unique=True, sparse=True),
+                    IndexModel([("crm.converted_from", ASCENDING)], name="crm_converted_from",
+                               sparse=True),
                     IndexModel([(match_field, ASCENDING)], name=f"{match_field}_ci",
                                collation=CASE_INSENSITIVE),
                     IndexModel([("updated_at", ASCENDING)], name="updated_at"),

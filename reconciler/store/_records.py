@@ -51,34 +51,50 @@ def _write_error(error: dict[str, Any]) -> str:
     return f"WRITE_ERROR {error.get('code')}: {error.get('errmsg')}"
 
 
+def chunks(values: Collection[Any], size: int) -> list[list[Any]]:
+    items = list(values)
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 class RecordsMixin:
     db: Any
+    # `$in` lists are sent in slices of this size. One logical lookup per batch; the slicing is
+    # for SecantusDB, which re-checks each matched document against the `$in` list linearly
+    # (quadratic past a few hundred ids). mongod has no such cost: raise it there.
+    lookup_chunk: int = 250
 
-    async def find_linked(self, collection: str, sf_ids: Collection[str]) -> list[dict[str, Any]]:
-        """Documents linked (`crm.id`) or formerly linked as a converted Lead to these ids."""
+    async def _find_in(self, collection: str, field: str, values: Collection[Any],
+                       extra: dict[str, Any] | None = None, **options: Any) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for part in chunks(values, self.lookup_chunk):
+            query = {field: {"$in": part}, **(extra or {})}
+            with translate_errors(f"find {collection}.{field}"):
+                found += await self.db[collection].find(query, **options).to_list(None)
+        return found
+
+    async def find_linked(
+        self, collection: str, sf_ids: Collection[str], *, converted: bool = False
+    ) -> list[dict[str, Any]]:
+        """Documents linked (`crm.id`) to these ids; with `converted`, also the People whose
+        Lead (one of these ids) was converted (`crm.converted_from`)."""
         if not sf_ids:
             return []
-        ids = list(sf_ids)
-        query = {"$or": [{"crm.id": {"$in": ids}}, {"crm.converted_from": {"$in": ids}}]}
-        with translate_errors("find_linked"):
-            return list(await self.db[collection].find(query).to_list(None))
+        docs = await self._find_in(collection, "crm.id", sf_ids)
+        if converted:
+            found = {d["crm"]["id"] for d in docs}
+            docs += await self._find_in(collection, "crm.converted_from",
+                                        [i for i in sf_ids if i not in found])
+        return docs
 
     async def find_unlinked_matches(
         self, collection: str, local_field: str, values: Collection[str]
     ) -> list[dict[str, Any]]:
         """Unlinked documents whose `local_field` equals one of `values`, ignoring case."""
-        if not values:
-            return []
-        query = {local_field: {"$in": list(values)}, "crm.id": {"$exists": False}}
-        with translate_errors("find_unlinked_matches"):
-            cursor = self.db[collection].find(query, collation=CASE_INSENSITIVE)
-            return list(await cursor.to_list(None))
+        return await self._find_in(collection, local_field, values, {"crm.id": {"$exists": False}},
+                                   collation=CASE_INSENSITIVE)
 
     async def find_records(self, collection: str, ids: Collection[Any]) -> list[dict[str, Any]]:
-        if not ids:
-            return []
-        with translate_errors("find_records"):
-            return list(await self.db[collection].find({"_id": {"$in": list(ids)}}).to_list(None))
+        return await self._find_in(collection, "_id", ids)
 
     async def iter_linked(
         self, collection: str, sobject: str, *, batch_size: int = 200

@@ -10,7 +10,8 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from pymongo.database import Database
@@ -99,9 +100,14 @@ def live(service: ServiceProcess) -> ServiceProcess:
 
 
 def committed_replay_id(db: Database[Doc], channel: str) -> int | None:
-    state = db.sync_state.find_one({"_id": f"replay:{channel}"})
-    value = (state or {}).get("replay_id")
+    """The replay id stored for `channel` (sync_state `replay:<channel>`)."""
+    state = db.sync_state.find_one({"_id": f"replay:{channel}"}) or {}
+    value = (state.get("value") or {}).get("replay_id")
     return int(value) if value is not None else None
+
+
+def first_name_is(value: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda record: record.get("FirstName") == value
 
 
 class TestReadiness:
@@ -140,8 +146,7 @@ class TestGracefulStop:
         assert code == 0, live.log_tail()
         live.start()
         for index, (lead_id, _) in enumerate(sent):
-            wait_record(org, lead_id, lambda r, i=index: r.get("FirstName") == f"Inflight{i}",
-                        f"FirstName Inflight{index}")
+            wait_record(org, lead_id, first_name_is(f"Inflight{index}"), f"FirstName Inflight{index}")
 
 
 class TestRestart:
@@ -206,7 +211,7 @@ class TestMappingEdit:
 
 
 class TestBadConfiguration:
-    def _exits(self, service: ServiceProcess, timeout: float = 30.0) -> tuple[int, str]:
+    def _exits(self, service: ServiceProcess, timeout: float = 20.0) -> tuple[int, str]:
         process = service.launch()
         try:
             code = process.wait(timeout=timeout)
@@ -235,4 +240,4 @@ class TestBadConfiguration:
         code, output = self._exits(bad)
         assert code != 0, output
         assert "Score__c" in output, output
-        assert time.monotonic() - started < 30
+        assert time.monotonic() - started < 20

@@ -111,6 +111,15 @@ class TestChanges:
         assert change.fields == {"LastName": "Hopper", "Company": "Navy"}
         assert change.changed_at == datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 
+    def test_account_name_is_a_plain_field(self) -> None:
+        """Account `Name` is text, not a compound: an Account CREATE keeps it as is."""
+        msg = message({"Name": "Acme Corp", "BillingAddress": {"City": "Paris"}},
+                      header={"changeType": "CREATE", "entityName": "Account",
+                              "recordIds": ["001000000000001AAA"]},
+                      channel="/data/AccountChangeEvent")
+        [change] = changes_of(parse(msg))
+        assert change.fields == {"Name": "Acme Corp", "BillingCity": "Paris"}
+
     def test_one_change_per_record_id(self) -> None:
         """An event naming several records yields one change each."""
         msg = message({"Status": "Open"}, header={"recordIds": ["00QA", "00QB"], "changedFields": ["Status"]})
