@@ -7,9 +7,11 @@ not in it. Everything a run creates lives under one temp directory, removed at t
 
 from __future__ import annotations
 
+import logging
 import math
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import structlog
 
 from settings import AuthFlow, Mappings, SalesforceSettings, parse_mappings
 from tests.support.emulator import EmulatorProcess, free_port
@@ -242,7 +245,8 @@ async def raw_upsert_rate(uri: str, database: str, count: int) -> float:
     client: Any = AsyncIOMotorClient(uri, tz_aware=True)
     try:
         coll = client[database]["raw_upserts"]
-        await coll.create_index("crm.id", unique=True, partialFilterExpression={"crm.id": {"$exists": True}})
+        # the same unique sparse index the store puts on people.crm.id
+        await coll.create_index("crm.id", unique=True, sparse=True)
         started = time.perf_counter()
         for start in range(0, count, RAW_BATCH):
             ops = [UpdateOne({"crm.id": f"00Q{n:015d}"}, {"$set": _raw_doc(n)}, upsert=True)
@@ -253,3 +257,11 @@ async def raw_upsert_rate(uri: str, database: str, count: int) -> float:
     finally:
         client.close()
     return rate(count, elapsed)
+
+
+def quiet_logs() -> None:
+    """Warnings and errors only, on stderr: the table on stdout stays readable."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )

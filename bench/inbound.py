@@ -131,29 +131,32 @@ class CountingSink:
 
 
 class CommandCounter:
-    """pymongo command monitoring: MongoDB round-trips by command name while `on`."""
+    """MongoDB round-trips by command name, counted while `on`."""
 
     def __init__(self) -> None:
         self.on = False
         self.counts: Counter[str] = Counter()
 
-    def started(self, event: Any) -> None:
-        if self.on:
-            self.counts[event.command_name] += 1
-
-    def succeeded(self, event: Any) -> None:
-        pass
-
-    def failed(self, event: Any) -> None:
-        pass
-
 
 def monitor_commands() -> CommandCounter:
-    """Registered before any client exists (diagnostics only; the store stays the driver's home)."""
+    """pymongo command monitoring, registered before any client exists. Diagnostics only: the
+    driver import stays local, as in `bench._common.raw_upsert_rate`."""
     from pymongo import monitoring
 
     counter = CommandCounter()
-    monitoring.register(counter)  # type: ignore[arg-type]
+
+    class Listener(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if counter.on:
+                counter.counts[event.command_name] += 1
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    monitoring.register(Listener())
     return counter
 
 
@@ -170,6 +173,7 @@ class Rig:
     sink: CountingSink
     poller: Poller
     opts: Options
+    raw_rate: float
     ids: list[str] = field(default_factory=list)
 
     async def people(self, query: dict[str, Any]) -> int:
@@ -181,8 +185,7 @@ class Rig:
 async def rig(opts: Options, work: Path) -> AsyncIterator[Rig]:
     args = ("--records", str(opts.records), "--api-max", "10000000", "--events-max", "100000000")
     with fresh_secantus(work) as uri, emulator_process(work, *args) as base_url:
-        raw = raw_upsert_rate(uri, "bench_raw", opts.raw)
-        raw_rate = await raw
+        raw_rate = await raw_upsert_rate(uri, "bench_raw", opts.raw)
         store = await Store.connect(uri, "bench_inbound")
         async with AsyncExitStack() as stack:
             stack.push_async_callback(store.close)
@@ -200,9 +203,7 @@ async def rig(opts: Options, work: Path) -> AsyncIterator[Rig]:
                                     budget=governor)
             sink = CountingSink(reconciler)
             poller = Poller(sf, store, sink, bench_mappings(), OBJECTS)
-            the_rig = Rig(base_url, store, sf, gen, http, sink, poller, opts)
-            the_rig.raw_rate = raw_rate  # type: ignore[attr-defined]
-            yield the_rig
+            yield Rig(base_url, store, sf, gen, http, sink, poller, opts, raw_rate)
 
 
 @asynccontextmanager
@@ -446,10 +447,11 @@ def rows(f: Figures, opts: Options) -> list[Row]:
 async def run(opts: Options) -> str:
     counter = monitor_commands()
     f = Figures()
-    with workdir() as work:
-        configure_logging("INFO", "json", stream=(work / "service.log").open("w"))
+    with workdir() as work, (work / "service.log").open("w") as service_log:
+        # the service's own logging, as deployed (JSON at INFO), into the run's temp directory
+        configure_logging("INFO", "json", stream=service_log)
         async with rig(opts, work) as r:
-            f.raw_rate = r.raw_rate  # type: ignore[attr-defined]
+            f.raw_rate = r.raw_rate
             await link(r, f)
             await polling_cost(r, f)
             await live_latency(r, f)

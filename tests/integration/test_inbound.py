@@ -3,56 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from reconciler.inbound import Reconciler
-from reconciler.ports import ChangeKind, ChangeSource, OutboundWrite, RejectedEvent, SalesforceChange
+from reconciler.ports import ChangeKind, RejectedEvent
 from reconciler.store import BulkOutcome, RecordWrite, Store
 from settings import Mappings, parse_mappings
-
-OWNER_1 = "005000000000001AAA"
-OWNER_2 = "005000000000002AAA"
-UNMAPPED_OWNER = "005000000000009AAA"
-T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
-
-MAPPINGS_TOML = f"""
-[people.first_name]
-lead = "FirstName"
-contact = "FirstName"
-[people.last_name]
-lead = "LastName"
-contact = "LastName"
-[people.email]
-lead = "Email"
-contact = "Email"
-[people.title]
-lead = "Title"
-contact = "Title"
-[people.city]
-lead = "City"
-contact = "MailingCity"
-direction = "from_salesforce"
-[people."custom_fields.linkedin"]
-lead = "LinkedIn__c"
-[people.owner_crm_id]
-lead = "OwnerId"
-contact = "OwnerId"
-direction = "from_salesforce"
-[companies.name]
-account = "Name"
-[companies.domain]
-account = "Website"
-[[users]]
-local = "u-1"
-salesforce = "{OWNER_1}"
-[[users]]
-local = "u-2"
-salesforce = "{OWNER_2}"
-"""
-MAPPINGS = parse_mappings(MAPPINGS_TOML)
+from tests.support.salesforce_changes import (
+    MAPPINGS,
+    MAPPINGS_TOML,
+    OWNER_1,
+    OWNER_2,
+    T0,
+    UNMAPPED_OWNER,
+    FakeOutbox,
+    change,
+)
 
 
 class CountingStore(Store):
@@ -60,11 +29,13 @@ class CountingStore(Store):
 
     calls: dict[str, int]
 
-    async def find_linked(self, collection: str, sf_ids: Any, *, converted: bool = False) -> list[dict[str, Any]]:
+    async def find_linked(self, collection: str, sf_ids: Any, *,
+                          converted: bool = False) -> list[dict[str, Any]]:
         self.calls["find"] = self.calls.get("find", 0) + 1
         return await super().find_linked(collection, sf_ids, converted=converted)
 
-    async def find_unlinked_matches(self, collection: str, local_field: str, values: Any) -> list[dict[str, Any]]:
+    async def find_unlinked_matches(self, collection: str, local_field: str,
+                                    values: Any) -> list[dict[str, Any]]:
         self.calls["find"] = self.calls.get("find", 0) + 1
         return await super().find_unlinked_matches(collection, local_field, values)
 
@@ -77,14 +48,6 @@ class CountingStore(Store):
         if logs:
             self.calls["insert_logs"] = self.calls.get("insert_logs", 0) + 1
         return await super().insert_sync_logs(logs)
-
-
-class FakeOutbox:
-    def __init__(self) -> None:
-        self.writes: list[OutboundWrite] = []
-
-    async def enqueue(self, writes: Sequence[OutboundWrite]) -> None:
-        self.writes.extend(writes)
 
 
 @pytest.fixture
@@ -108,12 +71,6 @@ def reconciler_for(store: Store, outbox: FakeOutbox | None = None, mappings: Map
     return Reconciler(store, mappings, outbox=outbox, **kw)
 
 
-def change(sf_id: str, fields: dict[str, Any], *, sobject: str = "Lead", kind: ChangeKind = ChangeKind.UPDATE,
-           at: datetime = T0, **kw: Any) -> SalesforceChange:
-    return SalesforceChange(sobject=sobject, sf_id=sf_id, kind=kind, fields=fields, changed_at=at,
-                            source=kw.pop("source", ChangeSource.STREAM), **kw)
-
-
 async def person(store: Store, sf_id: str) -> dict[str, Any]:
     doc = await store.db.people.find_one({"crm.id": sf_id})
     assert doc is not None
@@ -127,7 +84,7 @@ async def linked_lead(store: Store, sf_id: str = "00Q000000000001AAA", **fields:
 
 
 class TestUpdates:
-    async def test_update_writes_mapped_fields_and_marks_the_write_as_ours(self, store: CountingStore) -> None:
+    async def test_update_writes_fields_and_marks_the_write_as_ours(self, store: CountingStore) -> None:
         """An update sets the mapped fields, field times, and `_sync.written_at == updated_at`."""
         await linked_lead(store)
         await reconciler_for(store).apply([change("00Q000000000001AAA",
@@ -269,8 +226,9 @@ class TestOwner:
 
     async def test_owner_only_change_is_logged_as_owner_change(self, store: CountingStore) -> None:
         """An owner change alone is an `owner_change` log."""
-        mappings = parse_mappings(MAPPINGS_TOML.replace('[people.owner_crm_id]\nlead = "OwnerId"\n'
-                                                        'contact = "OwnerId"\ndirection = "from_salesforce"\n', ""))
+        owner_mapping = ('[people.owner_crm_id]\nlead = "OwnerId"\ncontact = "OwnerId"\n'
+                         'direction = "from_salesforce"\n')
+        mappings = parse_mappings(MAPPINGS_TOML.replace(owner_mapping, ""))
         await linked_lead(store, owner_id="u-1", crm={"object": "Lead", "id": "00Q1", "owner_id": OWNER_1})
         await reconciler_for(store, mappings=mappings).apply([change("00Q1", {"OwnerId": OWNER_2})])
         assert [x["type"] for x in (await store.find_sync_logs())[0]] == ["owner_change"]
@@ -296,13 +254,14 @@ class TestFailures:
         errors = sorted(x["error"].split(":")[0] for x in failed)
         assert errors == ["DUPLICATE_VALUE", "INVALID_TYPE", "UNKNOWN_OBJECT"]
         jobs = {x["sf_id"]: x["job"] for x in failed}
-        assert jobs["00Q000000000001AAA"] == {"kind": "inbound", "sobject": "Lead", "sf_id": "00Q000000000001AAA"}
+        assert jobs["00Q000000000001AAA"] == {"kind": "inbound", "sobject": "Lead",
+                                              "sf_id": "00Q000000000001AAA"}
 
     async def test_reject_keeps_the_raw_event(self, store: CountingStore) -> None:
         """A malformed event becomes a failed `event` log with the raw message kept for retry."""
-        await reconciler_for(store).reject([RejectedEvent(reason="no ChangeEventHeader",
-                                                          raw={"payload": {}}, channel="/data/LeadChangeEvent",
-                                                          replay_id=7)])
+        event = RejectedEvent(reason="no ChangeEventHeader", raw={"payload": {}},
+                              channel="/data/LeadChangeEvent", replay_id=7)
+        await reconciler_for(store).reject([event])
         [entry] = (await store.find_sync_logs(status="failed"))[0]
         assert entry["type"] == "event" and entry["error"] == "no ChangeEventHeader"
         assert entry["job"]["kind"] == "event" and entry["job"]["raw"]["event"] == {"payload": {}}
@@ -312,7 +271,8 @@ class TestRoundTrips:
     async def test_a_large_batch_costs_a_handful_of_round_trips(self, store: CountingStore) -> None:
         """2,000 updates to linked people: one lookup, one bulk write, one log insert (the store slices
         the lookup's `$in` list into a few queries for SecantusDB)."""
-        await store.db.people.insert_many([{"crm": {"object": "Lead", "id": f"00Q{i:05d}"}} for i in range(2000)])
+        await store.db.people.insert_many([{"crm": {"object": "Lead", "id": f"00Q{i:05d}"}}
+                                           for i in range(2000)])
         batch = [change(f"00Q{i:05d}", {"Title": f"T{i}"}) for i in range(2000)]
         result = await reconciler_for(store).apply_batch(batch)
         assert result.applied == 2000

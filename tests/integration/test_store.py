@@ -126,3 +126,12 @@ class TestRecords:
                                           + [{"crm": {"object": "Contact", "id": "003"}}, {"x": 1}])
         pages = [p async for p in store.iter_linked("people", "Lead", batch_size=2)]
         assert [len(p) for p in pages] == [2, 2, 1]
+
+
+def test_public_surface_is_pinned() -> None:
+    """The store package exports exactly its public names."""
+    import reconciler.store
+
+    assert sorted(reconciler.store.__all__) == [
+        "BulkOutcome", "RecordWrite", "Store", "decode_cursor", "encode_cursor", "new_object_id",
+        "parse_local_id", "translate_errors"]

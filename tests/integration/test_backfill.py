@@ -1,0 +1,141 @@
+"""Backfill: every record imported page by page, resumable from a watermark; re-merge after a
+mapping edit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from reconciler.backfill import advance_watermark, already_applied, backfill
+from reconciler.inbound import Reconciler
+from reconciler.remerge import changed_fields, remerge_if_mappings_changed
+from reconciler.store import Store
+from settings import parse_mappings
+from tests.support.salesforce_changes import MAPPINGS, MAPPINGS_TOML, OWNER_1, T0, FakeSalesforce
+
+
+@pytest.fixture
+async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
+    store = await Store.connect(mongo_uri, database_name)
+    await store.ensure_indexes()
+    yield store
+    await store.client.drop_database(database_name)
+    await store.close()
+
+
+def stamp(seconds: int) -> str:
+    return (T0 + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+
+
+def org(leads: int = 5, contacts: int = 3) -> dict[str, list[dict[str, Any]]]:
+    return {
+        "Account": [{"Id": "001A", "Name": "Acme", "Website": "acme.com", "SystemModstamp": stamp(0)}],
+        "Lead": [{"Id": f"00Q{i:03d}", "LastName": f"L{i}", "OwnerId": OWNER_1, "Email": f"l{i}@x.com",
+                  "SystemModstamp": stamp(i // 2)} for i in range(leads)],
+        "Contact": [{"Id": f"003{i:03d}", "LastName": f"C{i}", "OwnerId": OWNER_1, "AccountId": "001A",
+                     "SystemModstamp": stamp(i)} for i in range(contacts)],
+    }
+
+
+class TestWatermark:
+    def test_advance_keeps_ids_of_the_last_second(self) -> None:
+        """The watermark is the newest SystemModstamp and every id seen at that second."""
+        wm = advance_watermark(None, [{"Id": "a", "SystemModstamp": stamp(0)},
+                                      {"Id": "b", "SystemModstamp": stamp(1)},
+                                      {"Id": "c", "SystemModstamp": stamp(1)}])
+        assert wm == {"ts": "2024-05-01T10:00:01Z", "ids": ["b", "c"]}
+        wm2 = advance_watermark(wm, [{"Id": "d", "SystemModstamp": stamp(1)}])
+        assert wm2 is not None and wm2["ids"] == ["b", "c", "d"]
+        assert already_applied(wm2, {"Id": "c", "SystemModstamp": stamp(1)})
+        assert not already_applied(wm2, {"Id": "e", "SystemModstamp": stamp(1)})
+
+
+class TestBackfill:
+    async def test_imports_every_object_page_by_page(self, store: Store) -> None:
+        """Accounts first, then Leads and Contacts (linked to their Company); one summary log per page."""
+        sf = FakeSalesforce(org(), page_size=2)
+        objects = ["Contact", "Lead", "Account"]
+        result = await backfill(sf, store, Reconciler(store, MAPPINGS), MAPPINGS, objects)
+        assert (result.records, result.pages, result.calls) == (9, 6, 6)
+        assert [q.split(" FROM ")[1].split()[0] for q in sf.queries] == ["Account", "Lead", "Contact"]
+        company = await store.db.companies.find_one({"crm.id": "001A"})
+        contact = await store.db.people.find_one({"crm.id": "003002"})
+        assert contact["company_id"] == company["_id"] and contact["owner_id"] == "u-1"
+        assert await store.db.people.count_documents({}) == 8
+        logs, _ = await store.find_sync_logs()
+        assert {x["type"] for x in logs} == {"import"} and sum(x["count"] for x in logs) == 9
+        watermark = await store.load_state("watermark:Contact")
+        assert watermark == {"ts": "2024-05-01T10:00:02Z", "ids": ["003002"]}
+
+    async def test_resumes_from_the_watermark(self, store: Store) -> None:
+        """A re-run asks only from the watermark (>=) and skips the ids already applied at that second."""
+        sf = FakeSalesforce(org(), page_size=2)
+        reconciler = Reconciler(store, MAPPINGS)
+
+        async def stop_after_first_lead_page(sobject: str, page: int) -> None:
+            if sobject == "Lead":
+                raise RuntimeError("crash")
+
+        with pytest.raises(RuntimeError):
+            await backfill(sf, store, reconciler, MAPPINGS, ["Account", "Lead"],
+                           page_hook=stop_after_first_lead_page)
+        watermark = await store.load_state("watermark:Lead")
+        assert watermark == {"ts": "2024-05-01T10:00:00Z", "ids": ["00Q000", "00Q001"]}
+        sf.queries.clear()
+        result = await backfill(sf, store, reconciler, MAPPINGS, ["Lead"])
+        assert "WHERE SystemModstamp >= 2024-05-01T10:00:00Z" in sf.queries[0]
+        assert result.records == 3
+        assert await store.db.people.count_documents({}) == 5
+
+    async def test_failed_records_are_logged_and_the_rest_lands(self, store: Store) -> None:
+        """A bad record in a page is a failed log; the page's other records are imported."""
+        records = org(leads=3, contacts=0)
+        records["Lead"][1]["Title"] = {"not": "a scalar"}
+        sf = FakeSalesforce(records)
+        result = await backfill(sf, store, Reconciler(store, MAPPINGS), MAPPINGS, ["Lead"])
+        assert result.failed == 1
+        assert await store.db.people.count_documents({}) == 2
+        [failed] = (await store.find_sync_logs(status="failed"))[0]
+        assert failed["sf_id"] == "00Q001" and failed["job"]["kind"] == "inbound"
+
+
+class TestRemerge:
+    async def test_changed_fields_are_re_merged_once(self, store: Store) -> None:
+        """After a mapping edit the added field is merged for every linked record, then the hash is stored."""
+        sf = FakeSalesforce(org(leads=3, contacts=0))
+        for lead in sf.records["Lead"]:
+            lead["Department"] = "Sales"
+        await backfill(sf, store, Reconciler(store, MAPPINGS), MAPPINGS, ["Lead"])
+        first = await remerge_if_mappings_changed(store, sf, MAPPINGS, ["Lead"])
+        assert first.records == 0  # the first start only records the hash
+        edited = parse_mappings(MAPPINGS_TOML + '\n[people.department]\nlead = "Department"\n')
+        assert changed_fields((await store.load_state("mappings") or {}).get("mappings"), edited) == {
+            "people": ["department"]}
+        sf.queries.clear()
+        result = await remerge_if_mappings_changed(store, sf, edited, ["Lead", "Contact"], batch_size=2)
+        assert (result.records, result.finished, len(sf.queries)) == (3, True, 2)
+        assert await store.db.people.count_documents({"department": "Sales"}) == 3
+        assert len((await store.find_sync_logs(type="merge"))[0]) == 3
+        again = await remerge_if_mappings_changed(store, sf, edited, ["Lead"])
+        assert again.records == 0
+
+    async def test_stops_when_the_budget_says_so(self, store: Store) -> None:
+        """Below the reserve no page is fetched and the new hash is not stored."""
+
+        class Reserve:
+            mode = "paused"
+
+            def allows_optional_calls(self) -> bool:
+                return False
+
+        sf = FakeSalesforce(org(leads=2, contacts=0))
+        await backfill(sf, store, Reconciler(store, MAPPINGS), MAPPINGS, ["Lead"])
+        await remerge_if_mappings_changed(store, sf, MAPPINGS, ["Lead"])
+        edited = parse_mappings(MAPPINGS_TOML + '\n[people.department]\nlead = "Department"\n')
+        sf.queries.clear()
+        result = await remerge_if_mappings_changed(store, sf, edited, ["Lead"], budget=Reserve())
+        assert not result.finished and sf.queries == []
+        assert (await store.load_state("mappings") or {})["hash"] == MAPPINGS.content_hash()

@@ -1,0 +1,175 @@
+"""Retrying failed jobs and re-importing records (what the admin API and the scheduler call)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from reconciler.inbound import Reconciler
+from reconciler.jobs import AdminJobs, Jobs, sobject_for_id
+from reconciler.ports import ChangeKind
+from reconciler.store import Store
+from reconciler.sync_logs import SyncLog, failed_inbound
+from tests.support.salesforce_changes import MAPPINGS, OWNER_1, FakeOutbox, FakeSalesforce, change
+
+LEAD = "00Q000000000001AAA"
+
+
+@pytest.fixture
+async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
+    store = await Store.connect(mongo_uri, database_name)
+    await store.ensure_indexes()
+    yield store
+    await store.client.drop_database(database_name)
+    await store.close()
+
+
+def lead_record(**fields: Any) -> dict[str, Any]:
+    return {"Id": LEAD, "LastName": "Lee", "OwnerId": OWNER_1, "Title": "CTO",
+            "SystemModstamp": "2024-05-01T10:00:00.000+0000", **fields}
+
+
+class Paused:
+    mode = "paused"
+
+    def allows_optional_calls(self) -> bool:
+        return False
+
+
+def jobs_for(store: Store, sf: FakeSalesforce, **kw: Any) -> Jobs:
+    outbox = kw.pop("outbox", None)
+    reconciler = Reconciler(store, MAPPINGS, sf=sf, outbox=outbox)
+    return Jobs(store, reconciler, MAPPINGS, sf=sf, outbox=outbox, **kw)
+
+
+async def failed_log_id(store: Store, **kw: Any) -> str:
+    [log_id] = await store.insert_sync_logs([failed_inbound("Lead", LEAD, "INVALID_TYPE: Title", **kw)])
+    return log_id
+
+
+class TestRetryOne:
+    async def test_retry_merges_the_record_again_and_marks_the_old_log(self, store: Store) -> None:
+        """A failed inbound job re-fetches the record: new log with attempt 2, old log `retried_by` it."""
+        bad = change(LEAD, {"LastName": "Lee", "OwnerId": OWNER_1, "Title": {"bad": 1}},
+                     kind=ChangeKind.CREATE)
+        await Reconciler(store, MAPPINGS).apply([bad])
+        [old] = (await store.find_sync_logs(status="failed"))[0]
+        sf = FakeSalesforce({"Lead": [lead_record()]})
+        outcome = await jobs_for(store, sf).retry_log(old["id"])
+        assert outcome.status == "retried"
+        assert (await store.db.people.find_one({"crm.id": LEAD}))["title"] == "CTO"
+        new = await store.get_sync_log(outcome.new_log_ids[0])
+        assert new is not None and (new["status"], new["attempt"], new["type"]) == ("success", 2, "create")
+        assert (await store.get_sync_log(old["id"]) or {})["retried_by"] == new["id"]
+
+    async def test_retry_of_an_unchanged_record_still_logs(self, store: Store) -> None:
+        """A retry that finds nothing to change leaves a success `merge` log."""
+        sf = FakeSalesforce({"Lead": [lead_record()]})
+        await jobs_for(store, sf).import_record(LEAD)
+        log_id = await failed_log_id(store)
+        outcome = await jobs_for(store, sf).retry_log(log_id)
+        new = await store.get_sync_log(outcome.new_log_ids[0])
+        assert new is not None and (new["type"], new["status"], new["attempt"]) == ("merge", "success", 2)
+
+    @pytest.mark.parametrize(("setup", "expected"), [("missing", "not_found"), ("success", "not_failed"),
+                                                     ("retried", "already_retried"), ("paused", "paused")])
+    async def test_refusals(self, store: Store, setup: str, expected: str) -> None:
+        """Only an existing, failed, not yet retried log is retried, and never below the reserve."""
+        log_id = "0" * 24
+        if setup == "success":
+            ok = SyncLog(source="salesforce", type="update", status="success")
+            [log_id] = await store.insert_sync_logs([ok])
+        elif setup in ("retried", "paused"):
+            log_id = await failed_log_id(store)
+            if setup == "retried":
+                await store.mark_sync_log(log_id, retried_by="x")
+        jobs = jobs_for(store, FakeSalesforce(), budget=Paused() if setup == "paused" else None)
+        assert (await jobs.retry_log(log_id)).status == expected
+
+    async def test_outbound_job_goes_back_to_the_outbox(self, store: Store) -> None:
+        """A failed outbound job re-reads the local document and re-queues its mapped fields."""
+        pid = (await store.db.people.insert_one({"last_name": "Lee", "title": "CEO",
+                                                 "crm": {"object": "Lead", "id": LEAD}})).inserted_id
+        job = {"kind": "outbound", "sobject": "Lead", "sf_id": LEAD, "collection": "people",
+               "local_id": str(pid)}
+        failed = SyncLog(source="local", type="update", status="failed", job=job,
+                         error="FIELD_CUSTOM_VALIDATION_EXCEPTION: no")
+        [log_id] = await store.insert_sync_logs([failed])
+        outbox = FakeOutbox()
+        outcome = await jobs_for(store, FakeSalesforce(), outbox=outbox).retry_log(log_id)
+        [write] = outbox.writes
+        assert (write.sf_id, write.reason, write.fields, write.local_id) == (
+            LEAD, "retry", {"LastName": "Lee", "Title": "CEO"}, pid)
+        assert outcome.status == "retried"
+        assert (await store.get_sync_log(log_id) or {})["retried_by"] == outcome.new_log_ids[0]
+
+    async def test_event_job_re_imports_the_records_it_names(self, store: Store) -> None:
+        """A rejected event naming record ids is retried by importing those records."""
+        header = {"entityName": "Lead", "recordIds": [LEAD]}
+        raw = {"event": {"data": {"payload": {"ChangeEventHeader": header}}}}
+        failed = SyncLog(source="salesforce", type="event", status="failed",
+                         job={"kind": "event", "raw": raw})
+        [log_id] = await store.insert_sync_logs([failed])
+        outcome = await jobs_for(store, FakeSalesforce({"Lead": [lead_record()]})).retry_log(log_id)
+        assert outcome.status == "retried"
+        assert await store.db.people.count_documents({"crm.id": LEAD}) == 1
+
+
+class TestRetryMany:
+    async def test_retry_all_failed(self, store: Store) -> None:
+        """Every failed, not yet retried log is re-run in one fetch per object."""
+        sf = FakeSalesforce({"Lead": [lead_record(), lead_record(Id="00Q2")]})
+        await store.insert_sync_logs([failed_inbound("Lead", LEAD, "X: y"),
+                                      failed_inbound("Lead", "00Q2", "X: y")])
+        outcomes = await jobs_for(store, sf).retry_all_failed()
+        assert [o.status for o in outcomes] == ["retried", "retried"]
+        assert len(sf.queries) == 1
+        assert await store.find_failed_logs() == []
+
+    async def test_auto_retry_takes_only_due_transient_failures(self, store: Store) -> None:
+        """Auto retry: retriable, older than the interval, under 10 attempts."""
+        now = datetime.now(UTC)
+        old = now - timedelta(minutes=30)
+        sf = FakeSalesforce({"Lead": [lead_record(Id=f"00Q{i}") for i in range(4)]})
+        logs = [failed_inbound("Lead", "00Q0", "X: y", retriable=True),
+                failed_inbound("Lead", "00Q1", "X: y", retriable=False),
+                failed_inbound("Lead", "00Q2", "X: y", retriable=True, attempt=10),
+                failed_inbound("Lead", "00Q3", "X: y", retriable=True)]
+        for entry in logs[:3]:
+            entry.ts = old
+        await store.insert_sync_logs(logs)
+        assert await jobs_for(store, sf, budget=Paused()).auto_retry_due(now) == 0
+        assert await jobs_for(store, sf).auto_retry_due(now) == 1
+        assert [x["sf_id"] for x in await store.find_failed_logs()] == ["00Q1", "00Q2", "00Q3"]
+
+
+class TestImport:
+    async def test_import_record_by_id(self, store: Store) -> None:
+        """A re-import fetches the record by id (object from its prefix) and merges it."""
+        sf = FakeSalesforce({"Lead": [lead_record()]})
+        outcome = await jobs_for(store, sf).import_record(LEAD)
+        assert outcome.status == "retried"
+        assert (await store.db.people.find_one({"crm.id": LEAD}))["title"] == "CTO"
+
+    async def test_import_of_a_missing_record_is_a_failed_log(self, store: Store) -> None:
+        """Salesforce returning nothing is a failed NOT_FOUND log."""
+        outcome = await jobs_for(store, FakeSalesforce()).import_record(LEAD)
+        new = await store.get_sync_log(outcome.new_log_ids[0])
+        assert new is not None and new["status"] == "failed" and new["error"].startswith("NOT_FOUND")
+
+    def test_object_from_prefix(self) -> None:
+        """Key prefixes name the object."""
+        prefixes = [sobject_for_id(i) for i in ("00Q1", "0031", "0011", "0061")]
+        assert prefixes == ["Lead", "Contact", "Account", None]
+
+
+class TestAdminRunner:
+    async def test_answers_are_json_ready(self, store: Store) -> None:
+        """The admin runner reports what was retried and the new log ids."""
+        runner = AdminJobs(jobs_for(store, FakeSalesforce({"Lead": [lead_record()]})))
+        answer = await runner.import_record(LEAD)
+        assert answer["retried"] == 1 and answer["items"][0]["status"] == "retried"
+        assert isinstance(answer["items"][0]["new_log_ids"][0], str)

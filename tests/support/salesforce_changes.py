@@ -1,0 +1,125 @@
+"""Shared test material for the inbound reconciler: mappings, change builders, fakes of the
+Salesforce REST surface and of the outbox (seams, not patches)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from reconciler.ports import ChangeKind, ChangeSource, OutboundWrite, RecordResult, SalesforceChange
+from reconciler.records import parse_sf_datetime
+from settings import parse_mappings
+
+OWNER_1 = "005000000000001AAA"
+OWNER_2 = "005000000000002AAA"
+UNMAPPED_OWNER = "005000000000009AAA"
+T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+
+MAPPINGS_TOML = f"""
+[people.first_name]
+lead = "FirstName"
+contact = "FirstName"
+[people.last_name]
+lead = "LastName"
+contact = "LastName"
+[people.email]
+lead = "Email"
+contact = "Email"
+[people.title]
+lead = "Title"
+contact = "Title"
+[people.city]
+lead = "City"
+contact = "MailingCity"
+direction = "from_salesforce"
+[people."custom_fields.linkedin"]
+lead = "LinkedIn__c"
+[people.owner_crm_id]
+lead = "OwnerId"
+contact = "OwnerId"
+direction = "from_salesforce"
+[companies.name]
+account = "Name"
+[companies.domain]
+account = "Website"
+[[users]]
+local = "u-1"
+salesforce = "{OWNER_1}"
+[[users]]
+local = "u-2"
+salesforce = "{OWNER_2}"
+"""
+MAPPINGS = parse_mappings(MAPPINGS_TOML)
+
+
+def change(sf_id: str, fields: dict[str, Any], *, sobject: str = "Lead", kind: ChangeKind = ChangeKind.UPDATE,
+           at: datetime = T0, **kw: Any) -> SalesforceChange:
+    return SalesforceChange(sobject=sobject, sf_id=sf_id, kind=kind, fields=fields, changed_at=at,
+                            source=kw.pop("source", ChangeSource.STREAM), **kw)
+
+
+class FakeOutbox:
+    """Collects what would be sent to Salesforce."""
+
+    def __init__(self) -> None:
+        self.writes: list[OutboundWrite] = []
+
+    async def enqueue(self, writes: Sequence[OutboundWrite]) -> None:
+        self.writes.extend(writes)
+
+
+_SELECT = re.compile(r"SELECT (?P<fields>.+?) FROM (?P<object>\w+)(?: WHERE (?P<where>.+?))?"
+                     r"(?: ORDER BY (?P<order>.+))?$")
+
+
+class FakeSalesforce:
+    """An in-memory org answering the small SOQL subset the reconciler sends: `Id IN (...)`,
+    `SystemModstamp >= <ts>`, `ORDER BY SystemModstamp, Id`, in pages of `page_size`."""
+
+    instance_url = "https://fake.my.salesforce.com"
+
+    def __init__(self, records: dict[str, list[dict[str, Any]]] | None = None, page_size: int = 2000) -> None:
+        self.records = records or {}
+        self.page_size = page_size
+        self.queries: list[str] = []
+        self.calls = 0
+
+    async def query(self, soql: str, *, include_deleted: bool = False) -> AsyncIterator[list[dict[str, Any]]]:
+        self.queries.append(soql)
+        match = _SELECT.match(soql)
+        assert match, soql
+        fields = [f.strip() for f in match["fields"].split(",")]
+        rows = [r for r in self.records.get(match["object"], [])
+                if (include_deleted or not r.get("IsDeleted")) and _where(r, match["where"])]
+        if match["order"]:
+            rows.sort(key=lambda r: (_ts(r["SystemModstamp"]), r["Id"]))
+        for start in range(0, max(len(rows), 1), self.page_size):
+            self.calls += 1
+            yield [{f: r.get(f) for f in fields} for r in rows[start:start + self.page_size]]
+
+    async def describe(self, sobject: str) -> dict[str, Any]:
+        return {"name": sobject, "fields": []}
+
+    async def create(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
+        raise NotImplementedError
+
+    async def update(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
+        raise NotImplementedError
+
+
+def _where(record: dict[str, Any], where: str | None) -> bool:
+    if not where:
+        return True
+    if where.startswith("Id IN"):
+        return f"'{record['Id']}'" in where
+    stamp = re.fullmatch(r"SystemModstamp >= (\S+)", where)
+    assert stamp, where
+    return _ts(record["SystemModstamp"]) >= _ts(stamp[1])
+
+
+def _ts(value: str) -> datetime:
+    parsed = parse_sf_datetime(value)
+    assert parsed is not None, value
+    return parsed
