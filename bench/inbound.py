@@ -113,10 +113,13 @@ class CountingSink:
     applied: int = 0
     batches: int = 0
     rejected: int = 0
+    busy: float = 0.0          # seconds spent inside the Reconciler's `apply`
     timing: dict[str, tuple[int, float]] | None = None  # sf_id -> (commit ms, apply returned, s)
 
     async def apply(self, changes: Sequence[SalesforceChange]) -> None:
+        started = time.perf_counter()
         await self.inner.apply(changes)
+        self.busy += time.perf_counter() - started
         done = time.time()
         self.applied += len(changes)
         self.batches += 1
@@ -136,6 +139,7 @@ class CommandCounter:
     def __init__(self) -> None:
         self.on = False
         self.counts: Counter[str] = Counter()
+        self.micros: Counter[str] = Counter()  # server round-trip time by command name
 
 
 def monitor_commands() -> CommandCounter:
@@ -151,7 +155,8 @@ def monitor_commands() -> CommandCounter:
                 counter.counts[event.command_name] += 1
 
         def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-            pass
+            if counter.on:
+                counter.micros[event.command_name] += event.duration_micros
 
         def failed(self, event: monitoring.CommandFailedEvent) -> None:
             pass
@@ -282,9 +287,11 @@ class Figures:
     backlog_events: int = 0
     backlog_seconds: float = 0.0
     backlog_batches: int = 0
+    backlog_busy: float = 0.0
     peak_rss: float = 0.0
     rss_reset: bool = False
     commands: Counter[str] = field(default_factory=Counter)
+    command_micros: Counter[str] = field(default_factory=Counter)
     profile: str = ""
 
 
@@ -371,8 +378,10 @@ async def backlog(r: Rig, f: Figures, counter: CommandCounter) -> None:
     gc.collect()
     f.rss_reset = reset_peak_rss()
     calls_before, applied_before, batches_before = r.sf.calls_made, r.sink.applied, r.sink.batches
+    busy_before = r.sink.busy
     profiler = cProfile.Profile() if r.opts.profile else None
     counter.counts.clear()
+    counter.micros.clear()
     counter.on = True
     if profiler:
         profiler.enable()
@@ -387,7 +396,9 @@ async def backlog(r: Rig, f: Figures, counter: CommandCounter) -> None:
         counter.on = False
         f.backlog_events = r.sink.applied - applied_before
         f.backlog_batches = r.sink.batches - batches_before
+        f.backlog_busy = r.sink.busy - busy_before
         f.commands = Counter(counter.counts)
+        f.command_micros = Counter(counter.micros)
         f.stream_events += f.backlog_events
         f.stream_calls += r.sf.calls_made - calls_before
         f.stream_logged += service_calls(await emulator_requests(r.base_url))
@@ -416,8 +427,11 @@ def rows(f: Figures, opts: Options) -> list[Row]:
     poll = per_10k(max(f.poll_calls, f.poll_logged), f.poll_records)
     stream = per_10k(max(f.stream_calls, f.stream_logged), f.stream_events)
     mongo = sum(f.commands.values())
-    per_batch = ", ".join(f"{name} {count / max(f.backlog_batches, 1):.2f}"
-                          for name, count in f.commands.most_common())
+    batches = max(f.backlog_batches, 1)
+    per_batch = ", ".join(
+        f"{name} {count / batches:.2f} x {f.command_micros[name] / count / 1000:.0f} ms"
+        for name, count in f.commands.most_common())
+    waited = sum(f.command_micros.values()) / 1e6
     return [
         Row("raw bulk_write upserts/s (same server)", fmt(f.raw_rate)),
         Row("pipeline CDC events applied/s (backlog replay)", fmt(throughput),
@@ -438,8 +452,12 @@ def rows(f: Figures, opts: Options) -> list[Row]:
         Row(f"peak RSS replaying a {f.backlog_events:,}-event backlog", f"{f.peak_rss:.0f} MB",
             f"<= {TARGET_RSS_MB:.0f} MB", f.peak_rss <= TARGET_RSS_MB),
         Row("  backlog drain time / micro-batches", f"{f.backlog_seconds:.1f} s / {f.backlog_batches:,}"),
+        Row("  time inside Reconciler.apply (share of drain)",
+            f"{f.backlog_busy:.1f} s ({f.backlog_busy / max(f.backlog_seconds, 1e-9):.0%})"),
         Row("  MongoDB commands per micro-batch", f"{mongo / max(f.backlog_batches, 1):.2f}"),
-        Row("    by command", per_batch or "-"),
+        Row("    by command (count x mean round-trip)", per_batch or "-"),
+        Row("  time waiting on MongoDB (share of drain)",
+            f"{waited:.1f} s ({waited / max(f.backlog_seconds, 1e-9):.0%})"),
         Row("link: first poll of new Leads, records/s", f"{rate(f.link_records, f.link_seconds):,.0f}"),
     ]
 

@@ -24,8 +24,8 @@ import asyncio
 import contextlib
 import random
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -39,15 +39,18 @@ from listener.stream import CdcStream
 from reconciler.backfill import backfill
 from reconciler.errors import FatalError, RetriableError, SyncError
 from reconciler.inbound import Reconciler
+from reconciler.jobs import Jobs, retry_transient_for, runner_for
+from reconciler.mapping_check import check_mappings
 from reconciler.outbox import Outbox
 from reconciler.ports import ChangeSink, RejectedEvent, SalesforceChange
+from reconciler.remerge import remerge
+from reconciler.retry import AutoRetryScheduler
 from reconciler.store import Store
 from settings import Mappings, Settings
 
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_SECONDS = 10.0
-MAPPINGS_KEY = "mappings"
 STATUS_REFRESH_SECONDS = 5.0
 
 
@@ -74,6 +77,7 @@ class Service:
         self._not_ready = "starting"
         self._observed: ObservedSink | None = None
         self._flusher: Any = None
+        self.jobs: Jobs | None = None
 
     # -- admin surface -----------------------------------------------------------------------
 
@@ -122,11 +126,16 @@ class Service:
             self._mongo_ok = True
             async with SalesforceClient(settings.salesforce, on_usage=self.governor.record_usage) as sf:
                 await self.governor.check(sf.limits)
+                objects = settings.sync.objects
+                check_mappings(self.mappings, objects, {o: await sf.describe(o) for o in objects})
                 self._salesforce_ok = self.governor.status()["max"] is not None
                 outbox = Outbox(store.outbox)
                 await outbox.ensure_indexes()
                 reconciler = Reconciler(store, self.mappings, sf=sf, outbox=outbox,
                                         client_name=settings.salesforce.client_name, budget=self.governor)
+                self.jobs = Jobs(store, reconciler, self.mappings, sf=sf, outbox=outbox, budget=self.governor,
+                                 retry_interval=timedelta(minutes=settings.sync.retry_interval_minutes),
+                                 max_attempts=settings.sync.retry_max_attempts)
                 self._build_sources(sf, store, reconciler)
                 # The admin surface answers (healthz, 503 readyz with the reason) during backfill.
                 await self._start_admin(store, sf)
@@ -152,28 +161,15 @@ class Service:
         )
 
     async def _first_start(self, sf: SalesforceClient, store: Store, reconciler: Reconciler) -> None:
-        """Backfill when no watermark exists yet; remerge when the mappings changed."""
+        """Backfill when no watermark exists yet; re-merge the fields a mappings edit changed."""
         objects = self.settings.sync.objects
         marks = [await store.load_state(watermark_key(o)) for o in objects]
         if not any(marks):
             log.info("backfill_starting", objects=objects)
             await backfill(sf, store, reconciler, self.mappings, objects)
-        digest = self.mappings.content_hash()
-        previous = await store.load_state(MAPPINGS_KEY)
-        if previous is not None and previous.get("hash") != digest:
-            await self._remerge(sf, store, reconciler)
-        if previous is None or previous.get("hash") != digest:
-            await store.save_state(MAPPINGS_KEY, {"hash": digest})
-
-    async def _remerge(self, sf: SalesforceClient, store: Store, reconciler: Reconciler) -> None:
-        """HOOK: reconciler-inbound's remerge (merge every linked record again) when it exists."""
-        try:
-            from reconciler import remerge as module  # type: ignore[attr-defined,unused-ignore]
-        except ImportError:
-            log.warning("remerge_unavailable", reason="reconciler.remerge is not installed")
-            return
-        run: Callable[..., Awaitable[Any]] = module.remerge
-        await run(sf, store, reconciler, self.mappings, self.settings.sync.objects)
+        # Remerge keeps the applied mappings (hash + content) in sync_state itself, and leaves the
+        # hash unsaved when the budget stops it, so the next start finishes the job.
+        await remerge(sf, store, reconciler, self.mappings, objects)
 
     def _start_background(self, stop: asyncio.Event, sf: SalesforceClient, store: Store,
                           outbox: Outbox) -> list[asyncio.Task[Any]]:
@@ -190,29 +186,21 @@ class Service:
             asyncio.create_task(watcher.run(stop), name="local-watch"),
             asyncio.create_task(self._refresh_status(stop, sf), name="status"),
         ]
-        retry = self._auto_retry(stop)
-        if retry is not None:
-            tasks.append(asyncio.create_task(retry, name="auto-retry"))
+        tasks.append(asyncio.create_task(self._auto_retry(stop), name="auto-retry"))
         return tasks
 
-    def _auto_retry(self, stop: asyncio.Event) -> Coroutine[Any, Any, None] | None:
-        """HOOK: the auto-retry scheduler needs `reconciler.jobs` (retry of failed jobs)."""
-        try:
-            from reconciler import jobs  # type: ignore[attr-defined,unused-ignore]
-            from reconciler.retry import AutoRetryScheduler
-        except ImportError:
-            log.warning("auto_retry_unavailable", reason="reconciler.jobs is not installed")
-            return None
-        runner: Any = jobs.retry_transient_for(self)  # pragma: no cover - wired when jobs lands
-        scheduler = AutoRetryScheduler(runner, self.governor)
-        result: Coroutine[Any, Any, None] = scheduler.run(stop)
-        return result
+    def _auto_retry(self, stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+        sync = self.settings.sync
+        scheduler = AutoRetryScheduler(retry_transient_for(self), self.governor,
+                                       interval=timedelta(minutes=sync.retry_interval_minutes),
+                                       max_attempts=sync.retry_max_attempts)
+        return scheduler.run(stop)
 
     async def _start_admin(self, store: Store, sf: SalesforceClient) -> None:
         if not self._admin_enabled:
             return
         admin = self.settings.admin
-        app = create_admin_app(status=self, store=store, jobs=_job_runner(self, store),
+        app = create_admin_app(status=self, store=store, jobs=runner_for(self, store),
                                token=admin.token.get_secret_value() if admin.token else None,
                                instance_url=sf.instance_url)
         self.admin = await start_admin(app, admin.host, admin.port)
@@ -334,26 +322,6 @@ class ObservedSink:
     async def reject(self, events: Sequence[RejectedEvent]) -> None:
         await self._inner.reject(events)
         METRICS.inc("sfsync_sync_failures_total", len(events), source="salesforce")
-
-
-def _job_runner(service: Service, store: Store) -> Any:
-    """HOOK: `reconciler.jobs` (retry / re-import) when it exists; else a runner that says so."""
-    try:
-        from reconciler import jobs  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return _NoJobs()
-    return jobs.runner_for(service, store)  # pragma: no cover - wired when jobs lands
-
-
-class _NoJobs:
-    async def retry(self, log_id: str) -> dict[str, Any]:
-        raise FatalError("retry is not available: reconciler.jobs is not installed")
-
-    async def retry_failed(self) -> dict[str, Any]:
-        raise FatalError("retry is not available: reconciler.jobs is not installed")
-
-    async def import_record(self, sf_id: str) -> dict[str, Any]:
-        raise FatalError("import is not available: reconciler.jobs is not installed")
 
 
 async def run_service(settings: Settings, mappings: Mappings, stop: asyncio.Event | None = None) -> int:

@@ -9,7 +9,7 @@
     └── BudgetExhaustedError      the org's API allocation is spent (REQUEST_LIMIT_EXCEEDED)
 
 Library exceptions (aiohttp, pymongo/motor, aiocometd) are translated into these at one
-boundary each (`listener/salesforce/_transport.py`, `reconciler/store.py`,
+boundary each (`listener/salesforce/_transport.py`, `reconciler/store/_client.py`,
 `listener/_sfstream_compat.py`); nothing above those boundaries catches a library's exception.
 """
 
