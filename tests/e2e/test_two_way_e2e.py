@@ -370,6 +370,8 @@ class TestRejectedOutboundWrite:
         assert log["object"] == "Lead" and log["sf_id"] == lead_id
         assert org.record("Lead", lead_id)["Email"] == person["email"]
 
+        # The fix is a platform edit (so it is also sent by itself); the retry re-runs the failed
+        # job as a merge on top of it and must end in success, with the failure marked retried.
         platform_edit(db, person, email=good)
         reply = service.api("POST", f"/api/sync-logs/{log['id']}/retry")
         assert reply.status == 200, reply.body
