@@ -24,8 +24,8 @@ import aiohttp
 import structlog
 
 from settings import AuthFlow, Mappings, SalesforceSettings, parse_mappings
-from tests.support.emulator import EmulatorProcess, free_port
-from tests.support.secantus import SecantusServer, start_secantus
+from tests.support.emulator import EmulatorProcess
+from tests.support.secantus import SecantusServer, free_port, start_secantus
 
 RAW_BATCH = 1_000  # UpdateOne upserts per bulk_write in the baseline
 CLIENT_ID = "sample-client-id"  # the emulator's built-in connected app (emulator.state)
@@ -195,7 +195,7 @@ def emulator_process(work: Path, *args: str, timeout: float = 180.0) -> Iterator
 def salesforce_settings(base_url: str, *, client_name: str = "salesforce-sync") -> SalesforceSettings:
     return SalesforceSettings(
         login_url=base_url, auth_flow=AuthFlow.CLIENT_CREDENTIALS, client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET, client_name=client_name,  # type: ignore[arg-type]
+        client_secret=CLIENT_SECRET, client_name=client_name,
     )
 
 

@@ -82,8 +82,10 @@ class Phase:
         return [(self.delivered[i] - t) * 1000 for i, t in self.edit_times.items() if i in self.delivered]
 
     @property
-    def composite_calls(self) -> int:
-        return sum(1 for c in self.calls if str(c["path"]).endswith("/composite/sobjects"))
+    def call_sizes(self) -> list[int]:
+        """Records per composite/sobjects call, in order."""
+        return [len((c.get("body") or {}).get("records") or []) if isinstance(c.get("body"), dict) else -1
+                for c in self.calls if str(c["path"]).endswith("/composite/sobjects")]
 
 
 class Platform:
@@ -178,8 +180,11 @@ async def wait_for_watch(platform: Platform, flusher: OutboundFlusher, outbox: O
                 break
     if not await wait_delivered(flusher, 1, WAIT_LIMIT_S):
         raise RuntimeError("the canary edit never reached Salesforce")
-    while await outbox.depth():
+    for _ in range(int(WAIT_LIMIT_S / 0.1)):
+        if not await outbox.depth():
+            return
         await asyncio.sleep(0.1)
+    raise RuntimeError("the outbox did not drain after the canary edit")
 
 
 async def run_phase(phase: Phase, base_url: str, platform: Platform, flusher: OutboundFlusher,
@@ -241,17 +246,19 @@ async def measure(base_url: str, uri: str, edits: int, poll_interval_s: float,
     return OutboundFigures(streaming, polling, warmup, poll_interval_s, bench_merge(20_000))
 
 
-def phase_rows(phase: Phase, target: float, extra_calls: int, note: str) -> list[Row]:
+def phase_rows(phase: Phase, target: float, extra_calls: int, note: str, *, paced: bool) -> list[Row]:
     per_1000 = (len(phase.calls) + extra_calls) * 1000 / phase.edits
     latencies = phase.latencies_ms
     last = max(phase.delivered.values(), default=phase.first_edit)
     rows = [
         Row(f"{phase.name}: edits delivered", f"{len(phase.delivered):,}/{phase.edits:,}",
             f"= {phase.edits:,}", len(phase.delivered) == phase.edits),
-        Row(f"{phase.name}: composite/sobjects calls", fmt(phase.composite_calls)),
+        Row(f"{phase.name}: composite/sobjects calls", fmt(len(phase.call_sizes))),
+        Row(f"{phase.name}: records per call", " ".join(map(str, phase.call_sizes))),
         Row(f"{phase.name}: REST calls per 1,000 edits{note}", fmt(per_1000, 2), f"<= {target}",
             per_1000 <= target),
-        Row(f"{phase.name}: edits/s end to end", fmt(rate(len(phase.delivered), last - phase.first_edit), 1)),
+        Row(f"{phase.name}: edits/s end to end{' (paced)' if paced else ''}",
+            fmt(rate(len(phase.delivered), last - phase.first_edit), 1)),
     ]
     if latencies:
         rows += [Row(f"{phase.name}: latency p50 (ms)", fmt(percentile(latencies, 50))),
@@ -264,9 +271,9 @@ def rows(f: OutboundFigures) -> list[Row]:
     return [
         Row("warm-up REST calls (canary edit)", fmt(len(f.warmup_calls))),
         Row("  of which describe (once per process)", fmt(describes)),
-        *phase_rows(f.streaming, STREAMING_TARGET, describes, " (+ describe)"),
+        *phase_rows(f.streaming, STREAMING_TARGET, describes, " (+ describe)", paced=False),
         Row("polling interval (s)", fmt(f.poll_interval_s, 1)),
-        *phase_rows(f.polling, POLLING_TARGET, 0, ""),
+        *phase_rows(f.polling, POLLING_TARGET, 0, "", paced=True),
         Row("merge decisions/s (reconciler.merge)", fmt(f.merge_rate)),
     ]
 

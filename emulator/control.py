@@ -145,7 +145,8 @@ def _state(request: web.Request) -> EmulatorState:
     return state
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body ({} when there is none); 400 for anything else."""
     if not request.can_read_body:
         return {}
     try:
@@ -178,7 +179,7 @@ async def reset(request: web.Request) -> web.Response:
 
 
 async def seed(request: web.Request) -> web.Response:
-    state, body = _state(request), await _body(request)
+    state, body = _state(request), await json_object(request)
     emit = bool(body.get("emit_events", True))
     ids: dict[str, list[str]] = {}
     if body.get("sample"):
@@ -217,7 +218,7 @@ async def patch_record(request: web.Request) -> web.Response:
     """Change a record as a UI user would; `?emit_event=false` changes it with no CDC event (only
     the poller can see it). Read-only fields (e.g. LastModifiedDate, SystemModstamp) may be set."""
     sobj, record = _control_record(request)
-    body = await _body(request)
+    body = await json_object(request)
     org = _state(request).org
     emit = request.query.get("emit_event", "true").lower() != "false"
     fields = {k: v for k, v in body.items() if k not in ("userId", "changeOrigin")}
@@ -247,7 +248,7 @@ async def undelete_record(request: web.Request) -> web.Response:
 
 
 async def convert(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_object(request)
     if not isinstance(body.get("leadId"), str):
         raise web.HTTPBadRequest(text="leadId is required")
     try:
@@ -265,7 +266,7 @@ async def convert(request: web.Request) -> web.Response:
 
 
 async def budget(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_object(request)
     limits = _state(request).limits
     limits.set(
         used=body.get("used"),
@@ -288,7 +289,7 @@ async def expire_tokens(request: web.Request) -> web.Response:
 
 
 async def add_fault(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_object(request)
     status = body.get("status")
     fault = Fault(
         str(body.get("path_prefix", "/")),

@@ -432,23 +432,31 @@ def coerce(fd: FieldDef, raw: Any) -> Any:
     if fd.type in TEXT_TYPES:
         return _coerce_text(fd, raw)
     if fd.type == "boolean":
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, str) and raw.lower() in ("true", "false"):
-            return raw.lower() == "true"
-        raise _type_error(fd, raw)
-    if fd.type == "int":
-        if isinstance(raw, bool) or not isinstance(raw, int | float) or int(raw) != raw:
-            raise _type_error(fd, raw)
-        return int(raw)
-    if fd.type in ("double", "currency"):
-        if isinstance(raw, bool) or not isinstance(raw, int | float):
-            raise _type_error(fd, raw)
-        return float(raw)
+        return _coerce_boolean(fd, raw)
+    if fd.type in ("int", "double", "currency"):
+        return _coerce_number(fd, raw)
     parsed = (parse_date if fd.type == "date" else parse_datetime)(raw) if isinstance(raw, str) else None
     if parsed is None:
         raise _type_error(fd, raw)
     return parsed
+
+
+def _coerce_boolean(fd: FieldDef, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    raise _type_error(fd, raw)
+
+
+def _coerce_number(fd: FieldDef, raw: Any) -> int | float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise _type_error(fd, raw)
+    if fd.type != "int":
+        return float(raw)
+    if int(raw) != raw:
+        raise _type_error(fd, raw)
+    return int(raw)
 
 
 def _coerce_text(fd: FieldDef, raw: Any) -> str:

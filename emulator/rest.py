@@ -325,30 +325,16 @@ Prepared = tuple[SObjectDef, dict[str, Any] | None, dict[str, Any]]  # (object, 
 async def collection_write(request: web.Request) -> web.Response:
     """POST creates, PATCH updates up to 200 records; results in input order, failures carry no id."""
     body = await _json_body(request)
-    records = body.get("records") if isinstance(body, dict) else None
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        return sf_error(400, "JSON_PARSER_ERROR", "Expected a JSON object with a 'records' array")
-    if len(records) > COLLECTION_LIMIT:
-        return sf_error(
-            400,
-            "EXCEEDED_ID_LIMIT",
-            f"record limit reached. cannot submit more than {COLLECTION_LIMIT} records into this call",
-        )
-    types = [sobject(str((r.get("attributes") or {}).get("type", ""))) for r in records]
-    if any(t is None for t in types):
-        return sf_error(
-            400,
-            "INVALID_TYPE",
-            "sObject type is missing or not supported in the records' "
-            "attributes: every record needs attributes.type",
-        )
+    checked = _collection_records(body)
+    if isinstance(checked, web.Response):
+        return checked
+    types, records = checked
     creating = request.method == "POST"
     all_or_none = bool(body.get("allOrNone", False))
     org = _state(request).org
     tx = org.transaction(_actor(request))
     outcomes: list[Prepared | RecordRejected] = []
     for sobj, payload in zip(types, records, strict=True):
-        assert sobj is not None
         outcome = _prepare(request, sobj, payload, creating)
         if not all_or_none and not isinstance(outcome, RecordRejected):
             outcome = (outcome[0], outcome[1], {**outcome[2], "Id": _apply(request, outcome, tx)})
@@ -372,6 +358,29 @@ async def collection_write(request: web.Request) -> web.Response:
             for o in outcomes
         ]
     )
+
+
+def _collection_records(body: Any) -> web.Response | tuple[list[SObjectDef], list[dict[str, Any]]]:
+    """The records of a collection request with their objects, or the error Salesforce answers."""
+    records = body.get("records") if isinstance(body, dict) else None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        return sf_error(400, "JSON_PARSER_ERROR", "Expected a JSON object with a 'records' array")
+    if len(records) > COLLECTION_LIMIT:
+        return sf_error(
+            400,
+            "EXCEEDED_ID_LIMIT",
+            f"record limit reached. cannot submit more than {COLLECTION_LIMIT} records into this call",
+        )
+    types = [sobject(str((r.get("attributes") or {}).get("type", ""))) for r in records]
+    known = [t for t in types if t is not None]
+    if len(known) != len(types):
+        return sf_error(
+            400,
+            "INVALID_TYPE",
+            "sObject type is missing or not supported in the records' "
+            "attributes: every record needs attributes.type",
+        )
+    return known, records
 
 
 def _prepare(

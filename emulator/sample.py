@@ -6,10 +6,14 @@ from __future__ import annotations
 import random
 import sys
 from datetime import timedelta
+from importlib.resources import files
 from typing import Any
 
 from emulator.describe import ACCOUNT, CONTACT, LEAD, SObjectDef
 from emulator.org import OTHER_USER_ID, OWNER_USER_ID, Actor, Org, Transaction
+
+# Mappings that fit this data (the demo's; tests edit them): one source, packaged with the emulator.
+SAMPLE_MAPPINGS_TOML = files("emulator").joinpath("sample_mappings.toml").read_text(encoding="utf-8")
 
 FIRST = (
     "Ada",

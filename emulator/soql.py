@@ -195,21 +195,32 @@ class _Parser:
         self.expect_keyword("select")
         names, count_only = self.select_list()
         self.expect_keyword("from")
-        object_token = self.advance()
-        if object_token.kind != "ident" or object_token.text.lower() in _KEYWORDS:
-            raise self.error(object_token)
-        self.sobject = sobject(object_token.text)
-        if self.sobject is None:
-            raise SoqlError(
-                "INVALID_TYPE",
-                self.error(object_token, _UNKNOWN_OBJECT.format(name=object_token.text)).message,
-            )
+        self.sobject = self.from_object()
         query = Query(self.sobject, [self.resolve(t) for t in names], count_only)
         seen: set[str] = set()
         for fd, token in zip(query.fields, names, strict=True):
             if fd.name in seen:
                 raise self.error(token, f"duplicate field selected: {fd.name}")
             seen.add(fd.name)
+        self.clauses(query)
+        if self.tok.kind != "eof":
+            raise self.error(self.tok)
+        return query
+
+    def from_object(self) -> SObjectDef:
+        object_token = self.advance()
+        if object_token.kind != "ident" or object_token.text.lower() in _KEYWORDS:
+            raise self.error(object_token)
+        found = sobject(object_token.text)
+        if found is None:
+            raise SoqlError(
+                "INVALID_TYPE",
+                self.error(object_token, _UNKNOWN_OBJECT.format(name=object_token.text)).message,
+            )
+        return found
+
+    def clauses(self, query: Query) -> None:
+        """WHERE, ORDER BY, LIMIT and OFFSET, each optional, in that order."""
         if self.tok.keyword("where"):
             self.advance()
             query.where = self.condition()
@@ -223,9 +234,6 @@ class _Parser:
                 if self.tok.kind != "number" or not self.tok.text.isdigit():
                     raise self.error(self.tok)
                 setattr(query, word, int(self.advance().text))
-        if self.tok.kind != "eof":
-            raise self.error(self.tok)
-        return query
 
     def select_list(self) -> tuple[list[Token], bool]:
         if self.tok.keyword("count") and self.tokens[self.i + 1].text == "(":

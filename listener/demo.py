@@ -27,6 +27,8 @@ from typing import Any
 import aiohttp
 import structlog
 
+from emulator.org import OTHER_USER_ID, OWNER_USER_ID
+from emulator.sample import SAMPLE_MAPPINGS_TOML
 from reconciler.errors import SyncError
 from settings import Mappings, Settings, load_mappings
 
@@ -34,59 +36,9 @@ log = structlog.get_logger(__name__)
 
 DEMO_DIR = Path(".sfsync-demo")
 DEMO_DATABASE = "salesforce_sync_demo"
-MAPPED_OWNER = "005000000000001AAA"   # the emulator's sample owner (emulator.org.OWNER_USER_ID)
-OTHER_OWNER = "005000000000002AAA"
-DEMO_MAPPINGS = f"""\
-# Written by `sfsync demo`: the example mappings, restricted to fields the emulated org has.
-[people.first_name]
-lead = "FirstName"
-contact = "FirstName"
-[people.last_name]
-lead = "LastName"
-contact = "LastName"
-[people.email]
-lead = "Email"
-contact = "Email"
-[people.title]
-lead = "Title"
-contact = "Title"
-[people.phone]
-lead = "Phone"
-contact = "Phone"
-[people.company_name]
-lead = "Company"
-merge = "salesforce_unless_blank"
-[people.city]
-lead = "City"
-contact = "MailingCity"
-[people.state]
-lead = "State"
-contact = "MailingState"
-[people.owner_crm_id]
-lead = "OwnerId"
-contact = "OwnerId"
-[people.company_crm_id]
-contact = "AccountId"
-direction = "from_salesforce"
-
-[companies.name]
-account = "Name"
-[companies.domain]
-account = "Website"
-[companies.industry]
-account = "Industry"
-[companies.city]
-account = "BillingCity"
-
-[[users]]
-local = "u-1"
-salesforce = "{MAPPED_OWNER}"
-
-[rules]
-create_person_from_salesforce = true
-create_in_salesforce = "lead"
-on_salesforce_owner_change = "update_owner"
-"""
+MAPPED_OWNER = OWNER_USER_ID   # mapped to u-1 in the sample mappings
+OTHER_OWNER = OTHER_USER_ID
+DEMO_MAPPINGS = "# Written by `sfsync demo`: the emulator's sample mappings.\n" + SAMPLE_MAPPINGS_TOML
 
 
 def free_port() -> int:

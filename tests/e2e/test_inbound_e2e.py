@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET
 from listener.budget import Mode
 from listener.supervisor import Service
-from reconciler.ports import ChangeSink, RejectedEvent, SalesforceChange
+from reconciler.ports import ChangeSink
 from settings import (
     AdminSettings,
     AuthFlow,
@@ -23,54 +23,13 @@ from settings import (
     SalesforceSettings,
     Settings,
     SyncSettings,
-    parse_mappings,
 )
 from tests.support.emulator import RunningEmulator, running_emulator
+from tests.support.eventually import eventually
+from tests.support.mappings import LEAD_NAME_MAPPINGS as MAPPINGS
+from tests.support.sinks import RecordingSink
 
-MAPPINGS = parse_mappings("""
-[people.first_name]
-lead = "FirstName"
-[people.last_name]
-lead = "LastName"
-[people.company_name]
-lead = "Company"
-
-[[users]]
-local = "u-1"
-salesforce = "005000000000001AAA"
-""")
 TOKEN = "e2e-admin-token-0123456789"
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-@dataclass
-class Observed:
-    """Wraps the reconciler: every change that reached it, in order."""
-
-    inner: ChangeSink
-    changes: list[SalesforceChange] = field(default_factory=list)
-
-    async def apply(self, changes: Sequence[SalesforceChange]) -> None:
-        self.changes.extend(changes)
-        await self.inner.apply(changes)
-
-    async def reject(self, events: Sequence[RejectedEvent]) -> None:
-        await self.inner.reject(events)
-
-    def applied(self, sf_id: str) -> list[SalesforceChange]:
-        return [c for c in self.changes if c.sf_id == sf_id and not c.is_echo]
 
 
 @dataclass
@@ -78,7 +37,7 @@ class Running:
     emu: RunningEmulator
     http: aiohttp.ClientSession
     service: Service
-    observed: Observed
+    observed: RecordingSink
     stop: asyncio.Event
     task: asyncio.Task[None]
 
@@ -119,10 +78,10 @@ async def running(mongo_uri: str, database_name: str) -> AsyncIterator[Running]:
             sync=SyncSettings(objects=["Lead"], frequency_minutes=1, batch_size=50, batch_wait_ms=20),
             admin=AdminSettings(host="127.0.0.1", port=0, token=SecretStr(TOKEN)),
         )
-        holder: list[Observed] = []
+        holder: list[RecordingSink] = []
 
         def wrap(sink: ChangeSink) -> ChangeSink:
-            holder.append(Observed(sink))
+            holder.append(RecordingSink(sink))
             return holder[0]
 
         service = Service(settings, MAPPINGS, limits_interval=0.2, sink_wrapper=wrap)
@@ -177,10 +136,10 @@ class TestModeSwitch:
         await eventually(lambda: _is(running.last_name(during), "EditedDuringPolling"))
         await asyncio.sleep(0.5)  # anything double-applied would have arrived by now
         seen = [(c.kind.value, c.source.value, c.fields.get("LastName"))
-                for c in running.observed.applied(during)]
+                for c in running.observed.applied_to(during)]
         # Replayed from the stored replay id, each event once; the poll had run before them.
         assert seen == [("create", "stream", "DuringPolling"), ("update", "stream", "EditedDuringPolling")]
-        assert [c.source.value for c in running.observed.applied(warmup)] == ["stream"]
+        assert [c.source.value for c in running.observed.applied_to(warmup)] == ["stream"]
 
 
 class TestShutdown:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from pymongo.database import Database
 
+from tests.support.mappings import sample_mappings
 from tests.support.service import (
     STOP_TIMEOUT,
     Doc,
@@ -33,39 +34,12 @@ from tests.support.service import (
 
 LEAD_CHANNEL = "/data/LeadChangeEvent"
 
-BASE_MAPPINGS = """
-[people.first_name]
-lead = "FirstName"
-contact = "FirstName"
-[people.last_name]
-lead = "LastName"
-contact = "LastName"
-[people.email]
-lead = "Email"
-contact = "Email"
-[people.company_name]
-lead = "Company"
-merge = "salesforce_unless_blank"
-[people.state]
-lead = "State"
-contact = "MailingState"
-[people.owner_crm_id]
-lead = "OwnerId"
-contact = "OwnerId"
-
-[companies.name]
-account = "Name"
-[companies.domain]
-account = "Website"
-
-[[users]]
-local = "u-1"
-salesforce = "005000000000001AAA"
-
-[rules]
-create_person_from_salesforce = true
-create_in_salesforce = "lead"
-"""
+# The sample mappings without the fields this module does not need, and without City: the
+# re-merge test adds it later (ADDED_MAPPINGS).
+BASE_MAPPINGS = sample_mappings({
+    field: None for field in ("people.title", "people.phone", "people.city", "people.company_crm_id",
+                              "companies.industry", "companies.city")
+})
 
 # Two fields added later, one per merge behaviour that decides at a merge.
 ADDED_MAPPINGS = """

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from pymongo.database import Database
 
+from tests.support.mappings import sample_mappings
 from tests.support.service import (
     DEADLINE,
     OTHER_MAPPED_OWNER,
@@ -38,69 +39,18 @@ from tests.support.service import (
 SETTLE = 4.0  # longer than the outbox's 2 s flush wait: long enough for a wrong write to show
 UNMAPPED_OWNER = "005000000000003AAA"  # the emulator's integration user: not in [[users]]
 
-MAPPINGS = """
-[people.first_name]
-lead = "FirstName"
-contact = "FirstName"
-[people.last_name]
-lead = "LastName"
-contact = "LastName"
-[people.email]
-lead = "Email"
-contact = "Email"
-
-[people.title]                 # Salesforce owns it
-lead = "Title"
-contact = "Title"
-direction = "from_salesforce"
-
-[people.phone]                 # the platform owns it
-lead = "Phone"
-contact = "Phone"
-direction = "to_salesforce"
-
-[people.company_name]
-lead = "Company"
-merge = "salesforce_unless_blank"
-
-[people.city]
-lead = "City"
-contact = "MailingCity"
-merge = "local_unless_blank"
-
-[people.state]
-lead = "State"
-contact = "MailingState"
-
-[people.score]                 # a formula field: read-only in Salesforce's describe
-lead = "Score__c"
-direction = "from_salesforce"
-
-[people.owner_crm_id]
-lead = "OwnerId"
-contact = "OwnerId"
-
-[people.company_crm_id]
-contact = "AccountId"
-direction = "from_salesforce"
-
-[companies.name]
-account = "Name"
-[companies.domain]
-account = "Website"
-
-[[users]]
-local = "u-1"
-salesforce = "005000000000001AAA"
-[[users]]
-local = "u-2"
-salesforce = "005000000000002AAA"
-
-[rules]
-create_person_from_salesforce = true
-create_in_salesforce = "lead"
-on_salesforce_owner_change = "update_owner"
-"""
+MAPPINGS = sample_mappings(
+    {
+        "people.title": {"direction": "from_salesforce"},   # Salesforce owns it
+        "people.phone": {"direction": "to_salesforce"},     # the platform owns it
+        "people.city": {"merge": "local_unless_blank"},
+        # a formula field: read-only in Salesforce's describe
+        "people.score": {"lead": "Score__c", "direction": "from_salesforce"},
+        "companies.industry": None,
+        "companies.city": None,
+    },
+    users={"u-2": OTHER_MAPPED_OWNER},
+)
 
 
 # --- the service under test ---------------------------------------------------------------------

@@ -39,14 +39,6 @@ class Admin:
             return r.status, await (r.json() if r.content_type == "application/json" else r.text())
 
 
-@pytest.fixture
-async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
-    store = await Store.connect(mongo_uri, database_name)
-    await store.ensure_indexes()
-    yield store
-    await store.close()
-
-
 async def _serve(store: Store, token: str | None) -> AsyncIterator[Admin]:
     # unsafe: the jar keeps cookies for IP hosts such as 127.0.0.1
     jar = aiohttp.CookieJar(unsafe=True)

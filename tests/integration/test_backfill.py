@@ -3,7 +3,6 @@ mapping edit."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -14,16 +13,7 @@ from reconciler.inbound import Reconciler
 from reconciler.remerge import changed_fields, remerge_if_mappings_changed
 from reconciler.store import Store
 from settings import parse_mappings
-from tests.support.salesforce_changes import MAPPINGS, MAPPINGS_TOML, OWNER_1, T0, FakeSalesforce
-
-
-@pytest.fixture
-async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
-    store = await Store.connect(mongo_uri, database_name)
-    await store.ensure_indexes()
-    yield store
-    await store.client.drop_database(database_name)
-    await store.close()
+from tests.support.salesforce_changes import MAPPINGS, OWNER_1, T0, FakeSalesforce, mappings_toml
 
 
 def stamp(seconds: int) -> str:
@@ -111,7 +101,7 @@ class TestRemerge:
         await backfill(sf, store, Reconciler(store, MAPPINGS), MAPPINGS, ["Lead"])
         first = await remerge_if_mappings_changed(store, sf, MAPPINGS, ["Lead"])
         assert first.records == 0  # the first start only records the hash
-        edited = parse_mappings(MAPPINGS_TOML + '\n[people.department]\nlead = "Department"\n')
+        edited = parse_mappings(mappings_toml({"people.department": {"lead": "Department"}}))
         assert changed_fields((await store.load_state("mappings") or {}).get("mappings"), edited) == {
             "people": ["department"]}
         sf.queries.clear()
@@ -134,7 +124,7 @@ class TestRemerge:
         sf = FakeSalesforce(org(leads=2, contacts=0))
         await backfill(sf, store, Reconciler(store, MAPPINGS), MAPPINGS, ["Lead"])
         await remerge_if_mappings_changed(store, sf, MAPPINGS, ["Lead"])
-        edited = parse_mappings(MAPPINGS_TOML + '\n[people.department]\nlead = "Department"\n')
+        edited = parse_mappings(mappings_toml({"people.department": {"lead": "Department"}}))
         sf.queries.clear()
         result = await remerge_if_mappings_changed(store, sf, edited, ["Lead"], budget=Reserve())
         assert not result.finished and sf.queries == []

@@ -23,14 +23,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
-    store = await Store.connect(mongo_uri, database_name)
-    await store.ensure_indexes()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
 async def admin(store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncIterator[RunningAdmin]:
     monkeypatch.chdir(tmp_path)  # no stray .env from the checkout
     monkeypatch.delenv("SFSYNC_ENV_FILE", raising=False)

@@ -14,13 +14,13 @@ from reconciler.store import BulkOutcome, RecordWrite, Store
 from settings import Mappings, parse_mappings
 from tests.support.salesforce_changes import (
     MAPPINGS,
-    MAPPINGS_TOML,
     OWNER_1,
     OWNER_2,
     T0,
     UNMAPPED_OWNER,
     FakeOutbox,
     change,
+    mappings_toml,
 )
 
 
@@ -190,7 +190,7 @@ class TestCreates:
         """A new Account becomes a Company only when name and domain are mapped."""
         account = change("001000000000001AAA", {"Name": "Acme", "Website": "acme.com"}, sobject="Account",
                          kind=ChangeKind.CREATE)
-        no_domain = parse_mappings(MAPPINGS_TOML.replace('[companies.domain]\naccount = "Website"\n', ""))
+        no_domain = parse_mappings(mappings_toml({"companies.domain": None}))
         assert (await reconciler_for(store, mappings=no_domain).apply_batch([account])).skipped == 1
         await reconciler_for(store).apply([account])
         assert (await store.db.companies.find_one({"crm.id": "001000000000001AAA"}))["name"] == "Acme"
@@ -226,9 +226,7 @@ class TestOwner:
 
     async def test_owner_only_change_is_logged_as_owner_change(self, store: CountingStore) -> None:
         """An owner change alone is an `owner_change` log."""
-        owner_mapping = ('[people.owner_crm_id]\nlead = "OwnerId"\ncontact = "OwnerId"\n'
-                         'direction = "from_salesforce"\n')
-        mappings = parse_mappings(MAPPINGS_TOML.replace(owner_mapping, ""))
+        mappings = parse_mappings(mappings_toml({"people.owner_crm_id": None}))
         await linked_lead(store, owner_id="u-1", crm={"object": "Lead", "id": "00Q1", "owner_id": OWNER_1})
         await reconciler_for(store, mappings=mappings).apply([change("00Q1", {"OwnerId": OWNER_2})])
         assert [x["type"] for x in (await store.find_sync_logs())[0]] == ["owner_change"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,15 +15,6 @@ from reconciler.sync_logs import SyncLog, failed_inbound
 from tests.support.salesforce_changes import MAPPINGS, OWNER_1, FakeOutbox, FakeSalesforce, change
 
 LEAD = "00Q000000000001AAA"
-
-
-@pytest.fixture
-async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
-    store = await Store.connect(mongo_uri, database_name)
-    await store.ensure_indexes()
-    yield store
-    await store.client.drop_database(database_name)
-    await store.close()
 
 
 def lead_record(**fields: Any) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -16,15 +15,6 @@ from tests.support.salesforce_changes import MAPPINGS, OWNER_1, T0, FakeOutbox, 
 LEAD = "00Q000000000001AAA"
 CONTACT = "003000000000001AAA"
 ACCOUNT = "001000000000001AAA"
-
-
-@pytest.fixture
-async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
-    store = await Store.connect(mongo_uri, database_name)
-    await store.ensure_indexes()
-    yield store
-    await store.client.drop_database(database_name)
-    await store.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +14,7 @@ from reconciler.outbox import Outbox
 from reconciler.store import Store
 from reconciler.store._outbox import OutboxEntry
 from settings import Mappings, parse_mappings
+from tests.support.eventually import eventually
 
 MAPPINGS = """
 [people.first_name]
@@ -43,14 +43,6 @@ LEAD_ID = "00Q000000000001AAA"
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-@pytest.fixture
-async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
-    store = await Store.connect(mongo_uri, database_name)
-    await store.ensure_indexes()
-    yield store
-    await store.close()
 
 
 @pytest.fixture
@@ -86,13 +78,6 @@ def watcher(store: Store, mappings: Mappings, outbox: Outbox, **options: Any) ->
     options.setdefault("max_await_ms", 50)
     return LocalChangeWatcher(store, mappings, outbox, poll_interval=timedelta(milliseconds=100),
                               settle=timedelta(0), **options)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def pending_after(outbox: Outbox, count: int, quiet: float = 0.4) -> list[OutboxEntry]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from reconciler.outbound import FlushPolicy, OutboundFlusher
 from reconciler.outbox import Outbox
 from reconciler.ports import OutboundWrite, RecordError, RecordResult
 from reconciler.store import Store
+from tests.support.clock import Clock
 
 Rule = Callable[[str, str, dict[str, Any]], RecordResult | None]
 
@@ -87,25 +88,6 @@ class FakeBudget:
 
     def allows_optional_calls(self) -> bool:
         return self.allowed
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
-    store = await Store.connect(mongo_uri, database_name)
-    await store.ensure_indexes()
-    yield store
-    await store.close()
 
 
 @dataclass

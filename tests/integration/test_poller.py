@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,41 +17,16 @@ from listener.salesforce import SalesforceClient
 from reconciler.inbound import Reconciler
 from reconciler.ports import ChangeKind, RejectedEvent, SalesforceChange
 from reconciler.store import Store
-from settings import AuthFlow, SalesforceSettings, parse_mappings
+from settings import AuthFlow, SalesforceSettings
 from tests.support.emulator import RunningEmulator, running_emulator
+from tests.support.mappings import LEAD_NAME_MAPPINGS as MAPPINGS
+from tests.support.sinks import RecordingSink
 
-MAPPINGS = parse_mappings("""
-[people.first_name]
-lead = "FirstName"
-[people.last_name]
-lead = "LastName"
-[people.company_name]
-lead = "Company"
-
-[[users]]
-local = "u-1"
-salesforce = "005000000000001AAA"
-""")
 BASE = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 
 
 def stamp(seconds: int) -> str:
     return (BASE + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass
-class RecordingSink:
-    """The real reconciler, with every change it was given kept for assertions."""
-
-    inner: Reconciler
-    applied: list[SalesforceChange] = field(default_factory=list)
-
-    async def apply(self, changes: Sequence[SalesforceChange]) -> None:
-        self.applied.extend(changes)
-        await self.inner.apply(changes)
-
-    async def reject(self, events: Sequence[RejectedEvent]) -> None:
-        await self.inner.reject(events)
 
 
 @dataclass

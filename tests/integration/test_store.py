@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,15 +10,6 @@ from reconciler.errors import RetriableError
 from reconciler.store import RecordWrite, Store
 from reconciler.sync_logs import SyncLog
 from tests.support.secantus import free_port
-
-
-@pytest.fixture
-async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
-    store = await Store.connect(mongo_uri, database_name)
-    await store.ensure_indexes()
-    yield store
-    await store.client.drop_database(database_name)
-    await store.close()
 
 
 def log_at(ts: datetime, **kw: object) -> SyncLog:

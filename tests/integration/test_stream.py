@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,48 +19,16 @@ from listener.poller import Poller
 from listener.salesforce import ApiUsage, SalesforceClient
 from listener.stream import CdcStream, replay_key
 from reconciler.inbound import Reconciler
-from reconciler.ports import ChangeSource, RejectedEvent, SalesforceChange
+from reconciler.ports import ChangeSource
 from reconciler.store import Store
-from settings import AuthFlow, BudgetSettings, SalesforceSettings, parse_mappings
+from settings import AuthFlow, BudgetSettings, SalesforceSettings
 from tests.support.emulator import RunningEmulator, running_emulator
+from tests.support.eventually import eventually
+from tests.support.mappings import LEAD_NAME_MAPPINGS as MAPPINGS
+from tests.support.sinks import RecordingSink
 
-MAPPINGS = parse_mappings("""
-[people.first_name]
-lead = "FirstName"
-[people.last_name]
-lead = "LastName"
-[people.company_name]
-lead = "Company"
-
-[[users]]
-local = "u-1"
-salesforce = "005000000000001AAA"
-""")
 CHANNEL = "/data/LeadChangeEvent"
 CLIENT_NAME = "salesforce-sync"
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-@dataclass
-class RecordingSink:
-    inner: Reconciler
-    applied: list[SalesforceChange] = field(default_factory=list)
-    rejected: list[RejectedEvent] = field(default_factory=list)
-
-    async def apply(self, changes: Sequence[SalesforceChange]) -> None:
-        self.applied.extend(changes)
-        await self.inner.apply(changes)
-
-    async def reject(self, events: Sequence[RejectedEvent]) -> None:
-        self.rejected.extend(events)
-        await self.inner.reject(events)
 
 
 @dataclass

@@ -19,12 +19,7 @@ from aiohttp import web
 
 from emulator.app import create_app
 from emulator.state import EmulatorConfig, EmulatorState
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.secantus import free_port
 
 
 @dataclass

@@ -4,53 +4,41 @@ Salesforce REST surface and of the outbox (seams, not patches)."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.ports import ChangeKind, ChangeSource, OutboundWrite, RecordResult, SalesforceChange
 from reconciler.records import parse_sf_datetime
 from settings import parse_mappings
+from tests.support.mappings import sample_mappings
 
 OWNER_1 = "005000000000001AAA"
 OWNER_2 = "005000000000002AAA"
 UNMAPPED_OWNER = "005000000000009AAA"
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 
-MAPPINGS_TOML = f"""
-[people.first_name]
-lead = "FirstName"
-contact = "FirstName"
-[people.last_name]
-lead = "LastName"
-contact = "LastName"
-[people.email]
-lead = "Email"
-contact = "Email"
-[people.title]
-lead = "Title"
-contact = "Title"
-[people.city]
-lead = "City"
-contact = "MailingCity"
-direction = "from_salesforce"
-[people."custom_fields.linkedin"]
-lead = "LinkedIn__c"
-[people.owner_crm_id]
-lead = "OwnerId"
-contact = "OwnerId"
-direction = "from_salesforce"
-[companies.name]
-account = "Name"
-[companies.domain]
-account = "Website"
-[[users]]
-local = "u-1"
-salesforce = "{OWNER_1}"
-[[users]]
-local = "u-2"
-salesforce = "{OWNER_2}"
-"""
+# The sample mappings as the inbound tests use them: Salesforce owns City and OwnerId, a custom
+# field, no phone/company/state/account link, and both sample owners mapped.
+INBOUND_EDITS: dict[str, dict[str, str] | None] = {
+    "people.phone": None,
+    "people.company_name": None,
+    "people.state": None,
+    "people.company_crm_id": None,
+    "companies.industry": None,
+    "companies.city": None,
+    "people.city": {"direction": "from_salesforce"},
+    "people.custom_fields.linkedin": {"lead": "LinkedIn__c"},
+    "people.owner_crm_id": {"direction": "from_salesforce"},
+}
+
+
+def mappings_toml(edits: Mapping[str, Mapping[str, str] | None] | None = None) -> str:
+    """The inbound tests' mappings TOML, with further `edits` (as `sample_mappings` takes them)."""
+    return sample_mappings({**INBOUND_EDITS, **(edits or {})}, users={"u-2": OWNER_2})
+
+
+MAPPINGS_TOML = mappings_toml()
 MAPPINGS = parse_mappings(MAPPINGS_TOML)
 
 

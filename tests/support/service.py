@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from tests.support.secantus import free_port
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -108,12 +109,6 @@ def http(method: str, url: str, *, json_body: Any = None, form: Mapping[str, str
     except json.JSONDecodeError:
         body = text
     return Reply(status, body, reply_headers)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- Salesforce, as its users and other integrations see it ------------------------------------

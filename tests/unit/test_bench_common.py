@@ -20,7 +20,9 @@ class TestPercentile:
             ([10.0, 20.0], 25, 12.5),
         ],
     )
-    def test_interpolates_between_closest_ranks(self, values: list[float], pct: float, expected: float) -> None:
+    def test_interpolates_between_closest_ranks(
+        self, values: list[float], pct: float, expected: float
+    ) -> None:
         """Linear interpolation between the two closest ranks of the sorted values."""
         assert percentile(values, pct) == pytest.approx(expected)
 
@@ -69,4 +71,5 @@ class TestBenchMappings:
         mappings = bench_mappings()
         assert mappings.local_user("005000000000001AAA") == "u-1"
         assert mappings.local_user("005000000000002AAA") == "u-2"
-        assert {m.sf_field for m in mappings.for_object("Lead")} >= {"FirstName", "LastName", "Email", "Title"}
+        fields = {m.sf_field for m in mappings.for_object("Lead")}
+        assert fields >= {"FirstName", "LastName", "Email", "Title"}
