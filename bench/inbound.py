@@ -61,7 +61,7 @@ from bench._common import (
     workdir,
 )
 from listener.budget import BudgetGovernor
-from listener.logs import configure_logging
+from listener.logs import configure_logging, reset_logging
 from listener.poller import Poller
 from listener.salesforce import SalesforceClient
 from listener.stream import CdcStream
@@ -457,7 +457,9 @@ async def backlog(r: Rig, f: Figures, counter: CommandCounter) -> None:
     if profiler and r.opts.profile:
         profiler.dump_stats(str(r.opts.profile))
         text = io.StringIO()
-        pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(30)
+        # the service's own code and its CometD client; asyncio's loop would fill the list
+        pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(
+            r"(listener|reconciler|settings|aiocometd_ng|aiosfstream_ng)/", 30)
         f.profile = text.getvalue()
 
 
@@ -518,14 +520,21 @@ def rows(f: Figures, opts: Options) -> list[Row]:
 async def run(opts: Options) -> str:
     counter = monitor_commands()
     f = Figures()
-    with workdir() as work, (work / "service.log").open("w") as service_log:
+    with workdir() as work, (work / "service.log").open("w+") as service_log:
         # the service's own logging, as deployed (JSON at INFO), into the run's temp directory
         configure_logging("INFO", "json", stream=service_log)
-        async with rig(opts, work, f) as r:
-            await link(r, f)
-            await polling_cost(r, f)
-            await live_latency(r, f)
-            await backlog(r, f, counter)
+        try:
+            async with rig(opts, work, f) as r:
+                await link(r, f)
+                await polling_cost(r, f)
+                await live_latency(r, f)
+                await backlog(r, f, counter)
+        except BaseException:
+            service_log.seek(0)
+            print("".join(service_log.readlines()[-20:]), file=sys.stderr)  # the temp dir goes next
+            raise
+        finally:
+            reset_logging()
     scale = (f"scale: {opts.records:,} linked Leads, backlog {opts.backlog:,} events, live {opts.rate}/s "
              f"for {opts.seconds:.0f} s, raw baseline {opts.raw:,} upserts, micro-batch "
              f"{opts.batch_size}/{opts.batch_wait_ms} ms"

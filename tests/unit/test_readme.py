@@ -61,3 +61,13 @@ class TestReadmeOpening:
             "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && .venv/bin/sfsync demo",
             ".ci/run",
         ]
+
+
+class TestMappingsExample:
+    def test_example_mappings_file_is_valid(self) -> None:
+        """mappings.example.toml, which the README points admins to, loads without error."""
+        from settings import load_mappings
+
+        mappings = load_mappings(ROOT / "mappings.example.toml")
+        assert mappings.accounts_importable()
+        assert {m.sf_field for m in mappings.for_object("Contact")} >= {"FirstName", "AccountId"}
