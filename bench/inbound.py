@@ -69,7 +69,7 @@ from reconciler.inbound import Reconciler
 from reconciler.outbox import Outbox
 from reconciler.ports import RejectedEvent, SalesforceChange
 from reconciler.store import Store
-from settings import BudgetSettings
+from settings import BudgetSettings, SyncSettings
 
 SERVICE = "salesforce-sync"        # the service's client name (its own writes are echoes)
 GENERATOR = "bench-generator"      # another integration changing the org: its events are real
@@ -552,7 +552,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--raw", type=int, default=20_000, help="upserts in the raw baseline")
     parser.add_argument("--batch-size", type=int, default=200,
                         help="stream micro-batch (as SFSYNC_SYNC__BATCH_SIZE)")
-    parser.add_argument("--batch-wait-ms", type=int, default=100, help="as SFSYNC_SYNC__BATCH_WAIT_MS")
+    parser.add_argument("--batch-wait-ms", type=int, default=SyncSettings().batch_wait_ms,
+                        help="as SFSYNC_SYNC__BATCH_WAIT_MS")
     parser.add_argument("--profile", type=Path, default=None, help="cProfile the backlog replay into FILE")
     a = parser.parse_args(argv)
     if min(a.records, a.backlog, a.rate, a.raw) < 1 or a.seconds <= 0:

@@ -1,18 +1,22 @@
 """SOQL polling: the inbound fallback when the stream cannot run, and the stream's catch-up.
 
-Per object, one `queryAll` (deleted records included) ordered by (`SystemModstamp`, `Id`):
+Per object, one `queryAll` (deleted records included) ordered by (`SystemModstamp`, `Id`),
+keyset-paged from the watermark:
 
     SELECT <mapped fields + system fields> FROM Lead
-    WHERE SystemModstamp >= <watermark> AND SystemModstamp < <signpost>
+    WHERE (SystemModstamp > <ts> OR (SystemModstamp = <ts> AND Id > '<last_id>'))
+      AND SystemModstamp < <signpost>
     ORDER BY SystemModstamp, Id
 
-`SystemModstamp` has one-second precision, so the lower bound is inclusive and the
-(`Id`, `SystemModstamp`) pairs already applied at exactly the watermark second are skipped.
-The signpost is the start of the second the pass began: every second below it is complete, so
-a record cannot change again with a modstamp the pass has already moved past. The watermark
-(`sync_state` `watermark:<Object>` = `{"ts": "2024-05-01T10:00:00Z", "ids": [...]}`, shared
-with the backfill; the fields selected are `reconciler.records.select_fields`, as the backfill's)
-moves only after a page is applied, and never reaches the signpost.
+`SystemModstamp` has one-second precision, so a `>` watermark would miss the rest of its
+second; the keyset form reads the watermark second again but only after the last (`Id`,
+`SystemModstamp`) pair applied (see `reconciler.watermark`). The signpost is the start of the
+second the pass began: every second below it is complete, so no record can still appear in a
+second behind the watermark, and a record changed twice in one second is never half-seen.
+The watermark (`sync_state` `watermark:<Object>` = `{"ts": "2024-05-01T10:00:00Z",
+"last_id": "00Q..."}`, shared with the backfill; an old `{"ts", "ids"}` document is still read;
+the fields selected are `reconciler.records.select_fields`, as the backfill's) moves only after
+a page is applied, and never reaches the signpost.
 """
 
 from __future__ import annotations
@@ -31,7 +35,11 @@ from listener.metrics import METRICS
 from reconciler.errors import BudgetExhaustedError, RetriableError
 from reconciler.ports import ChangeKind, ChangeSink, ChangeSource, SalesforceChange
 from reconciler.records import format_sf_datetime, select_fields
+from reconciler.watermark import Watermark, record_position, watermark_key
 from settings import Mappings
+
+__all__ = ["PassReport", "Poller", "Watermark", "floor_second", "polled_change", "soql_datetime",
+           "watermark_key"]
 
 log = structlog.get_logger(__name__)
 
@@ -53,10 +61,6 @@ class StateStore(Protocol):
     async def save_state(self, key: str, value: dict[str, Any]) -> None: ...
 
 
-def watermark_key(sobject: str) -> str:
-    return f"watermark:{sobject}"
-
-
 def soql_datetime(value: datetime) -> str:
     """The SOQL literal, and the watermark's `ts` form (the same as the backfill writes)."""
     return format_sf_datetime(value)
@@ -64,43 +68,6 @@ def soql_datetime(value: datetime) -> str:
 
 def floor_second(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(microsecond=0)
-
-
-@dataclass(frozen=True)
-class Watermark:
-    """All changes with `SystemModstamp < ts`, and those of `ids` at exactly `ts`, are applied."""
-
-    ts: datetime | None = None
-    ids: frozenset[str] = frozenset()
-
-    @classmethod
-    def from_state(cls, value: dict[str, Any] | None) -> Watermark:
-        if not value:
-            return cls()
-        ts = parse_sf_datetime(value.get("ts"))
-        raw_ids = value.get("ids") or []
-        return cls(ts=ts, ids=frozenset(str(i) for i in raw_ids))
-
-    def to_state(self) -> dict[str, Any]:
-        return {"ts": soql_datetime(self.ts) if self.ts else None, "ids": sorted(self.ids)}
-
-    def covers(self, sf_id: str, modstamp: datetime) -> bool:
-        """Whether this (Id, SystemModstamp) pair has already been applied."""
-        if self.ts is None:
-            return False
-        return modstamp < self.ts or (modstamp == self.ts and sf_id in self.ids)
-
-    def advance(self, applied: Iterable[tuple[str, datetime]], signpost: datetime) -> Watermark:
-        """The watermark after `applied` pairs, never at or past the signpost."""
-        current = self
-        for sf_id, modstamp in applied:
-            if modstamp >= signpost:
-                continue
-            if current.ts is None or modstamp > current.ts:
-                current = Watermark(modstamp, frozenset({sf_id}))
-            elif modstamp == current.ts:
-                current = Watermark(current.ts, current.ids | {sf_id})
-        return current
 
 
 def polled_change(sobject: str, record: dict[str, Any], source: ChangeSource) -> SalesforceChange | None:
@@ -199,19 +166,20 @@ class Poller:
         seen = 0
         async for page in self._sf.query(self._soql(sobject, mark, signpost), include_deleted=True):
             fresh: list[SalesforceChange] = []
-            applied: list[tuple[str, datetime]] = []
+            read: list[tuple[str, datetime]] = []
             for record in page:
                 change = polled_change(sobject, record, ChangeSource.POLL)
-                stamp = parse_sf_datetime(record.get("SystemModstamp"))
-                if change is None or stamp is None or mark.covers(change.sf_id, stamp):
+                position = record_position(record)
+                if change is None or position is None:
                     continue
-                fresh.append(change)
-                applied.append((change.sf_id, stamp))
+                read.append(position)
+                if not mark.covers(*position):  # only an old-shape watermark's ids are skipped
+                    fresh.append(change)
             if fresh:
                 await self._sink.apply(fresh)
             seen += len(fresh)
             METRICS.inc("sfsync_records_polled_total", len(page), object=sobject)
-            advanced = mark.advance(applied, signpost)
+            advanced = mark.advance(read, signpost)
             if persist and advanced != mark:
                 await self._store.save_state(watermark_key(sobject), advanced.to_state())
             mark = advanced
@@ -219,10 +187,7 @@ class Poller:
 
     def _soql(self, sobject: str, mark: Watermark, signpost: datetime) -> str:
         fields = ", ".join(select_fields(self._mappings, sobject))
-        where = [f"SystemModstamp < {soql_datetime(signpost)}"]
-        if mark.ts is not None:
-            where.insert(0, f"SystemModstamp >= {soql_datetime(mark.ts)}")
-        return (f"SELECT {fields} FROM {sobject} WHERE {' AND '.join(where)} "
+        return (f"SELECT {fields} FROM {sobject} WHERE {mark.soql_filter(signpost)} "
                 "ORDER BY SystemModstamp, Id")
 
 

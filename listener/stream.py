@@ -98,7 +98,7 @@ class CdcStream:
         client_name: str,
         api_version: str,
         batch_size: int = 500,
-        batch_wait_ms: int = 100,
+        batch_wait_ms: int = 20,
         governor: EventsExhausted | None = None,
         session_factory: Callable[[CommittedReplayIds], Session] | None = None,
         stall_timeout: float = 5.0,

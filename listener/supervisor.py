@@ -174,12 +174,14 @@ class Service:
     def _start_background(self, stop: asyncio.Event, sf: SalesforceClient, store: Store,
                           outbox: Outbox) -> list[asyncio.Task[Any]]:
         from reconciler.local_changes import LocalChangeWatcher
-        from reconciler.outbound import OutboundFlusher
+        from reconciler.outbound import FlushPolicy, OutboundFlusher
 
+        sync = self.settings.sync
         flusher = OutboundFlusher(outbox, sf, store, self.governor,
-                                  client_name=self.settings.salesforce.client_name)
+                                  client_name=self.settings.salesforce.client_name,
+                                  policy=FlushPolicy.from_settings(sync))
         self._flusher = flusher
-        watcher = LocalChangeWatcher(store, self.mappings, outbox, objects=self.settings.sync.objects)
+        watcher = LocalChangeWatcher(store, self.mappings, outbox, objects=sync.objects)
         tasks = [
             asyncio.create_task(self.governor.run(stop, sf.limits), name="governor"),
             asyncio.create_task(flusher.run(stop), name="outbound"),

@@ -1,26 +1,37 @@
 """Backfill: import every record of the synced objects, page by page, resumably.
 
-Per object `SELECT <mapped + system fields> FROM <Object> ORDER BY SystemModstamp, Id`,
-streamed one page at a time (a page is never held longer than its own apply), each page
-applied as one batch of UPSERT changes (source IMPORT, one summary sync log per page plus a
-log per failed record). After each page the object's watermark (`sync_state`
-`watermark:<Object>` = `{"ts": <SystemModstamp, ISO, second precision>, "ids": [ids at
-that ts]}`) is saved, after the page it covers; a re-run resumes from it with `>=` and skips
-the ids already applied at that second. The poller continues from the same watermark.
-Accounts go first so Contacts find their Companies, Leads before Contacts so a converted
-Lead's Person moves to its Contact before the Contact arrives.
+Per object `SELECT <mapped + system fields> FROM <Object> WHERE <after the watermark>
+ORDER BY SystemModstamp, Id`, one page at a time, each page applied as one batch
+of UPSERT changes (source IMPORT, one summary sync log per page plus a log per failed record).
+The next page is fetched while the current one is applied (one page ahead, never more), so
+REST and MongoDB time overlap and at most two pages are in memory.
+
+After each page the object's watermark (`sync_state` `watermark:<Object>` =
+`{"ts": <SystemModstamp, second precision>, "last_id": <Id of the page's last record>}`, see
+`reconciler.watermark`) is saved, after the page it covers; a re-run resumes right after it
+(keyset on `(SystemModstamp, Id)`), and the poller continues from the same watermark. The
+watermark never reaches the signpost (the start of the second the object's pass began): a
+second not yet over may still gain records ordered before the watermark's id. Records from
+that second on are imported all the same (a backfill takes everything there is) and read
+once more by the next poll (or the stream's closing poll), which applies them unchanged or
+with their newer values. Accounts go first so Contacts find their Companies, Leads before Contacts
+so a converted Lead's Person moves to its Contact before the Contact arrives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
 from reconciler.ports import ChangeSource, SalesforceApi, SalesforceChange
-from reconciler.records import format_sf_datetime, parse_sf_datetime, record_change, select_fields
+from reconciler.records import record_change, select_fields
+from reconciler.watermark import Watermark, record_position, watermark_key
 from settings import Mappings
 
 if TYPE_CHECKING:
@@ -32,6 +43,8 @@ OBJECT_ORDER = ("Account", "Lead", "Contact")
 IDS_PER_QUERY = 200  # keeps `WHERE Id IN (...)` well under the SOQL length limit
 
 PageHook = Callable[[str, int], Awaitable[None]]
+Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 
 class StateStore(Protocol):
@@ -48,79 +61,81 @@ class BackfillResult:
     by_object: dict[str, int] = field(default_factory=dict)
 
 
-def watermark_key(sobject: str) -> str:
-    return f"watermark:{sobject}"
-
-
 def soql(mappings: Mappings, sobject: str, where: str | None = None) -> str:
     text = f"SELECT {', '.join(select_fields(mappings, sobject))} FROM {sobject}"
     return f"{text} WHERE {where}" if where else text
 
 
-def advance_watermark(
-    watermark: dict[str, Any] | None, records: Sequence[dict[str, Any]]
-) -> dict[str, Any] | None:
-    """The watermark after a page ordered by SystemModstamp, Id (pure)."""
-    current = dict(watermark) if watermark else None
-    for record in records:
-        stamp = parse_sf_datetime(record.get("SystemModstamp"))
-        if stamp is None:
-            continue
-        ts = format_sf_datetime(stamp)
-        if current is None or ts > current["ts"]:
-            current = {"ts": ts, "ids": [record["Id"]]}
-        elif ts == current["ts"] and record["Id"] not in current["ids"]:
-            current["ids"] = [*current["ids"], record["Id"]]
-    return current
-
-
-def already_applied(watermark: dict[str, Any] | None, record: dict[str, Any]) -> bool:
-    if not watermark:
-        return False
-    stamp = parse_sf_datetime(record.get("SystemModstamp"))
-    return stamp is not None and format_sf_datetime(stamp) == watermark["ts"] \
-        and record.get("Id") in watermark["ids"]
-
-
 async def backfill(
     sf: SalesforceApi, store: StateStore, reconciler: Reconciler, mappings: Mappings,
     objects: Sequence[str], *, page_hook: PageHook | None = None,
+    clock: Clock = lambda: datetime.now(UTC),
 ) -> BackfillResult:
     result = BackfillResult()
     for sobject in sorted(objects, key=lambda o: OBJECT_ORDER.index(o) if o in OBJECT_ORDER else 9):
         if sobject == "Account" and not mappings.accounts_importable():
             log.info("backfill_object_skipped", sobject=sobject, reason="accounts not importable")
             continue
-        await _backfill_object(sf, store, reconciler, mappings, sobject, result, page_hook)
+        signpost = clock().astimezone(UTC).replace(microsecond=0)
+        await _backfill_object(sf, store, reconciler, mappings, sobject, signpost, result, page_hook)
     log.info("backfill_finished", records=result.records, pages=result.pages, failed=result.failed)
     return result
 
 
 async def _backfill_object(
     sf: SalesforceApi, store: StateStore, reconciler: Reconciler, mappings: Mappings, sobject: str,
-    result: BackfillResult, page_hook: PageHook | None,
+    signpost: datetime, result: BackfillResult, page_hook: PageHook | None,
 ) -> None:
-    watermark = await store.load_state(watermark_key(sobject))
-    where = f"SystemModstamp >= {watermark['ts']}" if watermark else None
-    query = f"{soql(mappings, sobject, where)} ORDER BY SystemModstamp, Id"
+    mark = Watermark.from_state(await store.load_state(watermark_key(sobject)))
+    query = f"{soql(mappings, sobject, mark.soql_filter())} ORDER BY SystemModstamp, Id"
     page_number = 0
-    async for page in sf.query(query):
-        page_number += 1
-        result.pages += 1
-        result.calls += 1
-        changes = [record_change(sobject, r, ChangeSource.IMPORT) for r in page
-                   if not already_applied(watermark, r)]
-        batch = await reconciler.apply_batch(changes, summary=True)
-        result.records += len(changes)
-        result.failed += batch.failed
-        result.by_object[sobject] = result.by_object.get(sobject, 0) + len(changes)
-        watermark = advance_watermark(watermark, page)
-        if watermark is not None:
-            await store.save_state(watermark_key(sobject), watermark)
-        log.info("backfill_page_applied", sobject=sobject, page=page_number, records=len(changes),
-                 failed=batch.failed)
-        if page_hook is not None:
-            await page_hook(sobject, page_number)
+    async with contextlib.aclosing(prefetched(sf.query(query))) as pages:
+        async for page in pages:
+            page_number += 1
+            result.pages += 1
+            result.calls += 1
+            positions = [record_position(r) for r in page]
+            read = [p for p in positions if p is not None]
+            # The keyset query skips what is applied; `covers` matters for an old-shape watermark.
+            changes = [record_change(sobject, r, ChangeSource.IMPORT)
+                       for r, p in zip(page, positions, strict=True) if p is None or not mark.covers(*p)]
+            batch = await reconciler.apply_batch(changes, summary=True)
+            result.records += len(changes)
+            result.failed += batch.failed
+            result.by_object[sobject] = result.by_object.get(sobject, 0) + len(changes)
+            advanced = mark.advance(read, signpost)
+            if advanced != mark:
+                await store.save_state(watermark_key(sobject), advanced.to_state())
+                mark = advanced
+            log.info("backfill_page_applied", sobject=sobject, page=page_number, records=len(changes),
+                     failed=batch.failed)
+            if page_hook is not None:
+                await page_hook(sobject, page_number)
+
+
+async def prefetched(pages: AsyncIterator[T]) -> AsyncGenerator[T, None]:
+    """`pages`, with the next one already being fetched while the caller works on this one.
+
+    One page ahead and never more: at most two pages are in memory. Close it (`aclosing`) so an
+    abandoned read cancels its pending fetch.
+    """
+    ahead: asyncio.Task[T | None] = asyncio.create_task(_next(pages))
+    try:
+        while (page := await ahead) is not None:
+            ahead = asyncio.create_task(_next(pages))
+            yield page
+    finally:
+        if not ahead.done():
+            ahead.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ahead
+        aclose = getattr(pages, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _next(pages: AsyncIterator[T]) -> T | None:
+    return await anext(pages, None)
 
 
 async def fetch_changes(

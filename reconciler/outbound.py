@@ -7,9 +7,13 @@ the outbox; a call that fails as a whole (network, 5xx, lock storm) leaves its w
 outbox with exponential backoff and jitter; with the budget below its reserve nothing is
 claimed at all. Nothing is ever dropped silently.
 
-When to flush is a pure predicate (`FlushPolicy.should_flush`): streaming flushes at 200
-pending or once the oldest has waited `max_wait` (so a burst of edits to one record coalesces
-into one write); polling mode (low budget) flushes once per polling interval.
+What to send on a tick is a pure function per object and kind (`FlushPolicy.sizes_due`):
+only full batches of 200, and a partial batch only once its oldest write has waited `max_wait`
+(streaming: a burst of edits to one record coalesces into one write, and a burst of edits to
+many records goes out as full calls) or one polling interval (polling mode, low budget: full
+batches once per interval; a remainder waits at most one more interval). After full batches
+go, the remainder is looked at again with its own oldest write (one more outbox read, no API
+call). `flush()` sends everything due at once (an explicit drain).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from reconciler.ports import Budget, RecordResult, SalesforceApi
 from reconciler.records import is_blank
 from reconciler.store._outbox import CREATE, OutboxEntry, OutboxGroup
 from reconciler.sync_logs import SyncLog
+from settings import SyncSettings
 
 log = structlog.get_logger(__name__)
 
@@ -55,14 +60,43 @@ class FlushPolicy:
     max_wait: timedelta = timedelta(seconds=2)
     poll_interval: timedelta = timedelta(minutes=10)
 
+    @classmethod
+    def from_settings(cls, sync: SyncSettings) -> FlushPolicy:
+        """`SFSYNC_SYNC__BATCH_SIZE` (at most sObject Collections' 200) and the polling interval."""
+        return cls(batch_size=min(sync.batch_size, BATCH_SIZE),
+                   poll_interval=timedelta(minutes=sync.frequency_minutes))
+
+    def sizes_due(self, *, mode: str, pending: int, oldest_wait: timedelta,
+                  since_last_flush: timedelta) -> list[int]:
+        """Calls to make now for ONE object+kind group of `pending` due writes (their sizes).
+
+        Full batches only; a partial batch only when it is all there is (so `oldest_wait` is
+        its own oldest write's) and that write has waited `max_wait` (polling: an interval).
+        Polling mode sends at most once per interval; paused (below the reserve) never.
+        """
+        if pending <= 0 or mode == "paused":
+            return []
+        if mode == "polling" and since_last_flush < self.poll_interval:
+            return []
+        full, rest = divmod(pending, self.batch_size)
+        if full:
+            return [self.batch_size] * full
+        patience = self.poll_interval if mode == "polling" else self.max_wait
+        return [rest] if oldest_wait >= patience else []
+
     def should_flush(self, *, mode: str, pending: int, oldest_wait: timedelta,
                      since_last_flush: timedelta) -> bool:
-        """Flush now? `pending`/`oldest_wait` count due writes only."""
-        if pending <= 0 or mode == "paused":
-            return False
-        if mode == "polling":
-            return since_last_flush >= self.poll_interval
-        return pending >= self.batch_size or oldest_wait >= self.max_wait
+        """Is any call due for this group now?"""
+        return bool(self.sizes_due(mode=mode, pending=pending, oldest_wait=oldest_wait,
+                                   since_last_flush=since_last_flush))
+
+
+def due_calls(groups: Sequence[OutboxGroup], policy: FlushPolicy, *, mode: str, now: datetime,
+              since_last_flush: timedelta) -> list[tuple[str, str, int]]:
+    """(sobject, kind, size) per call due now, in the groups' order (oldest first)."""
+    return [(g.sobject, g.kind, size) for g in groups
+            for size in policy.sizes_due(mode=mode, pending=g.count, oldest_wait=now - g.oldest,
+                                         since_last_flush=since_last_flush)]
 
 
 def plan_calls(groups: Sequence[OutboxGroup], batch_size: int = BATCH_SIZE) -> list[tuple[str, str, int]]:
@@ -185,33 +219,47 @@ class OutboundFlusher:
         log.info("outbound_flusher_stopped", calls=self.calls_made)
 
     async def tick(self) -> bool:
-        """Flush if the policy says so; True when it did."""
+        """Send the calls the policy says are due; True when it made any."""
+        mode, now = self._budget.mode, self._clock()
+        since_last_flush = now - self._last_flush
         groups = await self._outbox.due_groups()
-        now = self._clock()
-        pending = sum(g.count for g in groups)
-        oldest = min((g.oldest for g in groups), default=now)
-        if not self.policy.should_flush(mode=self._budget.mode, pending=pending,
-                                        oldest_wait=now - oldest, since_last_flush=now - self._last_flush):
+        if mode == "polling" and groups and since_last_flush >= self.policy.poll_interval:
+            self._last_flush = now  # this interval's turn is taken, whether or not a call is due
+        calls = due_calls(groups, self.policy, mode=mode, now=now, since_last_flush=since_last_flush)
+        if not calls:
             return False
-        await self.flush(groups)
-        return True
+        if mode != "polling":
+            self._last_flush = now
+        sent, ok = await self._send_calls(calls)
+        if ok and any(size == self.policy.batch_size for _, _, size in calls):
+            # What is left of a group after its full batches has its own, younger, oldest write.
+            groups = await self._outbox.due_groups()
+            more, _ = await self._send_calls(due_calls(groups, self.policy, mode=mode, now=self._clock(),
+                                                       since_last_flush=since_last_flush))
+            sent += more
+        return sent > 0
 
     async def flush(self, groups: Sequence[OutboxGroup] | None = None) -> int:
-        """Send every due write now (budget permitting); the number of calls made."""
+        """Send every due write now, partial batches included (budget permitting); calls made."""
         self._last_flush = self._clock()
         if groups is None:
             groups = await self._outbox.due_groups()
+        calls, _ = await self._send_calls(plan_calls(groups, self.policy.batch_size))
+        return calls
+
+    async def _send_calls(self, planned: Sequence[tuple[str, str, int]]) -> tuple[int, bool]:
+        """Claim and send each planned call; (calls made, False if it stopped early)."""
         calls = 0
-        for sobject, kind, size in plan_calls(groups, self.policy.batch_size):
+        for sobject, kind, size in planned:
             if not self._budget.allows_optional_calls():
                 log.info("outbound_waiting_for_budget", mode=self._budget.mode)
-                break
+                return calls, False
             entries = await self._outbox.claim(sobject, kind, size)
             if entries:
                 if not await self._send(sobject, kind, entries):
-                    break  # the org is unreachable or out of budget: the rest waits too
+                    return calls, False  # the org is unreachable or out of budget: the rest waits too
                 calls += 1
-        return calls
+        return calls, True
 
     async def _send(self, sobject: str, kind: str, entries: list[OutboxEntry]) -> bool:
         """One call for `entries`. False when the call failed as a whole (entries kept)."""

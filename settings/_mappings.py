@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 _LOCAL_FIELD = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$")
 _SF_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -83,6 +83,7 @@ class Mappings(_Strict):
     companies: dict[str, CompanyFieldMapping] = Field(default_factory=dict)
     users: list[UserLink] = Field(default_factory=list)
     rules: Rules = Field(default_factory=Rules)
+    _by_object: dict[str, list[FieldMapping]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _local_names(self) -> Mappings:
@@ -97,6 +98,14 @@ class Mappings(_Strict):
 
     def for_object(self, sobject: str) -> list[FieldMapping]:
         """The field mappings that apply to one Salesforce object (Lead, Contact or Account)."""
+        # The model is frozen, so the answer never changes: computed once per object, since the
+        # reconciler asks for it for every change it applies.
+        cached = self._by_object.get(sobject)
+        if cached is None:
+            cached = self._by_object[sobject] = self._mappings_for(sobject)
+        return list(cached)
+
+    def _mappings_for(self, sobject: str) -> list[FieldMapping]:
         section: dict[str, Any] = self.companies if sobject == "Account" else self.people
         out: list[FieldMapping] = []
         for local, mapping in section.items():
@@ -123,6 +132,15 @@ class Mappings(_Strict):
     def accounts_importable(self) -> bool:
         """Accounts are imported only when Company name and domain are mapped."""
         return "name" in self.companies and "domain" in self.companies
+
+    def __eq__(self, other: object) -> bool:
+        # Equal when the file says the same thing; the per-object cache is not part of it.
+        if not isinstance(other, Mappings):
+            return NotImplemented
+        return self.model_dump(mode="json") == other.model_dump(mode="json")
+
+    def __hash__(self) -> int:
+        return hash(self.content_hash())
 
     def content_hash(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)

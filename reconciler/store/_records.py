@@ -69,7 +69,9 @@ class RecordsMixin:
         for part in chunks(values, self.lookup_chunk):
             query = {field: {"$in": part}, **(extra or {})}
             with translate_errors(f"find {collection}.{field}"):
-                found += await self.db[collection].find(query, **options).to_list(None)
+                # One reply for the whole slice (the default first batch of 101 costs a getMore).
+                found += await self.db[collection].find(query, batch_size=len(part), **options) \
+                    .to_list(None)
         return found
 
     async def find_linked(

@@ -3,12 +3,15 @@ mapping edit."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
-from reconciler.backfill import advance_watermark, already_applied, backfill
+from reconciler.backfill import backfill, prefetched
 from reconciler.inbound import Reconciler
 from reconciler.remerge import changed_fields, remerge_if_mappings_changed
 from reconciler.store import Store
@@ -30,19 +33,6 @@ def org(leads: int = 5, contacts: int = 3) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-class TestWatermark:
-    def test_advance_keeps_ids_of_the_last_second(self) -> None:
-        """The watermark is the newest SystemModstamp and every id seen at that second."""
-        wm = advance_watermark(None, [{"Id": "a", "SystemModstamp": stamp(0)},
-                                      {"Id": "b", "SystemModstamp": stamp(1)},
-                                      {"Id": "c", "SystemModstamp": stamp(1)}])
-        assert wm == {"ts": "2024-05-01T10:00:01Z", "ids": ["b", "c"]}
-        wm2 = advance_watermark(wm, [{"Id": "d", "SystemModstamp": stamp(1)}])
-        assert wm2 is not None and wm2["ids"] == ["b", "c", "d"]
-        assert already_applied(wm2, {"Id": "c", "SystemModstamp": stamp(1)})
-        assert not already_applied(wm2, {"Id": "e", "SystemModstamp": stamp(1)})
-
-
 class TestBackfill:
     async def test_imports_every_object_page_by_page(self, store: Store) -> None:
         """Accounts first, then Leads and Contacts (linked to their Company); one summary log per page."""
@@ -58,10 +48,10 @@ class TestBackfill:
         logs, _ = await store.find_sync_logs()
         assert {x["type"] for x in logs} == {"import"} and sum(x["count"] for x in logs) == 9
         watermark = await store.load_state("watermark:Contact")
-        assert watermark == {"ts": "2024-05-01T10:00:02Z", "ids": ["003002"]}
+        assert watermark == {"ts": "2024-05-01T10:00:02Z", "last_id": "003002"}
 
     async def test_resumes_from_the_watermark(self, store: Store) -> None:
-        """A re-run asks only from the watermark (>=) and skips the ids already applied at that second."""
+        """A re-run asks only for what follows the watermark: keyset on (SystemModstamp, Id)."""
         sf = FakeSalesforce(org(), page_size=2)
         reconciler = Reconciler(store, MAPPINGS)
 
@@ -73,12 +63,51 @@ class TestBackfill:
             await backfill(sf, store, reconciler, MAPPINGS, ["Account", "Lead"],
                            page_hook=stop_after_first_lead_page)
         watermark = await store.load_state("watermark:Lead")
-        assert watermark == {"ts": "2024-05-01T10:00:00Z", "ids": ["00Q000", "00Q001"]}
+        assert watermark == {"ts": "2024-05-01T10:00:00Z", "last_id": "00Q001"}
         sf.queries.clear()
         result = await backfill(sf, store, reconciler, MAPPINGS, ["Lead"])
-        assert "WHERE SystemModstamp >= 2024-05-01T10:00:00Z" in sf.queries[0]
+        assert ("WHERE (SystemModstamp > 2024-05-01T10:00:00Z OR (SystemModstamp = 2024-05-01T10:00:00Z"
+                " AND Id > '00Q001')) ORDER BY") in sf.queries[0]
         assert result.records == 3
         assert await store.db.people.count_documents({}) == 5
+
+    async def test_a_bulk_load_in_one_second_resumes_inside_the_second(self, store: Store) -> None:
+        """Records sharing one SystemModstamp resume after the last id applied, none twice or lost."""
+        records = org(leads=0, contacts=0)
+        records["Lead"] = [{"Id": f"00Q{i:03d}", "LastName": f"L{i}", "OwnerId": OWNER_1,
+                            "SystemModstamp": stamp(0)} for i in range(7)]
+        sf = FakeSalesforce(records, page_size=3)
+        reconciler = Reconciler(store, MAPPINGS)
+
+        async def crash_after_first_page(sobject: str, page: int) -> None:
+            raise RuntimeError("crash")
+
+        with pytest.raises(RuntimeError):
+            await backfill(sf, store, reconciler, MAPPINGS, ["Lead"], page_hook=crash_after_first_page)
+        assert await store.load_state("watermark:Lead") == {"ts": "2024-05-01T10:00:00Z", "last_id": "00Q002"}
+        result = await backfill(sf, store, reconciler, MAPPINGS, ["Lead"])
+        assert result.records == 4
+        assert await store.db.people.count_documents({}) == 7
+        assert await store.load_state("watermark:Lead") == {"ts": "2024-05-01T10:00:00Z", "last_id": "00Q006"}
+
+    async def test_an_old_ids_watermark_resumes_without_loss(self, store: Store) -> None:
+        """A stored `{"ts", "ids"}` watermark re-reads its second, skips its ids, then saves the new shape."""
+        await store.save_state("watermark:Lead", {"ts": "2024-05-01T10:00:00Z", "ids": ["00Q000"]})
+        sf = FakeSalesforce(org(leads=4, contacts=0))  # 00Q000, 00Q001 at second 0; 00Q002, 00Q003 at 1
+        result = await backfill(sf, store, Reconciler(store, MAPPINGS), MAPPINGS, ["Lead"])
+        assert "WHERE SystemModstamp >= 2024-05-01T10:00:00Z ORDER BY" in sf.queries[0]
+        assert result.records == 3
+        assert await store.db.people.count_documents({"crm.id": "00Q000"}) == 0
+        assert await store.load_state("watermark:Lead") == {"ts": "2024-05-01T10:00:01Z", "last_id": "00Q003"}
+
+    async def test_the_watermark_stays_below_the_current_second(self, store: Store) -> None:
+        """Records of the second the pass began are imported, but the watermark stays before them."""
+        sf = FakeSalesforce(org(leads=6, contacts=0))  # seconds 0, 0, 1, 1, 2, 2
+        signpost = T0 + timedelta(seconds=2, milliseconds=400)
+        result = await backfill(sf, store, Reconciler(store, MAPPINGS), MAPPINGS, ["Lead"],
+                                clock=lambda: signpost)
+        assert result.records == 6
+        assert await store.load_state("watermark:Lead") == {"ts": "2024-05-01T10:00:01Z", "last_id": "00Q003"}
 
     async def test_failed_records_are_logged_and_the_rest_lands(self, store: Store) -> None:
         """A bad record in a page is a failed log; the page's other records are imported."""
@@ -90,6 +119,46 @@ class TestBackfill:
         assert await store.db.people.count_documents({}) == 2
         [failed] = (await store.find_sync_logs(status="failed"))[0]
         assert failed["sf_id"] == "00Q001" and failed["job"]["kind"] == "inbound"
+
+
+class TestPrefetch:
+    async def test_the_next_page_is_fetched_while_this_one_is_worked_on(self) -> None:
+        """One page ahead: page n+1 is requested before the work on page n ends, never n+2."""
+        events: list[str] = []
+
+        async def pages() -> AsyncIterator[int]:
+            for n in range(3):
+                events.append(f"fetch {n}")
+                await asyncio.sleep(0)
+                yield n
+
+        async with contextlib.aclosing(prefetched(pages())) as ahead:
+            async for n in ahead:
+                events.append(f"work {n} starts")
+                await asyncio.sleep(0.01)
+                events.append(f"work {n} ends")
+        assert events == ["fetch 0", "work 0 starts", "fetch 1", "work 0 ends",
+                          "work 1 starts", "fetch 2", "work 1 ends", "work 2 starts", "work 2 ends"]
+
+    async def test_an_abandoned_read_cancels_the_pending_fetch(self) -> None:
+        """Closing the reader mid-way stops the fetch in flight and closes the source."""
+        closed: list[str] = []
+
+        async def pages() -> AsyncIterator[int]:
+            try:
+                yield 0
+                await asyncio.sleep(3600)
+                yield 1
+            finally:
+                closed.append("source")
+
+        started = datetime.now()
+        with pytest.raises(RuntimeError):
+            async with contextlib.aclosing(prefetched(pages())) as ahead:
+                async for _ in ahead:
+                    await asyncio.sleep(0)
+                    raise RuntimeError("apply failed")
+        assert closed == ["source"] and datetime.now() - started < timedelta(seconds=5)
 
 
 class TestRemerge:

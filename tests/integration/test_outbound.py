@@ -281,6 +281,49 @@ class TestFlushTiming:
         await rig.outbox.enqueue([lead_update(i) for i in range(200)])
         assert await rig.flusher.tick() is True
 
+    async def test_a_burst_of_1000_edits_costs_five_full_calls(self, rig: Rig) -> None:
+        """1,000 edits to 1,000 records go out as 5 calls of 200, no partial batch in between."""
+        for start in range(0, 1000, 123):  # arriving in uneven slices, ticked in between
+            await rig.outbox.enqueue([lead_update(i) for i in range(start, min(start + 123, 1000))])
+            await rig.flusher.tick()
+            rig.clock.advance(0.25)
+        rig.clock.advance(2)
+        await rig.flusher.tick()
+        assert [len(c.records) for c in rig.sf.calls] == [200] * 5
+        assert await rig.outbox.depth() == 0
+
+    async def test_the_partial_batch_waits_for_its_own_oldest_write(self, rig: Rig) -> None:
+        """After a full batch the remainder goes only once its own oldest write waited max_wait."""
+        await rig.outbox.enqueue([lead_update(i) for i in range(150)])
+        rig.clock.advance(1.5)
+        await rig.outbox.enqueue([lead_update(i) for i in range(150, 246)])
+        assert await rig.flusher.tick() is True
+        assert [len(c.records) for c in rig.sf.calls] == [200]
+        rig.clock.advance(1)  # the first write would have waited 2.5 s; the remainder's 1 s
+        assert await rig.flusher.tick() is False
+        rig.clock.advance(1)
+        assert await rig.flusher.tick() is True
+        assert [len(c.records) for c in rig.sf.calls] == [200, 46]
+
+    async def test_polling_sends_full_batches_and_carries_the_rest(self, store: Store) -> None:
+        """Edits straddling an interval boundary (609 + 391) cost 5 calls, not 6."""
+        clock, sf = Clock(), FakeSalesforce()
+        outbox = Outbox(store.outbox, clock=clock)
+        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(mode="polling"), client_name="x",
+                                  policy=FlushPolicy(poll_interval=timedelta(seconds=10)), clock=clock)
+        await outbox.enqueue([lead_update(i) for i in range(600)])
+        clock.advance(9.5)
+        await outbox.enqueue([lead_update(i) for i in range(600, 609)])
+        clock.advance(0.5)
+        assert await flusher.tick() is True
+        assert [len(c.records) for c in sf.calls] == [200, 200, 200]
+        await outbox.enqueue([lead_update(i) for i in range(609, 1000)])
+        clock.advance(5)
+        assert await flusher.tick() is False  # not this interval's turn
+        clock.advance(5)
+        assert await flusher.tick() is True
+        assert [len(c.records) for c in sf.calls] == [200] * 5 and await outbox.depth() == 0
+
     async def test_polling_mode_flushes_once_per_interval(self, store: Store) -> None:
         """With the budget low, writes go out once per polling interval."""
         clock, sf = Clock(), FakeSalesforce()

@@ -104,7 +104,7 @@ class TestSameSecond:
         poller = rig.poller()
         await poller.run_once()
         assert [c.sf_id for c in rig.sink.applied] == [first]
-        assert await poller.watermark("Lead") == Watermark(BASE + timedelta(seconds=10), frozenset({first}))
+        assert await poller.watermark("Lead") == Watermark(BASE + timedelta(seconds=10), first)
 
         [second] = await rig.org.seed("Lead", [lead("Second", 10)])  # same second as the watermark
         rig.sink.applied.clear()
@@ -149,10 +149,39 @@ class TestSignpost:
         assert [c.sf_id for c in rig.sink.applied] == [at, after]
 
     async def test_watermark_is_stored_in_the_backfill_shape(self, rig: Rig) -> None:
-        """`watermark:<Object>` is {"ts": SOQL literal, "ids": [...]}, as the backfill writes it."""
+        """`watermark:<Object>` is {"ts": SOQL literal, "last_id": Id}, as the backfill writes it."""
         [sf_id] = await rig.org.seed("Lead", [lead("Shape", 42)])
         await rig.poller().run_once()
-        assert await rig.store.load_state(watermark_key("Lead")) == {"ts": stamp(42), "ids": [sf_id]}
+        assert await rig.store.load_state(watermark_key("Lead")) == {"ts": stamp(42), "last_id": sf_id}
+
+
+class TestKeyset:
+    async def test_a_crowded_second_is_read_once_in_pages(self, rig: Rig) -> None:
+        """2,500 records of one second: each polled once over two pages; the watermark is one id."""
+        ids = await rig.org.seed("Lead", [lead(f"Bulk{i}", 20) for i in range(2500)])
+        counted = CountingSink()
+        poller = Poller(rig.sf, rig.store, counted, MAPPINGS, ["Lead"], clock=lambda: rig.now[0])
+        assert (await poller.run_once()).records == {"Lead": 2500}
+        assert await rig.store.load_state(watermark_key("Lead")) == {"ts": stamp(20), "last_id": max(ids)}
+        assert (await poller.run_once()).records == {"Lead": 0}
+        assert counted.changes == 2500
+
+    async def test_an_old_ids_watermark_loses_nothing(self, rig: Rig) -> None:
+        """A stored `{"ts", "ids"}` watermark re-reads its second and skips exactly its ids."""
+        first, second, third = sorted(await rig.org.seed("Lead", [lead(f"Old{i}", 30) for i in range(3)]))
+        await rig.store.save_state(watermark_key("Lead"), {"ts": stamp(30), "ids": [first, third]})
+        poller = rig.poller()
+        await poller.run_once()
+        assert [c.sf_id for c in rig.sink.applied] == [second]
+        assert await rig.store.load_state(watermark_key("Lead")) == {"ts": stamp(30), "last_id": third}
+
+    async def test_the_query_is_keyset_on_modstamp_and_id(self, rig: Rig) -> None:
+        """The emulator answers the keyset query, records after (ts, last_id) only, in order."""
+        ids = sorted(await rig.org.seed("Lead", [lead(f"K{i}", 40) for i in range(4)]))
+        [later] = await rig.org.seed("Lead", [lead("Later", 41)])
+        await rig.store.save_state(watermark_key("Lead"), {"ts": stamp(40), "last_id": ids[1]})
+        await rig.poller().run_once()
+        assert [c.sf_id for c in rig.sink.applied] == [ids[2], ids[3], later]
 
 
 class TestCost:

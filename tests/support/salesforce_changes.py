@@ -64,7 +64,9 @@ _SELECT = re.compile(r"SELECT (?P<fields>.+?) FROM (?P<object>\w+)(?: WHERE (?P<
 
 class FakeSalesforce:
     """An in-memory org answering the small SOQL subset the reconciler sends: `Id IN (...)`,
-    `SystemModstamp >= <ts>`, `ORDER BY SystemModstamp, Id`, in pages of `page_size`."""
+    `SystemModstamp >= <ts>` or the keyset `(SystemModstamp > <ts> OR (SystemModstamp = <ts> AND
+    Id > '<id>'))`, `AND SystemModstamp < <signpost>`, `ORDER BY SystemModstamp, Id`, in pages
+    of `page_size`."""
 
     instance_url = "https://fake.my.salesforce.com"
 
@@ -97,14 +99,27 @@ class FakeSalesforce:
         raise NotImplementedError
 
 
+_KEYSET = re.compile(r"\(SystemModstamp > (\S+) OR \(SystemModstamp = (\S+) AND Id > '([^']*)'\)\)")
+
+
 def _where(record: dict[str, Any], where: str | None) -> bool:
+    """`Id IN (...)`, or the watermark's keyset / `>=` condition, then an optional signpost."""
     if not where:
         return True
     if where.startswith("Id IN"):
         return f"'{record['Id']}'" in where
-    stamp = re.fullmatch(r"SystemModstamp >= (\S+)", where)
+    at = _ts(record["SystemModstamp"])
+    condition, _, signpost = where.partition("SystemModstamp < ")
+    if signpost and not at < _ts(signpost):
+        return False
+    condition = condition.removesuffix(" AND ").strip()
+    if not condition:
+        return True
+    if keyset := _KEYSET.fullmatch(condition):
+        return at > _ts(keyset[1]) or (at == _ts(keyset[2]) and record["Id"] > keyset[3])
+    stamp = re.fullmatch(r"SystemModstamp >= (\S+)", condition)
     assert stamp, where
-    return _ts(record["SystemModstamp"]) >= _ts(stamp[1])
+    return at >= _ts(stamp[1])
 
 
 def _ts(value: str) -> datetime:

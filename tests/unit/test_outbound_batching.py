@@ -16,6 +16,7 @@ from reconciler.outbound import (
     FlushPolicy,
     backoff_delay,
     build_records,
+    due_calls,
     is_retriable,
     plan_calls,
     sf_value,
@@ -24,7 +25,7 @@ from reconciler.ports import OutboundWrite, RecordError, RecordResult
 from reconciler.retry import AutoRetryScheduler
 from reconciler.store._outbox import OutboxEntry, OutboxGroup
 from reconciler.store._watch import LocalChange
-from settings import parse_mappings
+from settings import SyncSettings, parse_mappings
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 S = timedelta(seconds=1)
@@ -34,23 +35,46 @@ class TestFlushPolicy:
     @pytest.mark.parametrize(
         ("mode", "pending", "oldest_wait", "since_last", "expected"),
         [
-            ("streaming", 0, 10 * S, 10 * S, False),       # nothing to send
-            ("streaming", 1, 1 * S, 1 * S, False),         # a burst may still be coming
-            ("streaming", 1, 2 * S, 0 * S, True),          # the oldest waited max_wait
-            ("streaming", 199, 0 * S, 0 * S, False),
-            ("streaming", 200, 0 * S, 0 * S, True),        # a full batch goes at once
-            ("starting", 5, 3 * S, 0 * S, True),           # starting behaves like streaming
-            ("polling", 500, 60 * S, 9 * 60 * S, False),   # low budget: once per interval
-            ("polling", 1, 0 * S, 10 * 60 * S, True),
-            ("paused", 500, 3600 * S, 3600 * S, False),    # below the reserve: never
+            ("streaming", 0, 10 * S, 10 * S, []),                # nothing to send
+            ("streaming", 1, 1 * S, 1 * S, []),                  # a burst may still be coming
+            ("streaming", 1, 2 * S, 0 * S, [1]),                 # the oldest waited max_wait
+            ("streaming", 199, 0 * S, 0 * S, []),
+            ("streaming", 200, 0 * S, 0 * S, [200]),             # a full batch goes at once
+            ("streaming", 246, 0 * S, 0 * S, [200]),             # ...without the partial behind it
+            ("streaming", 450, 9 * S, 0 * S, [200, 200]),        # the rest is judged by its own oldest
+            ("starting", 5, 3 * S, 0 * S, [5]),                  # starting behaves like streaming
+            ("polling", 500, 60 * S, 9 * 60 * S, []),            # low budget: once per interval
+            ("polling", 609, 1 * S, 10 * 60 * S, [200, 200, 200]),  # full batches at the interval
+            ("polling", 9, 1 * S, 10 * 60 * S, []),              # the remainder waits an interval
+            ("polling", 9, 10 * 60 * S, 10 * 60 * S, [9]),
+            ("paused", 500, 3600 * S, 3600 * S, []),             # below the reserve: never
         ],
     )
-    def test_flush_decision(self, mode: str, pending: int, oldest_wait: timedelta,
-                            since_last: timedelta, expected: bool) -> None:
-        """Streaming: 200 pending or the oldest waited 2 s; polling: once per interval."""
+    def test_calls_due_for_one_group(self, mode: str, pending: int, oldest_wait: timedelta,
+                                     since_last: timedelta, expected: list[int]) -> None:
+        """Full batches of 200; a partial one once its oldest waited 2 s (polling: an interval)."""
         policy = FlushPolicy(max_wait=2 * S, poll_interval=timedelta(minutes=10))
+        assert policy.sizes_due(mode=mode, pending=pending, oldest_wait=oldest_wait,
+                                since_last_flush=since_last) == expected
         assert policy.should_flush(mode=mode, pending=pending, oldest_wait=oldest_wait,
-                                   since_last_flush=since_last) is expected
+                                   since_last_flush=since_last) is bool(expected)
+
+    @pytest.mark.parametrize(
+        ("batch_size", "minutes", "expected"),
+        [(500, 10, FlushPolicy(200, 2 * S, timedelta(minutes=10))),   # capped at sObject Collections' 200
+         (50, 1, FlushPolicy(50, 2 * S, timedelta(minutes=1)))],
+    )
+    def test_from_settings(self, batch_size: int, minutes: int, expected: FlushPolicy) -> None:
+        """The batch size (at most 200) and the polling interval come from the sync settings."""
+        sync = SyncSettings(batch_size=batch_size, frequency_minutes=minutes)
+        assert FlushPolicy.from_settings(sync) == expected
+
+    def test_due_calls_per_object_and_kind(self) -> None:
+        """Each group is judged alone, in the outbox's oldest-first order."""
+        groups = [OutboxGroup("Lead", "update", 230, T0), OutboxGroup("Lead", "create", 3, T0 + 5 * S),
+                  OutboxGroup("Account", "update", 2, T0 + 9 * S)]
+        calls = due_calls(groups, FlushPolicy(), mode="streaming", now=T0 + 10 * S, since_last_flush=0 * S)
+        assert calls == [("Lead", "update", 200), ("Lead", "create", 3)]
 
 
 class TestPlanCalls:
