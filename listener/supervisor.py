@@ -34,6 +34,7 @@ from listener.admin import AdminServer, create_admin_app, start_admin
 from listener.budget import BudgetGovernor, Mode
 from listener.metrics import METRICS
 from listener.poller import Poller, watermark_key
+from listener.progress import Progress
 from listener.salesforce import SalesforceClient
 from listener.stream import CdcStream
 from reconciler.backfill import backfill
@@ -166,7 +167,12 @@ class Service:
         marks = [await store.load_state(watermark_key(o)) for o in objects]
         if not any(marks):
             log.info("backfill_starting", objects=objects)
-            await backfill(sf, store, reconciler, self.mappings, objects)
+            # A bar on a terminal, periodic `progress` log events otherwise.
+            with Progress("backfill") as progress:
+                async def on_page(sobject: str, page: int, records: int) -> None:
+                    progress.advance(records)
+
+                await backfill(sf, store, reconciler, self.mappings, objects, page_hook=on_page)
         # Remerge keeps the applied mappings (hash + content) in sync_state itself, and leaves the
         # hash unsaved when the budget stops it, so the next start finishes the job.
         await remerge(sf, store, reconciler, self.mappings, objects)

@@ -42,7 +42,7 @@ log = structlog.get_logger(__name__)
 OBJECT_ORDER = ("Account", "Lead", "Contact")
 IDS_PER_QUERY = 200  # keeps `WHERE Id IN (...)` well under the SOQL length limit
 
-PageHook = Callable[[str, int], Awaitable[None]]
+PageHook = Callable[[str, int, int], Awaitable[None]]  # (sobject, page number, records applied)
 Clock = Callable[[], datetime]
 T = TypeVar("T")
 
@@ -110,7 +110,7 @@ async def _backfill_object(
             log.info("backfill_page_applied", sobject=sobject, page=page_number, records=len(changes),
                      failed=batch.failed)
             if page_hook is not None:
-                await page_hook(sobject, page_number)
+                await page_hook(sobject, page_number, len(changes))
 
 
 async def prefetched(pages: AsyncIterator[T]) -> AsyncGenerator[T, None]:

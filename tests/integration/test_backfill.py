@@ -55,7 +55,7 @@ class TestBackfill:
         sf = FakeSalesforce(org(), page_size=2)
         reconciler = Reconciler(store, MAPPINGS)
 
-        async def stop_after_first_lead_page(sobject: str, page: int) -> None:
+        async def stop_after_first_lead_page(sobject: str, page: int, records: int) -> None:
             if sobject == "Lead":
                 raise RuntimeError("crash")
 
@@ -79,7 +79,7 @@ class TestBackfill:
         sf = FakeSalesforce(records, page_size=3)
         reconciler = Reconciler(store, MAPPINGS)
 
-        async def crash_after_first_page(sobject: str, page: int) -> None:
+        async def crash_after_first_page(sobject: str, page: int, records: int) -> None:
             raise RuntimeError("crash")
 
         with pytest.raises(RuntimeError):
