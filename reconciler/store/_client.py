@@ -91,9 +91,9 @@ class Connection:
                                sparse=True),
                     IndexModel([(match_field, ASCENDING)], name=f"{match_field}_ci",
                                collation=CASE_INSENSITIVE),
-                    # The watcher's `updated_at` polling fallback pages on (updated_at, _id); one
-                    # index serves it (a separate `updated_at` index only cost every write).
-                    IndexModel([("updated_at", ASCENDING), ("_id", ASCENDING)], name="updated_at_id"),
+                    # No `updated_at` index here: every write changes `updated_at`, so the index
+                    # costs each write; the watcher creates (updated_at, _id) only when it falls
+                    # back to polling (no change streams).
                 ])
             await self._ensure_ttl(ttl)
             await self.db.sync_logs.create_indexes([
