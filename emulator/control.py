@@ -46,11 +46,14 @@ class Fault:
     status: int | None
     remaining: int
     latency_ms: int = 0
+    apply_then_drop: bool = False
 
 
 class Faults:
     """Injected failures: the next `count` calls whose path starts with `path_prefix` answer
-    `status` (after `latency_ms`), or are only delayed when no status is given."""
+    `status` (after `latency_ms`), or are only delayed when no status is given. With
+    `apply_then_drop` the call is served (a write is applied), then after `latency_ms` the
+    connection is closed without an answer: a response lost on the way back."""
 
     def __init__(self) -> None:
         self.active: list[Fault] = []
@@ -115,6 +118,8 @@ async def traffic_middleware(request: web.Request, handler: Handler) -> web.Stre
     }
     state.requests.entries.append(entry)
     fault = state.faults.take(request.path)
+    if fault is not None and fault.apply_then_drop:
+        return await _apply_then_drop(request, handler, fault, entry)
     if fault is not None and fault.latency_ms:
         await asyncio.sleep(fault.latency_ms / 1000)
     if fault is not None and fault.status is not None:
@@ -125,6 +130,18 @@ async def traffic_middleware(request: web.Request, handler: Handler) -> web.Stre
     else:
         response = await handler(request)
     entry["status"] = response.status
+    return response
+
+
+async def _apply_then_drop(
+    request: web.Request, handler: Handler, fault: Fault, entry: dict[str, Any]
+) -> web.StreamResponse:
+    response = await handler(request)
+    entry["status"] = response.status
+    await asyncio.sleep(fault.latency_ms / 1000)
+    log.info("fault_injected", path=request.path, status=response.status, dropped=True)
+    if request.transport is not None:
+        request.transport.abort()  # the client sees the connection reset, never the answer
     return response
 
 
@@ -296,6 +313,7 @@ async def add_fault(request: web.Request) -> web.Response:
         int(status) if status is not None else None,
         int(body.get("count", 1)),
         int(body.get("latency_ms", 0)),
+        bool(body.get("apply_then_drop", False)),
     )
     _state(request).faults.add(fault)
     return web.json_response({"faults": len(_state(request).faults.active)})

@@ -73,12 +73,14 @@ class Service:
         self.source: str | None = None
         self._state_cache: dict[str, dict[str, Any]] = {}
         self._outbox_depth = 0
-        self._mongo_ok = False
+        self.mongo_ok = False
         self._salesforce_ok = False
         self._not_ready = "starting"
         self._observed: ObservedSink | None = None
         self._flusher: Any = None
         self.jobs: Jobs | None = None
+        self._instance_url: str | None = None
+        self.last_error: str | None = None
 
     # -- admin surface -----------------------------------------------------------------------
 
@@ -97,6 +99,7 @@ class Service:
             "watermarks": {k.removeprefix("watermark:"): v.get("ts") for k, v in self._state_cache.items()
                            if k.startswith("watermark:")},
             "queue_depth": {"inbound": stream.get("queue_depth", 0), "outbox": self._outbox_depth},
+            "instance_url": self._instance_url,
             "last_event_at": self._observed.last_event_at.isoformat()
             if self._observed and self._observed.last_event_at else None,
         }
@@ -104,7 +107,7 @@ class Service:
     def ready(self) -> tuple[bool, str]:
         if self._not_ready:
             return False, self._not_ready
-        if not self._mongo_ok:
+        if not self.mongo_ok:
             return False, "mongodb unreachable"
         if not self._salesforce_ok:
             return False, "salesforce unreachable"
@@ -123,10 +126,13 @@ class Service:
         self.store = store
         background: list[asyncio.Task[Any]] = []
         try:
+            self._not_ready = "connecting to MongoDB"
             await store.ensure_indexes()
-            self._mongo_ok = True
+            self.mongo_ok = True
+            self._not_ready = "connecting to Salesforce"
             async with SalesforceClient(settings.salesforce, on_usage=self.governor.record_usage) as sf:
                 await self.governor.check(sf.limits)
+                self._instance_url = sf.instance_url
                 objects = settings.sync.objects
                 check_mappings(self.mappings, objects, {o: await sf.describe(o) for o in objects})
                 self._salesforce_ok = self.governor.status()["max"] is not None
@@ -280,9 +286,9 @@ class Service:
                 self._outbox_depth = await self.store.outbox.depth()
                 METRICS.set("sfsync_queue_depth", self._outbox_depth, queue="outbox")
                 self._publish_outbound_metrics()
-                self._mongo_ok = True
+                self.mongo_ok = True
             except RetriableError as exc:
-                self._mongo_ok = False
+                self.mongo_ok = False
                 log.warning("status_refresh_failed", error=str(exc))
             self._salesforce_ok = self.governor.status()["max"] is not None
             with contextlib.suppress(TimeoutError):
@@ -335,30 +341,95 @@ class ObservedSink:
 async def run_service(settings: Settings, mappings: Mappings, stop: asyncio.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (or `stop`); 0 on a clean stop, 1 on a fatal error.
 
-    A transient failure that ends the service (MongoDB or Salesforce unreachable at start-up)
-    restarts it after a backoff with jitter instead of exiting: the container stays up and
-    `/readyz` says why it is not ready.
+    The admin surface starts first and outlives restarts, so `/healthz` answers and `/readyz`
+    says why while MongoDB or Salesforce is unreachable. A transient failure that ends the
+    service restarts it after a backoff with jitter instead of exiting the container.
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    slot = ServiceSlot()
+    admin = await _start_slot_admin(settings, slot)
     try:
         attempt = 0
         while True:
-            outcome = await _run_once(Service(settings, mappings), stop)
+            service = Service(settings, mappings, admin=False)
+            slot.current = service
+            outcome = await _run_once(service, stop)
             if outcome is not None:
                 return outcome
             attempt += 1
             delay = min(60.0, 1.0 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2)
+            slot.waiting = f"restarting in {delay:.0f} s after: {service.last_error or 'a transient failure'}"
             log.warning("service_restarting", attempt=attempt, delay_seconds=round(delay, 1))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             if stop.is_set():
                 return 0
     finally:
+        await admin.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def _start_slot_admin(settings: Settings, slot: ServiceSlot) -> AdminServer:
+    admin = settings.admin
+    app = create_admin_app(status=slot, store=slot, jobs=slot,
+                           token=admin.token.get_secret_value() if admin.token else None,
+                           instance_url=settings.salesforce.login_url)
+    return await start_admin(app, admin.host, admin.port)
+
+
+class ServiceSlot:
+    """The admin surface's view of whichever `Service` currently runs (restarts replace it)."""
+
+    def __init__(self) -> None:
+        self.current: Service | None = None
+        self.waiting: str | None = None
+
+    def status(self) -> dict[str, Any]:
+        if self.current is None:
+            return {"mode": "starting"}
+        return self.current.status()
+
+    def ready(self) -> tuple[bool, str]:
+        if self.current is None:
+            return False, "starting"
+        ready, reason = self.current.ready()
+        if ready:
+            self.waiting = None
+        elif self.waiting:
+            reason = f"{reason} ({self.waiting})"
+        return ready, reason
+
+    def _store(self) -> Store:
+        if self.current is None or self.current.store is None or not self.current.mongo_ok:
+            raise RetriableError("the service is starting: MongoDB is not connected yet")
+        return self.current.store
+
+    def _jobs(self) -> Any:
+        if self.current is None or self.current.jobs is None:
+            raise RetriableError("the service is starting: retry and import are not available yet")
+        return runner_for(self.current, self._store())
+
+    async def find_sync_logs(self, **filters: Any) -> tuple[list[dict[str, Any]], str | None]:
+        return await self._store().find_sync_logs(**filters)
+
+    async def get_sync_log(self, log_id: str) -> dict[str, Any] | None:
+        return await self._store().get_sync_log(log_id)
+
+    async def retry(self, log_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._jobs().retry(log_id)
+        return result
+
+    async def retry_failed(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._jobs().retry_failed()
+        return result
+
+    async def import_record(self, sf_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._jobs().import_record(sf_id)
+        return result
 
 
 async def _run_once(service: Service, stop: asyncio.Event) -> int | None:
@@ -382,6 +453,7 @@ async def _run_once(service: Service, stop: asyncio.Event) -> int | None:
     except RetriableError as exc:
         if stop.is_set():
             return 0
+        service.last_error = str(exc)
         log.warning("service_interrupted", error=str(exc), error_type=type(exc).__name__)
         return None
     finally:

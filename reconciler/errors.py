@@ -2,7 +2,8 @@
 
     SyncError
     ├── RetriableError            back off and try again (network, 5xx, lock, MongoDB unavailable)
-    │   └── SessionExpiredError   re-authenticate once, then retry
+    │   ├── SessionExpiredError   re-authenticate once, then retry
+    │   └── OutcomeUnknownError   a create's response was lost: find what it made before re-sending
     ├── FatalError                stop and report (bad credentials, misconfiguration)
     ├── SkippableError            record a `failed` sync log for this record and go on
     │   └── RecordRejectedError   Salesforce refused one record (status code + message)
@@ -26,6 +27,12 @@ class RetriableError(SyncError):
 
 class SessionExpiredError(RetriableError):
     """The Salesforce session is no longer valid (`INVALID_SESSION_ID`): re-authenticate."""
+
+
+class OutcomeUnknownError(RetriableError):
+    """A non-idempotent call (a create) may or may not have been applied: its response was lost
+    (timeout, connection dropped after sending, 5xx that proves nothing). Never retried blindly:
+    the caller looks for the records it may have created before sending the rest again."""
 
 
 class FatalError(SyncError):

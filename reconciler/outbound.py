@@ -28,12 +28,19 @@ from typing import Any, Protocol
 
 import structlog
 
-from reconciler.errors import BudgetExhaustedError, FatalError, RetriableError, SkippableError
+from reconciler.errors import (
+    BudgetExhaustedError,
+    FatalError,
+    OutcomeUnknownError,
+    RetriableError,
+    SkippableError,
+)
 from reconciler.outbox import Clock, Outbox, utcnow
 from reconciler.ports import Budget, RecordResult, SalesforceApi
-from reconciler.records import is_blank
+from reconciler.records import format_sf_datetime, is_blank, normalise_domain, normalise_email
 from reconciler.store._outbox import CREATE, OutboxEntry, OutboxGroup
 from reconciler.sync_logs import SyncLog
+from reconciler.watermark import soql_string
 from settings import SyncSettings
 
 log = structlog.get_logger(__name__)
@@ -44,6 +51,10 @@ RETRIABLE_CODES = frozenset({
     "UNABLE_TO_LOCK_ROW", "REQUEST_RUNNING_TOO_LONG", "SERVER_UNAVAILABLE", "QUERY_TIMEOUT",
     "ALL_OR_NONE_OPERATION_ROLLED_BACK", "TOO_MANY_ENQUEUED_JOBS",
 })
+
+# Clock skew between this host and Salesforce when comparing CreatedDate with enqueue times.
+RECOVERY_MARGIN = timedelta(minutes=2)
+RECOVERED = "response lost; the record Salesforce created was found and linked"
 
 
 class FlushStore(Protocol):
@@ -144,6 +155,56 @@ def sf_value(value: Any) -> Any:
     return value
 
 
+def match_key(sobject: str, record: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(Salesforce field, normalised value) that finds a created record again, if it has one."""
+    if sobject in ("Lead", "Contact"):
+        email = normalise_email(record.get("Email"))
+        return ("Email", email) if email else None
+    if sobject == "Account":
+        domain = normalise_domain(record.get("Website"))
+        if domain:
+            return "Website", domain
+        name = record.get("Name")
+        return ("Name", name.strip().casefold()) if isinstance(name, str) and name.strip() else None
+    return None
+
+
+def recovery_query(sobject: str, records: Sequence[Mapping[str, Any]], since: datetime) -> str | None:
+    """One SOQL query for records of `sobject` created since `since` with the records' keys."""
+    values: dict[str, set[str]] = {}
+    for record in records:
+        key = match_key(sobject, record)
+        if key is not None:
+            values.setdefault(key[0], set()).add(str(record[key[0]]).strip())
+    if not values:
+        return None
+    selected = ["Id", *sorted({"Email"} if sobject != "Account" else {"Website", "Name"})]
+    found_by = " OR ".join(f"{name} IN ({', '.join(soql_string(v) for v in sorted(vals))})"
+                           for name, vals in sorted(values.items()))
+    return (f"SELECT {', '.join(selected)} FROM {sobject} WHERE ({found_by}) "
+            f"AND CreatedDate >= {format_sf_datetime(since)} ORDER BY CreatedDate, Id")
+
+
+def match_recovered(sobject: str, records: Sequence[Mapping[str, Any]],
+                    found: Sequence[Mapping[str, Any]]) -> dict[int, str]:
+    """Record position -> id of the Salesforce record it created; each found record used once."""
+    waiting: dict[tuple[str, str], list[int]] = {}
+    for index, record in enumerate(records):
+        key = match_key(sobject, record)
+        if key is not None:
+            waiting.setdefault(key, []).append(index)
+    matched: dict[int, str] = {}
+    for sf_record in found:
+        key = match_key(sobject, sf_record)
+        if sobject == "Account" and key is not None and key[0] == "Website":
+            # An Account sent by Name may come back with a Website someone else set since.
+            key = key if key in waiting else match_key(sobject, {"Name": sf_record.get("Name")})
+        queue = waiting.get(key) if key is not None else None
+        if queue and sf_record.get("Id"):
+            matched[queue.pop(0)] = str(sf_record["Id"])
+    return matched
+
+
 def backoff_delay(attempt: int, *, base: timedelta, cap: timedelta, rng: random.Random) -> timedelta:
     """Exponential backoff with jitter in [50 %, 100 %] of min(cap, base * 2**attempt)."""
     ceiling = min(cap.total_seconds(), base.total_seconds() * (2 ** min(attempt, 30)))
@@ -167,13 +228,15 @@ def _job(entry: OutboxEntry) -> dict[str, Any]:
 
 
 def _log(entry: OutboxEntry, kind: str, *, sf_id: str | None, record: Mapping[str, Any],
-         error: str | None = None, retriable: bool = False) -> SyncLog:
+         error: str | None = None, retriable: bool = False, note: str | None = None) -> SyncLog:
     fields = {name: {"old": None, "new": value} for name, value in record.items() if name != "Id"}
+    # SyncLog has no note field; a success log's `job` is never retried, so the note rides there.
+    job = _job(entry) if error else ({**_job(entry), "recovered": note} if note else None)
     return SyncLog(
         source="local", type="create" if kind == CREATE else "update",
         status="failed" if error else "success", object=entry.write.sobject, sf_id=sf_id,
         local_id=str(entry.write.local_id), collection=entry.write.collection, fields=fields,
-        error=error, job=_job(entry) if error else None, attempt=entry.write.attempt + 1,
+        error=error, job=job, attempt=entry.write.attempt + 1,
         retriable=retriable,
     )
 
@@ -268,6 +331,10 @@ class OutboundFlusher:
             records, skipped = build_records(entries, kind, writable)
             if skipped:
                 log.warning("outbound_fields_read_only", sobject=sobject, fields=sorted(skipped))
+            if kind == CREATE and any(e.write.attempt > 0 for e in entries):
+                entries, records = await self._recover_lost_creates(sobject, entries, records)
+                if not entries:
+                    return True
             call = self._sf.create if kind == CREATE else self._sf.update
             self.calls_made += 1
             results = await call(sobject, records)
@@ -278,7 +345,10 @@ class OutboundFlusher:
         except RetriableError as exc:
             delay = backoff_delay(max(e.write.attempt for e in entries), base=self._backoff_base,
                                   cap=self._backoff_cap, rng=self._rng)
-            log.warning("outbound_call_failed", sobject=sobject, kind=kind, writes=len(entries),
+            # A lost create's records are looked for before they are sent again (next attempt).
+            event = ("outbound_create_outcome_unknown" if isinstance(exc, OutcomeUnknownError)
+                     else "outbound_call_failed")
+            log.warning(event, sobject=sobject, kind=kind, writes=len(entries),
                         error=str(exc), retry_in_s=round(delay.total_seconds(), 1))
             await self._outbox.retry_later(entries, delay)
             return False
@@ -295,8 +365,35 @@ class OutboundFlusher:
         await self._finish(kind, entries, records, results)
         return True
 
+    async def _recover_lost_creates(
+        self, sobject: str, entries: list[OutboxEntry], records: list[dict[str, Any]]
+    ) -> tuple[list[OutboxEntry], list[dict[str, Any]]]:
+        """Link writes an earlier, lost call already created; return the writes still to send."""
+        retried = [i for i, e in enumerate(entries) if e.write.attempt > 0]
+        unverifiable = [i for i in retried if match_key(sobject, records[i]) is None]
+        if unverifiable:
+            log.warning("outbound_create_unverifiable", sobject=sobject,
+                        local_ids=[str(entries[i].write.local_id) for i in unverifiable])
+        keyed = [i for i in retried if i not in unverifiable]
+        since = min((entries[i].enqueued_at for i in keyed), default=self._clock()) - RECOVERY_MARGIN
+        soql = recovery_query(sobject, [records[i] for i in keyed], since)
+        if soql is None:
+            return entries, records
+        found = [r async for page in self._sf.query(soql) for r in page]
+        matched = match_recovered(sobject, [records[i] for i in keyed], found)
+        recovered = {keyed[position]: sf_id for position, sf_id in matched.items()}
+        log.info("outbound_creates_checked", sobject=sobject, checked=len(keyed),
+                 recovered=len(recovered))
+        if recovered:
+            order = sorted(recovered)
+            await self._finish(CREATE, [entries[i] for i in order], [records[i] for i in order],
+                               [RecordResult(True, recovered[i]) for i in order], note=RECOVERED)
+        rest = [i for i in range(len(entries)) if i not in recovered]
+        return [entries[i] for i in rest], [records[i] for i in rest]
+
     async def _finish(self, kind: str, entries: Sequence[OutboxEntry], records: Sequence[dict[str, Any]],
-                      results: Sequence[RecordResult], call_error: str | None = None) -> None:
+                      results: Sequence[RecordResult], call_error: str | None = None,
+                      note: str | None = None) -> None:
         """Log every record's outcome, link created records, then drop the writes."""
         logs: list[SyncLog] = []
         for entry, record, result in zip(entries, records, results, strict=True):
@@ -307,7 +404,7 @@ class OutboundFlusher:
                 self.records_failed += 1
                 continue
             sf_id = result.id or entry.write.sf_id
-            logs.append(_log(entry, kind, sf_id=sf_id, record=record))
+            logs.append(_log(entry, kind, sf_id=sf_id, record=record, note=note))
             self.records_sent += 1
             if kind == CREATE and sf_id:
                 logs.extend(await self._link(entry, sf_id))

@@ -61,7 +61,8 @@ async def _page(request: web.Request) -> web.Response:
     except BadParameter as exc:
         return html_response(render_message_page("Bad filter", f"{exc.parameter} {exc.reason}"), status=400)
     view = PageView(items=items, status=ctx.status.status(), filters=filters, next_cursor=next_cursor,
-                    instance_url=ctx.instance_url, notice=request.query.get("notice"))
+                    instance_url=ctx.status.status().get("instance_url") or ctx.instance_url,
+                    notice=request.query.get("notice"))
     return html_response(render_logs_page(view))
 
 

@@ -4,6 +4,12 @@ Every Salesforce HTTP call goes through `Transport.request` (or `map_aiohttp_err
 OAuth). Here, and only here, HTTP statuses, Salesforce `errorCode`s and aiohttp exceptions
 become the project's error tree; nothing above this module sees an aiohttp exception.
 Decisions use the status and the `errorCode`, never the message text.
+
+Creates are not idempotent: a POST whose outcome is unknown (its response was lost after the
+request went out, or a 5xx that does not prove Salesforce refused it) is never retried here; it
+raises `OutcomeUnknownError` so the caller can look for what the call created first. Failures
+that prove nothing was applied (no connection, 503/429/408, SERVER_UNAVAILABLE, a lock) are
+retried for every method, and so is everything for GET/PATCH/DELETE (idempotent).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from listener.salesforce.usage import ApiUsage, parse_limit_info
 from reconciler.errors import (
     BudgetExhaustedError,
     FatalError,
+    OutcomeUnknownError,
     RecordRejectedError,
     RetriableError,
     SessionExpiredError,
@@ -39,6 +46,10 @@ _FATAL_400_CODES = frozenset(
      "API_DISABLED_FOR_ORG", "API_CURRENTLY_DISABLED", "UNSUPPORTED_API_VERSION"}
 )
 _RETRIABLE_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "QUERY_TIMEOUT"})
+# Statuses by which the server says it did not process the request (unavailable, throttled,
+# request not read in time). A 500/502/504 proves nothing: a gateway may give up while the
+# org commits, and UNKNOWN_EXCEPTION says nothing about what was saved.
+_REFUSED_STATUSES = frozenset({408, 429, 503})
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,43 @@ class Action(Enum):
     BUDGET = "budget"
     FATAL = "fatal"
     SKIP = "skip"
+
+
+class Failure(Enum):
+    """How a call failed, as far as "was anything applied?" goes."""
+
+    NOT_SENT = "not_sent"            # no connection was made: Salesforce never saw the request
+    REFUSED = "refused"              # Salesforce answered that it did not process it
+    RESPONSE_LOST = "response_lost"  # timeout or connection dropped after the request went out
+    SERVER_ERROR = "server_error"    # a 5xx that does not say whether anything was saved
+
+
+def is_idempotent(method: str) -> bool:
+    """Sending the call twice does no more than sending it once (every method we use but POST)."""
+    return method.upper() != "POST"
+
+
+def may_retry(method: str, failure: Failure) -> bool:
+    """Retry automatically? Always when nothing was applied; otherwise only idempotent calls."""
+    return failure in (Failure.NOT_SENT, Failure.REFUSED) or is_idempotent(method)
+
+
+def network_failure(exc: BaseException) -> Failure:
+    """An aiohttp/asyncio exception of a call -> whether the request may have reached Salesforce.
+
+    Only a failed connect proves the request never left; a timeout under the total deadline
+    may fire in any phase, so it counts as lost (the caller then checks, at the cost of a query).
+    """
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return Failure.NOT_SENT
+    return Failure.RESPONSE_LOST
+
+
+def response_failure(fault: ApiFault) -> Failure:
+    """A retriable error response -> refused (nothing applied) or a server error (unknown)."""
+    if fault.status in _REFUSED_STATUSES or fault.error_code in _RETRIABLE_CODES:
+        return Failure.REFUSED
+    return Failure.SERVER_ERROR
 
 
 @dataclass(frozen=True)
@@ -139,6 +187,15 @@ class TokenSource(Protocol):
         ...
 
 
+class _NetworkError(RetriableError):
+    """A call that got no response; `failure` says whether it may have reached Salesforce."""
+
+    def __init__(self, failure: Failure, reason: str) -> None:
+        super().__init__(reason)
+        self.failure = failure
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class _Response:
     status: int
@@ -183,8 +240,10 @@ class Transport:
             token, instance_url = await self._tokens.token()
             try:
                 response = await self._send(method, instance_url + path, token, params, body)
-            except RetriableError as exc:
-                retry_number = await self._back_off(retry_number, method, path, str(exc), exc)
+            except _NetworkError as exc:
+                if not may_retry(method, exc.failure):
+                    raise self._outcome_unknown(method, path, exc.reason) from exc
+                retry_number = await self._back_off(retry_number, method, path, exc.reason, exc)
                 continue
             fault = (
                 parse_fault(response.status, response.body, response.text)
@@ -202,6 +261,9 @@ class Transport:
                 await self._tokens.renew(token)
                 continue
             if action is Action.RETRY:
+                if not may_retry(method, response_failure(fault)):
+                    raise self._outcome_unknown(method, path,
+                                                f"{method} {path}: HTTP {fault.status} {fault}")
                 retry_number = await self._back_off(retry_number, method, path, str(fault), None)
                 continue
             raise _error_for(action, fault)
@@ -216,13 +278,23 @@ class Transport:
         }
         self.calls_made += 1
         METRICS.inc("sfsync_api_calls_total")
-        with map_aiohttp_errors(f"{method} {url.split('?')[0]}"):
+        what = f"{method} {url.split('?')[0]}"
+        try:
             async with self._session.request(
                 method, url, params=params, json=body, headers=headers
             ) as resp:
                 text = (await resp.read()).decode("utf-8", errors="replace")
                 self._report_usage(resp.headers.get("Sforce-Limit-Info"))
                 return _Response(resp.status, _json_or_none(text), text)
+        except TimeoutError as exc:
+            raise _NetworkError(network_failure(exc), f"{what}: timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise _NetworkError(network_failure(exc), f"{what}: {type(exc).__name__}") from exc
+
+    def _outcome_unknown(self, method: str, path: str, reason: str) -> OutcomeUnknownError:
+        log.warning("salesforce_outcome_unknown", method=method, path=path.split("?")[0],
+                    reason=reason)
+        return OutcomeUnknownError(f"{reason} (not retried: it may have been applied)")
 
     def _report_usage(self, header: str | None) -> None:
         usage = parse_limit_info(header)

@@ -18,7 +18,7 @@ import structlog
 from listener.salesforce._transport import RetryPolicy, Transport
 from listener.salesforce.auth import Authenticator
 from listener.salesforce.usage import ApiUsage
-from reconciler.errors import FatalError
+from reconciler.errors import FatalError, OutcomeUnknownError, RetriableError
 from reconciler.ports import RecordError, RecordResult
 from settings import SalesforceSettings
 
@@ -178,7 +178,12 @@ class SalesforceClient:
     # -- writes ------------------------------------------------------------------------------
 
     async def create(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
-        """POST composite/sobjects in chunks of 200; results by position (failed creates carry no id)."""
+        """POST composite/sobjects in chunks of 200; results by position (failed creates carry no id).
+
+        Never retried once it may have been applied: `OutcomeUnknownError` when a chunk's response
+        was lost, or when a later chunk fails after earlier ones created records (their ids would
+        be lost with the exception, so re-sending everything would duplicate them).
+        """
         return await self._collections("POST", sobject, records)
 
     async def update(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
@@ -205,7 +210,14 @@ class SalesforceClient:
                 "allOrNone": False,
                 "records": [{"attributes": {"type": sobject}, **r} for r in chunk],
             }
-            answer = await transport.request(method, f"{self._base}/composite/sobjects", body=body)
+            try:
+                answer = await transport.request(method, f"{self._base}/composite/sobjects", body=body)
+            except RetriableError as exc:
+                if method != "POST" or not results or isinstance(exc, OutcomeUnknownError):
+                    raise
+                raise OutcomeUnknownError(
+                    f"POST composite/sobjects {sobject}: {start} records created before: {exc}"
+                ) from exc
             if not isinstance(answer, list) or len(answer) != len(chunk):
                 raise FatalError(
                     f"{method} composite/sobjects {sobject}: expected {len(chunk)} results, "

@@ -46,10 +46,13 @@ def _daemon() -> str:
     return str(candidate) if candidate.exists() else "secantusd-py"
 
 
-def start_secantus(storage: Path | None = None, timeout: float = 20.0) -> SecantusServer:
-    """Start `secantusd-py` on a free loopback port and wait until it accepts connections."""
-    port = free_port()
+def start_secantus(storage: Path | None = None, timeout: float = 20.0, *, port: int | None = None
+                   ) -> SecantusServer:
+    """Start `secantusd-py` on a loopback port (a free one unless given) and wait until it accepts
+    connections."""
+    port = port or free_port()
     storage = storage or Path(tempfile.mkdtemp(prefix="secantus-"))
+    storage.parent.mkdir(parents=True, exist_ok=True)
     log = open(storage.parent / f"secantus-{port}.log", "wb")  # noqa: SIM115 - lives with the process
     process = subprocess.Popen(
         [_daemon(), "--host", "127.0.0.1", "--port", str(port),

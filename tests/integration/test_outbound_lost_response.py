@@ -1,0 +1,171 @@
+"""A create whose response is lost is applied once in Salesforce (the org emulator, real HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+from bson import ObjectId
+from pydantic import SecretStr
+from structlog.testing import capture_logs
+
+from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET
+from listener.salesforce import RetryPolicy, SalesforceClient
+from reconciler.errors import OutcomeUnknownError
+from reconciler.outbound import OutboundFlusher
+from reconciler.outbox import Outbox
+from reconciler.ports import OutboundWrite
+from reconciler.store import Store
+from settings import AuthFlow, SalesforceSettings
+from tests.support.emulator import RunningEmulator, running_emulator
+
+COLLECTIONS = "/services/data/v62.0/composite/sobjects"
+FAST = RetryPolicy(attempts=4, base=0.001, cap=0.005)
+BACKOFF = timedelta(milliseconds=20)
+
+
+@dataclass
+class Budget:
+    mode: str = "streaming"
+
+    def allows_optional_calls(self) -> bool:
+        return True
+
+
+@dataclass
+class Org:
+    emulator: RunningEmulator
+    client: SalesforceClient
+
+    async def fault(self, **fault: Any) -> None:
+        """Inject a fault through the emulator's control API."""
+        async with aiohttp.ClientSession() as session:
+            answer = await session.post(f"{self.emulator.base_url}/_emulator/faults", json=fault)
+            assert answer.status == 200
+
+    async def rows(self, soql: str) -> list[dict[str, Any]]:
+        return [r async for page in self.client.query(soql) for r in page]
+
+    def posts(self) -> int:
+        return sum(1 for r in self.emulator.state.requests.entries
+                   if r["method"] == "POST" and r["path"] == COLLECTIONS)
+
+
+@pytest.fixture
+async def org() -> AsyncIterator[Org]:
+    settings = SalesforceSettings(
+        login_url="http://127.0.0.1", auth_flow=AuthFlow.CLIENT_CREDENTIALS,
+        client_id=SAMPLE_CLIENT_ID, client_secret=SecretStr(SAMPLE_CLIENT_SECRET),
+    )
+    async with running_emulator() as em:
+        settings = settings.model_copy(update={"login_url": em.base_url})
+        # A short timeout: a lost response is noticed in half a second, not a minute.
+        async with SalesforceClient(settings, retry=FAST, timeout=0.5) as client:
+            yield Org(em, client)
+
+
+def flusher_for(store: Store, org: Org) -> tuple[Outbox, OutboundFlusher]:
+    outbox = Outbox(store.outbox)
+    flusher = OutboundFlusher(outbox, org.client, store, Budget(), client_name="salesforce-sync",
+                              backoff_base=BACKOFF, backoff_cap=BACKOFF)
+    return outbox, flusher
+
+
+async def new_person(store: Store, outbox: Outbox, **fields: Any) -> ObjectId:
+    local_id = ObjectId()
+    await store.db.people.insert_one({"_id": local_id, "last_name": fields["LastName"]})
+    await outbox.enqueue([OutboundWrite("Lead", None, "people", local_id, fields, "create")])
+    return local_id
+
+
+async def flush_until_empty(outbox: Outbox, flusher: OutboundFlusher) -> None:
+    for _ in range(20):
+        await flusher.flush()
+        if await outbox.depth() == 0:
+            return
+        await asyncio.sleep(BACKOFF.total_seconds())
+    raise AssertionError("the outbox did not drain")
+
+
+class TestTheClientNeverRetriesALostCreate:
+    async def test_a_create_whose_answer_is_dropped_is_sent_once(self, org: Org) -> None:
+        """Connection closed after the write was applied: OutcomeUnknownError, one POST, one Lead."""
+        await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True)
+        with pytest.raises(OutcomeUnknownError):
+            await org.client.create("Lead", [{"LastName": "Ng", "Company": "Acme", "Email": "ng@x.com"}])
+        assert org.posts() == 1
+        assert len(await org.rows("SELECT Id FROM Lead WHERE Email = 'ng@x.com'")) == 1
+
+    async def test_a_create_that_times_out_is_sent_once(self, org: Org) -> None:
+        """The org applies it but answers after the client timeout: not retried."""
+        await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True, latency_ms=1500)
+        with pytest.raises(OutcomeUnknownError, match="timed out"):
+            await org.client.create("Lead", [{"LastName": "Ng", "Company": "Acme", "Email": "ng@x.com"}])
+        assert org.posts() == 1
+
+    async def test_a_refused_create_is_retried(self, org: Org) -> None:
+        """503 SERVER_UNAVAILABLE proves nothing was applied: retried, one Lead."""
+        await org.fault(path_prefix=COLLECTIONS, count=2, status=503)
+        [result] = await org.client.create("Lead", [{"LastName": "Ng", "Company": "Acme"}])
+        assert result.success and org.posts() == 3
+
+    async def test_a_lost_update_is_retried(self, org: Org) -> None:
+        """PATCH is idempotent: a dropped answer is simply sent again."""
+        [created] = await org.client.create("Lead", [{"LastName": "Ng", "Company": "Acme"}])
+        assert created.id is not None
+        await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True)
+        [updated] = await org.client.update("Lead", [{"Id": created.id, "City": "Oslo"}])
+        assert updated.success
+
+
+class TestTheFlusherRecoversALostCreate:
+    async def test_the_lost_create_is_linked_not_duplicated(self, org: Org, store: Store) -> None:
+        """The Lead exists once in Salesforce and the Person is linked to it, logged as recovered."""
+        outbox, flusher = flusher_for(store, org)
+        local_id = await new_person(store, outbox, LastName="Ng", Company="Acme", Email="Ng@X.com")
+        await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True, latency_ms=1500)
+        await flush_until_empty(outbox, flusher)
+
+        leads = await org.rows("SELECT Id, Email FROM Lead WHERE Email = 'ng@x.com'")
+        assert len(leads) == 1 and org.posts() == 1
+        doc = await store.db.people.find_one({"_id": local_id})
+        assert doc["crm"] == {**doc["crm"], "object": "Lead", "id": leads[0]["Id"]}
+        logs, _ = await store.find_sync_logs(limit=10)
+        [created] = [entry for entry in logs if entry["type"] == "create"]
+        assert created["status"] == "success" and created["sf_id"] == leads[0]["Id"]
+        assert "found and linked" in created["job"]["recovered"]
+
+    async def test_only_the_writes_not_created_are_sent_again(self, org: Org, store: Store) -> None:
+        """A write created by an earlier call is linked; one the org never got is re-sent once."""
+        outbox, flusher = flusher_for(store, org)
+        await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True)
+        first = await new_person(store, outbox, LastName="Ng", Company="Acme", Email="ng@x.com")
+        await flusher.flush()  # created in Salesforce, answer lost
+        second = await new_person(store, outbox, LastName="Li", Company="Acme", Email="li@x.com")
+        await org.fault(path_prefix=COLLECTIONS, count=1, status=500)  # UNKNOWN_EXCEPTION: unknown
+        await flusher.flush()  # both unknown now; the org holds only Ng
+        await flush_until_empty(outbox, flusher)
+
+        leads = await org.rows("SELECT Id, Email FROM Lead ORDER BY Email")
+        assert [lead["Email"] for lead in leads] == ["li@x.com", "ng@x.com"]
+        linked = {d["_id"]: d["crm"]["id"] async for d in store.db.people.find({})}
+        assert linked == {second: leads[0]["Id"], first: leads[1]["Id"]}
+        sent = [r["body"]["records"] for r in org.emulator.state.requests.entries
+                if r["method"] == "POST" and r["path"] == COLLECTIONS and r["status"] == 200]
+        assert [[rec["Email"] for rec in call] for call in sent] == [["ng@x.com"], ["li@x.com"]]
+
+    async def test_a_write_without_email_is_resent_with_a_warning(self, org: Org, store: Store) -> None:
+        """No match key: it cannot be looked for, so it is sent again (the documented gap)."""
+        outbox, flusher = flusher_for(store, org)
+        await org.fault(path_prefix=COLLECTIONS, count=1, status=500)
+        local_id = await new_person(store, outbox, LastName="Ng", Company="Acme")
+        with capture_logs() as events:
+            await flush_until_empty(outbox, flusher)
+        [warning] = [e for e in events if e["event"] == "outbound_create_unverifiable"]
+        assert warning["local_ids"] == [str(local_id)]
+        assert len(await org.rows("SELECT Id FROM Lead")) == 1  # the 500 applied nothing here
