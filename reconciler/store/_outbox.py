@@ -170,7 +170,9 @@ class OutboxCollection:
             expired = await self._coll.find(
                 {"status": INFLIGHT, "lease_until": {"$lt": now}}, {"_id": 1, "lease": 1}).to_list(None)
         for doc in expired:
-            await self._to_pending(doc["_id"], doc["lease"], now, 0)
+            # Counted as an attempt: the dead process may have sent it, so a create is checked
+            # against Salesforce before it is sent again (see reconciler/outbound.py).
+            await self._to_pending(doc["_id"], doc["lease"], now, 1)
         return len(expired)
 
     async def rekey_created(self, collection: str, local_id: Any, sobject: str, sf_id: str) -> None:
