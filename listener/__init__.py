@@ -14,8 +14,9 @@ if TYPE_CHECKING:
     from listener.cli import main
     from listener.metrics import METRICS
     from listener.poller import Poller
+    from listener.process import run_service
     from listener.stream import CdcStream
-    from listener.supervisor import Service, run_service
+    from listener.supervisor import Service
 
 __all__ = ["METRICS", "BudgetGovernor", "CdcStream", "Mode", "Poller", "Service", "main", "run_service"]
 
@@ -27,7 +28,7 @@ _HOME = {
     "Poller": "listener.poller",
     "Service": "listener.supervisor",
     "main": "listener.cli",
-    "run_service": "listener.supervisor",
+    "run_service": "listener.process",
 }
 
 

@@ -103,7 +103,7 @@ def _load() -> tuple[Settings, Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from listener.logs import configure_logging, settings_secrets
-    from listener.supervisor import run_service
+    from listener.process import run_service
 
     settings, mappings = _load()
     configure_logging(settings.log.level, settings.log.format.value, secrets=settings_secrets(settings))

@@ -14,19 +14,32 @@ stops the running source (it finishes its batch and commits) before the next one
   poller already covered (`CdcStream.resume_after_poll`); without a usable replay id it
   subscribes with -1 and polls around the subscription.
 
+Replicas: several processes may run against one MongoDB. After connecting (store, Salesforce,
+admin HTTP) each one stands by until it holds the `sync` leader lease in `sync_state`
+(`reconciler.store._lease`); only the holder backfills, runs the source, the outbound flusher,
+the local-change watcher, auto-retry and the governor's `limits` checks. The holder renews every
+TTL/3 (SFSYNC_SYNC__LEASE_SECONDS); when it cannot renew for TTL/2, or finds the lease taken, it
+stops the term in order -- intake first, the batch in flight finished and its offsets committed,
+then the flusher and the rest, all within TTL/6 -- and stands by again. A clean shutdown releases
+the lease, so a standby takes over at its next try (within TTL/3); after a crash, within ~TTL.
+
+A standby is *ready* (`/readyz` 200): it is healthy, it serves the admin API (which reads
+MongoDB) and it is what makes a rolling update of several replicas possible -- were standbys
+503, Kubernetes would never count them available. `ready()` gives the reason
+`standby: another replica holds the sync lease (<owner>)`, and `/api/status` shows
+`lease: {owner, held, holder}`.
+
 Shutdown (SIGTERM/SIGINT via `run_service`): stop intake, finish the batch in flight, commit
-offsets, stop the background tasks, close clients -- within `SHUTDOWN_SECONDS`.
+offsets, stop the background tasks, release the lease, close clients -- within `SHUTDOWN_SECONDS`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import signal
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -49,10 +62,14 @@ from reconciler.retry import AutoRetryScheduler
 from reconciler.store import Store
 from settings import Mappings, Settings
 
+if TYPE_CHECKING:
+    from reconciler.store._lease import Lease
+
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_SECONDS = 10.0
 STATUS_REFRESH_SECONDS = 5.0
+SYNC_LEASE = "sync"
 
 
 class Service:
@@ -81,6 +98,10 @@ class Service:
         self.jobs: Jobs | None = None
         self._instance_url: str | None = None
         self.last_error: str | None = None
+        self.lease: Lease | None = None
+        self._role: str | None = None  # "standby" | "leader" once the lease has been tried
+        self._lease_holder: str | None = None
+        self._drain_seconds = SHUTDOWN_SECONDS
 
     # -- admin surface -----------------------------------------------------------------------
 
@@ -102,7 +123,14 @@ class Service:
             "instance_url": self._instance_url,
             "last_event_at": self._observed.last_event_at.isoformat()
             if self._observed and self._observed.last_event_at else None,
+            "lease": self._lease_status(),
         }
+
+    def _lease_status(self) -> dict[str, Any]:
+        lease = self.lease
+        held = lease is not None and self._role == "leader" and lease.held()
+        return {"owner": lease.owner if lease else None, "held": held,
+                "holder": lease.owner if held and lease else self._lease_holder}
 
     def ready(self) -> tuple[bool, str]:
         if self._not_ready:
@@ -111,6 +139,8 @@ class Service:
             return False, "mongodb unreachable"
         if not self._salesforce_ok:
             return False, "salesforce unreachable"
+        if self._role == "standby":
+            return True, f"standby: another replica holds the sync lease ({self._lease_holder or 'unknown'})"
         if self.source == "stream" and self.stream is not None and self.stream.ready:
             return True, ""
         if self.source == "poller" and self.poller is not None and self.poller.running:
@@ -125,6 +155,7 @@ class Service:
                                     sync_log_retention_days=settings.mongodb.sync_log_retention_days)
         self.store = store
         background: list[asyncio.Task[Any]] = []
+        lease = self.lease = store.lease(SYNC_LEASE, ttl=settings.sync.lease_seconds)
         try:
             self._not_ready = "connecting to MongoDB"
             await store.ensure_indexes()
@@ -146,13 +177,97 @@ class Service:
                 self._build_sources(sf, store, reconciler)
                 # The admin surface answers (healthz, 503 readyz with the reason) during backfill.
                 await self._start_admin(store, sf)
-                self._not_ready = "backfill or remerge in progress"
-                await self._first_start(sf, store, reconciler)
-                background = self._start_background(stop, sf, store, outbox)
-                self._not_ready = ""
-                await self._run_sources(stop)
+                background = [asyncio.create_task(self._refresh_status(stop, sf), name="status")]
+                try:
+                    while await self._stand_by(stop, lease):
+                        await self._lead(stop, lease, sf, store, reconciler, outbox)
+                finally:
+                    await self._release(lease)
         finally:
             await self._shutdown(background)
+
+    # -- the leader lease --------------------------------------------------------------------
+
+    async def _stand_by(self, stop: asyncio.Event, lease: Lease) -> bool:
+        """Try the lease every TTL/3 until this replica holds it (True) or `stop` (False)."""
+        if self._role is None:
+            self._not_ready = "trying the sync lease"
+        while not stop.is_set():
+            try:
+                if await lease.acquire():
+                    log.info("lease_acquired", owner=lease.owner, ttl_seconds=lease.ttl)
+                    self._lease_holder = lease.owner
+                    return True
+                holder = await lease.holder()
+                if self._role != "standby" or (holder and holder.owner != self._lease_holder):
+                    log.info("standing_by", owner=lease.owner, holder=holder.owner if holder else None)
+                self._lease_holder = holder.owner if holder else None
+                self._role, self._not_ready, self.mongo_ok = "standby", "", True
+            except RetriableError as exc:
+                self.mongo_ok = False
+                log.warning("lease_try_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), lease.renew_every)
+        return False
+
+    async def _lead(self, stop: asyncio.Event, lease: Lease, sf: SalesforceClient, store: Store,
+                    reconciler: Reconciler, outbox: Outbox) -> None:
+        """One leadership term: backfill/remerge, background tasks, the source -- until `stop`
+        or the lease is lost, then stop them in order (intake, then the rest)."""
+        self._role = "leader"
+        term_stop = asyncio.Event()  # intake stops: on `stop` or when the lease is lost
+        tasks_stop = asyncio.Event()  # the rest stops once intake has
+        keeper = asyncio.create_task(self._keep(lease, stop, term_stop), name="lease")
+        background: list[asyncio.Task[Any]] = []
+        try:
+            self._not_ready = "backfill or remerge in progress"
+            if await _unless(term_stop, self._first_start(sf, store, reconciler)):
+                background = self._start_background(tasks_stop, sf, store, outbox)
+                self._not_ready = ""
+                await self._run_sources(term_stop)
+        finally:
+            tasks_stop.set()
+            await _stop_tasks(background, self._drain_seconds * 0.3)
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            self._role, self._drain_seconds = None, SHUTDOWN_SECONDS
+        if not stop.is_set():
+            self._not_ready = "lease lost, standing by"
+            log.warning("lease_term_ended", owner=lease.owner)
+
+    async def _keep(self, lease: Lease, stop: asyncio.Event, term_stop: asyncio.Event) -> None:
+        """Renew every TTL/3 (sooner after a failure); end the term when the lease is lost."""
+        wait = lease.renew_every
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(wait, lease.seconds_left()))
+                if stop.is_set():
+                    return
+                try:
+                    # bounded: a renewal hanging on an unreachable MongoDB must not outlive the lease
+                    taken = not await asyncio.wait_for(lease.acquire(), max(0.01, lease.seconds_left()))
+                    wait = lease.renew_every
+                except (SyncError, TimeoutError) as exc:
+                    taken, wait = False, max(0.2, lease.renew_every / 4)
+                    log.warning("lease_renew_failed", owner=lease.owner,
+                                error=str(exc) or type(exc).__name__)
+                if taken or not lease.held():
+                    log.warning("lease_lost", owner=lease.owner, taken=taken)
+                    # a standby may take over TTL/3 (skew) after TTL/2: stop within what is left
+                    self._drain_seconds = min(SHUTDOWN_SECONDS, lease.ttl / 6)
+                    return
+        finally:
+            term_stop.set()
+
+    async def _release(self, lease: Lease) -> None:
+        """A clean stop hands the lease over at once; a failure leaves it to expire."""
+        self._role = None
+        try:
+            if await lease.release():
+                log.info("lease_released", owner=lease.owner)
+        except SyncError as exc:
+            log.warning("lease_release_failed", owner=lease.owner, error=str(exc))
 
     def _build_sources(self, sf: SalesforceClient, store: Store, reconciler: Reconciler) -> None:
         sync = self.settings.sync
@@ -198,7 +313,6 @@ class Service:
             asyncio.create_task(self.governor.run(stop, sf.limits), name="governor"),
             asyncio.create_task(flusher.run(stop), name="outbound"),
             asyncio.create_task(watcher.run(stop), name="local-watch"),
-            asyncio.create_task(self._refresh_status(stop, sf), name="status"),
         ]
         tasks.append(asyncio.create_task(self._auto_retry(stop), name="auto-retry"))
         return tasks
@@ -264,7 +378,7 @@ class Service:
 
     async def _finish_source(self, task: asyncio.Task[None]) -> None:
         try:
-            await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_SECONDS * 0.6)
+            await asyncio.wait_for(asyncio.shield(task), self._drain_seconds * 0.6)
         except TimeoutError:
             log.warning("source_stop_timeout", source=self.source)
             task.cancel()
@@ -304,16 +418,40 @@ class Service:
 
     async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
         self._not_ready = "stopping"
-        if background:
-            _, pending = await asyncio.wait(background, timeout=SHUTDOWN_SECONDS * 0.3)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+        await _stop_tasks(background, SHUTDOWN_SECONDS * 0.3)
         if self.admin is not None:
             await self.admin.stop()
         if self.store is not None:
             await self.store.close()
         log.info("service_stopped")
+
+
+async def _stop_tasks(tasks: list[asyncio.Task[Any]], grace: float) -> None:
+    """Let tasks whose stop event is set finish for `grace` seconds, then cancel the rest."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _unless(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> bool:
+    """Run `work` unless `stop` is set first (then cancel it); True when it completed."""
+    task = asyncio.create_task(work)
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        return False
+    task.result()
+    return True
 
 
 class ObservedSink:
@@ -338,126 +476,4 @@ class ObservedSink:
         METRICS.inc("sfsync_sync_failures_total", len(events), source="salesforce")
 
 
-async def run_service(settings: Settings, mappings: Mappings, stop: asyncio.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or `stop`); 0 on a clean stop, 1 on a fatal error.
-
-    The admin surface starts first and outlives restarts, so `/healthz` answers and `/readyz`
-    says why while MongoDB or Salesforce is unreachable. A transient failure that ends the
-    service restarts it after a backoff with jitter instead of exiting the container.
-    """
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    slot = ServiceSlot()
-    admin = await _start_slot_admin(settings, slot)
-    try:
-        attempt = 0
-        while True:
-            service = Service(settings, mappings, admin=False)
-            slot.current = service
-            outcome = await _run_once(service, stop)
-            if outcome is not None:
-                return outcome
-            attempt += 1
-            delay = min(60.0, 1.0 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2)
-            slot.waiting = f"restarting in {delay:.0f} s after: {service.last_error or 'a transient failure'}"
-            log.warning("service_restarting", attempt=attempt, delay_seconds=round(delay, 1))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            if stop.is_set():
-                return 0
-    finally:
-        await admin.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-
-
-async def _start_slot_admin(settings: Settings, slot: ServiceSlot) -> AdminServer:
-    admin = settings.admin
-    app = create_admin_app(status=slot, store=slot, jobs=slot,
-                           token=admin.token.get_secret_value() if admin.token else None,
-                           instance_url=settings.salesforce.login_url)
-    return await start_admin(app, admin.host, admin.port)
-
-
-class ServiceSlot:
-    """The admin surface's view of whichever `Service` currently runs (restarts replace it)."""
-
-    def __init__(self) -> None:
-        self.current: Service | None = None
-        self.waiting: str | None = None
-
-    def status(self) -> dict[str, Any]:
-        if self.current is None:
-            return {"mode": "starting"}
-        return self.current.status()
-
-    def ready(self) -> tuple[bool, str]:
-        if self.current is None:
-            return False, "starting"
-        ready, reason = self.current.ready()
-        if ready:
-            self.waiting = None
-        elif self.waiting:
-            reason = f"{reason} ({self.waiting})"
-        return ready, reason
-
-    def _store(self) -> Store:
-        if self.current is None or self.current.store is None or not self.current.mongo_ok:
-            raise RetriableError("the service is starting: MongoDB is not connected yet")
-        return self.current.store
-
-    def _jobs(self) -> Any:
-        if self.current is None or self.current.jobs is None:
-            raise RetriableError("the service is starting: retry and import are not available yet")
-        return runner_for(self.current, self._store())
-
-    async def find_sync_logs(self, **filters: Any) -> tuple[list[dict[str, Any]], str | None]:
-        return await self._store().find_sync_logs(**filters)
-
-    async def get_sync_log(self, log_id: str) -> dict[str, Any] | None:
-        return await self._store().get_sync_log(log_id)
-
-    async def retry(self, log_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._jobs().retry(log_id)
-        return result
-
-    async def retry_failed(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self._jobs().retry_failed()
-        return result
-
-    async def import_record(self, sf_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._jobs().import_record(sf_id)
-        return result
-
-
-async def _run_once(service: Service, stop: asyncio.Event) -> int | None:
-    """One life of the service: an exit code, or None to restart after a transient failure."""
-    task = asyncio.create_task(service.run(stop))
-    stopper = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            log.info("service_stopping", timeout_seconds=SHUTDOWN_SECONDS)
-            try:
-                await asyncio.wait_for(task, SHUTDOWN_SECONDS)
-            except TimeoutError:
-                log.error("service_stop_timeout")
-                return 1
-        task.result()
-        return 0
-    except FatalError as exc:
-        log.error("service_failed", error=str(exc), error_type=type(exc).__name__)
-        return 1
-    except RetriableError as exc:
-        if stop.is_set():
-            return 0
-        service.last_error = str(exc)
-        log.warning("service_interrupted", error=str(exc), error_type=type(exc).__name__)
-        return None
-    finally:
-        stopper.cancel()
-
-
-__all__ = ["Service", "run_service"]
+__all__ = ["ObservedSink", "Service"]

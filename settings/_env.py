@@ -95,6 +95,8 @@ class SyncSettings(BaseModel):
     # 20 ms: at 200 events/s a 100 ms wait put p99 commit->write latency at 283 ms (bench/inbound.py);
     # a backlog fills batches at once, so throughput does not depend on it.
     batch_wait_ms: int = Field(default=20, ge=0, le=10_000)
+    # Leader lease between replicas: renewed every third, a leader stops after half without renewal.
+    lease_seconds: float = Field(default=30, ge=1, le=600)
 
     @field_validator("frequency_minutes", mode="before")
     @classmethod

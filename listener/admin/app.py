@@ -94,7 +94,8 @@ async def _readyz(request: web.Request) -> web.Response:
     except Exception as exc:  # a probe must answer, whatever the supervisor does
         ready, reason = False, f"readiness check failed: {type(exc).__name__}"
     if ready:
-        return json_response({"ready": True})
+        # A reason on a ready replica says what it is doing (e.g. "standby: ...").
+        return json_response({"ready": True, "reason": reason} if reason else {"ready": True})
     return json_response({"ready": False, "reason": reason or "not ready"}, status=503)
 
 

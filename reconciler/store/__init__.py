@@ -10,6 +10,7 @@ from bson import ObjectId
 from bson.errors import InvalidId
 
 from reconciler.store._client import Connection, translate_errors
+from reconciler.store._lease import LeaseMixin
 from reconciler.store._logs import LogsMixin, decode_cursor, encode_cursor
 from reconciler.store._records import BulkOutcome, RecordsMixin, RecordWrite
 from reconciler.store._state import StateMixin
@@ -27,9 +28,10 @@ __all__ = [
 ]
 
 
-class Store(Connection, RecordsMixin, LogsMixin, StateMixin, OutboundMixin):
+class Store(Connection, RecordsMixin, LogsMixin, StateMixin, OutboundMixin, LeaseMixin):
     """People/Companies, sync logs and sync state in one MongoDB database; the outbox and
-    the local-change watch come from `OutboundMixin` (reconciler-outbound's modules)."""
+    the local-change watch come from `OutboundMixin` (reconciler-outbound's modules); the
+    leader lease from `LeaseMixin` (`store.lease("sync", ttl=...)`)."""
 
     @classmethod
     async def connect(

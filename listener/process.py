@@ -1,0 +1,151 @@
+"""The process around the service: the admin surface, signals, and restarts.
+
+The admin HTTP surface starts first and outlives restarts of the `Service`, so `/healthz`
+answers and `/readyz` says why while MongoDB or Salesforce is unreachable. A transient failure
+that ends the service restarts it after a backoff with jitter instead of exiting the container;
+a fatal one (bad credentials, a mapping Salesforce refuses) exits with 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+from typing import Any
+
+import structlog
+
+from listener.admin import AdminServer, create_admin_app, start_admin
+from listener.supervisor import SHUTDOWN_SECONDS, Service
+from reconciler.errors import FatalError, RetriableError
+from reconciler.jobs import runner_for
+from reconciler.store import Store
+from settings import Mappings, Settings
+
+log = structlog.get_logger(__name__)
+
+
+async def run_service(settings: Settings, mappings: Mappings, stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop`); 0 on a clean stop, 1 on a fatal error.
+
+    The admin surface starts first and outlives restarts, so `/healthz` answers and `/readyz`
+    says why while MongoDB or Salesforce is unreachable. A transient failure that ends the
+    service restarts it after a backoff with jitter instead of exiting the container.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    slot = ServiceSlot()
+    admin = await _start_slot_admin(settings, slot)
+    try:
+        attempt = 0
+        while True:
+            service = Service(settings, mappings, admin=False)
+            slot.current = service
+            outcome = await _run_once(service, stop)
+            if outcome is not None:
+                return outcome
+            attempt += 1
+            delay = min(60.0, 1.0 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2)
+            slot.waiting = f"restarting in {delay:.0f} s after: {service.last_error or 'a transient failure'}"
+            log.warning("service_restarting", attempt=attempt, delay_seconds=round(delay, 1))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return 0
+    finally:
+        await admin.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _start_slot_admin(settings: Settings, slot: ServiceSlot) -> AdminServer:
+    admin = settings.admin
+    app = create_admin_app(status=slot, store=slot, jobs=slot,
+                           token=admin.token.get_secret_value() if admin.token else None,
+                           instance_url=settings.salesforce.login_url)
+    return await start_admin(app, admin.host, admin.port)
+
+
+class ServiceSlot:
+    """The admin surface's view of whichever `Service` currently runs (restarts replace it)."""
+
+    def __init__(self) -> None:
+        self.current: Service | None = None
+        self.waiting: str | None = None
+
+    def status(self) -> dict[str, Any]:
+        if self.current is None:
+            return {"mode": "starting"}
+        return self.current.status()
+
+    def ready(self) -> tuple[bool, str]:
+        if self.current is None:
+            return False, "starting"
+        ready, reason = self.current.ready()
+        if ready:
+            self.waiting = None
+        elif self.waiting:
+            reason = f"{reason} ({self.waiting})"
+        return ready, reason
+
+    def _store(self) -> Store:
+        if self.current is None or self.current.store is None or not self.current.mongo_ok:
+            raise RetriableError("the service is starting: MongoDB is not connected yet")
+        return self.current.store
+
+    def _jobs(self) -> Any:
+        if self.current is None or self.current.jobs is None:
+            raise RetriableError("the service is starting: retry and import are not available yet")
+        return runner_for(self.current, self._store())
+
+    async def find_sync_logs(self, **filters: Any) -> tuple[list[dict[str, Any]], str | None]:
+        return await self._store().find_sync_logs(**filters)
+
+    async def get_sync_log(self, log_id: str) -> dict[str, Any] | None:
+        return await self._store().get_sync_log(log_id)
+
+    async def retry(self, log_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._jobs().retry(log_id)
+        return result
+
+    async def retry_failed(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._jobs().retry_failed()
+        return result
+
+    async def import_record(self, sf_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._jobs().import_record(sf_id)
+        return result
+
+
+async def _run_once(service: Service, stop: asyncio.Event) -> int | None:
+    """One life of the service: an exit code, or None to restart after a transient failure."""
+    task = asyncio.create_task(service.run(stop))
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            log.info("service_stopping", timeout_seconds=SHUTDOWN_SECONDS)
+            try:
+                await asyncio.wait_for(task, SHUTDOWN_SECONDS)
+            except TimeoutError:
+                log.error("service_stop_timeout")
+                return 1
+        task.result()
+        return 0
+    except FatalError as exc:
+        log.error("service_failed", error=str(exc), error_type=type(exc).__name__)
+        return 1
+    except RetriableError as exc:
+        if stop.is_set():
+            return 0
+        service.last_error = str(exc)
+        log.warning("service_interrupted", error=str(exc), error_type=type(exc).__name__)
+        return None
+    finally:
+        stopper.cancel()
+
+
+__all__ = ["ServiceSlot", "run_service"]

@@ -1,0 +1,113 @@
+"""Two replicas of the real service on one database and one org: the lease holder alone syncs;
+after SIGKILL of the holder the standby takes over within about the lease TTL.
+
+The lease TTL is 3 s here (SFSYNC_SYNC__LEASE_SECONDS), so a takeover takes seconds, not 30.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo.database import Database
+
+from tests.support.mappings import sample_mappings
+from tests.support.service import (
+    Doc,
+    SalesforceOrg,
+    ServiceFactory,
+    ServiceProcess,
+    http,
+    linked_lead,
+    logs_of,
+    stays,
+    wait_for,
+    wait_person,
+    wait_pipeline,
+)
+
+LEASE_SECONDS = 3.0
+MAPPINGS = sample_mappings()
+
+
+def replica(service_factory: ServiceFactory) -> ServiceProcess:
+    built = service_factory(MAPPINGS)
+    built.extra_env["SFSYNC_SYNC__LEASE_SECONDS"] = str(LEASE_SECONDS)
+    return built
+
+
+def lease_of(service: ServiceProcess) -> dict[str, Any]:
+    return dict(service.status()["lease"])
+
+
+def applied_batches(service: ServiceProcess) -> int:
+    """How many inbound batches this process applied (its own JSON log)."""
+    return sum(int(e.get("applied", 0)) for e in service.log_events("inbound_batch_applied"))
+
+
+class TestReplicas:
+    def test_only_the_holder_syncs_and_a_standby_takes_over_after_a_crash(
+        self, service_factory: ServiceFactory, org: SalesforceOrg, db: Database[Doc],
+    ) -> None:
+        """One replica applies a Salesforce edit; SIGKILL it, and the other applies the next."""
+        leader, standby = replica(service_factory), replica(service_factory)
+        leader.start()
+        wait_pipeline(org, db)
+        standby.start()  # a standby is ready: /readyz 200
+        held = lease_of(leader)
+        assert held["held"] is True
+        waiting = lease_of(standby)
+        assert waiting["held"] is False and waiting["holder"] == held["owner"] != waiting["owner"]
+
+        lead_id, person = linked_lead(org, db, "replica")
+        org.ui_update("Lead", lead_id, {"LastName": "Firstedit"})
+        wait_person(db, lead_id, lambda p: p.get("last_name") == "Firstedit", what="the first edit")
+        mine = logs_of(leader.sync_logs(record=lead_id), source="salesforce", status="success")
+        assert sorted(str(item["type"]) for item in mine) == ["create", "update"]
+        assert applied_batches(standby) == 0
+        assert standby.log_events("source_starting") == []
+
+        leader.kill()  # SIGKILL: no release, the lease has to expire
+        killed_at = time.monotonic()
+        wait_for(lambda: lease_of(standby)["held"], timeout=LEASE_SECONDS * 3, interval=0.1,
+                 what="the standby to take the lease")
+        # expiry (TTL) plus at most one standby retry interval (TTL/3), and a little slack
+        assert time.monotonic() - killed_at < LEASE_SECONDS * 4 / 3 + 1.5
+        standby.wait_ready()
+
+        org.ui_update("Lead", lead_id, {"LastName": "Secondedit"})
+        wait_person(db, lead_id, lambda p: p.get("last_name") == "Secondedit", what="the edit after takeover")
+        assert applied_batches(standby) >= 1
+        assert person["_id"] == wait_person(db, lead_id)["_id"]
+
+    def test_a_holder_that_loses_the_lease_stops_syncing_and_stands_by(
+        self, service_factory: ServiceFactory, org: SalesforceOrg, db: Database[Doc],
+    ) -> None:
+        """Another owner takes the lease: the replica stops its source, stays ready as a standby,
+        applies nothing, and catches up on the missed edit when it gets the lease back."""
+        database = f"e2e_{uuid.uuid4().hex[:12]}"
+        own_db = db.client[database]
+        service = service_factory(MAPPINGS, database=database)
+        service.extra_env["SFSYNC_SYNC__LEASE_SECONDS"] = str(LEASE_SECONDS)
+        service.start()
+        wait_pipeline(org, own_db)
+        lead_id, _ = linked_lead(org, own_db, "loser")
+
+        own_db.sync_state.update_one({"_id": "lease:sync"}, {"$set": {
+            "owner": "intruder", "expires_at": datetime.now(UTC) + timedelta(minutes=5)}})
+        wait_for(lambda: lease_of(service)["holder"] == "intruder", timeout=LEASE_SECONDS * 2,
+                 what="the replica to see the lease taken")
+        assert service.log_events("lease_lost") and service.log_events("lease_term_ended")
+        assert lease_of(service)["held"] is False
+        assert http("GET", f"{service.admin_url}/readyz").status == 200  # a standby is ready
+
+        applied = applied_batches(service)
+        org.ui_update("Lead", lead_id, {"LastName": "Whilestandby"})
+        stays(lambda: applied_batches(service) == applied, duration=2.0, what="no apply on a standby")
+
+        own_db.sync_state.update_one({"_id": "lease:sync"}, {"$set": {"expires_at": datetime.now(UTC)}})
+        wait_person(own_db, lead_id, lambda p: p.get("last_name") == "Whilestandby",
+                    what="the edit made while standing by")
+        assert lease_of(service)["held"] is True
