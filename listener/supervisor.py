@@ -171,7 +171,7 @@ class Service:
                 await outbox.ensure_indexes()
                 reconciler = Reconciler(store, self.mappings, sf=sf, outbox=outbox,
                                         client_name=settings.salesforce.client_name, budget=self.governor)
-                self.jobs = Jobs(store, reconciler, self.mappings, sf=sf, outbox=outbox, budget=self.governor,
+                self.jobs = Jobs(store, reconciler,
                                  retry_interval=timedelta(minutes=settings.sync.retry_interval_minutes),
                                  max_attempts=settings.sync.retry_max_attempts)
                 self._build_sources(sf, store, reconciler)

@@ -64,19 +64,32 @@ class _Target:
 
 
 class Jobs:
+    """Re-runs failed jobs through the live reconciler (its Salesforce client, outbox, budget)."""
+
     def __init__(
-        self, store: JobStore, reconciler: Reconciler, mappings: Mappings, *,
-        sf: SalesforceApi | None, outbox: OutboundQueue | None = None, budget: Budget | None = None,
+        self, store: JobStore, reconciler: Reconciler, *,
         retry_interval: timedelta = timedelta(minutes=20), max_attempts: int = 10,
     ) -> None:
         self.store = store
         self.reconciler = reconciler
-        self.mappings = mappings
-        self.sf = sf
-        self.outbox = outbox
-        self.budget = budget
         self.retry_interval = retry_interval
         self.max_attempts = max_attempts
+
+    @property
+    def mappings(self) -> Mappings:
+        return self.reconciler.mappings
+
+    @property
+    def sf(self) -> SalesforceApi | None:
+        return self.reconciler.sf
+
+    @property
+    def outbox(self) -> OutboundQueue | None:
+        return self.reconciler.outbox
+
+    @property
+    def budget(self) -> Budget | None:
+        return self.reconciler.budget
 
     def _paused(self) -> bool:
         return self.budget is not None and not self.budget.allows_optional_calls()

@@ -30,9 +30,9 @@ class Paused:
 
 
 def jobs_for(store: Store, sf: FakeSalesforce, **kw: Any) -> Jobs:
-    outbox = kw.pop("outbox", None)
-    reconciler = Reconciler(store, MAPPINGS, sf=sf, outbox=outbox)
-    return Jobs(store, reconciler, MAPPINGS, sf=sf, outbox=outbox, **kw)
+    reconciler = Reconciler(store, MAPPINGS, sf=sf, outbox=kw.pop("outbox", None),
+                            budget=kw.pop("budget", None))
+    return Jobs(store, reconciler, **kw)
 
 
 async def failed_log_id(store: Store, **kw: Any) -> str:
