@@ -95,6 +95,7 @@ class Service:
         self._not_ready = "starting"
         self._observed: ObservedSink | None = None
         self._flusher: Any = None
+        self._flusher_seen: tuple[Any, int, int, int] = (None, 0, 0, 0)
         self.jobs: Jobs | None = None
         self._instance_url: str | None = None
         self.last_error: str | None = None
@@ -409,12 +410,18 @@ class Service:
                 await asyncio.wait_for(stop.wait(), STATUS_REFRESH_SECONDS)
 
     def _publish_outbound_metrics(self) -> None:
+        # The flusher counts for its own life (one leader term); the process counters add what it
+        # did since the last look, so they never go down when a new term starts a new flusher.
         flusher = self._flusher
         if flusher is None:
             return
-        METRICS.set("sfsync_outbound_calls_total", flusher.calls_made)
-        METRICS.set("sfsync_outbound_records_total", flusher.records_sent, status="success")
-        METRICS.set("sfsync_outbound_records_total", flusher.records_failed, status="failed")
+        now = (flusher.calls_made, flusher.records_sent, flusher.records_failed)
+        before = self._flusher_seen if self._flusher_seen[0] is flusher else (flusher, 0, 0, 0)
+        calls, sent, failed = (n - b for n, b in zip(now, before[1:], strict=True))
+        METRICS.inc("sfsync_outbound_calls_total", calls)
+        METRICS.inc("sfsync_outbound_records_total", sent, status="success")
+        METRICS.inc("sfsync_outbound_records_total", failed, status="failed")
+        self._flusher_seen = (flusher, *now)
 
     async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
         self._not_ready = "stopping"

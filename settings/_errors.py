@@ -18,7 +18,7 @@ def mapping_key(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(root)"
 
 
-def first_line(exc: ValidationError, name_of: type[object] | None = None, *, mapping: bool) -> str:
+def first_line(exc: ValidationError, *, mapping: bool) -> str:
     err = exc.errors()[0]
     loc = tuple(err.get("loc", ()))
     message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
