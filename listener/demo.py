@@ -189,12 +189,14 @@ def _prepare(workdir: Path) -> None:
 
 async def _run_service(settings: Settings, mappings: Mappings, scenario: Scenario,
                        stop: asyncio.Event, duration: float | None) -> int:
-    """The real service (what `run_service` runs), stopped through its own stop event, so the
-    demo goes through the same orderly shutdown as SIGTERM does in production."""
-    from listener.supervisor import SHUTDOWN_SECONDS, Service
+    """The real service (`run_service`, admin surface included), stopped through its own stop
+    event, so the demo goes through the same orderly shutdown as SIGTERM does in production."""
+    from listener.process import run_service
+    from listener.supervisor import SHUTDOWN_SECONDS
 
     service_stop = asyncio.Event()
-    service = asyncio.create_task(Service(settings, mappings).run(service_stop), name="sfsync-service")
+    service = asyncio.create_task(run_service(settings, mappings, service_stop, handle_signals=False),
+                                  name="sfsync-service")
     edits = asyncio.create_task(scenario.run(stop), name="sfsync-demo-scenario")
     waiter = asyncio.create_task(stop.wait())
     try:
@@ -206,14 +208,13 @@ async def _run_service(settings: Settings, mappings: Mappings, scenario: Scenari
             await edits
         service_stop.set()
     try:
-        await asyncio.wait_for(service, SHUTDOWN_SECONDS + 5)
+        code = await asyncio.wait_for(service, SHUTDOWN_SECONDS + 5)
     except TimeoutError:
         log.error("demo_service_stop_timeout")
         return 1
-    except SyncError as exc:
-        print(f"The service stopped: {exc}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    if code != 0:
+        print("The service stopped with an error; see the log lines above.", file=sys.stderr, flush=True)
+    return code
 
 
 def _banner(admin_url: str, token: str, login_url: str, mongo_uri: str, workdir: Path) -> None:

@@ -26,7 +26,8 @@ from settings import Mappings, Settings
 log = structlog.get_logger(__name__)
 
 
-async def run_service(settings: Settings, mappings: Mappings, stop: asyncio.Event | None = None) -> int:
+async def run_service(settings: Settings, mappings: Mappings, stop: asyncio.Event | None = None, *,
+                      handle_signals: bool = True) -> int:
     """Run until SIGTERM/SIGINT (or `stop`); 0 on a clean stop, 1 on a fatal error.
 
     The admin surface starts first and outlives restarts, so `/healthz` answers and `/readyz`
@@ -35,14 +36,15 @@ async def run_service(settings: Settings, mappings: Mappings, stop: asyncio.Even
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     slot = ServiceSlot()
-    admin = await _start_slot_admin(settings, slot)
+    admin = await start_admin_surface(settings, slot)
     try:
         attempt = 0
         while True:
-            service = Service(settings, mappings, admin=False)
+            service = Service(settings, mappings)
             slot.current = service
             outcome = await _run_once(service, stop)
             if outcome is not None:
@@ -57,11 +59,12 @@ async def run_service(settings: Settings, mappings: Mappings, stop: asyncio.Even
                 return 0
     finally:
         await admin.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.remove_signal_handler(sig)
 
 
-async def _start_slot_admin(settings: Settings, slot: ServiceSlot) -> AdminServer:
+async def start_admin_surface(settings: Settings, slot: ServiceSlot) -> AdminServer:
+    """The admin HTTP surface over whichever service `slot` holds."""
     admin = settings.admin
     app = create_admin_app(status=slot, store=slot, jobs=slot,
                            token=admin.token.get_secret_value() if admin.token else None,
@@ -148,4 +151,4 @@ async def _run_once(service: Service, stop: asyncio.Event) -> int | None:
         stopper.cancel()
 
 
-__all__ = ["ServiceSlot", "run_service"]
+__all__ = ["ServiceSlot", "run_service", "start_admin_surface"]

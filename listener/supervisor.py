@@ -2,7 +2,8 @@
 
 Start-up: store (indexes) -> Salesforce client -> governor (first `limits`) -> reconciler ->
 backfill when no watermark exists yet -> remerge when the mappings changed -> outbound
-flusher, local-change watcher, auto-retry, admin HTTP -> the inbound source.
+flusher, local-change watcher, auto-retry -> the inbound source. The admin HTTP surface is not
+the service's: `listener.process` starts it first and points it at whichever `Service` runs.
 
 The source follows the governor's mode: `streaming` runs `CdcStream`, `polling` runs the
 `Poller` every SFSYNC_SYNC__FREQUENCY_MINUTES, `paused`/`starting` run neither. A switch
@@ -14,8 +15,8 @@ stops the running source (it finishes its batch and commits) before the next one
   poller already covered (`CdcStream.resume_after_poll`); without a usable replay id it
   subscribes with -1 and polls around the subscription.
 
-Replicas: several processes may run against one MongoDB. After connecting (store, Salesforce,
-admin HTTP) each one stands by until it holds the `sync` leader lease in `sync_state`
+Replicas: several processes may run against one MongoDB. After connecting (store, Salesforce)
+each one stands by until it holds the `sync` leader lease in `sync_state`
 (`reconciler.store._lease`); only the holder backfills, runs the source, the outbound flusher,
 the local-change watcher, auto-retry and the governor's `limits` checks. The holder renews every
 TTL/3 (SFSYNC_SYNC__LEASE_SECONDS); when it cannot renew for TTL/2, or finds the lease taken, it
@@ -43,7 +44,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from listener.admin import AdminServer, create_admin_app, start_admin
 from listener.budget import BudgetGovernor, Mode
 from listener.metrics import METRICS
 from listener.poller import Poller, watermark_key
@@ -53,7 +53,7 @@ from listener.stream import CdcStream
 from reconciler.backfill import backfill
 from reconciler.errors import FatalError, RetriableError, SyncError
 from reconciler.inbound import Reconciler
-from reconciler.jobs import Jobs, retry_transient_for, runner_for
+from reconciler.jobs import Jobs, retry_transient_for
 from reconciler.mapping_check import check_mappings
 from reconciler.outbox import Outbox
 from reconciler.ports import ChangeSink, RejectedEvent, SalesforceChange
@@ -76,14 +76,12 @@ class Service:
     """The whole service; `status()`/`ready()` feed `/api/status` and `/readyz`."""
 
     def __init__(self, settings: Settings, mappings: Mappings, *, limits_interval: float = 60.0,
-                 admin: bool = True, sink_wrapper: Callable[[ChangeSink], ChangeSink] | None = None) -> None:
+                 sink_wrapper: Callable[[ChangeSink], ChangeSink] | None = None) -> None:
         self.settings = settings
         self.mappings = mappings
         # A seam for tests and benchmarks: observe what reaches the reconciler.
         self._sink_wrapper = sink_wrapper
         self.governor = BudgetGovernor(settings.budget, check_interval=limits_interval)
-        self._admin_enabled = admin
-        self.admin: AdminServer | None = None
         self.store: Store | None = None
         self.stream: CdcStream | None = None
         self.poller: Poller | None = None
@@ -176,8 +174,6 @@ class Service:
                                  retry_interval=timedelta(minutes=settings.sync.retry_interval_minutes),
                                  max_attempts=settings.sync.retry_max_attempts)
                 self._build_sources(sf, store, reconciler)
-                # The admin surface answers (healthz, 503 readyz with the reason) during backfill.
-                await self._start_admin(store, sf)
                 background = [asyncio.create_task(self._refresh_status(stop, sf), name="status")]
                 try:
                     while await self._stand_by(stop, lease):
@@ -325,17 +321,6 @@ class Service:
                                        max_attempts=sync.retry_max_attempts)
         return scheduler.run(stop)
 
-    async def _start_admin(self, store: Store, sf: SalesforceClient) -> None:
-        if not self._admin_enabled:
-            return
-        admin = self.settings.admin
-        app = create_admin_app(status=self, store=store, jobs=runner_for(self, store),
-                               token=admin.token.get_secret_value() if admin.token else None,
-                               instance_url=sf.instance_url)
-        self.admin = await start_admin(app, admin.host, admin.port)
-
-    # -- sources -----------------------------------------------------------------------------
-
     async def _run_sources(self, stop: asyncio.Event) -> None:
         """Run the source the mode asks for; switch on every mode change; return on `stop`."""
         previous: str | None = None
@@ -426,8 +411,6 @@ class Service:
     async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
         self._not_ready = "stopping"
         await _stop_tasks(background, SHUTDOWN_SECONDS * 0.3)
-        if self.admin is not None:
-            await self.admin.stop()
         if self.store is not None:
             await self.store.close()
         log.info("service_stopped")

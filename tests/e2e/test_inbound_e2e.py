@@ -13,7 +13,9 @@ import pytest
 from pydantic import SecretStr
 
 from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET
+from listener.admin import AdminServer
 from listener.budget import Mode
+from listener.process import ServiceSlot, start_admin_surface
 from listener.supervisor import Service
 from reconciler.ports import ChangeSink
 from settings import (
@@ -40,6 +42,7 @@ class Running:
     observed: RecordingSink
     stop: asyncio.Event
     task: asyncio.Task[None]
+    admin: AdminServer
 
     async def control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         async with self.http.request(method, f"{self.emu.base_url}/_emulator/{path}", json=body) as r:
@@ -58,8 +61,7 @@ class Running:
         return None if doc is None else doc.get("last_name")
 
     async def readyz(self) -> int:
-        assert self.service.admin is not None
-        async with self.http.get(f"{self.service.admin.url}/readyz") as r:
+        async with self.http.get(f"{self.admin.url}/readyz") as r:
             return r.status
 
 
@@ -85,17 +87,21 @@ async def running(mongo_uri: str, database_name: str) -> AsyncIterator[Running]:
             return holder[0]
 
         service = Service(settings, MAPPINGS, limits_interval=0.2, sink_wrapper=wrap)
+        slot = ServiceSlot()
+        slot.current = service
+        admin = await start_admin_surface(settings, slot)
         stop = asyncio.Event()
         task = asyncio.create_task(service.run(stop))
         await eventually(lambda: task.done() or (service.stream is not None and service.stream.ready))
         if task.done():
             task.result()
-        run = Running(emu, http, service, holder[0], stop, task)
+        run = Running(emu, http, service, holder[0], stop, task, admin)
         try:
             yield run
         finally:
             stop.set()
             await asyncio.wait_for(task, 15)
+            await admin.stop()
 
 
 class TestStartup:
