@@ -9,6 +9,7 @@ COPY pyproject.toml README.md ./
 COPY settings ./settings
 COPY reconciler ./reconciler
 COPY listener ./listener
+COPY service ./service
 COPY emulator ./emulator
 RUN pip wheel --wheel-dir /wheels .
 

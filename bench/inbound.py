@@ -61,14 +61,14 @@ from bench._common import (
     workdir,
 )
 from listener.budget import BudgetGovernor
-from listener.logs import configure_logging, reset_logging
-from listener.poller import Poller
 from listener.salesforce import SalesforceClient
-from listener.stream import CdcStream
+from listener.sources.cometd import CdcStream
+from listener.sources.polling import Poller
 from reconciler.inbound import Reconciler
 from reconciler.outbox import Outbox
 from reconciler.ports import RejectedEvent, SalesforceChange
 from reconciler.store import Store
+from service.logs import configure_logging, reset_logging
 from settings import BudgetSettings, SyncSettings
 
 SERVICE = "salesforce-sync"        # the service's client name (its own writes are echoes)

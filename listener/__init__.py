@@ -1,7 +1,12 @@
-"""The process: entry point and supervisor, the Salesforce sources (CDC stream, poller), the
-API-budget governor, metrics and the admin HTTP surface.
+"""Everything that talks to Salesforce and turns it into `SalesforceChange`s.
 
-Names load on first use (PEP 562), so `sfsync status` does not import the whole service.
+- `listener.salesforce`: auth, HTTP transport, REST client, API usage;
+- `listener.sources`: the inbound sources behind one `Source` protocol (CometD CDC, SOQL polling);
+- `listener.events`: CDC event parsing; `listener.budget`: the API-budget governor;
+- `listener.metrics`: the in-process Prometheus registry the sources and the shell write.
+
+The process shell (entry point, supervisor, admin HTTP, CLI, demo) is `service/`;
+`python -m listener` is a shim that runs it. Names load on first use (PEP 562).
 """
 
 from __future__ import annotations
@@ -11,24 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from listener.budget import BudgetGovernor, Mode
-    from listener.cli import main
     from listener.metrics import METRICS
-    from listener.poller import Poller
-    from listener.process import run_service
-    from listener.stream import CdcStream
-    from listener.supervisor import Service
+    from listener.sources.cometd import CdcStream
+    from listener.sources.polling import Poller
 
-__all__ = ["METRICS", "BudgetGovernor", "CdcStream", "Mode", "Poller", "Service", "main", "run_service"]
+__all__ = ["METRICS", "BudgetGovernor", "CdcStream", "Mode", "Poller"]
 
 _HOME = {
     "METRICS": "listener.metrics",
     "BudgetGovernor": "listener.budget",
-    "CdcStream": "listener.stream",
+    "CdcStream": "listener.sources.cometd",
     "Mode": "listener.budget",
-    "Poller": "listener.poller",
-    "Service": "listener.supervisor",
-    "main": "listener.cli",
-    "run_service": "listener.process",
+    "Poller": "listener.sources.polling",
 }
 
 

@@ -11,7 +11,7 @@
 
 Library exceptions (aiohttp, pymongo/motor, aiocometd) are translated into these at one
 boundary each (`listener/salesforce/_transport.py`, `reconciler/store/_client.py`,
-`listener/_sfstream_compat.py`); nothing above those boundaries catches a library's exception.
+`listener/sources/_sfstream_compat.py`); nothing above those boundaries catches a library's exception.
 """
 
 from __future__ import annotations

@@ -246,7 +246,7 @@ def _summary(outcomes: list[JobOutcome]) -> dict[str, Any]:
 
 
 class AdminJobs:
-    """`listener.admin.ports.JobRunner`: the admin API's view of `Jobs`, JSON-ready answers."""
+    """`service.admin.ports.JobRunner`: the admin API's view of `Jobs`, JSON-ready answers."""
 
     def __init__(self, jobs: Jobs) -> None:
         self.jobs = jobs

@@ -18,10 +18,10 @@ import jwt
 import structlog
 from pydantic import SecretStr
 
-from listener.logs import add_secret
 from listener.salesforce._transport import map_aiohttp_errors
 from reconciler.errors import FatalError, RetriableError
 from settings import AuthFlow, SalesforceSettings
+from settings.redaction import add_secret
 
 log = structlog.get_logger(__name__)
 

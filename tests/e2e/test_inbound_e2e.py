@@ -13,11 +13,11 @@ import pytest
 from pydantic import SecretStr
 
 from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET
-from listener.admin import AdminServer
 from listener.budget import Mode
-from listener.process import ServiceSlot, start_admin_surface
-from listener.supervisor import Service
 from reconciler.ports import ChangeSink
+from service.admin import AdminServer
+from service.process import ServiceSlot, start_admin_surface
+from service.supervisor import Service
 from settings import (
     AdminSettings,
     AuthFlow,

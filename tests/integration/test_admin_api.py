@@ -11,11 +11,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from listener.admin.auth import COOKIE_NAME
 from listener.metrics import METRICS
 from reconciler.errors import BudgetExhaustedError, RecordRejectedError, RetriableError
 from reconciler.store import Store
 from reconciler.sync_logs import SyncLog
+from service.admin.auth import COOKIE_NAME
 from tests.support.admin import TOKEN, FakeJobs, FakeStatus, running_admin
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

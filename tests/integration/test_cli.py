@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import structlog.testing
 
-from listener.cli import main
 from reconciler.store import Store
 from reconciler.sync_logs import SyncLog
+from service.cli import main
 from tests.support.admin import TOKEN, RunningAdmin, running_admin
 from tests.support.secantus import free_port
 
@@ -210,7 +210,7 @@ def _alive(pid: int) -> bool:
 class TestDemo:
     async def test_demo_syncs_both_ways_and_stops_cleanly(self, tmp_path: Path) -> None:
         """`sfsync demo` shows successes, a conversion and a failure, then SIGTERM leaves no children."""
-        pytest.importorskip("listener.supervisor")
+        pytest.importorskip("service.supervisor")
         import aiohttp
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}

@@ -12,8 +12,8 @@ import pytest
 from pydantic import SecretStr
 
 from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET
-from listener.poller import Poller, Watermark, watermark_key
 from listener.salesforce import SalesforceClient
+from listener.sources.polling import Poller, Watermark, watermark_key
 from reconciler.inbound import Reconciler
 from reconciler.ports import ChangeKind, RejectedEvent, SalesforceChange
 from reconciler.store import Store

@@ -15,9 +15,9 @@ from structlog.testing import capture_logs
 
 from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET
 from listener.budget import BudgetGovernor, Mode
-from listener.poller import Poller
 from listener.salesforce import ApiUsage, SalesforceClient
-from listener.stream import CdcStream, replay_key
+from listener.sources.cometd import CdcStream, replay_key
+from listener.sources.polling import Poller
 from reconciler.inbound import Reconciler
 from reconciler.ports import ChangeSource
 from reconciler.store import Store

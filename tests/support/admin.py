@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from listener.admin import create_admin_app, start_admin
 from reconciler.errors import SyncError
 from reconciler.store import Store
 from reconciler.sync_logs import SyncLog
+from service.admin import create_admin_app, start_admin
 
 TOKEN = "test-admin-token-0123456789"
 INSTANCE_URL = "https://example.my.salesforce.com"

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from listener.admin.filters import BadParameter, LogFilters, parse_filters
-from listener.admin.page import (
+from service.admin.filters import BadParameter, LogFilters, parse_filters
+from service.admin.page import (
     PageView,
     format_time,
     render_login_page,

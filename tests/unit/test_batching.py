@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from listener.batching import CommitPolicy, MicroBatcher, should_commit
+from listener.sources.batching import CommitPolicy, MicroBatcher, should_commit
 
 
 class TestShouldCommit:

@@ -7,7 +7,7 @@ import re
 import pytest
 from pydantic import SecretStr
 
-from listener.config_report import render_config
+from service.config_report import render_config
 from settings import (
     AdminSettings,
     MongoSettings,

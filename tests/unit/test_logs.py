@@ -13,7 +13,7 @@ import pytest
 import structlog
 from pydantic import SecretStr
 
-from listener.logs import Redactor, add_secret, configure_logging, reset_logging, settings_secrets
+from service.logs import Redactor, add_secret, configure_logging, reset_logging, settings_secrets
 from settings import AdminSettings, MongoSettings, SalesforceSettings, Settings
 
 SECRET = "cs-9f8e7d6c"
@@ -41,11 +41,11 @@ def lines(stream: io.StringIO) -> list[dict[str, Any]]:
 class TestJsonLines:
     def test_standard_keys(self, out: io.StringIO) -> None:
         """One JSON object a line: timestamp (UTC, Z), level, logger, event, then the values."""
-        structlog.get_logger("listener.stream").info("cdc_event", replay_id=42)
+        structlog.get_logger("listener.sources.cometd").info("cdc_event", replay_id=42)
         [line] = lines(out)
         assert list(line)[:4] == ["timestamp", "level", "logger", "event"]
         assert line | {"timestamp": None} == {"timestamp": None, "level": "info",
-                                              "logger": "listener.stream", "event": "cdc_event",
+                                              "logger": "listener.sources.cometd", "event": "cdc_event",
                                               "replay_id": 42}
         assert line["timestamp"].endswith("Z")
         stamp = datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00"))
@@ -60,7 +60,7 @@ class TestJsonLines:
 
     def test_context_bound_with_contextvars(self, out: io.StringIO) -> None:
         """Context bound with structlog.contextvars appears on every line until unbound."""
-        log = structlog.get_logger("listener.poller")
+        log = structlog.get_logger("listener.sources.polling")
         with structlog.contextvars.bound_contextvars(sf_id="00Q000000000001AAA", object="Lead"):
             log.info("applied")
         log.info("after")

@@ -7,7 +7,7 @@ import io
 import pytest
 from structlog.testing import capture_logs
 
-from listener.progress import Progress, render_bar
+from service.progress import Progress, render_bar
 
 
 class FakeClock:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from listener.metrics import METRICS
-from listener.supervisor import Service
+from service.supervisor import Service
 from settings import Mappings, Settings
 
 

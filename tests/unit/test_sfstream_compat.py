@@ -11,7 +11,7 @@ from aiocometd_ng.exceptions import TransportError
 from aiosfstream_ng.auth import AuthenticatorBase
 from aiosfstream_ng.exceptions import ServerError
 
-from listener._sfstream_compat import (
+from listener.sources._sfstream_compat import (
     Backoff,
     CommittedReplayIds,
     DeliveryLimitError,

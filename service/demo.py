@@ -154,7 +154,7 @@ def demo_settings(*, login_url: str, mongo_uri: str, admin_port: int, token: str
 async def run_demo(*, duration: float | None = None, admin_port: int = 8080,
                    workdir: Path = DEMO_DIR) -> int:
     """Run the demo until Ctrl-C/SIGTERM or `duration` seconds; 0 on a clean stop."""
-    from listener.logs import configure_logging, settings_secrets
+    from service.logs import configure_logging, settings_secrets
 
     _prepare(workdir)
     configure_logging(os.environ.get("SFSYNC_LOG__LEVEL", "WARNING"), "console")
@@ -191,8 +191,8 @@ async def _run_service(settings: Settings, mappings: Mappings, scenario: Scenari
                        stop: asyncio.Event, duration: float | None) -> int:
     """The real service (`run_service`, admin surface included), stopped through its own stop
     event, so the demo goes through the same orderly shutdown as SIGTERM does in production."""
-    from listener.process import run_service
-    from listener.supervisor import SHUTDOWN_SECONDS
+    from service.process import run_service
+    from service.supervisor import SHUTDOWN_SECONDS
 
     service_stop = asyncio.Event()
     service = asyncio.create_task(run_service(settings, mappings, service_stop, handle_signals=False),

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from listener.admin.client import AdminApiError, AdminClient, AdminUnreachable
+from service.admin.client import AdminApiError, AdminClient, AdminUnreachable
 from settings import ConfigError, Settings, load_mappings, load_settings
 
 EXIT_OK, EXIT_API_ERROR, EXIT_CONFIG, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -102,8 +102,8 @@ def _load() -> tuple[Settings, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from listener.logs import configure_logging, settings_secrets
-    from listener.process import run_service
+    from service.logs import configure_logging, settings_secrets
+    from service.process import run_service
 
     settings, mappings = _load()
     configure_logging(settings.log.level, settings.log.format.value, secrets=settings_secrets(settings))
@@ -111,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from listener.config_report import render_config
+    from service.config_report import render_config
 
     settings, mappings = _load()
     sys.stdout.write(render_config(settings, mappings))
@@ -119,7 +119,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from listener.demo import run_demo
+    from service.demo import run_demo
 
     return asyncio.run(run_demo(duration=args.duration, admin_port=args.port))
 

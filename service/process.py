@@ -16,11 +16,11 @@ from typing import Any
 
 import structlog
 
-from listener.admin import AdminServer, create_admin_app, start_admin
-from listener.supervisor import SHUTDOWN_SECONDS, Service
 from reconciler.errors import FatalError, RetriableError
 from reconciler.jobs import runner_for
 from reconciler.store import Store
+from service.admin import AdminServer, create_admin_app, start_admin
+from service.supervisor import SHUTDOWN_SECONDS, Service
 from settings import Mappings, Settings
 
 log = structlog.get_logger(__name__)

@@ -8,17 +8,17 @@ from urllib.parse import parse_qsl, urlencode
 import structlog
 from aiohttp import web
 
-from listener.admin import auth
-from listener.admin._http import (
+from reconciler.errors import BudgetExhaustedError, RetriableError, SyncError
+from service.admin import auth
+from service.admin._http import (
     CONTEXT,
     css_response,
     find_logs,
     html_response,
     load_failed_log,
 )
-from listener.admin.filters import BadParameter
-from listener.admin.page import PageView, render_login_page, render_logs_page, render_message_page
-from reconciler.errors import BudgetExhaustedError, RetriableError, SyncError
+from service.admin.filters import BadParameter
+from service.admin.page import PageView, render_login_page, render_logs_page, render_message_page
 
 log = structlog.get_logger(__name__)
 

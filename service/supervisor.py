@@ -3,7 +3,7 @@
 Start-up: store (indexes) -> Salesforce client -> governor (first `limits`) -> reconciler ->
 backfill when no watermark exists yet -> remerge when the mappings changed -> outbound
 flusher, local-change watcher, auto-retry -> the inbound source. The admin HTTP surface is not
-the service's: `listener.process` starts it first and points it at whichever `Service` runs.
+the service's: `service.process` starts it first and points it at whichever `Service` runs.
 
 The source follows the governor's mode: `streaming` runs `CdcStream`, `polling` runs the
 `Poller` every SFSYNC_SYNC__FREQUENCY_MINUTES, `paused`/`starting` run neither. A switch
@@ -46,10 +46,9 @@ import structlog
 
 from listener.budget import BudgetGovernor, Mode
 from listener.metrics import METRICS
-from listener.poller import Poller, watermark_key
-from listener.progress import Progress
 from listener.salesforce import SalesforceClient
-from listener.stream import CdcStream
+from listener.sources.cometd import CdcStream
+from listener.sources.polling import Poller, watermark_key
 from reconciler.backfill import backfill
 from reconciler.errors import FatalError, RetriableError, SyncError
 from reconciler.inbound import Reconciler
@@ -60,6 +59,7 @@ from reconciler.ports import ChangeSink, RejectedEvent, SalesforceChange
 from reconciler.remerge import remerge
 from reconciler.retry import AutoRetryScheduler
 from reconciler.store import Store
+from service.progress import Progress
 from settings import Mappings, Settings
 
 if TYPE_CHECKING:

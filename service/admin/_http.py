@@ -11,9 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
-from listener.admin.filters import BadParameter, LogFilters, parse_filters
-from listener.admin.ports import JobRunner, StatusProvider, SyncLogReader
 from reconciler.errors import BudgetExhaustedError, RetriableError, SkippableError, SyncError
+from service.admin.filters import BadParameter, LogFilters, parse_filters
+from service.admin.ports import JobRunner, StatusProvider, SyncLogReader
 
 LOG_ID = re.compile(r"^[0-9a-fA-F]{24}$")
 _CSS = Path(__file__).with_name("style.css").read_text(encoding="utf-8")

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 
 class StatusProvider(Protocol):
-    """The running service as the admin surface sees it (implemented by `listener.supervisor.Service`)."""
+    """The running service as the admin surface sees it (implemented by `service.supervisor.Service`)."""
 
     def status(self) -> dict[str, Any]:
         """`mode`, `budget` {used, max, remaining_pct}, replay ids, watermarks, queue depth..."""

@@ -9,7 +9,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from listener.admin.filters import LogFilters
+from service.admin.filters import LogFilters
 
 NOTICES: dict[str, tuple[str, str]] = {
     "retried": ("ok", "Retried: the outcome is the newest row for that record."),

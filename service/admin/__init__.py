@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from listener.admin.app import AdminServer, create_admin_app, start_admin
-from listener.admin.ports import JobRunner, StatusProvider, SyncLogReader
+from service.admin.app import AdminServer, create_admin_app, start_admin
+from service.admin.ports import JobRunner, StatusProvider, SyncLogReader
 
 __all__ = [
     "AdminServer",

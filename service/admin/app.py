@@ -11,20 +11,20 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from listener.admin import auth
-from listener.admin._http import (
+from listener.metrics import METRICS
+from reconciler.errors import SyncError
+from service.admin import auth
+from service.admin._http import (
     CONTEXT,
     AdminContext,
     error_response,
     json_response,
     sync_error_response,
 )
-from listener.admin.api import add_api_routes
-from listener.admin.filters import BadParameter
-from listener.admin.ports import JobRunner, StatusProvider, SyncLogReader
-from listener.admin.views import add_page_routes
-from listener.metrics import METRICS
-from reconciler.errors import SyncError
+from service.admin.api import add_api_routes
+from service.admin.filters import BadParameter
+from service.admin.ports import JobRunner, StatusProvider, SyncLogReader
+from service.admin.views import add_page_routes
 
 log = structlog.get_logger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from listener.admin._http import (
+from service.admin._http import (
     CONTEXT,
     error_response,
     find_logs,
@@ -17,7 +17,7 @@ from listener.admin._http import (
     load_failed_log,
     public_log,
 )
-from listener.admin.filters import BadParameter, is_salesforce_id
+from service.admin.filters import BadParameter, is_salesforce_id
 
 log = structlog.get_logger(__name__)
 

@@ -29,7 +29,9 @@ from typing import Any, Protocol
 
 import structlog
 
-from listener._sfstream_compat import (
+from listener.events import GapRequest, OverflowRequest, channel_object, parse_message
+from listener.metrics import METRICS
+from listener.sources._sfstream_compat import (
     NEW_EVENTS,
     Backoff,
     CommittedReplayIds,
@@ -38,10 +40,8 @@ from listener._sfstream_compat import (
     StreamSession,
     TokenSource,
 )
-from listener.batching import CommitPolicy, MicroBatcher
-from listener.events import GapRequest, OverflowRequest, channel_object, parse_message
-from listener.metrics import METRICS
-from listener.poller import Poller, StateStore, Watermark, floor_second, watermark_key
+from listener.sources.batching import CommitPolicy, MicroBatcher
+from listener.sources.polling import Poller, StateStore, Watermark, floor_second, watermark_key
 from reconciler.errors import RetriableError
 from reconciler.ports import ChangeSink, RejectedEvent, SalesforceChange
 

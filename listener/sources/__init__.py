@@ -1,0 +1,1 @@
+"""Inbound sources: the CometD CDC stream and SOQL polling, behind one `Source` protocol."""

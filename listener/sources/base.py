@@ -1,0 +1,53 @@
+"""The contract every inbound source keeps, so the shell can run, switch and report any of them.
+
+A source reads Salesforce changes and hands them to a `ChangeSink`; it stores its own offsets
+(replay ids, watermarks) in `sync_state` only after the sink applied what they cover.
+
+Handover between sources is data, not calls into each other: before a source starts, the shell
+passes it the marks the previous one left (`resume_from`), and a source that stops leaves its
+marks behind (`handover_marks`), so a new source type never needs the shell edited:
+
+- the poller's marks are its watermarks; the stream resumes from its replay ids and skips what
+  the poller already covered;
+- the stream leaves watermarks just before its last applied commit, which the poller reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol, runtime_checkable
+
+from reconciler.watermark import Watermark
+
+HandoverMarks = dict[str, Watermark]  # per Salesforce object
+
+
+@runtime_checkable
+class Source(Protocol):
+    """One inbound source. `run` returns when `stop` is set (after committing what it applied)
+    or when it cannot go on (e.g. the CDC allocation is spent); it raises `FatalError` only
+    for what a restart will not cure."""
+
+    name: str  # "stream", "poller", ... (shown in /api/status `source`)
+
+    @property
+    def ready(self) -> bool:
+        """Changes flow: connected (stream) or a pass loop running (poller)."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """Source-specific status for /api/status (`replay_ids`, `queue_depth`, ...)."""
+        ...
+
+    async def handover_marks(self) -> HandoverMarks:
+        """Where the next source should continue from, per object."""
+        ...
+
+    def resume_from(self, marks: HandoverMarks) -> None:
+        """Marks left by the previous source, taken before `run`."""
+        ...
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+__all__ = ["HandoverMarks", "Source"]
