@@ -78,7 +78,7 @@ def _imported_packages(path: Path) -> set[str]:
 class TestImportDirection:
     @pytest.mark.parametrize("package", sorted(MAY_IMPORT))
     def test_package_imports_only_what_it_may(self, package: str) -> None:
-        """settings <- reconciler <- listener <- service: nothing imports a layer above it, not even lazily."""
+        """settings <- reconciler <- listener <- service: no import of a layer above, not even lazily."""
         offending = []
         for path in sorted((ROOT / package).rglob("*.py")):
             relative = path.relative_to(ROOT).as_posix()
