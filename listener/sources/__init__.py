@@ -1,1 +1,33 @@
-"""Inbound sources: the CometD CDC stream and SOQL polling, behind one `Source` protocol."""
+"""Inbound sources: the CometD CDC stream and SOQL polling, behind one `Source` protocol.
+
+`create_sources` builds every source this service can run, keyed by the budget mode that runs
+it; the shell switches between them knowing only the `Source` protocol. A new source (say
+Salesforce's Pub/Sub API) is one module here and one entry in `create_sources`.
+"""
+
+from __future__ import annotations
+
+from listener.budget import BudgetGovernor, Mode
+from listener.salesforce import SalesforceClient
+from listener.sources.base import HandoverMarks, Source
+from listener.sources.cometd import CdcStream
+from listener.sources.polling import Poller
+from reconciler.ports import ChangeSink
+from reconciler.store import Store
+from settings import Mappings, Settings
+
+
+def create_sources(*, settings: Settings, mappings: Mappings, sf: SalesforceClient, store: Store,
+                   sink: ChangeSink, governor: BudgetGovernor) -> dict[Mode, Source]:
+    """The source each mode runs: `streaming` the CDC stream, `polling` the poller."""
+    sync = settings.sync
+    poller = Poller(sf, store, sink, mappings, sync.objects, every_minutes=sync.frequency_minutes)
+    stream = CdcStream(
+        sf=sf, store=store, sink=sink, poller=poller, objects=sync.objects,
+        client_name=settings.salesforce.client_name, api_version=settings.salesforce.api_version,
+        batch_size=sync.batch_size, batch_wait_ms=sync.batch_wait_ms, governor=governor,
+    )
+    return {Mode.STREAMING: stream, Mode.POLLING: poller}
+
+
+__all__ = ["CdcStream", "HandoverMarks", "Poller", "Source", "create_sources"]

@@ -85,7 +85,9 @@ class _Batch:
 
 
 class CdcStream:
-    """Runs the stream until `stop` is set or the CDC allocation is spent."""
+    """Runs the stream until `stop` is set or the CDC allocation is spent (a `Source`)."""
+
+    name = "stream"
 
     def __init__(
         self,
@@ -146,6 +148,14 @@ class CdcStream:
     def resume_after_poll(self, marks: dict[str, Watermark]) -> None:
         """Skip replayed events the poller already applied (handover poll -> stream)."""
         self._poll_marks.update(marks)
+
+    def resume_from(self, marks: dict[str, Watermark]) -> None:
+        self.resume_after_poll(marks)
+
+    async def handover_marks(self) -> dict[str, Watermark]:
+        """The stream leaves its marks in `sync_state` (watermarks before its last applied
+        commit, written when `run` ends); the next source reads them from there."""
+        return {}
 
     async def run(self, stop: asyncio.Event) -> None:
         self.running = True

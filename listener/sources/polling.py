@@ -94,7 +94,9 @@ class PassReport:
 
 
 class Poller:
-    """Polls each configured object from its watermark; also fetches records by id."""
+    """Polls each configured object from its watermark (a `Source`); also fetches records by id."""
+
+    name = "poller"
 
     def __init__(
         self,
@@ -105,6 +107,7 @@ class Poller:
         objects: Sequence[str],
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        every_minutes: int = 10,
     ) -> None:
         self._sf = sf
         self._store = store
@@ -112,8 +115,25 @@ class Poller:
         self._mappings = mappings
         self.objects = list(objects)
         self._clock = clock
+        self.every_minutes = every_minutes
         self.last_pass: PassReport | None = None
         self.running = False
+
+    @property
+    def ready(self) -> bool:
+        return self.running
+
+    def status(self) -> dict[str, Any]:
+        return {"running": self.running, "every_minutes": self.every_minutes}
+
+    async def handover_marks(self) -> dict[str, Watermark]:
+        return {sobject: await self.watermark(sobject) for sobject in self.objects}
+
+    def resume_from(self, marks: dict[str, Watermark]) -> None:
+        """The poller continues from the watermarks in `sync_state`; nothing to take over."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.run_every(self.every_minutes, stop)
 
     async def watermark(self, sobject: str) -> Watermark:
         return Watermark.from_state(await self._store.load_state(watermark_key(sobject)))

@@ -1,0 +1,69 @@
+"""The keys of `sync_state`, built and parsed here and nowhere else.
+
+    replay:<channel>      {"replay_id": N}                      CDC offset per channel
+    watermark:<Object>    {"ts": ..., "last_id": ...}           polling/backfill keyset position
+    resume:<collection>   {"token": ...}                        change-stream resume token
+    lease:<name>          {"owner": ..., "expires_at": ...}     leader lease
+    mappings              {"hash": ..., "mappings": {...}}      mappings the last remerge applied
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+
+class StateKind(StrEnum):
+    REPLAY = "replay"
+    WATERMARK = "watermark"
+    RESUME = "resume"
+    LEASE = "lease"
+
+
+MAPPINGS_KEY = "mappings"
+
+
+def state_key(kind: StateKind, subject: str) -> str:
+    return f"{kind.value}:{subject}"
+
+
+def replay_key(channel: str) -> str:
+    return state_key(StateKind.REPLAY, channel)
+
+
+def watermark_key(sobject: str) -> str:
+    return state_key(StateKind.WATERMARK, sobject)
+
+
+def resume_key(collection: str) -> str:
+    return state_key(StateKind.RESUME, collection)
+
+
+def lease_key(name: str) -> str:
+    return state_key(StateKind.LEASE, name)
+
+
+def parse_key(key: str) -> tuple[StateKind, str] | None:
+    """`replay:/data/LeadChangeEvent` -> (REPLAY, "/data/LeadChangeEvent"); None for other keys."""
+    kind, sep, subject = key.partition(":")
+    if not sep:
+        return None
+    try:
+        return StateKind(kind), subject
+    except ValueError:
+        return None
+
+
+def of_kind(state: Mapping[str, dict[str, Any]], kind: StateKind) -> dict[str, dict[str, Any]]:
+    """The documents of one kind from a whole-`sync_state` read, keyed by subject."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in state.items():
+        parsed = parse_key(key)
+        if parsed is not None and parsed[0] is kind:
+            out[parsed[1]] = value
+    return out
+
+
+__all__ = ["MAPPINGS_KEY", "StateKind", "lease_key", "of_kind", "parse_key", "replay_key", "resume_key",
+           "state_key", "watermark_key"]
