@@ -34,7 +34,8 @@ from reconciler.merge import Side, merge_field
 from reconciler.outbox import Clock, utcnow
 from reconciler.ports import OutboundQueue, OutboundWrite
 from reconciler.records import COMPANIES, PEOPLE, get_path
-from reconciler.store._watch import LocalChange, StreamHistoryLostError, WatchedCollection
+from reconciler.store import LocalChange, StreamHistoryLostError, WatchedCollection
+from reconciler.store.state_keys import local_watermark_key, resume_key
 from settings import FieldMapping, Mappings
 
 log = structlog.get_logger(__name__)
@@ -244,7 +245,7 @@ class LocalChangeWatcher:
     # -- change streams ----------------------------------------------------------------------
 
     async def _stream(self, watched: WatchedCollection, stop: asyncio.Event) -> None:
-        key = f"resume:{watched.name}"
+        key = resume_key(watched.name)
         while not stop.is_set():
             state = await self._store.load_state(key) or {}
             try:
@@ -292,7 +293,7 @@ class LocalChangeWatcher:
 
     async def poll_once(self, watched: WatchedCollection) -> int:
         """One pass from the saved watermark; the number of documents read."""
-        key = f"local_watermark:{watched.name}"
+        key = local_watermark_key(watched.name)
         state = await self._store.load_state(key)
         if state is None:  # first start: from now on, not the whole history
             state = {"updated_at": self._clock() - self._settle, "id": None}

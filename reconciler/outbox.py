@@ -16,7 +16,7 @@ import structlog
 
 from reconciler.ports import OutboundWrite
 from reconciler.records import is_blank
-from reconciler.store._outbox import OutboxCollection, OutboxEntry, OutboxGroup
+from reconciler.store import OutboxCollection, OutboxEntry, OutboxGroup
 
 log = structlog.get_logger(__name__)
 

@@ -2,6 +2,8 @@
 
 `Store` is assembled from one mixin per concern; its `db` attribute is for the store's own
 modules (`_records`, `_logs`, `_state`, and the outbox/watch modules), not for callers.
+Callers import from here only (the `_private` modules are the store's own); the keys of
+`sync_state` are built and parsed in `reconciler.store.state_keys`.
 """
 
 from __future__ import annotations
@@ -10,16 +12,34 @@ from bson import ObjectId
 from bson.errors import InvalidId
 
 from reconciler.store._client import Connection, translate_errors
-from reconciler.store._lease import LeaseMixin
+from reconciler.store._lease import Lease, LeaseHolder, LeaseMixin
 from reconciler.store._logs import LogsMixin, decode_cursor, encode_cursor
+from reconciler.store._outbox import CREATE, UPDATE, OutboxCollection, OutboxEntry, OutboxGroup
 from reconciler.store._records import BulkOutcome, RecordsMixin, RecordWrite
 from reconciler.store._state import StateMixin
-from reconciler.store._watch import OutboundMixin
+from reconciler.store._watch import (
+    LocalChange,
+    LocalChangeBatch,
+    OutboundMixin,
+    StreamHistoryLostError,
+    WatchedCollection,
+)
 
 __all__ = [
+    "CREATE",
+    "UPDATE",
     "BulkOutcome",
+    "Lease",
+    "LeaseHolder",
+    "LocalChange",
+    "LocalChangeBatch",
+    "OutboxCollection",
+    "OutboxEntry",
+    "OutboxGroup",
     "RecordWrite",
     "Store",
+    "StreamHistoryLostError",
+    "WatchedCollection",
     "decode_cursor",
     "encode_cursor",
     "new_object_id",

@@ -30,6 +30,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from reconciler.store._client import DURABLE, translate_errors
+from reconciler.store.state_keys import lease_key
 from reconciler.sync_logs import utcnow
 
 log = structlog.get_logger(__name__)
@@ -67,7 +68,7 @@ class Lease:
                  clock: Callable[[], datetime] = utcnow,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._coll = db.get_collection("sync_state", write_concern=DURABLE)
-        self.key = f"lease:{name}"
+        self.key = lease_key(name)
         self.owner = owner or new_owner_id()
         self.ttl = ttl
         self._clock = clock

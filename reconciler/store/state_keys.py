@@ -3,6 +3,7 @@
     replay:<channel>      {"replay_id": N}                      CDC offset per channel
     watermark:<Object>    {"ts": ..., "last_id": ...}           polling/backfill keyset position
     resume:<collection>   {"token": ...}                        change-stream resume token
+    local_watermark:<collection>  {"updated_at": ..., "id": ...}   local polling keyset position
     lease:<name>          {"owner": ..., "expires_at": ...}     leader lease
     mappings              {"hash": ..., "mappings": {...}}      mappings the last remerge applied
 """
@@ -19,6 +20,7 @@ class StateKind(StrEnum):
     WATERMARK = "watermark"
     RESUME = "resume"
     LEASE = "lease"
+    LOCAL_WATERMARK = "local_watermark"
 
 
 MAPPINGS_KEY = "mappings"
@@ -44,6 +46,10 @@ def lease_key(name: str) -> str:
     return state_key(StateKind.LEASE, name)
 
 
+def local_watermark_key(collection: str) -> str:
+    return state_key(StateKind.LOCAL_WATERMARK, collection)
+
+
 def parse_key(key: str) -> tuple[StateKind, str] | None:
     """`replay:/data/LeadChangeEvent` -> (REPLAY, "/data/LeadChangeEvent"); None for other keys."""
     kind, sep, subject = key.partition(":")
@@ -65,5 +71,5 @@ def of_kind(state: Mapping[str, dict[str, Any]], kind: StateKind) -> dict[str, d
     return out
 
 
-__all__ = ["MAPPINGS_KEY", "StateKind", "lease_key", "of_kind", "parse_key", "replay_key", "resume_key",
-           "state_key", "watermark_key"]
+__all__ = ["MAPPINGS_KEY", "StateKind", "lease_key", "local_watermark_key", "of_kind", "parse_key",
+           "replay_key", "resume_key", "state_key", "watermark_key"]

@@ -11,8 +11,7 @@ from bson import ObjectId
 
 from reconciler.local_changes import LocalChangeWatcher
 from reconciler.outbox import Outbox
-from reconciler.store import Store
-from reconciler.store._outbox import OutboxEntry
+from reconciler.store import OutboxEntry, Store
 from settings import Mappings, parse_mappings
 from tests.support.eventually import eventually
 

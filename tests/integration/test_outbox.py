@@ -9,8 +9,7 @@ import pytest
 
 from reconciler.outbox import Outbox
 from reconciler.ports import OutboundWrite
-from reconciler.store import Store
-from reconciler.store._outbox import CREATE, UPDATE
+from reconciler.store import CREATE, UPDATE, Store
 from tests.support.clock import Clock
 
 

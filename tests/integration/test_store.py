@@ -123,5 +123,7 @@ def test_public_surface_is_pinned() -> None:
     import reconciler.store
 
     assert sorted(reconciler.store.__all__) == [
-        "BulkOutcome", "RecordWrite", "Store", "decode_cursor", "encode_cursor", "new_object_id",
+        "BulkOutcome", "CREATE", "Lease", "LeaseHolder", "LocalChange", "LocalChangeBatch",
+        "OutboxCollection", "OutboxEntry", "OutboxGroup", "RecordWrite", "Store", "StreamHistoryLostError",
+        "UPDATE", "WatchedCollection", "decode_cursor", "encode_cursor", "new_object_id",
         "parse_local_id", "translate_errors"]

@@ -35,8 +35,10 @@ EXPORTS: dict[str, set[str]] = {
         "SalesforceChange", "SessionExpiredError", "SkippableError", "SyncError", "SyncLog",
     },
     "reconciler.store": {
-        "BulkOutcome", "RecordWrite", "Store", "decode_cursor", "encode_cursor", "new_object_id",
-        "parse_local_id", "translate_errors",
+        "CREATE", "UPDATE", "BulkOutcome", "Lease", "LeaseHolder", "LocalChange", "LocalChangeBatch",
+        "OutboxCollection", "OutboxEntry", "OutboxGroup", "RecordWrite", "Store", "StreamHistoryLostError",
+        "WatchedCollection", "decode_cursor", "encode_cursor", "new_object_id", "parse_local_id",
+        "translate_errors",
     },
     "emulator": {"EmulatorConfig", "EmulatorState", "create_app"},
 }
