@@ -31,9 +31,11 @@ import structlog
 
 from reconciler.errors import RetriableError
 from reconciler.merge import Side, merge_field
+from reconciler.objects import ACCOUNT, COMPANIES, OBJECTS, PEOPLE, objects_in
 from reconciler.outbox import Clock, utcnow
+from reconciler.pacing import Backoff, every, sleep_unless_stopped
 from reconciler.ports import OutboundQueue, OutboundWrite
-from reconciler.records import COMPANIES, PEOPLE, get_path
+from reconciler.records import get_path
 from reconciler.store import LocalChange, StreamHistoryLostError, WatchedCollection
 from reconciler.store.state_keys import local_watermark_key, resume_key
 from settings import FieldMapping, Mappings
@@ -42,7 +44,8 @@ log = structlog.get_logger(__name__)
 
 Planned = tuple[OutboundWrite | None, dict[str, datetime]]  # one record's write and field times
 _EDITS = frozenset({"insert", "update", "replace"})
-_CREATE_OBJECT = {"lead": "Lead", "contact": "Contact"}
+# `rules.create_in_salesforce` ("lead" | "contact") -> the object a new Person is created as
+_CREATE_OBJECT = {name.lower(): name for name in objects_in(PEOPLE)}
 
 
 class WatchStore(Protocol):
@@ -86,7 +89,7 @@ def mapped_fields(mappings: Mappings, collection: str) -> list[str]:
 def create_object(mappings: Mappings, collection: str, objects: Collection[str]) -> str | None:
     """The object a new unlinked local record is created as, or None (rules, synced objects)."""
     if collection == COMPANIES:
-        target: str | None = "Account" if mappings.companies else None
+        target: str | None = ACCOUNT.name if mappings.companies else None
     else:
         target = _CREATE_OBJECT.get(mappings.rules.create_in_salesforce)
     return target if target in objects else None
@@ -187,7 +190,7 @@ class LocalChangeWatcher:
     def __init__(
         self, store: WatchStore, mappings: Mappings, outbox: OutboundQueue, *,
         collections: Sequence[str] = (PEOPLE, COMPANIES),
-        objects: Collection[str] = ("Lead", "Contact", "Account"),
+        objects: Collection[str] = tuple(OBJECTS),
         force_polling: bool = False, poll_interval: timedelta = timedelta(seconds=5),
         settle: timedelta = timedelta(seconds=1), max_await_ms: int = 500,
         token_save_interval: timedelta = timedelta(seconds=30), page_size: int = 500,
@@ -222,17 +225,16 @@ class LocalChangeWatcher:
     async def _guarded(self, loop: Callable[[WatchedCollection, asyncio.Event], Awaitable[None]],
                        watched: WatchedCollection, stop: asyncio.Event) -> None:
         """Restart a collection's loop after a transient MongoDB failure, from its saved offset."""
-        delay = 1.0
+        backoff = Backoff(base=1.0, cap=30.0)
         while not stop.is_set():
             try:
                 await loop(watched, stop)
                 return
             except RetriableError as exc:
+                delay = backoff.next_delay()
                 log.warning("local_watch_failed", collection=watched.name, error=str(exc),
-                            retry_in_s=delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, 30.0)
+                            retry_in_s=round(delay, 1))
+                await sleep_unless_stopped(stop, delay)
 
     async def apply(self, watched: WatchedCollection, plan: Plan) -> None:
         """Outbox first (durable), then field times; the caller saves its offset after this."""
@@ -286,10 +288,8 @@ class LocalChangeWatcher:
 
     async def _poll(self, watched: WatchedCollection, stop: asyncio.Event) -> None:
         await watched.ensure_polling_index()
-        while not stop.is_set():
+        async for _ in every(self._poll_interval.total_seconds(), stop):
             await self.poll_once(watched)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._poll_interval.total_seconds())
 
     async def poll_once(self, watched: WatchedCollection) -> int:
         """One pass from the saved watermark; the number of documents read."""

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reconciler.errors import FatalError
+from reconciler.objects import OBJECTS, PEOPLE
 from settings import Direction, Mappings
 
 
@@ -19,7 +20,9 @@ class MappingError(FatalError):
 
 
 def _section(sobject: str) -> str:
-    return "companies" if sobject == "Account" else "people"
+    """The mappings section (named like the collection) an object's mappings live in."""
+    entry = OBJECTS.get(sobject)
+    return entry.collection if entry is not None else PEOPLE
 
 
 def mapping_problems(

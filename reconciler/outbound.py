@@ -4,8 +4,8 @@ Per object and kind (create vs update), up to 200 pending writes go out in ONE c
 are matched to records by position (failed records carry no id). A record Salesforce refuses
 becomes a `failed` sync log (that log is what an admin or the auto-retry re-runs) and leaves
 the outbox; a call that fails as a whole (network, 5xx, lock storm) leaves its writes in the
-outbox with exponential backoff and jitter; with the budget below its reserve nothing is
-claimed at all. Nothing is ever dropped silently.
+outbox with exponential backoff (`retry_delay`: full jitter above a floor); with the budget
+below its reserve nothing is claimed at all. Nothing is ever dropped silently.
 
 What to send on a tick is a pure function per object and kind (`FlushPolicy.sizes_due`):
 only full batches of 200, and a partial batch only once its oldest write has waited `max_wait`
@@ -19,7 +19,6 @@ call). `flush()` sends everything due at once (an explicit drain).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,10 +34,13 @@ from reconciler.errors import (
     RetriableError,
     SkippableError,
 )
+from reconciler.linking import match_keys
+from reconciler.objects import OBJECTS
 from reconciler.outbox import Clock, Outbox, utcnow
+from reconciler.pacing import backoff_seconds, every
 from reconciler.ports import Budget, RecordResult, SalesforceApi
-from reconciler.records import format_sf_datetime, is_blank, normalise_domain, normalise_email
-from reconciler.store._outbox import CREATE, OutboxEntry, OutboxGroup
+from reconciler.records import format_sf_datetime, is_blank
+from reconciler.store import CREATE, OutboxEntry, OutboxGroup
 from reconciler.sync_logs import SyncLog
 from reconciler.watermark import soql_string
 from settings import SyncSettings
@@ -95,12 +97,6 @@ class FlushPolicy:
         patience = self.poll_interval if mode == "polling" else self.max_wait
         return [rest] if oldest_wait >= patience else []
 
-    def should_flush(self, *, mode: str, pending: int, oldest_wait: timedelta,
-                     since_last_flush: timedelta) -> bool:
-        """Is any call due for this group now?"""
-        return bool(self.sizes_due(mode=mode, pending=pending, oldest_wait=oldest_wait,
-                                   since_last_flush=since_last_flush))
-
 
 def due_calls(groups: Sequence[OutboxGroup], policy: FlushPolicy, *, mode: str, now: datetime,
               since_last_flush: timedelta) -> list[tuple[str, str, int]]:
@@ -156,17 +152,10 @@ def sf_value(value: Any) -> Any:
 
 
 def match_key(sobject: str, record: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(Salesforce field, normalised value) that finds a created record again, if it has one."""
-    if sobject in ("Lead", "Contact"):
-        email = normalise_email(record.get("Email"))
-        return ("Email", email) if email else None
-    if sobject == "Account":
-        domain = normalise_domain(record.get("Website"))
-        if domain:
-            return "Website", domain
-        name = record.get("Name")
-        return ("Name", name.strip().casefold()) if isinstance(name, str) and name.strip() else None
-    return None
+    """(Salesforce field, normalised value) that finds a created record again, if it has one:
+    the first of the object's match fields (`reconciler.objects`) the record has."""
+    keys = match_keys(sobject, record)
+    return keys[0] if keys else None
 
 
 def recovery_query(sobject: str, records: Sequence[Mapping[str, Any]], since: datetime) -> str | None:
@@ -178,7 +167,7 @@ def recovery_query(sobject: str, records: Sequence[Mapping[str, Any]], since: da
             values.setdefault(key[0], set()).add(str(record[key[0]]).strip())
     if not values:
         return None
-    selected = ["Id", *sorted({"Email"} if sobject != "Account" else {"Website", "Name"})]
+    selected = ["Id", *sorted(OBJECTS[sobject].match_fields)]
     found_by = " OR ".join(f"{name} IN ({', '.join(soql_string(v) for v in sorted(vals))})"
                            for name, vals in sorted(values.items()))
     return (f"SELECT {', '.join(selected)} FROM {sobject} WHERE ({found_by}) "
@@ -195,20 +184,22 @@ def match_recovered(sobject: str, records: Sequence[Mapping[str, Any]],
             waiting.setdefault(key, []).append(index)
     matched: dict[int, str] = {}
     for sf_record in found:
-        key = match_key(sobject, sf_record)
-        if sobject == "Account" and key is not None and key[0] == "Website":
-            # An Account sent by Name may come back with a Website someone else set since.
-            key = key if key in waiting else match_key(sobject, {"Name": sf_record.get("Name")})
+        # A record sent by a later match field (an Account by Name) may come back with an earlier
+        # one (a Website someone else set since): the first of its keys a write waits for.
+        key = next((k for k in match_keys(sobject, sf_record) if k in waiting), None)
         queue = waiting.get(key) if key is not None else None
         if queue and sf_record.get("Id"):
             matched[queue.pop(0)] = str(sf_record["Id"])
     return matched
 
 
-def backoff_delay(attempt: int, *, base: timedelta, cap: timedelta, rng: random.Random) -> timedelta:
-    """Exponential backoff with jitter in [50 %, 100 %] of min(cap, base * 2**attempt)."""
-    ceiling = min(cap.total_seconds(), base.total_seconds() * (2 ** min(attempt, 30)))
-    return timedelta(seconds=ceiling * (0.5 + rng.random() / 2))
+def retry_delay(attempt: int, *, base: timedelta, cap: timedelta, rng: random.Random) -> timedelta:
+    """How long a whole-call failure's writes wait: `pacing.backoff_seconds` (full jitter) with a
+    floor of base/2, so a failed batch is never re-sent on the next tick (250 ms) and a lost
+    create's record has time to commit before the recovery query looks for it."""
+    seconds = backoff_seconds(attempt, base=base.total_seconds(), cap=cap.total_seconds(),
+                              floor=base.total_seconds() / 2, rng=rng)
+    return timedelta(seconds=seconds)
 
 
 def error_text(result: RecordResult) -> str:
@@ -269,7 +260,7 @@ class OutboundFlusher:
         """Tick until `stop` is set: recover expired leases, flush when the policy says so."""
         log.info("outbound_flusher_started", client=self.client_name)
         recovered_at = self._clock() - self._outbox.lease
-        while not stop.is_set():
+        async for _ in every(self._tick.total_seconds(), stop):
             try:
                 if self._clock() - recovered_at >= self._outbox.lease / 4:
                     await self._outbox.recover_expired()
@@ -277,8 +268,6 @@ class OutboundFlusher:
                 await self.tick()
             except RetriableError as exc:
                 log.warning("outbound_tick_failed", error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._tick.total_seconds())
         log.info("outbound_flusher_stopped", calls=self.calls_made)
 
     async def tick(self) -> bool:
@@ -343,8 +332,8 @@ class OutboundFlusher:
             await self._outbox.retry_later(entries, self._budget_wait, count_attempt=False)
             return False
         except RetriableError as exc:
-            delay = backoff_delay(max(e.write.attempt for e in entries), base=self._backoff_base,
-                                  cap=self._backoff_cap, rng=self._rng)
+            delay = retry_delay(max(e.write.attempt for e in entries), base=self._backoff_base,
+                                cap=self._backoff_cap, rng=self._rng)
             # A lost create's records are looked for before they are sent again (next attempt).
             event = ("outbound_create_outcome_unknown" if isinstance(exc, OutcomeUnknownError)
                      else "outbound_call_failed")

@@ -9,13 +9,13 @@ failures (a missing required field, a validation rule) are left for an admin.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import timedelta
 from typing import Protocol
 
 import structlog
 
 from reconciler.errors import RetriableError
+from reconciler.pacing import every
 from reconciler.ports import Budget
 
 log = structlog.get_logger(__name__)
@@ -46,11 +46,7 @@ class AutoRetryScheduler:
         return retried
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval.total_seconds())
-            if stop.is_set():
-                return
+        async for _ in every(self.interval.total_seconds(), stop, first_at_once=False):
             try:
                 await self.run_once()
             except RetriableError as exc:

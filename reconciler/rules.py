@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from reconciler.objects import COMPANIES, LEAD
 from reconciler.ports import SalesforceChange
-from reconciler.records import COMPANIES, get_path, same_sf_id
+from reconciler.records import get_path, same_sf_id
 from settings import Mappings
 
 
 def is_converted_lead(change: SalesforceChange) -> bool:
-    return change.sobject == "Lead" and change.fields.get("IsConverted") is True
+    return change.sobject == LEAD.name and change.fields.get("IsConverted") is True
 
 
 def may_create(mappings: Mappings, change: SalesforceChange, collection: str) -> str | None:

@@ -23,6 +23,7 @@ from pymongo.errors import (
 )
 
 from reconciler.errors import FatalError, RetriableError
+from reconciler.objects import COMPANIES, PEOPLE
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +83,7 @@ class Connection:
     async def ensure_indexes(self) -> None:
         ttl = self.sync_log_retention_days * 86_400
         with translate_errors("ensure_indexes"):
-            for name, match_field in (("people", "email"), ("companies", "domain")):
+            for name, match_field in ((PEOPLE, "email"), (COMPANIES, "domain")):
                 await self.db[name].create_indexes([
                     # sparse rather than partial ({crm.id: {$exists: true}}): the same rule for
                     # a single field, and usable by SecantusDB's planner for `$in` lookups
