@@ -218,10 +218,6 @@ class ChangeEventBus:
         """``listener`` is called (synchronously) after each publish and on resume."""
         self._listeners.append(listener)
 
-    def remove_listener(self, listener: Callable[[], None]) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
-
     def pause_delivery(self) -> None:
         self._paused = True
         log.info("cdc_delivery_paused")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -150,9 +150,6 @@ class Org:
             return None
         record = self.tables[sobject.name].get(normal)
         return (sobject, record) if record is not None else None
-
-    def user_exists(self, user_id: str) -> bool:
-        return user_id in self.tables["User"]
 
     # --- validation --------------------------------------------------------------------------
 
@@ -370,9 +367,6 @@ class Org:
             commit_timestamp_ms=tx.commit_timestamp_ms,
             commit_number=tx.commit_number,
         )
-
-    def live_records(self, name: str) -> Iterable[dict[str, Any]]:
-        return (r for r in self.tables[name].values() if not r.get("IsDeleted"))
 
 
 def _derive_name(sobject: SObjectDef, record: dict[str, Any]) -> None:

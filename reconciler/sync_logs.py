@@ -71,13 +71,4 @@ def failed_inbound(
     )
 
 
-def field_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """`{"field": {"old": ..., "new": ...}}` for the fields whose value changes."""
-    return {
-        name: {"old": old.get(name), "new": value}
-        for name, value in new.items()
-        if old.get(name) != value
-    }
-
-
 _FIELDS = tuple(f.name for f in fields(SyncLog))

@@ -7,7 +7,6 @@ import json
 import re
 import tomllib
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -154,7 +153,3 @@ def _same_sf_id(a: str, b: str) -> bool:
 
 def parse_mappings(text: str) -> Mappings:
     return Mappings.model_validate(tomllib.loads(text))
-
-
-def read_mappings(path: Path) -> Mappings:
-    return parse_mappings(path.read_text(encoding="utf-8"))
