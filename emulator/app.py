@@ -13,6 +13,7 @@ from emulator.control import add_control_routes, traffic_middleware
 from emulator.rest import add_rest_routes, rest_middleware
 from emulator.sample import generate_leads, seed_sample
 from emulator.state import EmulatorConfig, EmulatorState
+from emulator.streaming_control import add_streaming_control_routes
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -38,7 +39,9 @@ def create_app(config: EmulatorConfig) -> web.Application:
     add_rest_routes(app)
     if config.control_enabled:
         add_control_routes(app)
-    add_cometd_routes(app, state)
+    cometd = add_cometd_routes(app, state)
+    if config.control_enabled:
+        add_streaming_control_routes(app, cometd)
     if config.seed == "sample":
         seed_sample(state.org, extra_leads=config.records)
     elif config.records:

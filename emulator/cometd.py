@@ -36,7 +36,6 @@ import structlog
 from aiohttp import web
 
 from emulator.cdc import ChangeEventBus, RetainedEvent
-from emulator.streaming_control import add_streaming_control_routes
 
 if TYPE_CHECKING:
     from emulator.state import EmulatorState
@@ -437,16 +436,15 @@ def _abort(request: web.Request) -> NoReturn:
 # -- routes -------------------------------------------------------------------
 
 
-def add_cometd_routes(app: web.Application, state: EmulatorState) -> None:
-    """Serve ``/cometd/{version}`` and, when enabled, the streaming control routes
-    (``emulator.streaming_control``)."""
+def add_cometd_routes(app: web.Application, state: EmulatorState) -> CometdServer:
+    """Serve ``/cometd/{version}``; the server is returned for the streaming control routes
+    (``emulator.streaming_control``, wired by ``emulator.app``)."""
     server = CometdServer(state)
     state.cometd = server
     app.router.add_post("/cometd/{version}", server.handle)
-    if state.config.control_enabled:
-        add_streaming_control_routes(app, server)
 
     async def end_open_connects(_: web.Application) -> None:
         server.drop_connections()  # long polls would otherwise hold shutdown for the full timeout
 
     app.on_shutdown.append(end_open_connects)
+    return server

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -18,6 +16,7 @@ from aiohttp import web
 from emulator.describe import rest_value, sobject
 from emulator.org import OWNER_USER_ID, Actor, RecordRejected, convert_lead
 from emulator.sample import seed_sample
+from emulator.traffic import Fault, Faults, RequestLog
 
 if TYPE_CHECKING:
     from emulator.state import EmulatorState
@@ -38,51 +37,6 @@ _FAULT_BODIES = {
     401: ("INVALID_SESSION_ID", "Session expired or invalid"),
     403: ("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."),
 }
-
-
-@dataclass
-class Fault:
-    path_prefix: str
-    status: int | None
-    remaining: int
-    latency_ms: int = 0
-    apply_then_drop: bool = False
-
-
-class Faults:
-    """Injected failures: the next `count` calls whose path starts with `path_prefix` answer
-    `status` (after `latency_ms`), or are only delayed when no status is given. With
-    `apply_then_drop` the call is served (a write is applied), then after `latency_ms` the
-    connection is closed without an answer: a response lost on the way back."""
-
-    def __init__(self) -> None:
-        self.active: list[Fault] = []
-
-    def add(self, fault: Fault) -> None:
-        self.active.append(fault)
-
-    def clear(self) -> None:
-        self.active.clear()
-
-    def take(self, path: str) -> Fault | None:
-        for fault in self.active:
-            if path.startswith(fault.path_prefix):
-                fault.remaining -= 1
-                if fault.remaining <= 0:
-                    self.active.remove(fault)
-                return fault
-        return None
-
-
-class RequestLog:
-    """The last requests the org served (method, path, query, headers with Authorization redacted,
-    body, status), bounded so benchmarks do not grow it without limit."""
-
-    def __init__(self, *, max_entries: int = 2000) -> None:
-        self.entries: deque[dict[str, Any]] = deque(maxlen=max_entries)
-
-    def clear(self) -> None:
-        self.entries.clear()
 
 
 def _logged_body(raw: bytes, content_type: str) -> Any:

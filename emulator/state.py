@@ -1,25 +1,33 @@
-"""The emulated org's configuration and the state every route handler shares."""
+"""The emulated org's configuration and the state every route handler shares.
+
+The state holds plain data from modules that do not import it (tokens, traffic, org, bus,
+limits, cursors); the handler modules (auth, rest, control, cometd) import the state, never
+the other way round.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from emulator.auth import TokenStore
 from emulator.cdc import ChangeEventBus
-from emulator.control import Faults, RequestLog
 from emulator.limits import OrgLimits
 from emulator.org import Org
 from emulator.soql import QueryCursors
-
-if TYPE_CHECKING:
-    from emulator.cometd import CometdServer
+from emulator.tokens import TokenStore
+from emulator.traffic import Faults, RequestLog
 
 SAMPLE_CLIENT_ID = "sample-client-id"
 SAMPLE_CLIENT_SECRET = "sample-client-secret"
 SAMPLE_REFRESH_TOKEN = "sample-refresh-token"
+
+
+class CometdHandle(Protocol):
+    """What the state keeps of the running CometD server (`emulator.cometd.CometdServer`)."""
+
+    timeout_ms: int  # the long-poll timeout: tests shorten it
 
 
 @dataclass
@@ -52,5 +60,5 @@ class EmulatorState:
         self.cursors = QueryCursors()
         self.faults = Faults()
         self.requests = RequestLog()
-        self.cometd: CometdServer | None = None
+        self.cometd: CometdHandle | None = None
         self.instance_url = ""
