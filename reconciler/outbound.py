@@ -36,7 +36,7 @@ from reconciler.errors import (
 )
 from reconciler.linking import match_keys
 from reconciler.objects import OBJECTS
-from reconciler.outbox import Clock, Outbox, utcnow
+from reconciler.outbox import Clock, utcnow
 from reconciler.pacing import backoff_seconds, every
 from reconciler.ports import Budget, RecordResult, SalesforceApi
 from reconciler.records import format_sf_datetime, is_blank
@@ -57,6 +57,26 @@ RETRIABLE_CODES = frozenset({
 # Clock skew between this host and Salesforce when comparing CreatedDate with enqueue times.
 RECOVERY_MARGIN = timedelta(minutes=2)
 RECOVERED = "response lost; the record Salesforce created was found and linked"
+
+
+class FlushOutbox(Protocol):
+    """What the flusher needs of the outbox (`reconciler.outbox.Outbox` provides it)."""
+
+    @property
+    def lease(self) -> timedelta: ...
+
+    async def due_groups(self) -> list[OutboxGroup]: ...
+
+    async def claim(self, sobject: str, kind: str, limit: int) -> list[OutboxEntry]: ...
+
+    async def done(self, entries: Sequence[OutboxEntry]) -> None: ...
+
+    async def retry_later(self, entries: Sequence[OutboxEntry], delay: timedelta, *,
+                          count_attempt: bool = True) -> None: ...
+
+    async def recover_expired(self) -> int: ...
+
+    async def created(self, collection: str, local_id: object, sobject: str, sf_id: str) -> None: ...
 
 
 class FlushStore(Protocol):
@@ -236,7 +256,7 @@ class OutboundFlusher:
     """Sends the outbox to Salesforce. Safe to run in several replicas (claims are leased)."""
 
     def __init__(
-        self, outbox: Outbox, sf: SalesforceApi, store: FlushStore, budget: Budget, *,
+        self, outbox: FlushOutbox, sf: SalesforceApi, store: FlushStore, budget: Budget, *,
         client_name: str, policy: FlushPolicy | None = None,
         writable: Mapping[str, Mapping[str, bool]] | None = None,
         backoff_base: timedelta = timedelta(seconds=5), backoff_cap: timedelta = timedelta(minutes=5),

@@ -1,9 +1,11 @@
-"""The one boundary between aiohttp and the rest of the project.
+"""The one boundary between Salesforce's HTTP answers and the rest of the project.
 
-Every Salesforce HTTP call goes through `Transport.request` (or `map_aiohttp_errors` for
-OAuth). Here, and only here, HTTP statuses, Salesforce `errorCode`s and aiohttp exceptions
-become the project's error tree; nothing above this module sees an aiohttp exception.
-Decisions use the status and the `errorCode`, never the message text.
+Every Salesforce REST call goes through `Transport.request`, which sends it over an
+`HttpTransport` (`listener.salesforce.http`: aiohttp by default, a handler function in tests).
+Here, and only here, HTTP statuses and Salesforce `errorCode`s become the project's error
+tree; the HTTP transport has already turned network trouble into `NetworkError`, so nothing
+above sees an aiohttp exception. Decisions use the status and the `errorCode`, never the
+message text.
 
 Creates are not idempotent: a POST whose outcome is unknown (its response was lost after the
 request went out, or a 5xx that does not prove Salesforce refused it) is never retried here; it
@@ -17,16 +19,21 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
-import aiohttp
 import structlog
 
 from listener.metrics import METRICS
+from listener.salesforce.http import (
+    Failure,
+    HttpRequest,
+    HttpResponse,
+    HttpTransport,
+    NetworkError,
+)
 from listener.salesforce.usage import ApiUsage, parse_limit_info
 from reconciler.errors import (
     BudgetExhaustedError,
@@ -36,6 +43,7 @@ from reconciler.errors import (
     RetriableError,
     SessionExpiredError,
 )
+from reconciler.pacing import backoff_seconds
 
 log = structlog.get_logger(__name__)
 
@@ -54,15 +62,15 @@ _REFUSED_STATUSES = frozenset({408, 429, 503})
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter: attempt n sleeps uniform(0, min(cap, base * 2**n))."""
+    """How often a call is tried, and the backoff between tries (`pacing.backoff_seconds`: full
+    jitter, attempt n sleeps uniform(0, min(cap, base * 2**n)))."""
 
     attempts: int = 5
     base: float = 0.5
     cap: float = 30.0
 
     def delay(self, retry_number: int, rng: random.Random | None = None) -> float:
-        ceiling = min(self.cap, self.base * (2**retry_number))
-        return (rng or random).uniform(0, ceiling)
+        return backoff_seconds(retry_number, base=self.base, cap=self.cap, rng=rng)
 
 
 class Action(Enum):
@@ -75,15 +83,6 @@ class Action(Enum):
     SKIP = "skip"
 
 
-class Failure(Enum):
-    """How a call failed, as far as "was anything applied?" goes."""
-
-    NOT_SENT = "not_sent"            # no connection was made: Salesforce never saw the request
-    REFUSED = "refused"              # Salesforce answered that it did not process it
-    RESPONSE_LOST = "response_lost"  # timeout or connection dropped after the request went out
-    SERVER_ERROR = "server_error"    # a 5xx that does not say whether anything was saved
-
-
 def is_idempotent(method: str) -> bool:
     """Sending the call twice does no more than sending it once (every method we use but POST)."""
     return method.upper() != "POST"
@@ -92,17 +91,6 @@ def is_idempotent(method: str) -> bool:
 def may_retry(method: str, failure: Failure) -> bool:
     """Retry automatically? Always when nothing was applied; otherwise only idempotent calls."""
     return failure in (Failure.NOT_SENT, Failure.REFUSED) or is_idempotent(method)
-
-
-def network_failure(exc: BaseException) -> Failure:
-    """An aiohttp/asyncio exception of a call -> whether the request may have reached Salesforce.
-
-    Only a failed connect proves the request never left; a timeout under the total deadline
-    may fire in any phase, so it counts as lost (the caller then checks, at the cost of a query).
-    """
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return Failure.NOT_SENT
-    return Failure.RESPONSE_LOST
 
 
 def response_failure(fault: ApiFault) -> Failure:
@@ -164,17 +152,6 @@ def parse_fault(status: int, body: Any, text: str = "") -> ApiFault:
     return ApiFault(status, "", " ".join(text.split())[:200] or f"HTTP {status}")
 
 
-@contextmanager
-def map_aiohttp_errors(what: str) -> Iterator[None]:
-    """Network trouble (timeouts, refused or dropped connections) becomes `RetriableError`."""
-    try:
-        yield
-    except TimeoutError as exc:
-        raise RetriableError(f"{what}: timed out") from exc
-    except aiohttp.ClientError as exc:
-        raise RetriableError(f"{what}: {type(exc).__name__}") from exc
-
-
 class TokenSource(Protocol):
     """Where the transport gets bearer tokens (the authenticator)."""
 
@@ -185,15 +162,6 @@ class TokenSource(Protocol):
     async def renew(self, stale: str) -> tuple[str, str]:
         """A fresh token, unless another caller already replaced `stale`."""
         ...
-
-
-class _NetworkError(RetriableError):
-    """A call that got no response; `failure` says whether it may have reached Salesforce."""
-
-    def __init__(self, failure: Failure, reason: str) -> None:
-        super().__init__(reason)
-        self.failure = failure
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -208,7 +176,7 @@ class Transport:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        http: HttpTransport,
         tokens: TokenSource,
         *,
         client_name: str,
@@ -216,7 +184,7 @@ class Transport:
         on_usage: Callable[[ApiUsage], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self._session = session
+        self._http = http
         self._tokens = tokens
         self._call_options = f"client={client_name}"
         self._retry = retry
@@ -240,7 +208,7 @@ class Transport:
             token, instance_url = await self._tokens.token()
             try:
                 response = await self._send(method, instance_url + path, token, params, body)
-            except _NetworkError as exc:
+            except NetworkError as exc:
                 if not may_retry(method, exc.failure):
                     raise self._outcome_unknown(method, path, exc.reason) from exc
                 retry_number = await self._back_off(retry_number, method, path, exc.reason, exc)
@@ -278,18 +246,10 @@ class Transport:
         }
         self.calls_made += 1
         METRICS.inc("sfsync_api_calls_total")
-        what = f"{method} {url.split('?')[0]}"
-        try:
-            async with self._session.request(
-                method, url, params=params, json=body, headers=headers
-            ) as resp:
-                text = (await resp.read()).decode("utf-8", errors="replace")
-                self._report_usage(resp.headers.get("Sforce-Limit-Info"))
-                return _Response(resp.status, _json_or_none(text), text)
-        except TimeoutError as exc:
-            raise _NetworkError(network_failure(exc), f"{what}: timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise _NetworkError(network_failure(exc), f"{what}: {type(exc).__name__}") from exc
+        resp = await self._http.send(HttpRequest(method, url, params=params, json=body, headers=headers))
+        text = resp.text
+        self._report_usage(header(resp, "Sforce-Limit-Info"))
+        return _Response(resp.status, _json_or_none(text), text)
 
     def _outcome_unknown(self, method: str, path: str, reason: str) -> OutcomeUnknownError:
         log.warning("salesforce_outcome_unknown", method=method, path=path.split("?")[0],
@@ -325,6 +285,15 @@ def _error_for(action: Action, fault: ApiFault) -> Exception:
         return RecordRejectedError(fault.error_code or f"HTTP_{fault.status}", fault.message,
                                    list(fault.fields))
     return SalesforceFatalError(fault)
+
+
+def header(response: HttpResponse, name: str) -> str | None:
+    """A response header, whatever the case its transport keeps names in."""
+    headers: Mapping[str, str] = response.headers
+    value = headers.get(name)
+    if value is None:
+        value = next((v for k, v in headers.items() if k.lower() == name.lower()), None)
+    return value
 
 
 def _json_or_none(text: str) -> Any:

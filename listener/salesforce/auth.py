@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import jwt
 import structlog
 from pydantic import SecretStr
 
-from listener.salesforce._transport import map_aiohttp_errors
+from listener.salesforce.http import HttpRequest, HttpTransport
 from reconciler.errors import FatalError, RetriableError
 from settings import AuthFlow, SalesforceSettings
 from settings.redaction import add_secret
@@ -119,15 +118,12 @@ def _issued_at(value: Any) -> datetime:
         return datetime.now(UTC)
 
 
-async def fetch_token(session: aiohttp.ClientSession, settings: SalesforceSettings) -> AccessToken:
-    """One token request for the configured flow."""
+async def fetch_token(http: HttpTransport, settings: SalesforceSettings) -> AccessToken:
+    """One token request for the configured flow (network trouble raises `RetriableError`)."""
     form = token_request(settings)
     url = settings.login_url + TOKEN_PATH
-    with map_aiohttp_errors(f"POST {url}"):
-        async with session.post(url, data=form, headers={"Accept": "application/json"}) as resp:
-            text = (await resp.read()).decode("utf-8", errors="replace")
-            status = resp.status
-    token = parse_token_response(status, text)
+    resp = await http.send(HttpRequest("POST", url, form=form, headers={"Accept": "application/json"}))
+    token = parse_token_response(resp.status, resp.text)
     add_secret(token.access_token.get_secret_value())
     log.info("salesforce_authenticated", flow=settings.auth_flow.value, instance_url=token.instance_url)
     return token
@@ -136,8 +132,8 @@ async def fetch_token(session: aiohttp.ClientSession, settings: SalesforceSettin
 class Authenticator:
     """Holds the current token; concurrent callers share one authentication and one renewal."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: SalesforceSettings) -> None:
-        self._session = session
+    def __init__(self, http: HttpTransport, settings: SalesforceSettings) -> None:
+        self._http = http
         self._settings = settings
         self._current: AccessToken | None = None
         self._lock = asyncio.Lock()
@@ -151,7 +147,7 @@ class Authenticator:
         if current is None:
             async with self._lock:
                 if self._current is None:
-                    self._current = await fetch_token(self._session, self._settings)
+                    self._current = await fetch_token(self._http, self._settings)
                 current = self._current
         return current.access_token.get_secret_value(), current.instance_url
 
@@ -160,6 +156,6 @@ class Authenticator:
         async with self._lock:
             current = self._current
             if current is None or stale is None or current.access_token.get_secret_value() == stale:
-                self._current = await fetch_token(self._session, self._settings)
+                self._current = await fetch_token(self._http, self._settings)
             assert self._current is not None
             return self._current.access_token.get_secret_value(), self._current.instance_url

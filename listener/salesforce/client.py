@@ -1,7 +1,9 @@
 """The Salesforce REST client: query, describe, get, sObject Collections, limits.
 
-Implements `reconciler.ports.SalesforceApi`. One `aiohttp.ClientSession` with a bounded
-connection pool per client; errors are translated in `_transport`.
+Implements `reconciler.ports.SalesforceApi`. Every call, OAuth included, goes through one
+`HttpTransport` (`listener.salesforce.http`): by default an aiohttp session with a bounded
+connection pool, or the transport a caller passes (tests: a handler function, as httpx's
+`MockTransport`). Errors are translated in `_transport`.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
-import aiohttp
 import structlog
 
 from listener.salesforce._transport import RetryPolicy, Transport
 from listener.salesforce.auth import Authenticator
+from listener.salesforce.http import AiohttpTransport, HttpTransport
 from listener.salesforce.usage import ApiUsage
 from reconciler.errors import FatalError, OutcomeUnknownError, RetriableError
 from reconciler.ports import RecordError, RecordResult
@@ -47,14 +49,18 @@ class SalesforceClient:
         max_connections: int = 8,
         timeout: float = 60,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008  (frozen dataclass: a safe default)
+        transport: HttpTransport | None = None,
     ) -> None:
+        """`transport` replaces the default aiohttp one (`max_connections` and `timeout` are
+        the default's); the client closes whichever it uses."""
         self._settings = settings
         self._on_usage = on_usage
         self._max_connections = max_connections
         self._timeout = timeout
         self._retry = retry
         self._state = ClientState.UNOPENED
-        self._session: aiohttp.ClientSession | None = None
+        self._given_http = transport
+        self._http: HttpTransport | None = None
         self._auth: Authenticator | None = None
         self._transport: Transport | None = None
         self._describes: dict[str, dict[str, Any]] = {}
@@ -65,13 +71,11 @@ class SalesforceClient:
     async def __aenter__(self) -> Self:
         if self._state is not ClientState.UNOPENED:
             raise RuntimeError(f"SalesforceClient cannot be opened when {self._state.value}")
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections),
-            timeout=aiohttp.ClientTimeout(total=self._timeout),
-        )
-        self._auth = Authenticator(self._session, self._settings)
+        self._http = self._given_http or AiohttpTransport(
+            max_connections=self._max_connections, timeout=self._timeout)
+        self._auth = Authenticator(self._http, self._settings)
         self._transport = Transport(
-            self._session, self._auth, client_name=self._settings.client_name,
+            self._http, self._auth, client_name=self._settings.client_name,
             retry=self._retry, on_usage=self._on_usage,
         )
         self._state = ClientState.OPEN
@@ -83,8 +87,8 @@ class SalesforceClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._state is ClientState.OPEN and self._session is not None:
-            await self._session.close()
+        if self._state is ClientState.OPEN and self._http is not None:
+            await self._http.aclose()
         self._state = ClientState.CLOSED
 
     @property

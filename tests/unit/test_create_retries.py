@@ -8,14 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from listener.salesforce._transport import (
-    ApiFault,
-    Failure,
-    is_idempotent,
-    may_retry,
-    network_failure,
-    response_failure,
-)
+from listener.salesforce._transport import ApiFault, is_idempotent, may_retry, response_failure
+from listener.salesforce.http import Failure, network_failure
 from reconciler.errors import OutcomeUnknownError, RetriableError
 from reconciler.outbound import match_key, match_recovered, recovery_query
 

@@ -22,7 +22,8 @@ EXPORTS: dict[str, set[str]] = {
     },
     "service": {"Service", "main", "run_service"},
     "listener.salesforce": {
-        "COLLECTION_LIMIT", "AccessToken", "ApiUsage", "ClientState", "RetryPolicy", "SalesforceClient",
+        "COLLECTION_LIMIT", "AccessToken", "AiohttpTransport", "ApiUsage", "ClientState", "HttpRequest",
+        "HttpResponse", "HttpTransport", "NetworkError", "RetryPolicy", "SalesforceClient",
         "SalesforceFatalError", "fetch_token", "parse_limit_info", "parse_token_response", "token_request",
     },
     "service.admin": {

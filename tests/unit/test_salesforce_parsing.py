@@ -19,7 +19,8 @@ class TestExportedMembers:
     def test_public_surface_is_pinned(self) -> None:
         """The package exports exactly its documented names."""
         assert sorted(listener.salesforce.__all__) == [
-            "AccessToken", "ApiUsage", "COLLECTION_LIMIT", "ClientState", "RetryPolicy",
+            "AccessToken", "AiohttpTransport", "ApiUsage", "COLLECTION_LIMIT", "ClientState",
+            "HttpRequest", "HttpResponse", "HttpTransport", "NetworkError", "RetryPolicy",
             "SalesforceClient", "SalesforceFatalError", "fetch_token", "parse_limit_info",
             "parse_token_response", "token_request",
         ]
