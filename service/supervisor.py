@@ -21,7 +21,7 @@ from listener.budget import BudgetGovernor, Mode
 from listener.salesforce import SalesforceClient
 from listener.sources import Source
 from reconciler.errors import RetriableError
-from reconciler.jobs import AdminJobs, Jobs
+from reconciler.jobs import AdminJobs
 from reconciler.pacing import run_until_stopped
 from reconciler.store import Store
 from service.assembly import SinkWrapper, SyncParts, assemble, first_start
@@ -88,10 +88,6 @@ class Service:
             raise RetriableError("the service is starting: retry and import are not available yet")
         self.sync_log_store()
         return AdminJobs(self.parts.jobs)
-
-    @property
-    def jobs(self) -> Jobs | None:
-        return self.parts.jobs if self.parts else None
 
     def _lease(self) -> LeaseStatus:
         return self._term.status() if self._term else LeaseStatus()
