@@ -13,7 +13,8 @@ Labels = tuple[tuple[str, str], ...]
 
 _HELP: dict[str, tuple[str, str]] = {
     "sfsync_events_received_total": ("counter", "CDC events received, by object"),
-    "sfsync_events_applied_total": ("counter", "Inbound changes applied to MongoDB, by object"),
+    "sfsync_events_applied_total": ("counter", "Inbound changes applied (not echoes, not failed), by object"),
+    "sfsync_events_echoed_total": ("counter", "Our own writes coming back as inbound changes, by object"),
     "sfsync_events_failed_total": ("counter", "Inbound changes or events that failed, by object"),
     "sfsync_records_polled_total": ("counter", "Records read by the poller, by object"),
     "sfsync_outbound_records_total": ("counter", "Records written to Salesforce, by object and status"),

@@ -2,28 +2,36 @@
 
 The admin HTTP surface starts first and outlives restarts of the `Service`, so `/healthz`
 answers and `/readyz` says why while MongoDB or Salesforce is unreachable. A transient failure
-that ends the service restarts it after a backoff with jitter instead of exiting the container;
-a fatal one (bad credentials, a mapping Salesforce refuses) exits with 1.
+that ends the service restarts it after a backoff instead of exiting the container; a fatal one
+(bad credentials, a mapping Salesforce refuses) exits with 1.
+
+The restart backoff is `reconciler.pacing.Backoff` with *full jitter*: restart n waits
+uniform(1 s, min(60 s, 2 s * 2**n)) -- the same ceilings as before (2, 4, 8 ... 60 s), never
+sooner than a second, and replicas that failed together spread out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 import signal
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from reconciler.errors import FatalError, RetriableError
-from reconciler.jobs import runner_for
+from reconciler.jobs import AdminJobs
+from reconciler.pacing import Backoff, sleep_unless_stopped
 from reconciler.store import Store
 from service.admin import AdminServer, create_admin_app, start_admin
 from service.supervisor import SHUTDOWN_SECONDS, Service
 from settings import Mappings, Settings
 
 log = structlog.get_logger(__name__)
+
+RESTART_BASE_SECONDS = 2.0
+RESTART_CAP_SECONDS = 60.0
+RESTART_FLOOR_SECONDS = 1.0
 
 
 async def run_service(settings: Settings, mappings: Mappings, stop: asyncio.Event | None = None, *,
@@ -42,20 +50,17 @@ async def run_service(settings: Settings, mappings: Mappings, stop: asyncio.Even
     slot = ServiceSlot()
     admin = await start_admin_surface(settings, slot)
     try:
-        attempt = 0
+        backoff = Backoff(base=RESTART_BASE_SECONDS, cap=RESTART_CAP_SECONDS, floor=RESTART_FLOOR_SECONDS)
         while True:
             service = Service(settings, mappings)
             slot.current = service
             outcome = await _run_once(service, stop)
-            if outcome is not None:
+            if not isinstance(outcome, Restart):
                 return outcome
-            attempt += 1
-            delay = min(60.0, 1.0 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2)
-            slot.waiting = f"restarting in {delay:.0f} s after: {service.last_error or 'a transient failure'}"
-            log.warning("service_restarting", attempt=attempt, delay_seconds=round(delay, 1))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            if stop.is_set():
+            delay = backoff.next_delay()
+            slot.waiting = f"restarting in {delay:.0f} s after: {outcome.reason or 'a transient failure'}"
+            log.warning("service_restarting", attempt=backoff.attempt, delay_seconds=round(delay, 1))
+            if await sleep_unless_stopped(stop, delay):
                 return 0
     finally:
         await admin.stop()
@@ -95,14 +100,14 @@ class ServiceSlot:
         return ready, reason
 
     def _store(self) -> Store:
-        if self.current is None or self.current.store is None or not self.current.mongo_ok:
+        if self.current is None:
             raise RetriableError("the service is starting: MongoDB is not connected yet")
-        return self.current.store
+        return self.current.sync_log_store()
 
-    def _jobs(self) -> Any:
-        if self.current is None or self.current.jobs is None:
+    def _jobs(self) -> AdminJobs:
+        if self.current is None:
             raise RetriableError("the service is starting: retry and import are not available yet")
-        return runner_for(self.current, self._store())
+        return self.current.job_runner()
 
     async def find_sync_logs(self, **filters: Any) -> tuple[list[dict[str, Any]], str | None]:
         return await self._store().find_sync_logs(**filters)
@@ -123,8 +128,15 @@ class ServiceSlot:
         return result
 
 
-async def _run_once(service: Service, stop: asyncio.Event) -> int | None:
-    """One life of the service: an exit code, or None to restart after a transient failure."""
+@dataclass(frozen=True)
+class Restart:
+    """A transient failure ended the service: restart it after a backoff."""
+
+    reason: str
+
+
+async def _run_once(service: Service, stop: asyncio.Event) -> int | Restart:
+    """One life of the service: an exit code, or `Restart` after a transient failure."""
     task = asyncio.create_task(service.run(stop))
     stopper = asyncio.create_task(stop.wait())
     try:
@@ -144,9 +156,8 @@ async def _run_once(service: Service, stop: asyncio.Event) -> int | None:
     except RetriableError as exc:
         if stop.is_set():
             return 0
-        service.last_error = str(exc)
         log.warning("service_interrupted", error=str(exc), error_type=type(exc).__name__)
-        return None
+        return Restart(str(exc))
     finally:
         stopper.cancel()
 

@@ -58,9 +58,6 @@ class Progress:
             self._last_report = now
             self._report(now)
 
-    def set_total(self, total: int | None) -> None:
-        self.total = total
-
     def close(self, *, failed: bool = False) -> None:
         if self._closed:
             return

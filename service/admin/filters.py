@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 STATUSES = ("success", "failed")
@@ -62,9 +62,6 @@ class LogFilters:
         if cursor:
             out["cursor"] = cursor
         return out
-
-    def first_page(self) -> LogFilters:
-        return replace(self, cursor=None)
 
 
 def _choice(query: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET
 from listener.budget import Mode
+from listener.sources import CdcStream, Poller
 from reconciler.ports import ChangeSink
 from service.admin import AdminServer
 from service.process import ServiceSlot, start_admin_surface
@@ -32,6 +33,17 @@ from tests.support.mappings import LEAD_NAME_MAPPINGS as MAPPINGS
 from tests.support.sinks import RecordingSink
 
 TOKEN = "e2e-admin-token-0123456789"
+
+
+def stream_of(service: Service) -> CdcStream | None:
+    """The CDC stream the service built (None before it has connected)."""
+    source = service.sources.get(Mode.STREAMING)
+    return source if isinstance(source, CdcStream) else None
+
+
+def poller_of(service: Service) -> Poller | None:
+    source = service.sources.get(Mode.POLLING)
+    return source if isinstance(source, Poller) else None
 
 
 @dataclass
@@ -92,7 +104,7 @@ async def running(mongo_uri: str, database_name: str) -> AsyncIterator[Running]:
         admin = await start_admin_surface(settings, slot)
         stop = asyncio.Event()
         task = asyncio.create_task(service.run(stop))
-        await eventually(lambda: task.done() or (service.stream is not None and service.stream.ready))
+        await eventually(lambda: task.done() or ((stream := stream_of(service)) is not None and stream.ready))
         if task.done():
             task.result()
         run = Running(emu, http, service, holder[0], stop, task, admin)
@@ -121,15 +133,15 @@ class TestModeSwitch:
     async def test_budget_low_then_back_applies_each_change_once(self, running: Running) -> None:
         """Budget low -> polling -> budget back -> streaming: changes made meanwhile apply once."""
         service = running.service
-        assert service.stream is not None and service.poller is not None
+        stream, poller = stream_of(service), poller_of(service)
+        assert stream is not None and poller is not None
         warmup = await running.create_lead("Warmup")  # so a replay id is stored
         await eventually(lambda: _is(running.last_name(warmup), "Warmup"))
-        await eventually(lambda: bool(service.stream and service.stream.status()["replay_ids"]))
-        pass_before = service.poller.last_pass
+        await eventually(lambda: bool(stream.status()["replay_ids"]))
+        pass_before = poller.last_pass
 
         await running.control("POST", "budget", {"used": 80_000, "max": 100_000})
-        await eventually(lambda: service.source == "poller" and service.poller is not None
-                         and service.poller.last_pass is not pass_before)
+        await eventually(lambda: service.source == "poller" and poller.last_pass is not pass_before)
         assert service.governor.current is Mode.POLLING
         assert service.status()["mode"] == "polling"
 
@@ -137,8 +149,7 @@ class TestModeSwitch:
         await running.control("PATCH", f"records/Lead/{during}", {"LastName": "EditedDuringPolling"})
 
         await running.control("POST", "budget", {"used": 1_000})
-        await eventually(lambda: service.source == "stream" and service.stream is not None
-                         and service.stream.ready)
+        await eventually(lambda: service.source == "stream" and stream.ready)
         await eventually(lambda: _is(running.last_name(during), "EditedDuringPolling"))
         await asyncio.sleep(0.5)  # anything double-applied would have arrived by now
         seen = [(c.kind.value, c.source.value, c.fields.get("LastName"))

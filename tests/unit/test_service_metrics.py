@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from listener.metrics import METRICS
-from service.supervisor import Service
-from settings import Mappings, Settings
+from service.outbound_metrics import OutboundCounters
 
 
 @dataclass
@@ -26,12 +25,14 @@ def clean_metrics() -> None:
 class TestOutboundCounters:
     def test_counters_add_each_flushers_progress(self) -> None:
         """A new flusher (a new term) starting from zero adds to the counters, never lowers them."""
-        service = Service(Settings(), Mappings())
-        service._flusher = FakeFlusher(calls_made=3, records_sent=500, records_failed=2)
-        service._publish_outbound_metrics()
-        service._publish_outbound_metrics()  # nothing new: nothing added
-        service._flusher = FakeFlusher(calls_made=1, records_sent=200)
-        service._publish_outbound_metrics()
+        counters = OutboundCounters()
+        counters.publish()  # no flusher yet (a standby): nothing to add
+        first = FakeFlusher(calls_made=3, records_sent=500, records_failed=2)
+        counters.watch(first)
+        counters.publish()
+        counters.publish()  # nothing new: nothing added
+        counters.watch(FakeFlusher(calls_made=1, records_sent=200))
+        counters.publish()
         assert METRICS.get("sfsync_outbound_calls_total") == 4
         assert METRICS.get("sfsync_outbound_records_total", status="success") == 700
         assert METRICS.get("sfsync_outbound_records_total", status="failed") == 2

@@ -1,0 +1,91 @@
+"""The sync parts, built once Salesforce and MongoDB are connected, and the first start.
+
+This is the one place that builds the reconciler, the job runner and the sources, and the one
+place that calls backfill. Start-up: store (indexes) -> Salesforce client -> governor (first
+`limits`) -> mappings checked against `describe` -> outbox, reconciler, jobs, sources (here);
+then, once a term begins, backfill when no watermark exists yet and remerge when the mappings
+changed (`first_start`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+
+from listener.budget import BudgetGovernor, Mode
+from listener.salesforce import SalesforceClient
+from listener.sources import Source, create_sources
+from reconciler.backfill import backfill
+from reconciler.inbound import Reconciler
+from reconciler.jobs import Jobs
+from reconciler.mapping_check import check_mappings
+from reconciler.outbox import Outbox
+from reconciler.ports import ChangeSink
+from reconciler.remerge import remerge
+from reconciler.store import Store
+from reconciler.store.state_keys import watermark_key
+from service.observed import ObservedSink
+from service.progress import Progress
+from settings import Mappings, Settings
+
+log = structlog.get_logger(__name__)
+
+SinkWrapper = Callable[[ChangeSink], ChangeSink]  # a seam for tests and benchmarks
+
+
+@dataclass(frozen=True)
+class SyncParts:
+    """What a connected service syncs with, for one process life (terms come and go)."""
+
+    sf: SalesforceClient
+    store: Store
+    instance_url: str
+    outbox: Outbox
+    reconciler: Reconciler
+    jobs: Jobs
+    observed: ObservedSink  # what reaches the reconciler, counted
+    sources: dict[Mode, Source]
+
+
+async def assemble(settings: Settings, mappings: Mappings, governor: BudgetGovernor, store: Store,
+                   sf: SalesforceClient, sink_wrapper: SinkWrapper | None = None) -> SyncParts:
+    """Check the budget and the mappings against Salesforce, then build every part."""
+    await governor.check(sf.limits)
+    instance_url = sf.instance_url
+    objects = settings.sync.objects
+    check_mappings(mappings, objects, {o: await sf.describe(o) for o in objects})
+    outbox = Outbox(store.outbox)
+    await outbox.ensure_indexes()
+    reconciler = Reconciler(store, mappings, sf=sf, outbox=outbox,
+                            client_name=settings.salesforce.client_name, budget=governor)
+    jobs = Jobs(store, reconciler, retry_interval=timedelta(minutes=settings.sync.retry_interval_minutes),
+                max_attempts=settings.sync.retry_max_attempts)
+    observed = ObservedSink(reconciler)
+    sink: ChangeSink = sink_wrapper(observed) if sink_wrapper else observed
+    sources = create_sources(settings=settings, mappings=mappings, sf=sf, store=store, sink=sink,
+                             governor=governor)
+    return SyncParts(sf=sf, store=store, instance_url=instance_url, outbox=outbox, reconciler=reconciler,
+                     jobs=jobs, observed=observed, sources=sources)
+
+
+async def first_start(parts: SyncParts, mappings: Mappings, objects: list[str]) -> None:
+    """Backfill when no watermark exists yet; re-merge the fields a mappings edit changed."""
+    store = parts.store
+    marks = [await store.load_state(watermark_key(o)) for o in objects]
+    if not any(marks):
+        log.info("backfill_starting", objects=objects)
+        # A bar on a terminal, periodic `progress` log events otherwise.
+        with Progress("backfill") as progress:
+            async def on_page(sobject: str, page: int, records: int) -> None:
+                progress.advance(records)
+
+            await backfill(parts.sf, store, parts.reconciler, mappings, objects, page_hook=on_page)
+    # Remerge keeps the applied mappings (hash + content) in sync_state itself, and leaves the
+    # hash unsaved when the budget stops it, so the next start finishes the job.
+    await remerge(parts.sf, store, parts.reconciler, mappings, objects)
+
+
+__all__ = ["SinkWrapper", "SyncParts", "assemble", "first_start"]
