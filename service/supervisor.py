@@ -44,12 +44,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from listener.backfill import backfill
 from listener.budget import BudgetGovernor, Mode
 from listener.metrics import METRICS
+from listener.reader import RecordReader
 from listener.salesforce import SalesforceClient
-from listener.sources.cometd import CdcStream
-from listener.sources.polling import Poller, watermark_key
-from reconciler.backfill import backfill
+from listener.sources.cometd import CdcStream, StreamOptions
+from listener.sources.polling import Poller
 from reconciler.errors import FatalError, RetriableError, SyncError
 from reconciler.inbound import Reconciler
 from reconciler.jobs import Jobs, retry_transient_for
@@ -59,6 +60,7 @@ from reconciler.ports import ChangeSink, RejectedEvent, SalesforceChange
 from reconciler.remerge import remerge
 from reconciler.retry import AutoRetryScheduler
 from reconciler.store import Store
+from reconciler.store.state_keys import watermark_key
 from service.progress import Progress
 from settings import Mappings, Settings
 
@@ -168,8 +170,9 @@ class Service:
                 self._salesforce_ok = self.governor.status()["max"] is not None
                 outbox = Outbox(store.outbox)
                 await outbox.ensure_indexes()
-                reconciler = Reconciler(store, self.mappings, sf=sf, outbox=outbox,
-                                        client_name=settings.salesforce.client_name, budget=self.governor)
+                reconciler = Reconciler(store, self.mappings, fetcher=RecordReader(sf, self.mappings),
+                                        outbox=outbox, client_name=settings.salesforce.client_name,
+                                        budget=self.governor)
                 self.jobs = Jobs(store, reconciler,
                                  retry_interval=timedelta(minutes=settings.sync.retry_interval_minutes),
                                  max_attempts=settings.sync.retry_max_attempts)
@@ -273,15 +276,14 @@ class Service:
         sink: ChangeSink = self._sink_wrapper(observed) if self._sink_wrapper else observed
         self.poller = Poller(sf, store, sink, self.mappings, sync.objects)
         self.stream = CdcStream(
-            sf=sf, store=store, sink=sink, poller=self.poller, objects=sync.objects,
-            client_name=self.settings.salesforce.client_name,
-            api_version=self.settings.salesforce.api_version,
-            batch_size=sync.batch_size, batch_wait_ms=sync.batch_wait_ms, governor=self.governor,
+            sf=sf, store=store, sink=sink, catch_up=self.poller, objects=sync.objects,
+            options=StreamOptions.from_settings(self.settings), governor=self.governor,
         )
 
     async def _first_start(self, sf: SalesforceClient, store: Store, reconciler: Reconciler) -> None:
         """Backfill when no watermark exists yet; re-merge the fields a mappings edit changed."""
         objects = self.settings.sync.objects
+        reader = RecordReader(sf, self.mappings)
         marks = [await store.load_state(watermark_key(o)) for o in objects]
         if not any(marks):
             log.info("backfill_starting", objects=objects)
@@ -290,10 +292,10 @@ class Service:
                 async def on_page(sobject: str, page: int, records: int) -> None:
                     progress.advance(records)
 
-                await backfill(sf, store, reconciler, self.mappings, objects, page_hook=on_page)
+                await backfill(reader, store, reconciler, objects, page_hook=on_page)
         # Remerge keeps the applied mappings (hash + content) in sync_state itself, and leaves the
         # hash unsaved when the budget stops it, so the next start finishes the job.
-        await remerge(sf, store, reconciler, self.mappings, objects)
+        await remerge(reader, store, reconciler, self.mappings, objects)
 
     def _start_background(self, stop: asyncio.Event, sf: SalesforceClient, store: Store,
                           outbox: Outbox) -> list[asyncio.Task[Any]]:
