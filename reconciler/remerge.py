@@ -50,11 +50,15 @@ def changed_fields(old: dict[str, Any] | None, new: Mappings) -> dict[str, list[
 
 
 def restricted(mappings: Mappings, fields: dict[str, list[str]]) -> Mappings:
-    """The same mappings, keeping only the given fields (users and rules unchanged)."""
-    return mappings.model_copy(update={
-        "people": {k: v for k, v in mappings.people.items() if k in fields.get("people", [])},
-        "companies": {k: v for k, v in mappings.companies.items() if k in fields.get("companies", [])},
-    })
+    """The same mappings, keeping only the given fields (users and rules unchanged).
+
+    A new instance, not `model_copy`: a copy shares the per-object cache of `for_object`, so the
+    view would answer with the full mappings (or leave its restricted answers in theirs)."""
+    return type(mappings)(
+        people={k: v for k, v in mappings.people.items() if k in fields.get("people", [])},
+        companies={k: v for k, v in mappings.companies.items() if k in fields.get("companies", [])},
+        users=mappings.users, rules=mappings.rules,
+    )
 
 
 async def remerge_if_mappings_changed(

@@ -14,7 +14,7 @@ import pytest
 from listener.backfill import backfill
 from listener.reader import RecordReader, prefetched
 from reconciler.inbound import Reconciler
-from reconciler.remerge import changed_fields, remerge_if_mappings_changed
+from reconciler.remerge import changed_fields, remerge_if_mappings_changed, restricted
 from reconciler.store import Store
 from settings import parse_mappings
 from tests.support.salesforce_changes import MAPPINGS, OWNER_1, T0, FakeSalesforce, mappings_toml
@@ -164,6 +164,18 @@ class TestPrefetch:
 
 
 class TestRemerge:
+    def test_a_restricted_view_neither_sees_nor_changes_the_full_mappings(self) -> None:
+        """The view of the changed fields answers for those fields only, whichever is asked first,
+        and the live mappings stay whole (a `model_copy` shared their `for_object` cache)."""
+        full = parse_mappings(mappings_toml())
+        before = full.for_object("Lead")
+        assert len(before) > 1
+        assert [m.local_field for m in restricted(full, {"people": ["first_name"]}).for_object("Lead")] == [
+            "first_name"]
+        fresh = parse_mappings(mappings_toml())
+        restricted(fresh, {"people": ["first_name"]}).for_object("Lead")
+        assert fresh.for_object("Lead") == before == full.for_object("Lead")
+
     async def test_changed_fields_are_re_merged_once(self, store: Store) -> None:
         """After a mapping edit the added field is merged for every linked record, then the hash is stored."""
         sf = FakeSalesforce(org(leads=3, contacts=0))
