@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.backfill [--records 100000] [--raw-records N] [--merge-records 20000]
 
 The emulator (`python -m emulator --records N`) and SecantusDB run as their own processes;
-this process is the service: `SalesforceClient` -> `reconciler.backfill.backfill` ->
+this process is the service: `SalesforceClient` -> `listener.backfill.backfill` ->
 `Reconciler` -> `Store`. Printed beside the records/s: the raw `bulk_write` upsert rate of
 the same server measured in the same run, the REST calls the emulator logged, and the
 service's peak RSS during the backfill.
@@ -36,8 +36,9 @@ from bench._common import (
     table,
     workdir,
 )
+from listener.backfill import backfill
+from listener.reader import RecordReader
 from listener.salesforce import SalesforceClient
-from reconciler.backfill import backfill
 from reconciler.inbound import Reconciler
 from reconciler.merge import bench_merge
 from reconciler.outbox import Outbox
@@ -77,10 +78,11 @@ async def measure(base_url: str, uri: str, records: int, raw_records: int,
         async with SalesforceClient(salesforce_settings(base_url)) as sf:
             # as at start-up: one describe per synced object decides what may be written
             writable = {"Lead": await sf.field_writability("Lead")}
-            reconciler = Reconciler(store, mappings, sf=sf, outbox=Outbox(store.outbox),
+            reader = RecordReader(sf, mappings)
+            reconciler = Reconciler(store, mappings, fetcher=reader, outbox=Outbox(store.outbox),
                                     writable=writable.__getitem__)
             started = time.perf_counter()
-            result = await backfill(sf, store, reconciler, mappings, ["Lead"])
+            result = await backfill(reader, store, reconciler, ["Lead"])
             seconds = time.perf_counter() - started
             client_calls = sf.calls_made
         rss_peak = peak_rss_mb()

@@ -61,8 +61,9 @@ from bench._common import (
     workdir,
 )
 from listener.budget import BudgetGovernor
+from listener.reader import RecordReader
 from listener.salesforce import SalesforceClient
-from listener.sources.cometd import CdcStream
+from listener.sources.cometd import CdcStream, StreamOptions
 from listener.sources.polling import Poller
 from reconciler.inbound import Reconciler
 from reconciler.outbox import Outbox
@@ -215,8 +216,8 @@ async def rig(opts: Options, work: Path, f: Figures) -> AsyncIterator[Rig]:
             http = await stack.enter_async_context(aiohttp.ClientSession())
             outbox = Outbox(store.outbox)
             await outbox.ensure_indexes()
-            reconciler = Reconciler(store, bench_mappings(), sf=sf, outbox=outbox, client_name=SERVICE,
-                                    budget=governor)
+            reconciler = Reconciler(store, bench_mappings(), fetcher=RecordReader(sf, bench_mappings()),
+                                    outbox=outbox, client_name=SERVICE, budget=governor)
             sink = CountingSink(reconciler)
             poller = Poller(sf, store, sink, bench_mappings(), OBJECTS)
             yield Rig(base_url, store, sf, gen, http, sink, poller, opts)
@@ -261,9 +262,10 @@ async def raw_rates_like_people(uri: str, count: int) -> tuple[float, float]:
 @asynccontextmanager
 async def streaming(r: Rig) -> AsyncIterator[tuple[CdcStream, asyncio.Task[None]]]:
     """The stream running (as the supervisor builds it); stopped, offsets committed, on exit."""
-    stream = CdcStream(sf=r.sf, store=r.store, sink=r.sink, poller=r.poller, objects=OBJECTS,
-                       client_name=SERVICE, api_version=API_VERSION, batch_size=r.opts.batch_size,
-                       batch_wait_ms=r.opts.batch_wait_ms)
+    options = StreamOptions(client_name=SERVICE, api_version=API_VERSION, batch_size=r.opts.batch_size,
+                            batch_wait_ms=r.opts.batch_wait_ms)
+    stream = CdcStream(sf=r.sf, store=r.store, sink=r.sink, catch_up=r.poller, objects=OBJECTS,
+                       options=options)
     stop = asyncio.Event()
     task = asyncio.create_task(stream.run(stop))
     try:

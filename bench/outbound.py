@@ -41,8 +41,9 @@ from bench._common import (
     table,
     workdir,
 )
+from listener.backfill import backfill
+from listener.reader import RecordReader
 from listener.salesforce import SalesforceClient
-from reconciler.backfill import backfill
 from reconciler.inbound import Reconciler
 from reconciler.local_changes import LocalChangeWatcher
 from reconciler.merge import bench_merge
@@ -117,8 +118,9 @@ async def link_people(base_url: str, store: Store, mappings: Mappings) -> int:
     """The real backfill links every Lead to a Person (its calls are not counted)."""
     async with SalesforceClient(salesforce_settings(base_url)) as sf:
         writable = {"Lead": await sf.field_writability("Lead")}
-        reconciler = Reconciler(store, mappings, sf=sf, writable=writable.__getitem__)
-        result = await backfill(sf, store, reconciler, mappings, ["Lead"])
+        reader = RecordReader(sf, mappings)
+        reconciler = Reconciler(store, mappings, fetcher=reader, writable=writable.__getitem__)
+        result = await backfill(reader, store, reconciler, ["Lead"])
     return result.records
 
 

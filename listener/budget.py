@@ -17,7 +17,6 @@ exports every mode change, and lets the supervisor wait for the next one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
@@ -27,6 +26,7 @@ import structlog
 from listener.metrics import METRICS
 from listener.salesforce.usage import ApiUsage
 from reconciler.errors import BudgetExhaustedError, RetriableError
+from reconciler.pacing import every
 from settings import BudgetSettings
 
 log = structlog.get_logger(__name__)
@@ -153,10 +153,8 @@ class BudgetGovernor:
 
     async def run(self, stop: asyncio.Event, limits: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         """Check `limits()` once per interval (also while paused: the only call made then)."""
-        while not stop.is_set():
+        async for _ in every(self.check_interval, stop):
             await self.check(limits)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.check_interval)
 
     async def check(self, limits: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         try:

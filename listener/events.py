@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from reconciler.objects import OBJECTS
 from reconciler.ports import ChangeKind, ChangeSource, RejectedEvent, SalesforceChange
+from reconciler.soql import parse_sf_datetime
 
 MAX_EVENT_BYTES = 1_000_000  # Salesforce caps a CDC event at 1 MB; anything bigger is not one
 GAP_KINDS = {
@@ -197,12 +199,9 @@ def _changes(
 
 
 def _compound_fields(entity: str) -> tuple[str, ...]:
-    """Account `Name` is a plain text field; only person names and addresses are compound."""
-    return {
-        "Lead": ("Name", "Address"),
-        "Contact": ("Name", "MailingAddress", "OtherAddress"),
-        "Account": ("BillingAddress", "ShippingAddress"),
-    }.get(entity, ())
+    """The object's compound fields (`reconciler.objects`; Account `Name` is plain text)."""
+    known = OBJECTS.get(entity)
+    return known.compound_fields if known else ()
 
 
 def _size(message: dict[str, Any]) -> int:
@@ -250,21 +249,3 @@ def _modified_at(fields: dict[str, Any]) -> datetime | None:
     if parsed is None:
         raise _Invalid("LastModifiedDate is not a date-time")
     return parsed
-
-
-def parse_sf_datetime(value: Any) -> datetime | None:
-    """`2024-05-01T10:00:00.000+0000` / `...Z` / epoch ms -> aware UTC datetime; None if unreadable."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value / 1000, tz=UTC)
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    elif len(text) > 5 and text[-5] in "+-" and text[-4:].isdigit():
-        text = text[:-2] + ":" + text[-2:]
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

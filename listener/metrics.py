@@ -25,7 +25,8 @@ _HELP: dict[str, tuple[str, str]] = {
     "sfsync_api_remaining_pct": ("gauge", "Daily API requests remaining, percent"),
     "sfsync_mode": ("gauge", "1 for the current mode (starting/streaming/polling/paused)"),
     "sfsync_queue_depth": ("gauge", "Items waiting, by queue (inbound, outbox)"),
-    "sfsync_replay_lag_seconds": ("gauge", "Seconds between the newest event's commit and its apply"),
+    "sfsync_replay_lag_seconds": ("gauge", "CDC stream only: seconds from the newest Salesforce change in "
+                                  "the last applied batch (its commit time) to the end of its apply"),
     "sfsync_sync_failures_total": ("counter", "Failed sync logs written, by source"),
 }
 

@@ -25,19 +25,53 @@ recognised and not applied twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from reconciler.backfill import fetch_changes
-from reconciler.ports import ChangeSource, SalesforceChange
-from reconciler.records import COMPANIES, PEOPLE, get_path, is_blank
+from reconciler.objects import COMPANIES, PEOPLE
+from reconciler.ports import Budget, ChangeSource, RecordFetcher, SalesforceChange
+from reconciler.records import get_path, is_blank
 from reconciler.rules import is_converted_lead
-from reconciler.store import RecordWrite
+from reconciler.store import BulkOutcome, RecordWrite
 from reconciler.sync_logs import SyncLog, failed_inbound, utcnow
+from settings import Mappings
 
-if TYPE_CHECKING:
-    from reconciler.inbound import BatchResult, Reconciler
+
+class ConversionStore(Protocol):
+    async def find_linked(self, collection: str, sf_ids: Any, *,
+                          converted: bool = False) -> list[dict[str, Any]]: ...
+    async def find_records(self, collection: str, ids: Any) -> list[dict[str, Any]]: ...
+    async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite]) -> BulkOutcome: ...
+    async def write_in_order(self, collection: str, writes: Sequence[RecordWrite]) -> BulkOutcome: ...
+
+
+class Converter(Protocol):
+    """What a conversion needs of the `Reconciler` applying the batch (no import of it: the
+    reconciler imports this module)."""
+
+    @property
+    def store(self) -> ConversionStore: ...
+
+    @property
+    def mappings(self) -> Mappings: ...
+
+    @property
+    def fetcher(self) -> RecordFetcher | None: ...
+
+    @property
+    def budget(self) -> Budget | None: ...
+
+
+@dataclass
+class Relinked:
+    """What `relink` did: its `convert` logs and counts, and the Contacts it re-fetched to merge."""
+
+    logs: list[SyncLog] = field(default_factory=list)
+    applied: int = 0
+    failed: int = 0
+    refetched: list[SalesforceChange] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -59,13 +93,12 @@ def conversions_in(changes: list[SalesforceChange]) -> list[Conversion]:
     return list(out.values())
 
 
-async def relink(
-    reconciler: Reconciler, changes: list[SalesforceChange], result: BatchResult, *, attempt: int = 1
-) -> list[SalesforceChange]:
-    """Apply the batch's conversions; return extra changes (re-fetched Contacts) to merge."""
+async def relink(reconciler: Converter, changes: list[SalesforceChange], *, attempt: int = 1) -> Relinked:
+    """Apply the batch's conversions; `refetched` holds extra changes (re-fetched Contacts) to merge."""
+    result = Relinked()
     conversions = conversions_in(changes)
     if not conversions:
-        return []
+        return result
     store = reconciler.store
     ids = {x.lead_id for x in conversions} | {x.contact_id for x in conversions}
     people = await store.find_linked(PEOPLE, ids)
@@ -94,11 +127,13 @@ async def relink(
         else:
             result.applied += 1
     refetch = [x.contact_id for x, _, dup in done if x.contact_id not in in_batch and dup is None]
-    return await _refetch(reconciler, refetch) if refetch and not failed else []
+    if refetch and not failed:
+        result.refetched = await _refetch(reconciler, refetch)
+    return result
 
 
 async def _companies(
-    reconciler: Reconciler, conversions: list[Conversion], by_crm: dict[str, dict[str, Any]]
+    reconciler: Converter, conversions: list[Conversion], by_crm: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     """Account id -> Company doc: the one linked to the Account, else the Lead Person's own
     (still unlinked) Company, which the conversion links to the Account."""
@@ -116,7 +151,7 @@ async def _companies(
 
 
 def _person_writes(
-    reconciler: Reconciler, conv: Conversion, person: dict[str, Any], duplicate: dict[str, Any] | None,
+    reconciler: Converter, conv: Conversion, person: dict[str, Any], duplicate: dict[str, Any] | None,
     companies: dict[str, Any], company_writes: list[RecordWrite],
 ) -> list[RecordWrite]:
     now = utcnow()
@@ -166,8 +201,9 @@ def _log(
                    fields=fields, attempt=attempt)
 
 
-async def _refetch(reconciler: Reconciler, contact_ids: list[str]) -> list[SalesforceChange]:
-    if reconciler.sf is None or (reconciler.budget and not reconciler.budget.allows_optional_calls()):
+async def _refetch(reconciler: Converter, contact_ids: list[str]) -> list[SalesforceChange]:
+    fetcher = reconciler.fetcher
+    if fetcher is None or (reconciler.budget and not reconciler.budget.allows_optional_calls()):
         return []
-    return await fetch_changes(reconciler.sf, reconciler.mappings, "Contact", contact_ids,
-                               source=ChangeSource.IMPORT)
+    return await fetcher.fetch("Contact", contact_ids, source=ChangeSource.IMPORT,
+                               mappings=reconciler.mappings)

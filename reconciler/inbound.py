@@ -25,17 +25,18 @@ from reconciler import conversion
 from reconciler.errors import SkippableError
 from reconciler.linking import find_matches
 from reconciler.merge import merge_record
+from reconciler.objects import COMPANIES, PEOPLE, collection_for
 from reconciler.ports import (
     Budget,
     ChangeKind,
     ChangeSource,
     OutboundQueue,
     OutboundWrite,
+    RecordFetcher,
     RejectedEvent,
-    SalesforceApi,
     SalesforceChange,
 )
-from reconciler.records import COMPANIES, PEOPLE, check_value, collection_for, get_path
+from reconciler.records import check_value, get_path
 from reconciler.rules import may_create, owner_updates
 from reconciler.store import BulkOutcome, RecordWrite
 from reconciler.sync_logs import LogType, SyncLog, event_job, failed_inbound, utcnow
@@ -131,16 +132,19 @@ def _copy(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class Reconciler:
-    """Implements `reconciler.ports.ChangeSink` (`apply`, `reject`)."""
+    """Implements `reconciler.ports.ChangeSink` (`apply`, `reject`).
+
+    `fetcher` reads records from Salesforce by id (a lead conversion's Contact, retries and
+    re-imports through `Jobs`); without one, nothing is re-fetched."""
 
     def __init__(
-        self, store: InboundStore, mappings: Mappings, *, sf: SalesforceApi | None = None,
+        self, store: InboundStore, mappings: Mappings, *, fetcher: RecordFetcher | None = None,
         outbox: OutboundQueue | None = None, client_name: str = "salesforce-sync",
         writable: Callable[[str], dict[str, bool]] | None = None, budget: Budget | None = None,
     ) -> None:
         self.store = store
         self.mappings = mappings
-        self.sf = sf
+        self.fetcher = fetcher
         self.outbox = outbox
         self.client_name = client_name
         self.writable = writable
@@ -179,7 +183,11 @@ class Reconciler:
                 result.failed += 1
                 continue
             live.append(change)
-        live += await conversion.relink(self, live, result, attempt=attempt)
+        relinked = await conversion.relink(self, live, attempt=attempt)
+        result.logs += relinked.logs
+        result.applied += relinked.applied
+        result.failed += relinked.failed
+        live += relinked.refetched
         applied: Counter[str] = Counter()
         for collection in (COMPANIES, PEOPLE):
             group = [c for c in live if collection_for(c.sobject) == collection]

@@ -18,9 +18,9 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from reconciler.backfill import fetch_changes
 from reconciler.inbound import Reconciler
-from reconciler.ports import Budget, ChangeSource, OutboundQueue, OutboundWrite, SalesforceApi
+from reconciler.objects import object_for_id
+from reconciler.ports import Budget, ChangeSource, OutboundQueue, OutboundWrite, RecordFetcher
 from reconciler.records import local_to_sf
 from reconciler.store import parse_local_id
 from reconciler.sync_logs import SyncLog, failed_inbound
@@ -29,7 +29,6 @@ from settings import Mappings
 log = structlog.get_logger(__name__)
 
 Status = Literal["retried", "not_found", "not_failed", "already_retried", "paused", "unsupported"]
-_PREFIXES = {"00Q": "Lead", "003": "Contact", "001": "Account"}
 
 
 class JobStore(Protocol):
@@ -49,8 +48,9 @@ class JobOutcome:
 
 
 def sobject_for_id(sf_id: str) -> str | None:
-    """Lead / Contact / Account from the id's key prefix."""
-    return _PREFIXES.get(sf_id[:3])
+    """Lead / Contact / Account from the id's key prefix (`reconciler.objects`)."""
+    known = object_for_id(sf_id)
+    return known.name if known else None
 
 
 @dataclass
@@ -80,8 +80,8 @@ class Jobs:
         return self.reconciler.mappings
 
     @property
-    def sf(self) -> SalesforceApi | None:
-        return self.reconciler.sf
+    def fetcher(self) -> RecordFetcher | None:
+        return self.reconciler.fetcher
 
     @property
     def outbox(self) -> OutboundQueue | None:
@@ -157,7 +157,8 @@ class Jobs:
     async def _run_inbound(self, targets: list[_Target], source: ChangeSource) -> list[JobOutcome]:
         if not targets:
             return []
-        if self.sf is None:
+        fetcher = self.fetcher
+        if fetcher is None:
             return [JobOutcome("unsupported", t.log_id) for t in targets]
         groups: dict[tuple[str, int], list[_Target]] = defaultdict(list)
         for target in targets:
@@ -165,7 +166,7 @@ class Jobs:
         outcomes: list[JobOutcome] = []
         for (sobject, attempt), group in groups.items():
             ids = list(dict.fromkeys(t.sf_id for t in group))
-            changes = await fetch_changes(self.sf, self.mappings, sobject, ids, source=source)
+            changes = await fetcher.fetch(sobject, ids, source=source, mappings=self.mappings)
             result = await self.reconciler.apply_batch(changes, attempt=attempt)
             new_ids = {entry.sf_id: log_id for entry, log_id in zip(result.logs, result.log_ids, strict=True)
                        if entry.sf_id}

@@ -6,11 +6,13 @@ The reconciler never imports `listener`: the process wires concrete implementati
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
+
+from settings import Mappings
 
 
 class ChangeKind(StrEnum):
@@ -102,6 +104,27 @@ class SalesforceApi(Protocol):
     async def create(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]: ...
 
     async def update(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]: ...
+
+
+class RecordFetcher(Protocol):
+    """Reads Salesforce records by id (implemented by `listener.reader.RecordReader`).
+
+    `fetch` returns the current state of each record found (deleted ones included: a DELETE
+    change), one query per 200 ids; ids Salesforce no longer has are simply absent. `mappings`
+    narrows or widens the fields selected (remerge passes a view restricted to the fields a
+    mappings edit changed); by default the reader's own mappings are used.
+    """
+
+    async def fetch(self, sobject: str, ids: Iterable[str], *, source: ChangeSource,
+                    mappings: Mappings | None = None) -> list[SalesforceChange]: ...
+
+
+class StateStore(Protocol):
+    """`sync_state` documents by key (keys built in `reconciler.store.state_keys`)."""
+
+    async def load_state(self, key: str) -> dict[str, Any] | None: ...
+
+    async def save_state(self, key: str, value: dict[str, Any]) -> None: ...
 
 
 class Budget(Protocol):

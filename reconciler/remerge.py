@@ -1,11 +1,12 @@
 """Re-merge after a mapping edit: on start, when `mappings.content_hash()` differs from the one in
-`sync_state` (`mappings`), the added or changed field mappings are merged again for every linked
-record: linked documents are read in pages of 200, their Salesforce records fetched with one SOQL
-`Id IN (...)` query per page, and merged (source IMPORT, `merge` logs) through a Reconciler that
-sees only the affected fields. Between pages it checks the API budget; when optional calls are
-not allowed it stops WITHOUT saving the new hash, so the next start re-merges (merging is
-idempotent: records already merged change nothing). The first start (no stored state) only
-records the hash: the backfill merges everything anyway.
+`sync_state` (`mappings`, `state_keys.MAPPINGS_KEY`), the added or changed field mappings are
+merged again for every linked record: linked documents are read in pages of 200, their
+Salesforce records fetched (`RecordFetcher`) with one SOQL `Id IN (...)` query per page, and
+merged (source IMPORT, `merge` logs) through a Reconciler that sees only the affected fields.
+Between pages it checks the API budget; when optional calls are not allowed it stops WITHOUT
+saving the new hash, so the next start re-merges (merging is idempotent: records already merged
+change nothing). The first start (no stored state) only records the hash: the backfill merges
+everything anyway.
 """
 
 from __future__ import annotations
@@ -15,20 +16,16 @@ from typing import Any, Protocol
 
 import structlog
 
-from reconciler.backfill import fetch_changes
 from reconciler.inbound import InboundStore, Reconciler
-from reconciler.ports import Budget, ChangeSource, OutboundQueue, SalesforceApi
-from reconciler.records import collection_for
+from reconciler.objects import collection_for
+from reconciler.ports import Budget, ChangeSource, OutboundQueue, RecordFetcher, StateStore
+from reconciler.store.state_keys import MAPPINGS_KEY
 from settings import Mappings
 
 log = structlog.get_logger(__name__)
 
-STATE_KEY = "mappings"
 
-
-class RemergeStore(InboundStore, Protocol):
-    async def load_state(self, key: str) -> dict[str, Any] | None: ...
-    async def save_state(self, key: str, value: dict[str, Any]) -> None: ...
+class RemergeStore(InboundStore, StateStore, Protocol):
     def iter_linked(self, collection: str, sobject: str, *, batch_size: int = 200) -> Any: ...
 
 
@@ -53,49 +50,54 @@ def changed_fields(old: dict[str, Any] | None, new: Mappings) -> dict[str, list[
 
 
 def restricted(mappings: Mappings, fields: dict[str, list[str]]) -> Mappings:
-    """The same mappings, keeping only the given fields (users and rules unchanged)."""
-    return mappings.model_copy(update={
-        "people": {k: v for k, v in mappings.people.items() if k in fields.get("people", [])},
-        "companies": {k: v for k, v in mappings.companies.items() if k in fields.get("companies", [])},
-    })
+    """The same mappings, keeping only the given fields (users and rules unchanged).
+
+    A new instance, not `model_copy`: a copy shares the per-object cache of `for_object`, so the
+    view would answer with the full mappings (or leave its restricted answers in theirs)."""
+    return type(mappings)(
+        people={k: v for k, v in mappings.people.items() if k in fields.get("people", [])},
+        companies={k: v for k, v in mappings.companies.items() if k in fields.get("companies", [])},
+        users=mappings.users, rules=mappings.rules,
+    )
 
 
 async def remerge_if_mappings_changed(
-    store: RemergeStore, sf: SalesforceApi, mappings: Mappings, objects: list[str], *,
+    store: RemergeStore, fetcher: RecordFetcher, mappings: Mappings, objects: list[str], *,
     budget: Budget | None = None, outbox: OutboundQueue | None = None,
     writable: Any = None, client_name: str = "salesforce-sync", batch_size: int = 200,
 ) -> RemergeResult:
-    state = await store.load_state(STATE_KEY)
+    state = await store.load_state(MAPPINGS_KEY)
     new_state = {"hash": mappings.content_hash(), "mappings": mappings.model_dump(mode="json")}
     if state is None or state.get("hash") == new_state["hash"]:
         if state is None:
-            await store.save_state(STATE_KEY, new_state)
+            await store.save_state(MAPPINGS_KEY, new_state)
         return RemergeResult()
     fields = changed_fields(state.get("mappings"), mappings)
     result = RemergeResult(changed_fields=fields)
     view = restricted(mappings, fields)
-    reconciler = Reconciler(store, view, sf=sf, outbox=outbox, client_name=client_name, writable=writable)
+    reconciler = Reconciler(store, view, fetcher=fetcher, outbox=outbox, client_name=client_name,
+                            writable=writable)
     for sobject in objects:
         if not view.for_object(sobject):
             continue
-        if not await _remerge_object(store, sf, view, reconciler, sobject, result, budget, batch_size):
+        if not await _remerge_object(store, fetcher, view, reconciler, sobject, result, budget, batch_size):
             result.finished = False
             log.info("remerge_paused", reason="budget", records=result.records)
             return result
-    await store.save_state(STATE_KEY, new_state)
+    await store.save_state(MAPPINGS_KEY, new_state)
     log.info("remerge_finished", fields=fields, records=result.records, calls=result.calls)
     return result
 
 
 async def _remerge_object(
-    store: RemergeStore, sf: SalesforceApi, view: Mappings, reconciler: Reconciler, sobject: str,
+    store: RemergeStore, fetcher: RecordFetcher, view: Mappings, reconciler: Reconciler, sobject: str,
     result: RemergeResult, budget: Budget | None, batch_size: int,
 ) -> bool:
     async for page in store.iter_linked(collection_for(sobject), sobject, batch_size=batch_size):
         if budget is not None and not budget.allows_optional_calls():
             return False
         ids = [d["crm"]["id"] for d in page]
-        changes = await fetch_changes(sf, view, sobject, ids, source=ChangeSource.IMPORT)
+        changes = await fetcher.fetch(sobject, ids, source=ChangeSource.IMPORT, mappings=view)
         result.calls += (len(ids) + 199) // 200
         await reconciler.apply_batch(changes)
         result.records += len(changes)
@@ -103,11 +105,12 @@ async def _remerge_object(
 
 
 async def remerge(
-    sf: SalesforceApi, store: RemergeStore, reconciler: Reconciler, mappings: Mappings, objects: list[str]
+    fetcher: RecordFetcher, store: RemergeStore, reconciler: Reconciler, mappings: Mappings,
+    objects: list[str],
 ) -> RemergeResult:
     """Supervisor hook: `remerge_if_mappings_changed` with the live reconciler's wiring. It reads
     and saves the `mappings` state itself (hash + the mappings, to tell which fields changed)."""
     return await remerge_if_mappings_changed(
-        store, sf, mappings, objects, budget=reconciler.budget, outbox=reconciler.outbox,
+        store, fetcher, mappings, objects, budget=reconciler.budget, outbox=reconciler.outbox,
         writable=reconciler.writable, client_name=reconciler.client_name,
     )

@@ -1,6 +1,7 @@
 """The polling watermark: a constant-size keyset position in `ORDER BY SystemModstamp, Id`.
 
-`sync_state` `watermark:<Object>` = `{"ts": "2024-05-01T10:00:00Z", "last_id": "00Q..."}` means
+`sync_state` `watermark:<Object>` (`state_keys.watermark_key`) =
+`{"ts": "2024-05-01T10:00:00Z", "last_id": "00Q..."}` means
 "every record ordered before or at (ts, last_id) is applied"; `last_id` None means "every
 record with `SystemModstamp < ts`, none at ts yet". The backfill and the poller share it.
 
@@ -33,16 +34,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from reconciler.records import format_sf_datetime, parse_sf_datetime
+from reconciler.soql import format_sf_datetime, parse_sf_datetime, soql_string
 
-
-def watermark_key(sobject: str) -> str:
-    return f"watermark:{sobject}"
-
-
-def soql_string(value: str) -> str:
-    """A SOQL string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+# `soql_string` is re-exported for `reconciler.outbound` until it imports `reconciler.soql`.
+__all__ = ["Watermark", "record_position", "soql_string"]
 
 
 @dataclass(frozen=True)

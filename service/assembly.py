@@ -15,10 +15,11 @@ from datetime import timedelta
 
 import structlog
 
+from listener.backfill import backfill
 from listener.budget import BudgetGovernor, Mode
+from listener.reader import RecordReader
 from listener.salesforce import SalesforceClient
 from listener.sources import Source, create_sources
-from reconciler.backfill import backfill
 from reconciler.inbound import Reconciler
 from reconciler.jobs import Jobs
 from reconciler.mapping_check import check_mappings
@@ -41,6 +42,7 @@ class SyncParts:
     """What a connected service syncs with, for one process life (terms come and go)."""
 
     sf: SalesforceClient
+    reader: RecordReader  # the one Salesforce read path: backfill, remerge, re-imports
     store: Store
     instance_url: str
     outbox: Outbox
@@ -59,7 +61,8 @@ async def assemble(settings: Settings, mappings: Mappings, governor: BudgetGover
     check_mappings(mappings, objects, {o: await sf.describe(o) for o in objects})
     outbox = Outbox(store.outbox)
     await outbox.ensure_indexes()
-    reconciler = Reconciler(store, mappings, sf=sf, outbox=outbox,
+    reader = RecordReader(sf, mappings)
+    reconciler = Reconciler(store, mappings, fetcher=reader, outbox=outbox,
                             client_name=settings.salesforce.client_name, budget=governor)
     jobs = Jobs(store, reconciler, retry_interval=timedelta(minutes=settings.sync.retry_interval_minutes),
                 max_attempts=settings.sync.retry_max_attempts)
@@ -67,7 +70,8 @@ async def assemble(settings: Settings, mappings: Mappings, governor: BudgetGover
     sink: ChangeSink = sink_wrapper(observed) if sink_wrapper else observed
     sources = create_sources(settings=settings, mappings=mappings, sf=sf, store=store, sink=sink,
                              governor=governor)
-    return SyncParts(sf=sf, store=store, instance_url=instance_url, outbox=outbox, reconciler=reconciler,
+    return SyncParts(sf=sf, reader=reader, store=store, instance_url=instance_url, outbox=outbox,
+                     reconciler=reconciler,
                      jobs=jobs, observed=observed, sources=sources)
 
 
@@ -82,10 +86,10 @@ async def first_start(parts: SyncParts, mappings: Mappings, objects: list[str]) 
             async def on_page(sobject: str, page: int, records: int) -> None:
                 progress.advance(records)
 
-            await backfill(parts.sf, store, parts.reconciler, mappings, objects, page_hook=on_page)
+            await backfill(parts.reader, store, parts.reconciler, objects, page_hook=on_page)
     # Remerge keeps the applied mappings (hash + content) in sync_state itself, and leaves the
     # hash unsaved when the budget stops it, so the next start finishes the job.
-    await remerge(parts.sf, store, parts.reconciler, mappings, objects)
+    await remerge(parts.reader, store, parts.reconciler, mappings, objects)
 
 
 __all__ = ["SinkWrapper", "SyncParts", "assemble", "first_start"]

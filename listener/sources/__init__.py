@@ -10,7 +10,7 @@ from __future__ import annotations
 from listener.budget import BudgetGovernor, Mode
 from listener.salesforce import SalesforceClient
 from listener.sources.base import HandoverMarks, Source
-from listener.sources.cometd import CdcStream
+from listener.sources.cometd import CatchUp, CdcStream, StreamOptions
 from listener.sources.polling import Poller
 from reconciler.ports import ChangeSink
 from reconciler.store import Store
@@ -22,12 +22,9 @@ def create_sources(*, settings: Settings, mappings: Mappings, sf: SalesforceClie
     """The source each mode runs: `streaming` the CDC stream, `polling` the poller."""
     sync = settings.sync
     poller = Poller(sf, store, sink, mappings, sync.objects, every_minutes=sync.frequency_minutes)
-    stream = CdcStream(
-        sf=sf, store=store, sink=sink, poller=poller, objects=sync.objects,
-        client_name=settings.salesforce.client_name, api_version=settings.salesforce.api_version,
-        batch_size=sync.batch_size, batch_wait_ms=sync.batch_wait_ms, governor=governor,
-    )
+    stream = CdcStream(sf=sf, store=store, sink=sink, catch_up=poller, objects=sync.objects,
+                       options=StreamOptions.from_settings(settings), governor=governor)
     return {Mode.STREAMING: stream, Mode.POLLING: poller}
 
 
-__all__ = ["CdcStream", "HandoverMarks", "Poller", "Source", "create_sources"]
+__all__ = ["CatchUp", "CdcStream", "HandoverMarks", "Poller", "Source", "StreamOptions", "create_sources"]

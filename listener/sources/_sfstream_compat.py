@@ -9,7 +9,8 @@ What this module works around, and how:
   calls `asyncio.wait_for(..., loop=...)`, a TypeError on Python 3.10+. `StreamSession`
   watches the transport itself: CONNECTING for longer than `stall_timeout` -> RetriableError.
 - While the server is down the transport retries every second forever; the caller closes the
-  session on `RetriableError` and reopens it after `Backoff` (exponential, full jitter).
+  session on `RetriableError` and reopens it after a `reconciler.pacing.Backoff` delay
+  (exponential, full jitter).
 - Closing cancels the transport's connect task, whose done-callback then raises a spurious
   CancelledError into the loop's exception handler; the callback is detached before closing.
 - The client is built inside a running coroutine (`StreamSession.open`): its constructor
@@ -35,10 +36,7 @@ Every aiocometd/aiosfstream exception is translated here into `reconciler.errors
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -122,29 +120,6 @@ def translate(exc: BaseException) -> SyncError:
         err = response.get("error") if isinstance(response, dict) else None
         return classify_server_error(channel, err if isinstance(err, str) else str(exc))
     return RetriableError(f"CometD transport: {exc}")
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with full jitter: delay n is uniform in [0, min(cap, base * 2**n)]."""
-
-    base: float = 0.5
-    cap: float = 30.0
-    attempt: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def next_delay(self) -> float:
-        ceiling = min(self.cap, self.base * (2 ** min(self.attempt, 30)))
-        self.attempt += 1
-        return self.rng.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-    async def sleep(self, stop: asyncio.Event) -> None:
-        """Wait the next delay, returning early if `stop` is set."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), self.next_delay())
 
 
 class TokenAuthenticator(AuthenticatorBase):
@@ -264,7 +239,7 @@ class _VersionedClient(Client):
 class StreamSession:
     """One CometD session: open + subscribe, receive (with errors surfaced), close.
 
-    Single use: after any error, close it and open a new one (after a `Backoff` delay).
+    Single use: after any error, close it and open a new one (after a backoff delay).
     """
 
     def __init__(

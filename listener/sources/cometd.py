@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -33,7 +33,6 @@ from listener.events import GapRequest, OverflowRequest, channel_object, parse_m
 from listener.metrics import METRICS
 from listener.sources._sfstream_compat import (
     NEW_EVENTS,
-    Backoff,
     CommittedReplayIds,
     DeliveryLimitError,
     ReplayIdInvalidError,
@@ -41,9 +40,13 @@ from listener.sources._sfstream_compat import (
     TokenSource,
 )
 from listener.sources.batching import CommitPolicy, MicroBatcher
-from listener.sources.polling import Poller, StateStore, Watermark, floor_second, watermark_key
 from reconciler.errors import RetriableError
-from reconciler.ports import ChangeSink, RejectedEvent, SalesforceChange
+from reconciler.pacing import Backoff
+from reconciler.ports import ChangeSink, RejectedEvent, SalesforceChange, StateStore
+from reconciler.soql import floor_second
+from reconciler.store.state_keys import replay_key, watermark_key
+from reconciler.watermark import Watermark
+from settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -56,8 +59,34 @@ def channel_for(sobject: str) -> str:
     return f"/data/{sobject}ChangeEvent"
 
 
-def replay_key(channel: str) -> str:
-    return f"replay:{channel}"
+@dataclass(frozen=True)
+class StreamOptions:
+    """The stream's tuning: who we are, and how events are batched, committed and watched."""
+
+    client_name: str                # `client=<name>` in changeOrigin marks our own echoes
+    api_version: str                # the CometD endpoint's version (`/cometd/62.0`)
+    batch_size: int = 500           # events per micro-batch (the queue holds two batches)
+    batch_wait_ms: int = 20         # how long a batch waits for more events after its first
+    stall_timeout: float = 5.0      # seconds the transport may reconnect before we reopen
+    commit_every: int = 1           # events applied per replay id commit (`CommitPolicy`)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamOptions:
+        return cls(client_name=settings.salesforce.client_name, api_version=settings.salesforce.api_version,
+                   batch_size=settings.sync.batch_size, batch_wait_ms=settings.sync.batch_wait_ms)
+
+
+class CatchUp(Protocol):
+    """What the stream needs of a poller: catch-up and closing polls, gap and overflow reads,
+    and the watermark it hands over to (implemented by `listener.sources.polling.Poller`)."""
+
+    async def run_once(self, objects: Sequence[str] | None = None) -> Any: ...
+
+    async def poll_since(self, sobject: str, since: datetime) -> int: ...
+
+    async def fetch_by_ids(self, sobject: str, ids: Iterable[str]) -> list[SalesforceChange]: ...
+
+    async def watermark(self, sobject: str) -> Watermark: ...
 
 
 class Session(Protocol):
@@ -95,30 +124,20 @@ class CdcStream:
         sf: TokenSource,
         store: StateStore,
         sink: ChangeSink,
-        poller: Poller,
+        catch_up: CatchUp,
         objects: Sequence[str],
-        client_name: str,
-        api_version: str,
-        batch_size: int = 500,
-        batch_wait_ms: int = 20,
+        options: StreamOptions,
         governor: EventsExhausted | None = None,
         session_factory: Callable[[CommittedReplayIds], Session] | None = None,
-        stall_timeout: float = 5.0,
-        commit_every: int = 1,
     ) -> None:
         self._sf = sf
         self._store = store
         self._sink = sink
-        self._poller = poller
+        self._catch_up = catch_up
         self.objects = list(objects)
-        self._client_name = client_name
-        self._api_version = api_version
-        self._batch_size = batch_size
-        self._batch_wait = batch_wait_ms / 1000
+        self.options = options
         self._governor = governor
         self._session_factory = session_factory or self._default_session
-        self._stall_timeout = stall_timeout
-        self._commit_every = commit_every  # events applied per offset commit (CommitPolicy)
         self._applied: dict[str, int] = {}        # highest replay id applied, per channel
         self._poll_marks: dict[str, Watermark] = {}  # what a poll covered, per object
         self._last_commit: dict[str, datetime] = {}  # newest applied commit time, per object
@@ -171,7 +190,7 @@ class CdcStream:
     # -- sessions ----------------------------------------------------------------------------
 
     async def _sessions(self, replay: CommittedReplayIds, stop: asyncio.Event) -> None:
-        backoff = Backoff()
+        backoff = Backoff(base=0.5, cap=30.0)  # full jitter (reconciler.pacing)
         while not stop.is_set():
             session = self._session_factory(replay)
             failure: Exception | None = None
@@ -199,12 +218,13 @@ class CdcStream:
                 await self._resync(replay, failure)
             elif failure is not None:
                 log.warning("stream_reconnect", error=str(failure), error_type=type(failure).__name__)
-                await backoff.sleep(stop)
+                await backoff.wait(stop)
 
     def _default_session(self, replay: CommittedReplayIds) -> Session:
-        return StreamSession(self._sf, api_version=self._api_version, replay_ids=replay,
-                             stall_timeout=self._stall_timeout,
-                             max_pending=max(self._batch_size * 2, 100))
+        options = self.options
+        return StreamSession(self._sf, api_version=options.api_version, replay_ids=replay,
+                             stall_timeout=options.stall_timeout,
+                             max_pending=max(options.batch_size * 2, 100))
 
     async def _resync(self, replay: CommittedReplayIds, error: ReplayIdInvalidError) -> None:
         """Replay id unusable: poll from the watermark, then subscribe with -1 (and poll again)."""
@@ -229,20 +249,21 @@ class CdcStream:
             self._closing_poll.clear()
 
     async def _poll(self, objects: Sequence[str]) -> None:
-        await self._poller.run_once(objects)
+        await self._catch_up.run_once(objects)
         for sobject in objects:
-            self._poll_marks[sobject] = await self._poller.watermark(sobject)
+            self._poll_marks[sobject] = await self._catch_up.watermark(sobject)
 
     # -- consuming ---------------------------------------------------------------------------
 
     async def _consume(self, session: Session, stop: asyncio.Event) -> None:
         """Read into a bounded queue and apply batches until `stop` or an error."""
-        queue: asyncio.Queue[dict[str, Any] | RejectedEvent] = asyncio.Queue(maxsize=self._batch_size * 2)
+        options = self.options
+        queue: asyncio.Queue[dict[str, Any] | RejectedEvent] = asyncio.Queue(maxsize=options.batch_size * 2)
         self._queue = queue
-        batcher = MicroBatcher(queue, max_items=self._batch_size, max_wait=self._batch_wait)
+        batcher = MicroBatcher(queue, max_items=options.batch_size, max_wait=options.batch_wait_ms / 1000)
         reader = asyncio.create_task(self._read(session, queue))
         stopping = asyncio.create_task(stop.wait())
-        policy = CommitPolicy(max_pending=self._commit_every, max_seconds=1.0)
+        policy = CommitPolicy(max_pending=options.commit_every, max_seconds=1.0)
         try:
             while True:
                 taking = asyncio.create_task(batcher.next_batch())
@@ -281,7 +302,7 @@ class CdcStream:
             METRICS.inc("sfsync_events_failed_total", len(batch.rejected), object="unknown")
         for overflow in batch.overflows:
             log.info("stream_overflow_poll", object=overflow.sobject, since=overflow.since.isoformat())
-            await self._poller.poll_since(overflow.sobject, overflow.since)
+            await self._catch_up.poll_since(overflow.sobject, overflow.since)
         for channel, replay_id in batch.offsets.items():
             self._pending[channel] = max(replay_id, self._pending.get(channel, -1))
             self._applied[channel] = max(replay_id, self._applied.get(channel, -1))
@@ -301,7 +322,7 @@ class CdcStream:
                 batch.rejected.append(message)
                 continue
             channel = str(message.get("channel", ""))
-            parsed = parse_message(message, client_name=self._client_name, objects=objects)
+            parsed = parse_message(message, client_name=self.options.client_name, objects=objects)
             replay_id = parsed.replay_id if not isinstance(parsed, list) else _first_replay(parsed)
             if replay_id is not None:
                 if replay_id <= self._applied.get(channel, -1):
@@ -344,7 +365,7 @@ class CdcStream:
         fetched: list[SalesforceChange] = []
         for sobject, ids in gaps.items():
             log.info("stream_gap_fetch", object=sobject, records=len(ids))
-            fetched.extend(await self._poller.fetch_by_ids(sobject, ids))
+            fetched.extend(await self._catch_up.fetch_by_ids(sobject, sorted(ids)))
         return fetched
 
     async def _commit_offsets(self) -> None:
@@ -356,6 +377,10 @@ class CdcStream:
             del self._pending[channel]
 
     def _note_lag(self, batch: _Batch) -> None:
+        """`sfsync_replay_lag_seconds` (this is its only writer): seconds from the newest
+        Salesforce commit in the batch just applied (`commitTimestamp`, or the record's
+        `LastModifiedDate`) to the moment its apply finished -- how far the stream runs behind
+        Salesforce. Not updated while no events arrive, nor while polling."""
         if batch.committed_at:
             newest = max(batch.committed_at.values())
             METRICS.set("sfsync_replay_lag_seconds", max(time.time() - newest.timestamp(), 0.0))
@@ -377,7 +402,7 @@ class CdcStream:
         for sobject, committed in self._last_commit.items():
             ts = floor_second(committed - HANDOVER_MARGIN)
             try:
-                current = await self._poller.watermark(sobject)
+                current = await self._catch_up.watermark(sobject)
                 if current.ts is None or ts > current.ts:
                     await self._store.save_state(watermark_key(sobject), Watermark(ts).to_state())
             except RetriableError as exc:

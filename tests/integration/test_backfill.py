@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from reconciler.backfill import backfill, prefetched
+from listener.backfill import backfill
+from listener.reader import RecordReader, prefetched
 from reconciler.inbound import Reconciler
-from reconciler.remerge import changed_fields, remerge_if_mappings_changed
+from reconciler.remerge import changed_fields, remerge_if_mappings_changed, restricted
 from reconciler.store import Store
 from settings import parse_mappings
 from tests.support.salesforce_changes import MAPPINGS, OWNER_1, T0, FakeSalesforce, mappings_toml
@@ -38,7 +39,7 @@ class TestBackfill:
         """Accounts first, then Leads and Contacts (linked to their Company); one summary log per page."""
         sf = FakeSalesforce(org(), page_size=2)
         objects = ["Contact", "Lead", "Account"]
-        result = await backfill(sf, store, Reconciler(store, MAPPINGS), MAPPINGS, objects)
+        result = await backfill(RecordReader(sf, MAPPINGS), store, Reconciler(store, MAPPINGS), objects)
         assert (result.records, result.pages, result.calls) == (9, 6, 6)
         assert [q.split(" FROM ")[1].split()[0] for q in sf.queries] == ["Account", "Lead", "Contact"]
         company = await store.db.companies.find_one({"crm.id": "001A"})
@@ -60,12 +61,12 @@ class TestBackfill:
                 raise RuntimeError("crash")
 
         with pytest.raises(RuntimeError):
-            await backfill(sf, store, reconciler, MAPPINGS, ["Account", "Lead"],
+            await backfill(RecordReader(sf, MAPPINGS), store, reconciler, ["Account", "Lead"],
                            page_hook=stop_after_first_lead_page)
         watermark = await store.load_state("watermark:Lead")
         assert watermark == {"ts": "2024-05-01T10:00:00Z", "last_id": "00Q001"}
         sf.queries.clear()
-        result = await backfill(sf, store, reconciler, MAPPINGS, ["Lead"])
+        result = await backfill(RecordReader(sf, MAPPINGS), store, reconciler, ["Lead"])
         assert ("WHERE (SystemModstamp > 2024-05-01T10:00:00Z OR (SystemModstamp = 2024-05-01T10:00:00Z"
                 " AND Id > '00Q001')) ORDER BY") in sf.queries[0]
         assert result.records == 3
@@ -83,9 +84,10 @@ class TestBackfill:
             raise RuntimeError("crash")
 
         with pytest.raises(RuntimeError):
-            await backfill(sf, store, reconciler, MAPPINGS, ["Lead"], page_hook=crash_after_first_page)
+            await backfill(RecordReader(sf, MAPPINGS), store, reconciler, ["Lead"],
+                           page_hook=crash_after_first_page)
         assert await store.load_state("watermark:Lead") == {"ts": "2024-05-01T10:00:00Z", "last_id": "00Q002"}
-        result = await backfill(sf, store, reconciler, MAPPINGS, ["Lead"])
+        result = await backfill(RecordReader(sf, MAPPINGS), store, reconciler, ["Lead"])
         assert result.records == 4
         assert await store.db.people.count_documents({}) == 7
         assert await store.load_state("watermark:Lead") == {"ts": "2024-05-01T10:00:00Z", "last_id": "00Q006"}
@@ -94,7 +96,7 @@ class TestBackfill:
         """A stored `{"ts", "ids"}` watermark re-reads its second, skips its ids, then saves the new shape."""
         await store.save_state("watermark:Lead", {"ts": "2024-05-01T10:00:00Z", "ids": ["00Q000"]})
         sf = FakeSalesforce(org(leads=4, contacts=0))  # 00Q000, 00Q001 at second 0; 00Q002, 00Q003 at 1
-        result = await backfill(sf, store, Reconciler(store, MAPPINGS), MAPPINGS, ["Lead"])
+        result = await backfill(RecordReader(sf, MAPPINGS), store, Reconciler(store, MAPPINGS), ["Lead"])
         assert "WHERE SystemModstamp >= 2024-05-01T10:00:00Z ORDER BY" in sf.queries[0]
         assert result.records == 3
         assert await store.db.people.count_documents({"crm.id": "00Q000"}) == 0
@@ -104,7 +106,7 @@ class TestBackfill:
         """Records of the second the pass began are imported, but the watermark stays before them."""
         sf = FakeSalesforce(org(leads=6, contacts=0))  # seconds 0, 0, 1, 1, 2, 2
         signpost = T0 + timedelta(seconds=2, milliseconds=400)
-        result = await backfill(sf, store, Reconciler(store, MAPPINGS), MAPPINGS, ["Lead"],
+        result = await backfill(RecordReader(sf, MAPPINGS), store, Reconciler(store, MAPPINGS), ["Lead"],
                                 clock=lambda: signpost)
         assert result.records == 6
         assert await store.load_state("watermark:Lead") == {"ts": "2024-05-01T10:00:01Z", "last_id": "00Q003"}
@@ -114,7 +116,7 @@ class TestBackfill:
         records = org(leads=3, contacts=0)
         records["Lead"][1]["Title"] = {"not": "a scalar"}
         sf = FakeSalesforce(records)
-        result = await backfill(sf, store, Reconciler(store, MAPPINGS), MAPPINGS, ["Lead"])
+        result = await backfill(RecordReader(sf, MAPPINGS), store, Reconciler(store, MAPPINGS), ["Lead"])
         assert result.failed == 1
         assert await store.db.people.count_documents({}) == 2
         [failed] = (await store.find_sync_logs(status="failed"))[0]
@@ -162,23 +164,36 @@ class TestPrefetch:
 
 
 class TestRemerge:
+    def test_a_restricted_view_neither_sees_nor_changes_the_full_mappings(self) -> None:
+        """The view of the changed fields answers for those fields only, whichever is asked first,
+        and the live mappings stay whole (a `model_copy` shared their `for_object` cache)."""
+        full = parse_mappings(mappings_toml())
+        before = full.for_object("Lead")
+        assert len(before) > 1
+        assert [m.local_field for m in restricted(full, {"people": ["first_name"]}).for_object("Lead")] == [
+            "first_name"]
+        fresh = parse_mappings(mappings_toml())
+        restricted(fresh, {"people": ["first_name"]}).for_object("Lead")
+        assert fresh.for_object("Lead") == before == full.for_object("Lead")
+
     async def test_changed_fields_are_re_merged_once(self, store: Store) -> None:
         """After a mapping edit the added field is merged for every linked record, then the hash is stored."""
         sf = FakeSalesforce(org(leads=3, contacts=0))
         for lead in sf.records["Lead"]:
             lead["Department"] = "Sales"
-        await backfill(sf, store, Reconciler(store, MAPPINGS), MAPPINGS, ["Lead"])
-        first = await remerge_if_mappings_changed(store, sf, MAPPINGS, ["Lead"])
+        await backfill(RecordReader(sf, MAPPINGS), store, Reconciler(store, MAPPINGS), ["Lead"])
+        first = await remerge_if_mappings_changed(store, RecordReader(sf, MAPPINGS), MAPPINGS, ["Lead"])
         assert first.records == 0  # the first start only records the hash
         edited = parse_mappings(mappings_toml({"people.department": {"lead": "Department"}}))
         assert changed_fields((await store.load_state("mappings") or {}).get("mappings"), edited) == {
             "people": ["department"]}
         sf.queries.clear()
-        result = await remerge_if_mappings_changed(store, sf, edited, ["Lead", "Contact"], batch_size=2)
+        result = await remerge_if_mappings_changed(store, RecordReader(sf, MAPPINGS), edited,
+                                                   ["Lead", "Contact"], batch_size=2)
         assert (result.records, result.finished, len(sf.queries)) == (3, True, 2)
         assert await store.db.people.count_documents({"department": "Sales"}) == 3
         assert len((await store.find_sync_logs(type="merge"))[0]) == 3
-        again = await remerge_if_mappings_changed(store, sf, edited, ["Lead"])
+        again = await remerge_if_mappings_changed(store, RecordReader(sf, MAPPINGS), edited, ["Lead"])
         assert again.records == 0
 
     async def test_stops_when_the_budget_says_so(self, store: Store) -> None:
@@ -191,10 +206,11 @@ class TestRemerge:
                 return False
 
         sf = FakeSalesforce(org(leads=2, contacts=0))
-        await backfill(sf, store, Reconciler(store, MAPPINGS), MAPPINGS, ["Lead"])
-        await remerge_if_mappings_changed(store, sf, MAPPINGS, ["Lead"])
+        await backfill(RecordReader(sf, MAPPINGS), store, Reconciler(store, MAPPINGS), ["Lead"])
+        await remerge_if_mappings_changed(store, RecordReader(sf, MAPPINGS), MAPPINGS, ["Lead"])
         edited = parse_mappings(mappings_toml({"people.department": {"lead": "Department"}}))
         sf.queries.clear()
-        result = await remerge_if_mappings_changed(store, sf, edited, ["Lead"], budget=Reserve())
+        result = await remerge_if_mappings_changed(store, RecordReader(sf, MAPPINGS), edited, ["Lead"],
+                                                   budget=Reserve())
         assert not result.finished and sf.queries == []
         assert (await store.load_state("mappings") or {})["hash"] == MAPPINGS.content_hash()

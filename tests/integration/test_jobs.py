@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from listener.reader import RecordReader
 from reconciler.inbound import Reconciler
 from reconciler.jobs import AdminJobs, Jobs, sobject_for_id
 from reconciler.ports import ChangeKind
@@ -30,8 +31,8 @@ class Paused:
 
 
 def jobs_for(store: Store, sf: FakeSalesforce, **kw: Any) -> Jobs:
-    reconciler = Reconciler(store, MAPPINGS, sf=sf, outbox=kw.pop("outbox", None),
-                            budget=kw.pop("budget", None))
+    reconciler = Reconciler(store, MAPPINGS, fetcher=RecordReader(sf, MAPPINGS),
+                            outbox=kw.pop("outbox", None), budget=kw.pop("budget", None))
     return Jobs(store, reconciler, **kw)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from listener.reader import RecordReader
 from reconciler.inbound import Reconciler
 from reconciler.ports import ChangeKind
 from reconciler.store import Store
@@ -142,7 +143,7 @@ class TestLeadConversion:
         pid = await lead_person(store)
         sf = FakeSalesforce({"Contact": [{"Id": CONTACT, "LastName": "Lee", "MailingCity": "Rome",
                                           "SystemModstamp": "2024-05-01T10:00:05.000+0000"}]})
-        await Reconciler(store, MAPPINGS, sf=sf).apply([conversion_changes()[2]])
+        await Reconciler(store, MAPPINGS, fetcher=RecordReader(sf, MAPPINGS)).apply([conversion_changes()[2]])
         assert len(sf.queries) == 1 and "WHERE Id IN ('003000000000001AAA')" in sf.queries[0]
         assert (await store.db.people.find_one({"_id": pid}))["city"] == "Rome"
 

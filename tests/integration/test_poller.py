@@ -12,11 +12,13 @@ import pytest
 from pydantic import SecretStr
 
 from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET
+from listener.reader import RecordReader
 from listener.salesforce import SalesforceClient
-from listener.sources.polling import Poller, Watermark, watermark_key
+from listener.sources.polling import Poller, Watermark
 from reconciler.inbound import Reconciler
 from reconciler.ports import ChangeKind, RejectedEvent, SalesforceChange
 from reconciler.store import Store
+from reconciler.store.state_keys import watermark_key
 from settings import AuthFlow, SalesforceSettings
 from tests.support.emulator import RunningEmulator, running_emulator
 from tests.support.mappings import LEAD_NAME_MAPPINGS as MAPPINGS
@@ -86,7 +88,7 @@ async def rig(mongo_uri: str, database_name: str) -> AsyncIterator[Rig]:
         await store.ensure_indexes()
         try:
             async with SalesforceClient(settings) as sf:
-                sink = RecordingSink(Reconciler(store, MAPPINGS, sf=sf))
+                sink = RecordingSink(Reconciler(store, MAPPINGS, fetcher=RecordReader(sf, MAPPINGS)))
                 yield Rig(Org(emu, http), store, sink, sf, [BASE + timedelta(minutes=5)])
         finally:
             await store.close()

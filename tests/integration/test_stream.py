@@ -15,12 +15,14 @@ from structlog.testing import capture_logs
 
 from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET
 from listener.budget import BudgetGovernor, Mode
+from listener.reader import RecordReader
 from listener.salesforce import ApiUsage, SalesforceClient
-from listener.sources.cometd import CdcStream, replay_key
+from listener.sources.cometd import CdcStream, StreamOptions
 from listener.sources.polling import Poller
 from reconciler.inbound import Reconciler
 from reconciler.ports import ChangeSource
 from reconciler.store import Store
+from reconciler.store.state_keys import replay_key
 from settings import AuthFlow, BudgetSettings, SalesforceSettings
 from tests.support.emulator import RunningEmulator, running_emulator
 from tests.support.eventually import eventually
@@ -56,9 +58,10 @@ class Rig:
         return Poller(self.sf, self.store, self.sink, MAPPINGS, ["Lead"])
 
     async def start(self) -> CdcStream:
-        stream = CdcStream(sf=self.sf, store=self.store, sink=self.sink, poller=self.poller(),
-                           objects=["Lead"], client_name=CLIENT_NAME, api_version="62.0",
-                           batch_size=50, batch_wait_ms=20, governor=self.governor, stall_timeout=2.0)
+        options = StreamOptions(client_name=CLIENT_NAME, api_version="62.0", batch_size=50, batch_wait_ms=20,
+                                stall_timeout=2.0)
+        stream = CdcStream(sf=self.sf, store=self.store, sink=self.sink, catch_up=self.poller(),
+                           objects=["Lead"], options=options, governor=self.governor)
         stop = asyncio.Event()
         task = asyncio.create_task(stream.run(stop))
         self.running.append((stream, stop, task))
@@ -102,8 +105,8 @@ async def rig(mongo_uri: str, database_name: str) -> AsyncIterator[Rig]:
         governor = BudgetGovernor(BudgetSettings())
         try:
             async with SalesforceClient(settings, on_usage=governor.record_usage) as sf:
-                rig = Rig(emu, http, store, sf, RecordingSink(Reconciler(store, MAPPINGS, sf=sf,
-                                                                         client_name=CLIENT_NAME)), governor)
+                rig = Rig(emu, http, store, sf, RecordingSink(Reconciler(
+                    store, MAPPINGS, fetcher=RecordReader(sf, MAPPINGS), client_name=CLIENT_NAME)), governor)
                 try:
                     yield rig
                 finally:

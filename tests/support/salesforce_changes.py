@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.ports import ChangeKind, ChangeSource, OutboundWrite, RecordResult, SalesforceChange
-from reconciler.records import parse_sf_datetime
+from reconciler.soql import parse_sf_datetime
 from settings import parse_mappings
 from tests.support.mappings import sample_mappings
 

@@ -14,9 +14,9 @@ from listener.events import (
     flatten_fields,
     is_echo,
     parse_message,
-    parse_sf_datetime,
 )
 from reconciler.ports import ChangeKind, ChangeSource, RejectedEvent, SalesforceChange
+from reconciler.soql import parse_sf_datetime
 
 OBJECTS = ("Lead", "Contact", "Account")
 COMMIT_MS = 1_714_557_600_000  # 2024-05-01T10:00:00Z

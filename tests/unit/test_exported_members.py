@@ -95,12 +95,12 @@ class TestImportDirection:
 class TestSourceContract:
     def test_both_sources_keep_the_source_protocol(self) -> None:
         """The CometD stream and the poller are `Source`s: the shell needs nothing else of them."""
-        from listener.sources import CdcStream, Poller, Source
+        from listener.sources import CdcStream, Poller, Source, StreamOptions
         from settings import Mappings
 
         poller = Poller(object(), object(), object(), Mappings(), ["Lead"])  # type: ignore[arg-type]
-        stream = CdcStream(sf=object(), store=object(), sink=object(), poller=poller,  # type: ignore[arg-type]
-                           objects=["Lead"], client_name="c", api_version="62.0")
+        stream = CdcStream(sf=object(), store=object(), sink=object(), catch_up=poller,  # type: ignore[arg-type]
+                           objects=["Lead"], options=StreamOptions(client_name="c", api_version="62.0"))
         for source in (poller, stream):
             assert isinstance(source, Source), type(source)
         assert {poller.name, stream.name} == {"poller", "stream"}

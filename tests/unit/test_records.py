@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
 from reconciler.errors import SkippableError
-from reconciler.ports import ChangeKind, ChangeSource
+from reconciler.objects import collection_for
 from reconciler.records import (
     check_value,
-    collection_for,
     get_path,
     is_blank,
     local_to_sf,
     normalise_domain,
     normalise_email,
-    parse_sf_datetime,
-    record_change,
     same_sf_id,
-    select_fields,
-    set_path,
-    sf_to_local,
 )
 from settings import parse_mappings
 
@@ -60,40 +52,12 @@ class TestDottedPaths:
         assert get_path(doc, "x.y") is None
         assert get_path(None, "x") is None
 
-    def test_set_path_creates_parents(self) -> None:
-        """Setting a dotted path creates the nested documents."""
-        doc: dict[str, object] = {}
-        set_path(doc, "a.b.c", 1)
-        assert doc == {"a": {"b": {"c": 1}}}
-
 
 class TestTranslation:
-    def test_sf_to_local_uses_the_object_mapping(self) -> None:
-        """Lead City and Contact MailingCity both land in `city`; unmapped fields are dropped."""
-        assert sf_to_local(MAPPINGS.for_object("Lead"), {"City": "Oslo", "Other": 1}) == {"city": "Oslo"}
-        assert sf_to_local(MAPPINGS.for_object("Contact"), {"MailingCity": "Rome"}) == {"city": "Rome"}
-
     def test_local_to_sf_leaves_blanks_out(self) -> None:
         """Local -> Salesforce never carries a blank; dotted fields are read from nested documents."""
         doc = {"first_name": " ", "city": "Oslo", "custom_fields": {"linkedin": "in/a"}}
         assert local_to_sf(MAPPINGS.for_object("Lead"), doc) == {"City": "Oslo", "LinkedIn__c": "in/a"}
-
-    def test_select_fields_includes_system_and_linking_fields(self) -> None:
-        """A full-record query selects Id, timestamps, owner, linking and conversion fields."""
-        lead = select_fields(MAPPINGS, "Lead")
-        assert lead[:4] == ["Id", "SystemModstamp", "LastModifiedDate", "IsDeleted"]
-        assert {"OwnerId", "Email", "IsConverted", "ConvertedContactId", "FirstName", "City"} <= set(lead)
-        assert {"AccountId", "MailingCity"} <= set(select_fields(MAPPINGS, "Contact"))
-        assert len(lead) == len(set(lead))
-
-    def test_record_change_is_an_upsert_at_last_modified(self) -> None:
-        """A queried record becomes an UPSERT change timed by LastModifiedDate."""
-        change = record_change("Lead", {"Id": "00Q1", "attributes": {}, "FirstName": "A",
-                                        "LastModifiedDate": "2024-05-01T10:00:00.000+0000"},
-                               ChangeSource.IMPORT)
-        assert change.kind is ChangeKind.UPSERT
-        assert change.fields == {"FirstName": "A", "LastModifiedDate": "2024-05-01T10:00:00.000+0000"}
-        assert change.changed_at == datetime(2024, 5, 1, 10, tzinfo=UTC)
 
 
 class TestValues:
@@ -129,12 +93,6 @@ class TestNormalisation:
         """Emails compare lower-cased and trimmed."""
         assert normalise_email(" Ann@Example.COM ") == "ann@example.com"
         assert normalise_email("") is None
-
-    @pytest.mark.parametrize("raw", ["2024-05-01T10:00:00.000+0000", "2024-05-01T10:00:00Z",
-                                     "2024-05-01T12:00:00+02:00"])
-    def test_parse_sf_datetime(self, raw: str) -> None:
-        """Salesforce and ISO datetimes parse to aware UTC."""
-        assert parse_sf_datetime(raw) == datetime(2024, 5, 1, 10, tzinfo=UTC)
 
     def test_sf_ids_compare_on_15_chars(self) -> None:
         """An 18-char id equals its 15-char form."""

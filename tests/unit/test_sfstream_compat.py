@@ -1,8 +1,7 @@
-"""The aiosfstream-ng compatibility layer: error translation, auth, replay ids, backoff."""
+"""The aiosfstream-ng compatibility layer: error translation, auth, replay ids."""
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import pytest
@@ -12,7 +11,6 @@ from aiosfstream_ng.auth import AuthenticatorBase
 from aiosfstream_ng.exceptions import ServerError
 
 from listener.sources._sfstream_compat import (
-    Backoff,
     CommittedReplayIds,
     DeliveryLimitError,
     ReplayIdInvalidError,
@@ -182,14 +180,3 @@ class TestErrorWatch:
         watch = _ErrorWatch()
         await watch.incoming([{"channel": "/data/LeadChangeEvent", "data": {}}])
         assert watch.error is None
-
-
-class TestBackoff:
-    def test_grows_with_jitter_up_to_the_cap(self) -> None:
-        """Delays double per attempt, jittered within [ceiling/2, ceiling], capped."""
-        backoff = Backoff(base=1.0, cap=8.0, rng=random.Random(7))
-        delays = [backoff.next_delay() for _ in range(6)]
-        for delay, ceiling in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
-            assert ceiling / 2 <= delay <= ceiling
-        backoff.reset()
-        assert backoff.next_delay() <= 1.0
