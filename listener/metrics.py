@@ -27,6 +27,7 @@ _HELP: dict[str, tuple[str, str]] = {
     "sfsync_queue_depth": ("gauge", "Items waiting, by queue (inbound, outbox)"),
     "sfsync_replay_lag_seconds": ("gauge", "Seconds between the newest event's commit and its apply"),
     "sfsync_sync_failures_total": ("counter", "Failed sync logs written, by source"),
+    "sfsync_task_failures_total": ("counter", "Unexpected exits of supervised background tasks, by task"),
 }
 
 

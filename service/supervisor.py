@@ -25,11 +25,12 @@ from reconciler.jobs import AdminJobs
 from reconciler.pacing import run_until_stopped
 from reconciler.store import Store
 from service.assembly import SinkWrapper, SyncParts, assemble, first_start
-from service.background import BackgroundTasks, leader_tasks, stop_tasks
+from service.background import leader_tasks
 from service.observed import ObservedSink
 from service.outbound_metrics import OutboundCounters
 from service.readiness import Health, LeaseStatus, StatusParts, StoreSnapshot, ready_reason, status_document
 from service.refresh import StatusRefresh
+from service.supervised import Policy, SupervisedTasks, TaskSpec
 from service.switch import SourceSwitch
 from service.term import SHUTDOWN_SECONDS, LeaderTerm
 from settings import Mappings, Settings
@@ -104,7 +105,7 @@ class Service:
             settings.mongodb.uri.get_secret_value(), settings.mongodb.database,
             sync_log_retention_days=settings.mongodb.sync_log_retention_days)
         term = self._term = LeaderTerm(store.lease(SYNC_LEASE, ttl=settings.sync.lease_seconds), health)
-        refresh: list[asyncio.Task[None]] = []
+        refresh = SupervisedTasks([], health=health)
         try:
             health.phase = "connecting to MongoDB"
             await store.ensure_indexes()
@@ -118,11 +119,12 @@ class Service:
                                             drain_seconds=lambda: term.drain_seconds)
                 watcher = StatusRefresh(store, self.governor, health=health, snapshot=self.stored,
                                         counters=self.outbound)
-                refresh = [asyncio.create_task(watcher.run(stop), name="status")]
+                refresh = SupervisedTasks([TaskSpec("status", watcher.run, Policy.RESTART)], health=health)
+                refresh.start(stop)
                 await term.serve(stop, self._lead)
         finally:
             health.phase = "stopping"
-            await stop_tasks(refresh, SHUTDOWN_SECONDS * 0.3)
+            await refresh.stop(SHUTDOWN_SECONDS * 0.3)
             await store.close()
             log.info("service_stopped")
 
@@ -131,13 +133,14 @@ class Service:
         then they stop in order: intake (the switch returns), then the background tasks."""
         assert self.parts is not None and self._switch is not None and self._term is not None
         tasks_stop = asyncio.Event()
-        tasks: BackgroundTasks | None = None
+        tasks: SupervisedTasks | None = None
         try:
             self.health.phase = "backfill or remerge in progress"
             started, _ = await run_until_stopped(
                 term_stop, first_start(self.parts, self.mappings, self.settings.sync.objects))
             if started:
-                tasks = leader_tasks(self.settings, self.mappings, self.governor, self.parts, self.outbound)
+                tasks = leader_tasks(self.settings, self.mappings, self.governor, self.parts, self.outbound,
+                                     health=self.health, end_term=self._term.end)
                 tasks.start(tasks_stop)
                 self.health.phase = ""
                 await self._switch.run(term_stop)
