@@ -24,11 +24,20 @@ from reconciler.errors import RetriableError
 from reconciler.jobs import AdminJobs
 from reconciler.pacing import run_until_stopped
 from reconciler.store import Store
+from service.admin.ports import NotLeaderError
 from service.assembly import SinkWrapper, SyncParts, assemble, first_start
 from service.background import leader_tasks
 from service.observed import ObservedSink
 from service.outbound_metrics import OutboundCounters
-from service.readiness import Health, LeaseStatus, StatusParts, StoreSnapshot, ready_reason, status_document
+from service.readiness import (
+    Health,
+    LeaseStatus,
+    Role,
+    StatusParts,
+    StoreSnapshot,
+    ready_reason,
+    status_document,
+)
 from service.refresh import StatusRefresh
 from service.supervised import Policy, SupervisedTasks, TaskSpec
 from service.switch import SourceSwitch
@@ -85,9 +94,15 @@ class Service:
         return self.store
 
     def job_runner(self) -> AdminJobs:
+        """Retries and imports (merges that spend API calls) for the admin API -- on the leader
+        only: a standby raises `NotLeaderError` (409 naming the holder), so two replicas never
+        apply merges side by side."""
         if self.parts is None:
             raise RetriableError("the service is starting: retry and import are not available yet")
         self.sync_log_store()
+        lease = self._lease()
+        if lease.role is not Role.LEADER:
+            raise NotLeaderError(lease.holder)
         return AdminJobs(self.parts.jobs)
 
     def _lease(self) -> LeaseStatus:
