@@ -33,8 +33,8 @@ LEASE_SECONDS = 3.0
 MAPPINGS = sample_mappings()
 
 
-def replica(service_factory: ServiceFactory) -> ServiceProcess:
-    built = service_factory(MAPPINGS)
+def replica(service_factory: ServiceFactory, database: str | None = None) -> ServiceProcess:
+    built = service_factory(MAPPINGS, database=database)
     built.extra_env["SFSYNC_SYNC__LEASE_SECONDS"] = str(LEASE_SECONDS)
     return built
 
@@ -133,14 +133,17 @@ class TestStandbyAdminJobs:
     ) -> None:
         """Issue 11, item 5: POST /api/retry-failed, /api/sync-logs/{id}/retry and /api/import on a
         standby answer 409 `{"error": "not_leader", "leader": <holder>}` and make no Salesforce
-        call; the planted failed log stays unretried until the leader retries it."""
-        leader, standby = replica(service_factory), replica(service_factory)
+        call; the planted failed log stays unretried until the leader retries it. Its own database:
+        the module's replicas from the tests above may still run."""
+        database = f"e2e_{uuid.uuid4().hex[:12]}"
+        db = db.client[database]
+        leader, standby = replica(service_factory, database), replica(service_factory, database)
         standby.extra_env["SFSYNC_SALESFORCE__CLIENT_NAME"] = STANDBY_CLIENT  # tells its calls apart
         leader.start()
         wait_pipeline(org, db)
         standby.start()
         holder = lease_of(leader)["owner"]
-        assert lease_of(standby)["holder"] == holder, (lease_of(leader), lease_of(standby))
+        assert lease_of(standby)["holder"] == holder
         lead_id, _ = linked_lead(org, db, "standbyjobs")
         planted = db.sync_logs.insert_one({
             "ts": datetime.now(UTC) - timedelta(hours=1), "source": "salesforce", "type": "update",
