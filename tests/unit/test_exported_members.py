@@ -27,7 +27,8 @@ EXPORTS: dict[str, set[str]] = {
         "SalesforceFatalError", "fetch_token", "parse_limit_info", "parse_token_response", "token_request",
     },
     "service.admin": {
-        "AdminServer", "JobRunner", "StatusProvider", "SyncLogReader", "create_admin_app", "start_admin",
+        "AdminServer", "JobRunner", "NotLeaderError", "StatusProvider", "SyncLogReader", "create_admin_app",
+        "start_admin",
     },
     "reconciler": {
         "BudgetExhaustedError", "ChangeKind", "ChangeSink", "ChangeSource", "FatalError", "Jobs",
