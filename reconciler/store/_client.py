@@ -29,6 +29,9 @@ log = structlog.get_logger(__name__)
 
 # Case-insensitive comparison for email / domain matching (index and query must agree).
 CASE_INSENSITIVE = Collation(locale="en", strength=2)
+# The one write concern of every write the store makes (records, sync logs, outbox, offsets,
+# leases): journaled majority, so data survives a failover at least as well as the offsets that
+# point past it. Set on the database handle, so a `w=1` URI cannot weaken it.
 DURABLE = WriteConcern(w="majority", j=True)
 
 # Server error codes that mean "try again" (NotWritablePrimary, ShutdownInProgress, ...).
@@ -54,11 +57,12 @@ def translate_errors(operation: str) -> Iterator[None]:
 
 
 class Connection:
-    """Owns the client and the database handle (`db` is for the store's own modules only)."""
+    """Owns the client and the database handle (`db` is for the store's own modules only).
+    Every collection taken from `db` writes with `DURABLE`."""
 
     def __init__(self, client: Any, db: Any, *, sync_log_retention_days: int = 30) -> None:
         self.client = client
-        self.db = db
+        self.db = db.with_options(write_concern=DURABLE)
         self.sync_log_retention_days = sync_log_retention_days
 
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.store._client import DURABLE, translate_errors
+from reconciler.store._client import translate_errors
 from reconciler.sync_logs import utcnow
 
 
@@ -18,7 +18,7 @@ class StateMixin:
 
     async def save_state(self, key: str, value: dict[str, Any]) -> None:
         """Journaled majority write: an offset saved here survives a failover."""
-        collection = self.db.get_collection("sync_state", write_concern=DURABLE)
+        collection = self.db.sync_state
         with translate_errors("save_state"):
             await collection.replace_one(
                 {"_id": key}, {"_id": key, "value": value, "updated_at": utcnow()}, upsert=True
