@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from pymongo import DeleteOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from reconciler.errors import RetriableError
+from reconciler.errors import FencedError, RetriableError
 from reconciler.store._client import CASE_INSENSITIVE, translate_errors
+from reconciler.store._lease import Fence, check_fence
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -49,6 +54,27 @@ def _write_error(error: dict[str, Any]) -> str:
     if error.get("code") == 11000:
         return f"DUPLICATE_VALUE: {error.get('keyValue') or error.get('errmsg')}"
     return f"WRITE_ERROR {error.get('code')}: {error.get('errmsg')}"
+
+
+@asynccontextmanager
+async def _fenced(db: Any, fence: Fence | None, operation: str) -> AsyncIterator[None]:
+    """A record write made for a leader term: the lease is checked right before the write
+    (lost: `FencedError`, nothing written) and right after it (lost meanwhile: `FencedError`
+    with `applied=True`, the write landed). What remains: a writer that stalls between the
+    first check and the server applying the write lands that one write inside the new term;
+    the after-check reports it, and compare-and-set (`RecordWrite.expected`) refuses it for
+    any document the new term rewrote since the stale writer read it."""
+    if fence is None:
+        yield
+        return
+    await check_fence(db, fence)
+    yield
+    try:
+        await check_fence(db, fence)
+    except FencedError as exc:
+        log.error("fenced_write_landed_late", operation=operation, lease=fence.lease,
+                  owner=fence.owner, term=fence.term)
+        raise FencedError(f"{operation}: applied after the lease was lost: {exc}", applied=True) from exc
 
 
 def chunks(values: Collection[Any], size: int) -> list[list[Any]]:
@@ -114,10 +140,16 @@ class RecordsMixin:
             yield list(page)
             last = page[-1]["_id"]
 
-    async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite]) -> BulkOutcome:
-        """One unordered bulk write; per-document failures come back in `errors`, not raised."""
+    async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite], *,
+                         fence: Fence | None = None) -> BulkOutcome:
+        """One unordered bulk write; per-document failures come back in `errors`, not raised.
+        With `fence`, see `_fenced`."""
         if not writes:
             return BulkOutcome()
+        async with _fenced(self.db, fence, "bulk_apply"):
+            return await self._bulk_apply(collection, writes)
+
+    async def _bulk_apply(self, collection: str, writes: Sequence[RecordWrite]) -> BulkOutcome:
         with translate_errors("bulk_apply"):
             try:
                 result = await self.db[collection].bulk_write([_operation(w) for w in writes], ordered=False)
@@ -131,11 +163,16 @@ class RecordsMixin:
                 )
         return BulkOutcome(upserted=dict(result.upserted_ids or {}))
 
-    async def write_in_order(self, collection: str, writes: Sequence[RecordWrite]) -> BulkOutcome:
+    async def write_in_order(self, collection: str, writes: Sequence[RecordWrite], *,
+                             fence: Fence | None = None) -> BulkOutcome:
         """An ordered bulk write, for the few changes whose order matters (a conversion frees
-        a CRM id on one document before linking it to another)."""
+        a CRM id on one document before linking it to another). `fence` as in `bulk_apply`."""
         if not writes:
             return BulkOutcome()
+        async with _fenced(self.db, fence, "write_in_order"):
+            return await self._write_in_order(writes, collection)
+
+    async def _write_in_order(self, writes: Sequence[RecordWrite], collection: str) -> BulkOutcome:
         with translate_errors("write_in_order"):
             try:
                 result = await self.db[collection].bulk_write([_operation(w) for w in writes], ordered=True)

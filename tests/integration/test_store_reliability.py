@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,8 +12,9 @@ from bson import ObjectId
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import monitoring
 
+from reconciler.errors import FencedError, SyncError
 from reconciler.ports import OutboundWrite
-from reconciler.store import RecordWrite, Store
+from reconciler.store import Fence, RecordWrite, Store
 from reconciler.sync_logs import SyncLog
 
 WRITE_COMMANDS = {"insert", "update", "delete", "findAndModify"}
@@ -73,3 +74,94 @@ class TestDataIsAsDurableAsOffsets:
         assert {"people", "companies", "sync_logs", "outbox", "sync_state"} <= collections
         for command, name, concern in listener.sent:
             assert concern == {"w": "majority", "j": True}, (command, name, concern)
+
+
+def later(seconds: float) -> Any:
+    moment = datetime.now(UTC) + timedelta(seconds=seconds)
+    return lambda: moment
+
+
+class TestOffsetsNeverGoBackwards:
+    async def test_a_lower_replay_id_does_not_replace_a_higher_one(self, store: Store) -> None:
+        """Item 4: replay ids are written with $max: a late, lower write leaves the higher one."""
+        await store.save_state("replay:/data/LeadChangeEvent", {"replay_id": 10})
+        await store.save_state("replay:/data/LeadChangeEvent", {"replay_id": 7})
+        assert await store.load_state("replay:/data/LeadChangeEvent") == {"replay_id": 10}
+        await store.save_state("replay:/data/LeadChangeEvent", {"replay_id": 12})
+        assert await store.load_state("replay:/data/LeadChangeEvent") == {"replay_id": 12}
+
+
+class TestLeaseTerms:
+    async def test_each_new_holder_gets_a_higher_term_and_renewals_keep_it(self, store: Store) -> None:
+        """Item 4: the lease document carries a term, +1 per acquisition, unchanged by renewals."""
+        first = store.lease("sync", owner="a", ttl=30)
+        assert first.fence() is None
+        assert await first.acquire()
+        fence = first.fence()
+        assert fence == Fence("sync", "a", 1)
+        assert await first.acquire()  # renewal
+        assert first.fence() == fence
+        second = store.lease("sync", owner="b", ttl=30, clock=later(31))
+        assert await second.acquire()
+        assert second.fence() == Fence("sync", "b", 2)
+        doc = await store.db.sync_state.find_one({"_id": "lease:sync"})
+        assert (doc["owner"], doc["term"]) == ("b", 2)
+
+
+class TestFencedWrites:
+    async def test_the_holders_fenced_writes_apply(self, store: Store) -> None:
+        """Item 4: offsets and records written under the current term are applied."""
+        lease = store.lease("sync", owner="a")
+        assert await lease.acquire()
+        fence = lease.fence()
+        assert fence is not None
+        await store.save_state("watermark:Lead", {"ts": "t1"}, fence=fence)
+        await store.save_state("replay:/data/LeadChangeEvent", {"replay_id": 3}, fence=fence)
+        outcome = await store.bulk_apply("people", [RecordWrite({"_id": 1}, set={"a": 1}, upsert=True)],
+                                         fence=fence)
+        assert outcome.errors == {}
+        assert await store.load_state("watermark:Lead") == {"ts": "t1"}
+        assert await store.db.people.count_documents({}) == 1
+
+    async def test_a_stalled_ex_leaders_late_writes_are_refused(self, store: Store) -> None:
+        """Item 4: after a takeover, the old term's offset and record writes raise FencedError
+        and change nothing, even for a key the new leader has not written yet."""
+        old = store.lease("sync", owner="a", ttl=30)
+        assert await old.acquire()
+        stale = old.fence()
+        assert stale is not None
+        await store.save_state("watermark:Lead", {"ts": "t1"}, fence=stale)
+        new = store.lease("sync", owner="b", ttl=30, clock=later(31))
+        assert await new.acquire()
+        with pytest.raises(FencedError):
+            await store.save_state("watermark:Lead", {"ts": "t0"}, fence=stale)
+        with pytest.raises(FencedError):
+            await store.save_state("replay:/data/LeadChangeEvent", {"replay_id": 99}, fence=stale)
+        with pytest.raises(FencedError):
+            await store.bulk_apply("people", [RecordWrite({"_id": 1}, set={"a": 1}, upsert=True)],
+                                   fence=stale)
+        with pytest.raises(FencedError):
+            await store.write_in_order("people", [RecordWrite({"_id": 1}, set={"a": 1}, upsert=True)],
+                                       fence=stale)
+        assert await store.load_state("watermark:Lead") == {"ts": "t1"}
+        assert await store.load_state("replay:/data/LeadChangeEvent") is None
+        assert await store.db.people.count_documents({}) == 0
+
+    async def test_a_write_that_passed_the_lease_check_is_still_refused_after_takeover(
+        self, store: Store
+    ) -> None:
+        """Item 4: the takeover stamps every offset with the new term, so an old-term offset write
+        is refused by the offset document itself, whatever the lease check saw before it."""
+        old = store.lease("sync", owner="a", ttl=30)
+        assert await old.acquire()
+        stale = old.fence()
+        assert stale is not None
+        await store.save_state("watermark:Lead", {"ts": "t1"}, fence=stale)
+        new = store.lease("sync", owner="b", ttl=30, clock=later(31))
+        assert await new.acquire()
+        # What the old leader's lease check saw just before it stalled: still its own term.
+        await store.db.sync_state.update_one({"_id": "lease:sync"}, {"$set": {"owner": "a", "term": 1}})
+        with pytest.raises(FencedError):
+            await store.save_state("watermark:Lead", {"ts": "t0"}, fence=stale)
+        assert await store.load_state("watermark:Lead") == {"ts": "t1"}
+        assert isinstance(FencedError("x"), SyncError)
