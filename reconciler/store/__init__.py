@@ -28,7 +28,16 @@ Fencing (a leader term's writes; issue 11 item 4):
   write; compare-and-set (below) refuses it for documents the new term rewrote meanwhile.
 - `FencedError` is not retriable: the caller logs it and ends its term.
 
-Compare-and-set (issue 11 item 6): see `RecordWrite.expected` and `RecordVersion`.
+Compare-and-set (issue 11 item 6):
+
+    seen = RecordVersion.of(doc)              # when reading the document to merge
+    RecordWrite({"_id": doc["_id"]}, set=..., expected=seen)   # by _id, no upsert
+    outcome = await store.bulk_apply(collection, writes)
+    outcome.conflicts                         # indexes that changed since read: re-read, re-merge
+
+Every store write to a record increments `_sync.version`; a platform write changes `updated_at`
+(the platform must set it on every write, as it does: that is the contract that keeps its edits
+from being overwritten). Encoding errors are per-record `errors` ("INVALID_DOCUMENT: ...").
 """
 
 from __future__ import annotations
@@ -36,11 +45,12 @@ from __future__ import annotations
 from bson import ObjectId
 from bson.errors import InvalidId
 
+from reconciler.store._bulk import BulkOutcome, RecordVersion, RecordWrite
 from reconciler.store._client import Connection, translate_errors
 from reconciler.store._lease import Fence, Lease, LeaseHolder, LeaseMixin
 from reconciler.store._logs import LogsMixin, decode_cursor, encode_cursor
 from reconciler.store._outbox import CREATE, UPDATE, OutboxCollection, OutboxEntry, OutboxGroup
-from reconciler.store._records import BulkOutcome, RecordsMixin, RecordWrite
+from reconciler.store._records import RecordsMixin
 from reconciler.store._state import StateMixin
 from reconciler.store._watch import (
     LocalChange,
@@ -62,6 +72,7 @@ __all__ = [
     "OutboxCollection",
     "OutboxEntry",
     "OutboxGroup",
+    "RecordVersion",
     "RecordWrite",
     "Store",
     "StreamHistoryLostError",

@@ -14,7 +14,7 @@ from pymongo import monitoring
 
 from reconciler.errors import FencedError, SyncError
 from reconciler.ports import OutboundWrite
-from reconciler.store import Fence, RecordWrite, Store
+from reconciler.store import Fence, RecordVersion, RecordWrite, Store
 from reconciler.sync_logs import SyncLog
 
 WRITE_COMMANDS = {"insert", "update", "delete", "findAndModify"}
@@ -165,3 +165,57 @@ class TestFencedWrites:
             await store.save_state("watermark:Lead", {"ts": "t0"}, fence=stale)
         assert await store.load_state("watermark:Lead") == {"ts": "t1"}
         assert isinstance(FencedError("x"), SyncError)
+
+
+class TestCompareAndSetRecordWrites:
+    async def test_a_platform_edit_since_the_read_is_a_conflict_not_overwritten(self, store: Store) -> None:
+        """Item 6: the document changed (platform edit: updated_at moved) between read and write:
+        that write is reported in `conflicts` and not applied; the batch's other writes are."""
+        t0 = datetime(2025, 1, 1, tzinfo=UTC)
+        await store.db.people.insert_many([{"_id": 1, "city": "Oslo", "updated_at": t0},
+                                           {"_id": 2, "city": "Rome", "updated_at": t0}])
+        seen = {d["_id"]: RecordVersion.of(d) for d in await store.find_records("people", [1, 2])}
+        await store.db.people.update_one({"_id": 1}, {"$set": {"city": "Bergen",
+                                                               "updated_at": t0 + timedelta(seconds=1)}})
+        outcome = await store.bulk_apply("people", [
+            RecordWrite({"_id": 1}, set={"city": "Paris"}, expected=seen[1]),
+            RecordWrite({"_id": 2}, set={"city": "Milan"}, expected=seen[2]),
+        ])
+        assert outcome.conflicts == {0} and outcome.errors == {}
+        docs = {d["_id"]: d async for d in store.db.people.find({})}
+        assert docs[1]["city"] == "Bergen" and docs[2]["city"] == "Milan"
+
+    async def test_our_own_write_since_the_read_is_a_conflict_even_with_the_same_updated_at(
+        self, store: Store
+    ) -> None:
+        """Item 6: every store write bumps `_sync.version`, so a second writer that read the same
+        version conflicts even when both set the same `updated_at`."""
+        t0 = datetime(2025, 1, 1, tzinfo=UTC)
+        await store.db.people.insert_one({"_id": 1, "city": "Oslo", "updated_at": t0})
+        [doc] = await store.find_records("people", [1])
+        seen = RecordVersion.of(doc)
+        def write(city: str) -> list[RecordWrite]:
+            return [RecordWrite({"_id": 1}, set={"city": city, "updated_at": t0}, expected=seen)]
+
+        first = await store.bulk_apply("people", write("A"))
+        second = await store.bulk_apply("people", write("B"))
+        assert first.conflicts == set() and second.conflicts == {0}
+        [doc] = await store.find_records("people", [1])
+        assert doc["city"] == "A" and RecordVersion.of(doc).version == 1
+
+    async def test_a_document_deleted_since_the_read_is_a_conflict_and_not_recreated(
+        self, store: Store
+    ) -> None:
+        """Item 6: a write expecting a version of a document that is gone changes nothing."""
+        await store.db.people.insert_one({"_id": 1, "city": "Oslo"})
+        [doc] = await store.find_records("people", [1])
+        await store.db.people.delete_one({"_id": 1})
+        outcome = await store.bulk_apply("people", [RecordWrite({"_id": 1}, set={"city": "X"},
+                                                                expected=RecordVersion.of(doc))])
+        assert outcome.conflicts == {0}
+        assert await store.db.people.count_documents({}) == 0
+
+    def test_an_expected_version_cannot_be_an_upsert(self) -> None:
+        """Item 6: upserting on a version mismatch would insert a second document: refused."""
+        with pytest.raises(ValueError, match="upsert"):
+            RecordWrite({"_id": 1}, set={"a": 1}, upsert=True, expected=RecordVersion(None, None))

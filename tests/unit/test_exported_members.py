@@ -37,7 +37,8 @@ EXPORTS: dict[str, set[str]] = {
     },
     "reconciler.store": {
         "CREATE", "UPDATE", "BulkOutcome", "Fence", "Lease", "LeaseHolder", "LocalChange", "LocalChangeBatch",
-        "OutboxCollection", "OutboxEntry", "OutboxGroup", "RecordWrite", "Store", "StreamHistoryLostError",
+        "OutboxCollection", "OutboxEntry", "OutboxGroup", "RecordVersion", "RecordWrite", "Store",
+        "StreamHistoryLostError",
         "WatchedCollection", "decode_cursor", "encode_cursor", "new_object_id", "parse_local_id",
         "translate_errors",
     },
