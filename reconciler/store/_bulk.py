@@ -121,7 +121,13 @@ def encoding_error(write: RecordWrite, token: ObjectId) -> str | None:
     return f"INVALID_DOCUMENT: {size} bytes, over MongoDB's 16 MB" if size > MAX_BSON else None
 
 
+# BSONObjectTooLarge, and "the document after this update would exceed 16 MB" (update, upsert)
+_TOO_LARGE = frozenset({10334, 17419, 17420})
+
+
 def _write_error(error: dict[str, Any]) -> str:
+    if error.get("code") in _TOO_LARGE:
+        return f"INVALID_DOCUMENT: {error.get('errmsg')}"
     if error.get("code") == 11000:
         return f"DUPLICATE_VALUE: {error.get('keyValue') or error.get('errmsg')}"
     return f"WRITE_ERROR {error.get('code')}: {error.get('errmsg')}"

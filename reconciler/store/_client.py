@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import structlog
+from bson.errors import InvalidDocument, InvalidStringData
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import ASCENDING, DESCENDING, IndexModel, WriteConcern
 from pymongo.collation import Collation
@@ -22,7 +23,7 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
-from reconciler.errors import FatalError, RetriableError
+from reconciler.errors import FatalError, RetriableError, UnencodableError
 from reconciler.objects import COMPANIES, PEOPLE
 
 log = structlog.get_logger(__name__)
@@ -40,9 +41,13 @@ _RETRIABLE_CODES = {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13
 
 @contextmanager
 def translate_errors(operation: str) -> Iterator[None]:
-    """Turn driver errors into `RetriableError` / `FatalError`; nothing above this sees pymongo."""
+    """Turn driver errors into `RetriableError` / `FatalError` / `UnencodableError` (a value BSON
+    cannot hold: skippable); nothing above this sees pymongo or bson."""
     try:
         yield
+    except (InvalidDocument, InvalidStringData, OverflowError) as exc:
+        # the driver cannot encode what it was given (DocumentTooLarge is an InvalidDocument)
+        raise UnencodableError(f"MongoDB {operation}: cannot encode: {type(exc).__name__}: {exc}") from exc
     except (ConnectionFailure, ExecutionTimeout, WTimeoutError) as exc:
         # ConnectionFailure covers AutoReconnect, NetworkTimeout, ServerSelectionTimeoutError
         raise RetriableError(f"MongoDB unavailable during {operation}: {type(exc).__name__}") from exc
