@@ -56,6 +56,7 @@ class OutboxEntry:
     enqueued_at: datetime           # the oldest coalesced edit: what the flush wait is timed from
     next_attempt_at: datetime
     lease: str | None = None        # set while claimed
+    first_sent_at: datetime | None = None   # when a flusher first claimed it to send (this host's clock)
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> OutboxEntry:
@@ -66,7 +67,8 @@ class OutboxEntry:
         )
         return cls(id=doc["_id"], key=doc["key"], kind=doc["kind"], write=write,
                    enqueued_at=aware(doc["enqueued_at"]), next_attempt_at=aware(doc["next_attempt_at"]),
-                   lease=doc.get("lease"))
+                   lease=doc.get("lease"),
+                   first_sent_at=aware(doc["first_sent_at"]) if doc.get("first_sent_at") else None)
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,9 @@ class OutboxCollection:
 
     async def claim(self, sobject: str, kind: str, *, now: datetime, lease: timedelta,
                     limit: int) -> list[OutboxEntry]:
-        """Move up to `limit` due pending writes to `inflight` under a fresh lease, oldest first."""
+        """Move up to `limit` due pending writes to `inflight` under a fresh lease, oldest first.
+        The first claim stamps `first_sent_at` (claimed = about to be sent): a lost create's
+        record cannot be older than that."""
         token = str(ObjectId())
         due = {"status": PENDING, "sobject": sobject, "kind": kind, "next_attempt_at": {"$lte": now}}
         with translate_errors("outbox.claim"):
@@ -143,7 +147,8 @@ class OutboxCollection:
             # race simply claims fewer.
             await self._coll.update_many(
                 {"_id": {"$in": ids}, "status": PENDING},
-                {"$set": {"status": INFLIGHT, "lease": token, "lease_until": now + lease}},
+                {"$set": {"status": INFLIGHT, "lease": token, "lease_until": now + lease},
+                 "$min": {"first_sent_at": now}},
             )
             docs = await self._coll.find({"lease": token}).to_list(None)
         order = {doc_id: i for i, doc_id in enumerate(ids)}
@@ -222,11 +227,20 @@ class OutboxCollection:
             "fields": {"$mergeObjects": [{"$literal": older.get("fields") or {}}, "$fields"]},
             "enqueued_at": {"$min": [{"$literal": older["enqueued_at"]}, "$enqueued_at"]},
             "attempt": {"$max": [{"$literal": int(older.get("attempt", 0))}, "$attempt"]},
+            "first_sent_at": _earliest(older.get("first_sent_at")),
         }}]
         with translate_errors("outbox.merge"):
             result = await self._coll.update_one({"key": key, "status": PENDING}, merged)
             if result.matched_count:
                 await self._coll.delete_one({"_id": older["_id"]})
+
+
+def _earliest(first_sent_at: datetime | None) -> Any:
+    """Pipeline expression: the earlier of the document's `first_sent_at` and this one."""
+    if first_sent_at is None:
+        return "$first_sent_at"
+    return {"$ifNull": [{"$min": [{"$literal": first_sent_at}, "$first_sent_at"]},
+                        {"$literal": first_sent_at}]}
 
 
 def _upsert(write: OutboundWrite, now: datetime) -> UpdateOne:
