@@ -5,7 +5,10 @@ are matched to records by position (failed records carry no id). A record Salesf
 becomes a `failed` sync log (that log is what an admin or the auto-retry re-runs) and leaves
 the outbox; a call that fails as a whole (network, 5xx, lock storm) leaves its writes in the
 outbox with exponential backoff (`retry_delay`: full jitter above a floor); with the budget
-below its reserve nothing is claimed at all. Nothing is ever dropped silently.
+below its reserve nothing is claimed at all. A write that has failed retriably
+`FlushPolicy.max_attempts` times (whole-call failures and expired claims count alike) is given
+up when next claimed: an open `failed` sync log with its last error (retriable from the page)
+and no more calls until that retry. Nothing is ever dropped silently.
 
 What to send on a tick is a pure function per object and kind (`FlushPolicy.sizes_due`):
 only full batches of 200, and a partial batch only once its oldest write has waited `max_wait`
@@ -75,7 +78,9 @@ class FlushOutbox(Protocol):
     async def done(self, entries: Sequence[OutboxEntry]) -> None: ...
 
     async def retry_later(self, entries: Sequence[OutboxEntry], delay: timedelta, *,
-                          count_attempt: bool = True) -> None: ...
+                          count_attempt: bool = True, error: str | None = None) -> None: ...
+
+    async def give_up(self, entries: Sequence[OutboxEntry]) -> None: ...
 
     async def recover_expired(self) -> int: ...
 
@@ -103,12 +108,15 @@ class FlushPolicy:
     batch_size: int = BATCH_SIZE
     max_wait: timedelta = timedelta(seconds=2)
     poll_interval: timedelta = timedelta(minutes=10)
+    max_attempts: int = 10   # retriable failures before a write is given up (a failed sync log)
 
     @classmethod
     def from_settings(cls, sync: SyncSettings) -> FlushPolicy:
-        """`SFSYNC_SYNC__BATCH_SIZE` (at most sObject Collections' 200) and the polling interval."""
+        """`SFSYNC_SYNC__BATCH_SIZE` (at most sObject Collections' 200), the polling interval and
+        `SFSYNC_SYNC__OUTBOX_MAX_ATTEMPTS`."""
         return cls(batch_size=min(sync.batch_size, BATCH_SIZE),
-                   poll_interval=timedelta(minutes=sync.frequency_minutes))
+                   poll_interval=timedelta(minutes=sync.frequency_minutes),
+                   max_attempts=sync.outbox_max_attempts)
 
     def sizes_due(self, *, mode: str, pending: int, oldest_wait: timedelta,
                   since_last_flush: timedelta) -> list[int]:
@@ -271,6 +279,19 @@ def _log(entry: OutboxEntry, kind: str, *, sf_id: str | None, record: Mapping[st
     )
 
 
+def _given_up_log(entry: OutboxEntry) -> SyncLog:
+    """An open failed log for a write the flusher stopped retrying (what a retry re-runs)."""
+    error = (f"GAVE_UP: {entry.failures} attempts failed, last: "
+             f"{entry.last_error or 'no error recorded'}")
+    return SyncLog(
+        source="local", type="create" if entry.kind == CREATE else "update", status="failed",
+        object=entry.write.sobject, sf_id=entry.write.sf_id, local_id=str(entry.write.local_id),
+        collection=entry.write.collection,
+        fields={name: {"old": None, "new": sf_value(v)} for name, v in entry.write.fields.items()},
+        error=error, job=_job(entry), attempt=entry.write.attempt, retriable=False,
+    )
+
+
 def _recovered_log(entry: OutboxEntry, sf_id: str, record: Mapping[str, Any]) -> SyncLog:
     """Not "created": this run did not see Salesforce create it; it found and linked it."""
     key = match_key(entry.write.sobject, record)
@@ -398,7 +419,7 @@ class OutboundFlusher:
             if not self._budget.allows_optional_calls():
                 log.info("outbound_waiting_for_budget", mode=self._budget.mode)
                 return calls, False
-            entries = await self._outbox.claim(sobject, kind, size)
+            entries = await self._give_up_exhausted(await self._outbox.claim(sobject, kind, size))
             if entries:
                 if not await self._send(sobject, kind, entries):
                     return calls, False  # the org is unreachable or out of budget: the rest waits too
@@ -431,7 +452,7 @@ class OutboundFlusher:
                      else "outbound_call_failed")
             log.warning(event, sobject=sobject, kind=kind, writes=len(entries),
                         error=str(exc), retry_in_s=round(delay.total_seconds(), 1))
-            await self._outbox.retry_later(entries, delay)
+            await self._outbox.retry_later(entries, delay, error=f"{type(exc).__name__}: {exc}")
             return False
         except SkippableError as exc:
             results = [RecordResult(success=False, errors=[]) for _ in entries]
@@ -445,6 +466,19 @@ class OutboundFlusher:
             raise FatalError(f"composite/sobjects {sobject}: {len(results)} results for {len(records)}")
         await self._finish(kind, entries, records, results)
         return True
+
+    async def _give_up_exhausted(self, entries: list[OutboxEntry]) -> list[OutboxEntry]:
+        """Claimed writes that failed retriably `max_attempts` times become open failed logs
+        (retried from the page like any failed job) and are parked; the rest is returned."""
+        exhausted = [e for e in entries if e.failures >= self.policy.max_attempts]
+        if not exhausted:
+            return entries
+        await self._store.insert_sync_logs([_given_up_log(e) for e in exhausted])
+        await self._outbox.give_up(exhausted)
+        self.records_failed += len(exhausted)
+        log.error("outbound_writes_given_up", sobject=exhausted[0].write.sobject, writes=len(exhausted),
+                  attempts=self.policy.max_attempts, last_error=exhausted[0].last_error)
+        return [e for e in entries if e not in exhausted]
 
     async def _recover_lost_creates(
         self, sobject: str, entries: list[OutboxEntry], records: list[dict[str, Any]]
