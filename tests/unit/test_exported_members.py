@@ -37,8 +37,9 @@ EXPORTS: dict[str, set[str]] = {
         "SalesforceChange", "SessionExpiredError", "SkippableError", "SyncError", "SyncLog",
     },
     "reconciler.store": {
-        "CREATE", "UPDATE", "BulkOutcome", "Lease", "LeaseHolder", "LocalChange", "LocalChangeBatch",
-        "OutboxCollection", "OutboxEntry", "OutboxGroup", "RecordWrite", "Store", "StreamHistoryLostError",
+        "CREATE", "UPDATE", "BulkOutcome", "Fence", "Lease", "LeaseHolder", "LocalChange", "LocalChangeBatch",
+        "OutboxCollection", "OutboxEntry", "OutboxGroup", "RecordVersion", "RecordWrite", "Store",
+        "StreamHistoryLostError",
         "WatchedCollection", "decode_cursor", "encode_cursor", "new_object_id", "parse_local_id",
         "translate_errors",
     },
