@@ -42,10 +42,10 @@ from reconciler.objects import OBJECTS
 from reconciler.outbox import Clock, utcnow
 from reconciler.pacing import backoff_seconds, every
 from reconciler.ports import Budget, RecordResult, SalesforceApi
-from reconciler.records import format_sf_datetime, is_blank, parse_sf_datetime
+from reconciler.records import is_blank
+from reconciler.soql import format_sf_datetime, parse_sf_datetime, soql_string
 from reconciler.store import CREATE, OutboxEntry, OutboxGroup
 from reconciler.sync_logs import SyncLog
-from reconciler.watermark import soql_string
 from settings import SyncSettings
 
 log = structlog.get_logger(__name__)
