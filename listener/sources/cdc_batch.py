@@ -51,15 +51,18 @@ def sort_batch(
     objects: Collection[str],
     already_applied: Callable[[str, int], bool],
     covered: Callable[[SalesforceChange], bool],
+    latest: datetime | None = None,
 ) -> SortedBatch:
-    """Parse and sort `messages`; every message with a replay id moves its channel's offset."""
+    """Parse and sort `messages`; every message with a replay id moves its channel's offset,
+    a rejected one included (it is logged, never retried by replay). Dates after `latest` are
+    out of range (`parse_message`)."""
     batch = SortedBatch()
     for message in messages:
         if isinstance(message, RejectedEvent):
             batch.rejected.append(message)
             continue
         channel = str(message.get("channel", ""))
-        parsed = parse_message(message, client_name=client_name, objects=objects)
+        parsed = parse_message(message, client_name=client_name, objects=objects, latest=latest)
         replay_id = parsed.replay_id if not isinstance(parsed, list) else _first_replay(parsed)
         if replay_id is not None:
             if already_applied(channel, replay_id):

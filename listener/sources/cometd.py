@@ -27,6 +27,7 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
@@ -52,6 +53,9 @@ from reconciler.watermark import Watermark
 from settings import Settings
 
 log = structlog.get_logger(__name__)
+
+# An event dated more than this after now is rejected: it would push watermarks into the future.
+LATEST_AHEAD = timedelta(days=1)
 
 def channel_for(sobject: str) -> str:
     return f"/data/{sobject}ChangeEvent"
@@ -247,7 +251,8 @@ class CdcStream:
 
     async def _process(self, messages: list[Message], policy: CommitPolicy) -> None:
         batch = sort_batch(messages, client_name=self.options.client_name, objects=set(self.objects),
-                           already_applied=self._offsets.is_applied, covered=self._handover.covers)
+                           already_applied=self._offsets.is_applied, covered=self._handover.covers,
+                           latest=datetime.now(UTC) + LATEST_AHEAD)
         changes = batch.changes
         if batch.gaps:
             changes = changes + await self._fetch_gaps(batch.gaps)
