@@ -58,9 +58,9 @@ def parse_sf_datetime(value: Any) -> datetime | None:
         text = f"{text[:-2]}:{text[-2:]}"
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None  # not a date-time, or one whose UTC form leaves the years 1-9999
 
 
 __all__ = ["floor_second", "format_sf_datetime", "parse_sf_datetime", "soql_string"]

@@ -254,6 +254,8 @@ class TestDates:
             (None, None),
             (10**15, None),       # year 33658: not a datetime, never an error
             (-(10**15), None),
+            ("9999-12-31T23:59:59-01:00", None),  # past year 9999 once in UTC
+            ("0001-01-01T00:00:00+01:00", None),
         ],
     )
     def test_salesforce_datetimes(self, value: object, expected: datetime | None) -> None:
