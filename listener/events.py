@@ -8,7 +8,10 @@ A CometD CDC message looks like
 - `GapRequest` (GAP_CREATE/UPDATE/DELETE/UNDELETE: the event carries no field values,
   the records must be fetched by id),
 - `OverflowRequest` (GAP_OVERFLOW: too many changes in one transaction; poll the object),
-- `RejectedEvent` (malformed: no header, unknown entity, wrong types, oversized).
+- `RejectedEvent` (malformed: no header, unknown entity, wrong types, oversized, not JSON,
+  a date a `datetime` cannot hold or later than `latest`). `parse_message` never raises on
+  bad input: whatever a message does to the parser becomes a rejected event with a reason, and
+  its `raw` is always storable (a JSON copy, or a truncated text of an unreadable message).
 
 Compound fields arrive nested (`Name.FirstName`, `Address.City`, `MailingAddress.City`) and are
 flattened to the flat API names the mappings use (`FirstName`, `City`, `MailingCity`).
@@ -19,12 +22,16 @@ from __future__ import annotations
 import json
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+import structlog
 
 from reconciler.objects import OBJECTS
 from reconciler.ports import ChangeKind, ChangeSource, RejectedEvent, SalesforceChange
 from reconciler.soql import parse_sf_datetime
+
+log = structlog.get_logger(__name__)
 
 MAX_EVENT_BYTES = 1_000_000  # Salesforce caps a CDC event at 1 MB; anything bigger is not one
 GAP_KINDS = {
@@ -126,16 +133,62 @@ def parse_message(
     client_name: str,
     objects: Collection[str],
     max_bytes: int = MAX_EVENT_BYTES,
+    latest: datetime | None = None,
 ) -> Parsed:
-    """Translate one CometD message; never raises for bad input (returns a `RejectedEvent`)."""
+    """Translate one CometD message; never raises for bad input (returns a `RejectedEvent`).
+
+    `latest`: a `commitTimestamp` or `LastModifiedDate` after it is out of range (the stream
+    passes Salesforce's now plus a day: such a date would push watermarks into the future).
+    """
     channel = message.get("channel") if isinstance(message.get("channel"), str) else None
     replay_id = _replay_id(message)
     try:
         if _size(message) > max_bytes:
             raise _Invalid(f"event larger than {max_bytes} bytes")
-        return _parse(message, channel or "", replay_id, client_name, objects)
+        parsed = _parse(message, channel or "", replay_id, client_name, objects)
+        _check_dates(parsed, latest)
+        return parsed
     except _Invalid as exc:
-        return RejectedEvent(reason=str(exc), raw=message, channel=channel, replay_id=replay_id)
+        return RejectedEvent(reason=str(exc), raw=_storable(message), channel=channel, replay_id=replay_id)
+    except Exception as exc:  # bad input must never escape the parser (issue 11): a bug shows here
+        log.warning("cdc_event_unparseable", channel=channel, replay_id=replay_id, exc_info=True)
+        return RejectedEvent(reason=f"unreadable event: {type(exc).__name__}: {exc}", raw=_storable(message),
+                             channel=channel, replay_id=replay_id)
+
+
+def _check_dates(parsed: Parsed, latest: datetime | None) -> None:
+    if latest is None:
+        return
+    if isinstance(parsed, list):
+        dates = [c.changed_at for c in parsed]
+    elif isinstance(parsed, GapRequest):
+        dates = [parsed.committed_at]
+    elif isinstance(parsed, OverflowRequest):
+        dates = [parsed.since]
+    else:
+        dates = []
+    if any(d > latest for d in dates):
+        raise _Invalid(f"date after {latest.isoformat()} (out of range)")
+
+
+_RAW_TEXT_LIMIT = 10_000
+
+
+def _storable(message: Any) -> dict[str, Any]:
+    """What a failed log can keep of a message: a JSON copy, else a truncated text of it."""
+    try:
+        text = json.dumps(message, default=str)
+    except (TypeError, ValueError, RecursionError):
+        try:
+            text = repr(message)
+        except RecursionError:
+            text = "<unprintable message>"
+    else:
+        if len(text) <= MAX_EVENT_BYTES:
+            copy = json.loads(text)
+            if isinstance(copy, dict):
+                return copy
+    return {"unreadable": text[:_RAW_TEXT_LIMIT]}
 
 
 def _parse(
@@ -238,7 +291,10 @@ def _commit_time(header: dict[str, Any]) -> datetime:
     value = header.get("commitTimestamp")
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise _Invalid("header commitTimestamp must be epoch milliseconds")
-    return datetime.fromtimestamp(value / 1000, tz=UTC)
+    parsed = parse_sf_datetime(value)
+    if parsed is None:
+        raise _Invalid("header commitTimestamp out of range")
+    return parsed
 
 
 def _modified_at(fields: dict[str, Any]) -> datetime | None:
@@ -247,5 +303,5 @@ def _modified_at(fields: dict[str, Any]) -> datetime | None:
         return None
     parsed = parse_sf_datetime(value)
     if parsed is None:
-        raise _Invalid("LastModifiedDate is not a date-time")
+        raise _Invalid("LastModifiedDate is not a date-time (or out of range)")
     return parsed

@@ -38,13 +38,17 @@ def floor_second(value: datetime) -> datetime:
 def parse_sf_datetime(value: Any) -> datetime | None:
     """A Salesforce date-time -> aware UTC datetime; None when it is not one.
 
-    Accepted: a `datetime` (naive is UTC), epoch milliseconds (an int, not a bool), and a
-    string `2024-05-01T10:00:00.000+0000`, `...Z` or `...+02:00` (surrounding blanks ignored).
+    Accepted: a `datetime` (naive is UTC), epoch milliseconds (an int, not a bool; one outside
+    the years 1-9999 is None, never an error), and a string `2024-05-01T10:00:00.000+0000`,
+    `...Z` or `...+02:00` (surrounding blanks ignored).
     """
     if isinstance(value, datetime):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     if isinstance(value, int) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value / 1000, tz=UTC)
+        try:
+            return datetime.fromtimestamp(value / 1000, tz=UTC)
+        except (ValueError, OverflowError, OSError):
+            return None  # outside what a datetime can hold (year 0 or past 9999)
     if not isinstance(value, str):
         return None
     text = value.strip()
@@ -54,9 +58,9 @@ def parse_sf_datetime(value: Any) -> datetime | None:
         text = f"{text[:-2]}:{text[-2:]}"
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None  # not a date-time, or one whose UTC form leaves the years 1-9999
 
 
 __all__ = ["floor_second", "format_sf_datetime", "parse_sf_datetime", "soql_string"]

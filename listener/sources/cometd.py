@@ -9,6 +9,9 @@
 - A channel with no usable replay id (first start, or `400` replay id too old) is subscribed
   with -1 (new events) and closed over by a poll: catch-up poll, subscribe, closing poll, then
   consume; events the poll already covered are skipped (`Watermark.covers`).
+- Pieces: `cdc_batch.sort_batch` (messages -> changes, gaps, overflows, offsets),
+  `replay_offsets.ReplayOffsets` (applied / pending / committed replay ids),
+  `handover.PollHandover` (catch-up and closing polls, watermarks left for the poller).
 - Echoes (our client name in `changeOrigin`) go to the sink flagged `is_echo`; offsets advance.
 - GAP_* events: one `Id IN (...)` query per object per batch, applied as UPSERTs (source GAP).
 - GAP_OVERFLOW: poll the object from the event's commit time.
@@ -22,14 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
-from listener.events import GapRequest, OverflowRequest, channel_object, parse_message
+from listener.events import channel_object
 from listener.metrics import METRICS
 from listener.sources._sfstream_compat import (
     NEW_EVENTS,
@@ -40,20 +43,19 @@ from listener.sources._sfstream_compat import (
     TokenSource,
 )
 from listener.sources.batching import CommitPolicy, MicroBatcher
+from listener.sources.cdc_batch import Message, SortedBatch, sort_batch
+from listener.sources.handover import HANDOVER_MARGIN, CatchUp, PollHandover
+from listener.sources.replay_offsets import ReplayOffsets
 from reconciler.errors import RetriableError
 from reconciler.pacing import Backoff
 from reconciler.ports import ChangeSink, RejectedEvent, SalesforceChange, StateStore
-from reconciler.soql import floor_second
-from reconciler.store.state_keys import replay_key, watermark_key
 from reconciler.watermark import Watermark
 from settings import Settings
 
 log = structlog.get_logger(__name__)
 
-# When the stream hands over to the poller, the poller re-reads this much before the last
-# applied commit: SystemModstamp and commitTimestamp are close but not guaranteed equal.
-HANDOVER_MARGIN = timedelta(seconds=2)
-
+# An event dated more than this after now is rejected: it would push watermarks into the future.
+LATEST_AHEAD = timedelta(days=1)
 
 def channel_for(sobject: str) -> str:
     return f"/data/{sobject}ChangeEvent"
@@ -76,19 +78,6 @@ class StreamOptions:
                    batch_size=settings.sync.batch_size, batch_wait_ms=settings.sync.batch_wait_ms)
 
 
-class CatchUp(Protocol):
-    """What the stream needs of a poller: catch-up and closing polls, gap and overflow reads,
-    and the watermark it hands over to (implemented by `listener.sources.polling.Poller`)."""
-
-    async def run_once(self, objects: Sequence[str] | None = None) -> Any: ...
-
-    async def poll_since(self, sobject: str, since: datetime) -> int: ...
-
-    async def fetch_by_ids(self, sobject: str, ids: Iterable[str]) -> list[SalesforceChange]: ...
-
-    async def watermark(self, sobject: str) -> Watermark: ...
-
-
 class Session(Protocol):
     async def open(self, channels: Sequence[str]) -> None: ...
 
@@ -101,20 +90,13 @@ class EventsExhausted(Protocol):
     def events_exhausted(self) -> None: ...
 
 
-@dataclass
-class _Batch:
-    """What one micro-batch turned into."""
-
-    changes: list[SalesforceChange] = field(default_factory=list)
-    rejected: list[RejectedEvent] = field(default_factory=list)
-    gaps: dict[str, set[str]] = field(default_factory=dict)
-    overflows: list[OverflowRequest] = field(default_factory=list)
-    offsets: dict[str, int] = field(default_factory=dict)
-    committed_at: dict[str, datetime] = field(default_factory=dict)
-
-
 class CdcStream:
-    """Runs the stream until `stop` is set or the CDC allocation is spent (a `Source`)."""
+    """Runs the stream until `stop` is set or the CDC allocation is spent (a `Source`).
+
+    The session loop and the batch loop live here; the pieces with their own reason to change
+    are `sort_batch` (messages -> changes, gaps, offsets), `ReplayOffsets` (replay id
+    bookkeeping and commit) and `PollHandover` (catch-up and closing polls, watermarks left).
+    """
 
     name = "stream"
 
@@ -131,20 +113,15 @@ class CdcStream:
         session_factory: Callable[[CommittedReplayIds], Session] | None = None,
     ) -> None:
         self._sf = sf
-        self._store = store
         self._sink = sink
         self._catch_up = catch_up
         self.objects = list(objects)
         self.options = options
         self._governor = governor
         self._session_factory = session_factory or self._default_session
-        self._applied: dict[str, int] = {}        # highest replay id applied, per channel
-        self._poll_marks: dict[str, Watermark] = {}  # what a poll covered, per object
-        self._last_commit: dict[str, datetime] = {}  # newest applied commit time, per object
-        self._closing_poll: set[str] = set()
-        self._pending: dict[str, int] = {}        # applied, not yet committed, per channel
-        self._replay: CommittedReplayIds | None = None
-        self._queue: asyncio.Queue[dict[str, Any] | RejectedEvent] | None = None
+        self._offsets = ReplayOffsets(store, self.channels)
+        self._handover = PollHandover(catch_up, store)
+        self._queue: asyncio.Queue[Message] | None = None
         self.connected = False
         self.ready = False  # connected, and any closing poll done: events flow
         self.running = False
@@ -160,13 +137,13 @@ class CdcStream:
             "running": self.running,
             "connected": self.connected,
             "ready": self.ready,
-            "replay_ids": dict(self._applied),
+            "replay_ids": self._offsets.applied_ids,
             "queue_depth": self._queue.qsize() if self._queue else 0,
         }
 
     def resume_after_poll(self, marks: dict[str, Watermark]) -> None:
         """Skip replayed events the poller already applied (handover poll -> stream)."""
-        self._poll_marks.update(marks)
+        self._handover.resume_after_poll(marks)
 
     def resume_from(self, marks: dict[str, Watermark]) -> None:
         self.resume_after_poll(marks)
@@ -179,13 +156,11 @@ class CdcStream:
     async def run(self, stop: asyncio.Event) -> None:
         self.running = True
         try:
-            replay = CommittedReplayIds(await self._load_replay_ids())
-            self._replay = replay
-            await self._sessions(replay, stop)
+            await self._sessions(await self._offsets.load(), stop)
         finally:
             self.running = False
             self.connected = False
-            await self._checkpoint_watermarks()
+            await self._handover.checkpoint_watermarks()
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -195,12 +170,13 @@ class CdcStream:
             session = self._session_factory(replay)
             failure: Exception | None = None
             # A channel with no committed replay id is subscribed with -1: poll around it.
-            self._closing_poll.update(o for o in self.objects if channel_for(o) not in replay.committed_ids)
+            unreplayable = [o for o in self.objects if channel_for(o) not in replay.committed_ids]
+            self._handover.owe_closing_poll(unreplayable)
             try:
                 await session.open(self.channels)
                 self.connected = True
                 log.info("stream_connected", channels=self.channels, replay_ids=replay.committed_ids)
-                await self._close_over_with_poll()
+                await self._handover.close_over_with_poll()
                 self.ready = True
                 backoff.reset()
                 await self._consume(session, stop)
@@ -231,34 +207,17 @@ class CdcStream:
         channels = [error.channel] if error.channel in self.channels else self.channels
         objects = [o for c in channels if (o := channel_object(c))]
         log.warning("stream_resync", channels=channels, reason=str(error))
-        await self._poll(objects)
+        await self._handover.poll(objects)
         for channel in channels:
             replay.override(channel, NEW_EVENTS)
-        self._closing_poll.update(objects)
-
-    async def _close_over_with_poll(self) -> None:
-        """After subscribing with -1: poll what changed before the subscription took effect.
-
-        The poller's signpost excludes the current second, so the poll waits for the next
-        second boundary: then every change before the subscription is below the signpost.
-        """
-        if self._closing_poll:
-            objects = sorted(self._closing_poll)
-            await asyncio.sleep(1.0 - time.time() % 1.0 + 0.01)
-            await self._poll(objects)
-            self._closing_poll.clear()
-
-    async def _poll(self, objects: Sequence[str]) -> None:
-        await self._catch_up.run_once(objects)
-        for sobject in objects:
-            self._poll_marks[sobject] = await self._catch_up.watermark(sobject)
+        self._handover.owe_closing_poll(objects)
 
     # -- consuming ---------------------------------------------------------------------------
 
     async def _consume(self, session: Session, stop: asyncio.Event) -> None:
         """Read into a bounded queue and apply batches until `stop` or an error."""
         options = self.options
-        queue: asyncio.Queue[dict[str, Any] | RejectedEvent] = asyncio.Queue(maxsize=options.batch_size * 2)
+        queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=options.batch_size * 2)
         self._queue = queue
         batcher = MicroBatcher(queue, max_items=options.batch_size, max_wait=options.batch_wait_ms / 1000)
         reader = asyncio.create_task(self._read(session, queue))
@@ -273,7 +232,7 @@ class CdcStream:
                     taking.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await taking
-                    await self._commit_offsets()  # what was applied stays applied
+                    await self._offsets.commit()  # what was applied stays applied
                     if reader in done:
                         reader.result()  # raises the reader's error
                     return
@@ -286,12 +245,14 @@ class CdcStream:
             await asyncio.gather(reader, stopping, return_exceptions=True)
             self._queue = None
 
-    async def _read(self, session: Session, queue: asyncio.Queue[dict[str, Any] | RejectedEvent]) -> None:
+    async def _read(self, session: Session, queue: asyncio.Queue[Message]) -> None:
         while True:
             await queue.put(await session.receive())  # waits when full: back-pressure
 
-    async def _process(self, messages: list[dict[str, Any] | RejectedEvent], policy: CommitPolicy) -> None:
-        batch = self._sort(messages)
+    async def _process(self, messages: list[Message], policy: CommitPolicy) -> None:
+        batch = sort_batch(messages, client_name=self.options.client_name, objects=set(self.objects),
+                           already_applied=self._offsets.is_applied, covered=self._handover.covers,
+                           latest=datetime.now(UTC) + LATEST_AHEAD)
         changes = batch.changes
         if batch.gaps:
             changes = changes + await self._fetch_gaps(batch.gaps)
@@ -303,63 +264,13 @@ class CdcStream:
         for overflow in batch.overflows:
             log.info("stream_overflow_poll", object=overflow.sobject, since=overflow.since.isoformat())
             await self._catch_up.poll_since(overflow.sobject, overflow.since)
-        for channel, replay_id in batch.offsets.items():
-            self._pending[channel] = max(replay_id, self._pending.get(channel, -1))
-            self._applied[channel] = max(replay_id, self._applied.get(channel, -1))
-        for sobject, at in batch.committed_at.items():
-            self._last_commit[sobject] = max(at, self._last_commit.get(sobject, at))
+        self._offsets.applied(batch.offsets)
+        self._handover.saw_commits(batch.committed_at)
         policy.applied(len(messages))
         if policy.due():
-            await self._commit_offsets()
+            await self._offsets.commit()
             policy.committed()
-        self._note_lag(batch)
-
-    def _sort(self, messages: list[dict[str, Any] | RejectedEvent]) -> _Batch:
-        batch = _Batch()
-        objects = set(self.objects)
-        for message in messages:
-            if isinstance(message, RejectedEvent):
-                batch.rejected.append(message)
-                continue
-            channel = str(message.get("channel", ""))
-            parsed = parse_message(message, client_name=self.options.client_name, objects=objects)
-            replay_id = parsed.replay_id if not isinstance(parsed, list) else _first_replay(parsed)
-            if replay_id is not None:
-                if replay_id <= self._applied.get(channel, -1):
-                    continue  # redelivered after a reconnect: already applied
-                batch.offsets[channel] = max(replay_id, batch.offsets.get(channel, -1))
-            self._dispatch(parsed, batch)
-        return batch
-
-    def _dispatch(self, parsed: Any, batch: _Batch) -> None:
-        if isinstance(parsed, RejectedEvent):
-            log.warning("stream_event_rejected", reason=parsed.reason, channel=parsed.channel,
-                        replay_id=parsed.replay_id)
-            batch.rejected.append(parsed)
-        elif isinstance(parsed, GapRequest):
-            METRICS.inc("sfsync_events_received_total", object=parsed.sobject)
-            batch.gaps.setdefault(parsed.sobject, set()).update(parsed.record_ids)
-            self._saw_commit(batch, parsed.sobject, parsed.committed_at)
-        elif isinstance(parsed, OverflowRequest):
-            METRICS.inc("sfsync_events_received_total", object=parsed.sobject)
-            batch.overflows.append(parsed)
-            self._saw_commit(batch, parsed.sobject, parsed.since)
-        else:
-            for change in parsed:
-                METRICS.inc("sfsync_events_received_total", object=change.sobject)
-                self._saw_commit(batch, change.sobject, change.changed_at)
-                if not self._covered_by_poll(change):
-                    batch.changes.append(change)
-
-    @staticmethod
-    def _saw_commit(batch: _Batch, sobject: str, at: datetime) -> None:
-        previous = batch.committed_at.get(sobject)
-        if previous is None or at > previous:
-            batch.committed_at[sobject] = at
-
-    def _covered_by_poll(self, change: SalesforceChange) -> bool:
-        mark = self._poll_marks.get(change.sobject)
-        return mark is not None and mark.covers(change.sf_id, floor_second(change.changed_at))
+        _note_lag(batch)
 
     async def _fetch_gaps(self, gaps: dict[str, set[str]]) -> list[SalesforceChange]:
         fetched: list[SalesforceChange] = []
@@ -368,46 +279,15 @@ class CdcStream:
             fetched.extend(await self._catch_up.fetch_by_ids(sobject, sorted(ids)))
         return fetched
 
-    async def _commit_offsets(self) -> None:
-        """Durably store the replay ids of applied events (journaled majority, in the store)."""
-        for channel, replay_id in sorted(self._pending.items()):
-            await self._store.save_state(replay_key(channel), {"replay_id": replay_id})
-            if self._replay is not None:
-                self._replay.commit(channel, replay_id)
-            del self._pending[channel]
 
-    def _note_lag(self, batch: _Batch) -> None:
-        """`sfsync_replay_lag_seconds` (this is its only writer): seconds from the newest
-        Salesforce commit in the batch just applied (`commitTimestamp`, or the record's
-        `LastModifiedDate`) to the moment its apply finished -- how far the stream runs behind
-        Salesforce. Not updated while no events arrive, nor while polling."""
-        if batch.committed_at:
-            newest = max(batch.committed_at.values())
-            METRICS.set("sfsync_replay_lag_seconds", max(time.time() - newest.timestamp(), 0.0))
-
-    # -- offsets -----------------------------------------------------------------------------
-
-    async def _load_replay_ids(self) -> dict[str, int]:
-        ids: dict[str, int] = {}
-        for channel in self.channels:
-            state = await self._store.load_state(replay_key(channel))
-            value = state.get("replay_id") if state else None
-            if isinstance(value, int) and value >= 0:
-                ids[channel] = value
-                self._applied[channel] = value
-        return ids
-
-    async def _checkpoint_watermarks(self) -> None:
-        """Hand over to the poller: its watermark need not reach back before the stream's work."""
-        for sobject, committed in self._last_commit.items():
-            ts = floor_second(committed - HANDOVER_MARGIN)
-            try:
-                current = await self._catch_up.watermark(sobject)
-                if current.ts is None or ts > current.ts:
-                    await self._store.save_state(watermark_key(sobject), Watermark(ts).to_state())
-            except RetriableError as exc:
-                log.warning("stream_watermark_checkpoint_failed", object=sobject, error=str(exc))
+def _note_lag(batch: SortedBatch) -> None:
+    """`sfsync_replay_lag_seconds` (this is its only writer): seconds from the newest
+    Salesforce commit in the batch just applied (`commitTimestamp`, or the record's
+    `LastModifiedDate`) to the moment its apply finished -- how far the stream runs behind
+    Salesforce. Not updated while no events arrive, nor while polling."""
+    if batch.committed_at:
+        newest = max(batch.committed_at.values())
+        METRICS.set("sfsync_replay_lag_seconds", max(time.time() - newest.timestamp(), 0.0))
 
 
-def _first_replay(changes: list[SalesforceChange]) -> int | None:
-    return changes[0].replay_id if changes else None
+__all__ = ["HANDOVER_MARGIN", "CatchUp", "CdcStream", "Session", "StreamOptions", "channel_for"]

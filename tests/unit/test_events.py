@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +36,12 @@ def message(
     head.update(header or {})
     payload = {"ChangeEventHeader": head, **(payload_fields or {})}
     return {"channel": channel, "data": {"schema": "s", "payload": payload, "event": {"replayId": replay_id}}}
+
+
+def _cycle() -> dict[str, Any]:
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    return loop
 
 
 def changes_of(parsed: object) -> list[SalesforceChange]:
@@ -200,6 +207,9 @@ class TestRejected:
             (message(header={"changedFields": "Company"}), "changedFields must be a list"),
             (message({"Name": "Ada Lovelace"}), "compound field Name"),
             (message({"LastModifiedDate": "not a date"}), "LastModifiedDate"),
+            (message(header={"commitTimestamp": 10**15}), "commitTimestamp out of range"),
+            (message({"LastModifiedDate": 10**15}), "LastModifiedDate"),
+            (message({"LastModifiedDate": -(10**15)}), "LastModifiedDate"),
         ],
     )
     def test_malformed_events_are_rejected_with_a_reason(self, msg: dict[str, Any], reason: str) -> None:
@@ -208,7 +218,22 @@ class TestRejected:
         assert isinstance(parsed, RejectedEvent)
         assert reason in parsed.reason
         assert parsed.replay_id in (5, 42)
-        assert parsed.raw is msg
+        assert parsed.raw == json.loads(json.dumps(msg, default=str))  # storable in a sync log
+
+    def test_dates_after_latest_are_out_of_range(self) -> None:
+        """A LastModifiedDate after `latest` (a year-9999 date, say) is rejected, not applied."""
+        parsed = parse(message({"LastModifiedDate": "9999-12-31T23:59:59Z"}),
+                       latest=datetime(2024, 5, 2, tzinfo=UTC))
+        assert isinstance(parsed, RejectedEvent)
+        assert "out of range" in parsed.reason
+
+    @pytest.mark.parametrize("value", [_cycle(), {(1, 2): "x"}], ids=["cycle", "tuple key"])
+    def test_a_message_json_cannot_encode_is_rejected_with_a_storable_raw(self, value: Any) -> None:
+        """A message json cannot encode is rejected; its raw is a truncated text of it."""
+        parsed = parse(message({"Description": value}))
+        assert isinstance(parsed, RejectedEvent)
+        assert "not JSON" in parsed.reason
+        assert set(parsed.raw) == {"unreadable"}
 
     def test_oversized_payload(self) -> None:
         """An event over the size limit is rejected, not parsed."""
@@ -227,6 +252,10 @@ class TestDates:
             (COMMIT_MS, datetime(2024, 5, 1, 10, tzinfo=UTC)),
             ("nope", None),
             (None, None),
+            (10**15, None),       # year 33658: not a datetime, never an error
+            (-(10**15), None),
+            ("9999-12-31T23:59:59-01:00", None),  # past year 9999 once in UTC
+            ("0001-01-01T00:00:00+01:00", None),
         ],
     )
     def test_salesforce_datetimes(self, value: object, expected: datetime | None) -> None:

@@ -1,0 +1,162 @@
+"""Poison CDC events (issue 11 item 1): the stream logs them, moves past them and keeps going.
+
+A scripted CometD session (the stream's `session_factory` seam) delivers one batch with valid
+events around each kind of poison; the real Reconciler writes to a real SecantusDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from listener.sources._sfstream_compat import CommittedReplayIds
+from listener.sources.cometd import CdcStream, StreamOptions
+from reconciler.inbound import Reconciler
+from reconciler.ports import RejectedEvent, SalesforceChange
+from reconciler.store import Store
+from reconciler.store.state_keys import replay_key
+from reconciler.watermark import Watermark
+from tests.support.eventually import eventually
+from tests.support.mappings import LEAD_NAME_MAPPINGS
+
+CHANNEL = "/data/LeadChangeEvent"
+OWNER = "005000000000001AAA"  # mapped to u-1 in LEAD_NAME_MAPPINGS
+COMMIT_MS = 1_714_557_600_000  # 2024-05-01T10:00:00Z
+FAR_FUTURE_MS = 10**15         # year ~33658: not a datetime
+
+
+def lead_id(n: int) -> str:
+    return f"00Q{n:012d}AAA"
+
+
+def event(replay_id: int, *, header: dict[str, Any] | None = None, fields: dict[str, Any] | None = None,
+          drop_header: bool = False) -> dict[str, Any]:
+    head: dict[str, Any] = {
+        "entityName": "Lead", "recordIds": [lead_id(replay_id)], "changeType": "CREATE",
+        "changeOrigin": "com/salesforce/api/rest/62.0", "transactionKey": f"tx-{replay_id}",
+        "commitTimestamp": COMMIT_MS, "changedFields": [], "nulledFields": [],
+    }
+    head.update(header or {})
+    payload: dict[str, Any] = {"LastName": f"Valid{replay_id}", "Company": "Acme", "OwnerId": OWNER,
+                               **(fields or {})}
+    if not drop_header:
+        payload["ChangeEventHeader"] = head
+    return {"channel": CHANNEL, "data": {"payload": payload, "event": {"replayId": replay_id}}}
+
+
+def circular() -> dict[str, Any]:
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    return loop
+
+
+# (replay id, what is wrong with it, the message)
+POISON: list[tuple[int, str, dict[str, Any]]] = [
+    (2, "missing header", event(2, drop_header=True)),
+    (4, "recordIds not a list", event(4, header={"recordIds": lead_id(4)})),
+    (6, "commitTimestamp far in the future", event(6, header={"commitTimestamp": FAR_FUTURE_MS})),
+    (8, "integer LastModifiedDate far in the future", event(8, fields={"LastModifiedDate": FAR_FUTURE_MS})),
+    (10, "LastModifiedDate in year 9999", event(10, fields={"LastModifiedDate": "9999-12-31T23:59:59Z"})),
+    (12, "unknown entity", event(12, header={"entityName": "Opportunity"})),
+    (14, "payload not JSON-able (a cycle)", event(14, fields={"Description": circular()})),
+    (16, "payload not JSON-able (non-string keys)", event(16, fields={"Description": {(1, 2): "x"}})),
+    (18, "changedFields of the wrong type", event(18, header={"changeType": "UPDATE", "changedFields": [1]})),
+]
+VALID = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]
+
+
+class ScriptedSession:
+    """A CometD session that delivers `messages`, then waits (a quiet channel)."""
+
+    def __init__(self, messages: Sequence[dict[str, Any]]) -> None:
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        for m in messages:
+            self._queue.put_nowait(m)
+
+    async def open(self, channels: Sequence[str]) -> None:
+        return None
+
+    async def receive(self) -> dict[str, Any] | RejectedEvent:
+        return await self._queue.get()
+
+    async def close(self) -> None:
+        return None
+
+
+class NoCatchUp:
+    """Every channel has a stored replay id: the stream never polls."""
+
+    async def run_once(self, objects: Sequence[str] | None = None) -> Any:
+        raise AssertionError("no poll expected")
+
+    async def poll_since(self, sobject: str, since: Any) -> int:
+        raise AssertionError("no poll expected")
+
+    async def fetch_by_ids(self, sobject: str, ids: Any) -> list[SalesforceChange]:
+        raise AssertionError("no fetch expected")
+
+    async def watermark(self, sobject: str) -> Watermark:
+        return Watermark()
+
+
+@dataclass
+class Rig:
+    store: Store
+
+
+@pytest.fixture
+async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
+    store = await Store.connect(mongo_uri, database_name)
+    await store.ensure_indexes()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+class TestPoisonEvents:
+    async def test_poison_is_logged_skipped_and_the_stream_goes_on(self, store: Store) -> None:
+        """Valid events around every kind of poison are applied; each poison is a failed log
+        naming its replay id and reason; the stored replay id moves past all of them; the
+        stream is still running and applies what comes next."""
+        await store.save_state(replay_key(CHANNEL), {"replay_id": 0})
+        by_id = {rid: msg for rid, _, msg in POISON}
+        batch = [by_id.get(rid) or event(rid) for rid in range(1, 20)]
+        session = ScriptedSession(batch)
+
+        def factory(replay: CommittedReplayIds) -> ScriptedSession:
+            return session
+
+        sink = Reconciler(store, LEAD_NAME_MAPPINGS, client_name="salesforce-sync")
+        stream = CdcStream(sf=object(), store=store, sink=sink, catch_up=NoCatchUp(),  # type: ignore[arg-type]
+                           objects=["Lead"], options=StreamOptions("salesforce-sync", "62.0", batch_size=50),
+                           session_factory=factory)
+        stop = asyncio.Event()
+        task = asyncio.create_task(stream.run(stop))
+        try:
+            async def offset_is(n: int) -> bool:
+                if task.done():
+                    task.result()  # the stream died: show why
+                state = await store.load_state(replay_key(CHANNEL))
+                return state is not None and state["replay_id"] == n
+            await eventually(lambda: offset_is(19))
+
+            people = {d["crm"]["id"] async for d in store.db.people.find({}, {"crm.id": 1})}
+            assert people == {lead_id(n) for n in VALID}
+
+            failed = [d async for d in store.db.sync_logs.find({"status": "failed", "type": "event"})]
+            logged = {d["job"]["raw"]["replay_id"]: d["error"] for d in failed}
+            assert sorted(logged) == [rid for rid, _, _ in POISON]
+            assert all(reason for reason in logged.values())
+
+            session._queue.put_nowait(event(20))
+            await eventually(lambda: offset_is(20))
+            assert await store.db.people.count_documents({"crm.id": lead_id(20)}) == 1
+            assert not task.done()
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
