@@ -16,6 +16,7 @@ these routes and one innermost middleware.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from collections import deque
@@ -63,7 +64,7 @@ async def chaos_middleware(request: web.Request, handler: Handler) -> web.Stream
             [{"message": _LOCK_MESSAGE.format(id="chaos"), "errorCode": "UNABLE_TO_LOCK_ROW"}], status=400)
     if request.method not in _WRITE_METHODS:
         return await handler(request)
-    raw = await request.read() if request.can_read_body else b""
+    raw = await request.read()  # cached when an outer middleware read it (can_read_body is False then)
     try:
         body: Any = json.loads(raw) if raw else None
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -76,10 +77,8 @@ async def chaos_middleware(request: web.Request, handler: Handler) -> web.Stream
     response = await handler(request)
     entry["status"] = response.status
     if isinstance(response, web.Response) and response.body is not None and response.status < 300:
-        try:
+        with contextlib.suppress(TypeError, ValueError):  # JSONDecodeError is a ValueError
             entry["response"] = json.loads(bytes(response.body))  # type: ignore[arg-type]
-        except (json.JSONDecodeError, TypeError, ValueError):
-            pass
     return response
 
 

@@ -21,7 +21,7 @@ from pymongo.errors import PyMongoError
 
 from tests.support.emulator import EmulatorProcess
 from tests.support.secantus import _daemon, free_port
-from tests.support.service import SalesforceOrg, ServiceProcess, http
+from tests.support.service import Reply, SalesforceOrg, ServiceProcess, http
 
 LEASE_SECONDS = 3.0
 CHAOS_MAPPINGS = """
@@ -88,6 +88,18 @@ create_person_from_salesforce = true
 create_in_salesforce = "lead"
 on_salesforce_owner_change = "update_owner"
 """
+
+
+class ChaosOrg(SalesforceOrg):
+    """The org as the run's users see it; a session the token-expiry fault killed is renewed."""
+
+    def rest(self, method: str, path: str, *, json_body: Any = None,
+             client: str | None = "chaos-other-app") -> Reply:
+        reply = super().rest(method, path, json_body=json_body, client=client)
+        if reply.status == 401:
+            self._token = None
+            reply = super().rest(method, path, json_body=json_body, client=client)
+        return reply
 
 
 class Mongo:
@@ -235,7 +247,7 @@ class Environment:
         self.database = database
         self.mongo = Mongo(work)
         self.emulator = EmulatorProcess(free_port(), (), work / "emulator.log")
-        self.org = SalesforceOrg(self.emulator.base_url)
+        self.org = ChaosOrg(self.emulator.base_url)
         self.replicas: list[Replica] = []
         self.recorder: StateRecorder | None = None
         self._client: MongoClient[dict[str, Any]] | None = None

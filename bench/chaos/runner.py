@@ -124,9 +124,7 @@ def run(seed: int, ops: int, *, minutes: float | None = None, faults: tuple[str,
         model.feed(acks, ops_obj.entities)
         summary.violations = check(observed, model)
         summary.service_writes = sum(1 for w in observed.writes if "client=salesforce-sync" in str(w.get("client")))
-        with (run_dir / "entities.jsonl").open("w") as fh:
-            for entity in ops_obj.entities.values():
-                fh.write(json.dumps(entity.as_json()) + "\n")
+        dump(run_dir, ops_obj, observed)
     finally:
         runlog.close()
         env.stop()
@@ -248,6 +246,20 @@ def gather(env: Environment, ops: Operations, acks: list[Ack], faults: list[dict
         sync_logs=list(env.db.sync_logs.find({})), writes=writes, state_writes=list(env.recorder.writes),
         faults=faults, barrier_ok=barrier_ok, barrier_detail=barrier_detail, idle_writes=idle_writes,
         idle_local_changes=idle_local, barrier_ids=barrier_ids)
+
+
+def dump(run_dir: Path, ops: Operations, obs: Observed) -> None:
+    """What the oracle read, one JSON file per source (kept with the run directory on failure)."""
+    items: dict[str, Any] = {
+        "entities": [e.as_json() for e in ops.entities.values()],
+        "sf_records": list(obs.sf_records.values()), "people": obs.people, "companies": obs.companies,
+        "sync_logs": obs.sync_logs, "writes": obs.writes,
+        "sync_state_writes": [{"at": w.at, "key": w.key, "value": w.value} for w in obs.state_writes],
+    }
+    for name, rows in items.items():
+        with (run_dir / f"{name}.jsonl").open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, default=str, sort_keys=True) + "\n")
 
 
 def _wait(probe: Any, deadline: float, interval: float = 0.25) -> bool:
