@@ -50,9 +50,9 @@ class Faults:
     def inject(self, step: Step) -> FaultRecord:
         try:
             detail = getattr(self, f"_{step.kind}")(step)
-        except Exception as exc:  # noqa: BLE001 - a fault that cannot be injected is recorded, not fatal
-            return FaultRecord(step.id, step.kind, time.time(), "skipped", f"{type(exc).__name__}: {exc}"[:300],
-                               step.target)
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"[:300]
+            return FaultRecord(step.id, step.kind, time.time(), "skipped", detail, step.target)
         status = "skipped" if detail.startswith("skipped") else "injected"
         return FaultRecord(step.id, step.kind, time.time(), status, detail, step.target)
 
@@ -91,9 +91,10 @@ class Faults:
         for replica in self.env.replicas:
             if not replica.service.running:
                 replica.service.launch()
+                proc = replica.service.process
+                code = proc.returncode if proc is not None else "?"
                 records.append(FaultRecord("final-heal", "restart", time.time(), "healed",
-                                           f"{replica.name} was not running (exit "
-                                           f"{replica.service.process.returncode if replica.service.process else '?'})"))
+                                           f"{replica.name} was not running (exit {code})"))
         return records
 
     # process faults ----------------------------------------------------------------------------
@@ -211,8 +212,8 @@ class Faults:
             header["changedFields"] = ["Title", "LastModifiedDate"]
         else:
             payload.pop("ChangeEventHeader")
-        body = self._control("POST", "streaming/publish",
-                             {"channel": "/data/LeadChangeEvent", "data": {"schema": "chaos", "payload": payload}})
+        event = {"schema": "chaos", "payload": payload}
+        body = self._control("POST", "streaming/publish", {"channel": "/data/LeadChangeEvent", "data": event})
         return f"poison {variant} on {record_id} replayId {body.get('replayId')}"
 
 

@@ -191,8 +191,8 @@ class Operations:
                 slots.append((entity, fitted))
         if not records:
             return self._skip(step, "salesforce", "no target bound")
-        reply = self.org.rest("PATCH", "composite/sobjects", json_body={"allOrNone": True, "records": records},
-                              client=OTHER_APP)
+        reply = self.org.rest("PATCH", "composite/sobjects", client=OTHER_APP,
+                              json_body={"allOrNone": True, "records": records})
         at = time.time()
         results = reply.body if isinstance(reply.body, list) else []
         acks = []
@@ -295,7 +295,8 @@ class Operations:
             else:
                 fields = {step.args["local_field"]: step.args["local_value"]}
                 at = self._platform_write(entity.collection, "update", entity.local_id, fields)
-                acks.append(Ack(step.id, step.kind, "platform", entity.slot, at, "ok", entity.sobject, fields))
+                acks.append(Ack(step.id, step.kind, "platform", entity.slot, at, "ok", entity.sobject,
+                                fields))
         return acks
 
     # a Salesforce change without a CDC event (the GAP / overflow faults announce it) ------------

@@ -304,7 +304,8 @@ def check(obs: Observed, model: Model) -> list[Violation]:
     for log in obs.sync_logs:
         for key in (log.get("sf_id"), log.get("local_id")):
             if key:
-                logs_by_record[str(key)[:15] if str(key).startswith(("00Q", "003", "001")) else str(key)].append(log)
+                text = str(key)
+                logs_by_record[text[:15] if text.startswith(("00Q", "003", "001")) else text].append(log)
     service = _service_writes(obs.writes)
     out += _check_liveness(obs)
     out += _check_duplicates(obs, model, people_by_crm, service)
@@ -358,7 +359,8 @@ def _service_writes(writes: list[dict[str, Any]]) -> list[dict[str, Any]]:
             records = [rec]
         response = w.get("response") if isinstance(w.get("response"), list) else None
         for index, rec in enumerate(records):
-            sobject = (rec.get("attributes") or {}).get("type") if isinstance(rec.get("attributes"), dict) else None
+            attributes = rec.get("attributes")
+            sobject = attributes.get("type") if isinstance(attributes, dict) else None
             if sobject is None and "/sobjects/" in path:
                 sobject = path.split("/sobjects/")[1].split("/")[0]
             result = response[index] if response is not None and index < len(response) else None
@@ -397,14 +399,13 @@ def _check_duplicates(obs: Observed, model: Model, people_by_crm: Mapping[str, l
             slot_of_value[("Email", email.lower())] = ent.slot
         name = em.fields.get("name")
         if name is not None:
-            for w in name.writes:
-                if w.side == "platform" and w.value:
-                    slot_of_value[("Name", str(w.value))] = ent.slot
-    ops_of: dict[str, list[str]] = {}
-    for w in service:
-        if w["method"] != "POST" or not w["ok"]:
+            for fw in name.writes:
+                if fw.side == "platform" and fw.value:
+                    slot_of_value[("Name", str(fw.value))] = ent.slot
+    for sw in service:
+        if sw["method"] != "POST" or not sw["ok"]:
             continue
-        fields = w["fields"]
+        fields = sw["fields"]
         slot = None
         if fields.get("Email"):
             slot = slot_of_value.get(("Email", str(fields["Email"]).lower()))
@@ -415,7 +416,6 @@ def _check_duplicates(obs: Observed, model: Model, people_by_crm: Mapping[str, l
     for slot, n in creates_per_local.items():
         if n > 1:
             em = model.entities[slot]
-            ops_of[slot] = em.pf_ops[:1]
             out.append(Violation("duplicate", f"the service created {n} Salesforce records for {slot} "
                                  f"(local {em.entity.local_id})", em.pf_ops[:2], slot))
     return out
@@ -427,8 +427,9 @@ def _final_sf(obs: Observed, ent: Entity) -> dict[str, Any] | None:
 
 def _failed_logs(logs_by_record: Mapping[str, list[dict[str, Any]]], ent: Entity) -> list[dict[str, Any]]:
     seen: dict[Any, dict[str, Any]] = {}
-    for key in (_key(ent.sf_id) if ent.sf_id else None, str(ent.local_id) if ent.local_id is not None else None):
-        for log in logs_by_record.get(key or "", []):
+    keys = [_key(ent.sf_id) if ent.sf_id else "", str(ent.local_id) if ent.local_id is not None else ""]
+    for key in keys:
+        for log in logs_by_record.get(key, []) if key else []:
             if log.get("status") == "failed" and not log.get("resolved"):
                 seen[log.get("_id")] = log
     return list(seen.values())
@@ -446,7 +447,8 @@ def _check_fields(obs: Observed, model: Model, by_local: Mapping[str, dict[str, 
         failed = _failed_logs(logs_by_record, ent)
         all_ops = em.sf_ops + em.pf_ops
         if len(linked) > 1:
-            out.append(Violation("duplicate", f"{slot}: {len(linked)} local records for one Salesforce record",
+            out.append(Violation("duplicate", f"{slot}: {len(linked)} local records for one "
+                                              f"Salesforce record",
                                  all_ops[:3], slot))
             continue
         # existence on the other side
@@ -455,12 +457,14 @@ def _check_fields(obs: Observed, model: Model, by_local: Mapping[str, dict[str, 
             must_exist = (em.created_mapped is True and not sf_deleted and not em.deleted)
             if not linked:
                 if must_exist and len(failed) != 1:
-                    out.append(Violation("lost_change", f"{slot} ({ent.sobject} {ent.sf_id}) never reached the "
+                    out.append(Violation("lost_change", f"{slot} ({ent.sobject} {ent.sf_id}) never "
+                                                        f"reached the "
                                          f"platform ({len(failed)} failed logs)", em.sf_ops[:2], slot))
                 continue
             doc = linked[0]
             if sf_deleted and not (doc.get("crm") or {}).get("deleted"):
-                out.append(Violation("lost_change", f"{slot}: deleted in Salesforce, the local record does not "
+                out.append(Violation("lost_change", f"{slot}: deleted in Salesforce, the local "
+                                                    f"record does not "
                                      "say so", em.sf_ops[-2:], slot))
             if em.created_mapped is not True:
                 continue  # linked later through an owner change: values not modelled (conservative)
@@ -469,21 +473,24 @@ def _check_fields(obs: Observed, model: Model, by_local: Mapping[str, dict[str, 
                 creates = [lg for lg in failed if lg.get("source") == "local"]
                 attempts = max(1, len(em.pf_ops))
                 if not (1 <= len(creates) <= attempts):
-                    out.append(Violation("lost_change", f"{slot} (local {ent.local_id}) never reached Salesforce "
+                    out.append(Violation("lost_change", f"{slot} (local {ent.local_id}) never "
+                                                        f"reached Salesforce "
                                          f"and {len(creates)} failed logs explain it", em.pf_ops[:2], slot))
                 continue
             doc = linked[0]
             if record is None:
                 record = obs.sf_records.get(_key(doc["crm"]["id"]))
         if record is None:
-            out.append(Violation("lost_change", f"{slot}: linked to {doc.get('crm')}, not found in Salesforce",
+            out.append(Violation("lost_change", f"{slot}: linked to {doc.get('crm')}, not found in "
+                                                f"Salesforce",
                                  all_ops[:2], slot))
             continue
         if record.get("IsDeleted") or em.deleted:
             continue
         sobject = em.sobject
         if _key(doc["crm"]["id"]) != _key(record.get("Id")):
-            out.append(Violation("lost_change", f"{slot}: the local record is linked to {doc['crm'].get('id')} "
+            out.append(Violation("lost_change", f"{slot}: the local record is linked to "
+                                                f"{doc['crm'].get('id')} "
                                  f"({doc['crm'].get('object')}), expected {sobject} {record.get('Id')}",
                                  all_ops[-3:], slot))
             continue
@@ -506,7 +513,8 @@ def _check_fields(obs: Observed, model: Model, by_local: Mapping[str, dict[str, 
         # owner rule: a mapped Salesforce owner is the local owner
         owner = record.get("OwnerId")
         user = model.mappings.local_user(owner) if isinstance(owner, str) else None
-        if ent.collection == "people" and user is not None and doc.get("owner_id") != user and len(failed) != 1:
+        wrong_owner = ent.collection == "people" and user is not None and doc.get("owner_id") != user
+        if wrong_owner and len(failed) != 1:
             out.append(Violation("lost_change", f"{slot}: Salesforce owner {owner} is local user {user}, the "
                                  f"Person says {doc.get('owner_id')!r}", em.sf_ops[-2:], slot))
     return out
@@ -543,7 +551,8 @@ def _check_loop(obs: Observed, model: Model, service: list[dict[str, Any]]) -> l
     for name, n in bad_fields.items():
         out.append(Violation("loop", f"the service wrote {name} (read-only or from_salesforce) {n} times"))
     for name, n in blanks.items():
-        out.append(Violation("loop", f"the service wrote a blank {name} {n} times (blanks are never written)"))
+        out.append(Violation("loop", f"the service wrote a blank {name} {n} times (blanks are never "
+                                     f"written)"))
     resend_faults = sum(1 for f in obs.faults if f.get("status") == "injected" and f["kind"] in (
         "apply_then_drop", "rest_5xx", "lock_row", "kill_leader", "stop_leader", "restart_mongo"))
     per_record: Counter[str] = Counter(_key(w["id"]) for w in service if w.get("id"))
@@ -602,7 +611,8 @@ def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[d
                    and lg.get("status") == "success" and lg.get("type") in ("update", "owner_change")]
         bound = len(em.sf_ops) + em.merges + 1
         if len(inbound) > bound:
-            out.append(Violation("logs", f"{slot}: {len(inbound)} Salesforce update logs for {len(em.sf_ops)} "
+            out.append(Violation("logs", f"{slot}: {len(inbound)} Salesforce update logs for "
+                                         f"{len(em.sf_ops)} "
                                  f"Salesforce operations (bound {bound})", em.sf_ops[-3:], slot))
         # a Salesforce-side log that applies a value only the platform ever wrote: an echo
         for lg in inbound:
@@ -613,13 +623,15 @@ def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[d
                 new = norm(change.get("new"))
                 sides = {w.side for w in fm.writes if w.value == new}
                 if new is not None and sides == {"platform"}:
-                    out.append(Violation("logs", f"{slot}: a Salesforce-side log applied {name}={new!r}, a value "
+                    out.append(Violation("logs", f"{slot}: a Salesforce-side log applied "
+                                                 f"{name}={new!r}, a value "
                                          "only the platform wrote (an echo)", fm.steps(), slot))
         outbound = [lg for lg in logs.values() if lg.get("source") == "local"
                     and lg.get("type") in ("create", "update")]
         tried = sum(attempts[k] for k in keys if len(k) == 15)
         if outbound and tried == 0 and ent.sf_id:
-            out.append(Violation("logs", f"{slot}: {len(outbound)} local-side logs but the service never wrote "
+            out.append(Violation("logs", f"{slot}: {len(outbound)} local-side logs but the service "
+                                         f"never wrote "
                                  "the record", em.pf_ops[-3:], slot))
     return out
 

@@ -123,7 +123,8 @@ def run(seed: int, ops: int, *, minutes: float | None = None, faults: tuple[str,
         model = Model()
         model.feed(acks, ops_obj.entities)
         summary.violations = check(observed, model)
-        summary.service_writes = sum(1 for w in observed.writes if "client=salesforce-sync" in str(w.get("client")))
+        summary.service_writes = sum(1 for w in observed.writes
+                                     if "client=salesforce-sync" in str(w.get("client")))
         dump(run_dir, ops_obj, observed)
     finally:
         runlog.close()
@@ -216,7 +217,8 @@ def idle_check(env: Environment) -> tuple[int, int]:
     time.sleep(IDLE)
     writes = [w for w in env.org.control("GET", f"chaos/writes?after={seq}").body["writes"]
               if "client=salesforce-sync" in str(w.get("client"))]
-    changed = sum(env.db[name].count_documents({"updated_at": {"$gt": since}}) for name in ("people", "companies"))
+    changed = sum(env.db[name].count_documents({"updated_at": {"$gt": since}})
+                  for name in ("people", "companies"))
     return len(writes), changed
 
 

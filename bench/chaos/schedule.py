@@ -178,7 +178,8 @@ class _Drawer:
         fields = {"FirstName": self.word("Fn"), "LastName": self.word("Ln"),
                   "Email": f"{slot.name.lower()}.{self.word('e')}@chaos.example.com",
                   "OwnerId": self.rng.choice(MAPPED_OWNERS)}
-        fields.update({k: v for k, v in self.person_fields("Contact", blanks=False).items() if k != "LastName"})
+        extra = self.person_fields("Contact", blanks=False)
+        fields.update({k: v for k, v in extra.items() if k != "LastName"})
         self.op("sf_create_contact", "salesforce", slot.name, fields=fields,
                 account=account.name if account else None)
         return True
