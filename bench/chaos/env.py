@@ -95,10 +95,20 @@ class ChaosOrg(SalesforceOrg):
 
     def rest(self, method: str, path: str, *, json_body: Any = None,
              client: str | None = "chaos-other-app") -> Reply:
-        reply = super().rest(method, path, json_body=json_body, client=client)
-        if reply.status == 401:
-            self._token = None
-            reply = super().rest(method, path, json_body=json_body, client=client)
+        """Retried like any integration would: a lost response, a 5xx or a row lock (the run's
+        own faults hit every client of the org). Only idempotent calls reach a retry here: the
+        run's creates go to `sobjects/<Object>`, which no fault targets."""
+        reply = Reply(599, "no attempt")
+        for attempt in range(8):
+            try:
+                reply = super().rest(method, path, json_body=json_body, client=client)
+            except OSError as exc:
+                reply = Reply(599, f"{type(exc).__name__}: {exc}")
+            if reply.status == 401:
+                self._token = None
+            elif not (reply.status >= 500 or "UNABLE_TO_LOCK_ROW" in str(reply.body)):
+                return reply
+            time.sleep(0.1 * (attempt + 1))
         return reply
 
 

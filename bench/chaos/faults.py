@@ -21,7 +21,7 @@ from bench.chaos.operations import Ack, Operations
 from bench.chaos.schedule import Step
 
 COMPOSITE = "/services/data/v62.0/composite/sobjects"
-DATA = "/services/data/"
+DATA = "/services/data/v62.0/"
 RETENTION_DEFAULT = 72 * 3600.0
 
 
@@ -144,8 +144,9 @@ class Faults:
 
     def _rest_5xx(self, step: Step) -> str:
         count, status = int(step.args["count"]), int(step.args["status"])
-        self._control("POST", "faults", {"path_prefix": DATA, "status": status, "count": count})
-        return f"next {count} REST calls answer {status}"
+        prefix = DATA + str(step.args.get("path", "composite/sobjects"))
+        self._control("POST", "faults", {"path_prefix": prefix, "status": status, "count": count})
+        return f"next {count} calls under {prefix} answer {status}"
 
     def _lock_row(self, step: Step) -> str:
         count = int(step.args["count"])

@@ -37,6 +37,7 @@ class Entity:
     sf_id: str | None = None
     local_id: Any = None
     lead_id: str | None = None     # the Lead it was before conversion
+    bound_at: float | None = None  # when the run first saw the record on the other side
     emails: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -87,11 +88,13 @@ class Operations:
                     doc = coll.find_one({"crm.id": entity.lead_id}, {"_id": 1})
                 if doc is not None:
                     entity.local_id = doc["_id"]
+                    entity.bound_at = time.time()
             elif entity.sf_id is None and entity.local_id is not None:
                 doc = coll.find_one({"_id": entity.local_id}, {"crm": 1})
                 crm = (doc or {}).get("crm") or {}
                 if crm.get("id"):
                     entity.sf_id = str(crm["id"])
+                    entity.bound_at = time.time()
         except PyMongoError:
             pass
 
@@ -225,6 +228,7 @@ class Operations:
         record = self.org.control("GET", f"records/Lead/{entity.sf_id}")
         if record.status != 200 or record.body.get("IsDeleted") or record.body.get("IsConverted"):
             return self._skip(step, "salesforce", "Lead deleted or already converted")
+        lead = dict(record.body)
         reply = self.org.control("POST", "convert-lead", {"leadId": entity.sf_id})
         at = time.time()
         if reply.status != 200:
@@ -237,7 +241,7 @@ class Operations:
         self.entities[account.slot] = account
         return [Ack(step.id, step.kind, "salesforce", entity.slot, at, "ok", "Lead",
                     {"ConvertedContactId": body["contactId"], "ConvertedAccountId": body["accountId"],
-                     "account_slot": account.slot})]
+                     "account_slot": account.slot, "lead_before": lead})]
 
     # platform ----------------------------------------------------------------------------------
     def _platform_write(self, collection: str, op: str, doc_id: Any, fields: dict[str, Any]) -> float:

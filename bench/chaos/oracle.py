@@ -134,7 +134,10 @@ class FieldModel:
         return {w.value for w in self.writes if w.side == side and at - w.at <= WINDOW
                 and w.value is not None}
 
-    def write(self, side: str, value: Any, at: float, step: str, *, deleted: bool = False) -> None:
+    def write(self, side: str, value: Any, at: float, step: str, *, deleted: bool = False,
+              other_exists: bool = True) -> None:
+        """`other_exists` False: the other side's record may not exist yet (it is created later
+        from the then current values), so an "unless blank" rule may not hold it back."""
         value = norm(value)
         w = _Write(at, side, value, step)
         if side == "salesforce":
@@ -144,6 +147,8 @@ class FieldModel:
                 allowed = self._may_replace(self.local, self.local_known,
                                             self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK
                                             and self.direction is Direction.BOTH)
+                if allowed == "no" and not other_exists:
+                    allowed = "maybe"
                 if allowed == "yes":
                     self.local = {value} | self._recent("platform", at, True)
                     self.local_known = True
@@ -158,6 +163,8 @@ class FieldModel:
                 allowed = self._may_replace(self.sf, self.sf_known,
                                             self.merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK
                                             and self.direction is Direction.BOTH)
+                if allowed == "no" and not other_exists:
+                    allowed = "maybe"
                 if allowed == "yes":
                     self.sf = {value} | self._recent("salesforce", at, True)
                     self.sf_known = True
@@ -210,6 +217,7 @@ class Model:
     def __init__(self, mappings: Mappings | None = None) -> None:
         self.mappings = mappings or parse_mappings(CHAOS_MAPPINGS)
         self.entities: dict[str, EntityModel] = {}
+        self.early: list[Violation] = []  # found while feeding (a conversion's starting values)
 
     def _mapping(self, sobject: str) -> list[FieldMapping]:
         return self.mappings.for_object(sobject)
@@ -251,17 +259,32 @@ class Model:
                 return
             if "OwnerId" in ack.fields:
                 em.owner_sf = ack.fields["OwnerId"]
+            seen = em.entity.bound_at is not None and ack.at >= em.entity.bound_at
             for m in self._mapping(em.sobject):
                 if m.sf_field in ack.fields and m.local_field not in em.frozen:
-                    self._field(em, m).write("salesforce", ack.fields[m.sf_field], ack.at, ack.step)
+                    self._field(em, m).write("salesforce", ack.fields[m.sf_field], ack.at, ack.step,
+                                             other_exists=seen)
         else:
             em.pf_ops.append(ack.step)
+            seen = em.entity.bound_at is not None and ack.at >= em.entity.bound_at
             for m in self._mapping(em.sobject):
                 if m.local_field in ack.fields and m.local_field not in em.frozen:
                     self._field(em, m).write("platform", ack.fields[m.local_field], ack.at, ack.step,
-                                             deleted=em.deleted)
+                                             deleted=em.deleted, other_exists=seen)
 
     def _convert(self, em: EntityModel, ack: Ack, entities: Mapping[str, Entity]) -> None:
+        lead = ack.fields.get("lead_before") or {}
+        for m in self._mapping("Lead"):
+            fm = em.fields.get(m.local_field)
+            if fm is None or not fm.sf_known or m.sf_field in READ_ONLY or m.local_field in em.frozen:
+                continue
+            actual = norm(lead.get(m.sf_field))
+            if actual not in fm.sf:
+                self.early.append(Violation(
+                    "lost_change", f"{em.entity.slot}.{m.local_field} (Lead.{m.sf_field}) when converted: "
+                    f"Salesforce held {actual!r}, model allows {_show(fm.sf)}", [*fm.steps(), ack.step],
+                    em.entity.slot))
+            fm.sf = {actual}  # what the Contact and Account are made from
         contact = {m.local_field for m in self._mapping("Contact")}
         em.frozen |= {name for name in em.fields if name not in contact}
         em.frozen |= {m.local_field for m in self._mapping("Lead") if m.local_field not in contact}
@@ -278,14 +301,12 @@ class Model:
             acc.sf_ops.append(ack.step)
             acc.created_mapped = True
             company = {m.sf_field: m for m in self._mapping("Account")}
-            if "Name" in company and (name := self._lead_company(em)) is not None:
-                self._field(acc, company["Name"]).write("salesforce", name, ack.at, ack.step)
-
-    def _lead_company(self, em: EntityModel) -> Any:
-        fm = em.fields.get("company_name")
-        if fm is None or len(fm.sf) != 1:
-            return None
-        return next(iter(fm.sf))
+            copied = (("Name", "Company"), ("Website", "Website"), ("Industry", "Industry"),
+                      ("BillingCity", "City"))
+            for sf_field, lead_field in copied:
+                if sf_field in company and not blank(lead.get(lead_field)):
+                    self._field(acc, company[sf_field]).write("salesforce", lead[lead_field], ack.at,
+                                                              ack.step)
 
 
 # --- the checks ---------------------------------------------------------------------------------
@@ -307,6 +328,7 @@ def check(obs: Observed, model: Model) -> list[Violation]:
                 text = str(key)
                 logs_by_record[text[:15] if text.startswith(("00Q", "003", "001")) else text].append(log)
     service = _service_writes(obs.writes)
+    out += model.early
     out += _check_liveness(obs)
     out += _check_duplicates(obs, model, people_by_crm, service)
     out += _check_fields(obs, model, by_local, people_by_crm, logs_by_record)

@@ -306,6 +306,8 @@ class _Drawer:
         elif kind in ("rest_5xx", "lock_row"):
             args["count"] = rng.randint(1, 4)
             args["status"] = rng.choice((500, 503)) if kind == "rest_5xx" else 400
+            if kind == "rest_5xx":  # the service's calls: outbound writes, polling/GAP queries
+                args["path"] = rng.choice(("composite/sobjects", "query", "queryAll"))
         elif kind == "budget_swing":
             args["level"] = rng.choice(("polling", "paused"))
             heal_after = rng.randint(2, 8)
