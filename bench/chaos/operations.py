@@ -23,7 +23,7 @@ from bench.chaos.env import Environment
 from bench.chaos.schedule import Step
 
 OTHER_APP = "chaos-other-app"
-BIND_WAIT = 3.0  # how long a step waits for its target to cross over before it is skipped
+BIND_WAIT = 1.5  # how long a step waits for its target to cross over before it is skipped
 
 
 @dataclass

@@ -48,7 +48,8 @@ class RunResult:
 
 
 def run(seed: int, ops: int, *, minutes: float | None = None, faults: tuple[str, ...] = FAULT_KINDS,
-        keep: bool = False, base_dir: Path | None = None, echo: bool = True) -> RunResult:
+        keep: bool = False, base_dir: Path | None = None, echo: bool = True,
+        barrier_timeout: float = BARRIER_TIMEOUT) -> RunResult:
     started = time.monotonic()
     run_dir = Path(tempfile.mkdtemp(prefix=f"chaos-{seed}-", dir=base_dir))
     steps = build_schedule(seed, ops, faults)
@@ -111,7 +112,7 @@ def run(seed: int, ops: int, *, minutes: float | None = None, faults: tuple[str,
             runlog.write({"event": "heal", **record.as_json()})
         quiet_started = time.monotonic()
         leader = env.wait_leader(timeout=LEASE_SECONDS * 6)
-        ok, detail, ids = barrier(env, ops_obj, timeout=BARRIER_TIMEOUT) if leader else (
+        ok, detail, ids = barrier(env, ops_obj, timeout=barrier_timeout) if leader else (
             False, "no replica took the lease", set())
         barrier_ids |= ids
         settle(env, timeout=30)
@@ -156,8 +157,8 @@ def barrier(env: Environment, ops: Operations, *, timeout: float) -> tuple[bool,
     except AssertionError as exc:
         return False, f"barrier Lead refused: {exc}", ids
     ids.add(lead_id)
-    if not _wait(lambda: env.db.people.find_one({"crm.id": lead_id}) is not None, deadline):
-        return False, f"barrier Lead {lead_id} did not reach MongoDB within {timeout:.0f}s", ids
+    if not _wait(lambda: env.db.people.find_one({"crm.id": lead_id}) is not None, deadline, env=env):
+        return False, f"barrier Lead {lead_id} did not reach MongoDB within {timeout:.0f}s{_dead(env)}", ids
     local_id = ObjectId()
     now = datetime.now(UTC)
     _retry(lambda: env.db.people.insert_one({
@@ -173,11 +174,18 @@ def barrier(env: Environment, ops: Operations, *, timeout: float) -> tuple[bool,
             return True
         return False
 
-    if not _wait(crossed, deadline):
-        return False, f"barrier Person {local_id} did not reach Salesforce within {timeout:.0f}s", ids
-    if not _wait(lambda: env.db.outbox.count_documents({}) == 0, deadline):
-        return False, "the outbox did not drain", ids
+    if not _wait(crossed, deadline, env=env):
+        why = f"barrier Person {local_id} did not reach Salesforce within {timeout:.0f}s{_dead(env)}"
+        return False, why, ids
+    if not _wait(lambda: env.db.outbox.count_documents({}) == 0, deadline, env=env):
+        return False, f"the outbox did not drain{_dead(env)}", ids
     return True, "barrier crossed both ways, outbox empty", ids
+
+
+def _dead(env: Environment) -> str:
+    dead = [f"{r.name} exited {r.service.process.returncode}" for r in env.replicas
+            if r.service.process is not None and r.service.process.poll() is not None]
+    return f" ({', '.join(dead)})" if dead else ""
 
 
 def settle(env: Environment, *, timeout: float) -> bool:
@@ -264,8 +272,11 @@ def dump(run_dir: Path, ops: Operations, obs: Observed) -> None:
                 fh.write(json.dumps(row, default=str, sort_keys=True) + "\n")
 
 
-def _wait(probe: Any, deadline: float, interval: float = 0.25) -> bool:
+def _wait(probe: Any, deadline: float, interval: float = 0.25, env: Environment | None = None) -> bool:
+    """Until `probe()` holds; False at the deadline, or at once when no replica is running."""
     while True:
+        if env is not None and not any(r.service.running for r in env.replicas):
+            return False
         try:
             if probe():
                 return True
