@@ -15,9 +15,9 @@ import pytest
 from bench.chaos.runner import run
 from bench.chaos.schedule import FAULT_KINDS, build_schedule
 
-SEEDS = (1, 2, 4)  # together their schedules draw every fault kind (checked below)
+SEEDS = (7, 25, 76)  # together they draw every fault kind (checked below); one budget swing, early
 OPS = 80
-BARRIER_TIMEOUT = 60.0  # budget recovery takes one limits check (60 s) at most
+BARRIER_TIMEOUT = 120.0  # polling mode: one pass a minute, a partial outbound batch waits one interval
 
 
 def test_the_three_seeds_draw_every_fault_kind() -> None:
