@@ -52,6 +52,9 @@ from settings import Direction, FieldMapping, Mappings, MergeBehaviour, parse_ma
 
 WINDOW = 2.0   # seconds: writes from both sides this close may end either way
 READ_ONLY = frozenset({"Score__c"})
+# after these the service may resync with a merge (backfill / re-import): data fills blanks
+RESYNC_FAULTS = frozenset({"replay_retention", "kill_leader", "stop_leader", "restart_mongo", "cdc_overflow",
+                           "budget_swing", "cometd_drop"})
 SERVICE_CLIENT = "client=salesforce-sync"
 
 
@@ -135,7 +138,7 @@ class FieldModel:
                 and w.value is not None}
 
     def write(self, side: str, value: Any, at: float, step: str, *, deleted: bool = False,
-              other_exists: bool = True) -> None:
+              other_exists: bool = True, certain: bool = True) -> None:
         """`other_exists` False: the other side's record may not exist yet (it is created later
         from the then current values), so an "unless blank" rule may not hold it back."""
         value = norm(value)
@@ -149,6 +152,8 @@ class FieldModel:
                                             and self.direction is Direction.BOTH)
                 if allowed == "no" and not other_exists:
                     allowed = "maybe"
+                if allowed == "yes" and not certain:
+                    allowed = "maybe"  # a change with no event: the refetch may read a later state
                 if allowed == "yes":
                     self.local = {value} | self._recent("platform", at, True)
                     self.local_known = True
@@ -194,6 +199,14 @@ class FieldModel:
         if self._inbound():
             self.local |= {v for v in self.sf if v is not None}
 
+    def fill_blanks(self) -> None:
+        """A merge the service may run on its own (a backfill or re-import after a resync):
+        data wins over a blank, both ways."""
+        if None in self.sf and self._outbound():
+            self.sf |= {v for v in self.local if v is not None}
+        if None in self.local and self._inbound():
+            self.local |= {v for v in self.sf if v is not None}
+
     def steps(self) -> list[str]:
         return [w.step for w in self.writes[-4:]]
 
@@ -229,8 +242,23 @@ class Model:
                                                        writable=m.sf_field not in READ_ONLY)
         return fm
 
-    def feed(self, acks: Iterable[Ack], entities: Mapping[str, Entity]) -> None:
+    def resync(self) -> None:
+        """A fault after which the service may resync by a merging backfill (see fill_blanks)."""
+        for em in self.entities.values():
+            for name, fm in em.fields.items():
+                if name not in em.frozen:
+                    fm.fill_blanks()
+
+    def feed(self, acks: Iterable[Ack], entities: Mapping[str, Entity],
+             faults: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Acks in acknowledgement order; faults that may make the service resync are merged in
+        by time."""
+        resyncs = sorted(float(f["at"]) for f in faults
+                         if f.get("status") == "injected" and f.get("kind") in RESYNC_FAULTS)
         for ack in acks:
+            while resyncs and resyncs[0] <= ack.at:
+                resyncs.pop(0)
+                self.resync()
             if ack.status != "ok" or ack.slot is None or ack.slot not in entities:
                 continue
             em = self.entities.get(ack.slot)
@@ -238,6 +266,8 @@ class Model:
                 ent = entities[ack.slot]
                 em = self.entities[ack.slot] = EntityModel(ent, sobject=ack.sobject or ent.sobject)
             self._apply(em, ack, entities)
+        if resyncs:
+            self.resync()
 
     def _apply(self, em: EntityModel, ack: Ack, entities: Mapping[str, Entity]) -> None:
         kind = ack.kind
@@ -260,10 +290,11 @@ class Model:
             if "OwnerId" in ack.fields:
                 em.owner_sf = ack.fields["OwnerId"]
             seen = em.entity.bound_at is not None and ack.at >= em.entity.bound_at
+            silent = ack.kind in ("cdc_gap", "cdc_overflow")
             for m in self._mapping(em.sobject):
                 if m.sf_field in ack.fields and m.local_field not in em.frozen:
                     self._field(em, m).write("salesforce", ack.fields[m.sf_field], ack.at, ack.step,
-                                             other_exists=seen)
+                                             other_exists=seen, certain=not silent)
         else:
             em.pf_ops.append(ack.step)
             seen = em.entity.bound_at is not None and ack.at >= em.entity.bound_at

@@ -122,7 +122,7 @@ def run(seed: int, ops: int, *, minutes: float | None = None, faults: tuple[str,
                       "idle_writes": idle_writes, "idle_local_changes": idle_local})
         observed = gather(env, ops_obj, acks, fault_records, ok, detail, idle_writes, idle_local, barrier_ids)
         model = Model()
-        model.feed(acks, ops_obj.entities)
+        model.feed(acks, ops_obj.entities, fault_records)
         summary.violations = check(observed, model)
         summary.service_writes = sum(1 for w in observed.writes
                                      if "client=salesforce-sync" in str(w.get("client")))
