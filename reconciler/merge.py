@@ -24,7 +24,12 @@ from enum import StrEnum
 from typing import Any
 
 from reconciler.records import get_path, is_blank
+from reconciler.shadow import platform_time, shadow_side
 from settings import Direction, FieldMapping, MergeBehaviour
+
+# The reasons a rule holds a live edit back (a `skipped` sync log names the field and the reason).
+HELD_SALESFORCE = "salesforce_unless_blank: Salesforce holds a value, the platform's is not sent"
+HELD_LOCAL = "local_unless_blank: the platform holds a value, Salesforce's is not applied"
 
 
 class Winner(StrEnum):
@@ -119,6 +124,7 @@ class RecordMerge:
     sf_updates: dict[str, Any] = field(default_factory=dict)      # Salesforce field -> value
     field_times: dict[str, datetime] = field(default_factory=dict)  # local field -> when set
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (local field, reason)
+    held: list[tuple[str, str]] = field(default_factory=list)     # (local field, rule): live edits held
 
 
 def merge_record(
@@ -138,11 +144,10 @@ def merge_record(
     True for fields it does not list).
     """
     result = RecordMerge()
-    times = get_path(local_doc, "_sync.field_times") if local_doc else None
     for mapping in mappings_for_object:
         if mapping.sf_field not in sf_record and not complete:
             continue
-        local = Side(get_path(local_doc, mapping.local_field), get_path(times, mapping.local_field))
+        local = local_side(local_doc, mapping)
         remote = Side(sf_record.get(mapping.sf_field), sf_changed_at)
         can_write = True if writable is None else writable.get(mapping.sf_field, True)
         decision = merge_field(mapping, local, remote, sf_field_writable=can_write)
@@ -152,9 +157,57 @@ def merge_record(
                 result.field_times[mapping.local_field] = sf_changed_at
         elif decision.write_salesforce:
             result.sf_updates[mapping.sf_field] = decision.value
+            _stamp_fresh_edit(result, local_doc, mapping, local)
+            if mapping.merge is MergeBehaviour.LOCAL_UNLESS_BLANK and not is_blank(remote.value):
+                result.held.append((mapping.local_field, HELD_LOCAL))
         elif decision.reason is not None:
             result.skipped.append((mapping.local_field, decision.reason))
     return result
+
+
+def local_side(doc: Mapping[str, Any] | None, mapping: FieldMapping) -> Side:
+    """The platform's side of one field: its value and time (`shadow.platform_time`: a fresh,
+    not yet stamped platform edit counts with its document's `updated_at`)."""
+    seen = shadow_side(doc, mapping.sobject, mapping.sf_field)
+    return Side(get_path(doc, mapping.local_field), platform_time(doc, mapping.local_field, seen))
+
+
+def _stamp_fresh_edit(result: RecordMerge, doc: Mapping[str, Any] | None, mapping: FieldMapping,
+                      local: Side) -> None:
+    """A fresh platform edit that won on its `updated_at` keeps that time as its field time, so
+    the decision holds after this write marks the document as the service's."""
+    stamped = get_path(doc, f"_sync.field_times.{mapping.local_field}")
+    if local.changed_at is not None and local.changed_at != stamped:
+        result.field_times[mapping.local_field] = local.changed_at
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One queued platform value re-decided at flush time."""
+
+    decision: FieldDecision
+    held: str | None = None        # the rule that held it back (one `skipped` log), if any
+    at: datetime | None = None     # the platform time of the value sent (the shadow's new `at`)
+
+
+def decide_outgoing(mapping: FieldMapping, doc: Mapping[str, Any] | None, queued: Any) -> Outgoing:
+    """Should this queued platform value go out, now that the shadow may know more?
+
+    The platform's current value stands for the queued one (it is at least as new). Without a
+    shadow for the field the queued value goes out (Salesforce's side unknown: direction and
+    blank rules were applied when it was queued).
+    """
+    seen = shadow_side(doc, mapping.sobject, mapping.sf_field)
+    local = local_side(doc, mapping)
+    if seen is None or doc is None:
+        return Outgoing(FieldDecision(Winner.LOCAL, queued), at=local.changed_at)
+    decision = merge_field(mapping, local, Side(seen.value, seen.at), sf_field_writable=True)
+    if decision.winner is not Winner.SALESFORCE:
+        return Outgoing(decision, at=local.changed_at)
+    if mapping.merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK and not is_blank(local.value):
+        return Outgoing(FieldDecision(Winner.NONE, None, HELD_SALESFORCE), HELD_SALESFORCE, local.changed_at)
+    # Salesforce's value is newer (or the platform's is blank): it reaches the platform inbound.
+    return Outgoing(FieldDecision(Winner.NONE, None, "salesforce newer"), at=local.changed_at)
 
 
 def bench_merge(records: int = 20_000) -> float:

@@ -1,0 +1,119 @@
+"""The Salesforce shadow: per linked document, the last value seen from Salesforce for each
+mapped field and when (issue 10). Pure functions over plain data.
+
+Layout: `_sync.sf.<Object>.<SalesforceField>` = `{"v": value, "at": datetime}`. It is the
+service's own bookkeeping under `_sync`: never sent, never a platform field, and the local
+watcher ignores writes to it (they touch no mapped field).
+
+Written by every inbound apply (stream, poll, gap fetch, backfill, re-import, retry: all go
+through `Reconciler`), by the flusher after every successful write (the value written, at the
+platform time of that value), and filled by the flusher where it is missing (records linked
+before the shadow existed: one query per batch of up to 200 records).
+
+It lets the merge behaviours decide live edits with no API call:
+
+- a platform edit is re-decided at flush time (`merge.decide_outgoing`) against the shadow: an
+  older queued value does not overwrite a newer Salesforce edit, `salesforce_unless_blank`
+  is not sent where Salesforce holds data, and a value Salesforce already has is not re-sent;
+- `platform_time` gives a fresh platform edit its document's `updated_at` before the watcher
+  has stamped the field's time, so a same-second Salesforce edit does not swap the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from reconciler.records import get_path
+from settings import FieldMapping
+
+ROOT = "_sync.sf"
+
+
+def path(sobject: str, sf_field: str) -> str:
+    return f"{ROOT}.{sobject}.{sf_field}"
+
+
+def has_shadow(doc: Mapping[str, Any] | None, sobject: str) -> bool:
+    return isinstance(get_path(doc, f"{ROOT}.{sobject}"), Mapping)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One field of the shadow: Salesforce's value and when it was seen (its change time)."""
+
+    value: Any
+    at: datetime | None
+
+
+def shadow_side(doc: Mapping[str, Any] | None, sobject: str, sf_field: str) -> Seen | None:
+    """Salesforce's side as last seen, or None when the shadow does not know the field."""
+    entry = get_path(doc, path(sobject, sf_field))
+    if not isinstance(entry, Mapping):
+        return None
+    at = entry.get("at")
+    return Seen(entry.get("v"), at if isinstance(at, datetime) else None)
+
+
+def shadow_sets(mappings: Iterable[FieldMapping], doc: Mapping[str, Any] | None, sobject: str,
+                record: Mapping[str, Any], at: datetime | None, *, complete: bool = False
+                ) -> dict[str, Any]:
+    """`$set` entries that bring the shadow up to `record` (Salesforce fields seen at `at`).
+
+    Only mapped fields present in `record` (all of them when `complete`: a missing one is
+    blank). An entry changes only when the value does (its time is when Salesforce's value
+    changed, not when it was last read), and never backwards (an entry seen later than `at`
+    stays), so a re-delivered or re-polled record writes nothing.
+    """
+    sets: dict[str, Any] = {}
+    for mapping in mappings:
+        name = mapping.sf_field
+        if name not in record and not complete:
+            continue
+        value = record.get(name)
+        known = shadow_side(doc, sobject, name)
+        if known is not None and (known.value == value or _later(known.at, at)):
+            continue
+        sets[path(sobject, name)] = {"v": value, "at": at}
+    return sets
+
+
+def has_unstamped_edit(doc: Mapping[str, Any] | None) -> bool:
+    """Did the platform write this document after the service last did (`updated_at` newer
+    than `_sync.written_at`)? Then the watcher has not stamped that edit's field times yet."""
+    if not doc:
+        return False
+    updated = doc.get("updated_at")
+    written = get_path(doc, "_sync.written_at")
+    if not isinstance(updated, datetime):
+        return False
+    return not isinstance(written, datetime) or _naive(updated) > _naive(written)
+
+
+def platform_time(doc: Mapping[str, Any] | None, local_field: str, shadow: Seen | None) -> datetime | None:
+    """The time of the platform's value of `local_field`: its stamped field time, or, while an
+    edit is unstamped and the value differs from Salesforce's last value, the document's
+    `updated_at` when that is later (a fresh edit counts before the watcher stamps it)."""
+    stamped = get_path(doc, f"_sync.field_times.{local_field}")
+    stamped = stamped if isinstance(stamped, datetime) else None
+    if not has_unstamped_edit(doc):
+        return stamped
+    assert doc is not None
+    if shadow is not None and shadow.value == get_path(doc, local_field):
+        return stamped
+    updated: datetime = doc["updated_at"]
+    if stamped is None or _naive(updated) > _naive(stamped):
+        return updated
+    return stamped
+
+
+def _naive(value: datetime) -> datetime:
+    """BSON dates may come back naive (they are UTC): compare both as naive UTC."""
+    offset = value.utcoffset()
+    return value if offset is None else (value - offset).replace(tzinfo=None)
+
+
+def _later(a: datetime | None, b: datetime | None) -> bool:
+    return a is not None and b is not None and _naive(a) > _naive(b)

@@ -1,0 +1,164 @@
+"""The Salesforce shadow and the live-edit decisions it makes possible (issue 10): pure functions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from reconciler.merge import HELD_LOCAL, HELD_SALESFORCE, Winner, decide_outgoing, merge_record
+from reconciler.shadow import has_unstamped_edit, platform_time, shadow_sets, shadow_side
+from settings import Direction, FieldMapping, MergeBehaviour
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+T1, T2, T3 = (T0 + timedelta(seconds=n) for n in (1, 2, 3))
+
+
+def mapping(merge: str = "most_recent", direction: str = "both") -> FieldMapping:
+    return FieldMapping(local_field="email", sobject="Lead", sf_field="Email",
+                        direction=Direction(direction), merge=MergeBehaviour(merge))
+
+
+def doc(local: Any, shadow: str, *, field_time: datetime | None = T1, shadow_at: datetime = T0,
+        updated_at: datetime = T1, written_at: datetime | None = T1) -> dict[str, Any]:
+    """A linked Person; `shadow` is "present" (Salesforce holds "sf@x"), "blank" or "missing"."""
+    times = {"email": field_time} if field_time else {}
+    sync: dict[str, Any] = {"written_at": written_at, "field_times": times}
+    if shadow != "missing":
+        sync["sf"] = {"Lead": {"Email": {"v": "sf@x" if shadow == "present" else None, "at": shadow_at}}}
+    return {"_id": 1, "email": local, "updated_at": updated_at, "crm": {"object": "Lead", "id": "00Q1"},
+            "_sync": sync}
+
+
+SENT, HELD, NOT_SENT = "sent", "held", "not sent"
+APPLIED = "applied"
+
+# (shadow, behaviour, direction of the live edit, expected)
+TABLE = [
+    # a platform edit ("new@x" at T1): the flusher re-decides it against the shadow (Salesforce at T0)
+    ("present", "most_recent", "platform", SENT),
+    ("present", "salesforce_unless_blank", "platform", HELD),
+    ("present", "local_unless_blank", "platform", SENT),
+    ("blank", "most_recent", "platform", SENT),
+    ("blank", "salesforce_unless_blank", "platform", SENT),
+    ("blank", "local_unless_blank", "platform", SENT),
+    ("missing", "most_recent", "platform", SENT),          # Salesforce's side unknown: as queued
+    ("missing", "salesforce_unless_blank", "platform", SENT),  # (the flusher fills it first)
+    ("missing", "local_unless_blank", "platform", SENT),
+    # a Salesforce edit ("sfnew@x" at T2) to a Person whose platform value ("plat@x") was set at T1
+    ("present", "most_recent", "salesforce", APPLIED),
+    ("present", "salesforce_unless_blank", "salesforce", APPLIED),
+    ("present", "local_unless_blank", "salesforce", HELD),
+    ("blank", "most_recent", "salesforce", APPLIED),
+    ("blank", "salesforce_unless_blank", "salesforce", APPLIED),
+    ("blank", "local_unless_blank", "salesforce", HELD),
+    ("missing", "most_recent", "salesforce", APPLIED),
+    ("missing", "salesforce_unless_blank", "salesforce", APPLIED),
+    ("missing", "local_unless_blank", "salesforce", HELD),
+]
+
+
+class TestLiveEditTable:
+    @pytest.mark.parametrize(("shadow", "merge", "direction", "expected"), TABLE)
+    def test_decision(self, shadow: str, merge: str, direction: str, expected: str) -> None:
+        """Each merge behaviour decides a live edit in each direction from the shadow, no API call."""
+        if direction == "platform":
+            out = decide_outgoing(mapping(merge), doc("new@x", shadow), "new@x")
+            got = SENT if out.decision.write_salesforce else HELD if out.held else NOT_SENT
+            if got == SENT:
+                assert out.decision.value == "new@x"
+            if got == HELD:
+                assert out.held == HELD_SALESFORCE
+        else:
+            result = merge_record([mapping(merge)], doc("plat@x", shadow), {"Email": "sfnew@x"}, T2)
+            applied = result.local_updates == {"email": "sfnew@x"}
+            got = APPLIED if applied else HELD if result.held else NOT_SENT
+            if got == HELD:
+                assert result.held == [("email", HELD_LOCAL)]
+        assert got == expected
+
+    def test_table_covers_every_combination(self) -> None:
+        """One row per shadow state, behaviour and direction."""
+        assert len({row[:3] for row in TABLE}) == len(TABLE) == 3 * 3 * 2
+
+    @pytest.mark.parametrize("merge", ["most_recent", "salesforce_unless_blank", "local_unless_blank"])
+    def test_a_blank_platform_value_takes_salesforce_data(self, merge: str) -> None:
+        """Unless-blank means data wins over a blank: a Salesforce edit fills a blank platform field."""
+        result = merge_record([mapping(merge)], doc(None, "present"), {"Email": "sfnew@x"}, T2)
+        assert result.local_updates == {"email": "sfnew@x"} and not result.held
+
+
+class TestQueuedValueSuperseded:
+    def test_a_newer_salesforce_edit_supersedes_the_queued_value(self) -> None:
+        """The platform edited at T1 and queued it; Salesforce's edit at T2 was applied (platform and
+        shadow now hold it): the queued value is not sent."""
+        current = doc("sf@x", "present", shadow_at=T2, updated_at=T3, written_at=T3)
+        out = decide_outgoing(mapping(), current, "old-queued@x")
+        assert not out.decision.write_salesforce
+
+    def test_the_platforms_current_value_goes_out(self) -> None:
+        """Two queued edits coalesced: the platform's current value (the newest) is what goes out."""
+        out = decide_outgoing(mapping(), doc("newest@x", "present"), "older@x")
+        assert out.decision.write_salesforce and out.decision.value == "newest@x" and out.at == T1
+
+    def test_a_value_salesforce_already_has_is_not_resent(self) -> None:
+        """Shadow equal to the platform value: nothing to send."""
+        out = decide_outgoing(mapping(), doc("sf@x", "present"), "sf@x")
+        assert out.decision.winner is Winner.NONE
+
+
+class TestSameSecondEdits:
+    """A fresh platform edit counts with its `updated_at` before the watcher stamps its field time."""
+
+    def test_an_unstamped_platform_edit_beats_an_older_salesforce_edit(self) -> None:
+        """Platform edit at T3 not yet stamped; a Salesforce edit at T2 arrives: not applied, and the
+        platform time is stamped so the decision holds after this write."""
+        fresh = doc("plat@x", "present", field_time=None, updated_at=T3, written_at=T0)
+        result = merge_record([mapping()], fresh, {"Email": "sfnew@x"}, T2)
+        assert result.local_updates == {} and result.sf_updates == {"Email": "plat@x"}
+        assert result.field_times == {"email": T3}
+
+    def test_a_newer_salesforce_edit_still_wins(self) -> None:
+        """Platform edit at T1 not yet stamped; the Salesforce edit at T2 is newer: applied."""
+        fresh = doc("plat@x", "present", field_time=None, updated_at=T1, written_at=T0)
+        result = merge_record([mapping()], fresh, {"Email": "sfnew@x"}, T2)
+        assert result.local_updates == {"email": "sfnew@x"}
+
+    def test_an_unstamped_edit_sends_against_an_older_shadow(self) -> None:
+        """The flusher may run before the watcher stamps the field: `updated_at` stands in."""
+        fresh = doc("plat@x", "present", field_time=None, updated_at=T3, written_at=T0, shadow_at=T2)
+        out = decide_outgoing(mapping(), fresh, "plat@x")
+        assert out.decision.write_salesforce and out.at == T3
+
+    def test_fields_equal_to_the_shadow_keep_their_stamped_time(self) -> None:
+        """An unstamped edit to another field does not make this one look fresh."""
+        fresh = doc("sf@x", "present", field_time=T0, updated_at=T3, written_at=T1)
+        assert has_unstamped_edit(fresh)
+        assert platform_time(fresh, "email", shadow_side(fresh, "Lead", "Email")) == T0
+
+    def test_a_service_write_is_not_an_unstamped_edit(self) -> None:
+        assert not has_unstamped_edit(doc("x", "present", updated_at=T2, written_at=T2))
+        assert has_unstamped_edit(doc("x", "present", updated_at=T2, written_at=None))
+
+
+class TestShadowSets:
+    M = [mapping(), FieldMapping(local_field="first_name", sobject="Lead", sf_field="FirstName",
+                                    direction=Direction.BOTH, merge=MergeBehaviour.MOST_RECENT)]
+
+    def test_an_inbound_change_fills_the_shadow(self) -> None:
+        """Every mapped field the change carries is recorded with the change time."""
+        sets = shadow_sets(self.M, doc("a", "missing"), "Lead", {"Email": "e@x", "Other": 1}, T2)
+        assert sets == {"_sync.sf.Lead.Email": {"v": "e@x", "at": T2}}
+
+    def test_a_complete_record_records_missing_fields_as_blank(self) -> None:
+        sets = shadow_sets(self.M, None, "Lead", {"Email": "e@x"}, T2, complete=True)
+        assert sets["_sync.sf.Lead.FirstName"] == {"v": None, "at": T2}
+
+    def test_a_redelivered_change_writes_nothing(self) -> None:
+        """Same value: nothing (the time is when the value changed, not when it was last read)."""
+        assert shadow_sets(self.M, doc("a", "present"), "Lead", {"Email": "sf@x"}, T3) == {}
+
+    def test_never_backwards(self) -> None:
+        """A change older than what the shadow holds does not overwrite it."""
+        assert shadow_sets(self.M, doc("a", "present", shadow_at=T2), "Lead", {"Email": "old@x"}, T1) == {}
