@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import structlog
 
 from reconciler import conversion
+from reconciler import inbound_shadow as shadow
 from reconciler.errors import SkippableError
 from reconciler.linking import find_matches
 from reconciler.merge import merge_record
@@ -89,6 +90,7 @@ class _Pending:
     unsets: set[str] = field(default_factory=set)
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)
     sf_updates: dict[str, Any] = field(default_factory=dict)
+    held: dict[str, str] = field(default_factory=dict)   # local field -> the rule that held it
 
     def put(self, path: str, value: Any, *, logged: bool = True) -> None:
         old = get_path(self.doc, path)
@@ -330,6 +332,9 @@ class Reconciler:
             item.put(f"_sync.field_times.{local_field}", when, logged=False)
         if item.merge and merged.sf_updates:
             item.sf_updates.update(merged.sf_updates)
+        elif not item.merge:
+            item.held.update(merged.held)
+        shadow.record(item, mappings, record, change.changed_at, complete=change.kind in _FULL_RECORD)
 
     async def _write(
         self, collection: str, items: list[_Pending], result: BatchResult, applied: Counter[str],
@@ -352,8 +357,9 @@ class Reconciler:
             result.applied += 1
             applied[item.change.sobject] += 1
             item.doc["_id"] = local_id
-            if not summary:
+            if not summary and (item.fields or item.type != "update"):  # not shadow bookkeeping only
                 result.logs.append(_success(item, attempt))
+        result.logs += [shadow.held_log(i, attempt) for i in to_write if i.held and id(i) not in failed]
         await self._enqueue_merges(
             [i for i in items if i.sf_updates and id(i) not in failed and i.doc.get("_id") is not None],
             result, summary, attempt)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 Source = Literal["salesforce", "local"]
 LogType = Literal[
     "create", "update", "delete", "undelete", "merge", "convert", "link", "import",
-    "owner_change", "event",
+    "owner_change", "event", "skipped",
 ]
 Status = Literal["success", "failed"]
 

@@ -1,0 +1,45 @@
+"""What an inbound apply adds for the Salesforce shadow (`reconciler.shadow`, issue 10): the
+shadow entries of the fields a change carries, and the `skipped` log of a Salesforce edit a
+rule held back (`local_unless_blank` with platform data). Kept out of `Reconciler`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, Protocol
+
+from reconciler.ports import SalesforceChange
+from reconciler.shadow import shadow_sets
+from reconciler.sync_logs import SyncLog
+from settings import FieldMapping
+
+
+class PendingRecord(Protocol):
+    """`reconciler.inbound._Pending` as seen here."""
+
+    change: SalesforceChange
+    collection: str
+    doc: dict[str, Any]
+    held: dict[str, str]
+
+    def put(self, path: str, value: Any, *, logged: bool = True) -> None: ...
+
+
+def record(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Mapping[str, Any],
+           at: datetime | None, *, complete: bool) -> None:
+    """Bring the working document's shadow up to the Salesforce values this change carries."""
+    for path, value in shadow_sets(mappings, item.doc, item.change.sobject, fields, at,
+                                   complete=complete).items():
+        item.put(path, value, logged=False)
+
+
+def held_log(item: PendingRecord, attempt: int) -> SyncLog:
+    """One `skipped` log (a rule outcome, status success) naming each field held and why."""
+    doc_id = item.doc.get("_id")
+    return SyncLog(
+        source="salesforce", type="skipped", status="success", object=item.change.sobject,
+        sf_id=item.change.sf_id, local_id=None if doc_id is None else str(doc_id),
+        collection=item.collection,
+        fields={name: {"old": None, "new": None, "reason": why} for name, why in item.held.items()},
+        note="; ".join(f"{name}: {why}" for name, why in item.held.items()), attempt=attempt,
+    )

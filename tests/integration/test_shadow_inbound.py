@@ -1,0 +1,95 @@
+"""Inbound applies keep the Salesforce shadow and apply `local_unless_blank` to live Salesforce
+edits (issue 10), in a real MongoDB (SecantusDB)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from reconciler.inbound import Reconciler
+from reconciler.merge import HELD_LOCAL
+from reconciler.store import Store
+from settings import parse_mappings
+from tests.support.salesforce_changes import T0, change, mappings_toml
+
+SF_ID = "00Q000000000001AAA"
+MAPPINGS = parse_mappings(mappings_toml({"people.title": {"merge": "local_unless_blank"}}))
+
+
+@pytest.fixture
+async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
+    store = await Store.connect(mongo_uri, database_name)
+    await store.ensure_indexes()
+    yield store
+    await store.client.drop_database(database_name)
+    await store.close()
+
+
+async def lead(store: Store, **fields: Any) -> None:
+    doc = {"first_name": "Ann", "last_name": "Lee", "email": "ann@x.com", "updated_at": T0,
+           "_sync": {"written_at": T0}, "crm": {"object": "Lead", "id": SF_ID}, **fields}
+    await store.db.people.insert_one(doc)
+
+
+async def person(store: Store) -> dict[str, Any]:
+    doc = await store.db.people.find_one({"crm.id": SF_ID})
+    assert doc is not None
+    return dict(doc)
+
+
+class TestShadowInbound:
+    async def test_an_inbound_update_records_salesforces_values(self, store: Store) -> None:
+        """Each mapped field the change carries (cleared ones too) lands in `_sync.sf` with its time."""
+        await lead(store)
+        at = T0 + timedelta(seconds=5)
+        await Reconciler(store, MAPPINGS).apply([change(SF_ID, {"FirstName": "Anna"}, at=at,
+                                                        nulled_fields=frozenset({"Email"}))])
+        shadow = (await person(store))["_sync"]["sf"]["Lead"]
+        assert shadow["FirstName"] == {"v": "Anna", "at": at}
+        assert shadow["Email"] == {"v": None, "at": at}
+
+    async def test_a_shadow_only_change_leaves_no_update_log(self, store: Store) -> None:
+        """Salesforce re-sends a value the platform already has: the shadow learns it, no log."""
+        await lead(store)
+        await Reconciler(store, MAPPINGS).apply([change(SF_ID, {"FirstName": "Ann"})])
+        assert (await person(store))["_sync"]["sf"]["Lead"]["FirstName"]["v"] == "Ann"
+        assert (await store.find_sync_logs())[0] == []
+
+
+class TestLocalUnlessBlankLive:
+    async def test_a_salesforce_edit_does_not_overwrite_platform_data(self, store: Store) -> None:
+        """local_unless_blank: the platform's value stays; one skipped log names the field and why."""
+        await lead(store, title="CEO")
+        sink = Reconciler(store, MAPPINGS)
+        edit = change(SF_ID, {"Title": "CTO"}, at=T0 + timedelta(seconds=5))
+        await sink.apply([edit])
+        doc = await person(store)
+        assert doc["title"] == "CEO"
+        assert doc["_sync"]["sf"]["Lead"]["Title"]["v"] == "CTO"
+        logs, _ = await store.find_sync_logs()
+        assert [(x["type"], x["status"]) for x in logs] == [("skipped", "success")]
+        assert logs[0]["fields"]["title"]["reason"] == HELD_LOCAL
+        await sink.apply([edit])  # re-delivered: no second log
+        assert len((await store.find_sync_logs())[0]) == 1
+
+    async def test_a_blank_platform_field_takes_the_salesforce_edit(self, store: Store) -> None:
+        await lead(store)
+        edit = change(SF_ID, {"Title": "CTO"}, at=T0 + timedelta(seconds=5))
+        await Reconciler(store, MAPPINGS).apply([edit])
+        assert (await person(store))["title"] == "CTO"
+
+
+class TestSameSecondEdits:
+    async def test_a_fresh_platform_edit_beats_an_older_salesforce_edit(self, store: Store) -> None:
+        """The platform edited at T0+2s (not yet stamped by the watcher); Salesforce's edit of T0+1s
+        arrives after: the platform's value stands and its time is stamped."""
+        edited = T0 + timedelta(seconds=2)
+        await lead(store, first_name="Platform", updated_at=edited)
+        await Reconciler(store, MAPPINGS).apply([change(SF_ID, {"FirstName": "Sf"},
+                                                        at=T0 + timedelta(seconds=1))])
+        doc = await person(store)
+        assert doc["first_name"] == "Platform"
+        assert doc["_sync"]["field_times"]["first_name"] == edited
