@@ -39,6 +39,7 @@ from reconciler.errors import (
 )
 from reconciler.linking import match_keys
 from reconciler.objects import OBJECTS
+from reconciler.outbound_shadow import ShadowGate
 from reconciler.outbox import Clock, utcnow
 from reconciler.pacing import backoff_seconds, every
 from reconciler.ports import Budget, RecordResult, SalesforceApi
@@ -268,8 +269,12 @@ def _job(entry: OutboxEntry) -> dict[str, Any]:
 
 
 def _log(entry: OutboxEntry, kind: str, *, sf_id: str | None, record: Mapping[str, Any],
-         error: str | None = None, retriable: bool = False) -> SyncLog:
-    fields = {name: {"old": None, "new": value} for name, value in record.items() if name != "Id"}
+         error: str | None = None, retriable: bool = False,
+         old: Mapping[str, Any] | None = None) -> SyncLog:
+    """`old` is Salesforce's side before the write, from the shadow (issue 10)."""
+    old = old or {}
+    fields = {name: {"old": sf_value(old.get(name)), "new": value}
+              for name, value in record.items() if name != "Id"}
     return SyncLog(
         source="local", type="create" if kind == CREATE else "update",
         status="failed" if error else "success", object=entry.write.sobject, sf_id=sf_id,
@@ -353,9 +358,10 @@ class OutboundFlusher:
         writable: Mapping[str, Mapping[str, bool]] | None = None,
         backoff_base: timedelta = timedelta(seconds=5), backoff_cap: timedelta = timedelta(minutes=5),
         budget_wait: timedelta = timedelta(minutes=1), tick: timedelta = timedelta(milliseconds=250),
-        clock: Clock = utcnow, rng: random.Random | None = None,
+        clock: Clock = utcnow, rng: random.Random | None = None, gate: ShadowGate | None = None,
     ) -> None:
         self._outbox, self._sf, self._store, self._budget = outbox, sf, store, budget
+        self._gate = gate  # re-decides writes against the Salesforce shadow (outbound_shadow)
         self._lost = LostCreates(sf, store)
         self.client_name = client_name
         self.policy = policy or FlushPolicy()
@@ -429,6 +435,10 @@ class OutboundFlusher:
     async def _send(self, sobject: str, kind: str, entries: list[OutboxEntry]) -> bool:
         """One call for `entries`. False when the call failed as a whole (entries kept)."""
         try:
+            if self._gate is not None:
+                entries = await self._screen(sobject, kind, entries)
+                if not entries:
+                    return True
             writable = await self._writability(sobject, kind)
             records, skipped = build_records(entries, kind, writable)
             if skipped:
@@ -466,6 +476,16 @@ class OutboundFlusher:
             raise FatalError(f"composite/sobjects {sobject}: {len(results)} results for {len(records)}")
         await self._finish(kind, entries, records, results)
         return True
+
+    async def _screen(self, sobject: str, kind: str, entries: list[OutboxEntry]) -> list[OutboxEntry]:
+        """The writes still to send once re-decided against the shadow; the rest are done."""
+        assert self._gate is not None
+        screened = await self._gate.screen(sobject, kind, entries)
+        if screened.logs:
+            await self._store.insert_sync_logs(screened.logs)
+        if screened.empty:
+            await self._outbox.done(screened.empty)
+        return screened.send
 
     async def _give_up_exhausted(self, entries: list[OutboxEntry]) -> list[OutboxEntry]:
         """Claimed writes that failed retriably `max_attempts` times become open failed logs
@@ -505,11 +525,14 @@ class OutboundFlusher:
                 self.records_failed += 1
                 continue
             sf_id = result.id or entry.write.sf_id
+            old = self._gate.old_values(entry) if self._gate else {}
             logs.append(_recovered_log(entry, str(sf_id), record) if recovered
-                        else _log(entry, kind, sf_id=sf_id, record=record))
+                        else _log(entry, kind, sf_id=sf_id, record=record, old=old))
             self.records_sent += 1
             if kind == CREATE and sf_id:
                 logs.extend(await self._link(entry, sf_id))
+        if self._gate is not None:
+            await self._gate.remember(entries[0].write.sobject, kind, entries, [r.success for r in results])
         # Logs before the outbox delete: a crash in between re-sends (at least once), never loses.
         await self._store.insert_sync_logs(logs)
         await self._outbox.done(entries)

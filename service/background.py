@@ -38,6 +38,7 @@ from listener.budget import BudgetGovernor
 from reconciler.jobs import retry_transient_for
 from reconciler.local_changes import LocalChangeWatcher
 from reconciler.outbound import FlushPolicy, OutboundFlusher
+from reconciler.outbound_shadow import ShadowGate
 from reconciler.retry import AutoRetryScheduler
 from service.assembly import SyncParts
 from service.outbound_metrics import OutboundCounters
@@ -54,7 +55,8 @@ def leader_tasks(settings: Settings, mappings: Mappings, governor: BudgetGoverno
     sync = settings.sync
     flusher = OutboundFlusher(parts.outbox, parts.sf, parts.store, governor,
                               client_name=settings.salesforce.client_name,
-                              policy=FlushPolicy.from_settings(sync))
+                              policy=FlushPolicy.from_settings(sync),
+                              gate=ShadowGate(parts.sf, parts.store, mappings))
     counters.watch(flusher)
     watcher = LocalChangeWatcher(parts.store, mappings, parts.outbox, objects=sync.objects)
     auto_retry = AutoRetryScheduler(retry_transient_for(parts), governor,

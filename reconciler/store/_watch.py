@@ -216,6 +216,16 @@ class OutboundMixin:
     def watched(self, collection: str) -> WatchedCollection:
         return WatchedCollection(self.db, collection)
 
+    async def record_shadow(self, collection: str, sets: Mapping[Any, Mapping[str, Any]]) -> None:
+        """Set Salesforce-shadow entries (`_sync.sf...`, `reconciler.shadow`) per document. Not a
+        platform edit and not a field the watcher maps; `updated_at` and `_sync.written_at` stay
+        as they are, so an unstamped platform edit still looks unstamped."""
+        ops = [UpdateOne({"_id": doc_id}, {"$set": dict(fields), "$inc": {VERSION: 1}})
+               for doc_id, fields in sets.items() if fields]
+        if ops:
+            with translate_errors(f"{collection}.record_shadow"):
+                await self.db[collection].bulk_write(ops, ordered=False)
+
     async def link_created(self, collection: str, local_id: Any, *, sobject: str, sf_id: str) -> bool:
         """Link a local document to the record a create just made (a service write)."""
         return await self.watched(collection).link(local_id, sobject=sobject, sf_id=sf_id,

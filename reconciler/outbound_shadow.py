@@ -1,0 +1,185 @@
+"""The flusher's side of the Salesforce shadow (issue 10): queued writes are re-decided at
+flush time against the shadow, and every successful write updates it.
+
+Before a call, each claimed update's fields are re-decided (`merge.decide_outgoing`) over the
+local document as it is now: the platform's current value goes out unless the shadow says
+Salesforce holds a newer value (an older queued value never overwrites a newer Salesforce
+edit: the write is superseded), holds data under `salesforce_unless_blank` (one `skipped` log
+names the field and why), or already has it. A write left with nothing is dropped without a
+call. Documents linked before the shadow existed are filled first: ONE query per call for all
+of them (at most 200 ids), never one per record. After the call, the values written become
+the shadow, at the platform time of each value. Creates go out as queued (no Salesforce side).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import structlog
+
+from reconciler.merge import decide_outgoing
+from reconciler.ports import OutboundWrite, SalesforceApi
+from reconciler.records import get_path
+from reconciler.shadow import has_shadow, path, shadow_sets, shadow_side
+from reconciler.soql import soql_string
+from reconciler.store import CREATE, OutboxEntry
+from reconciler.sync_logs import SyncLog
+from settings import FieldMapping, Mappings
+
+log = structlog.get_logger(__name__)
+
+
+class ShadowStore(Protocol):
+    async def find_records(self, collection: str, ids: Any) -> list[dict[str, Any]]: ...
+
+    async def record_shadow(self, collection: str, sets: Mapping[Any, Mapping[str, Any]]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Redecided:
+    """One write after re-decision: what still goes out, and why the rest does not."""
+
+    fields: dict[str, Any]
+    held: dict[str, str] = field(default_factory=dict)         # local field -> rule
+    superseded: list[str] = field(default_factory=list)        # Salesforce fields dropped
+    old: dict[str, Any] = field(default_factory=dict)          # Salesforce field -> shadow value
+    times: dict[str, datetime | None] = field(default_factory=dict)  # platform time of each value
+
+
+def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mapping[str, Any] | None
+             ) -> Redecided:
+    """Re-decide one queued update over the local document as it is now (pure)."""
+    by_field = {m.sf_field: m for m in mappings}
+    out = Redecided(fields={})
+    for name, queued in write.fields.items():
+        mapping = by_field.get(name)
+        if mapping is None or doc is None:
+            out.fields[name] = queued  # not a mapped value (owner): as queued
+            continue
+        seen = shadow_side(doc, write.sobject, name)
+        out.old[name] = None if seen is None else seen.value
+        decided = decide_outgoing(mapping, doc, queued)
+        if decided.decision.write_salesforce:
+            out.fields[name] = decided.decision.value
+            out.times[name] = decided.at
+        elif decided.held is not None:
+            out.held[mapping.local_field] = decided.held
+        else:
+            out.superseded.append(name)
+    return out
+
+
+def _linked_to(doc: Mapping[str, Any], write: OutboundWrite) -> bool:
+    return get_path(doc, "crm.id") == write.sf_id and not get_path(doc, "crm.deleted")
+
+
+@dataclass
+class Screened:
+    send: list[OutboxEntry]
+    empty: list[OutboxEntry]
+    logs: list[SyncLog]
+
+
+class ShadowGate:
+    """Re-decides claimed writes against the shadow and records what was written."""
+
+    def __init__(self, sf: SalesforceApi, store: ShadowStore, mappings: Mappings) -> None:
+        self._sf, self._store, self._mappings = sf, store, mappings
+        self._decided: dict[Any, Redecided] = {}   # outbox entry id -> its re-decision
+        self.fills = 0                              # shadow-filling queries made
+
+    def old_values(self, entry: OutboxEntry) -> Mapping[str, Any]:
+        decided = self._decided.get(entry.id)
+        return decided.old if decided else {}
+
+    async def screen(self, sobject: str, kind: str, entries: list[OutboxEntry]) -> Screened:
+        if kind == CREATE or not entries:
+            return Screened(entries, [], [])
+        docs = await self._docs(sobject, entries)
+        send, empty, logs = [], [], []
+        mappings = self._mappings.for_object(sobject)
+        for entry in entries:
+            doc = docs.get(entry.write.local_id)
+            decided = redecide(mappings, entry.write, doc if doc and _linked_to(doc, entry.write) else None)
+            self._decided[entry.id] = decided
+            if decided.held:
+                logs.append(_held_log(entry, decided))
+            if decided.superseded:
+                log.info("outbound_fields_superseded", sobject=sobject, sf_id=entry.write.sf_id,
+                         fields=decided.superseded)
+            if decided.fields:
+                send.append(dataclasses.replace(entry, write=dataclasses.replace(entry.write,
+                                                                                 fields=decided.fields)))
+            else:
+                empty.append(entry)
+        return Screened(send, empty, logs)
+
+    async def _docs(self, sobject: str, entries: Sequence[OutboxEntry]) -> dict[Any, dict[str, Any]]:
+        """The local documents of these writes, their missing shadows filled (one query)."""
+        collection = entries[0].write.collection
+        docs = {d["_id"]: d for d in await self._store.find_records(
+            collection, list({e.write.local_id for e in entries}))}
+        unfilled = {str(get_path(d, "crm.id")): d for d in docs.values()
+                    if get_path(d, "crm.id") and not has_shadow(d, sobject)}
+        if unfilled:
+            await self._fill(sobject, collection, unfilled)
+        return docs
+
+    async def _fill(self, sobject: str, collection: str, docs: Mapping[str, dict[str, Any]]) -> None:
+        mappings = self._mappings.for_object(sobject)
+        names = sorted({"Id", *(m.sf_field for m in mappings)})
+        ids = ", ".join(soql_string(i) for i in sorted(docs))
+        soql = f"SELECT {', '.join(names)} FROM {sobject} WHERE Id IN ({ids})"
+        self.fills += 1
+        sets: dict[Any, dict[str, Any]] = {}
+        async for page in self._sf.query(soql):
+            for record in page:
+                doc = docs.get(str(record.get("Id")))
+                if doc is None:
+                    continue
+                # when each value was set is unknown: no time (older than any platform edit)
+                found = shadow_sets(mappings, doc, sobject, record, None, complete=True)
+                sets[doc["_id"]] = found
+                for key, value in found.items():
+                    _assign(doc, key, value)
+        await self._store.record_shadow(collection, sets)
+        log.info("outbound_shadow_filled", sobject=sobject, records=len(sets))
+
+    async def remember(self, sobject: str, kind: str, entries: Sequence[OutboxEntry],
+                       succeeded: Sequence[bool]) -> None:
+        """The values written become the shadow, at the platform time of each value."""
+        by_collection: dict[str, dict[Any, dict[str, Any]]] = {}
+        for entry, ok in zip(entries, succeeded, strict=True):
+            decided = self._decided.pop(entry.id, None)
+            if not ok:
+                continue
+            times = decided.times if decided else {}
+            sets = {path(sobject, name): {"v": value, "at": times.get(name) or entry.enqueued_at}
+                    for name, value in entry.write.fields.items()}
+            by_collection.setdefault(entry.write.collection, {})[entry.write.local_id] = sets
+        for collection, sets_by_doc in by_collection.items():
+            await self._store.record_shadow(collection, sets_by_doc)
+
+
+def _held_log(entry: OutboxEntry, decided: Redecided) -> SyncLog:
+    return SyncLog(
+        source="local", type="skipped", status="success", object=entry.write.sobject,
+        sf_id=entry.write.sf_id, local_id=str(entry.write.local_id), collection=entry.write.collection,
+        fields={name: {"old": None, "new": None, "reason": why} for name, why in decided.held.items()},
+        note="; ".join(f"{name}: {why}" for name, why in decided.held.items()),
+        attempt=entry.write.attempt + 1,
+    )
+
+
+def _assign(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = doc.get(part)
+        if not isinstance(child, dict):
+            child = doc[part] = {}
+        doc = child
+    doc[parts[-1]] = value

@@ -1,0 +1,139 @@
+"""The flusher re-decides queued writes against the Salesforce shadow and keeps it (issue 10),
+over a real MongoDB-wire server and a fake Salesforce API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from reconciler.merge import HELD_SALESFORCE
+from reconciler.outbound import OutboundFlusher
+from reconciler.outbound_shadow import ShadowGate
+from reconciler.outbox import Outbox
+from reconciler.ports import OutboundWrite
+from reconciler.store import Store
+from settings import parse_mappings
+from tests.integration.test_outbound import FakeBudget, FakeSalesforce
+from tests.support.clock import Clock
+from tests.support.salesforce_changes import mappings_toml
+
+MAPPINGS = parse_mappings(mappings_toml({"people.email": {"merge": "salesforce_unless_blank"}}))
+T1 = datetime(2026, 3, 1, 12, 0, 1, tzinfo=UTC)
+T2 = T1 + timedelta(seconds=1)
+
+
+@dataclass
+class QueryingSalesforce(FakeSalesforce):
+    """Also answers `SELECT ... WHERE Id IN (...)` from `records` and counts the queries."""
+
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    queries: list[str] = field(default_factory=list)
+
+    def query(self, soql: str, *, include_deleted: bool = False) -> AsyncIterator[list[dict[str, Any]]]:
+        self.queries.append(soql)
+
+        async def pages() -> AsyncIterator[list[dict[str, Any]]]:
+            yield [r for i, r in self.records.items() if f"'{i}'" in soql]
+        return pages()
+
+
+@dataclass
+class Rig:
+    store: Store
+    outbox: Outbox
+    sf: QueryingSalesforce
+    flusher: OutboundFlusher
+
+    async def logs(self) -> list[dict[str, Any]]:
+        return (await self.store.find_sync_logs(limit=500))[0]
+
+    async def doc(self, local_id: str) -> dict[str, Any]:
+        found = await self.store.db.people.find_one({"_id": local_id})
+        assert found is not None
+        return dict(found)
+
+
+@pytest.fixture
+def rig(store: Store) -> Rig:
+    clock, sf = Clock(), QueryingSalesforce()
+    outbox = Outbox(store.outbox, clock=clock)
+    flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync", clock=clock,
+                              writable={"Lead": {}}, gate=ShadowGate(sf, store, MAPPINGS))
+    return Rig(store, outbox, sf, flusher)
+
+
+def sf_id(n: int) -> str:
+    return f"00Q{n:012d}AAA"
+
+
+async def person(store: Store, n: int, *, shadow: dict[str, Any] | None, **fields: Any) -> None:
+    """A linked Person whose platform edits (stamped at T1) are queued; `shadow` = Lead fields."""
+    sync: dict[str, Any] = {"written_at": T1, "field_times": dict.fromkeys(fields, T1)}
+    if shadow is not None:
+        sync["sf"] = {"Lead": {k: {"v": v, "at": T1 - timedelta(seconds=5)} for k, v in shadow.items()}}
+    await store.db.people.insert_one({"_id": f"p-{n}", "updated_at": T1, "crm": {"object": "Lead",
+                                      "id": sf_id(n)}, "_sync": sync, **fields})
+
+
+def edit(n: int, **fields: Any) -> OutboundWrite:
+    return OutboundWrite(sobject="Lead", sf_id=sf_id(n), collection="people", local_id=f"p-{n}",
+                         fields=fields, reason="local_edit")
+
+
+class TestSalesforceUnlessBlankLive:
+    async def test_nothing_is_sent_where_salesforce_holds_a_value(self, rig: Rig) -> None:
+        """A platform edit to a salesforce_unless_blank field Salesforce holds: no call, one skipped log."""
+        await person(rig.store, 1, shadow={"Email": "sf@x.com"}, email="new@x.com")
+        await rig.outbox.enqueue([edit(1, Email="new@x.com")])
+        await rig.flusher.flush()
+        assert rig.sf.calls == [] and await rig.outbox.depth() == 0
+        logs = await rig.logs()
+        assert [(x["type"], x["status"], x["source"]) for x in logs] == [("skipped", "success", "local")]
+        assert logs[0]["fields"]["email"]["reason"] == HELD_SALESFORCE
+
+    async def test_it_is_sent_where_salesforce_is_blank(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"Email": None}, email="new@x.com")
+        await rig.outbox.enqueue([edit(1, Email="new@x.com")])
+        await rig.flusher.flush()
+        assert [c.records for c in rig.sf.calls] == [[{"Email": "new@x.com", "Id": sf_id(1)}]]
+
+
+class TestQueuedValueSuperseded:
+    async def test_an_older_queued_value_does_not_overwrite_a_newer_salesforce_edit(self, rig: Rig) -> None:
+        """Queued at T1; Salesforce's edit of T2 was applied since (platform and shadow hold it):
+        the queued value is dropped, no call."""
+        await person(rig.store, 1, shadow={"FirstName": "Sf"}, first_name="Sf")
+        await rig.store.db.people.update_one({"_id": "p-1"},
+                                             {"$set": {"_sync.sf.Lead.FirstName.at": T2}})
+        await rig.outbox.enqueue([edit(1, FirstName="Queued")])
+        await rig.flusher.flush()
+        assert rig.sf.calls == [] and await rig.outbox.depth() == 0
+
+
+class TestShadowKept:
+    async def test_a_write_updates_the_shadow_and_logs_salesforces_old_value(self, rig: Rig) -> None:
+        """Outbound logs read `old -> new` from the shadow; the value written becomes the shadow."""
+        await person(rig.store, 1, shadow={"FirstName": "Ann"}, first_name="Anna")
+        await rig.outbox.enqueue([edit(1, FirstName="Anna")])
+        await rig.flusher.flush()
+        doc = await rig.doc("p-1")
+        assert doc["_sync"]["sf"]["Lead"]["FirstName"] == {"v": "Anna", "at": T1}
+        assert doc["updated_at"] == T1  # not a platform edit, nor a service write the watcher sees
+        (entry,) = await rig.logs()
+        assert entry["fields"]["FirstName"] == {"old": "Ann", "new": "Anna"}
+
+    async def test_missing_shadows_are_filled_by_one_query_per_batch(self, rig: Rig) -> None:
+        """Records linked before the shadow: one query for all of them, then the rules decide."""
+        for n in (1, 2, 3):
+            await person(rig.store, n, shadow=None, email=f"new{n}@x.com")
+            rig.sf.records[sf_id(n)] = {"Id": sf_id(n), "Email": None if n == 3 else f"sf{n}@x.com"}
+        await rig.outbox.enqueue([edit(n, Email=f"new{n}@x.com") for n in (1, 2, 3)])
+        await rig.flusher.flush()
+        assert len(rig.sf.queries) == 1
+        assert [c.records for c in rig.sf.calls] == [[{"Email": "new3@x.com", "Id": sf_id(3)}]]
+        assert (await rig.doc("p-1"))["_sync"]["sf"]["Lead"]["Email"]["v"] == "sf1@x.com"
+        assert len([x for x in await rig.logs() if x["type"] == "skipped"]) == 2
