@@ -36,13 +36,16 @@ from reconciler.outbox import Clock, utcnow
 from reconciler.pacing import Backoff, every, sleep_unless_stopped
 from reconciler.ports import OutboundQueue, OutboundWrite
 from reconciler.records import get_path
+from reconciler.rules import OWNER_FIELD, owner_out
 from reconciler.store import LocalChange, StreamHistoryLostError, WatchedCollection
 from reconciler.store.state_keys import local_watermark_key, resume_key
+from reconciler.sync_logs import SyncLog
 from settings import FieldMapping, Mappings
 
 log = structlog.get_logger(__name__)
 
-Planned = tuple[OutboundWrite | None, dict[str, datetime]]  # one record's write and field times
+# one record's write, field times, and why its owner is not sent (an unmapped platform user)
+Planned = tuple[OutboundWrite | None, dict[str, datetime], str | None]
 _EDITS = frozenset({"insert", "update", "replace"})
 # `rules.create_in_salesforce` ("lead" | "contact") -> the object a new Person is created as
 _CREATE_OBJECT = {name.lower(): name for name in objects_in(PEOPLE)}
@@ -57,6 +60,8 @@ class WatchStore(Protocol):
 
     def watched(self, collection: str) -> WatchedCollection: ...
 
+    async def insert_sync_logs(self, logs: Sequence[SyncLog]) -> Any: ...
+
 
 @dataclass
 class Plan:
@@ -64,6 +69,7 @@ class Plan:
 
     writes: list[OutboundWrite] = field(default_factory=list)
     field_times: dict[Any, dict[str, datetime]] = field(default_factory=dict)
+    logs: list[SyncLog] = field(default_factory=list)
 
 
 def is_service_write(change: LocalChange) -> bool:
@@ -86,6 +92,11 @@ def mapped_fields(mappings: Mappings, collection: str) -> list[str]:
     return list(mappings.companies if collection == COMPANIES else mappings.people)
 
 
+def watched_fields(mappings: Mappings, collection: str) -> list[str]:
+    """The fields whose edits go out: the mapped ones and the platform's owner."""
+    return [*mapped_fields(mappings, collection), OWNER_FIELD]
+
+
 def create_object(mappings: Mappings, collection: str, objects: Collection[str]) -> str | None:
     """The object a new unlinked local record is created as, or None (rules, synced objects)."""
     if collection == COMPANIES:
@@ -104,15 +115,20 @@ def plan_record(mappings: Mappings, objects: Collection[str], collection: str, d
     selected = [name for name in mapped_fields(mappings, collection) if changed is None or name in changed]
     times = {name: at for name in selected if get_path(doc, name) is not None}
     if sobject is None or (crm and crm.get("deleted")):
-        return None, times
+        return None, times, None
     # A create sends every mapped field; an update only what changed.
     fields = _outgoing(mappings.for_object(sobject), doc, None if not linked else set(selected), at)
+    fields.pop("OwnerId", None)  # the owner goes out as the platform's user, translated:
+    owner, unmapped = owner_out(mappings, sobject, doc) if changed is None or OWNER_FIELD in changed \
+        else (None, None)
+    if owner is not None:
+        fields["OwnerId"] = owner
     if linked and crm:
         write = OutboundWrite(sobject=sobject, sf_id=str(crm["id"]), collection=collection,
                               local_id=doc["_id"], fields=fields, reason="local_edit")
-        return (write if fields else None), times
+        return (write if fields else None), times, unmapped
     return OutboundWrite(sobject=sobject, sf_id=None, collection=collection, local_id=doc["_id"],
-                         fields=fields, reason="create"), times
+                         fields=fields, reason="create"), times, unmapped
 
 
 def _outgoing(mappings: Sequence[FieldMapping], doc: Mapping[str, Any], only: Collection[str] | None,
@@ -133,7 +149,7 @@ def plan_changes(mappings: Mappings, objects: Collection[str], collection: str,
                  changes: Sequence[LocalChange]) -> Plan:
     """Change-stream events -> writes and field times (pure)."""
     plan = Plan()
-    names = mapped_fields(mappings, collection)
+    names = watched_fields(mappings, collection)
     for change in changes:
         if change.op == "delete":
             log.info("local_delete_not_synced", collection=collection, local_id=str(change.doc_id))
@@ -151,15 +167,19 @@ def plan_changes(mappings: Mappings, objects: Collection[str], collection: str,
 
 
 def _add(plan: Plan, planned: Planned, doc_id: Any) -> None:
-    write, times = planned
+    write, times, unmapped = planned
     if write is not None:
         plan.writes.append(write)
+    if unmapped is not None and write is not None:
+        plan.logs.append(SyncLog(source="local", type="update" if write.sf_id else "create",
+                                 status="failed", object=write.sobject, sf_id=write.sf_id,
+                                 local_id=str(doc_id), collection=write.collection, error=unmapped))
     if times:
         plan.field_times.setdefault(doc_id, {}).update(times)
 
 
 def snapshot(mappings: Mappings, collection: str, doc: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: get_path(doc, name) for name in mapped_fields(mappings, collection)}
+    return {name: get_path(doc, name) for name in watched_fields(mappings, collection)}
 
 
 def plan_polled(mappings: Mappings, objects: Collection[str], collection: str,
@@ -243,6 +263,8 @@ class LocalChangeWatcher:
             self.edits_enqueued += len(plan.writes)
             log.info("local_edits_enqueued", collection=watched.name, writes=len(plan.writes))
         await watched.record_field_times(plan.field_times, self._clock())
+        if plan.logs:
+            await self._store.insert_sync_logs(plan.logs)
 
     # -- change streams ----------------------------------------------------------------------
 

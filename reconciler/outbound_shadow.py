@@ -57,8 +57,8 @@ def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mappin
     out = Redecided(fields={})
     for name, queued in write.fields.items():
         mapping = by_field.get(name)
-        if mapping is None or doc is None:
-            out.fields[name] = queued  # not a mapped value (owner): as queued
+        if mapping is None or doc is None or name == "OwnerId":
+            out.fields[name] = queued  # the owner is the platform's user, translated: as queued
             continue
         seen = shadow_side(doc, write.sobject, name)
         out.old[name] = None if seen is None else seen.value

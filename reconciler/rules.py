@@ -49,3 +49,28 @@ def owner_updates(mappings: Mappings, doc: Mapping[str, Any] | None, owner_sf_id
         if local_user is not None and get_path(doc, "owner_id") != local_user:
             out["owner_id"] = local_user
     return out
+
+
+OWNER_FIELD = "owner_id"  # the platform's user id on a Person/Company
+
+
+def owner_out(mappings: Mappings, sobject: str, doc: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The `OwnerId` a platform owner goes out as, through `[[users]]` (issue 10): (the
+    Salesforce user to send or None, why it is not sent or None).
+
+    Only when the object maps `OwnerId` in a direction that sends (the `owner_crm_id` mapping).
+    An owner Salesforce already has (`crm.owner_id`) is not re-sent. A platform owner without a
+    `[[users]]` entry is not sent: the write goes out without `OwnerId` and the reason becomes a
+    failed log naming the user (a create too: the record is created, owned by the integration
+    user, rather than held back; fixing the users table and re-saving the owner sends it).
+    """
+    mapping = next((m for m in mappings.for_object(sobject) if m.sf_field == "OwnerId"), None)
+    owner = doc.get(OWNER_FIELD)
+    if mapping is None or mapping.direction == "from_salesforce" or not isinstance(owner, str) or not owner:
+        return None, None
+    sf_user = mappings.salesforce_user(owner)
+    if sf_user is None:
+        return None, f"UNMAPPED_OWNER: platform user {owner} has no [[users]] entry; OwnerId not sent"
+    if same_sf_id(get_path(doc, "crm.owner_id"), sf_user):
+        return None, None
+    return sf_user, None

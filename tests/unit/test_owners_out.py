@@ -1,0 +1,61 @@
+"""Owners both ways (issue 10): a platform owner goes out as `OwnerId` through `[[users]]`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from reconciler.local_changes import plan_changes
+from reconciler.store import LocalChange
+from settings import parse_mappings
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+SF_USER = "005000000000001AAA"
+MAPPINGS = parse_mappings(f"""
+[people.last_name]
+lead = "LastName"
+[people.company_name]
+lead = "Company"
+[people.owner_crm_id]
+lead = "OwnerId"
+[[users]]
+local = "u-1"
+salesforce = "{SF_USER}"
+[rules]
+create_in_salesforce = "lead"
+""")
+
+
+def change(op: str, doc: dict[str, Any], *paths: str) -> LocalChange:
+    return LocalChange(op, "p-1", doc, frozenset(paths), T0)
+
+
+def linked(**fields: Any) -> dict[str, Any]:
+    return {"_id": "p-1", "crm": {"object": "Lead", "id": "00Q000000000001AAA"}, "last_name": "Lee",
+            "updated_at": T0, **fields}
+
+
+class TestOwnersOut:
+    def test_a_person_created_with_a_mapped_owner_goes_out_owned_by_that_user(self) -> None:
+        plan = plan_changes(MAPPINGS, ("Lead",), "people", [change(
+            "insert", {"_id": "p-1", "last_name": "Lee", "company_name": "Acme", "owner_id": "u-1"})])
+        [write] = plan.writes
+        assert write.sf_id is None and write.fields["OwnerId"] == SF_USER
+
+    def test_a_local_owner_change_updates_owner_id(self) -> None:
+        plan = plan_changes(MAPPINGS, ("Lead",), "people", [change(
+            "update", linked(owner_id="u-1"), "owner_id", "updated_at")])
+        [write] = plan.writes
+        assert write.fields == {"OwnerId": SF_USER} and plan.logs == []
+
+    def test_an_owner_salesforce_already_has_is_not_resent(self) -> None:
+        doc = linked(owner_id="u-1", crm={"object": "Lead", "id": "00Q000000000001AAA", "owner_id": SF_USER})
+        assert plan_changes(MAPPINGS, ("Lead",), "people", [change("update", doc, "owner_id")]).writes == []
+
+    def test_an_unmapped_owner_is_not_sent_and_one_failed_log_names_the_user(self) -> None:
+        plan = plan_changes(MAPPINGS, ("Lead",), "people", [change(
+            "insert", {"_id": "p-1", "last_name": "Lee", "company_name": "Acme", "owner_id": "u-9"})])
+        [write] = plan.writes
+        assert "OwnerId" not in write.fields
+        [entry] = plan.logs
+        assert entry.status == "failed" and entry.error is not None and "u-9" in entry.error
