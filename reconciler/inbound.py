@@ -324,7 +324,8 @@ class Reconciler:
         record = dict(change.fields)
         record.update(dict.fromkeys(change.nulled_fields - record.keys()))
         writable = self.writable(change.sobject) if self.writable else None
-        merged = merge_record(mappings, item.doc, record, change.changed_at, writable,
+        edits = record if item.merge else shadow.edits_only(item, mappings, record)
+        merged = merge_record(mappings, item.doc, edits, change.changed_at, writable,
                               complete=change.kind in _FULL_RECORD)
         for local_field, value in merged.local_updates.items():
             item.put(local_field, value)

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from reconciler.ports import SalesforceChange
-from reconciler.shadow import shadow_sets
+from reconciler.shadow import shadow_sets, shadow_side
 from reconciler.sync_logs import SyncLog
 from settings import FieldMapping
 
@@ -31,6 +31,20 @@ def record(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Mappin
     for path, value in shadow_sets(mappings, item.doc, item.change.sobject, fields, at,
                                    complete=complete).items():
         item.put(path, value, logged=False)
+
+
+def edits_only(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Mapping[str, Any]
+               ) -> dict[str, Any]:
+    """The fields of a live change that are Salesforce edits: a value equal to the shadow's is
+    Salesforce's value read again (a poll, a gap fetch, a record touched for another field), not
+    an edit, and must not undo a later platform edit (`salesforce_unless_blank` above all)."""
+    sf_fields = {m.sf_field for m in mappings}
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        seen = shadow_side(item.doc, item.change.sobject, name) if name in sf_fields else None
+        if seen is None or seen.value != value:
+            out[name] = value
+    return out
 
 
 def held_log(item: PendingRecord, attempt: int) -> SyncLog:

@@ -11,6 +11,7 @@ import pytest
 
 from reconciler.inbound import Reconciler
 from reconciler.merge import HELD_LOCAL
+from reconciler.ports import ChangeKind, ChangeSource
 from reconciler.store import Store
 from settings import parse_mappings
 from tests.support.salesforce_changes import T0, change, mappings_toml
@@ -93,3 +94,20 @@ class TestSameSecondEdits:
         doc = await person(store)
         assert doc["first_name"] == "Platform"
         assert doc["_sync"]["field_times"]["first_name"] == edited
+
+
+class TestRereadIsNotAnEdit:
+    async def test_a_polled_value_salesforce_already_had_does_not_undo_a_platform_edit(
+            self, store: Store) -> None:
+        """salesforce_unless_blank: the platform's later edit was held (not sent); a poll re-reads
+        Salesforce's unchanged value (the record changed in another field): the platform keeps its
+        value (the shadow says it is not a Salesforce edit)."""
+        mappings = parse_mappings(mappings_toml({"people.title": {"merge": "salesforce_unless_blank"}}))
+        shadow = {"Lead": {"Title": {"v": "CTO", "at": T0}}}
+        await lead(store, title="Platform title", _sync={"written_at": T0, "sf": shadow,
+                                                         "field_times": {"title": T0 + timedelta(seconds=1)}})
+        polled = change(SF_ID, {"Title": "CTO", "FirstName": "Annie"}, at=T0 + timedelta(seconds=9),
+                        kind=ChangeKind.UPSERT, source=ChangeSource.POLL)
+        await Reconciler(store, mappings).apply([polled])
+        doc = await person(store)
+        assert (doc["title"], doc["first_name"]) == ("Platform title", "Annie")
