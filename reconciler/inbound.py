@@ -24,7 +24,7 @@ import structlog
 from reconciler import conversion
 from reconciler import inbound_shadow as shadow
 from reconciler.errors import SkippableError
-from reconciler.linking import find_matches
+from reconciler.linking import company_ids, find_matches
 from reconciler.merge import merge_record
 from reconciler.objects import COMPANIES, PEOPLE, collection_for
 from reconciler.ports import (
@@ -38,7 +38,7 @@ from reconciler.ports import (
     SalesforceChange,
 )
 from reconciler.records import check_value, get_path
-from reconciler.rules import may_create, owner_updates
+from reconciler.rules import cannot_start, may_create, owner_updates
 from reconciler.store import BulkOutcome, RecordWrite
 from reconciler.sync_logs import LogType, SyncLog, event_job, failed_inbound, utcnow
 from settings import Mappings
@@ -224,7 +224,7 @@ class Reconciler:
                                                                           ChangeKind.UNDELETE)]
         matches = await find_matches(self.store, self.mappings, collection, unlinked, claimed) \
             if unlinked and (collection == PEOPLE or self.mappings.accounts_importable()) else {}
-        accounts = await self._company_ids(group) if collection == PEOPLE else {}
+        accounts = await company_ids(self.store, group) if collection == PEOPLE else {}
         pending: dict[str, _Pending] = {}
         for change in group:
             try:
@@ -241,14 +241,6 @@ class Reconciler:
                 result.failed += 1
         await self._write(collection, list(pending.values()), result, applied, summary, attempt)
 
-    async def _company_ids(self, group: list[SalesforceChange]) -> dict[str, Any]:
-        """Contact AccountId -> the local `_id` of the Company linked to that Account."""
-        account_ids = {a for c in group if isinstance(a := c.fields.get("AccountId"), str) and a}
-        if not account_ids:
-            return {}
-        companies = await self.store.find_linked(COMPANIES, account_ids)
-        return {d["crm"]["id"]: d["_id"] for d in companies if get_path(d, "crm.id")}
-
     def _start(
         self, change: SalesforceChange, collection: str, linked: dict[str, dict[str, Any]],
         converted: set[str], matches: dict[str, dict[str, Any]], result: BatchResult,
@@ -259,7 +251,7 @@ class Reconciler:
             kind_type: LogType = "merge" if merge or change.kind is ChangeKind.CREATE else "update"
             return _Pending(change, collection, _copy(doc), {"_id": doc["_id"]}, kind_type,
                             merge=merge or change.kind is ChangeKind.CREATE)
-        reason = self._cannot_start(change, collection, converted)
+        reason = cannot_start(change, converted)
         if reason is None and (match := matches.get(change.sf_id)) is not None:
             item = _Pending(change, collection, _copy(match),
                             {"_id": match["_id"], "crm.id": {"$exists": False}}, "link", merge=True)
@@ -274,16 +266,6 @@ class Reconciler:
         self._link(item, change)
         _assign(item.doc, "crm.id", change.sf_id)
         return item
-
-    @staticmethod
-    def _cannot_start(change: SalesforceChange, collection: str, converted: set[str]) -> str | None:
-        if change.sf_id in converted:
-            return "lead already converted"
-        if change.kind not in (*_FULL_RECORD, ChangeKind.UNDELETE):
-            return "not linked"
-        if change.fields.get("IsDeleted") is True:
-            return "deleted in salesforce"
-        return None
 
     def _link(self, item: _Pending, change: SalesforceChange) -> None:
         item.put("crm.object", change.sobject)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from reconciler.objects import OBJECTS, objects_in
+from reconciler.objects import COMPANIES, OBJECTS, objects_in
 from reconciler.ports import SalesforceChange
 from reconciler.records import domain_field, email_field, get_path, normalise_domain, normalise_email
 from settings import Mappings
@@ -93,3 +93,16 @@ async def find_matches(
                 matches[sf_id] = doc
                 break
     return matches
+
+
+class LinkedStore(Protocol):
+    async def find_linked(self, collection: str, sf_ids: Any) -> list[dict[str, Any]]: ...
+
+
+async def company_ids(store: LinkedStore, group: Sequence[SalesforceChange]) -> dict[str, Any]:
+    """Contact AccountId -> the local `_id` of the Company linked to that Account (one find)."""
+    account_ids = {a for c in group if isinstance(a := c.fields.get("AccountId"), str) and a}
+    if not account_ids:
+        return {}
+    companies = await store.find_linked(COMPANIES, account_ids)
+    return {d["crm"]["id"]: d["_id"] for d in companies if get_path(d, "crm.id")}

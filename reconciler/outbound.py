@@ -365,11 +365,9 @@ class OutboundFlusher:
         self._lost = LostCreates(sf, store)
         self.client_name = client_name
         self.policy = policy or FlushPolicy()
-        self._writable = {k: dict(v) for k, v in (writable or {}).items()}
-        self._described: dict[tuple[str, str], dict[str, bool]] = {}
+        self._writability = Writability(sf, writable).fields
         self._backoff_base, self._backoff_cap, self._budget_wait = backoff_base, backoff_cap, budget_wait
-        self._tick, self._clock = tick, clock
-        self._rng = rng or random.Random()
+        self._tick, self._clock, self._rng = tick, clock, rng or random.Random()
         self._last_flush = clock()
         self.calls_made = 0        # composite/sobjects calls: the bench's "calls per 1,000 edits"
         self.records_sent = 0
@@ -436,7 +434,7 @@ class OutboundFlusher:
         """One call for `entries`. False when the call failed as a whole (entries kept)."""
         try:
             if self._gate is not None:
-                entries = await self._screen(sobject, kind, entries)
+                entries = await self._screen(self._gate, sobject, kind, entries)
                 if not entries:
                     return True
             writable = await self._writability(sobject, kind)
@@ -477,10 +475,10 @@ class OutboundFlusher:
         await self._finish(kind, entries, records, results)
         return True
 
-    async def _screen(self, sobject: str, kind: str, entries: list[OutboxEntry]) -> list[OutboxEntry]:
+    async def _screen(self, gate: ShadowGate, sobject: str, kind: str,
+                      entries: list[OutboxEntry]) -> list[OutboxEntry]:
         """The writes still to send once re-decided against the shadow; the rest are done."""
-        assert self._gate is not None
-        screened = await self._gate.screen(sobject, kind, entries)
+        screened = await gate.screen(sobject, kind, entries)
         if screened.logs:
             await self._store.insert_sync_logs(screened.logs)
         if screened.empty:
@@ -552,8 +550,17 @@ class OutboundFlusher:
                         local_id=str(write.local_id), collection=write.collection,
                         error=f"ALREADY_LINKED: the local record was linked meanwhile; {sf_id} is not")]
 
-    async def _writability(self, sobject: str, kind: str) -> Mapping[str, bool]:
-        """Field -> may we send it, from the configured map or (once per object) the describe."""
+
+class Writability:
+    """Field -> may we send it, per object and kind: the configured map, else (once per object
+    and kind) the describe."""
+
+    def __init__(self, sf: SalesforceApi, writable: Mapping[str, Mapping[str, bool]] | None) -> None:
+        self._sf = sf
+        self._writable = {k: dict(v) for k, v in (writable or {}).items()}
+        self._described: dict[tuple[str, str], dict[str, bool]] = {}
+
+    async def fields(self, sobject: str, kind: str) -> Mapping[str, bool]:
         if sobject in self._writable:
             return self._writable[sobject]
         cached = self._described.get((sobject, kind))

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from reconciler.objects import COMPANIES, LEAD
-from reconciler.ports import SalesforceChange
+from reconciler.ports import ChangeKind, SalesforceChange
 from reconciler.records import get_path, same_sf_id
 from settings import Mappings
 
@@ -74,3 +74,16 @@ def owner_out(mappings: Mappings, sobject: str, doc: Mapping[str, Any]) -> tuple
     if same_sf_id(get_path(doc, "crm.owner_id"), sf_user):
         return None, None
     return sf_user, None
+
+
+def cannot_start(change: SalesforceChange, converted: set[str]) -> str | None:
+    """Why a change to a record no local document is linked to starts nothing, or None: only
+    full records (create, upsert) and undeletes may link or create, never a converted Lead or
+    a record deleted in Salesforce."""
+    if change.sf_id in converted:
+        return "lead already converted"
+    if change.kind not in (ChangeKind.CREATE, ChangeKind.UPSERT, ChangeKind.UNDELETE):
+        return "not linked"
+    if change.fields.get("IsDeleted") is True:
+        return "deleted in salesforce"
+    return None
