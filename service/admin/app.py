@@ -25,6 +25,7 @@ from service.admin.api import add_api_routes
 from service.admin.filters import BadParameter
 from service.admin.ports import JobRunner, StatusProvider, SyncLogReader
 from service.admin.views import add_page_routes
+from settings import AdminSettings
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +40,7 @@ def create_admin_app(
     jobs: JobRunner,
     token: str | None,
     instance_url: str,
+    settings: AdminSettings | None = None,
 ) -> web.Application:
     """Build the admin application; `token` None or empty keeps `/api/*` and the page closed (503)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors, _api_auth])

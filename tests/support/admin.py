@@ -18,7 +18,7 @@ from reconciler.store import Store
 from reconciler.sync_logs import SyncLog
 from service.admin import create_admin_app, start_admin
 
-TOKEN = "test-admin-token-0123456789"
+TOKEN = "test-admin-token-0123456789abcdefghij"
 INSTANCE_URL = "https://example.my.salesforce.com"
 
 
