@@ -179,13 +179,20 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _follow(client: AdminClient, params: dict[str, str | int | None], args: argparse.Namespace) -> int:
-    """Print logs oldest first, then new ones as they arrive (polling), until interrupted."""
+    """Print the newest `--limit` logs oldest first, then only logs newer than those, as they
+    arrive (polling), until interrupted. A later page is newest first: what precedes the first
+    log already printed is new; what follows it is older history the first page left out."""
     params = {**params, "cursor": None, "limit": min(int(params.get("limit") or 50), _FOLLOW_PAGE)}
     seen: dict[str, None] = {}
     header = not args.json
     while True:
         items = client.get("/api/sync-logs", params).get("items") or []
-        fresh = [i for i in reversed(items) if i.get("id") not in seen]
+        fresh: list[dict[str, Any]] = []
+        for item in items:  # newest first
+            if str(item.get("id")) in seen:
+                break
+            fresh.append(item)
+        fresh.reverse()
         for item in fresh:
             seen[str(item.get("id"))] = None
         while len(seen) > 10 * _FOLLOW_PAGE:  # remember enough to de-duplicate, not everything
