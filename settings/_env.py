@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from enum import StrEnum
@@ -77,6 +78,16 @@ class MongoSettings(BaseModel):
     database: str = "salesforce_sync"
     sync_log_retention_days: int = Field(default=30, ge=1, le=3650)
 
+    @field_validator("uri")
+    @classmethod
+    def _mongodb_uri(cls, value: SecretStr) -> SecretStr:
+        # The scheme and a host; the driver checks the rest when the service connects.
+        scheme, sep, rest = value.get_secret_value().partition("://")
+        hosts = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2]
+        if scheme not in ("mongodb", "mongodb+srv") or not sep or not hosts.strip(","):
+            raise ValueError("must be a mongodb:// or mongodb+srv:// URI with a host")
+        return value
+
     @field_validator("database")
     @classmethod
     def _database_name(cls, value: str) -> str:
@@ -99,6 +110,8 @@ class SyncSettings(BaseModel):
     batch_wait_ms: int = Field(default=20, ge=0, le=10_000)
     # Leader lease between replicas: renewed every third, a leader stops after half without renewal.
     lease_seconds: float = Field(default=30, ge=1, le=600)
+    # Exit 3 once MongoDB or Salesforce stayed unreachable this long without a start; 0: retry forever.
+    give_up_seconds: float = Field(default=0, ge=0)
 
     @field_validator("frequency_minutes", mode="before")
     @classmethod
@@ -142,10 +155,35 @@ class BudgetSettings(BaseModel):
         return self
 
 
+ADMIN_TOKEN_MIN_LENGTH = 32
+
+
 class AdminSettings(BaseModel):
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
     token: SecretStr | None = None
+    metrics_public: bool = False  # `/metrics` without the token (a scraper inside a trusted network)
+    # Addresses (IPs or CIDRs, comma-separated) whose X-Forwarded-Proto/-For the admin surface trusts.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        return [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad one
+        return value
+
+    def token_problem(self) -> str | None:
+        """Why the configured token cannot be used (None: fine, or unset: the admin API stays closed)."""
+        if self.token is not None and len(self.token.get_secret_value()) < ADMIN_TOKEN_MIN_LENGTH:
+            return (f"SFSYNC_ADMIN__TOKEN: must be at least {ADMIN_TOKEN_MIN_LENGTH} characters "
+                    "(e.g. `openssl rand -hex 32`)")
+        return None
 
 
 class LogFormat(StrEnum):

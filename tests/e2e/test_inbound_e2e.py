@@ -32,7 +32,7 @@ from tests.support.eventually import eventually
 from tests.support.mappings import LEAD_NAME_MAPPINGS as MAPPINGS
 from tests.support.sinks import RecordingSink
 
-TOKEN = "e2e-admin-token-0123456789"
+TOKEN = "e2e-admin-token-0123456789abcdefghij"
 
 
 def stream_of(service: Service) -> CdcStream | None:
