@@ -97,6 +97,9 @@ class SyncSettings(BaseModel):
     batch_wait_ms: int = Field(default=20, ge=0, le=10_000)
     # Leader lease between replicas: renewed every third, a leader stops after half without renewal.
     lease_seconds: float = Field(default=30, ge=1, le=600)
+    # Each polling pass re-reads this much before its watermark: a record becomes visible at commit,
+    # which can be long after its SystemModstamp (listener/sources/polling.py; at least 2 minutes).
+    poll_overlap_seconds: int = Field(default=120, ge=120, le=3600)
 
     @field_validator("frequency_minutes", mode="before")
     @classmethod

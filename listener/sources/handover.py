@@ -12,8 +12,6 @@ Nothing is committed during the handover: the closing poll runs before events ar
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -45,6 +43,8 @@ class CatchUp(Protocol):
 
     async def watermark(self, sobject: str) -> Watermark: ...
 
+    async def wait_until_covered(self) -> None: ...
+
 
 class PollHandover:
     """The poll marks the stream skips by, the closing polls it owes, the commits it saw."""
@@ -71,12 +71,13 @@ class PollHandover:
     async def close_over_with_poll(self) -> None:
         """After subscribing with -1: poll what changed before the subscription took effect.
 
-        The poller's signpost excludes the current second, so the poll waits for the next
-        second boundary: then every change before the subscription is below the signpost.
+        The poller's signpost is Salesforce's time less a safety lag and excludes its current
+        second, so the poll first waits until a pass would cover every change made before the
+        subscription (`wait_until_covered`, on Salesforce's clock).
         """
         if self._closing_poll:
             objects = sorted(self._closing_poll)
-            await asyncio.sleep(1.0 - time.time() % 1.0 + 0.01)
+            await self._catch_up.wait_until_covered()
             await self.poll(objects)
             self._closing_poll.clear()
 
