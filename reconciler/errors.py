@@ -6,8 +6,11 @@
     │   └── OutcomeUnknownError   a create's response was lost: find what it made before re-sending
     ├── FatalError                stop and report (bad credentials, misconfiguration)
     ├── SkippableError            record a `failed` sync log for this record and go on
-    │   └── RecordRejectedError   Salesforce refused one record (status code + message)
-    └── BudgetExhaustedError      the org's API allocation is spent (REQUEST_LIMIT_EXCEEDED)
+    │   ├── RecordRejectedError   Salesforce refused one record (status code + message)
+    │   └── UnencodableError      MongoDB's driver cannot encode a record (bad type, too large)
+    ├── BudgetExhaustedError      the org's API allocation is spent (REQUEST_LIMIT_EXCEEDED)
+    └── FencedError               this replica's leader term is over: a write made for it was
+                                  refused; stop the term's work, log it, never retry it
 
 Library exceptions (aiohttp, pymongo/motor, aiocometd) are translated into these at one
 boundary each (`listener/salesforce/_transport.py`, `reconciler/store/_client.py`,
@@ -51,6 +54,22 @@ class RecordRejectedError(SkippableError):
         self.status_code = status_code
         self.message = message
         self.fields = fields or []
+
+
+class UnencodableError(SkippableError):
+    """The MongoDB driver cannot encode a document (an unsupported type, an integer beyond 64
+    bits, a document over 16 MB): that record fails, the rest of its batch is written."""
+
+
+class FencedError(SyncError):
+    """A write made on behalf of a leader term was refused because another term holds the lease
+    (see `reconciler.store`'s fencing). `applied` is True when the write had already landed when
+    the loss was noticed (a record bulk write's after-check): the caller must not count it done
+    (no offset past it, no success log), the new leader re-applies it idempotently."""
+
+    def __init__(self, message: str, *, applied: bool = False) -> None:
+        super().__init__(message)
+        self.applied = applied
 
 
 class BudgetExhaustedError(SyncError):

@@ -5,7 +5,10 @@ are matched to records by position (failed records carry no id). A record Salesf
 becomes a `failed` sync log (that log is what an admin or the auto-retry re-runs) and leaves
 the outbox; a call that fails as a whole (network, 5xx, lock storm) leaves its writes in the
 outbox with exponential backoff (`retry_delay`: full jitter above a floor); with the budget
-below its reserve nothing is claimed at all. Nothing is ever dropped silently.
+below its reserve nothing is claimed at all. A write that has failed retriably
+`FlushPolicy.max_attempts` times (whole-call failures and expired claims count alike) is given
+up when next claimed: an open `failed` sync log with its last error (retriable from the page)
+and no more calls until that retry. Nothing is ever dropped silently.
 
 What to send on a tick is a pure function per object and kind (`FlushPolicy.sizes_due`):
 only full batches of 200, and a partial batch only once its oldest write has waited `max_wait`
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
@@ -39,10 +42,10 @@ from reconciler.objects import OBJECTS
 from reconciler.outbox import Clock, utcnow
 from reconciler.pacing import backoff_seconds, every
 from reconciler.ports import Budget, RecordResult, SalesforceApi
-from reconciler.records import format_sf_datetime, is_blank
+from reconciler.records import is_blank
+from reconciler.soql import format_sf_datetime, parse_sf_datetime, soql_string
 from reconciler.store import CREATE, OutboxEntry, OutboxGroup
 from reconciler.sync_logs import SyncLog
-from reconciler.watermark import soql_string
 from settings import SyncSettings
 
 log = structlog.get_logger(__name__)
@@ -54,9 +57,12 @@ RETRIABLE_CODES = frozenset({
     "ALL_OR_NONE_OPERATION_ROLLED_BACK", "TOO_MANY_ENQUEUED_JOBS",
 })
 
-# Clock skew between this host and Salesforce when comparing CreatedDate with enqueue times.
-RECOVERY_MARGIN = timedelta(minutes=2)
-RECOVERED = "response lost; the record Salesforce created was found and linked"
+# Clock skew allowed between this host (`first_sent_at`) and Salesforce (`CreatedDate`, whole
+# seconds) when looking for a lost create's record. NTP keeps both well within it; the creator
+# filter (`CreatedById` = the integration user), not the time, keeps other users' records out.
+RECOVERY_SKEW = timedelta(seconds=1)
+RECOVERED = ("linked after lost response: the create's answer was lost; the record the "
+             "integration user created after the first send was found by {key} and linked")
 
 
 class FlushOutbox(Protocol):
@@ -72,7 +78,9 @@ class FlushOutbox(Protocol):
     async def done(self, entries: Sequence[OutboxEntry]) -> None: ...
 
     async def retry_later(self, entries: Sequence[OutboxEntry], delay: timedelta, *,
-                          count_attempt: bool = True) -> None: ...
+                          count_attempt: bool = True, error: str | None = None) -> None: ...
+
+    async def give_up(self, entries: Sequence[OutboxEntry]) -> None: ...
 
     async def recover_expired(self) -> int: ...
 
@@ -86,18 +94,29 @@ class FlushStore(Protocol):
 
     async def link_created(self, collection: str, local_id: Any, *, sobject: str, sf_id: str) -> bool: ...
 
+    async def find_linked(self, collection: str, sf_ids: Collection[str]) -> list[dict[str, Any]]: ...
+
+
+class FlushSalesforce(SalesforceApi, Protocol):
+    """The REST client as the flusher uses it: also who it is authenticated as."""
+
+    async def user_id(self) -> str | None: ...
+
 
 @dataclass(frozen=True)
 class FlushPolicy:
     batch_size: int = BATCH_SIZE
     max_wait: timedelta = timedelta(seconds=2)
     poll_interval: timedelta = timedelta(minutes=10)
+    max_attempts: int = 10   # retriable failures before a write is given up (a failed sync log)
 
     @classmethod
     def from_settings(cls, sync: SyncSettings) -> FlushPolicy:
-        """`SFSYNC_SYNC__BATCH_SIZE` (at most sObject Collections' 200) and the polling interval."""
+        """`SFSYNC_SYNC__BATCH_SIZE` (at most sObject Collections' 200), the polling interval and
+        `SFSYNC_SYNC__OUTBOX_MAX_ATTEMPTS`."""
         return cls(batch_size=min(sync.batch_size, BATCH_SIZE),
-                   poll_interval=timedelta(minutes=sync.frequency_minutes))
+                   poll_interval=timedelta(minutes=sync.frequency_minutes),
+                   max_attempts=sync.outbox_max_attempts)
 
     def sizes_due(self, *, mode: str, pending: int, oldest_wait: timedelta,
                   since_last_flush: timedelta) -> list[int]:
@@ -178,8 +197,10 @@ def match_key(sobject: str, record: Mapping[str, Any]) -> tuple[str, str] | None
     return keys[0] if keys else None
 
 
-def recovery_query(sobject: str, records: Sequence[Mapping[str, Any]], since: datetime) -> str | None:
-    """One SOQL query for records of `sobject` created since `since` with the records' keys."""
+def recovery_query(sobject: str, records: Sequence[Mapping[str, Any]], since: datetime,
+                   created_by: str) -> str | None:
+    """One SOQL query for records of `sobject` that `created_by` created since `since` with the
+    records' keys."""
     values: dict[str, set[str]] = {}
     for record in records:
         key = match_key(sobject, record)
@@ -187,16 +208,19 @@ def recovery_query(sobject: str, records: Sequence[Mapping[str, Any]], since: da
             values.setdefault(key[0], set()).add(str(record[key[0]]).strip())
     if not values:
         return None
-    selected = ["Id", *sorted(OBJECTS[sobject].match_fields)]
+    selected = ["Id", "CreatedDate", *sorted(OBJECTS[sobject].match_fields)]
     found_by = " OR ".join(f"{name} IN ({', '.join(soql_string(v) for v in sorted(vals))})"
                            for name, vals in sorted(values.items()))
     return (f"SELECT {', '.join(selected)} FROM {sobject} WHERE ({found_by}) "
+            f"AND CreatedById = {soql_string(created_by)} "
             f"AND CreatedDate >= {format_sf_datetime(since)} ORDER BY CreatedDate, Id")
 
 
 def match_recovered(sobject: str, records: Sequence[Mapping[str, Any]],
-                    found: Sequence[Mapping[str, Any]]) -> dict[int, str]:
-    """Record position -> id of the Salesforce record it created; each found record used once."""
+                    found: Sequence[Mapping[str, Any]],
+                    not_before: Sequence[datetime] | None = None) -> dict[int, str]:
+    """Record position -> id of the Salesforce record it created; each found record used once.
+    With `not_before` (per record), a found record whose `CreatedDate` is earlier is not its."""
     waiting: dict[tuple[str, str], list[int]] = {}
     for index, record in enumerate(records):
         key = match_key(sobject, record)
@@ -208,8 +232,13 @@ def match_recovered(sobject: str, records: Sequence[Mapping[str, Any]],
         # one (a Website someone else set since): the first of its keys a write waits for.
         key = next((k for k in match_keys(sobject, sf_record) if k in waiting), None)
         queue = waiting.get(key) if key is not None else None
-        if queue and sf_record.get("Id"):
-            matched[queue.pop(0)] = str(sf_record["Id"])
+        created = parse_sf_datetime(sf_record.get("CreatedDate"))
+        eligible = [i for i in queue or [] if not_before is None
+                    or (created is not None and created >= not_before[i])]
+        if eligible and sf_record.get("Id"):
+            assert queue is not None
+            queue.remove(eligible[0])
+            matched[eligible[0]] = str(sf_record["Id"])
     return matched
 
 
@@ -239,24 +268,87 @@ def _job(entry: OutboxEntry) -> dict[str, Any]:
 
 
 def _log(entry: OutboxEntry, kind: str, *, sf_id: str | None, record: Mapping[str, Any],
-         error: str | None = None, retriable: bool = False, note: str | None = None) -> SyncLog:
+         error: str | None = None, retriable: bool = False) -> SyncLog:
     fields = {name: {"old": None, "new": value} for name, value in record.items() if name != "Id"}
-    # SyncLog has no note field; a success log's `job` is never retried, so the note rides there.
-    job = _job(entry) if error else ({**_job(entry), "recovered": note} if note else None)
     return SyncLog(
         source="local", type="create" if kind == CREATE else "update",
         status="failed" if error else "success", object=entry.write.sobject, sf_id=sf_id,
         local_id=str(entry.write.local_id), collection=entry.write.collection, fields=fields,
-        error=error, job=job, attempt=entry.write.attempt + 1,
+        error=error, job=_job(entry) if error else None, attempt=entry.write.attempt + 1,
         retriable=retriable,
     )
+
+
+def _given_up_log(entry: OutboxEntry) -> SyncLog:
+    """An open failed log for a write the flusher stopped retrying (what a retry re-runs)."""
+    error = (f"GAVE_UP: {entry.failures} attempts failed, last: "
+             f"{entry.last_error or 'no error recorded'}")
+    return SyncLog(
+        source="local", type="create" if entry.kind == CREATE else "update", status="failed",
+        object=entry.write.sobject, sf_id=entry.write.sf_id, local_id=str(entry.write.local_id),
+        collection=entry.write.collection,
+        fields={name: {"old": None, "new": sf_value(v)} for name, v in entry.write.fields.items()},
+        error=error, job=_job(entry), attempt=entry.write.attempt, retriable=False,
+    )
+
+
+def _recovered_log(entry: OutboxEntry, sf_id: str, record: Mapping[str, Any]) -> SyncLog:
+    """Not "created": this run did not see Salesforce create it; it found and linked it."""
+    key = match_key(entry.write.sobject, record)
+    return SyncLog(
+        source="local", type="link", status="success", object=entry.write.sobject, sf_id=sf_id,
+        local_id=str(entry.write.local_id), collection=entry.write.collection,
+        attempt=entry.write.attempt + 1, note=RECOVERED.format(key=key[0] if key else "its key"),
+    )
+
+
+class LostCreates:
+    """Finds the records an earlier create call made when its answer was lost (issue 11 item 7).
+
+    A retried create (attempt > 0) is looked for before it is sent again: a record of the same
+    object with its match key (email / website / name), created by the integration user (the
+    client's authenticated user) no earlier than this write's first send, and not linked to any
+    local document already. Without a match key, or without a known integration user, it cannot
+    be verified: it is sent again (warned), a possible duplicate rather than a wrong link.
+    """
+
+    def __init__(self, sf: FlushSalesforce, store: FlushStore) -> None:
+        self._sf, self._store = sf, store
+
+    async def find(self, sobject: str, entries: Sequence[OutboxEntry],
+                   records: Sequence[Mapping[str, Any]]) -> dict[int, str]:
+        """Entry position -> id of the record its lost call created."""
+        retried = [i for i, e in enumerate(entries) if e.write.attempt > 0]
+        user = await self._sf.user_id() if retried else None
+        keyed = [i for i in retried if match_key(sobject, records[i]) is not None
+                 and entries[i].first_sent_at is not None and user is not None]
+        if len(keyed) < len(retried):
+            log.warning("outbound_create_unverifiable", sobject=sobject, integration_user=user,
+                        local_ids=[str(entries[i].write.local_id) for i in retried if i not in keyed])
+        sent_at = [t for i in keyed if (t := entries[i].first_sent_at) is not None]
+        since = min(sent_at, default=None)
+        if user is None or since is None:
+            return {}
+        soql = recovery_query(sobject, [records[i] for i in keyed], since - RECOVERY_SKEW, user)
+        if soql is None:
+            return {}
+        found = [r async for page in self._sf.query(soql) for r in page]
+        if found:
+            collection = entries[keyed[0]].write.collection
+            taken = {d["crm"]["id"] for d in await self._store.find_linked(
+                collection, [str(r["Id"]) for r in found if r.get("Id")])}
+            found = [r for r in found if r.get("Id") not in taken]
+        not_before = [(entries[i].first_sent_at or since) - RECOVERY_SKEW for i in keyed]
+        matched = match_recovered(sobject, [records[i] for i in keyed], found, not_before)
+        log.info("outbound_creates_checked", sobject=sobject, checked=len(keyed), recovered=len(matched))
+        return {keyed[position]: sf_id for position, sf_id in matched.items()}
 
 
 class OutboundFlusher:
     """Sends the outbox to Salesforce. Safe to run in several replicas (claims are leased)."""
 
     def __init__(
-        self, outbox: FlushOutbox, sf: SalesforceApi, store: FlushStore, budget: Budget, *,
+        self, outbox: FlushOutbox, sf: FlushSalesforce, store: FlushStore, budget: Budget, *,
         client_name: str, policy: FlushPolicy | None = None,
         writable: Mapping[str, Mapping[str, bool]] | None = None,
         backoff_base: timedelta = timedelta(seconds=5), backoff_cap: timedelta = timedelta(minutes=5),
@@ -264,6 +356,7 @@ class OutboundFlusher:
         clock: Clock = utcnow, rng: random.Random | None = None,
     ) -> None:
         self._outbox, self._sf, self._store, self._budget = outbox, sf, store, budget
+        self._lost = LostCreates(sf, store)
         self.client_name = client_name
         self.policy = policy or FlushPolicy()
         self._writable = {k: dict(v) for k, v in (writable or {}).items()}
@@ -326,7 +419,7 @@ class OutboundFlusher:
             if not self._budget.allows_optional_calls():
                 log.info("outbound_waiting_for_budget", mode=self._budget.mode)
                 return calls, False
-            entries = await self._outbox.claim(sobject, kind, size)
+            entries = await self._give_up_exhausted(await self._outbox.claim(sobject, kind, size))
             if entries:
                 if not await self._send(sobject, kind, entries):
                     return calls, False  # the org is unreachable or out of budget: the rest waits too
@@ -359,7 +452,7 @@ class OutboundFlusher:
                      else "outbound_call_failed")
             log.warning(event, sobject=sobject, kind=kind, writes=len(entries),
                         error=str(exc), retry_in_s=round(delay.total_seconds(), 1))
-            await self._outbox.retry_later(entries, delay)
+            await self._outbox.retry_later(entries, delay, error=f"{type(exc).__name__}: {exc}")
             return False
         except SkippableError as exc:
             results = [RecordResult(success=False, errors=[]) for _ in entries]
@@ -374,35 +467,34 @@ class OutboundFlusher:
         await self._finish(kind, entries, records, results)
         return True
 
+    async def _give_up_exhausted(self, entries: list[OutboxEntry]) -> list[OutboxEntry]:
+        """Claimed writes that failed retriably `max_attempts` times become open failed logs
+        (retried from the page like any failed job) and are parked; the rest is returned."""
+        exhausted = [e for e in entries if e.failures >= self.policy.max_attempts]
+        if not exhausted:
+            return entries
+        await self._store.insert_sync_logs([_given_up_log(e) for e in exhausted])
+        await self._outbox.give_up(exhausted)
+        self.records_failed += len(exhausted)
+        log.error("outbound_writes_given_up", sobject=exhausted[0].write.sobject, writes=len(exhausted),
+                  attempts=self.policy.max_attempts, last_error=exhausted[0].last_error)
+        return [e for e in entries if e not in exhausted]
+
     async def _recover_lost_creates(
         self, sobject: str, entries: list[OutboxEntry], records: list[dict[str, Any]]
     ) -> tuple[list[OutboxEntry], list[dict[str, Any]]]:
         """Link writes an earlier, lost call already created; return the writes still to send."""
-        retried = [i for i, e in enumerate(entries) if e.write.attempt > 0]
-        unverifiable = [i for i in retried if match_key(sobject, records[i]) is None]
-        if unverifiable:
-            log.warning("outbound_create_unverifiable", sobject=sobject,
-                        local_ids=[str(entries[i].write.local_id) for i in unverifiable])
-        keyed = [i for i in retried if i not in unverifiable]
-        since = min((entries[i].enqueued_at for i in keyed), default=self._clock()) - RECOVERY_MARGIN
-        soql = recovery_query(sobject, [records[i] for i in keyed], since)
-        if soql is None:
-            return entries, records
-        found = [r async for page in self._sf.query(soql) for r in page]
-        matched = match_recovered(sobject, [records[i] for i in keyed], found)
-        recovered = {keyed[position]: sf_id for position, sf_id in matched.items()}
-        log.info("outbound_creates_checked", sobject=sobject, checked=len(keyed),
-                 recovered=len(recovered))
+        recovered = await self._lost.find(sobject, entries, records)
         if recovered:
             order = sorted(recovered)
             await self._finish(CREATE, [entries[i] for i in order], [records[i] for i in order],
-                               [RecordResult(True, recovered[i]) for i in order], note=RECOVERED)
+                               [RecordResult(True, recovered[i]) for i in order], recovered=True)
         rest = [i for i in range(len(entries)) if i not in recovered]
         return [entries[i] for i in rest], [records[i] for i in rest]
 
     async def _finish(self, kind: str, entries: Sequence[OutboxEntry], records: Sequence[dict[str, Any]],
                       results: Sequence[RecordResult], call_error: str | None = None,
-                      note: str | None = None) -> None:
+                      recovered: bool = False) -> None:
         """Log every record's outcome, link created records, then drop the writes."""
         logs: list[SyncLog] = []
         for entry, record, result in zip(entries, records, results, strict=True):
@@ -413,7 +505,8 @@ class OutboundFlusher:
                 self.records_failed += 1
                 continue
             sf_id = result.id or entry.write.sf_id
-            logs.append(_log(entry, kind, sf_id=sf_id, record=record, note=note))
+            logs.append(_recovered_log(entry, str(sf_id), record) if recovered
+                        else _log(entry, kind, sf_id=sf_id, record=record))
             self.records_sent += 1
             if kind == CREATE and sf_id:
                 logs.extend(await self._link(entry, sf_id))

@@ -70,9 +70,13 @@ class Outbox:
         await self._collection.remove(entries)
 
     async def retry_later(self, entries: Sequence[OutboxEntry], delay: timedelta, *,
-                          count_attempt: bool = True) -> None:
+                          count_attempt: bool = True, error: str | None = None) -> None:
         await self._collection.release(entries, next_attempt_at=self._clock() + delay,
-                                       count_attempt=count_attempt)
+                                       count_attempt=count_attempt, error=error)
+
+    async def give_up(self, entries: Sequence[OutboxEntry]) -> None:
+        """Failed too often (their failed logs are written): no more calls until a retry."""
+        await self._collection.give_up(entries)
 
     async def recover_expired(self) -> int:
         recovered = await self._collection.recover_expired(self._clock())

@@ -40,6 +40,7 @@ class SyncLog:
     retriable: bool = False
     retried_by: str | None = None
     count: int = 1                 # records this log covers (>1 only for import summaries)
+    note: str | None = None        # what happened, when type/status do not say it all
     ts: datetime = field(default_factory=utcnow)
 
     def to_document(self) -> dict[str, Any]:

@@ -1,16 +1,36 @@
 """The leader's background tasks: the governor's `limits` checks, the outbound flusher, the
-local-change watcher and auto-retry.
+local-change watcher and auto-retry -- supervised (`service.supervised`).
 
 They run for one leader term. They start in that order once the first start (backfill,
 remerge) is done, and stop after intake has: the term sets their stop event once the source has
 finished its batch and committed, lets them finish for a share of the term's drain time, then
-cancels what is left (`stop_tasks`).
+cancels what is left (`stop_tasks`, which logs whatever they raised).
+
+What an unexpected exit (an exception, `FatalError` included, or returning while not asked to
+stop) leads to, per task -- each is also logged with its traceback, counted in
+`sfsync_task_failures_total{task=...}` and named by `/readyz` (503) while it is down:
+
+| task | on an unexpected exit | why |
+| --- | --- | --- |
+| `governor` | end the term | (1) |
+| `outbound` | restart, backoff 0.5 s ... 60 s | its work waits durably in the outbox; inbound goes on |
+| `local-watch` | restart, backoff | resumes from its saved resume token / watermark |
+| `auto-retry` | restart, backoff | a round is idempotent; a missed one is the next one's work |
+| `status` (2) | restart, backoff | no term to end; `/api/status`, `/metrics` go stale meanwhile |
+
+(1) The `limits` checks alone move the mode out of `paused` (no other call is made then) and
+see the budget while idle: without them the reserve is not guarded. The replica steps aside
+(intake stops in order, the lease is released, it waits before trying again, `LeaderTerm.end`)
+and a standby leads. (2) The status refresh runs on every replica for the whole process life
+(`service.supervisor`), not for a term.
+
+The backoff starts over after a run of `HEALTHY_SECONDS` (60 s).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -21,39 +41,16 @@ from reconciler.outbound import FlushPolicy, OutboundFlusher
 from reconciler.retry import AutoRetryScheduler
 from service.assembly import SyncParts
 from service.outbound_metrics import OutboundCounters
+from service.readiness import Health
+from service.supervised import Policy, SupervisedTasks, TaskSpec
 from settings import Mappings, Settings
-
-Runner = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
-
-
-class BackgroundTasks:
-    """Named runners started in order on one stop event, stopped together."""
-
-    def __init__(self, runners: Sequence[tuple[str, Runner]]) -> None:
-        self._runners = list(runners)
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def start(self, stop: asyncio.Event) -> None:
-        self._tasks = [asyncio.create_task(run(stop), name=name) for name, run in self._runners]
-
-    async def stop(self, grace: float) -> None:
-        """Once their stop event is set: `grace` seconds to finish, then the rest is cancelled."""
-        await stop_tasks(self._tasks, grace)
-
-
-async def stop_tasks(tasks: Sequence[asyncio.Task[Any]], grace: float) -> None:
-    """Let tasks whose stop event is set finish for `grace` seconds, then cancel the rest."""
-    if not tasks:
-        return
-    _, pending = await asyncio.wait(tasks, timeout=grace)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def leader_tasks(settings: Settings, mappings: Mappings, governor: BudgetGovernor, parts: SyncParts,
-                 counters: OutboundCounters) -> BackgroundTasks:
-    """A term's background tasks over the connected parts; `counters` watch its flusher."""
+                 counters: OutboundCounters, *, health: Health,
+                 end_term: Callable[[str], None]) -> SupervisedTasks:
+    """A term's background tasks over the connected parts; `counters` watch its flusher,
+    `health` hears which is down, `end_term` ends the term (the policies tabled above)."""
     sync = settings.sync
     flusher = OutboundFlusher(parts.outbox, parts.sf, parts.store, governor,
                               client_name=settings.salesforce.client_name,
@@ -68,12 +65,12 @@ def leader_tasks(settings: Settings, mappings: Mappings, governor: BudgetGoverno
     def limits_checks(stop: asyncio.Event) -> Coroutine[Any, Any, None]:
         return governor.run(stop, limits)
 
-    return BackgroundTasks([
-        ("governor", limits_checks),
-        ("outbound", flusher.run),
-        ("local-watch", watcher.run),
-        ("auto-retry", auto_retry.run),
-    ])
+    return SupervisedTasks([
+        TaskSpec("governor", limits_checks, Policy.END_TERM),
+        TaskSpec("outbound", flusher.run, Policy.RESTART),
+        TaskSpec("local-watch", watcher.run, Policy.RESTART),
+        TaskSpec("auto-retry", auto_retry.run, Policy.RESTART),
+    ], health=health, on_end_term=end_term)
 
 
-__all__ = ["BackgroundTasks", "Runner", "leader_tasks", "stop_tasks"]
+__all__ = ["leader_tasks"]

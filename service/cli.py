@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from service.admin.client import AdminApiError, AdminClient, AdminUnreachable
-from settings import ConfigError, Settings, load_mappings, load_settings
+from settings import SALESFORCE_OBJECTS, ConfigError, Settings, load_mappings, load_settings
 
 EXIT_OK, EXIT_API_ERROR, EXIT_CONFIG, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 _FOLLOW_PAGE = 100
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--record", metavar="ID", help="a Salesforce id or local id")
     logs.add_argument("--source", choices=["salesforce", "local"])
     logs.add_argument("--type", dest="log_type", metavar="TYPE", help="create, update, merge, convert...")
-    logs.add_argument("--object", dest="sobject", choices=["Lead", "Contact", "Account"])
+    logs.add_argument("--object", dest="sobject", choices=list(SALESFORCE_OBJECTS))
     logs.add_argument("--limit", type=int, default=50, help="1-500 (default 50)")
     logs.add_argument("--cursor", help="continue from an earlier page")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new logs")

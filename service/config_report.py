@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, SecretStr
 
+from reconciler.objects import collection_for
 from settings import SALESFORCE_OBJECTS, Mappings, Settings
 
 MASK = "***"
@@ -69,7 +70,7 @@ def _mappings_summary(mappings: Mappings | None) -> list[str]:
     ]
     for sobject in SALESFORCE_OBJECTS:
         for m in mappings.for_object(sobject):
-            collection = "companies" if sobject == "Account" else "people"
+            collection = collection_for(sobject)
             lines.append(
                 f"#   {collection}.{m.local_field} <-> {sobject}.{m.sf_field} "
                 f"({m.direction.value}, {m.merge.value})"

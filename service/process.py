@@ -20,10 +20,9 @@ from typing import Any
 import structlog
 
 from reconciler.errors import FatalError, RetriableError
-from reconciler.jobs import AdminJobs
 from reconciler.pacing import Backoff, sleep_unless_stopped
 from reconciler.store import Store
-from service.admin import AdminServer, create_admin_app, start_admin
+from service.admin import AdminServer, JobRunner, create_admin_app, start_admin
 from service.supervisor import SHUTDOWN_SECONDS, Service
 from settings import Mappings, Settings
 
@@ -104,7 +103,8 @@ class ServiceSlot:
             raise RetriableError("the service is starting: MongoDB is not connected yet")
         return self.current.sync_log_store()
 
-    def _jobs(self) -> AdminJobs:
+    def _jobs(self) -> JobRunner:
+        """The current service's jobs: only a leader's (a standby raises `NotLeaderError`, 409)."""
         if self.current is None:
             raise RetriableError("the service is starting: retry and import are not available yet")
         return self.current.job_runner()

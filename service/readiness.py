@@ -33,11 +33,14 @@ class Role(StrEnum):
 @dataclass
 class Health:
     """What the parts report as they go. `phase` says why the service is not ready yet
-    (a start-up step, a backfill, stopping); empty once a term's source may run."""
+    (a start-up step, a backfill, stopping); empty once a term's source may run. `down` names
+    the supervised tasks that exited unexpectedly and have not run again yet
+    (`service.supervised`)."""
 
     phase: str = "starting"
     mongo_ok: bool = False
     salesforce_ok: bool = False
+    down: dict[str, str] = field(default_factory=dict)  # supervised task -> why it is down
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ def ready_reason(health: Health, lease: LeaseStatus, running: Source | None, mod
         return False, "mongodb unreachable"
     if not health.salesforce_ok:
         return False, "salesforce unreachable"
+    if health.down:
+        name = min(health.down)
+        return False, f"task {name} down: {health.down[name]}"
     if lease.role is Role.STANDBY:
         return True, f"standby: another replica holds the sync lease ({lease.holder or 'unknown'})"
     if running is not None and running.ready:

@@ -24,14 +24,25 @@ from reconciler.errors import RetriableError
 from reconciler.jobs import AdminJobs
 from reconciler.pacing import run_until_stopped
 from reconciler.store import Store
+from service.admin.ports import JobRunner, NotLeaderError
 from service.assembly import SinkWrapper, SyncParts, assemble, first_start
-from service.background import BackgroundTasks, leader_tasks, stop_tasks
+from service.background import leader_tasks
 from service.observed import ObservedSink
 from service.outbound_metrics import OutboundCounters
-from service.readiness import Health, LeaseStatus, StatusParts, StoreSnapshot, ready_reason, status_document
+from service.readiness import (
+    Health,
+    LeaseStatus,
+    Role,
+    StatusParts,
+    StoreSnapshot,
+    ready_reason,
+    status_document,
+)
 from service.refresh import StatusRefresh
+from service.supervised import Policy, SupervisedTasks, TaskSpec
 from service.switch import SourceSwitch
 from service.term import SHUTDOWN_SECONDS, LeaderTerm
+from service.term_jobs import TermJobs
 from settings import Mappings, Settings
 
 log = structlog.get_logger(__name__)
@@ -54,6 +65,7 @@ class Service:
         self._sink_wrapper = sink_wrapper  # observes what reaches the reconciler (tests, bench)
         self._term: LeaderTerm | None = None
         self._switch: SourceSwitch | None = None
+        self._jobs = TermJobs()  # admin jobs, run inside the current leader term
 
     # -- admin surface -----------------------------------------------------------------------
 
@@ -83,11 +95,17 @@ class Service:
             raise RetriableError("the service is starting: MongoDB is not connected yet")
         return self.store
 
-    def job_runner(self) -> AdminJobs:
+    def job_runner(self) -> JobRunner:
+        """Retries and imports (merges that spend API calls) for the admin API -- on the leader
+        only: a standby raises `NotLeaderError` (409 naming the holder), so two replicas never
+        apply merges side by side; a job runs inside the term (`service.term_jobs`)."""
         if self.parts is None:
             raise RetriableError("the service is starting: retry and import are not available yet")
         self.sync_log_store()
-        return AdminJobs(self.parts.jobs)
+        lease = self._lease()
+        if lease.role is not Role.LEADER:
+            raise NotLeaderError(lease.holder)
+        return self._jobs
 
     def _lease(self) -> LeaseStatus:
         return self._term.status() if self._term else LeaseStatus()
@@ -104,7 +122,7 @@ class Service:
             settings.mongodb.uri.get_secret_value(), settings.mongodb.database,
             sync_log_retention_days=settings.mongodb.sync_log_retention_days)
         term = self._term = LeaderTerm(store.lease(SYNC_LEASE, ttl=settings.sync.lease_seconds), health)
-        refresh: list[asyncio.Task[None]] = []
+        refresh = SupervisedTasks([], health=health)
         try:
             health.phase = "connecting to MongoDB"
             await store.ensure_indexes()
@@ -118,30 +136,36 @@ class Service:
                                             drain_seconds=lambda: term.drain_seconds)
                 watcher = StatusRefresh(store, self.governor, health=health, snapshot=self.stored,
                                         counters=self.outbound)
-                refresh = [asyncio.create_task(watcher.run(stop), name="status")]
+                refresh = SupervisedTasks([TaskSpec("status", watcher.run, Policy.RESTART)], health=health)
+                refresh.start(stop)
                 await term.serve(stop, self._lead)
         finally:
             health.phase = "stopping"
-            await stop_tasks(refresh, SHUTDOWN_SECONDS * 0.3)
+            await refresh.stop(SHUTDOWN_SECONDS * 0.3)
             await store.close()
             log.info("service_stopped")
 
     async def _lead(self, term_stop: asyncio.Event) -> None:
-        """One leadership term: first start, background tasks, the source -- until `term_stop`;
-        then they stop in order: intake (the switch returns), then the background tasks."""
+        """One leadership term: first start, background tasks, the source, admin jobs -- until
+        `term_stop`; then they stop in order: intake (the switch returns), admin jobs, then the
+        background tasks -- each bounded, cancelled past its share of the drain time, and ended
+        before the term stands by."""
         assert self.parts is not None and self._switch is not None and self._term is not None
         tasks_stop = asyncio.Event()
-        tasks: BackgroundTasks | None = None
+        tasks: SupervisedTasks | None = None
+        self._jobs.open(AdminJobs(self.parts.jobs), term_stop)
         try:
             self.health.phase = "backfill or remerge in progress"
             started, _ = await run_until_stopped(
                 term_stop, first_start(self.parts, self.mappings, self.settings.sync.objects))
             if started:
-                tasks = leader_tasks(self.settings, self.mappings, self.governor, self.parts, self.outbound)
+                tasks = leader_tasks(self.settings, self.mappings, self.governor, self.parts, self.outbound,
+                                     health=self.health, end_term=self._term.end)
                 tasks.start(tasks_stop)
                 self.health.phase = ""
                 await self._switch.run(term_stop)
         finally:
+            await self._jobs.close(self._term.drain_seconds * 0.1)
             tasks_stop.set()
             if tasks is not None:
                 await tasks.stop(self._term.drain_seconds * 0.3)

@@ -16,7 +16,6 @@ commits) before the next one starts, and the next one starts from the marks the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -31,6 +30,8 @@ log = structlog.get_logger(__name__)
 
 # A source that ends by itself while its mode holds is restarted after this pause (no spinning).
 RESTART_PAUSE_SECONDS = 1.0
+# A cancelled source gets this long to end (its `finally` blocks) before the switch gives up on it.
+CANCEL_GRACE_SECONDS = 2.0
 
 
 class ModeSignal(Protocol):
@@ -84,19 +85,38 @@ class SourceSwitch:
                 waiter.cancel()
 
     async def _finish(self, task: asyncio.Task[None]) -> None:
-        """Let the stopping source finish its batch within its share of the drain time."""
+        """Let the stopping source finish its batch within its share of the drain time, then
+        cancel it. Nothing outlives the switch: if the switch is cancelled meanwhile, so is the
+        source, and the cancellation returns once it has ended (no `asyncio.shield` here)."""
         name = self.running.name if self.running else None
         try:
-            await asyncio.wait_for(asyncio.shield(task), self._drain_seconds() * 0.6)
-        except TimeoutError:
+            done, _ = await asyncio.wait({task}, timeout=self._drain_seconds() * 0.6)
+        except asyncio.CancelledError:
+            await cancel_and_wait(task, name)
+            raise
+        if not done:
             log.warning("source_stop_timeout", source=name)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task, name)
+            return
+        try:
+            task.result()
         except FatalError:
             raise
         except SyncError as exc:
             log.warning("source_failed", source=name, error=str(exc), error_type=type(exc).__name__)
+
+
+async def cancel_and_wait(task: asyncio.Task[None], name: str | None,
+                          grace: float = CANCEL_GRACE_SECONDS) -> None:
+    """Cancel `task` and wait (at most `grace`) until it has ended; log what it raised."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=grace)
+    if not done:
+        log.error("source_did_not_stop", source=name, grace_seconds=grace)
+    elif not task.cancelled() and task.exception() is not None:
+        error = task.exception()
+        log.warning("source_failed", source=name, error=str(error), error_type=type(error).__name__,
+                    exc_info=error)
 
 
 async def _run_after(source: Source, previous: Source | None, stop: asyncio.Event) -> None:
@@ -106,4 +126,4 @@ async def _run_after(source: Source, previous: Source | None, stop: asyncio.Even
     await source.run(stop)
 
 
-__all__ = ["RESTART_PAUSE_SECONDS", "ModeSignal", "SourceSwitch"]
+__all__ = ["CANCEL_GRACE_SECONDS", "RESTART_PAUSE_SECONDS", "ModeSignal", "SourceSwitch", "cancel_and_wait"]

@@ -9,6 +9,12 @@ renew for TTL/2, or finds the lease taken, it stops the term in order -- intake 
 batch in flight finished and its offsets committed, then the flusher and the rest, all within
 TTL/6 (`drain_seconds`) -- and stands by again. A clean shutdown releases the lease, so a
 standby takes over at its next try (within TTL/3); after a crash, within ~TTL.
+
+A term can also be ended from inside (`end(reason)`, a supervised task whose policy is to end
+the term, see `service.supervised`): it stops in the same order, then releases the lease and
+steps aside -- waits TTL/2 ... TTL, growing to 8 TTL while terms keep ending that way -- before
+trying the lease again, so a standby gets it first. `/readyz` answers 503 with the reason
+meanwhile.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Protocol
 import structlog
 
 from reconciler.errors import RetriableError, SyncError
-from reconciler.pacing import sleep_unless_stopped
+from reconciler.pacing import Backoff, sleep_unless_stopped
 from service.readiness import Health, LeaseStatus, Role
 
 log = structlog.get_logger(__name__)
@@ -68,6 +74,9 @@ class LeaderTerm:
         self.holder: str | None = None
         # How long stopping a term may take: SHUTDOWN_SECONDS, or less once the lease is lost.
         self.drain_seconds = SHUTDOWN_SECONDS
+        self._term_stop: asyncio.Event | None = None
+        self._ended_by: str | None = None
+        self._aside = Backoff(base=lease.ttl, cap=lease.ttl * 8, floor=lease.ttl / 2)
 
     def status(self) -> LeaseStatus:
         lease = self.lease
@@ -108,17 +117,39 @@ class LeaderTerm:
     async def lead(self, stop: asyncio.Event, work: TermWork) -> None:
         """One term: `work` runs until `stop` or until the lease is lost, whichever comes first."""
         self.role = Role.LEADER
-        term_stop = asyncio.Event()
+        term_stop = self._term_stop = asyncio.Event()
         keeper = asyncio.create_task(self._keep(stop, term_stop), name="lease")
         try:
             await work(term_stop)
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
-            self.role, self.drain_seconds = None, SHUTDOWN_SECONDS
-        if not stop.is_set():
+            self.role, self.drain_seconds, self._term_stop = None, SHUTDOWN_SECONDS, None
+        ended_by, self._ended_by = self._ended_by, None
+        if ended_by is not None:
+            await self._step_aside(stop, ended_by)
+        elif not stop.is_set():
+            self._aside.reset()
             self._health.phase = "lease lost, standing by"
-            log.warning("lease_term_ended", owner=self.lease.owner)
+            log.warning("lease_term_ended", owner=self.lease.owner, reason="lease lost")
+
+    def end(self, reason: str) -> None:
+        """End the running term early (it stops in order), then step aside; no-op between terms."""
+        term_stop = self._term_stop
+        if term_stop is None or term_stop.is_set():
+            return
+        log.warning("lease_term_ending", owner=self.lease.owner, reason=reason)
+        self._ended_by = reason
+        term_stop.set()
+
+    async def _step_aside(self, stop: asyncio.Event, reason: str) -> None:
+        """After a term ended by `end`: release the lease and wait, so a standby leads first."""
+        log.warning("lease_term_ended", owner=self.lease.owner, reason=reason)
+        await self.release()
+        self.holder = None
+        delay = self._aside.next_delay()
+        self._health.phase = f"leader term ended ({reason}); trying the lease again in {delay:.0f} s"
+        await sleep_unless_stopped(stop, delay)
 
     async def _keep(self, stop: asyncio.Event, term_stop: asyncio.Event) -> None:
         """Renew every TTL/3 (sooner after a failure); end the term when the lease is lost."""

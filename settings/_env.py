@@ -91,6 +91,8 @@ class SyncSettings(BaseModel):
     mappings_file: Path = Path("mappings.toml")
     retry_interval_minutes: int = Field(default=20, ge=1, le=1440)
     retry_max_attempts: int = Field(default=10, ge=1, le=100)
+    # Whole-call failures (and expired claims) after which an outbox write becomes a failed sync log.
+    outbox_max_attempts: int = Field(default=10, ge=1, le=1000)
     batch_size: int = Field(default=200, ge=1, le=2000)
     # 20 ms: at 200 events/s a 100 ms wait put p99 commit->write latency at 283 ms (bench/inbound.py);
     # a backlog fills batches at once, so throughput does not depend on it.

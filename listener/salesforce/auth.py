@@ -34,6 +34,15 @@ class AccessToken:
     access_token: SecretStr
     instance_url: str
     issued_at: datetime
+    user_id: str | None = None   # the authenticated (integration) user, from the identity URL
+
+
+def identity_user(identity: Any) -> str | None:
+    """The user id at the end of a token answer's identity URL (`.../id/<org id>/<user id>`)."""
+    if not isinstance(identity, str) or "/id/" not in identity:
+        return None
+    user = identity.rstrip("/").rsplit("/", 1)[-1]
+    return user or None
 
 
 def token_request(settings: SalesforceSettings, *, now: float | None = None) -> dict[str, str]:
@@ -107,6 +116,7 @@ def parse_token_response(status: int, text: str) -> AccessToken:
         access_token=SecretStr(str(body["access_token"])),
         instance_url=instance_url,
         issued_at=_issued_at(body.get("issued_at")),
+        user_id=identity_user(body.get("id")),
     )
 
 

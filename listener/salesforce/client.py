@@ -120,6 +120,13 @@ class SalesforceClient:
         token, _ = await auth.token()
         return token
 
+    async def user_id(self) -> str | None:
+        """The authenticated (integration) user's id, from the token answer's identity URL
+        (authenticating on first use); None when the answer had none."""
+        auth, _ = self._open()
+        await auth.token()
+        return auth.current.user_id if auth.current is not None else None
+
     async def reauthenticate(self) -> str:
         """Force a new token (e.g. after the stream's handshake was refused)."""
         auth, _ = self._open()

@@ -4,6 +4,40 @@
 modules (`_records`, `_logs`, `_state`, and the outbox/watch modules), not for callers.
 Callers import from here only (the `_private` modules are the store's own); the keys of
 `sync_state` are built and parsed in `reconciler.store.state_keys`.
+
+Durability: every write (records, sync logs, outbox, offsets, leases) is journaled majority
+(`_client.DURABLE`, set once on the database handle).
+
+Fencing (a leader term's writes; issue 11 item 4):
+
+    lease = store.lease("sync", ttl=...)
+    await lease.acquire()                     # a new term: lease document `term` + 1
+    fence = lease.fence()                     # Fence(lease, owner, term), None when not held
+    await store.save_state(key, value, fence=fence)          # FencedError when the term is over
+    await store.bulk_apply(collection, writes, fence=fence)  # idem; write_in_order too
+    await store.check_fence(fence)            # the bare check (one read)
+
+- Offsets: refused without a window for every key that existed when the new term started
+  (acquisition stamps them; the offset document itself refuses an older term), and checked
+  against the lease document first (covers keys created later). Replay ids also never go
+  backwards (`$max`), fenced or not.
+- Records: the lease is checked right before and right after the bulk write. Lost before:
+  `FencedError`, nothing written. Lost meanwhile: `FencedError(applied=True)` after the write
+  landed: do not log success or move an offset past it; the new leader re-applies it. The
+  remaining window is a writer stalling between the before-check and the server applying the
+  write; compare-and-set (below) refuses it for documents the new term rewrote meanwhile.
+- `FencedError` is not retriable: the caller logs it and ends its term.
+
+Compare-and-set (issue 11 item 6):
+
+    seen = RecordVersion.of(doc)              # when reading the document to merge
+    RecordWrite({"_id": doc["_id"]}, set=..., expected=seen)   # by _id, no upsert
+    outcome = await store.bulk_apply(collection, writes)
+    outcome.conflicts                         # indexes that changed since read: re-read, re-merge
+
+Every store write to a record increments `_sync.version`; a platform write changes `updated_at`
+(the platform must set it on every write, as it does: that is the contract that keeps its edits
+from being overwritten). Encoding errors are per-record `errors` ("INVALID_DOCUMENT: ...").
 """
 
 from __future__ import annotations
@@ -11,11 +45,12 @@ from __future__ import annotations
 from bson import ObjectId
 from bson.errors import InvalidId
 
+from reconciler.store._bulk import BulkOutcome, RecordVersion, RecordWrite
 from reconciler.store._client import Connection, translate_errors
-from reconciler.store._lease import Lease, LeaseHolder, LeaseMixin
+from reconciler.store._lease import Fence, Lease, LeaseHolder, LeaseMixin
 from reconciler.store._logs import LogsMixin, decode_cursor, encode_cursor
 from reconciler.store._outbox import CREATE, UPDATE, OutboxCollection, OutboxEntry, OutboxGroup
-from reconciler.store._records import BulkOutcome, RecordsMixin, RecordWrite
+from reconciler.store._records import RecordsMixin
 from reconciler.store._state import StateMixin
 from reconciler.store._watch import (
     LocalChange,
@@ -29,6 +64,7 @@ __all__ = [
     "CREATE",
     "UPDATE",
     "BulkOutcome",
+    "Fence",
     "Lease",
     "LeaseHolder",
     "LocalChange",
@@ -36,6 +72,7 @@ __all__ = [
     "OutboxCollection",
     "OutboxEntry",
     "OutboxGroup",
+    "RecordVersion",
     "RecordWrite",
     "Store",
     "StreamHistoryLostError",

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import structlog
+from bson.errors import InvalidDocument, InvalidStringData
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import ASCENDING, DESCENDING, IndexModel, WriteConcern
 from pymongo.collation import Collation
@@ -22,13 +23,16 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
-from reconciler.errors import FatalError, RetriableError
+from reconciler.errors import FatalError, RetriableError, UnencodableError
 from reconciler.objects import COMPANIES, PEOPLE
 
 log = structlog.get_logger(__name__)
 
 # Case-insensitive comparison for email / domain matching (index and query must agree).
 CASE_INSENSITIVE = Collation(locale="en", strength=2)
+# The one write concern of every write the store makes (records, sync logs, outbox, offsets,
+# leases): journaled majority, so data survives a failover at least as well as the offsets that
+# point past it. Set on the database handle, so a `w=1` URI cannot weaken it.
 DURABLE = WriteConcern(w="majority", j=True)
 
 # Server error codes that mean "try again" (NotWritablePrimary, ShutdownInProgress, ...).
@@ -37,9 +41,13 @@ _RETRIABLE_CODES = {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13
 
 @contextmanager
 def translate_errors(operation: str) -> Iterator[None]:
-    """Turn driver errors into `RetriableError` / `FatalError`; nothing above this sees pymongo."""
+    """Turn driver errors into `RetriableError` / `FatalError` / `UnencodableError` (a value BSON
+    cannot hold: skippable); nothing above this sees pymongo or bson."""
     try:
         yield
+    except (InvalidDocument, InvalidStringData, OverflowError) as exc:
+        # the driver cannot encode what it was given (DocumentTooLarge is an InvalidDocument)
+        raise UnencodableError(f"MongoDB {operation}: cannot encode: {type(exc).__name__}: {exc}") from exc
     except (ConnectionFailure, ExecutionTimeout, WTimeoutError) as exc:
         # ConnectionFailure covers AutoReconnect, NetworkTimeout, ServerSelectionTimeoutError
         raise RetriableError(f"MongoDB unavailable during {operation}: {type(exc).__name__}") from exc
@@ -54,11 +62,12 @@ def translate_errors(operation: str) -> Iterator[None]:
 
 
 class Connection:
-    """Owns the client and the database handle (`db` is for the store's own modules only)."""
+    """Owns the client and the database handle (`db` is for the store's own modules only).
+    Every collection taken from `db` writes with `DURABLE`."""
 
     def __init__(self, client: Any, db: Any, *, sync_log_retention_days: int = 30) -> None:
         self.client = client
-        self.db = db
+        self.db = db.with_options(write_concern=DURABLE)
         self.sync_log_retention_days = sync_log_retention_days
 
     @classmethod

@@ -8,6 +8,11 @@ to `pending` once their lease expires.
 
 Returning a document to `pending` when a newer pending document for the same record exists
 merges the two (the newer values win) instead of breaking the unique key.
+
+Every counted attempt (a whole-call failure the flusher releases, or an expired claim) adds
+one to `attempt` and to `failures` and records `last_error`; the flusher parks a document whose
+`failures` reached its cap as `failed` (`give_up`). A retry re-queues the record (`add` with
+attempt > 0) and folds the parked document in, keeping its `first_sent_at`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from reconciler.store._client import DURABLE, translate_errors
 OUTBOX = "outbox"
 PENDING = "pending"
 INFLIGHT = "inflight"
+FAILED = "failed"       # given up after too many retriable failures: parked until a retry
+LEASE_EXPIRED = "LEASE_EXPIRED: the flusher that claimed it stopped before finishing"
 CREATE = "create"
 UPDATE = "update"
 _DUPLICATE_KEY = 11000
@@ -56,6 +63,9 @@ class OutboxEntry:
     enqueued_at: datetime           # the oldest coalesced edit: what the flush wait is timed from
     next_attempt_at: datetime
     lease: str | None = None        # set while claimed
+    first_sent_at: datetime | None = None   # when a flusher first claimed it to send (this host's clock)
+    failures: int = 0               # retriable failures (expired claims included) since queued
+    last_error: str | None = None
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> OutboxEntry:
@@ -66,7 +76,9 @@ class OutboxEntry:
         )
         return cls(id=doc["_id"], key=doc["key"], kind=doc["kind"], write=write,
                    enqueued_at=aware(doc["enqueued_at"]), next_attempt_at=aware(doc["next_attempt_at"]),
-                   lease=doc.get("lease"))
+                   lease=doc.get("lease"),
+                   first_sent_at=aware(doc["first_sent_at"]) if doc.get("first_sent_at") else None,
+                   failures=int(doc.get("failures", 0)), last_error=doc.get("last_error"))
 
 
 @dataclass(frozen=True)
@@ -108,7 +120,7 @@ class OutboxCollection:
             with translate_errors("outbox.add"):
                 try:
                     await self._coll.bulk_write(ops[start:], ordered=True)
-                    return
+                    break
                 except BulkWriteError as exc:
                     failed_at = _duplicate_index(exc)
                     if failed_at is None:
@@ -116,6 +128,26 @@ class OutboxCollection:
             # Two upserts raced for one record: the other's insert is in, so from the failed
             # operation on, every upsert finds the pending document.
             start += failed_at
+        retried = [coalescing_key(w) for w in writes if w.attempt > 0]
+        if retried:
+            await self._absorb_given_up(retried)
+
+    async def _absorb_given_up(self, keys: Sequence[str]) -> None:
+        """A retry re-queued these records: the writes given up for them fold into the new
+        pending ones (their first send is kept: a lost create is still looked for from it)."""
+        with translate_errors("outbox.absorb"):
+            parked = await self._coll.find({"key": {"$in": list(keys)}, "status": FAILED}).to_list(None)
+        for doc in parked:
+            await self._merge_into_pending(doc, doc["key"])
+
+    async def give_up(self, entries: Sequence[OutboxEntry]) -> None:
+        """Park claimed writes as `failed`: never claimed again, until a retry re-queues them."""
+        if not entries:
+            return
+        with translate_errors("outbox.give_up"):
+            await self._coll.update_many(
+                {"_id": {"$in": [e.id for e in entries]}, "lease": entries[0].lease},
+                {"$set": {"status": FAILED}, "$unset": {"lease": "", "lease_until": ""}})
 
     async def due_groups(self, now: datetime) -> list[OutboxGroup]:
         pipeline = [
@@ -131,7 +163,9 @@ class OutboxCollection:
 
     async def claim(self, sobject: str, kind: str, *, now: datetime, lease: timedelta,
                     limit: int) -> list[OutboxEntry]:
-        """Move up to `limit` due pending writes to `inflight` under a fresh lease, oldest first."""
+        """Move up to `limit` due pending writes to `inflight` under a fresh lease, oldest first.
+        The first claim stamps `first_sent_at` (claimed = about to be sent): a lost create's
+        record cannot be older than that."""
         token = str(ObjectId())
         due = {"status": PENDING, "sobject": sobject, "kind": kind, "next_attempt_at": {"$lte": now}}
         with translate_errors("outbox.claim"):
@@ -143,7 +177,8 @@ class OutboxCollection:
             # race simply claims fewer.
             await self._coll.update_many(
                 {"_id": {"$in": ids}, "status": PENDING},
-                {"$set": {"status": INFLIGHT, "lease": token, "lease_until": now + lease}},
+                {"$set": {"status": INFLIGHT, "lease": token, "lease_until": now + lease},
+                 "$min": {"first_sent_at": now}},
             )
             docs = await self._coll.find({"lease": token}).to_list(None)
         order = {doc_id: i for i, doc_id in enumerate(ids)}
@@ -159,10 +194,12 @@ class OutboxCollection:
                 {"_id": {"$in": [e.id for e in entries]}, "lease": entries[0].lease})
 
     async def release(self, entries: Sequence[OutboxEntry], *, next_attempt_at: datetime,
-                      count_attempt: bool) -> None:
-        """Return claimed writes to `pending`, due at `next_attempt_at`."""
+                      count_attempt: bool, error: str | None = None) -> None:
+        """Return claimed writes to `pending`, due at `next_attempt_at`; a counted attempt is
+        also a failure (`failures`, `last_error`: what the give-up cap counts)."""
         for entry in entries:
-            await self._to_pending(entry.id, entry.lease, next_attempt_at, 1 if count_attempt else 0)
+            await self._to_pending(entry.id, entry.lease, next_attempt_at, 1 if count_attempt else 0,
+                                   error if count_attempt else None)
 
     async def recover_expired(self, now: datetime) -> int:
         """Return writes whose lease expired (their process died) to `pending`; how many."""
@@ -172,7 +209,7 @@ class OutboxCollection:
         for doc in expired:
             # Counted as an attempt: the dead process may have sent it, so a create is checked
             # against Salesforce before it is sent again (see reconciler/outbound.py).
-            await self._to_pending(doc["_id"], doc["lease"], now, 1)
+            await self._to_pending(doc["_id"], doc["lease"], now, 1, LEASE_EXPIRED)
         return len(expired)
 
     async def rekey_created(self, collection: str, local_id: Any, sobject: str, sf_id: str) -> None:
@@ -193,8 +230,9 @@ class OutboxCollection:
         await self._merge_into_pending(doc, sf_key)
 
     async def depth(self) -> int:
+        """Writes waiting or in flight (given-up writes are not queued: their logs show them)."""
         with translate_errors("outbox.depth"):
-            return int(await self._coll.count_documents({}))
+            return int(await self._coll.count_documents({"status": {"$in": [PENDING, INFLIGHT]}}))
 
     async def pending(self) -> list[OutboxEntry]:
         """Every pending write, oldest first (admin views and tests)."""
@@ -204,9 +242,12 @@ class OutboxCollection:
         return [OutboxEntry.from_document(d) for d in docs]
 
     async def _to_pending(self, entry_id: ObjectId, lease: str | None, due: datetime,
-                          add_attempt: int) -> None:
-        update = {"$set": {"status": PENDING, "next_attempt_at": due},
-                  "$unset": {"lease": "", "lease_until": ""}, "$inc": {"attempt": add_attempt}}
+                          add_attempt: int, error: str | None = None) -> None:
+        fields: dict[str, Any] = {"status": PENDING, "next_attempt_at": due}
+        if error is not None:
+            fields["last_error"] = error
+        update = {"$set": fields, "$unset": {"lease": "", "lease_until": ""},
+                  "$inc": {"attempt": add_attempt, "failures": add_attempt}}
         with translate_errors("outbox.release"):
             try:
                 await self._coll.update_one({"_id": entry_id, "lease": lease}, update)
@@ -217,16 +258,28 @@ class OutboxCollection:
             await self._merge_into_pending(doc, doc["key"])
 
     async def _merge_into_pending(self, older: dict[str, Any], key: str) -> None:
-        """Fold an older document into the pending one for `key` (its values win), then drop it."""
+        """Fold an older document into the pending one for `key` (its values win), then drop it.
+        A given-up document's failures are not carried: the retry that re-queued it starts over."""
+        failures = 0 if older.get("status") == FAILED else int(older.get("failures", 0))
         merged = [{"$set": {
+            "failures": {"$max": [{"$literal": failures}, {"$ifNull": ["$failures", 0]}]},
             "fields": {"$mergeObjects": [{"$literal": older.get("fields") or {}}, "$fields"]},
             "enqueued_at": {"$min": [{"$literal": older["enqueued_at"]}, "$enqueued_at"]},
             "attempt": {"$max": [{"$literal": int(older.get("attempt", 0))}, "$attempt"]},
+            "first_sent_at": _earliest(older.get("first_sent_at")),
         }}]
         with translate_errors("outbox.merge"):
             result = await self._coll.update_one({"key": key, "status": PENDING}, merged)
             if result.matched_count:
                 await self._coll.delete_one({"_id": older["_id"]})
+
+
+def _earliest(first_sent_at: datetime | None) -> Any:
+    """Pipeline expression: the earlier of the document's `first_sent_at` and this one."""
+    if first_sent_at is None:
+        return "$first_sent_at"
+    return {"$ifNull": [{"$min": [{"$literal": first_sent_at}, "$first_sent_at"]},
+                        {"$literal": first_sent_at}]}
 
 
 def _upsert(write: OutboundWrite, now: datetime) -> UpdateOne:

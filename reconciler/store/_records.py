@@ -1,54 +1,41 @@
-"""People and Companies: lookups by CRM id / email / domain, and one bulk write per batch."""
+"""People and Companies: lookups by CRM id / email / domain, and one bulk write per batch
+(`_bulk`: per-record outcomes, compare-and-set, encoding errors), optionally fenced."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Sequence
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
 from typing import Any
 
-from pymongo import DeleteOne, UpdateOne
-from pymongo.errors import BulkWriteError
+import structlog
 
-from reconciler.errors import RetriableError
+from reconciler.errors import FencedError
+from reconciler.store._bulk import BulkOutcome, RecordWrite, write_records
 from reconciler.store._client import CASE_INSENSITIVE, translate_errors
+from reconciler.store._lease import Fence, check_fence
+
+log = structlog.get_logger(__name__)
 
 
-@dataclass
-class RecordWrite:
-    """One document's change, written in a batch. `filter` selects it (`{"_id": ...}` or
-    `{"crm.id": ...}`); `upsert` inserts it (with `set_on_insert`) when nothing matches."""
-
-    filter: dict[str, Any]
-    set: dict[str, Any] = field(default_factory=dict)
-    unset: list[str] = field(default_factory=list)
-    set_on_insert: dict[str, Any] = field(default_factory=dict)
-    upsert: bool = False
-    delete: bool = False
-
-
-@dataclass
-class BulkOutcome:
-    upserted: dict[int, Any] = field(default_factory=dict)   # write index -> new _id
-    errors: dict[int, str] = field(default_factory=dict)     # write index -> "CODE: message"
-
-
-def _operation(write: RecordWrite) -> Any:
-    if write.delete:
-        return DeleteOne(write.filter)
-    update: dict[str, Any] = {}
-    if write.set:
-        update["$set"] = write.set
-    if write.unset:
-        update["$unset"] = dict.fromkeys(write.unset, "")
-    if write.set_on_insert:
-        update["$setOnInsert"] = write.set_on_insert
-    return UpdateOne(write.filter, update, upsert=write.upsert)
-
-
-def _write_error(error: dict[str, Any]) -> str:
-    if error.get("code") == 11000:
-        return f"DUPLICATE_VALUE: {error.get('keyValue') or error.get('errmsg')}"
-    return f"WRITE_ERROR {error.get('code')}: {error.get('errmsg')}"
+@asynccontextmanager
+async def _fenced(db: Any, fence: Fence | None, operation: str) -> AsyncIterator[None]:
+    """A record write made for a leader term: the lease is checked right before the write
+    (lost: `FencedError`, nothing written) and right after it (lost meanwhile: `FencedError`
+    with `applied=True`, the write landed). What remains: a writer that stalls between the
+    first check and the server applying the write lands that one write inside the new term;
+    the after-check reports it, and compare-and-set (`RecordWrite.expected`) refuses it for
+    any document the new term rewrote since the stale writer read it."""
+    if fence is None:
+        yield
+        return
+    await check_fence(db, fence)
+    yield
+    try:
+        await check_fence(db, fence)
+    except FencedError as exc:
+        log.error("fenced_write_landed_late", operation=operation, lease=fence.lease,
+                  owner=fence.owner, term=fence.term)
+        raise FencedError(f"{operation}: applied after the lease was lost: {exc}", applied=True) from exc
 
 
 def chunks(values: Collection[Any], size: int) -> list[list[Any]]:
@@ -114,36 +101,25 @@ class RecordsMixin:
             yield list(page)
             last = page[-1]["_id"]
 
-    async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite]) -> BulkOutcome:
-        """One unordered bulk write; per-document failures come back in `errors`, not raised."""
+    async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite], *,
+                         fence: Fence | None = None) -> BulkOutcome:
+        """One unordered bulk write; per-document failures come back in `errors`, not raised.
+        With `fence`, see `_fenced`."""
         if not writes:
             return BulkOutcome()
-        with translate_errors("bulk_apply"):
-            try:
-                result = await self.db[collection].bulk_write([_operation(w) for w in writes], ordered=False)
-            except BulkWriteError as exc:
-                details = exc.details
-                if details.get("writeConcernErrors"):
-                    raise RetriableError("MongoDB write concern not satisfied") from exc
-                return BulkOutcome(
-                    upserted={u["index"]: u["_id"] for u in details.get("upserted", [])},
-                    errors={e["index"]: _write_error(e) for e in details.get("writeErrors", [])},
-                )
-        return BulkOutcome(upserted=dict(result.upserted_ids or {}))
+        async with _fenced(self.db, fence, "bulk_apply"):
+            return await self._bulk_apply(collection, writes)
 
-    async def write_in_order(self, collection: str, writes: Sequence[RecordWrite]) -> BulkOutcome:
+    async def _bulk_apply(self, collection: str, writes: Sequence[RecordWrite]) -> BulkOutcome:
+        return await write_records(self.db[collection], writes, ordered=False, operation="bulk_apply")
+
+    async def write_in_order(self, collection: str, writes: Sequence[RecordWrite], *,
+                             fence: Fence | None = None) -> BulkOutcome:
         """An ordered bulk write, for the few changes whose order matters (a conversion frees
-        a CRM id on one document before linking it to another)."""
+        a CRM id on one document before linking it to another). `fence` as in `bulk_apply`;
+        everything after the first failed write is reported `NOT_RUN`."""
         if not writes:
             return BulkOutcome()
-        with translate_errors("write_in_order"):
-            try:
-                result = await self.db[collection].bulk_write([_operation(w) for w in writes], ordered=True)
-            except BulkWriteError as exc:
-                details = exc.details
-                failed = {e["index"]: _write_error(e) for e in details.get("writeErrors", [])}
-                first = min(failed) if failed else len(writes)
-                # ordered: everything after the first failure did not run
-                failed.update({i: "NOT_RUN: an earlier write failed" for i in range(first + 1, len(writes))})
-                return BulkOutcome(errors=failed)
-        return BulkOutcome(upserted=dict(result.upserted_ids or {}))
+        async with _fenced(self.db, fence, "write_in_order"):
+            return await write_records(self.db[collection], writes, ordered=True,
+                                       operation="write_in_order")

@@ -4,7 +4,8 @@ Two ways in: MongoDB change streams (`full_document="updateLookup"`, resumable f
 and, where change streams are unavailable (a standalone server), a keyset scan on
 (`updated_at`, `_id`). Also the watcher's own writes to those documents: field times and the
 link a successful create leaves. Every such write sets `_sync.written_at` and `updated_at`
-together, which is how this service recognises its own writes (see the reconciler contract).
+together, which is how this service recognises its own writes (see the reconciler contract),
+and increments `_sync.version` (compare-and-set, `_bulk`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pymongo import ASCENDING, ReplaceOne, UpdateOne
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from reconciler.errors import SyncError
+from reconciler.store._bulk import VERSION
 from reconciler.store._client import translate_errors
 from reconciler.store._outbox import OutboxCollection, aware
 
@@ -126,6 +128,7 @@ class WatchedCollection:
             UpdateOne({"_id": doc_id}, {
                 "$max": {f"_sync.field_times.{name}": at for name, at in fields.items()},
                 "$set": {"_sync.written_at": now, "updated_at": now},
+                "$inc": {VERSION: 1},
             })
             for doc_id, fields in times.items() if fields
         ]
@@ -136,7 +139,7 @@ class WatchedCollection:
     async def link(self, local_id: Any, *, sobject: str, sf_id: str, now: datetime) -> bool:
         """Link a document created in Salesforce; False if it (or its crm id) is linked already."""
         update = {"$set": {"crm": {"object": sobject, "id": sf_id, "linked_at": now},
-                           "_sync.written_at": now, "updated_at": now}}
+                           "_sync.written_at": now, "updated_at": now}, "$inc": {VERSION: 1}}
         with translate_errors(f"{self.name}.link"):
             try:
                 result = await self._coll.update_one(

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from reconciler.errors import BudgetExhaustedError, RetriableError, SkippableError, SyncError
 from service.admin.filters import BadParameter, LogFilters, parse_filters
-from service.admin.ports import JobRunner, StatusProvider, SyncLogReader
+from service.admin.ports import JobRunner, NotLeaderError, StatusProvider, SyncLogReader
 
 LOG_ID = re.compile(r"^[0-9a-fA-F]{24}$")
 _CSS = Path(__file__).with_name("style.css").read_text(encoding="utf-8")
@@ -76,6 +76,8 @@ def public_log(doc: dict[str, Any]) -> dict[str, Any]:
 
 def sync_error_response(exc: SyncError) -> web.Response:
     """Map the project's errors to HTTP: what the caller should do decides the status."""
+    if isinstance(exc, NotLeaderError):
+        return error_response(409, "not_leader", str(exc), leader=exc.leader)
     if isinstance(exc, BudgetExhaustedError):
         return error_response(503, "budget_exhausted", "the Salesforce API budget is spent; try later")
     if isinstance(exc, RetriableError):

@@ -7,13 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from settings import SALESFORCE_OBJECTS
+
 STATUSES = ("success", "failed")
 SOURCES = ("salesforce", "local")
 TYPES = (
     "create", "update", "delete", "undelete", "merge", "convert", "link",
     "import", "owner_change", "event",
 )
-OBJECTS = ("Lead", "Contact", "Account")
+OBJECTS = SALESFORCE_OBJECTS
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
 

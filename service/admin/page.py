@@ -19,6 +19,7 @@ NOTICES: dict[str, tuple[str, str]] = {
     "not_failed": ("error", "Only failed sync logs can be retried."),
     "error": ("error", "The retry could not run; see the service logs."),
     "unavailable": ("error", "The service cannot retry right now (MongoDB or the API budget); try again."),
+    "standby": ("error", "This replica stands by: retries run on the replica that holds the sync lease."),
 }
 
 _FUNNEL = (

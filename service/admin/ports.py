@@ -8,6 +8,17 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from reconciler.errors import SyncError
+
+
+class NotLeaderError(SyncError):
+    """This replica stands by: retries and imports (merges, API calls) run on the lease holder
+    only. The admin API answers 409 `{"error": "not_leader", "leader": <holder>}`."""
+
+    def __init__(self, leader: str | None) -> None:
+        super().__init__(f"this replica stands by; admin jobs run on the leader ({leader or 'unknown'})")
+        self.leader = leader
+
 
 class StatusProvider(Protocol):
     """The running service as the admin surface sees it (implemented by `service.supervisor.Service`)."""
@@ -43,7 +54,8 @@ class JobRunner(Protocol):
     """Re-runs failed jobs and re-imports records; each is a merge (see `reconciler.jobs`).
 
     Each call returns a JSON-ready summary. A record that fails again is not an exception:
-    it is a new `failed` sync log, reported in the summary.
+    it is a new `failed` sync log, reported in the summary. On a replica that does not hold the
+    sync lease every call raises `NotLeaderError`.
     """
 
     async def retry(self, log_id: str) -> dict[str, Any]: ...

@@ -19,6 +19,7 @@ from service.admin._http import (
 )
 from service.admin.filters import BadParameter
 from service.admin.page import PageView, render_login_page, render_logs_page, render_message_page
+from service.admin.ports import NotLeaderError
 
 log = structlog.get_logger(__name__)
 
@@ -131,6 +132,8 @@ async def _run(request: web.Request, done: str, log_id: str | None) -> str:
             await jobs.retry(log_id)
     except (RetriableError, BudgetExhaustedError):
         return "unavailable"
+    except NotLeaderError:
+        return "standby"
     except SyncError as exc:
         log.warning("admin_retry_failed_to_run", log_id=log_id, error=str(exc))
         return "error"

@@ -1,5 +1,6 @@
-"""Two replicas of the real service on one database and one org: the lease holder alone syncs;
-after SIGKILL of the holder the standby takes over within about the lease TTL.
+"""Two replicas of the real service on one database and one org: the lease holder alone syncs
+and alone runs admin jobs (a standby answers 409 naming the leader); after SIGKILL of the holder
+the standby takes over within about the lease TTL.
 
 The lease TTL is 3 s here (SFSYNC_SYNC__LEASE_SECONDS), so a takeover takes seconds, not 30.
 """
@@ -32,14 +33,24 @@ LEASE_SECONDS = 3.0
 MAPPINGS = sample_mappings()
 
 
-def replica(service_factory: ServiceFactory) -> ServiceProcess:
-    built = service_factory(MAPPINGS)
+def replica(service_factory: ServiceFactory, database: str | None = None) -> ServiceProcess:
+    built = service_factory(MAPPINGS, database=database)
     built.extra_env["SFSYNC_SYNC__LEASE_SECONDS"] = str(LEASE_SECONDS)
     return built
 
 
 def lease_of(service: ServiceProcess) -> dict[str, Any]:
     return dict(service.status()["lease"])
+
+
+def requests_by(org: SalesforceOrg, client: str, *, since: float) -> list[dict[str, Any]]:
+    """The REST requests one replica made since `since` (epoch seconds), told apart by the
+    client name it sends in `Sforce-Call-Options`."""
+    def sent_by(entry: dict[str, Any]) -> bool:
+        headers = {k.lower(): str(v) for k, v in (entry.get("headers") or {}).items()}
+        return f"client={client}" in headers.get("sforce-call-options", "")
+
+    return [e for e in org.requests() if e["ts"] >= since and sent_by(e)]
 
 
 def applied_batches(service: ServiceProcess) -> int:
@@ -111,3 +122,47 @@ class TestReplicas:
         wait_person(own_db, lead_id, lambda p: p.get("last_name") == "Whilestandby",
                     what="the edit made while standing by")
         assert lease_of(service)["held"] is True
+
+
+STANDBY_CLIENT = "salesforce-sync-standby"
+
+
+class TestStandbyAdminJobs:
+    def test_a_standby_refuses_retries_and_imports_naming_the_leader_and_calls_nothing(
+        self, service_factory: ServiceFactory, org: SalesforceOrg, db: Database[Doc],
+    ) -> None:
+        """Issue 11, item 5: POST /api/retry-failed, /api/sync-logs/{id}/retry and /api/import on a
+        standby answer 409 `{"error": "not_leader", "leader": <holder>}` and make no Salesforce
+        call; the planted failed log stays unretried until the leader retries it. Its own database:
+        the module's replicas from the tests above may still run."""
+        database = f"e2e_{uuid.uuid4().hex[:12]}"
+        db = db.client[database]
+        leader, standby = replica(service_factory, database), replica(service_factory, database)
+        standby.extra_env["SFSYNC_SALESFORCE__CLIENT_NAME"] = STANDBY_CLIENT  # tells its calls apart
+        leader.start()
+        wait_pipeline(org, db)
+        standby.start()
+        holder = lease_of(leader)["owner"]
+        assert lease_of(standby)["holder"] == holder
+        lead_id, _ = linked_lead(org, db, "standbyjobs")
+        planted = db.sync_logs.insert_one({
+            "ts": datetime.now(UTC) - timedelta(hours=1), "source": "salesforce", "type": "update",
+            "status": "failed", "object": "Lead", "sf_id": lead_id, "attempt": 1, "retriable": False,
+            "error": "planted by the test", "job": {"kind": "inbound", "sobject": "Lead", "sf_id": lead_id},
+        }).inserted_id
+
+        since = time.time()
+        replies = {
+            "retry-failed": standby.api("POST", "/api/retry-failed"),
+            "retry": standby.api("POST", f"/api/sync-logs/{planted}/retry"),
+            "import": standby.api("POST", "/api/import", json_body={"sf_id": lead_id}),
+        }
+        for name, reply in replies.items():
+            assert reply.status == 409, f"{name}: {reply.status} {reply.body}"
+            assert reply.body["error"] == "not_leader" and reply.body["leader"] == holder, (name, reply.body)
+        time.sleep(0.5)
+        assert requests_by(org, STANDBY_CLIENT, since=since) == []
+        assert db.sync_logs.find_one({"_id": planted}).get("retried_by") is None  # type: ignore[union-attr]
+
+        reply = leader.api("POST", f"/api/sync-logs/{planted}/retry")
+        assert reply.status == 200 and reply.body["retried"] == 1, reply.body

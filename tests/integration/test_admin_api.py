@@ -15,6 +15,7 @@ from listener.metrics import METRICS
 from reconciler.errors import BudgetExhaustedError, RecordRejectedError, RetriableError
 from reconciler.store import Store
 from reconciler.sync_logs import SyncLog
+from service.admin import NotLeaderError
 from service.admin.auth import COOKIE_NAME
 from tests.support.admin import TOKEN, FakeJobs, FakeStatus, running_admin
 
@@ -233,6 +234,19 @@ class TestRetry:
         admin.jobs.error = error  # type: ignore[assignment]
         status, body = await admin.post("/api/retry-failed")
         assert (status, body["error"]) == (code, name) and body["reason"]
+
+    @pytest.mark.parametrize(("method", "path", "payload"), [
+        ("post", "/api/retry-failed", None),
+        ("post", "/api/import", {"sf_id": "00Q000000000001AAA"}),
+    ])
+    async def test_a_standby_answers_409_naming_the_leader(
+        self, admin: Admin, method: str, path: str, payload: dict[str, Any] | None
+    ) -> None:
+        """Issue 11, item 5: jobs run on the lease holder only; a standby says which replica that is."""
+        admin.jobs.error = NotLeaderError("host-1-abc")  # type: ignore[assignment]
+        status, body = await admin.post(path, json=payload)
+        assert (status, body["error"], body["leader"]) == (409, "not_leader", "host-1-abc")
+        assert "host-1-abc" in body["reason"]
 
 
 class TestImport:

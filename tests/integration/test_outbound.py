@@ -357,3 +357,64 @@ class TestRunLoop:
         await asyncio.wait_for(task, 2)
         assert len(sf.calls) == 1 and len(sf.calls[0].records) == 3
         assert await outbox.depth() == 0
+
+
+def capped_rig(store: Store, max_attempts: int) -> Rig:
+    clock, sf, budget = Clock(), FakeSalesforce(), FakeBudget()
+    outbox = Outbox(store.outbox, clock=clock)
+    flusher = OutboundFlusher(outbox, sf, store, budget, client_name="salesforce-sync",
+                              writable={"Lead": {}}, clock=clock,
+                              policy=FlushPolicy(max_attempts=max_attempts))
+    return Rig(store, outbox, sf, budget, clock, flusher)
+
+
+class TestAWriteThatKeepsFailingIsGivenUp:
+    async def test_after_n_retriable_failures_it_is_an_open_failed_log_and_costs_no_more_calls(
+        self, store: Store
+    ) -> None:
+        """Item 8: the third whole-call failure (max 3) makes the write an open failed sync log
+        with the last error, out of the queue: later flushes make no call for it."""
+        rig = capped_rig(store, 3)
+        rig.sf.fail_next.extend(RetriableError(f"HTTP 503 #{n}") for n in range(1, 10))
+        await rig.outbox.enqueue([lead_update(1)])
+        for _ in range(6):
+            await rig.flusher.flush()
+            rig.clock.advance(600)
+        assert len(rig.sf.calls) == 3
+        [failed] = await rig.logs(status="failed")
+        assert failed["retried_by"] is None and failed["job"]["kind"] == "outbound"
+        assert "3 attempts" in failed["error"] and "HTTP 503 #3" in failed["error"]
+        assert await rig.outbox.depth() == 0 and await rig.outbox.pending() == []
+
+    async def test_a_retry_of_the_failed_log_sends_it_again(self, store: Store) -> None:
+        """Item 8: the retry path re-queues it (what `Jobs` does: a fresh write, reason retry,
+        attempt carried on): it is sent, with a fresh count, and the parked write is gone."""
+        rig = capped_rig(store, 1)
+        rig.sf.fail_next.append(RetriableError("HTTP 503"))
+        await rig.outbox.enqueue([lead_update(1)])
+        await rig.flusher.flush()
+        rig.clock.advance(600)
+        await rig.flusher.flush()
+        [failed] = await rig.logs(status="failed")
+        retry = OutboundWrite(sobject="Lead", sf_id=failed["sf_id"], collection="people",
+                              local_id="p-1", fields={"City": "Paris"}, reason="retry",
+                              attempt=failed["attempt"])
+        await rig.outbox.enqueue([retry])
+        assert await rig.flusher.flush() == 1
+        assert len(rig.sf.calls) == 2
+        assert await store.db.outbox.count_documents({}) == 0
+
+    async def test_an_expired_lease_counts_as_an_attempt(self, store: Store) -> None:
+        """Item 8: a claim whose flusher died (lease expired) counts like a failed call: with a
+        cap of one, the write is given up with a LEASE_EXPIRED error, never sent."""
+        rig = capped_rig(store, 1)
+        await rig.outbox.enqueue([lead_update(1)])
+        assert len(await rig.outbox.claim("Lead", "update", 10)) == 1  # a flusher that then dies
+        rig.clock.advance(rig.outbox.lease.total_seconds() + 1)
+        assert await rig.outbox.recover_expired() == 1
+        [entry] = await rig.outbox.pending()
+        assert entry.write.attempt == 1 and entry.failures == 1
+        await rig.flusher.flush()
+        assert rig.sf.calls == []
+        [failed] = await rig.logs(status="failed")
+        assert "LEASE_EXPIRED" in failed["error"]

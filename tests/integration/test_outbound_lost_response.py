@@ -14,6 +14,7 @@ from bson import ObjectId
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from emulator.org import INTEGRATION_USER_ID
 from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET
 from listener.salesforce import RetryPolicy, SalesforceClient
 from reconciler.errors import OutcomeUnknownError
@@ -50,6 +51,14 @@ class Org:
 
     async def rows(self, soql: str) -> list[dict[str, Any]]:
         return [r async for page in self.client.query(soql) for r in page]
+
+    async def seed_as_user(self, lead: dict[str, Any]) -> str:
+        """Create a Lead as a Salesforce UI user (not the integration user); its id."""
+        async with aiohttp.ClientSession() as session:
+            answer = await session.post(f"{self.emulator.base_url}/_emulator/seed",
+                                        json={"records": {"Lead": [lead]}})
+            assert answer.status == 200
+            return str((await answer.json())["ids"]["Lead"][0])
 
     def posts(self) -> int:
         return sum(1 for r in self.emulator.state.requests.entries
@@ -136,9 +145,11 @@ class TestTheFlusherRecoversALostCreate:
         doc = await store.db.people.find_one({"_id": local_id})
         assert doc["crm"] == {**doc["crm"], "object": "Lead", "id": leads[0]["Id"]}
         logs, _ = await store.find_sync_logs(limit=10)
-        [created] = [entry for entry in logs if entry["type"] == "create"]
-        assert created["status"] == "success" and created["sf_id"] == leads[0]["Id"]
-        assert "found and linked" in created["job"]["recovered"]
+        # Item 7: an honest log: linked after a lost response, not "created"
+        assert [entry["type"] for entry in logs] == ["link"]
+        [linked] = logs
+        assert linked["status"] == "success" and linked["sf_id"] == leads[0]["Id"]
+        assert linked["note"].startswith("linked after lost response")
 
     async def test_only_the_writes_not_created_are_sent_again(self, org: Org, store: Store) -> None:
         """A write created by an earlier call is linked; one the org never got is re-sent once."""
@@ -169,3 +180,38 @@ class TestTheFlusherRecoversALostCreate:
         [warning] = [e for e in events if e["event"] == "outbound_create_unverifiable"]
         assert warning["local_ids"] == [str(local_id)]
         assert len(await org.rows("SELECT Id FROM Lead")) == 1  # the 500 applied nothing here
+
+
+class TestRecoveryLinksOnlyWhatThisIntegrationCreated:
+    async def test_a_match_created_by_another_user_is_not_linked(self, org: Org, store: Store) -> None:
+        """Item 7: a Lead with the same email made by a Salesforce user (not the integration user)
+        after the first send is not the lost create: the write is sent again and linked to its own."""
+        outbox, flusher = flusher_for(store, org)
+        local_id = await new_person(store, outbox, LastName="Ng", Company="Acme", Email="ng@x.com")
+        await org.fault(path_prefix=COLLECTIONS, count=1, status=500)  # outcome unknown, nothing made
+        await flusher.flush()
+        someone_elses = await org.seed_as_user({"LastName": "Ng", "Company": "Other", "Email": "ng@x.com"})
+        await flush_until_empty(outbox, flusher)
+
+        leads = await org.rows("SELECT Id, CreatedById FROM Lead WHERE Email = 'ng@x.com' ORDER BY Id")
+        assert len(leads) == 2
+        doc = await store.db.people.find_one({"_id": local_id})
+        assert doc["crm"]["id"] != someone_elses
+        [ours] = [lead for lead in leads if lead["Id"] == doc["crm"]["id"]]
+        assert ours["CreatedById"] == INTEGRATION_USER_ID
+
+    async def test_a_match_created_before_the_first_send_is_not_linked(self, org: Org, store: Store) -> None:
+        """Item 7: a Lead the integration user made (another path) after the enqueue but before
+        this write's first send is not its lost create."""
+        outbox, flusher = flusher_for(store, org)
+        local_id = await new_person(store, outbox, LastName="Ng", Company="Acme", Email="ng@x.com")
+        same_email = {"LastName": "Ng", "Company": "Old", "Email": "ng@x.com"}
+        [earlier] = await org.client.create("Lead", [same_email])
+        await asyncio.sleep(2.2)  # CreatedDate has one-second precision; 1 s skew allowance
+        await org.fault(path_prefix=COLLECTIONS, count=1, status=500)
+        await flusher.flush()
+        await flush_until_empty(outbox, flusher)
+
+        doc = await store.db.people.find_one({"_id": local_id})
+        assert doc["crm"]["id"] != earlier.id
+        assert len(await org.rows("SELECT Id FROM Lead WHERE Email = 'ng@x.com'")) == 2

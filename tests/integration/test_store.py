@@ -123,7 +123,8 @@ def test_public_surface_is_pinned() -> None:
     import reconciler.store
 
     assert sorted(reconciler.store.__all__) == [
-        "BulkOutcome", "CREATE", "Lease", "LeaseHolder", "LocalChange", "LocalChangeBatch",
-        "OutboxCollection", "OutboxEntry", "OutboxGroup", "RecordWrite", "Store", "StreamHistoryLostError",
+        "BulkOutcome", "CREATE", "Fence", "Lease", "LeaseHolder", "LocalChange", "LocalChangeBatch",
+        "OutboxCollection", "OutboxEntry", "OutboxGroup", "RecordVersion", "RecordWrite", "Store",
+        "StreamHistoryLostError",
         "UPDATE", "WatchedCollection", "decode_cursor", "encode_cursor", "new_object_id",
         "parse_local_id", "translate_errors"]

@@ -18,6 +18,8 @@ from settings import AuthFlow, SalesforceSettings
 Handler = Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]
 INSTANCE_URL = "https://example.my.salesforce.com"
 LOGIN_URL = "https://login.example.com"
+ORG_ID = "00Dxx0000001gEFEAY"
+INTEGRATION_USER = "005xx000001Sv6AAAS"
 V = "/services/data/v62.0"
 # No sleeping between retries: delays are uniform(0, 0).
 NO_WAIT = RetryPolicy(attempts=4, base=0.0, cap=0.0)
@@ -80,7 +82,8 @@ class ScriptedOrg:
             self.tokens_issued += 1
             self.valid_token = f"00Dxx0000001gEF!token{self.tokens_issued}"
             return HttpResponse.of_json(200, {"access_token": self.valid_token, "instance_url": INSTANCE_URL,
-                                              "issued_at": "1700000000000", "token_type": "Bearer"})
+                                              "issued_at": "1700000000000", "token_type": "Bearer",
+                                              "id": f"{LOGIN_URL}/id/{ORG_ID}/{INTEGRATION_USER}"})
         self.rest_calls.append(request)
         if self.valid_token is None or request.headers.get("Authorization") != f"Bearer {self.valid_token}":
             return sf_error(401, "INVALID_SESSION_ID", "Session expired or invalid")

@@ -14,6 +14,7 @@ from reconciler.errors import OutcomeUnknownError, RetriableError
 from reconciler.outbound import match_key, match_recovered, recovery_query
 
 RETRIED, UNKNOWN = "retried", "outcome unknown"
+USER = "005000000000003AAA"
 
 
 class TestRetryDecision:
@@ -89,25 +90,30 @@ SINCE = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
 class TestRecoveryQuery:
-    def test_people_are_found_by_email_created_since_the_write(self) -> None:
-        """One query per batch: the batch's emails, created since the write was queued."""
+    def test_people_are_found_by_email_created_by_the_integration_user_since_the_first_send(
+        self
+    ) -> None:
+        """One query per batch: the batch's emails, created by the integration user since the
+        first send (item 7)."""
         soql = recovery_query("Lead", [{"Email": "b@x.com"}, {"Email": "o'neil@x.com"},
-                                       {"LastName": "NoEmail"}], SINCE)
-        assert soql == ("SELECT Id, Email FROM Lead WHERE (Email IN ('b@x.com', 'o\\'neil@x.com')) "
+                                       {"LastName": "NoEmail"}], SINCE, USER)
+        assert soql == ("SELECT Id, CreatedDate, Email FROM Lead "
+                        "WHERE (Email IN ('b@x.com', 'o\\'neil@x.com')) "
+                        "AND CreatedById = '005000000000003AAA' "
                         "AND CreatedDate >= 2025-01-01T12:00:00Z ORDER BY CreatedDate, Id")
 
     def test_companies_are_found_by_website_or_name(self) -> None:
         """Accounts with a Website are found by it, the others by Name."""
         soql = recovery_query("Account", [{"Name": "Acme", "Website": "https://acme.com"},
-                                          {"Name": "Globex"}], SINCE)
+                                          {"Name": "Globex"}], SINCE, USER)
         assert soql is not None
         assert "WHERE (Name IN ('Globex') OR Website IN ('https://acme.com')) AND" in soql
-        assert soql.startswith("SELECT Id, Name, Website FROM Account")
+        assert soql.startswith("SELECT Id, CreatedDate, Name, Website FROM Account")
 
     def test_nothing_to_look_for_makes_no_query(self) -> None:
         """Records without a match key cannot be found: no query at all."""
-        assert recovery_query("Lead", [{"LastName": "A"}], SINCE) is None
-        assert recovery_query("Opportunity", [{"Name": "A"}], SINCE) is None
+        assert recovery_query("Lead", [{"LastName": "A"}], SINCE, USER) is None
+        assert recovery_query("Opportunity", [{"Name": "A"}], SINCE, USER) is None
 
 
 class TestMatchingRecovered:
@@ -130,3 +136,11 @@ class TestMatchingRecovered:
         found = [{"Id": "001A", "Name": "Acme", "Website": "http://acme.com"},
                  {"Id": "001G", "Name": "globex", "Website": "globex.io"}]
         assert match_recovered("Account", records, found) == {1: "001A", 0: "001G"}
+
+    def test_a_record_created_before_a_writes_first_send_is_not_its(self) -> None:
+        """Item 7: each write matches only records created at or after its own first send."""
+        records = [{"Email": "a@x.com"}, {"Email": "a@x.com"}]
+        found = [{"Id": "00Q1", "Email": "a@x.com", "CreatedDate": "2025-01-01T12:00:00.000+0000"}]
+        late = SINCE.replace(minute=5)
+        assert match_recovered("Lead", records, found, [late, SINCE]) == {1: "00Q1"}
+        assert match_recovered("Lead", records[:1], found, [late]) == {}

@@ -27,7 +27,8 @@ EXPORTS: dict[str, set[str]] = {
         "SalesforceFatalError", "fetch_token", "parse_limit_info", "parse_token_response", "token_request",
     },
     "service.admin": {
-        "AdminServer", "JobRunner", "StatusProvider", "SyncLogReader", "create_admin_app", "start_admin",
+        "AdminServer", "JobRunner", "NotLeaderError", "StatusProvider", "SyncLogReader", "create_admin_app",
+        "start_admin",
     },
     "reconciler": {
         "BudgetExhaustedError", "ChangeKind", "ChangeSink", "ChangeSource", "FatalError", "Jobs",
@@ -36,8 +37,9 @@ EXPORTS: dict[str, set[str]] = {
         "SalesforceChange", "SessionExpiredError", "SkippableError", "SyncError", "SyncLog",
     },
     "reconciler.store": {
-        "CREATE", "UPDATE", "BulkOutcome", "Lease", "LeaseHolder", "LocalChange", "LocalChangeBatch",
-        "OutboxCollection", "OutboxEntry", "OutboxGroup", "RecordWrite", "Store", "StreamHistoryLostError",
+        "CREATE", "UPDATE", "BulkOutcome", "Fence", "Lease", "LeaseHolder", "LocalChange", "LocalChangeBatch",
+        "OutboxCollection", "OutboxEntry", "OutboxGroup", "RecordVersion", "RecordWrite", "Store",
+        "StreamHistoryLostError",
         "WatchedCollection", "decode_cursor", "encode_cursor", "new_object_id", "parse_local_id",
         "translate_errors",
     },

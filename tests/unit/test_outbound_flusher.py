@@ -46,8 +46,11 @@ class MemoryOutbox:
         self.finished.extend(entries)
 
     async def retry_later(self, entries: Sequence[OutboxEntry], delay: timedelta, *,
-                          count_attempt: bool = True) -> None:
+                          count_attempt: bool = True, error: str | None = None) -> None:
         self.released.append((list(entries), delay, count_attempt))
+
+    async def give_up(self, entries: Sequence[OutboxEntry]) -> None:
+        self.finished.extend(entries)
 
     async def recover_expired(self) -> int:
         return 0
@@ -67,6 +70,10 @@ class MemoryStore:
     async def link_created(self, collection: str, local_id: Any, *, sobject: str, sf_id: str) -> bool:
         self.linked.append((collection, local_id, sobject, sf_id))
         return True
+
+    async def find_linked(self, collection: str, sf_ids: Any) -> list[dict[str, Any]]:
+        return [{"crm": {"id": sf_id}} for c, _, _, sf_id in self.linked
+                if c == collection and sf_id in sf_ids]
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -130,6 +131,19 @@ class TestTokenResponse:
         assert token.access_token.get_secret_value() == "00D!x"
         assert token.instance_url == "https://a.my"
         assert token.issued_at.timestamp() == 1_700_000_000
+
+    @pytest.mark.parametrize(("identity", "user_id"), [
+        ("https://login.salesforce.com/id/00D000000000001AAA/005000000000003AAA", "005000000000003AAA"),
+        ("https://login.salesforce.com/id/00D000000000001AAA/005000000000003AAA/", "005000000000003AAA"),
+        (None, None),
+        ("not a url", None),
+    ])
+    def test_the_identity_url_names_the_integration_user(self, identity: str | None,
+                                                         user_id: str | None) -> None:
+        """Item 7: the `id` of a token answer (the identity URL) gives the authenticated user's id,
+        what the lost-create recovery matches `CreatedById` against."""
+        body = {"access_token": "00D!x", "instance_url": "https://a.my", "id": identity}
+        assert parse_token_response(200, json.dumps(body)).user_id == user_id
 
     @pytest.mark.parametrize(
         ("status", "text", "expected"),
