@@ -18,6 +18,12 @@
 - Network loss, `403::Unknown client`, a 401 a fresh token did not cure: close, back off with
   jitter, reopen from the committed replay ids (redelivered events are dropped by replay id).
 - `403::Organization total events daily limit exceeded`: tell the governor; `run` returns.
+- Stopping (issue 11 item 4): `stop` set while a batch is in flight waits for it up to
+  `stop_deadline`, then cancels it (its offsets are not committed: it is redelivered); a
+  cancelled `run` cancels its batch too. Nothing runs detached once `run` has returned.
+- Fencing: with `fence` (returns the leader term's `Fence`, read once when `run` starts),
+  every offset and watermark write is conditional on that term still holding the lease; a
+  refused write (`FencedError`) ends `run` (logged `stream_fenced`), and nothing more is written.
 """
 
 from __future__ import annotations
@@ -46,9 +52,10 @@ from listener.sources.batching import CommitPolicy, MicroBatcher
 from listener.sources.cdc_batch import Message, SortedBatch, sort_batch
 from listener.sources.handover import HANDOVER_MARGIN, CatchUp, PollHandover
 from listener.sources.replay_offsets import ReplayOffsets
-from reconciler.errors import RetriableError
+from reconciler.errors import FencedError, RetriableError
 from reconciler.pacing import Backoff
 from reconciler.ports import ChangeSink, RejectedEvent, SalesforceChange, StateStore
+from reconciler.store import Fence
 from reconciler.watermark import Watermark
 from settings import Settings
 
@@ -71,11 +78,13 @@ class StreamOptions:
     batch_wait_ms: int = 20         # how long a batch waits for more events after its first
     stall_timeout: float = 5.0      # seconds the transport may reconnect before we reopen
     commit_every: int = 1           # events applied per replay id commit (`CommitPolicy`)
+    stop_deadline: float = 5.0      # seconds a batch in flight may finish after stop (< lease TTL/2)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StreamOptions:
         return cls(client_name=settings.salesforce.client_name, api_version=settings.salesforce.api_version,
-                   batch_size=settings.sync.batch_size, batch_wait_ms=settings.sync.batch_wait_ms)
+                   batch_size=settings.sync.batch_size, batch_wait_ms=settings.sync.batch_wait_ms,
+                   stop_deadline=min(5.0, settings.sync.lease_seconds / 4))
 
 
 class Session(Protocol):
@@ -111,8 +120,10 @@ class CdcStream:
         options: StreamOptions,
         governor: EventsExhausted | None = None,
         session_factory: Callable[[CommittedReplayIds], Session] | None = None,
+        fence: Callable[[], Fence | None] | None = None,
     ) -> None:
         self._sf = sf
+        self._fence = fence
         self._sink = sink
         self._catch_up = catch_up
         self.objects = list(objects)
@@ -154,13 +165,29 @@ class CdcStream:
         return {}
 
     async def run(self, stop: asyncio.Event) -> None:
+        term = self._term_fence()
+        self._offsets.fence = self._handover.fence = term
         self.running = True
+        finished = False
         try:
             await self._sessions(await self._offsets.load(), stop)
+            finished = True
+        except FencedError as exc:
+            log.warning("stream_fenced", error=str(exc), term=term.term if term else None)
+            raise
         finally:
             self.running = False
             self.connected = False
+        if finished:  # not after a cancellation or a refused write: nothing written past the term
             await self._handover.checkpoint_watermarks()
+
+    def _term_fence(self) -> Fence | None:
+        if self._fence is None:
+            return None
+        term = self._fence()
+        if term is None:
+            raise FencedError("stream: no leader term to write for")
+        return term
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -236,14 +263,36 @@ class CdcStream:
                     if reader in done:
                         reader.result()  # raises the reader's error
                     return
-                # The batch in flight is finished even if we are cancelled meanwhile.
-                await asyncio.shield(self._process(taking.result(), policy))
+                if not await self._run_batch(taking.result(), policy, stopping):
+                    return  # stopped mid-batch: that batch is redelivered after the restart
                 METRICS.set("sfsync_queue_depth", queue.qsize(), queue="inbound")
         finally:
             for task in (reader, stopping):
                 task.cancel()
             await asyncio.gather(reader, stopping, return_exceptions=True)
             self._queue = None
+
+    async def _run_batch(self, messages: list[Message], policy: CommitPolicy,
+                         stopping: asyncio.Task[Any]) -> bool:
+        """Apply one batch; False when it was abandoned at stop. Told to stop meanwhile, it
+        waits up to `stop_deadline`, then cancels the batch; cancelled itself, it cancels the
+        batch and waits for that, so the batch never outlives `run`."""
+        work = asyncio.create_task(self._process(messages, policy))
+        try:
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                await asyncio.wait({work}, timeout=self.options.stop_deadline)
+            if not work.done():
+                log.warning("stream_batch_cancelled_at_stop", events=len(messages),
+                            deadline_seconds=self.options.stop_deadline)
+        finally:
+            if not work.done():
+                work.cancel()
+                await asyncio.wait({work})  # until it has unwound (no write runs after this)
+        if work.cancelled():
+            return False
+        work.result()  # the batch's error, if any
+        return True
 
     async def _read(self, session: Session, queue: asyncio.Queue[Message]) -> None:
         while True:

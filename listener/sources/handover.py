@@ -21,6 +21,7 @@ import structlog
 from reconciler.errors import RetriableError
 from reconciler.ports import SalesforceChange, StateStore
 from reconciler.soql import floor_second
+from reconciler.store import Fence
 from reconciler.store.state_keys import watermark_key
 from reconciler.watermark import Watermark
 
@@ -55,6 +56,7 @@ class PollHandover:
         self._poll_marks: dict[str, Watermark] = {}  # what a poll covered, per object
         self._last_commit: dict[str, datetime] = {}  # newest applied commit time, per object
         self._closing_poll: set[str] = set()
+        self.fence: Fence | None = None  # the leader term the stream writes for
 
     def resume_after_poll(self, marks: dict[str, Watermark]) -> None:
         """Skip replayed events the poller already applied (handover poll -> stream)."""
@@ -98,7 +100,8 @@ class PollHandover:
             try:
                 current = await self._catch_up.watermark(sobject)
                 if current.ts is None or ts > current.ts:
-                    await self._store.save_state(watermark_key(sobject), Watermark(ts).to_state())
+                    await self._store.save_state(watermark_key(sobject), Watermark(ts).to_state(),
+                                                 fence=self.fence)
             except RetriableError as exc:
                 log.warning("stream_watermark_checkpoint_failed", object=sobject, error=str(exc))
 

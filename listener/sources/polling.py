@@ -37,6 +37,10 @@ Salesforce time, not host time (issue 11 item 3):
   bandwidth and a set lookup each. After a restart the memory is empty: the first pass applies
   the window again, which the reconciler makes a no-op (it compares values; nothing changed
   writes nothing and logs nothing).
+
+Fencing (issue 11 item 4): with `fence` (returns the leader term's `Fence`), each pass reads
+the fence once when it starts and every watermark it writes is conditional on that term still
+holding the lease (`FencedError` otherwise, which ends the pass).
 """
 
 from __future__ import annotations
@@ -52,10 +56,11 @@ import structlog
 
 from listener.metrics import METRICS
 from listener.reader import RecordReader
-from reconciler.errors import BudgetExhaustedError, RetriableError
+from reconciler.errors import BudgetExhaustedError, FencedError, RetriableError
 from reconciler.pacing import every
 from reconciler.ports import ChangeSink, ChangeSource, SalesforceChange, StateStore
 from reconciler.soql import floor_second, parse_sf_datetime
+from reconciler.store import Fence
 from reconciler.store.state_keys import watermark_key
 from reconciler.watermark import Watermark
 from settings import Mappings
@@ -141,6 +146,7 @@ class Poller:
         every_minutes: int = 10,
         sf_clock: SalesforceTime | None = None,
         overlap: timedelta = DEFAULT_POLL_OVERLAP,
+        fence: Callable[[], Fence | None] | None = None,
     ) -> None:
         """`sf_clock` gives Salesforce's time (without one, `clock` is taken as Salesforce's);
         `overlap` is how far before the watermark each pass reads again (see the module)."""
@@ -149,6 +155,7 @@ class Poller:
         self._sf_clock = sf_clock
         self.overlap = overlap
         self._applied = _AppliedPairs()
+        self._fence = fence
         self._store = store
         self._sink = sink
         self.objects = list(objects)
@@ -179,11 +186,12 @@ class Poller:
     async def run_once(self, objects: Sequence[str] | None = None) -> PassReport:
         """One pass over every object (or `objects`); watermarks advance page by page."""
         signpost = self.signpost()
+        term = self._term_fence()
         report = PassReport()
         for sobject in objects if objects is not None else self.objects:
             before = self._sf.calls_made
             report.records[sobject] = await self._poll(sobject, await self.watermark(sobject), signpost,
-                                                       persist=True)
+                                                       persist=True, fence=term)
             report.calls[sobject] = self._sf.calls_made - before
         log.info("poll_pass", signpost=signpost.isoformat(), records=report.records, calls=report.calls)
         self.last_pass = report
@@ -193,6 +201,14 @@ class Poller:
         """Catch up one object from `since` (after a GAP_OVERFLOW); the watermark is untouched."""
         return await self._poll(sobject, Watermark(floor_second(since)), self.signpost(), persist=False,
                                 overlap=False)
+
+    def _term_fence(self) -> Fence | None:
+        if self._fence is None:
+            return None
+        term = self._fence()
+        if term is None:
+            raise FencedError("poller: no leader term to write for")
+        return term
 
     def signpost(self) -> datetime:
         """Where a pass starting now stops: Salesforce's certain now, less the safety lag."""
@@ -228,7 +244,7 @@ class Poller:
         return await self.reader.fetch(sobject, sorted(set(ids)), source=ChangeSource.GAP)
 
     async def _poll(self, sobject: str, mark: Watermark, signpost: datetime, *, persist: bool,
-                    overlap: bool = True) -> int:
+                    overlap: bool = True, fence: Fence | None = None) -> int:
         """Apply what follows `mark` (from `overlap` before it, skipping pairs already applied)."""
         seen = 0
         start = mark.rewound(self.overlap) if overlap else mark
@@ -242,7 +258,7 @@ class Poller:
                 METRICS.inc("sfsync_records_polled_total", page.read, object=sobject)
                 moved = mark.at_least(page.mark)
                 if persist and moved != mark:
-                    await self._store.save_state(watermark_key(sobject), moved.to_state())
+                    await self._store.save_state(watermark_key(sobject), moved.to_state(), fence=fence)
                 mark = moved
         if mark.ts is not None:
             self._applied.forget_before(sobject, mark.ts - self.overlap)
