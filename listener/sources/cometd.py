@@ -1,7 +1,7 @@
 """The CDC stream: `/data/<Object>ChangeEvent` over CometD, applied in micro-batches.
 
     CometD session --receive--> bounded queue --MicroBatcher--> parse --> ChangeSink.apply
-                                (reader waits when full)                       |
+                    (`intake.BatchIntake`; reader waits when full)             |
                                         replay id per channel committed  <-----+  (after apply)
 
 - Resumes from the replay id stored per channel (`sync_state` `replay:<channel>` =
@@ -29,7 +29,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,9 +47,10 @@ from listener.sources._sfstream_compat import (
     StreamSession,
     TokenSource,
 )
-from listener.sources.batching import CommitPolicy, MicroBatcher
+from listener.sources.batching import CommitPolicy
 from listener.sources.cdc_batch import Message, SortedBatch, sort_batch
 from listener.sources.handover import HANDOVER_MARGIN, CatchUp, PollHandover
+from listener.sources.intake import BatchIntake
 from listener.sources.replay_offsets import ReplayOffsets
 from reconciler.errors import FencedError, RetriableError
 from reconciler.pacing import Backoff
@@ -132,7 +132,7 @@ class CdcStream:
         self._session_factory = session_factory or self._default_session
         self._offsets = ReplayOffsets(store, self.channels)
         self._handover = PollHandover(catch_up, store)
-        self._queue: asyncio.Queue[Message] | None = None
+        self._intake: BatchIntake | None = None
         self.connected = False
         self.ready = False  # connected, and any closing poll done: events flow
         self.running = False
@@ -149,7 +149,7 @@ class CdcStream:
             "connected": self.connected,
             "ready": self.ready,
             "replay_ids": self._offsets.applied_ids,
-            "queue_depth": self._queue.qsize() if self._queue else 0,
+            "queue_depth": self._intake.queue_depth if self._intake else 0,
         }
 
     def resume_after_poll(self, marks: dict[str, Watermark]) -> None:
@@ -242,61 +242,20 @@ class CdcStream:
     # -- consuming ---------------------------------------------------------------------------
 
     async def _consume(self, session: Session, stop: asyncio.Event) -> None:
-        """Read into a bounded queue and apply batches until `stop` or an error."""
+        """Apply batches from the session until `stop` or an error (`BatchIntake`)."""
         options = self.options
-        queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=options.batch_size * 2)
-        self._queue = queue
-        batcher = MicroBatcher(queue, max_items=options.batch_size, max_wait=options.batch_wait_ms / 1000)
-        reader = asyncio.create_task(self._read(session, queue))
-        stopping = asyncio.create_task(stop.wait())
         policy = CommitPolicy(max_pending=options.commit_every, max_seconds=1.0)
-        try:
-            while True:
-                taking = asyncio.create_task(batcher.next_batch())
-                done, _ = await asyncio.wait({taking, reader, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if taking not in done:
-                    # Items already taken are dropped: uncommitted, they are redelivered later.
-                    taking.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await taking
-                    await self._offsets.commit()  # what was applied stays applied
-                    if reader in done:
-                        reader.result()  # raises the reader's error
-                    return
-                if not await self._run_batch(taking.result(), policy, stopping):
-                    return  # stopped mid-batch: that batch is redelivered after the restart
-                METRICS.set("sfsync_queue_depth", queue.qsize(), queue="inbound")
-        finally:
-            for task in (reader, stopping):
-                task.cancel()
-            await asyncio.gather(reader, stopping, return_exceptions=True)
-            self._queue = None
 
-    async def _run_batch(self, messages: list[Message], policy: CommitPolicy,
-                         stopping: asyncio.Task[Any]) -> bool:
-        """Apply one batch; False when it was abandoned at stop. Told to stop meanwhile, it
-        waits up to `stop_deadline`, then cancels the batch; cancelled itself, it cancels the
-        batch and waits for that, so the batch never outlives `run`."""
-        work = asyncio.create_task(self._process(messages, policy))
-        try:
-            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if not work.done():
-                await asyncio.wait({work}, timeout=self.options.stop_deadline)
-            if not work.done():
-                log.warning("stream_batch_cancelled_at_stop", events=len(messages),
-                            deadline_seconds=self.options.stop_deadline)
-        finally:
-            if not work.done():
-                work.cancel()
-                await asyncio.wait({work})  # until it has unwound (no write runs after this)
-        if work.cancelled():
-            return False
-        work.result()  # the batch's error, if any
-        return True
+        async def process(messages: list[Message]) -> None:
+            await self._process(messages, policy)
 
-    async def _read(self, session: Session, queue: asyncio.Queue[Message]) -> None:
-        while True:
-            await queue.put(await session.receive())  # waits when full: back-pressure
+        self._intake = BatchIntake(session, process, self._offsets.commit,
+                                   batch_size=options.batch_size, batch_wait=options.batch_wait_ms / 1000,
+                                   stop_deadline=options.stop_deadline)
+        try:
+            await self._intake.run(stop)
+        finally:
+            self._intake = None
 
     async def _process(self, messages: list[Message], policy: CommitPolicy) -> None:
         batch = sort_batch(messages, client_name=self.options.client_name, objects=set(self.objects),

@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 
+from listener.events import parse_message
 from listener.sources._sfstream_compat import CommittedReplayIds
 from listener.sources.cometd import CdcStream, StreamOptions
 from listener.sources.polling import Poller
 from reconciler.errors import FencedError
+from reconciler.inbound import Reconciler
 from reconciler.ports import RejectedEvent, SalesforceChange
 from reconciler.store import Fence, Store
 from reconciler.store.state_keys import replay_key, watermark_key
@@ -165,6 +167,27 @@ class TestFencedWatermarks:
         with pytest.raises(FencedError):
             await poller.run_once()
         assert await store.load_state(watermark_key("Lead")) is None
+
+
+class TestFencedRecords:
+    async def test_an_old_terms_inbound_write_is_refused(self, store: Store) -> None:
+        """The reconciler writing for term 1 after term 2 took the lease: FencedError, no record."""
+        old = store.lease("sync", owner="a", ttl=30)
+        assert await old.acquire()
+        stale = old.fence()
+        new = store.lease("sync", owner="b", ttl=30, clock=lambda: datetime.now(UTC) + timedelta(seconds=31))
+        assert await new.acquire()
+        sink = Reconciler(store, LEAD_NAME_MAPPINGS, fence=lambda: stale)
+        [change] = parse_one(event(1))
+        with pytest.raises(FencedError):
+            await sink.apply([change])
+        assert await store.db.people.count_documents({}) == 0
+
+
+def parse_one(message: dict[str, Any]) -> list[SalesforceChange]:
+    parsed = parse_message(message, client_name="salesforce-sync", objects=["Lead"])
+    assert isinstance(parsed, list)
+    return parsed
 
 
 async def _stored(store: Store, replay_id: int) -> bool:
