@@ -103,3 +103,20 @@ class TestPlatformEditDuringInboundWrite:
         await Reconciler(racing, LEAD_NAME_MAPPINGS).apply([salesforce_update(T0 + timedelta(seconds=10))])
         [failed] = [d async for d in store.db.sync_logs.find({"status": "failed"})]
         assert failed["sf_id"] == LEAD and "CONFLICT" in failed["error"] and failed["retriable"] is True
+
+
+class FixedOffset:
+    def __init__(self, seconds: float) -> None:
+        self.offset = timedelta(seconds=seconds)
+
+
+class TestMergeClock:
+    @pytest.mark.parametrize(("sf_ahead", "first_name"), [(0, "Anna"), (15, "Ann")])
+    async def test_salesforce_time_is_moved_onto_the_host_clock(self, store: Store, sf_ahead: int,
+                                                                first_name: str) -> None:
+        """Item 10: a LastModifiedDate 10 s after the local edit on Salesforce's clock, which
+        runs 15 s ahead, is 5 s before it on the host's: the local value stays."""
+        sink = Reconciler(store, LEAD_NAME_MAPPINGS, sf_clock=FixedOffset(sf_ahead))
+        await sink.apply([salesforce_update(T0 + timedelta(seconds=10))])
+        doc = await store.db.people.find_one({"crm.id": LEAD})
+        assert doc is not None and doc["first_name"] == first_name
