@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from emulator.auth import token_endpoint
+from emulator.chaos import add_chaos_routes
 from emulator.cometd import add_cometd_routes
 from emulator.control import add_control_routes, traffic_middleware
 from emulator.rest import add_rest_routes, rest_middleware
@@ -41,6 +42,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
     install_time_control(app)
     if config.control_enabled:
         add_control_routes(app)
+        add_chaos_routes(app)
     cometd = add_cometd_routes(app, state)
     if config.control_enabled:
         add_streaming_control_routes(app, cometd)

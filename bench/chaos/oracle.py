@@ -1,0 +1,692 @@
+"""The oracle: a reference model of the mapping rules, fed the acknowledged operations in the
+order they were acknowledged, and the checks run on the final state after the quiet period.
+
+The model is written from the product's rules (README "Merge rules", design.md), not from the
+service's code: per record and mapped field it keeps the set of values each side may hold.
+
+- A write on one side sets that side (blanks included: a user may blank a field on their own
+  side) and propagates to the other side when the rule allows it: direction (`both`,
+  `from_salesforce`, `to_salesforce`), merge behaviour (`salesforce_unless_blank`: a platform edit
+  never replaces data in Salesforce; `local_unless_blank`: a Salesforce edit never replaces data
+  on the platform), never a blank, never into a read-only field.
+- *Concurrency*: two writes to one field from different sides acknowledged within `WINDOW`
+  seconds of each other may end either way (a same-second tie goes to Salesforce, the platform's
+  clock is not Salesforce's); outside that window the later write wins. This is the only place
+  acknowledgement times enter, and it only widens what is accepted.
+- Conversion relinks the Person to the Contact; fields mapped on the Contact carry over and are
+  merged (each side may take the other's data where it is blank), Lead-only fields are no longer
+  checked.
+- Deleted in Salesforce: platform edits made meanwhile are not sent; after an undelete either
+  value is accepted.
+
+Checks (each can fail; where a rule is not modelled exactly the check is conservative, as noted):
+
+- lost_change: each side's final value is in the model's set; a `most_recent` field with data on
+  both sides holds the same value on both; a record that should exist on the other side does
+  — unless exactly explained by failed sync logs for that record (one per attempt).
+- duplicate: at most one Person per Lead/Contact, one Lead per Person, one Company per Account,
+  one Account per Company (the service's own creates, from the emulator's write log); no Person
+  linked to a record no operation made.
+- loop: after the quiet period the service makes no Salesforce write and no local write for
+  IDLE seconds; it never sends a blank, a read-only or a `from_salesforce` field; its record
+  writes per record stay within a bound (conservative: local edits + merges + faults that can
+  cause a resend + 2).
+- offsets: no replay id and no polling watermark recorded in `sync_state` ever went backwards.
+- logs: no Salesforce-side log applies a value only the platform ever wrote (an echo); no more
+  Salesforce-side update logs for a record than Salesforce operations on it (+ merges); no
+  local-side log without a write attempt for that record.
+- liveness: the quiet period's barrier (a new Lead crossing in, a new Person crossing out) passed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from bench.chaos.env import CHAOS_MAPPINGS, StateWrite
+from bench.chaos.operations import Ack, Entity
+from settings import Direction, FieldMapping, Mappings, MergeBehaviour, parse_mappings
+
+WINDOW = 2.0   # seconds: writes from both sides this close may end either way
+READ_ONLY = frozenset({"Score__c"})
+# after these the service may resync with a merge (backfill / re-import): data fills blanks
+RESYNC_FAULTS = frozenset({"replay_retention", "kill_leader", "stop_leader", "restart_mongo", "cdc_overflow",
+                           "budget_swing", "cometd_drop"})
+SERVICE_CLIENT = "client=salesforce-sync"
+
+
+@dataclass
+class Violation:
+    check: str
+    message: str
+    ops: list[str] = field(default_factory=list)
+    slot: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"check": self.check, "message": self.message, "ops": self.ops, "slot": self.slot}
+
+
+@dataclass
+class Observed:
+    """Everything the checks read, gathered by the runner after the quiet period."""
+
+    acks: list[Ack]
+    entities: dict[str, Entity]
+    sf_records: dict[str, dict[str, Any]]          # sf id -> record (control API; deleted too)
+    people: list[dict[str, Any]]
+    companies: list[dict[str, Any]]
+    sync_logs: list[dict[str, Any]]
+    writes: list[dict[str, Any]]                   # /_emulator/chaos/writes
+    state_writes: list[StateWrite]
+    faults: list[dict[str, Any]]
+    barrier_ok: bool
+    barrier_detail: str
+    idle_writes: int
+    idle_local_changes: int
+    barrier_ids: set[str] = field(default_factory=set)
+
+
+def blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or value == []
+
+
+def norm(value: Any) -> Any:
+    if blank(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# --- the reference model of one field ------------------------------------------------------------
+
+@dataclass
+class _Write:
+    at: float
+    side: str     # salesforce | platform
+    value: Any
+    step: str
+
+
+@dataclass
+class FieldModel:
+    direction: Direction
+    merge: MergeBehaviour
+    writable: bool = True
+    sf: set[Any] = field(default_factory=set)
+    local: set[Any] = field(default_factory=set)
+    sf_known: bool = False
+    local_known: bool = False
+    writes: list[_Write] = field(default_factory=list)
+    held: list[_Write] = field(default_factory=list)   # platform writes while deleted in Salesforce
+    relaxed: bool = False                             # convergence not required (see module doc)
+
+    def _inbound(self) -> bool:
+        return self.direction in (Direction.BOTH, Direction.FROM_SALESFORCE)
+
+    def _outbound(self) -> bool:
+        return self.writable and self.direction in (Direction.BOTH, Direction.TO_SALESFORCE)
+
+    def _recent(self, side: str, at: float, propagate: bool) -> set[Any]:
+        """Non-blank values `side` wrote within WINDOW before `at` (they may still win)."""
+        if not propagate:
+            return set()
+        return {w.value for w in self.writes if w.side == side and at - w.at <= WINDOW
+                and w.value is not None}
+
+    def write(self, side: str, value: Any, at: float, step: str, *, deleted: bool = False,
+              other_exists: bool = True, certain: bool = True) -> None:
+        """`other_exists` False: the other side's record may not exist yet (it is created later
+        from the then current values), so an "unless blank" rule may not hold it back."""
+        value = norm(value)
+        w = _Write(at, side, value, step)
+        if side == "salesforce":
+            self.sf = {value} | self._recent("platform", at, self._outbound())
+            self.sf_known = True
+            if value is not None and self._inbound():
+                allowed = self._may_replace(self.local, self.local_known,
+                                            self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK
+                                            and self.direction is Direction.BOTH)
+                if allowed == "no" and not other_exists:
+                    allowed = "maybe"
+                if allowed == "yes" and not certain:
+                    allowed = "maybe"  # a change with no event: the refetch may read a later state
+                if allowed == "yes":
+                    self.local = {value} | self._recent("platform", at, True)
+                    self.local_known = True
+                elif allowed == "maybe":
+                    self.local |= {value}
+        else:
+            self.local = {value} | self._recent("salesforce", at, self._inbound())
+            self.local_known = True
+            if deleted:
+                self.held.append(w)
+            elif value is not None and self._outbound():
+                allowed = self._may_replace(self.sf, self.sf_known,
+                                            self.merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK
+                                            and self.direction is Direction.BOTH)
+                if allowed == "no" and not other_exists:
+                    allowed = "maybe"
+                if allowed == "yes":
+                    self.sf = {value} | self._recent("salesforce", at, True)
+                    self.sf_known = True
+                elif allowed == "maybe":
+                    self.sf |= {value}
+        self.writes.append(w)
+
+    @staticmethod
+    def _may_replace(current: set[Any], known: bool, unless_blank: bool) -> str:
+        if not unless_blank or not known:
+            return "yes"
+        blanks = {v for v in current if v is None}
+        if not blanks:
+            return "no"
+        return "yes" if blanks == current else "maybe"
+
+    def undelete(self) -> None:
+        if self.held and self._outbound():
+            self.sf |= {w.value for w in self.held if w.value is not None}
+            self.relaxed = True
+        self.held.clear()
+
+    def merge_on_link(self) -> None:
+        """A merge (conversion): either side may take the other's data where it is blank."""
+        if self._outbound():
+            self.sf |= {v for v in self.local if v is not None}
+        if self._inbound():
+            self.local |= {v for v in self.sf if v is not None}
+
+    def fill_blanks(self) -> None:
+        """A merge the service may run on its own (a backfill or re-import after a resync):
+        data wins over a blank, both ways."""
+        if None in self.sf and self._outbound():
+            self.sf |= {v for v in self.local if v is not None}
+        if None in self.local and self._inbound():
+            self.local |= {v for v in self.sf if v is not None}
+
+    def steps(self) -> list[str]:
+        return [w.step for w in self.writes[-4:]]
+
+
+@dataclass
+class EntityModel:
+    entity: Entity
+    fields: dict[str, FieldModel] = field(default_factory=dict)
+    sobject: str = ""
+    deleted: bool = False
+    converted: bool = False
+    frozen: set[str] = field(default_factory=set)      # Lead-only fields after conversion
+    sf_ops: list[str] = field(default_factory=list)     # steps that wrote it in Salesforce
+    pf_ops: list[str] = field(default_factory=list)     # steps that wrote it on the platform
+    created_mapped: bool | None = None                  # Salesforce-created with a mapped owner?
+    owner_sf: Any = None
+    merges: int = 0
+
+
+class Model:
+    def __init__(self, mappings: Mappings | None = None) -> None:
+        self.mappings = mappings or parse_mappings(CHAOS_MAPPINGS)
+        self.entities: dict[str, EntityModel] = {}
+        self.early: list[Violation] = []  # found while feeding (a conversion's starting values)
+
+    def _mapping(self, sobject: str) -> list[FieldMapping]:
+        return self.mappings.for_object(sobject)
+
+    def _field(self, em: EntityModel, m: FieldMapping) -> FieldModel:
+        fm = em.fields.get(m.local_field)
+        if fm is None:
+            fm = em.fields[m.local_field] = FieldModel(m.direction, m.merge,
+                                                       writable=m.sf_field not in READ_ONLY)
+        return fm
+
+    def resync(self) -> None:
+        """A fault after which the service may resync by a merging backfill (see fill_blanks)."""
+        for em in self.entities.values():
+            for name, fm in em.fields.items():
+                if name not in em.frozen:
+                    fm.fill_blanks()
+
+    def feed(self, acks: Iterable[Ack], entities: Mapping[str, Entity],
+             faults: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Acks in acknowledgement order; faults that may make the service resync are merged in
+        by time."""
+        resyncs = sorted(float(f["at"]) for f in faults
+                         if f.get("status") == "injected" and f.get("kind") in RESYNC_FAULTS)
+        for ack in acks:
+            while resyncs and resyncs[0] <= ack.at:
+                resyncs.pop(0)
+                self.resync()
+            if ack.status != "ok" or ack.slot is None or ack.slot not in entities:
+                continue
+            em = self.entities.get(ack.slot)
+            if em is None:
+                ent = entities[ack.slot]
+                em = self.entities[ack.slot] = EntityModel(ent, sobject=ack.sobject or ent.sobject)
+            self._apply(em, ack, entities)
+        if resyncs:
+            self.resync()
+
+    def _apply(self, em: EntityModel, ack: Ack, entities: Mapping[str, Entity]) -> None:
+        kind = ack.kind
+        if ack.side == "salesforce":
+            em.sf_ops.append(ack.step)
+            if kind in ("sf_create_lead", "sf_create_contact", "sf_create_account"):
+                owner = ack.fields.get("OwnerId")
+                em.created_mapped = isinstance(owner, str) and self.mappings.local_user(owner) is not None
+            if kind == "sf_delete":
+                em.deleted = True
+                return
+            if kind == "sf_undelete":
+                em.deleted = False
+                for fm in em.fields.values():
+                    fm.undelete()
+                return
+            if kind == "sf_convert":
+                self._convert(em, ack, entities)
+                return
+            if "OwnerId" in ack.fields:
+                em.owner_sf = ack.fields["OwnerId"]
+            seen = em.entity.bound_at is not None and ack.at >= em.entity.bound_at
+            silent = ack.kind in ("cdc_gap", "cdc_overflow")
+            for m in self._mapping(em.sobject):
+                if m.sf_field in ack.fields and m.local_field not in em.frozen:
+                    self._field(em, m).write("salesforce", ack.fields[m.sf_field], ack.at, ack.step,
+                                             other_exists=seen, certain=not silent)
+        else:
+            em.pf_ops.append(ack.step)
+            seen = em.entity.bound_at is not None and ack.at >= em.entity.bound_at
+            for m in self._mapping(em.sobject):
+                if m.local_field in ack.fields and m.local_field not in em.frozen:
+                    self._field(em, m).write("platform", ack.fields[m.local_field], ack.at, ack.step,
+                                             deleted=em.deleted, other_exists=seen)
+
+    def _convert(self, em: EntityModel, ack: Ack, entities: Mapping[str, Entity]) -> None:
+        lead = ack.fields.get("lead_before") or {}
+        for m in self._mapping("Lead"):
+            fm = em.fields.get(m.local_field)
+            if fm is None or not fm.sf_known or m.sf_field in READ_ONLY or m.local_field in em.frozen:
+                continue
+            actual = norm(lead.get(m.sf_field))
+            if actual not in fm.sf:
+                self.early.append(Violation(
+                    "lost_change", f"{em.entity.slot}.{m.local_field} (Lead.{m.sf_field}) when converted: "
+                    f"Salesforce held {actual!r}, model allows {_show(fm.sf)}", [*fm.steps(), ack.step],
+                    em.entity.slot))
+            fm.sf = {actual}  # what the Contact and Account are made from
+        contact = {m.local_field for m in self._mapping("Contact")}
+        em.frozen |= {name for name in em.fields if name not in contact}
+        em.frozen |= {m.local_field for m in self._mapping("Lead") if m.local_field not in contact}
+        em.sobject, em.converted = "Contact", True
+        em.merges += 1
+        for name, fm in em.fields.items():
+            if name not in em.frozen:
+                fm.merge_on_link()
+        account = next(m for m in self._mapping("Contact") if m.sf_field == "AccountId")
+        self._field(em, account).write("salesforce", ack.fields.get("ConvertedAccountId"), ack.at, ack.step)
+        slot = ack.fields.get("account_slot")
+        if isinstance(slot, str) and slot in entities:
+            acc = self.entities.setdefault(slot, EntityModel(entities[slot], sobject="Account"))
+            acc.sf_ops.append(ack.step)
+            acc.created_mapped = True
+            company = {m.sf_field: m for m in self._mapping("Account")}
+            copied = (("Name", "Company"), ("Website", "Website"), ("Industry", "Industry"),
+                      ("BillingCity", "City"))
+            for sf_field, lead_field in copied:
+                if sf_field in company and not blank(lead.get(lead_field)):
+                    self._field(acc, company[sf_field]).write("salesforce", lead[lead_field], ack.at,
+                                                              ack.step)
+
+
+# --- the checks ---------------------------------------------------------------------------------
+
+def check(obs: Observed, model: Model) -> list[Violation]:
+    out: list[Violation] = []
+    by_local: dict[str, dict[str, Any]] = {}
+    people_by_crm: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for coll in (obs.people, obs.companies):
+        for doc in coll:
+            by_local[str(doc["_id"])] = doc
+            crm = doc.get("crm") or {}
+            if crm.get("id"):
+                people_by_crm[str(crm["id"])[:15]].append(doc)
+    logs_by_record: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for log in obs.sync_logs:
+        for key in (log.get("sf_id"), log.get("local_id")):
+            if key:
+                text = str(key)
+                logs_by_record[text[:15] if text.startswith(("00Q", "003", "001")) else text].append(log)
+    service = _service_writes(obs.writes)
+    out += model.early
+    out += _check_liveness(obs)
+    out += _check_duplicates(obs, model, people_by_crm, service)
+    out += _check_fields(obs, model, by_local, people_by_crm, logs_by_record)
+    out += _check_loop(obs, model, service)
+    out += _check_offsets(obs.state_writes)
+    out += _check_logs(obs, model, logs_by_record, service)
+    return out
+
+
+def _key(sf_id: Any) -> str:
+    return str(sf_id)[:15]
+
+
+def _check_liveness(obs: Observed) -> list[Violation]:
+    if obs.barrier_ok:
+        return []
+    return [Violation("liveness", f"quiet period never reached: {obs.barrier_detail}")]
+
+
+def _docs_of(em: EntityModel, people_by_crm: Mapping[str, list[dict[str, Any]]],
+             by_local: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    ent = em.entity
+    found: dict[str, dict[str, Any]] = {}
+    for sf_id in (ent.sf_id, ent.lead_id):
+        if sf_id:
+            for doc in people_by_crm.get(_key(sf_id), []):
+                found[str(doc["_id"])] = doc
+    if ent.local_id is not None and str(ent.local_id) in by_local:
+        doc = by_local[str(ent.local_id)]
+        found[str(doc["_id"])] = doc
+    return list(found.values())
+
+
+def _service_writes(writes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every record the service wrote: {seq, method, sobject, id, fields, ok, status}."""
+    out: list[dict[str, Any]] = []
+    for w in writes:
+        if SERVICE_CLIENT not in str(w.get("client", "")):
+            continue
+        body = w.get("body")
+        path = str(w.get("path", ""))
+        records: list[dict[str, Any]] = []
+        if isinstance(body, dict) and isinstance(body.get("records"), list):
+            records = [r for r in body["records"] if isinstance(r, dict)]
+        elif isinstance(body, dict):
+            rec = dict(body)
+            parts = path.rstrip("/").split("/")
+            if w.get("method") == "PATCH" and len(parts) >= 2:
+                rec.setdefault("Id", parts[-1])
+            records = [rec]
+        response = w.get("response") if isinstance(w.get("response"), list) else None
+        for index, rec in enumerate(records):
+            attributes = rec.get("attributes")
+            sobject = attributes.get("type") if isinstance(attributes, dict) else None
+            if sobject is None and "/sobjects/" in path:
+                sobject = path.split("/sobjects/")[1].split("/")[0]
+            result = response[index] if response is not None and index < len(response) else None
+            ok = bool(result.get("success")) if isinstance(result, dict) else (
+                w.get("status") is not None and int(w["status"]) < 300)
+            created = result.get("id") if isinstance(result, dict) and w.get("method") == "POST" else None
+            out.append({"seq": w["seq"], "method": w.get("method"), "sobject": sobject,
+                        "id": rec.get("Id") or created, "created": created,
+                        "fields": {k: v for k, v in rec.items() if k not in ("attributes", "Id")},
+                        "ok": ok, "status": w.get("status")})
+    return out
+
+
+def _check_duplicates(obs: Observed, model: Model, people_by_crm: Mapping[str, list[dict[str, Any]]],
+                      service: list[dict[str, Any]]) -> list[Violation]:
+    out: list[Violation] = []
+    for sf_id, docs in people_by_crm.items():
+        if len(docs) > 1:
+            out.append(Violation("duplicate", f"{len(docs)} local records linked to {sf_id}: "
+                                 f"{[str(d['_id']) for d in docs]}"))
+    known = {_key(i) for e in obs.entities.values() for i in (e.sf_id, e.lead_id) if i}
+    known |= {_key(i) for i in obs.barrier_ids}
+    created_by_service = {_key(w["created"]) for w in service if w.get("created") and w["ok"]}
+    for sf_id, docs in people_by_crm.items():
+        if sf_id not in known and sf_id not in created_by_service:
+            out.append(Violation("duplicate", f"local record {docs[0]['_id']} is linked to {sf_id}, a record "
+                                 "no operation made and the service did not create"))
+    # Salesforce side: the service's own creates, per local record (by the values it sent)
+    creates_per_local: Counter[str] = Counter()
+    slot_of_value: dict[tuple[str, str], str] = {}
+    for em in model.entities.values():
+        ent = em.entity
+        if ent.origin != "platform":
+            continue
+        for email in ent.emails:
+            slot_of_value[("Email", email.lower())] = ent.slot
+        name = em.fields.get("name")
+        if name is not None:
+            for fw in name.writes:
+                if fw.side == "platform" and fw.value:
+                    slot_of_value[("Name", str(fw.value))] = ent.slot
+    for sw in service:
+        if sw["method"] != "POST" or not sw["ok"]:
+            continue
+        fields = sw["fields"]
+        slot = None
+        if fields.get("Email"):
+            slot = slot_of_value.get(("Email", str(fields["Email"]).lower()))
+        elif fields.get("Name"):
+            slot = slot_of_value.get(("Name", str(fields["Name"])))
+        if slot is not None:
+            creates_per_local[slot] += 1
+    for slot, n in creates_per_local.items():
+        if n > 1:
+            em = model.entities[slot]
+            out.append(Violation("duplicate", f"the service created {n} Salesforce records for {slot} "
+                                 f"(local {em.entity.local_id})", em.pf_ops[:2], slot))
+    return out
+
+
+def _final_sf(obs: Observed, ent: Entity) -> dict[str, Any] | None:
+    return obs.sf_records.get(_key(ent.sf_id)) if ent.sf_id else None
+
+
+def _failed_logs(logs_by_record: Mapping[str, list[dict[str, Any]]], ent: Entity) -> list[dict[str, Any]]:
+    seen: dict[Any, dict[str, Any]] = {}
+    keys = [_key(ent.sf_id) if ent.sf_id else "", str(ent.local_id) if ent.local_id is not None else ""]
+    for key in keys:
+        for log in logs_by_record.get(key, []) if key else []:
+            if log.get("status") == "failed" and not log.get("resolved"):
+                seen[log.get("_id")] = log
+    return list(seen.values())
+
+
+def _check_fields(obs: Observed, model: Model, by_local: Mapping[str, dict[str, Any]],
+                  people_by_crm: Mapping[str, list[dict[str, Any]]],
+                  logs_by_record: Mapping[str, list[dict[str, Any]]]) -> list[Violation]:
+    out: list[Violation] = []
+    for slot, em in sorted(model.entities.items()):
+        ent = em.entity
+        docs = _docs_of(em, people_by_crm, by_local)
+        linked = [d for d in docs if (d.get("crm") or {}).get("id")]
+        record = _final_sf(obs, ent)
+        failed = _failed_logs(logs_by_record, ent)
+        all_ops = em.sf_ops + em.pf_ops
+        if len(linked) > 1:
+            out.append(Violation("duplicate", f"{slot}: {len(linked)} local records for one "
+                                              f"Salesforce record",
+                                 all_ops[:3], slot))
+            continue
+        # existence on the other side
+        if ent.origin == "salesforce":
+            sf_deleted = bool(record and record.get("IsDeleted"))
+            must_exist = (em.created_mapped is True and not sf_deleted and not em.deleted)
+            if not linked:
+                if must_exist and len(failed) != 1:
+                    out.append(Violation("lost_change", f"{slot} ({ent.sobject} {ent.sf_id}) never "
+                                                        f"reached the "
+                                         f"platform ({len(failed)} failed logs)", em.sf_ops[:2], slot))
+                continue
+            doc = linked[0]
+            if sf_deleted and not (doc.get("crm") or {}).get("deleted"):
+                out.append(Violation("lost_change", f"{slot}: deleted in Salesforce, the local "
+                                                    f"record does not "
+                                     "say so", em.sf_ops[-2:], slot))
+            if em.created_mapped is not True:
+                continue  # linked later through an owner change: values not modelled (conservative)
+        else:
+            if not linked:
+                creates = [lg for lg in failed if lg.get("source") == "local"]
+                attempts = max(1, len(em.pf_ops))
+                if not (1 <= len(creates) <= attempts):
+                    out.append(Violation("lost_change", f"{slot} (local {ent.local_id}) never "
+                                                        f"reached Salesforce "
+                                         f"and {len(creates)} failed logs explain it", em.pf_ops[:2], slot))
+                continue
+            doc = linked[0]
+            if record is None:
+                record = obs.sf_records.get(_key(doc["crm"]["id"]))
+        if record is None:
+            out.append(Violation("lost_change", f"{slot}: linked to {doc.get('crm')}, not found in "
+                                                f"Salesforce",
+                                 all_ops[:2], slot))
+            continue
+        if record.get("IsDeleted") or em.deleted:
+            continue
+        sobject = em.sobject
+        if _key(doc["crm"]["id"]) != _key(record.get("Id")):
+            out.append(Violation("lost_change", f"{slot}: the local record is linked to "
+                                                f"{doc['crm'].get('id')} "
+                                 f"({doc['crm'].get('object')}), expected {sobject} {record.get('Id')}",
+                                 all_ops[-3:], slot))
+            continue
+        for m in model.mappings.for_object(sobject):
+            fm = em.fields.get(m.local_field)
+            if fm is None or m.local_field in em.frozen or m.sf_field in READ_ONLY:
+                continue
+            local_value, sf_value = norm(_path(doc, m.local_field)), norm(record.get(m.sf_field))
+            problems: list[str] = []
+            if fm.local_known and local_value not in fm.local:
+                problems.append(f"platform holds {local_value!r}, model allows {_show(fm.local)}")
+            if fm.sf_known and sf_value not in fm.sf:
+                problems.append(f"Salesforce holds {sf_value!r}, model allows {_show(fm.sf)}")
+            if (fm.direction is Direction.BOTH and fm.merge is MergeBehaviour.MOST_RECENT and not fm.relaxed
+                    and local_value is not None and sf_value is not None and local_value != sf_value):
+                problems.append(f"diverged: platform {local_value!r} vs Salesforce {sf_value!r}")
+            if problems and len(failed) != 1:
+                out.append(Violation("lost_change", f"{slot}.{m.local_field} ({sobject}.{m.sf_field}): "
+                                     + "; ".join(problems), fm.steps(), slot))
+        # owner rule: a mapped Salesforce owner is the local owner
+        owner = record.get("OwnerId")
+        user = model.mappings.local_user(owner) if isinstance(owner, str) else None
+        wrong_owner = ent.collection == "people" and user is not None and doc.get("owner_id") != user
+        if wrong_owner and len(failed) != 1:
+            out.append(Violation("lost_change", f"{slot}: Salesforce owner {owner} is local user {user}, the "
+                                 f"Person says {doc.get('owner_id')!r}", em.sf_ops[-2:], slot))
+    return out
+
+
+def _path(doc: Mapping[str, Any], path: str) -> Any:
+    cur: Any = doc
+    for part in path.split("."):
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+def _show(values: set[Any]) -> str:
+    return "{" + ", ".join(sorted(repr(v) for v in values)) + "}"
+
+
+def _check_loop(obs: Observed, model: Model, service: list[dict[str, Any]]) -> list[Violation]:
+    out: list[Violation] = []
+    if obs.idle_writes or obs.idle_local_changes:
+        out.append(Violation("loop", f"after the quiet period the service still wrote: {obs.idle_writes} "
+                             f"Salesforce writes, {obs.idle_local_changes} local record changes"))
+    from_sf_only = {m.sf_field for s in ("Lead", "Contact", "Account") for m in model.mappings.for_object(s)
+                    if m.direction is Direction.FROM_SALESFORCE}
+    bad_fields: Counter[str] = Counter()
+    blanks: Counter[str] = Counter()
+    for w in service:
+        for name, value in w["fields"].items():
+            if name in READ_ONLY or name in from_sf_only:
+                bad_fields[name] += 1
+            if blank(value):
+                blanks[name] += 1
+    for name, n in bad_fields.items():
+        out.append(Violation("loop", f"the service wrote {name} (read-only or from_salesforce) {n} times"))
+    for name, n in blanks.items():
+        out.append(Violation("loop", f"the service wrote a blank {name} {n} times (blanks are never "
+                                     f"written)"))
+    resend_faults = sum(1 for f in obs.faults if f.get("status") == "injected" and f["kind"] in (
+        "apply_then_drop", "rest_5xx", "lock_row", "kill_leader", "stop_leader", "restart_mongo"))
+    per_record: Counter[str] = Counter(_key(w["id"]) for w in service if w.get("id"))
+    for em in model.entities.values():
+        ids = {_key(i) for i in (em.entity.sf_id, em.entity.lead_id) if i}
+        n = sum(per_record[i] for i in ids)
+        bound = len(em.pf_ops) + em.merges + resend_faults + 2
+        if n > bound:
+            out.append(Violation("loop", f"{em.entity.slot}: {n} service writes to Salesforce, the model "
+                                 f"allows at most {bound}", em.pf_ops[-3:], em.entity.slot))
+    return out
+
+
+def _offset_value(key: str, value: Any) -> Any:
+    if not isinstance(value, Mapping):
+        return None
+    if key.startswith("replay:"):
+        rid = value.get("replay_id", value.get("value.replay_id"))
+        return rid if isinstance(rid, int) else None
+    if key.startswith("watermark:"):
+        ts = value.get("ts", value.get("value.ts"))
+        return ts if isinstance(ts, datetime) else None
+    return None
+
+
+def _check_offsets(writes: list[StateWrite]) -> list[Violation]:
+    out: list[Violation] = []
+    last: dict[str, Any] = {}
+    for w in writes:
+        value = _offset_value(w.key, w.value)
+        if value is None:
+            continue
+        prev = last.get(w.key)
+        if prev is not None and value < prev:
+            out.append(Violation("offsets", f"{w.key} went backwards: {prev} -> {value}"))
+        last[w.key] = value if prev is None else max(prev, value)
+    return out
+
+
+def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[dict[str, Any]]],
+                service: list[dict[str, Any]]) -> list[Violation]:
+    out: list[Violation] = []
+    attempts: Counter[str] = Counter()
+    for w in service:
+        if w.get("id"):
+            attempts[_key(w["id"])] += 1
+    for slot, em in sorted(model.entities.items()):
+        ent = em.entity
+        keys = [k for k in ({_key(i) for i in (ent.sf_id, ent.lead_id) if i}
+                            | ({str(ent.local_id)} if ent.local_id is not None else set()))]
+        logs: dict[Any, dict[str, Any]] = {}
+        for k in keys:
+            for log in logs_by_record.get(k, []):
+                logs[log.get("_id")] = log
+        inbound = [lg for lg in logs.values() if lg.get("source") == "salesforce"
+                   and lg.get("status") == "success" and lg.get("type") in ("update", "owner_change")]
+        bound = len(em.sf_ops) + em.merges + 1
+        if len(inbound) > bound:
+            out.append(Violation("logs", f"{slot}: {len(inbound)} Salesforce update logs for "
+                                         f"{len(em.sf_ops)} "
+                                 f"Salesforce operations (bound {bound})", em.sf_ops[-3:], slot))
+        # a Salesforce-side log that applies a value only the platform ever wrote: an echo
+        for lg in inbound:
+            for name, change in (lg.get("fields") or {}).items():
+                fm = em.fields.get(name)
+                if fm is None or not isinstance(change, Mapping):
+                    continue
+                new = norm(change.get("new"))
+                sides = {w.side for w in fm.writes if w.value == new}
+                if new is not None and sides == {"platform"}:
+                    out.append(Violation("logs", f"{slot}: a Salesforce-side log applied "
+                                                 f"{name}={new!r}, a value "
+                                         "only the platform wrote (an echo)", fm.steps(), slot))
+        outbound = [lg for lg in logs.values() if lg.get("source") == "local"
+                    and lg.get("type") in ("create", "update")]
+        tried = sum(attempts[k] for k in keys if len(k) == 15)
+        if outbound and tried == 0 and ent.sf_id:
+            out.append(Violation("logs", f"{slot}: {len(outbound)} local-side logs but the service "
+                                         f"never wrote "
+                                 "the record", em.pf_ops[-3:], slot))
+    return out
+
+
+__all__ = ["WINDOW", "FieldModel", "Model", "Observed", "Violation", "check"]

@@ -1,0 +1,41 @@
+"""The seeded fault-injection run (issue 14) in CI: three fixed seeds, every fault kind.
+
+Each seed starts its own emulator, SecantusDB and two replicas of the real service, plays 80
+operations on both sides with the faults its schedule draws, and checks the outcome against the
+reference model in `bench/chaos/oracle.py`. A violation is a bug in the service: the failure
+message lists each one with the seed, the operation ids and the command that replays it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.chaos.runner import run
+from bench.chaos.schedule import FAULT_KINDS, build_schedule
+
+SEEDS = (7, 25, 76)  # together they draw every fault kind (checked below); one budget swing, early
+OPS = 80
+BARRIER_TIMEOUT = 120.0  # polling mode: one pass a minute, a partial outbound batch waits one interval
+
+
+def test_the_three_seeds_draw_every_fault_kind() -> None:
+    drawn = {s.kind for seed in SEEDS for s in build_schedule(seed, OPS) if s.side == "fault"}
+    assert drawn == set(FAULT_KINDS)
+
+
+def test_a_schedule_is_a_function_of_its_seed() -> None:
+    first = [s.as_json() for s in build_schedule(SEEDS[0], OPS)]
+    assert first == [s.as_json() for s in build_schedule(SEEDS[0], OPS)]
+    assert first != [s.as_json() for s in build_schedule(SEEDS[1], OPS)]
+
+
+# Marked `chaos` and left out of the default run (pyproject `addopts`) while the service still has
+# the violations this run found (docs/notes/chaos.md lists them); run it with `pytest -m chaos`.
+@pytest.mark.chaos
+@pytest.mark.parametrize("seed", SEEDS)
+def test_chaos_run_converges_with_no_violation(seed: int) -> None:
+    # the run directory (kept on failure) goes to the system temp dir, not pytest's rotating one
+    result = run(seed, OPS, echo=False, barrier_timeout=BARRIER_TIMEOUT)
+    summary = result.summary
+    assert summary.faults_injected >= 1, result.text
+    assert not summary.violations, result.text
