@@ -112,6 +112,9 @@ class SyncSettings(BaseModel):
     lease_seconds: float = Field(default=30, ge=1, le=600)
     # Exit 3 once MongoDB or Salesforce stayed unreachable this long without a start; 0: retry forever.
     give_up_seconds: float = Field(default=0, ge=0)
+    # Each polling pass re-reads this much before its watermark: a record becomes visible at commit,
+    # which can be long after its SystemModstamp (listener/sources/polling.py; at least 2 minutes).
+    poll_overlap_seconds: int = Field(default=120, ge=120, le=3600)
 
     @field_validator("frequency_minutes", mode="before")
     @classmethod
