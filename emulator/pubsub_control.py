@@ -7,19 +7,27 @@ the Pub/Sub API shares with CometD, so they need no routes here."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from emulator.control import json_object
 
-if TYPE_CHECKING:
-    from emulator.pubsub import PubSubService
-
 CONTROL_PREFIX = "/_emulator/pubsub"
 
 
-def add_pubsub_control_routes(app: web.Application, service: PubSubService) -> None:
+class PubSubControls(Protocol):
+    """What these routes need of `emulator.pubsub.PubSubService` (which imports this module)."""
+
+    keepalive_seconds: float
+    max_events_per_response: int
+
+    def drop_streams(self) -> int: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+def add_pubsub_control_routes(app: web.Application, service: PubSubControls) -> None:
     async def drop(_: web.Request) -> web.Response:
         return web.json_response({"dropped": service.drop_streams()})
 
