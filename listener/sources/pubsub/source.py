@@ -205,6 +205,12 @@ class PubSubStream:
     async def _sessions(self, stop: asyncio.Event) -> None:
         backoff = Backoff(base=0.5, cap=30.0)
         auth_failures = 0
+
+        def flowing() -> None:  # a batch applied: the session works, start counting afresh
+            nonlocal auth_failures
+            auth_failures = 0
+            backoff.reset()
+
         while not stop.is_set():
             connection = self._connect()
             failure: Exception | None = None
@@ -216,7 +222,7 @@ class PubSubStream:
                          replay_ids={c: r.hex() for c, r in self._position.items()})
                 await self._close_over_with_poll()
                 self.ready = True
-                await self._consume(connection, stop, on_first_batch=backoff.reset)
+                await self._consume(connection, stop, on_first_batch=flowing)
             except (RetriableError, DeliveryLimitError) as exc:
                 failure = exc
             finally:
@@ -236,7 +242,6 @@ class PubSubStream:
                 if auth_failures > 1:
                     await backoff.wait(stop)
             elif failure is not None:
-                auth_failures = 0
                 log.warning("stream_reconnect", api="pubsub", error=str(failure),
                             error_type=type(failure).__name__)
                 await backoff.wait(stop)
