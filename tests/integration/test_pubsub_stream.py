@@ -180,7 +180,7 @@ class TestFlowControl:
             await eventually(lambda sf_id=sf_id: rig.has_person(sf_id))  # type: ignore[misc]
         stats = rig.org.pubsub.stats()
         assert stats["overdelivered"] == 0
-        assert 0 < stats["largest_response"] <= BATCH
+        assert 0 < stats["largest_response"] <= BATCH * 2  # two batches requested ahead, at most
         assert rig.org.pubsub.subscribes[-1]["replay_preset"] == "CUSTOM"
         assert rig.org.pubsub.subscribes[-1]["num_requested"] == BATCH
 

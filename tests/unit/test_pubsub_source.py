@@ -158,6 +158,7 @@ class Harness:
     catch_up: FakeCatchUp = field(default_factory=FakeCatchUp)
     connections: list[FakeConnection] = field(default_factory=list)
     batch: int = 5
+    read_ahead: int = 1
 
     def connect(self) -> FakeConnection:
         connection = FakeConnection()
@@ -166,7 +167,7 @@ class Harness:
 
     def stream(self) -> PubSubStream:
         options = PubSubOptions(client_name="salesforce-sync", endpoint="127.0.0.1:1", batch_size=self.batch,
-                                batch_wait_ms=5, subscribe_settle=0)
+                                batch_wait_ms=5, subscribe_settle=0, read_ahead=self.read_ahead)
         return PubSubStream(sf=self.tokens, store=self.store, sink=self.sink, catch_up=self.catch_up,
                             objects=["Lead"], options=options, connect=self.connect)
 
@@ -218,6 +219,14 @@ class TestSubscribing:
 
 
 class TestFlowControl:
+    async def test_reads_ahead_one_batch_at_a_time(self, running: Any) -> None:
+        """With `read_ahead=2` the stream opens with two FetchRequests of one batch each."""
+        rig = Harness(store=FakeStore(STORED), read_ahead=2)
+        running(rig.stream())
+        subscription = await rig.subscription()
+        await eventually(lambda: len(subscription.requests) == 2)
+        assert [r.num_requested for r in subscription.requests] == [rig.batch, rig.batch]
+
     async def test_asks_again_for_as_many_as_were_applied(self, running: Any) -> None:
         """After a batch is applied, the channel asks for exactly as many events as it delivered."""
         rig = Harness(store=FakeStore(STORED))

@@ -6,9 +6,11 @@
 
 It behaves like the CometD stream (`listener.sources.cometd`), behind the same protocol:
 
-- One `Subscribe` stream per channel (`/data/LeadChangeEvent`, ...). The first FetchRequest asks
-  for at most one batch; after a batch is applied, each channel asks for as many events as it
-  delivered in it, so no more than a batch per channel is ever in flight or queued.
+- One `Subscribe` stream per channel (`/data/LeadChangeEvent`, ...). Each FetchRequest asks for at
+  most one batch: the first two together (`read_ahead`) let the next batch arrive while one is
+  applied, as CometD's two-batch queue does; after a batch is applied, each channel asks for as
+  many events as it delivered in it, so at most `read_ahead` batches per channel are ever in
+  flight or queued.
 - Resumes with `ReplayPreset.CUSTOM` after the replay id stored per channel (`sync_state`
   `pubsub_replay:<channel>` = `{"replay_id": <bytes>}`: Salesforce's opaque bytes, stored as
   they came), written with a journaled majority only after `apply` returned. A channel with no
@@ -78,6 +80,7 @@ class PubSubOptions:
     batch_wait_ms: int = 20         # how long a batch waits for more events after its first
     commit_every: int = 1           # events applied per replay id commit (`CommitPolicy`)
     subscribe_settle: float = 0.25  # seconds a LATEST subscription gets to take effect before the poll
+    read_ahead: int = 2             # batches in flight per channel (requested one batch at a time)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PubSubOptions:
@@ -256,8 +259,10 @@ class PubSubStream:
                 with contextlib.suppress(AvroDecodeError):  # its events are rejected one by one
                     await self._schema(connection, topic.schema_id)
             first = fetch_request(channel, self.options.batch_size, self._position.get(channel))
-            self._subscriptions[channel] = await connection.subscribe(channel, first)
-            self._outstanding[channel] = self.options.batch_size
+            subscription = self._subscriptions[channel] = await connection.subscribe(channel, first)
+            for _ in range(self.options.read_ahead - 1):
+                await subscription.request(more(self.options.batch_size))
+            self._outstanding[channel] = self.options.batch_size * max(self.options.read_ahead, 1)
 
     async def _close(self, connection: Connection) -> None:
         for subscription in self._subscriptions.values():
