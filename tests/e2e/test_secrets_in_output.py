@@ -38,7 +38,7 @@ from tests.support.service import (
 )
 
 TAG = uuid.uuid4().hex[:10]
-ADMIN_TOKEN = f"admin-token-{TAG}"
+ADMIN_TOKEN = f"admin-token-{TAG}-{uuid.uuid4().hex}"  # >= 32 characters
 MONGO_USER = f"sfsync{TAG}"
 MONGO_PASSWORD = f"mongo-pw@{TAG}"       # '@' must be URL-encoded in the URI: both forms scanned
 WRONG_CLIENT_SECRET = f"wrong-client-secret-{TAG}"
