@@ -170,6 +170,8 @@ class BudgetSettings(BaseModel):
     poll_below_pct: float = Field(default=25, ge=0, le=100)
     stream_above_pct: float = Field(default=35, ge=0, le=100)
     reserve_pct: float = Field(default=10, ge=0, le=100)
+    # Seconds between the governor's `limits` checks (the only call made while paused).
+    check_seconds: float = Field(default=60, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _ordered(self) -> BudgetSettings:

@@ -156,7 +156,10 @@ class TestModeSwitch:
         await running.control("POST", "budget", {"used": 1_000})
         await eventually(lambda: service.source == "stream" and stream.ready)
         await eventually(lambda: _is(running.last_name(during), "EditedDuringPolling"))
-        await asyncio.sleep(0.5)  # anything double-applied would have arrived by now
+        # Anything double-applied would arrive before a later event: the stream applies in
+        # replay-id order, so once a Lead created now is applied, nothing earlier is still due.
+        marker = await running.create_lead("Marker")
+        await eventually(lambda: _is(running.last_name(marker), "Marker"))
         seen = [(c.kind.value, c.source.value, c.fields.get("LastName"))
                 for c in running.observed.applied_to(during)]
         # Replayed from the stored replay id, each event once; the poll had run before them.
