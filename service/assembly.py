@@ -55,6 +55,9 @@ class SyncParts:
 async def assemble(settings: Settings, mappings: Mappings, governor: BudgetGovernor, store: Store,
                    sf: SalesforceClient, sink_wrapper: SinkWrapper | None = None) -> SyncParts:
     """Check the budget and the mappings against Salesforce, then build every part."""
+    # Authenticate first: an unreachable or refusing org raises here (Retriable: the process
+    # restarts with backoff; Fatal: exit 2) rather than later as a missing instance URL.
+    await sf.access_token()
     await governor.check(sf.limits)
     instance_url = sf.instance_url
     objects = settings.sync.objects

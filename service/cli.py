@@ -3,8 +3,12 @@
 `logs`, `retry`, `import` and `status` call the running service's admin API
 (`--url`, default http://127.0.0.1:$SFSYNC_ADMIN__PORT; token from SFSYNC_ADMIN__TOKEN).
 
-Exit codes: 0 ok, 1 the service answered with an error, 2 bad configuration or usage,
-3 the service could not be reached, 130 interrupted.
+Exit codes: 0 ok; 1 the service answered with an error (or a `check-config --online` check
+failed); 2 bad configuration or usage -- a bad value, a short admin token, the admin port in use,
+a MongoDB URI the driver refuses, credentials or mappings Salesforce refuses; 3 something could
+not be reached -- the admin API (for `logs`, `status`, ...), or, for `run`, MongoDB or Salesforce
+for `SFSYNC_SYNC__GIVE_UP_SECONDS` (unset: `run` retries forever); 130 interrupted.
+Every one of these prints one line on stderr, with no traceback and no secret.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from service.admin.client import AdminApiError, AdminClient, AdminUnreachable
+from service.process import Unreachable
 from settings import SALESFORCE_OBJECTS, ConfigError, Settings, load_mappings, load_settings
+from settings.redaction import redact_text
 
 EXIT_OK, EXIT_API_ERROR, EXIT_CONFIG, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 _FOLLOW_PAGE = 100
@@ -31,8 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command(args)
     except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+        print(redact_text(str(exc)), file=sys.stderr)
         return EXIT_CONFIG
+    except Unreachable as exc:
+        print(redact_text(str(exc)), file=sys.stderr)
+        return EXIT_UNREACHABLE
     except AdminUnreachable as exc:
         print(f"sfsync: {exc}; is the service running? (set --url or SFSYNC_ADMIN__PORT)",
               file=sys.stderr)
@@ -107,6 +116,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings, mappings = _load()
     configure_logging(settings.log.level, settings.log.format.value, secrets=settings_secrets(settings))
+    problem = settings.admin.token_problem()
+    if problem:
+        raise ConfigError(problem)
     return asyncio.run(run_service(settings, mappings))
 
 
@@ -167,13 +179,20 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _follow(client: AdminClient, params: dict[str, str | int | None], args: argparse.Namespace) -> int:
-    """Print logs oldest first, then new ones as they arrive (polling), until interrupted."""
+    """Print the newest `--limit` logs oldest first, then only logs newer than those, as they
+    arrive (polling), until interrupted. A later page is newest first: what precedes the first
+    log already printed is new; what follows it is older history the first page left out."""
     params = {**params, "cursor": None, "limit": min(int(params.get("limit") or 50), _FOLLOW_PAGE)}
     seen: dict[str, None] = {}
     header = not args.json
     while True:
         items = client.get("/api/sync-logs", params).get("items") or []
-        fresh = [i for i in reversed(items) if i.get("id") not in seen]
+        fresh: list[dict[str, Any]] = []
+        for item in items:  # newest first
+            if str(item.get("id")) in seen:
+                break
+            fresh.append(item)
+        fresh.reverse()
         for item in fresh:
             seen[str(item.get("id"))] = None
         while len(seen) > 10 * _FOLLOW_PAGE:  # remember enough to de-duplicate, not everything

@@ -5,12 +5,12 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, SecretStr
 
 from reconciler.objects import collection_for
 from settings import SALESFORCE_OBJECTS, Mappings, Settings
+from settings.redaction import mask_uri
 
 MASK = "***"
 
@@ -51,14 +51,8 @@ def _is_uri(secret: SecretStr) -> bool:
 
 
 def _masked_uri(uri: str) -> str:
-    """Keep a URI's host and options readable; hide only its credentials."""
-    parts = urlsplit(uri)
-    if parts.password is None and parts.username is None:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[-1]
-    user = parts.username or ""
-    netloc = f"{user}:{MASK}@{host}" if parts.password is not None else f"{MASK}@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """Keep a URI's host and options readable; hide its credentials and secret options."""
+    return mask_uri(uri)
 
 
 def _mappings_summary(mappings: Mappings | None) -> list[str]:

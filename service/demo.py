@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,21 +67,27 @@ class Children:
 
     def start(self, args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
         with log_path.open("ab") as out:
+            # Their own process group: Ctrl-C in the terminal reaches the demo only, which stops
+            # the service first and then them (children killed first left the service hanging).
             process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       preexec_fn=_die_with_parent)
+                                       preexec_fn=_die_with_parent, process_group=0)
         self.processes.append(process)
         log.info("demo_child_started", pid=process.pid, program=Path(args[0]).name, log=str(log_path))
         return process
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 1.5) -> None:
+        """SIGTERM to each child's group, SIGKILL to what is left after `grace` seconds."""
         for process in reversed(self.processes):
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
         for process in reversed(self.processes):
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=5)
         self.processes.clear()
 
@@ -166,6 +174,7 @@ async def run_demo(*, duration: float | None = None, admin_port: int = 8080,
     try:
         login_url, mongo_uri = await start_backends(children, workdir)
         token = secrets.token_urlsafe(24)
+        admin_port = _admin_port(admin_port)
         settings = demo_settings(login_url=login_url, mongo_uri=mongo_uri, admin_port=admin_port,
                                  token=token, workdir=workdir)
         mappings = load_mappings(settings.sync.mappings_file)
@@ -179,6 +188,29 @@ async def run_demo(*, duration: float | None = None, admin_port: int = 8080,
             loop.remove_signal_handler(sig)
         children.stop()  # after the service: it must not see its backends vanish mid-run
         print("Demo stopped.", flush=True)
+
+
+def _admin_port(wanted: int) -> int:
+    """`wanted` if it is free on 127.0.0.1, else a free port (and say so): a second demo, or
+    another service on 8080, must not leave the banner pointing at someone else's page."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", wanted))
+            return wanted
+        except OSError:
+            pass
+    port = free_port()
+    print(f"Admin port {wanted} is taken (another service?); using {port} instead.", flush=True)
+    return port
+
+
+def cli_hint() -> str:
+    """How to run `sfsync` so that it works as printed: the venv's script by its full path when
+    it sits beside this Python (the README's set-up never activates the venv), else `python -m`."""
+    script = Path(sys.executable).with_name("sfsync")
+    if script.exists():
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m service"
 
 
 def _prepare(workdir: Path) -> None:
@@ -224,7 +256,8 @@ def _banner(admin_url: str, token: str, login_url: str, mongo_uri: str, workdir:
         f"  admin token    : {token}\n"
         f"  Salesforce     : {login_url} (emulated org, sample data)\n"
         f"  MongoDB        : {mongo_uri}\n"
-        f"  CLI            : SFSYNC_ENV_FILE={(workdir / 'demo.env').resolve()} sfsync logs\n"
+        f"  CLI            : SFSYNC_ENV_FILE={shlex.quote(str((workdir / 'demo.env').resolve()))} "
+        f"{cli_hint()} logs\n"
         "Press Ctrl-C to stop.\n",
         flush=True,
     )

@@ -3,7 +3,7 @@
 The admin HTTP surface starts first and outlives restarts of the `Service`, so `/healthz`
 answers and `/readyz` says why while MongoDB or Salesforce is unreachable. A transient failure
 that ends the service restarts it after a backoff instead of exiting the container; a fatal one
-(bad credentials, a mapping Salesforce refuses) exits with 1.
+(bad credentials, a mapping Salesforce refuses) is a configuration error: one line, exit 2.
 
 The restart backoff is `reconciler.pacing.Backoff` with *full jitter*: restart n waits
 uniform(1 s, min(60 s, 2 s * 2**n)) -- the same ceilings as before (2, 4, 8 ... 60 s), never
@@ -24,7 +24,8 @@ from reconciler.pacing import Backoff, sleep_unless_stopped
 from reconciler.store import Store
 from service.admin import AdminServer, JobRunner, create_admin_app, start_admin
 from service.supervisor import SHUTDOWN_SECONDS, Service
-from settings import Mappings, Settings
+from settings import ConfigError, Mappings, Settings
+from settings.redaction import redact_text
 
 log = structlog.get_logger(__name__)
 
@@ -33,13 +34,19 @@ RESTART_CAP_SECONDS = 60.0
 RESTART_FLOOR_SECONDS = 1.0
 
 
+class Unreachable(Exception):
+    """MongoDB or Salesforce stayed unreachable for `SFSYNC_SYNC__GIVE_UP_SECONDS`: exit 3."""
+
+
 async def run_service(settings: Settings, mappings: Mappings, stop: asyncio.Event | None = None, *,
                       handle_signals: bool = True) -> int:
-    """Run until SIGTERM/SIGINT (or `stop`); 0 on a clean stop, 1 on a fatal error.
+    """Run until SIGTERM/SIGINT (or `stop`); 0 on a clean stop.
 
     The admin surface starts first and outlives restarts, so `/healthz` answers and `/readyz`
     says why while MongoDB or Salesforce is unreachable. A transient failure that ends the
-    service restarts it after a backoff with jitter instead of exiting the container.
+    service restarts it after a backoff with jitter instead of exiting the container. Raises
+    `ConfigError` (one line: a port in use, a URI the driver refuses, credentials or mappings
+    Salesforce refuses) and `Unreachable` (nothing answered within `give_up_seconds`, if set).
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -49,31 +56,56 @@ async def run_service(settings: Settings, mappings: Mappings, stop: asyncio.Even
     slot = ServiceSlot()
     admin = await start_admin_surface(settings, slot)
     try:
-        backoff = Backoff(base=RESTART_BASE_SECONDS, cap=RESTART_CAP_SECONDS, floor=RESTART_FLOOR_SECONDS)
-        while True:
-            service = Service(settings, mappings)
-            slot.current = service
-            outcome = await _run_once(service, stop)
-            if not isinstance(outcome, Restart):
-                return outcome
-            delay = backoff.next_delay()
-            slot.waiting = f"restarting in {delay:.0f} s after: {outcome.reason or 'a transient failure'}"
-            log.warning("service_restarting", attempt=backoff.attempt, delay_seconds=round(delay, 1))
-            if await sleep_unless_stopped(stop, delay):
-                return 0
+        return await _restart_loop(settings, mappings, slot, stop)
     finally:
         await admin.stop()
         for sig in signals:
             loop.remove_signal_handler(sig)
 
 
+async def _restart_loop(settings: Settings, mappings: Mappings, slot: ServiceSlot,
+                        stop: asyncio.Event) -> int:
+    loop = asyncio.get_running_loop()
+    give_up = settings.sync.give_up_seconds
+    backoff = Backoff(base=RESTART_BASE_SECONDS, cap=RESTART_CAP_SECONDS, floor=RESTART_FLOOR_SECONDS)
+    failing_since = loop.time()
+    while True:
+        service = Service(settings, mappings)
+        slot.current = service
+        outcome = await _run_once(service, stop)
+        if not isinstance(outcome, Restart):
+            return outcome
+        if service.connected:  # this life got through start-up: a new streak of failures begins
+            failing_since = loop.time()
+        reason = redact_text(outcome.reason or "a transient failure")
+        if service.failed_while:
+            reason = f"{service.failed_while} failed: {reason}"
+        delay = backoff.next_delay()
+        if give_up:
+            left = give_up - (loop.time() - failing_since)
+            if left <= 0:
+                raise Unreachable(f"sfsync: gave up after {give_up:g} s (SFSYNC_SYNC__GIVE_UP_SECONDS): "
+                                  f"{reason}")
+            delay = min(delay, left)
+        slot.waiting = f"restarting in {delay:.0f} s after: {reason}"
+        log.warning("service_restarting", attempt=backoff.attempt, delay_seconds=round(delay, 1))
+        if await sleep_unless_stopped(stop, delay):
+            return 0
+
+
 async def start_admin_surface(settings: Settings, slot: ServiceSlot) -> AdminServer:
-    """The admin HTTP surface over whichever service `slot` holds."""
+    """The admin HTTP surface over whichever service `slot` holds; a port already taken is a
+    `ConfigError` naming `SFSYNC_ADMIN__PORT`."""
     admin = settings.admin
     app = create_admin_app(status=slot, store=slot, jobs=slot,
                            token=admin.token.get_secret_value() if admin.token else None,
-                           instance_url=settings.salesforce.login_url)
-    return await start_admin(app, admin.host, admin.port)
+                           instance_url=settings.salesforce.login_url, settings=admin)
+    try:
+        return await start_admin(app, admin.host, admin.port)
+    except OSError as exc:
+        raise ConfigError(f"SFSYNC_ADMIN__PORT: cannot listen on {admin.host}:{admin.port}: "
+                          f"{exc.strerror or exc} (is another service using it? choose another port)"
+                          ) from None
 
 
 class ServiceSlot:
@@ -95,8 +127,8 @@ class ServiceSlot:
         if ready:
             self.waiting = None
         elif self.waiting:
-            reason = f"{reason} ({self.waiting})"
-        return ready, reason
+            reason = f"not running: {self.waiting}" if reason == "stopping" else f"{reason} ({self.waiting})"
+        return ready, redact_text(reason)  # a probe is unauthenticated: no secret in a reason
 
     def _store(self) -> Store:
         if self.current is None:
@@ -151,8 +183,9 @@ async def _run_once(service: Service, stop: asyncio.Event) -> int | Restart:
         task.result()
         return 0
     except FatalError as exc:
+        # Refused credentials, a mapping Salesforce rejects: configuration, one line, exit 2.
         log.error("service_failed", error=str(exc), error_type=type(exc).__name__)
-        return 1
+        raise ConfigError(redact_text(f"sfsync: {exc}")) from None
     except RetriableError as exc:
         if stop.is_set():
             return 0
@@ -162,4 +195,4 @@ async def _run_once(service: Service, stop: asyncio.Event) -> int | Restart:
         stopper.cancel()
 
 
-__all__ = ["ServiceSlot", "run_service", "start_admin_surface"]
+__all__ = ["ServiceSlot", "Unreachable", "run_service", "start_admin_surface"]

@@ -20,7 +20,7 @@ import structlog
 from listener.budget import BudgetGovernor, Mode
 from listener.salesforce import SalesforceClient
 from listener.sources import Source
-from reconciler.errors import RetriableError
+from reconciler.errors import RetriableError, SyncError
 from reconciler.jobs import AdminJobs
 from reconciler.pacing import run_until_stopped
 from reconciler.store import Store
@@ -43,20 +43,35 @@ from service.supervised import Policy, SupervisedTasks, TaskSpec
 from service.switch import SourceSwitch
 from service.term import SHUTDOWN_SECONDS, LeaderTerm
 from service.term_jobs import TermJobs
-from settings import Mappings, Settings
+from settings import ConfigError, Mappings, Settings
+from settings.redaction import redact_text
 
 log = structlog.get_logger(__name__)
 
 SYNC_LEASE = "sync"
 
 
+async def connect_store(settings: Settings) -> Store:
+    """The store; a URI the driver refuses is a configuration error (one line, no secret)."""
+    try:
+        return await Store.connect(
+            settings.mongodb.uri.get_secret_value(), settings.mongodb.database,
+            sync_log_retention_days=settings.mongodb.sync_log_retention_days)
+    except SyncError:
+        raise
+    except Exception as exc:  # the driver's own URI errors (InvalidURI, ConfigurationError, ValueError)
+        raise ConfigError(f"SFSYNC_MONGODB__URI: the MongoDB driver refuses it: "
+                          f"{redact_text(str(exc))}") from None
+
+
 class Service:
     """The whole service; `status()`/`ready()` feed `/api/status` and `/readyz`."""
 
-    def __init__(self, settings: Settings, mappings: Mappings, *, limits_interval: float = 60.0,
+    def __init__(self, settings: Settings, mappings: Mappings, *, limits_interval: float | None = None,
                  sink_wrapper: SinkWrapper | None = None) -> None:
         self.settings, self.mappings = settings, mappings
-        self.governor = BudgetGovernor(settings.budget, check_interval=limits_interval)
+        interval = settings.budget.check_seconds if limits_interval is None else limits_interval
+        self.governor = BudgetGovernor(settings.budget, check_interval=interval)
         self.health = Health()
         self.stored = StoreSnapshot()
         self.outbound = OutboundCounters()
@@ -66,6 +81,7 @@ class Service:
         self._term: LeaderTerm | None = None
         self._switch: SourceSwitch | None = None
         self._jobs = TermJobs()  # admin jobs, run inside the current leader term
+        self.failed_while = ""  # the start-up phase this life ended in ("connecting to Salesforce")
 
     # -- admin surface -----------------------------------------------------------------------
 
@@ -110,6 +126,11 @@ class Service:
     def _lease(self) -> LeaseStatus:
         return self._term.status() if self._term else LeaseStatus()
 
+    @property
+    def connected(self) -> bool:
+        """MongoDB and Salesforce answered and the parts are built (this life got that far)."""
+        return self.parts is not None
+
     # -- life --------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -118,9 +139,7 @@ class Service:
         commit offsets, stop the background tasks, release the lease, close clients -- within
         `SHUTDOWN_SECONDS`."""
         settings, health = self.settings, self.health
-        store = self.store = await Store.connect(
-            settings.mongodb.uri.get_secret_value(), settings.mongodb.database,
-            sync_log_retention_days=settings.mongodb.sync_log_retention_days)
+        store = self.store = await connect_store(settings)
         term = self._term = LeaderTerm(store.lease(SYNC_LEASE, ttl=settings.sync.lease_seconds), health)
         refresh = SupervisedTasks([], health=health)
         try:
@@ -140,6 +159,7 @@ class Service:
                 refresh.start(stop)
                 await term.serve(stop, self._lead)
         finally:
+            self.failed_while = health.phase  # what a restart says it was doing
             health.phase = "stopping"
             await refresh.stop(SHUTDOWN_SECONDS * 0.3)
             await store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from enum import StrEnum
@@ -20,6 +21,11 @@ class AuthFlow(StrEnum):
     REFRESH_TOKEN = "refresh_token"
 
 
+class StreamApi(StrEnum):
+    COMETD = "cometd"
+    PUBSUB = "pubsub"
+
+
 class SalesforceSettings(BaseModel):
     login_url: str = "https://login.salesforce.com"
     auth_flow: AuthFlow = AuthFlow.JWT_BEARER
@@ -30,6 +36,18 @@ class SalesforceSettings(BaseModel):
     refresh_token: SecretStr | None = None
     api_version: str = "62.0"
     client_name: str = "salesforce-sync"
+    # Salesforce's Pub/Sub API (gRPC): host:port, TLS unless loopback; http:// forces plaintext.
+    pubsub_endpoint: str = "api.pubsub.salesforce.com:7443"
+
+    @field_validator("pubsub_endpoint")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        text = value.strip()
+        bare = text.removeprefix("http://").removeprefix("https://").rstrip("/")
+        host, sep, port = bare.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("must be host:port (optionally prefixed http:// or https://)")
+        return text
 
     @field_validator("auth_flow", mode="before")
     @classmethod
@@ -77,6 +95,16 @@ class MongoSettings(BaseModel):
     database: str = "salesforce_sync"
     sync_log_retention_days: int = Field(default=30, ge=1, le=3650)
 
+    @field_validator("uri")
+    @classmethod
+    def _mongodb_uri(cls, value: SecretStr) -> SecretStr:
+        # The scheme and a host; the driver checks the rest when the service connects.
+        scheme, sep, rest = value.get_secret_value().partition("://")
+        hosts = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2]
+        if scheme not in ("mongodb", "mongodb+srv") or not sep or not hosts.strip(","):
+            raise ValueError("must be a mongodb:// or mongodb+srv:// URI with a host")
+        return value
+
     @field_validator("database")
     @classmethod
     def _database_name(cls, value: str) -> str:
@@ -97,8 +125,20 @@ class SyncSettings(BaseModel):
     # 20 ms: at 200 events/s a 100 ms wait put p99 commit->write latency at 283 ms (bench/inbound.py);
     # a backlog fills batches at once, so throughput does not depend on it.
     batch_wait_ms: int = Field(default=20, ge=0, le=10_000)
+    # Which API the CDC stream uses: the CometD Streaming API or the Pub/Sub API (gRPC, Avro).
+    stream_api: StreamApi = StreamApi.COMETD
     # Leader lease between replicas: renewed every third, a leader stops after half without renewal.
     lease_seconds: float = Field(default=30, ge=1, le=600)
+    # Exit 3 once MongoDB or Salesforce stayed unreachable this long without a start; 0: retry forever.
+    give_up_seconds: float = Field(default=0, ge=0)
+    # Each polling pass re-reads this much before its watermark: a record becomes visible at commit,
+    # which can be long after its SystemModstamp (listener/sources/polling.py; at least 2 minutes).
+    poll_overlap_seconds: int = Field(default=120, ge=120, le=3600)
+
+    @field_validator("stream_api", mode="before")
+    @classmethod
+    def _lower_api(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("frequency_minutes", mode="before")
     @classmethod
@@ -130,6 +170,8 @@ class BudgetSettings(BaseModel):
     poll_below_pct: float = Field(default=25, ge=0, le=100)
     stream_above_pct: float = Field(default=35, ge=0, le=100)
     reserve_pct: float = Field(default=10, ge=0, le=100)
+    # Seconds between the governor's `limits` checks (the only call made while paused).
+    check_seconds: float = Field(default=60, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _ordered(self) -> BudgetSettings:
@@ -142,10 +184,35 @@ class BudgetSettings(BaseModel):
         return self
 
 
+ADMIN_TOKEN_MIN_LENGTH = 32
+
+
 class AdminSettings(BaseModel):
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
     token: SecretStr | None = None
+    metrics_public: bool = False  # `/metrics` without the token (a scraper inside a trusted network)
+    # Addresses (IPs or CIDRs, comma-separated) whose X-Forwarded-Proto/-For the admin surface trusts.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        return [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad one
+        return value
+
+    def token_problem(self) -> str | None:
+        """Why the configured token cannot be used (None: fine, or unset: the admin API stays closed)."""
+        if self.token is not None and len(self.token.get_secret_value()) < ADMIN_TOKEN_MIN_LENGTH:
+            return (f"SFSYNC_ADMIN__TOKEN: must be at least {ADMIN_TOKEN_MIN_LENGTH} characters "
+                    "(e.g. `openssl rand -hex 32`)")
+        return None
 
 
 class LogFormat(StrEnum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from aiohttp import web
 
 from reconciler.errors import BudgetExhaustedError, RetriableError, SkippableError, SyncError
 from service.admin.filters import BadParameter, LogFilters, parse_filters
+from service.admin.guard import LoginLimiter, Proxies, Sessions
 from service.admin.ports import JobRunner, NotLeaderError, StatusProvider, SyncLogReader
 
 LOG_ID = re.compile(r"^[0-9a-fA-F]{24}$")
@@ -24,7 +25,9 @@ _HTML_HEADERS = {
     ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser sends `Origin: null` on form
+    # posts, and the same-origin check on the Retry forms needs the real one.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -36,6 +39,10 @@ class AdminContext:
     jobs: JobRunner
     token: str | None
     instance_url: str
+    metrics_public: bool = False
+    proxies: Proxies = field(default_factory=Proxies)
+    sessions: Sessions = field(default_factory=Sessions)
+    limiter: LoginLimiter = field(default_factory=LoginLimiter)
 
 
 CONTEXT = web.AppKey("admin_context", AdminContext)

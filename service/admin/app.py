@@ -1,7 +1,9 @@
 """The admin HTTP surface: health, readiness, metrics, the sync-log API and the Sync Logs page.
 
-Routes and their auth follow the admin contract in the design. `/api/*` and the page need
-the admin token; with no token configured they answer 503 rather than being open.
+Routes and their auth follow the admin contract in the design. `/api/*`, `/metrics` (unless
+`SFSYNC_ADMIN__METRICS_PUBLIC`) and the page need the admin token; with no token configured
+they answer 503 rather than being open. `/healthz` and `/readyz` are open; a `/readyz` reason
+is redacted.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from service.admin._http import (
 )
 from service.admin.api import add_api_routes
 from service.admin.filters import BadParameter
+from service.admin.guard import Proxies
 from service.admin.ports import JobRunner, StatusProvider, SyncLogReader
 from service.admin.views import add_page_routes
+from settings import AdminSettings
+from settings.redaction import redact_text
 
 log = structlog.get_logger(__name__)
 
@@ -39,11 +44,14 @@ def create_admin_app(
     jobs: JobRunner,
     token: str | None,
     instance_url: str,
+    settings: AdminSettings | None = None,
 ) -> web.Application:
     """Build the admin application; `token` None or empty keeps `/api/*` and the page closed (503)."""
+    settings = settings or AdminSettings()
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors, _api_auth])
     app[CONTEXT] = AdminContext(status=status, store=store, jobs=jobs, token=token or None,
-                                instance_url=instance_url)
+                                instance_url=instance_url, metrics_public=settings.metrics_public,
+                                proxies=Proxies(settings.trusted_proxies))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -74,14 +82,30 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def _api_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/api/"):
-        token = request.app[CONTEXT].token
-        if token is None:
-            return error_response(503, "admin token not configured",
-                                  "set SFSYNC_ADMIN__TOKEN to enable the admin API")
-        if not auth.has_valid_bearer(request, token):
-            return error_response(401, "unauthorized", "send Authorization: Bearer <SFSYNC_ADMIN__TOKEN>")
+    ctx = request.app[CONTEXT]
+    if request.path.startswith("/api/") or (request.path == "/metrics" and not ctx.metrics_public):
+        refused = _bearer_refusal(request)
+        if refused is not None:
+            return refused
     return await handler(request)
+
+
+def _bearer_refusal(request: web.Request) -> web.Response | None:
+    """None when the request carries the token; else 503 (no token configured), 429 (too many
+    wrong tokens from this address) or 401."""
+    ctx = request.app[CONTEXT]
+    if ctx.token is None:
+        return error_response(503, "admin token not configured",
+                              "set SFSYNC_ADMIN__TOKEN to enable the admin API and /metrics")
+    if auth.has_valid_bearer(request, ctx.token):
+        return None
+    if auth.bearer_token(request) is not None:
+        wait = ctx.limiter.attempt(ctx.proxies.client_address(request))
+        if wait is not None:
+            response = error_response(429, "too_many_attempts", f"too many wrong tokens; retry in {wait} s")
+            response.headers["Retry-After"] = str(wait)
+            return response
+    return error_response(401, "unauthorized", "send Authorization: Bearer <SFSYNC_ADMIN__TOKEN>")
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -93,6 +117,7 @@ async def _readyz(request: web.Request) -> web.Response:
         ready, reason = request.app[CONTEXT].status.ready()
     except Exception as exc:  # a probe must answer, whatever the supervisor does
         ready, reason = False, f"readiness check failed: {type(exc).__name__}"
+    reason = redact_text(reason)  # unauthenticated: never a secret, nor a URI's credentials
     if ready:
         # A reason on a ready replica says what it is doing (e.g. "standby: ...").
         return json_response({"ready": True, "reason": reason} if reason else {"ready": True})

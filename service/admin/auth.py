@@ -1,18 +1,20 @@
-"""Admin authentication: a bearer token for the API, a session cookie for the page.
+"""Admin authentication: a bearer token for the API, a server-side session cookie for the page.
 
-The cookie holds an HMAC derived from the token, never the token itself, so a leaked cookie
-does not reveal the token and rotating the token logs every browser out.
+The cookie holds a random session id (`guard.Sessions`), never the token or anything derived
+from it: it expires, logout revokes it on the server, and restarting the process or rotating the
+token logs every browser out. `Secure` is set when the request came over TLS, directly or as a
+trusted proxy says (`X-Forwarded-Proto`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 from aiohttp import web
 
+from service.admin.guard import Proxies, Sessions
+
 COOKIE_NAME = "sfsync_admin"
-_COOKIE_CONTEXT = b"sfsync-admin-page-session-v1"
 
 
 def token_matches(token: str, given: str) -> bool:
@@ -33,27 +35,23 @@ def has_valid_bearer(request: web.Request, token: str) -> bool:
     return given is not None and token_matches(token, given)
 
 
-def session_value(token: str) -> str:
-    """The cookie value for a browser that logged in with `token`."""
-    return hmac.new(token.encode("utf-8"), _COOKIE_CONTEXT, hashlib.sha256).hexdigest()
+def has_valid_session(request: web.Request, sessions: Sessions) -> bool:
+    return sessions.valid(request.cookies.get(COOKIE_NAME))
 
 
-def has_valid_session(request: web.Request, token: str) -> bool:
-    given = request.cookies.get(COOKIE_NAME)
-    return given is not None and hmac.compare_digest(session_value(token).encode(), given.encode())
-
-
-def set_session(response: web.StreamResponse, request: web.Request, token: str) -> None:
+def set_session(response: web.StreamResponse, request: web.Request, sessions: Sessions,
+                proxies: Proxies) -> None:
     response.set_cookie(
         COOKIE_NAME,
-        session_value(token),
+        sessions.create(),
         path="/logs",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
-        max_age=12 * 3600,
+        secure=proxies.is_tls(request),
+        max_age=sessions.max_age,
     )
 
 
-def clear_session(response: web.StreamResponse) -> None:
+def end_session(response: web.StreamResponse, request: web.Request, sessions: Sessions) -> None:
+    sessions.revoke(request.cookies.get(COOKIE_NAME))
     response.del_cookie(COOKIE_NAME, path="/logs")

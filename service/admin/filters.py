@@ -105,7 +105,8 @@ def _limit(raw: str) -> int:
     raw = raw.strip()
     if not raw:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # ASCII digits only: "²".isdigit() is True but int("²") raises.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise BadParameter("limit", f"must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 

@@ -18,6 +18,7 @@ from service.admin._http import (
     load_failed_log,
 )
 from service.admin.filters import BadParameter
+from service.admin.guard import same_origin
 from service.admin.page import PageView, render_login_page, render_logs_page, render_message_page
 from service.admin.ports import NotLeaderError
 
@@ -35,17 +36,33 @@ def add_page_routes(app: web.Application) -> None:
     app.router.add_post("/logs/retry-failed", _retry_failed)
 
 
-def _refusal(request: web.Request) -> web.Response | None:
-    """None when the request may see the page; else the page that says why not."""
-    token = request.app[CONTEXT].token
-    if token is None:
-        return html_response(render_message_page(
-            "Admin token not configured",
-            "Set SFSYNC_ADMIN__TOKEN and restart the service to use the Sync Logs page.",
-        ), status=503)
-    if auth.has_valid_bearer(request, token) or auth.has_valid_session(request, token):
-        return None
-    return html_response(render_login_page(), status=401)
+def _refusal(request: web.Request, *, form: bool = False) -> web.Response | None:
+    """None when the request may see the page (or, `form`, change something); else the page
+    that says why not. A form authenticated by the cookie must also come from this origin."""
+    ctx = request.app[CONTEXT]
+    if ctx.token is None:
+        return _no_token()
+    if auth.has_valid_bearer(request, ctx.token):
+        return None  # a browser never attaches the header cross-site
+    if not auth.has_valid_session(request, ctx.sessions):
+        return html_response(render_login_page(), status=401)
+    if form and not same_origin(request):
+        return _cross_origin(request)
+    return None
+
+
+def _no_token() -> web.Response:
+    return html_response(render_message_page(
+        "Admin token not configured",
+        "Set SFSYNC_ADMIN__TOKEN and restart the service to use the Sync Logs page.",
+    ), status=503)
+
+
+def _cross_origin(request: web.Request) -> web.Response:
+    log.warning("admin_cross_origin_refused", path=request.path,
+                origin=request.headers.get("Origin") or request.headers.get("Referer"))
+    return html_response(render_message_page(
+        "Refused", "This form did not come from this page (Origin/Referer check)."), status=403)
 
 
 async def _css(request: web.Request) -> web.Response:
@@ -68,24 +85,36 @@ async def _page(request: web.Request) -> web.Response:
 
 
 async def _login(request: web.Request) -> web.Response:
-    token = request.app[CONTEXT].token
-    if token is None:
-        return html_response(render_message_page("Admin token not configured",
-                                                 "Set SFSYNC_ADMIN__TOKEN to use this page."), status=503)
+    ctx = request.app[CONTEXT]
+    if ctx.token is None:
+        return _no_token()
+    if not same_origin(request):
+        return _cross_origin(request)
+    address = ctx.proxies.client_address(request)
+    wait = ctx.limiter.attempt(address)
+    if wait is not None:
+        log.warning("admin_login_limited", remote=address, retry_after=wait)
+        response = html_response(render_login_page(
+            error=f"Too many attempts; try again in {wait} s."), status=429)
+        response.headers["Retry-After"] = str(wait)
+        return response
     form = await request.post()
     given = form.get("token")
-    if not isinstance(given, str) or not auth.token_matches(token, given.strip()):
-        log.warning("admin_login_refused", remote=request.remote)
+    if not isinstance(given, str) or not auth.token_matches(ctx.token, given.strip()):
+        log.warning("admin_login_refused", remote=address)
         await asyncio.sleep(_WRONG_TOKEN_DELAY_S)
         return html_response(render_login_page(error="That token is not right."), status=401)
+    ctx.limiter.succeeded(address)
     response = _redirect("/logs")
-    auth.set_session(response, request, token)
+    auth.set_session(response, request, ctx.sessions, ctx.proxies)
     return response
 
 
 async def _logout(request: web.Request) -> web.Response:
+    if not same_origin(request):  # a cross-site logout would be a nuisance, nothing more; refuse it
+        return _cross_origin(request)
     response = _redirect("/logs")
-    auth.clear_session(response)
+    auth.end_session(response, request, request.app[CONTEXT].sessions)
     return response
 
 
@@ -101,7 +130,7 @@ def _back_to(back: object, notice: str) -> web.Response:
 
 
 async def _retry(request: web.Request) -> web.Response:
-    refused = _refusal(request)
+    refused = _refusal(request, form=True)
     if refused is not None:
         return refused
     form = await request.post()
@@ -114,7 +143,7 @@ async def _retry(request: web.Request) -> web.Response:
 
 
 async def _retry_failed(request: web.Request) -> web.Response:
-    refused = _refusal(request)
+    refused = _refusal(request, form=True)
     if refused is not None:
         return refused
     form = await request.post()

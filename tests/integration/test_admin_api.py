@@ -78,7 +78,7 @@ class TestProbes:
         """/metrics renders the registry as Prometheus text format 0.0.4."""
         METRICS.reset()
         METRICS.set("sfsync_api_remaining_pct", 87.5)
-        async with admin.http.get(admin.url + "/metrics") as r:
+        async with admin.http.get(admin.url + "/metrics", headers=AUTH) as r:
             body = await r.text()
             assert r.status == 200
             assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -281,9 +281,9 @@ class TestPageAccess:
         assert status == 401 and 'action="/logs/login"' in text and "00Q0000" not in text
 
     async def test_login_sets_a_strict_httponly_cookie_that_is_not_the_token(self, admin: Admin) -> None:
-        """Logging in sets an HMAC session cookie (HttpOnly, SameSite=Strict), then the page shows."""
+        """Logging in sets a random session cookie (HttpOnly, SameSite=Strict), then the page shows."""
         async with admin.http.post(admin.url + "/logs/login", data={"token": TOKEN},
-                                   allow_redirects=False) as r:
+                                   headers={"Origin": admin.url}, allow_redirects=False) as r:
             assert r.status == 303 and r.headers["Location"] == "/logs"
             cookie = r.cookies[COOKIE_NAME]
         assert cookie.value and TOKEN not in cookie.value
@@ -293,7 +293,8 @@ class TestPageAccess:
 
     async def test_wrong_token_is_refused(self, admin: Admin) -> None:
         """A wrong token shows the form again with an error and sets no cookie."""
-        async with admin.http.post(admin.url + "/logs/login", data={"token": "nope"}) as r:
+        async with admin.http.post(admin.url + "/logs/login", data={"token": "nope"},
+                                   headers={"Origin": admin.url}) as r:
             assert r.status == 401 and COOKIE_NAME not in r.cookies
             assert "not right" in await r.text()
 

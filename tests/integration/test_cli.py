@@ -187,6 +187,31 @@ class TestFollow:
             await proc.wait()
 
 
+    async def test_follow_with_a_limit_does_not_dump_older_history(
+        self, admin: RunningAdmin, tmp_path: Path
+    ) -> None:
+        """`--follow --limit 1` prints the newest log, then only logs newer than it: never the
+        older history the first page left out."""
+        env = {**os.environ, "SFSYNC_ADMIN__PORT": admin.url.rsplit(":", 1)[1]}
+        exe = shutil.which("sfsync", path=str(Path(sys.executable).parent)) or "sfsync"
+        proc = await asyncio.create_subprocess_exec(
+            exe, "logs", "--follow", "--interval", "0.2", "--status", "failed", "--limit", "1",
+            cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        try:
+            lines = [(await asyncio.wait_for(proc.stdout.readline(), 20)).decode() for _ in range(2)]
+            assert [line.split()[0] for line in lines] == ["ID", admin.log_ids[5]]
+            await asyncio.sleep(1.0)  # a few polls: nothing older may appear
+            (new_id,) = await admin.store.insert_sync_logs([
+                SyncLog(source="salesforce", type="update", status="failed", error="UNABLE_TO_LOCK_ROW")])
+            line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+            assert line.split()[0] == new_id
+        finally:
+            proc.terminate()
+            await proc.wait()
+
+
 def _children_of(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -210,7 +235,6 @@ def _alive(pid: int) -> bool:
 class TestDemo:
     async def test_demo_syncs_both_ways_and_stops_cleanly(self, tmp_path: Path) -> None:
         """`sfsync demo` shows successes, a conversion and a failure, then SIGTERM leaves no children."""
-        pytest.importorskip("service.supervisor")
         import aiohttp
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}

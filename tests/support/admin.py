@@ -17,8 +17,9 @@ from reconciler.errors import SyncError
 from reconciler.store import Store
 from reconciler.sync_logs import SyncLog
 from service.admin import create_admin_app, start_admin
+from settings import AdminSettings
 
-TOKEN = "test-admin-token-0123456789"
+TOKEN = "test-admin-token-0123456789abcdefghij"
 INSTANCE_URL = "https://example.my.salesforce.com"
 
 
@@ -134,11 +135,13 @@ class RunningAdmin:
 
 @asynccontextmanager
 async def running_admin(
-    store: Store, *, token: str | None = TOKEN, logs: list[SyncLog] | None = None
+    store: Store, *, token: str | None = TOKEN, logs: list[SyncLog] | None = None,
+    settings: AdminSettings | None = None,
 ) -> AsyncIterator[RunningAdmin]:
     """The real admin app on a free 127.0.0.1 port over `store`, seeded with `sample_logs()`."""
     status, jobs = FakeStatus(), FakeJobs(store)
-    app = create_admin_app(status=status, store=store, jobs=jobs, token=token, instance_url=INSTANCE_URL)
+    app = create_admin_app(status=status, store=store, jobs=jobs, token=token, instance_url=INSTANCE_URL,
+                           settings=settings)
     server = await start_admin(app, "127.0.0.1", 0)
     try:
         ids = await store.insert_sync_logs(sample_logs() if logs is None else logs)

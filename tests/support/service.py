@@ -231,7 +231,7 @@ class ServiceProcess:
     mongo_uri: str
     database: str
     mappings: str
-    admin_token: str = "e2e-admin-token-0123456789"
+    admin_token: str = "e2e-admin-token-0123456789abcdefghij"
     extra_env: dict[str, str] = field(default_factory=dict)
     admin_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None

@@ -57,6 +57,14 @@ class TestSettingsLines:
             ({"admin": AdminSettings(token=SecretStr("adm-1234"))}, "SFSYNC_ADMIN__TOKEN=***", "adm-1234"),
             ({"mongodb": MongoSettings(uri=SecretStr("mongodb://sync:pw-1234@db1:27017/?replicaSet=rs0"))},
              "SFSYNC_MONGODB__URI=mongodb://sync:***@db1:27017/?replicaSet=rs0", "pw-1234"),
+            ({"mongodb": MongoSettings(uri=SecretStr(
+                "mongodb://db1/?tls=true&tlsCertificateKeyFilePassword=kfp-99&replicaSet=rs0"))},
+             "SFSYNC_MONGODB__URI=mongodb://db1/?tls=true&tlsCertificateKeyFilePassword=***&replicaSet=rs0",
+             "kfp-99"),
+            ({"mongodb": MongoSettings(uri=SecretStr(
+                "mongodb://db1/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:tk9"))},
+             "SFSYNC_MONGODB__URI=mongodb://db1/?authMechanism=MONGODB-AWS&authMechanismProperties=***",
+             "tk9"),
         ],
     )
     def test_secrets_are_masked(self, sections: dict[str, object], line: str, hidden: str) -> None:

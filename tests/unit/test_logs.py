@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from service.logs import Redactor, add_secret, configure_logging, reset_logging, settings_secrets
 from settings import AdminSettings, MongoSettings, SalesforceSettings, Settings
+from settings.redaction import RUNTIME_SECRETS_KEPT
 
 SECRET = "cs-9f8e7d6c"
 TOKEN = "00Dxx0000001gEF!AQ4AQH0dMHZfz972Szmpsb.e5sbIn"
@@ -153,17 +154,38 @@ class TestRedactor:
     @pytest.mark.parametrize(
         ("secrets", "text", "expected"),
         [
-            (["abcd"], "xabcdx", "x***x"),
-            (["abcd", "abcdef"], "abcdef", "***"),  # the longer secret wins
-            (["ab"], "ab", "ab"),  # too short to redact without mangling every line
+            (["abcdefgh"], "xabcdefghx", "x***x"),  # 8+ characters: wherever it occurs
+            (["abcd"], "xabcdx", "xabcdx"),  # shorter: only as a whole token
+            (["abcdefgh", "abcdefghij"], "abcdefghij", "***"),  # the longer secret wins
+            (["ab"], "ab", "***"),  # a short secret is still redacted, as a whole token
+            (["ab"], "pw=ab; user ab@host", "pw=***; user ***@host"),
+            (["ab"], "about a cab", "about a cab"),  # ...but never inside an ordinary word
+            (["7"], "port 7 of 17", "port *** of 17"),
             ([], f"sid={TOKEN};", "sid=***;"),
             ([], "00Q000000000001AAA", "00Q000000000001AAA"),  # record ids are not tokens
             (["a.b*c"], "a.b*c", "***"),  # regex metacharacters are literal
         ],
     )
     def test_text(self, secrets: list[str], text: str, expected: str) -> None:
-        """Secrets are replaced literally, longest first; short values are left alone."""
+        """Secrets are replaced literally, longest first; short ones only as whole tokens."""
         assert Redactor(secrets).text(text) == expected
+
+    def test_state_is_bounded(self) -> None:
+        """Renewed access tokens replace old ones: the redactor keeps a bounded number."""
+        redactor = Redactor(["configured-secret"])
+        for n in range(1000):
+            redactor.add_runtime(f"access-token-{n:04d}")
+        assert redactor.size() <= 1 + RUNTIME_SECRETS_KEPT
+        assert redactor.text("configured-secret access-token-0999") == "*** ***"
+
+    def test_uri_credentials_and_secret_options_are_masked_in_any_text(self) -> None:
+        """User info and secret query options of any URI in a message are masked, configured or not."""
+        text = ("failed: mongodb://app:hunter2@db1:27017,db2/?replicaSet=rs0&tlsCertificateKeyFilePassword=kfp"
+                "&authMechanismProperties=AWS_SESSION_TOKEN:tok123&w=majority")
+        masked = Redactor().text(text)
+        for secret in ("hunter2", "kfp", "tok123"):
+            assert secret not in masked
+        assert "db1:27017,db2" in masked and "replicaSet=rs0" in masked and "w=majority" in masked
 
 
 class TestSettingsSecrets:
@@ -176,3 +198,15 @@ class TestSettingsSecrets:
             _env_file=None,  # type: ignore[call-arg]
         )
         assert sorted(settings_secrets(settings)) == sorted(["cs", "rt", "adm", "p%40ss", "p@ss"])
+
+    def test_secret_uri_options_are_secrets(self) -> None:
+        """tlsCertificateKeyFilePassword and authMechanismProperties values count as secrets."""
+        settings = Settings(
+            mongodb=MongoSettings(uri=SecretStr(
+                "mongodb://db/?tlsCertificateKeyFilePassword=k%21fp&authMechanismProperties="
+                "AWS_SESSION_TOKEN:tok123&replicaSet=rs0")),
+            _env_file=None,  # type: ignore[call-arg]
+        )
+        found = settings_secrets(settings)
+        assert "k!fp" in found and "k%21fp" in found and "AWS_SESSION_TOKEN:tok123" in found
+        assert "rs0" not in found

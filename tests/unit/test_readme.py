@@ -29,8 +29,10 @@ def _readme_table() -> dict[str, str]:
 
 
 def _shown(default: object) -> str:
-    if default is None:
+    if default is None or default == []:
         return "—"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
     if isinstance(default, list):
         return "`" + ",".join(map(str, default)) + "`"
     value = getattr(default, "value", None) or getattr(default, "get_secret_value", lambda: None)()
