@@ -15,6 +15,7 @@ from emulator.rest import add_rest_routes, rest_middleware
 from emulator.sample import generate_leads, seed_sample
 from emulator.state import EmulatorConfig, EmulatorState
 from emulator.streaming_control import add_streaming_control_routes
+from emulator.tooling import add_tooling_routes
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -38,6 +39,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
         app["state"] = state
     app.router.add_post("/services/oauth2/token", token_endpoint)
     add_rest_routes(app)
+    add_tooling_routes(app, control=config.control_enabled)
     if config.control_enabled:
         add_control_routes(app)
         add_chaos_routes(app)

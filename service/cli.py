@@ -61,8 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="run the service (default)").set_defaults(handler=cmd_run)
-    sub.add_parser("check-config", help="validate the env and mappings file, print the effective "
-                   "configuration (secrets masked)").set_defaults(handler=cmd_check_config)
+    check = sub.add_parser("check-config", help="validate the env and mappings file, print the effective "
+                           "configuration (secrets masked)")
+    check.add_argument("--online", action="store_true",
+                       help="also ask Salesforce and MongoDB: OAuth, API version, mapped fields, Change "
+                       "Data Capture selection, limits, replica set, majority writes, indexes, admin token")
+    check.set_defaults(handler=cmd_check_config)
     demo = sub.add_parser("demo", help="run a local demo: emulated org, local MongoDB, the service")
     demo.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     demo.add_argument("--port", type=int, default=8080, help="admin port (default 8080)")
@@ -127,7 +131,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     settings, mappings = _load()
     sys.stdout.write(render_config(settings, mappings))
-    return EXIT_OK
+    if not getattr(args, "online", False):
+        return EXIT_OK
+    from service.logs import configure_logging, settings_secrets
+    from service.online_check import online_checks
+
+    # Quiet logs (the lines below say it all), but every secret registered for redaction.
+    configure_logging("ERROR", "console", secrets=settings_secrets(settings))
+    checks = asyncio.run(online_checks(settings, mappings))
+    print("\n# online checks")
+    for check in checks:
+        print(check.line())
+    failed = sum(not c.ok for c in checks)
+    print(f"# {len(checks) - failed} of {len(checks)} passed" + ("" if not failed else "; fix the ✗ lines"))
+    return EXIT_API_ERROR if failed else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
