@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--source", choices=["salesforce", "local"])
     logs.add_argument("--type", dest="log_type", metavar="TYPE", help="create, update, merge, convert...")
     logs.add_argument("--object", dest="sobject", choices=list(SALESFORCE_OBJECTS))
+    logs.add_argument("--error-code", metavar="CODE",
+                      help="failures with this Salesforce status code (OTHER: without one)")
     logs.add_argument("--limit", type=int, default=50, help="1-500 (default 50)")
     logs.add_argument("--cursor", help="continue from an earlier page")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new logs")
@@ -181,6 +183,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     params: dict[str, str | int | None] = {
         "status": args.status, "record": args.record, "source": args.source, "type": args.log_type,
         "object": args.sobject, "limit": args.limit, "cursor": args.cursor,
+        "error_code": args.error_code,
     }
     if args.follow:
         return _follow(client, params, args)
