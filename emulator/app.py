@@ -11,10 +11,12 @@ from emulator.auth import token_endpoint
 from emulator.chaos import add_chaos_routes
 from emulator.cometd import add_cometd_routes
 from emulator.control import add_control_routes, traffic_middleware
+from emulator.pubsub import add_pubsub
 from emulator.rest import add_rest_routes, rest_middleware
 from emulator.sample import generate_leads, seed_sample
 from emulator.state import EmulatorConfig, EmulatorState
 from emulator.streaming_control import add_streaming_control_routes
+from emulator.time_control import OrgClock, install_time_control
 from emulator.tooling import add_tooling_routes
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -30,7 +32,7 @@ async def _instance_url(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 def create_app(config: EmulatorConfig) -> web.Application:
-    state = EmulatorState(config)
+    state = EmulatorState(config, clock=OrgClock())
     app = web.Application(
         middlewares=[_instance_url, traffic_middleware, rest_middleware], client_max_size=64 * 1024 * 1024
     )
@@ -40,12 +42,14 @@ def create_app(config: EmulatorConfig) -> web.Application:
     app.router.add_post("/services/oauth2/token", token_endpoint)
     add_rest_routes(app)
     add_tooling_routes(app, control=config.control_enabled)
+    install_time_control(app)
     if config.control_enabled:
         add_control_routes(app)
         add_chaos_routes(app)
     cometd = add_cometd_routes(app, state)
     if config.control_enabled:
         add_streaming_control_routes(app, cometd)
+    add_pubsub(app, state)  # the Pub/Sub API: served once `start_pubsub` binds its port
     if config.seed == "sample":
         seed_sample(state.org, extra_leads=config.records)
     elif config.records:

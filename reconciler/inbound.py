@@ -9,6 +9,20 @@ batch. Several changes to one record in a batch fold into one write and one log.
 
 Idempotent: values are compared with what is stored; a change that alters nothing writes
 nothing and logs nothing, so a re-delivered batch leaves no trace.
+
+Compare-and-set (issue 11 item 6): a write to an existing document applies only if the
+document is still the version that was read (`RecordVersion`: `updated_at` and `_sync.version`).
+One that changed meanwhile (a platform edit between our read and our write) is read again and
+merged again, up to `CAS_ATTEMPTS` times; a mapped field whose value changed between the two
+reads counts as edited at the fresh document's `updated_at` (the watcher may not have recorded
+its field time yet), so `most_recent` weighs the platform's edit against Salesforce's. Still
+changing after the last attempt: a failed, retriable log (`CONFLICT`).
+
+Clocks (issue 11 item 10): with `sf_clock` (Salesforce's clock as learned from its responses),
+`LastModifiedDate` is moved onto this host's clock before `most_recent` compares it.
+
+Fencing (issue 11 item 4): with `fence` (the leader term's `Fence`), record writes are refused
+once another term holds the lease (`FencedError`, raised to the caller: nothing is logged as done).
 """
 
 from __future__ import annotations
@@ -16,13 +30,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
 from reconciler import conversion
-from reconciler.errors import SkippableError
+from reconciler.errors import FencedError, SkippableError
 from reconciler.linking import find_matches
 from reconciler.merge import merge_record
 from reconciler.objects import COMPANIES, PEOPLE, collection_for
@@ -38,12 +52,13 @@ from reconciler.ports import (
 )
 from reconciler.records import check_value, get_path
 from reconciler.rules import may_create, owner_updates
-from reconciler.store import BulkOutcome, RecordWrite
+from reconciler.store import BulkOutcome, Fence, RecordVersion, RecordWrite
 from reconciler.sync_logs import LogType, SyncLog, event_job, failed_inbound, utcnow
 from settings import Mappings
 
 log = structlog.get_logger(__name__)
 
+CAS_ATTEMPTS = 3  # reads, merges and compare-and-set writes of one record before giving up
 _FULL_RECORD = (ChangeKind.CREATE, ChangeKind.UPSERT)
 _MERGE_SOURCES = (ChangeSource.RETRY, ChangeSource.IMPORT)
 # When one record gets several changes in a batch, its log carries the most telling type.
@@ -57,9 +72,18 @@ class InboundStore(Protocol):
     async def find_unlinked_matches(self, collection: str, local_field: str,
                                     values: Any) -> list[dict[str, Any]]: ...
     async def find_records(self, collection: str, ids: Any) -> list[dict[str, Any]]: ...
-    async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite]) -> BulkOutcome: ...
-    async def write_in_order(self, collection: str, writes: Sequence[RecordWrite]) -> BulkOutcome: ...
+    async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite], *,
+                         fence: Fence | None = None) -> BulkOutcome: ...
+    async def write_in_order(self, collection: str, writes: Sequence[RecordWrite], *,
+                             fence: Fence | None = None) -> BulkOutcome: ...
     async def insert_sync_logs(self, logs: Sequence[SyncLog]) -> list[str]: ...
+
+
+class SalesforceOffset(Protocol):
+    """Salesforce's clock minus this host's (`listener.salesforce_time.SalesforceClock`)."""
+
+    @property
+    def offset(self) -> timedelta: ...
 
 
 @dataclass
@@ -85,6 +109,9 @@ class _Pending:
     type: LogType
     upsert: bool = False
     merge: bool = False
+    expected: RecordVersion | None = None  # compare-and-set on the version read
+    read: dict[str, Any] | None = None      # the document as read (before this batch's changes)
+    changes: list[SalesforceChange] = field(default_factory=list)
     sets: dict[str, Any] = field(default_factory=dict)
     unsets: set[str] = field(default_factory=set)
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -135,20 +162,23 @@ class Reconciler:
     """Implements `reconciler.ports.ChangeSink` (`apply`, `reject`).
 
     `fetcher` reads records from Salesforce by id (a lead conversion's Contact, retries and
-    re-imports through `Jobs`); without one, nothing is re-fetched."""
+    re-imports through `Jobs`); without one, nothing is re-fetched. `sf_clock` and `fence`: see
+    the module docstring."""
 
     def __init__(
         self, store: InboundStore, mappings: Mappings, *, fetcher: RecordFetcher | None = None,
         outbox: OutboundQueue | None = None, client_name: str = "salesforce-sync",
         writable: Callable[[str], dict[str, bool]] | None = None, budget: Budget | None = None,
+        sf_clock: SalesforceOffset | None = None, fence: Callable[[], Fence | None] | None = None,
     ) -> None:
-        self.store = store
+        self.store: InboundStore = store if fence is None else _FencedStore(store, fence)
         self.mappings = mappings
         self.fetcher = fetcher
         self.outbox = outbox
         self.client_name = client_name
         self.writable = writable
         self.budget = budget
+        self.sf_clock = sf_clock
         self.totals: Counter[str] = Counter()
 
     async def apply(self, changes: Sequence[SalesforceChange]) -> None:
@@ -192,7 +222,7 @@ class Reconciler:
         for collection in (COMPANIES, PEOPLE):
             group = [c for c in live if collection_for(c.sobject) == collection]
             if group:
-                await self._apply_collection(collection, group, result, applied, summary, attempt)
+                await self._apply_collection(collection, group, _Run(result, applied, summary, attempt))
         if summary:
             result.logs += [
                 SyncLog(source="salesforce", type="import", status="success", object=sobject,
@@ -209,88 +239,56 @@ class Reconciler:
         log.info("inbound_batch_applied", applied=result.applied, unchanged=result.unchanged,
                  echoes=result.echoes, skipped=result.skipped, failed=result.failed)
 
-    async def _apply_collection(
-        self, collection: str, group: list[SalesforceChange], result: BatchResult,
-        applied: Counter[str], summary: bool, attempt: int,
-    ) -> None:
+    async def _apply_collection(self, collection: str, group: list[SalesforceChange], run: _Run) -> None:
+        """Read, merge and write `group`; what changed under us is read and merged again."""
+        before: dict[str, dict[str, Any]] = {}
+        for _ in range(CAS_ATTEMPTS):
+            conflicted = await self._apply_once(collection, group, run, before)
+            if not conflicted:
+                return
+            log.info("inbound_write_conflict", collection=collection, records=len(conflicted))
+            group = [c for item in conflicted for c in item.changes]
+            before = {item.change.sf_id: item.read for item in conflicted if item.read is not None}
+        for item in conflicted:
+            run.result.logs.append(failed_inbound(
+                item.change.sobject, item.change.sf_id,
+                f"CONFLICT: the document changed during each of {CAS_ATTEMPTS} attempts to merge into it",
+                type=item.type, collection=collection, local_id=_text(item.doc.get("_id")),
+                attempt=run.attempt, retriable=True))
+            run.result.failed += 1
+
+    async def _apply_once(self, collection: str, group: list[SalesforceChange], run: _Run,
+                          before: dict[str, dict[str, Any]]) -> list[_Pending]:
         docs = await self.store.find_linked(collection, {c.sf_id for c in group},
                                             converted=collection == PEOPLE)
-        linked = {d["crm"]["id"]: d for d in docs if get_path(d, "crm.id")}
+        linked = {d["crm"]["id"]: _with_concurrent_edits(d, before.get(d["crm"]["id"]), self.mappings)
+                  for d in docs if get_path(d, "crm.id")}
         converted = {d["crm"]["converted_from"] for d in docs if get_path(d, "crm.converted_from")}
         claimed = {d["_id"] for d in docs}
         unlinked = [c for c in group if c.sf_id not in linked and c.kind in (*_FULL_RECORD,
                                                                           ChangeKind.UNDELETE)]
         matches = await find_matches(self.store, self.mappings, collection, unlinked, claimed) \
             if unlinked and (collection == PEOPLE or self.mappings.accounts_importable()) else {}
-        accounts = await self._company_ids(group) if collection == PEOPLE else {}
+        accounts = await _company_ids(self.store, group) if collection == PEOPLE else {}
         pending: dict[str, _Pending] = {}
         for change in group:
             try:
-                self._validate(change)
-                item = pending.get(change.sf_id) or self._start(change, collection, linked, converted,
-                                                                 matches, result)
+                _validate(self.mappings, change)
+                item = pending.get(change.sf_id) or _start(self.mappings, change, collection, linked,
+                                                           converted, matches, run.result)
                 if item is None:
                     continue
                 pending[change.sf_id] = item
                 self._apply_change(item, change, accounts)
             except SkippableError as exc:
-                result.logs.append(failed_inbound(change.sobject, change.sf_id, str(exc),
-                                                  collection=collection, attempt=attempt))
-                result.failed += 1
-        await self._write(collection, list(pending.values()), result, applied, summary, attempt)
-
-    async def _company_ids(self, group: list[SalesforceChange]) -> dict[str, Any]:
-        """Contact AccountId -> the local `_id` of the Company linked to that Account."""
-        account_ids = {a for c in group if isinstance(a := c.fields.get("AccountId"), str) and a}
-        if not account_ids:
-            return {}
-        companies = await self.store.find_linked(COMPANIES, account_ids)
-        return {d["crm"]["id"]: d["_id"] for d in companies if get_path(d, "crm.id")}
-
-    def _start(
-        self, change: SalesforceChange, collection: str, linked: dict[str, dict[str, Any]],
-        converted: set[str], matches: dict[str, dict[str, Any]], result: BatchResult,
-    ) -> _Pending | None:
-        doc = linked.get(change.sf_id)
-        merge = change.source in _MERGE_SOURCES
-        if doc is not None:
-            kind_type: LogType = "merge" if merge or change.kind is ChangeKind.CREATE else "update"
-            return _Pending(change, collection, _copy(doc), {"_id": doc["_id"]}, kind_type,
-                            merge=merge or change.kind is ChangeKind.CREATE)
-        reason = self._cannot_start(change, collection, converted)
-        if reason is None and (match := matches.get(change.sf_id)) is not None:
-            item = _Pending(change, collection, _copy(match),
-                            {"_id": match["_id"], "crm.id": {"$exists": False}}, "link", merge=True)
-            self._link(item, change)
-            return item
-        reason = reason or may_create(self.mappings, change, collection)
-        if reason is not None:
-            result.skipped += 1
-            log.debug("inbound_change_skipped", sobject=change.sobject, sf_id=change.sf_id, reason=reason)
-            return None
-        item = _Pending(change, collection, {}, {"crm.id": change.sf_id}, "create", upsert=True)
-        self._link(item, change)
-        _assign(item.doc, "crm.id", change.sf_id)
-        return item
-
-    @staticmethod
-    def _cannot_start(change: SalesforceChange, collection: str, converted: set[str]) -> str | None:
-        if change.sf_id in converted:
-            return "lead already converted"
-        if change.kind not in (*_FULL_RECORD, ChangeKind.UNDELETE):
-            return "not linked"
-        if change.fields.get("IsDeleted") is True:
-            return "deleted in salesforce"
-        return None
-
-    def _link(self, item: _Pending, change: SalesforceChange) -> None:
-        item.put("crm.object", change.sobject)
-        if item.type == "link":
-            item.put("crm.id", change.sf_id)
-        item.put("crm.linked_at", utcnow(), logged=False)
+                run.result.logs.append(failed_inbound(change.sobject, change.sf_id, str(exc),
+                                                      collection=collection, attempt=run.attempt))
+                run.result.failed += 1
+        return await self._write(collection, list(pending.values()), run)
 
     def _apply_change(self, item: _Pending, change: SalesforceChange, accounts: dict[str, Any]) -> None:
         item.change = change
+        item.changes.append(change)
         if change.kind is ChangeKind.DELETE or change.fields.get("IsDeleted") is True:
             if not get_path(item.doc, "crm.deleted"):
                 item.put("crm.deleted", True)
@@ -311,19 +309,14 @@ class Reconciler:
         if isinstance(account, str) and account in accounts:
             item.put("company_id", accounts[account])
 
-    def _validate(self, change: SalesforceChange) -> None:
-        """Reject the change before anything of it is planned (a wrong-typed mapped value)."""
-        for m in self.mappings.for_object(change.sobject):
-            if m.sf_field in change.fields:
-                check_value(m.sf_field, change.fields[m.sf_field])
-
     def _merge_fields(self, item: _Pending, change: SalesforceChange) -> None:
         mappings = self.mappings.for_object(change.sobject)
         record = dict(change.fields)
         record.update(dict.fromkeys(change.nulled_fields - record.keys()))
         writable = self.writable(change.sobject) if self.writable else None
+        offset = self.sf_clock.offset if self.sf_clock is not None else timedelta(0)
         merged = merge_record(mappings, item.doc, record, change.changed_at, writable,
-                              complete=change.kind in _FULL_RECORD)
+                              complete=change.kind in _FULL_RECORD, sf_clock_offset=offset)
         for local_field, value in merged.local_updates.items():
             item.put(local_field, value)
         for local_field, when in merged.field_times.items():
@@ -331,47 +324,168 @@ class Reconciler:
         if item.merge and merged.sf_updates:
             item.sf_updates.update(merged.sf_updates)
 
-    async def _write(
-        self, collection: str, items: list[_Pending], result: BatchResult, applied: Counter[str],
-        summary: bool, attempt: int,
-    ) -> None:
+    async def _write(self, collection: str, items: list[_Pending], run: _Run) -> list[_Pending]:
+        """Write the items that changed; returns those whose document changed since it was read."""
+        result = run.result
         to_write = [i for i in items if i.changed]
-        result.unchanged += sum(1 for i in items if not i.changed and not i.sf_updates)
         now = utcnow()
         outcome = await self.store.bulk_apply(collection, [_record_write(i, now) for i in to_write])
-        failed: set[int] = set()
+        conflicted = [to_write[i] for i in sorted(outcome.conflicts)]
+        result.unchanged += sum(1 for i in items if not i.changed and not i.sf_updates)
+        failed: set[int] = {id(i) for i in conflicted}
         for index, item in enumerate(to_write):
             local_id = item.doc.get("_id", outcome.upserted.get(index))
+            if index in outcome.conflicts:
+                continue
             if index in outcome.errors:
                 failed.add(id(item))
                 result.logs.append(failed_inbound(
                     item.change.sobject, item.change.sf_id, outcome.errors[index], type=item.type,
-                    collection=collection, local_id=_text(local_id), attempt=attempt))
+                    collection=collection, local_id=_text(local_id), attempt=run.attempt))
                 result.failed += 1
                 continue
             result.applied += 1
-            applied[item.change.sobject] += 1
+            run.applied[item.change.sobject] += 1
             item.doc["_id"] = local_id
-            if not summary:
-                result.logs.append(_success(item, attempt))
-        await self._enqueue_merges(
-            [i for i in items if i.sf_updates and id(i) not in failed and i.doc.get("_id") is not None],
-            result, summary, attempt)
+            if not run.summary:
+                result.logs.append(_success(item, run.attempt))
+        merged = [i for i in items if i.sf_updates and id(i) not in failed and i.doc.get("_id") is not None]
+        await _enqueue_merges(self.outbox, merged, run)
+        return conflicted
 
-    async def _enqueue_merges(
-        self, items: list[_Pending], result: BatchResult, summary: bool, attempt: int
-    ) -> None:
-        """Where the local value won a merge, Salesforce gets it through the outbox."""
-        if not items or self.outbox is None:
-            return
-        await self.outbox.enqueue([
-            OutboundWrite(sobject=i.change.sobject, sf_id=i.change.sf_id, collection=i.collection,
-                          local_id=i.doc["_id"], fields=dict(i.sf_updates), reason="merge")
-            for i in items
-        ])
-        result.enqueued += len(items)
-        if not summary:  # a merge that changed only Salesforce's side still leaves a log
-            result.logs += [_success(i, attempt) for i in items if not i.changed]
+@dataclass
+class _Run:
+    """One `apply_batch` call's running totals and options."""
+
+    result: BatchResult
+    applied: Counter[str]
+    summary: bool
+    attempt: int
+
+
+async def _company_ids(store: InboundStore, group: list[SalesforceChange]) -> dict[str, Any]:
+    """Contact AccountId -> the local `_id` of the Company linked to that Account."""
+    account_ids = {a for c in group if isinstance(a := c.fields.get("AccountId"), str) and a}
+    if not account_ids:
+        return {}
+    companies = await store.find_linked(COMPANIES, account_ids)
+    return {d["crm"]["id"]: d["_id"] for d in companies if get_path(d, "crm.id")}
+
+
+async def _enqueue_merges(outbox: OutboundQueue | None, items: list[_Pending], run: _Run) -> None:
+    """Where the local value won a merge, Salesforce gets it through the outbox."""
+    if not items or outbox is None:
+        return
+    await outbox.enqueue([
+        OutboundWrite(sobject=i.change.sobject, sf_id=i.change.sf_id, collection=i.collection,
+                      local_id=i.doc["_id"], fields=dict(i.sf_updates), reason="merge")
+        for i in items
+    ])
+    run.result.enqueued += len(items)
+    if not run.summary:  # a merge that changed only Salesforce's side still leaves a log
+        run.result.logs += [_success(i, run.attempt) for i in items if not i.changed]
+
+
+def _start(
+    mappings: Mappings, change: SalesforceChange, collection: str, linked: dict[str, dict[str, Any]],
+    converted: set[str], matches: dict[str, dict[str, Any]], result: BatchResult,
+) -> _Pending | None:
+    """The write a record's first change in the batch starts: update, link, create, or None."""
+    doc = linked.get(change.sf_id)
+    merge = change.source in _MERGE_SOURCES
+    if doc is not None:
+        kind_type: LogType = "merge" if merge or change.kind is ChangeKind.CREATE else "update"
+        return _Pending(change, collection, _copy(doc), {"_id": doc["_id"]}, kind_type,
+                        merge=merge or change.kind is ChangeKind.CREATE,
+                        expected=RecordVersion.of(doc), read=doc)
+    reason = _cannot_start(change, converted)
+    if reason is None and (match := matches.get(change.sf_id)) is not None:
+        item = _Pending(change, collection, _copy(match), {"_id": match["_id"], "crm.id": {"$exists": False}},
+                        "link", merge=True, expected=RecordVersion.of(match), read=match)
+        _link(item, change)
+        return item
+    reason = reason or may_create(mappings, change, collection)
+    if reason is not None:
+        result.skipped += 1
+        log.debug("inbound_change_skipped", sobject=change.sobject, sf_id=change.sf_id, reason=reason)
+        return None
+    item = _Pending(change, collection, {}, {"crm.id": change.sf_id}, "create", upsert=True)
+    _link(item, change)
+    _assign(item.doc, "crm.id", change.sf_id)
+    return item
+
+
+def _cannot_start(change: SalesforceChange, converted: set[str]) -> str | None:
+    if change.sf_id in converted:
+        return "lead already converted"
+    if change.kind not in (*_FULL_RECORD, ChangeKind.UNDELETE):
+        return "not linked"
+    if change.fields.get("IsDeleted") is True:
+        return "deleted in salesforce"
+    return None
+
+
+def _link(item: _Pending, change: SalesforceChange) -> None:
+    item.put("crm.object", change.sobject)
+    if item.type == "link":
+        item.put("crm.id", change.sf_id)
+    item.put("crm.linked_at", utcnow(), logged=False)
+
+
+def _validate(mappings: Mappings, change: SalesforceChange) -> None:
+    """Reject the change before anything of it is planned (a wrong-typed mapped value)."""
+    for m in mappings.for_object(change.sobject):
+        if m.sf_field in change.fields:
+            check_value(m.sf_field, change.fields[m.sf_field])
+
+
+def _with_concurrent_edits(fresh: dict[str, Any], before: dict[str, Any] | None,
+                           mappings: Mappings) -> dict[str, Any]:
+    """`fresh` re-read after a conflict: a mapped field whose value changed since `before` was
+    edited at `fresh`'s `updated_at` at the latest (its field time, if older, is raised to it)."""
+    edited_at = fresh.get("updated_at")
+    if before is None or not isinstance(edited_at, datetime):
+        return fresh
+    edited_at = _utc(edited_at)
+    doc = _copy(fresh)
+    sobject = get_path(fresh, "crm.object")
+    for m in mappings.for_object(sobject) if isinstance(sobject, str) else ():
+        if get_path(before, m.local_field) == get_path(fresh, m.local_field):
+            continue
+        path = f"_sync.field_times.{m.local_field}"
+        known = get_path(doc, path)
+        if not isinstance(known, datetime) or _utc(known) < edited_at:
+            _assign(doc, path, edited_at)
+    return doc
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+class _FencedStore:
+    """The store, with every record write carrying the leader term's fence (read per write)."""
+
+    def __init__(self, store: InboundStore, fence: Callable[[], Fence | None]) -> None:
+        self._store = store
+        self._fence = fence
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def _term(self) -> Fence:
+        term = self._fence()
+        if term is None:
+            raise FencedError("inbound apply: no leader term to write for")
+        return term
+
+    async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite], *,
+                         fence: Fence | None = None) -> BulkOutcome:
+        return await self._store.bulk_apply(collection, writes, fence=fence or self._term())
+
+    async def write_in_order(self, collection: str, writes: Sequence[RecordWrite], *,
+                             fence: Fence | None = None) -> BulkOutcome:
+        return await self._store.write_in_order(collection, writes, fence=fence or self._term())
 
 
 def _record_write(item: _Pending, now: datetime) -> RecordWrite:
@@ -382,7 +496,7 @@ def _record_write(item: _Pending, now: datetime) -> RecordWrite:
     if item.upsert:
         on_insert = {"created_at": now, "_sync.created_by_sync": True}
     return RecordWrite(filter=item.filter, set=values, unset=sorted(item.unsets),
-                       set_on_insert=on_insert, upsert=item.upsert)
+                       set_on_insert=on_insert, upsert=item.upsert, expected=item.expected)
 
 
 def _success(item: _Pending, attempt: int) -> SyncLog:

@@ -4,7 +4,10 @@ Rules (from the product's documentation, with the choices the docs leave open):
 
 - `from_salesforce`: Salesforce's value flows to the platform; `to_salesforce`: the platform's
   value flows to Salesforce; `both`: decided by the merge behaviour.
-- `most_recent` compares the two sides' *field* times; a side without a time is older than
+- `most_recent` compares the two sides' *field* times on one clock: local field times are this
+  host's clock, Salesforce's `LastModifiedDate` is Salesforce's, so it is moved onto the host's
+  by the learned offset (`sf_clock_offset`, Salesforce minus host: `listener.salesforce_time`);
+  a Salesforce win records its host-clock time. A side without a time is older than
   any side with one; a tie goes to Salesforce (it is the system of record for CRM fields, and
   a tie usually means both sides were set from the same change).
 - `salesforce_unless_blank` / `local_unless_blank`: that side wins unless it is blank.
@@ -129,14 +132,18 @@ def merge_record(
     writable: Mapping[str, bool] | None = None,
     *,
     complete: bool = False,
+    sf_clock_offset: timedelta = timedelta(0),
 ) -> RecordMerge:
     """Merge one Salesforce record into one local document, field by field.
 
     Only mapped fields present in `sf_record` take part, unless `complete` (a full record:
     a create, a polled or re-fetched record), where a mapped field missing from the record
     is blank on Salesforce's side. `writable` maps Salesforce field -> updateable (default
-    True for fields it does not list).
+    True for fields it does not list). `sf_changed_at` is on Salesforce's clock;
+    `sf_clock_offset` (Salesforce minus this host) moves it onto the clock of local field times.
     """
+    if sf_changed_at is not None:
+        sf_changed_at = sf_changed_at - sf_clock_offset
     result = RecordMerge()
     times = get_path(local_doc, "_sync.field_times") if local_doc else None
     for mapping in mappings_for_object:

@@ -124,7 +124,10 @@ class StateStore(Protocol):
 
     async def load_state(self, key: str) -> dict[str, Any] | None: ...
 
-    async def save_state(self, key: str, value: dict[str, Any]) -> None: ...
+    async def save_state(self, key: str, value: dict[str, Any], *, fence: Any = None) -> None:
+        """`fence`: a `reconciler.store.Fence` (typed loosely here: the store imports this
+        module); with one, the write is refused (`FencedError`) once another term leads."""
+        ...
 
 
 class Budget(Protocol):

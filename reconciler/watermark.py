@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from reconciler.soql import format_sf_datetime, parse_sf_datetime, soql_string
@@ -86,6 +86,20 @@ class Watermark:
             current = Watermark(modstamp, sf_id, frozenset(i for i in legacy if i > sf_id))
         return current
 
+    def rewound(self, window: timedelta) -> Watermark:
+        """The position `window` before this one's second (the poller's overlap re-read)."""
+        if self.ts is None or window <= timedelta(0):
+            return self
+        return Watermark(self.ts - window)
+
+    def at_least(self, other: Watermark) -> Watermark:
+        """The later of the two positions (a re-read from a rewound position never moves back)."""
+        if other.ts is None:
+            return self
+        if self.ts is None or _position(other) > _position(self):
+            return other
+        return self
+
     def soql_filter(self, signpost: datetime | None = None) -> str | None:
         """The WHERE condition for what follows this position (and precedes the signpost)."""
         parts: list[str] = []
@@ -99,6 +113,12 @@ class Watermark:
         if signpost is not None:
             parts.append(f"SystemModstamp < {format_sf_datetime(signpost)}")
         return " AND ".join(parts) or None
+
+
+def _position(mark: Watermark) -> tuple[datetime, str]:
+    # last_id None means "before every id of that second"
+    assert mark.ts is not None
+    return mark.ts, mark.last_id or ""
 
 
 def record_position(record: dict[str, Any]) -> tuple[str, datetime] | None:

@@ -1,7 +1,7 @@
 """The CDC stream: `/data/<Object>ChangeEvent` over CometD, applied in micro-batches.
 
     CometD session --receive--> bounded queue --MicroBatcher--> parse --> ChangeSink.apply
-                                (reader waits when full)                       |
+                    (`intake.BatchIntake`; reader waits when full)             |
                                         replay id per channel committed  <-----+  (after apply)
 
 - Resumes from the replay id stored per channel (`sync_state` `replay:<channel>` =
@@ -18,12 +18,17 @@
 - Network loss, `403::Unknown client`, a 401 a fresh token did not cure: close, back off with
   jitter, reopen from the committed replay ids (redelivered events are dropped by replay id).
 - `403::Organization total events daily limit exceeded`: tell the governor; `run` returns.
+- Stopping (issue 11 item 4): `stop` set while a batch is in flight waits for it up to
+  `stop_deadline`, then cancels it (its offsets are not committed: it is redelivered); a
+  cancelled `run` cancels its batch too. Nothing runs detached once `run` has returned.
+- Fencing: with `fence` (returns the leader term's `Fence`, read once when `run` starts),
+  every offset and watermark write is conditional on that term still holding the lease; a
+  refused write (`FencedError`) ends `run` (logged `stream_fenced`), and nothing more is written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,13 +47,15 @@ from listener.sources._sfstream_compat import (
     StreamSession,
     TokenSource,
 )
-from listener.sources.batching import CommitPolicy, MicroBatcher
+from listener.sources.batching import CommitPolicy
 from listener.sources.cdc_batch import Message, SortedBatch, sort_batch
 from listener.sources.handover import HANDOVER_MARGIN, CatchUp, PollHandover
+from listener.sources.intake import BatchIntake
 from listener.sources.replay_offsets import ReplayOffsets
-from reconciler.errors import RetriableError
+from reconciler.errors import FencedError, RetriableError
 from reconciler.pacing import Backoff
 from reconciler.ports import ChangeSink, RejectedEvent, SalesforceChange, StateStore
+from reconciler.store import Fence
 from reconciler.watermark import Watermark
 from settings import Settings
 
@@ -71,11 +78,13 @@ class StreamOptions:
     batch_wait_ms: int = 20         # how long a batch waits for more events after its first
     stall_timeout: float = 5.0      # seconds the transport may reconnect before we reopen
     commit_every: int = 1           # events applied per replay id commit (`CommitPolicy`)
+    stop_deadline: float = 5.0      # seconds a batch in flight may finish after stop (< lease TTL/2)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StreamOptions:
         return cls(client_name=settings.salesforce.client_name, api_version=settings.salesforce.api_version,
-                   batch_size=settings.sync.batch_size, batch_wait_ms=settings.sync.batch_wait_ms)
+                   batch_size=settings.sync.batch_size, batch_wait_ms=settings.sync.batch_wait_ms,
+                   stop_deadline=min(5.0, settings.sync.lease_seconds / 4))
 
 
 class Session(Protocol):
@@ -111,8 +120,10 @@ class CdcStream:
         options: StreamOptions,
         governor: EventsExhausted | None = None,
         session_factory: Callable[[CommittedReplayIds], Session] | None = None,
+        fence: Callable[[], Fence | None] | None = None,
     ) -> None:
         self._sf = sf
+        self._fence = fence
         self._sink = sink
         self._catch_up = catch_up
         self.objects = list(objects)
@@ -121,7 +132,7 @@ class CdcStream:
         self._session_factory = session_factory or self._default_session
         self._offsets = ReplayOffsets(store, self.channels)
         self._handover = PollHandover(catch_up, store)
-        self._queue: asyncio.Queue[Message] | None = None
+        self._intake: BatchIntake | None = None
         self.connected = False
         self.ready = False  # connected, and any closing poll done: events flow
         self.running = False
@@ -138,7 +149,7 @@ class CdcStream:
             "connected": self.connected,
             "ready": self.ready,
             "replay_ids": self._offsets.applied_ids,
-            "queue_depth": self._queue.qsize() if self._queue else 0,
+            "queue_depth": self._intake.queue_depth if self._intake else 0,
         }
 
     def resume_after_poll(self, marks: dict[str, Watermark]) -> None:
@@ -154,13 +165,29 @@ class CdcStream:
         return {}
 
     async def run(self, stop: asyncio.Event) -> None:
+        term = self._term_fence()
+        self._offsets.fence = self._handover.fence = term
         self.running = True
+        finished = False
         try:
             await self._sessions(await self._offsets.load(), stop)
+            finished = True
+        except FencedError as exc:
+            log.warning("stream_fenced", error=str(exc), term=term.term if term else None)
+            raise
         finally:
             self.running = False
             self.connected = False
+        if finished:  # not after a cancellation or a refused write: nothing written past the term
             await self._handover.checkpoint_watermarks()
+
+    def _term_fence(self) -> Fence | None:
+        if self._fence is None:
+            return None
+        term = self._fence()
+        if term is None:
+            raise FencedError("stream: no leader term to write for")
+        return term
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -215,39 +242,20 @@ class CdcStream:
     # -- consuming ---------------------------------------------------------------------------
 
     async def _consume(self, session: Session, stop: asyncio.Event) -> None:
-        """Read into a bounded queue and apply batches until `stop` or an error."""
+        """Apply batches from the session until `stop` or an error (`BatchIntake`)."""
         options = self.options
-        queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=options.batch_size * 2)
-        self._queue = queue
-        batcher = MicroBatcher(queue, max_items=options.batch_size, max_wait=options.batch_wait_ms / 1000)
-        reader = asyncio.create_task(self._read(session, queue))
-        stopping = asyncio.create_task(stop.wait())
         policy = CommitPolicy(max_pending=options.commit_every, max_seconds=1.0)
-        try:
-            while True:
-                taking = asyncio.create_task(batcher.next_batch())
-                done, _ = await asyncio.wait({taking, reader, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if taking not in done:
-                    # Items already taken are dropped: uncommitted, they are redelivered later.
-                    taking.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await taking
-                    await self._offsets.commit()  # what was applied stays applied
-                    if reader in done:
-                        reader.result()  # raises the reader's error
-                    return
-                # The batch in flight is finished even if we are cancelled meanwhile.
-                await asyncio.shield(self._process(taking.result(), policy))
-                METRICS.set("sfsync_queue_depth", queue.qsize(), queue="inbound")
-        finally:
-            for task in (reader, stopping):
-                task.cancel()
-            await asyncio.gather(reader, stopping, return_exceptions=True)
-            self._queue = None
 
-    async def _read(self, session: Session, queue: asyncio.Queue[Message]) -> None:
-        while True:
-            await queue.put(await session.receive())  # waits when full: back-pressure
+        async def process(messages: list[Message]) -> None:
+            await self._process(messages, policy)
+
+        self._intake = BatchIntake(session, process, self._offsets.commit,
+                                   batch_size=options.batch_size, batch_wait=options.batch_wait_ms / 1000,
+                                   stop_deadline=options.stop_deadline)
+        try:
+            await self._intake.run(stop)
+        finally:
+            self._intake = None
 
     async def _process(self, messages: list[Message], policy: CommitPolicy) -> None:
         batch = sort_batch(messages, client_name=self.options.client_name, objects=set(self.objects),

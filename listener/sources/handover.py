@@ -12,8 +12,6 @@ Nothing is committed during the handover: the closing poll runs before events ar
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -23,6 +21,7 @@ import structlog
 from reconciler.errors import RetriableError
 from reconciler.ports import SalesforceChange, StateStore
 from reconciler.soql import floor_second
+from reconciler.store import Fence
 from reconciler.store.state_keys import watermark_key
 from reconciler.watermark import Watermark
 
@@ -45,6 +44,8 @@ class CatchUp(Protocol):
 
     async def watermark(self, sobject: str) -> Watermark: ...
 
+    async def wait_until_covered(self) -> None: ...
+
 
 class PollHandover:
     """The poll marks the stream skips by, the closing polls it owes, the commits it saw."""
@@ -55,6 +56,7 @@ class PollHandover:
         self._poll_marks: dict[str, Watermark] = {}  # what a poll covered, per object
         self._last_commit: dict[str, datetime] = {}  # newest applied commit time, per object
         self._closing_poll: set[str] = set()
+        self.fence: Fence | None = None  # the leader term the stream writes for
 
     def resume_after_poll(self, marks: dict[str, Watermark]) -> None:
         """Skip replayed events the poller already applied (handover poll -> stream)."""
@@ -71,12 +73,13 @@ class PollHandover:
     async def close_over_with_poll(self) -> None:
         """After subscribing with -1: poll what changed before the subscription took effect.
 
-        The poller's signpost excludes the current second, so the poll waits for the next
-        second boundary: then every change before the subscription is below the signpost.
+        The poller's signpost is Salesforce's time less a safety lag and excludes its current
+        second, so the poll first waits until a pass would cover every change made before the
+        subscription (`wait_until_covered`, on Salesforce's clock).
         """
         if self._closing_poll:
             objects = sorted(self._closing_poll)
-            await asyncio.sleep(1.0 - time.time() % 1.0 + 0.01)
+            await self._catch_up.wait_until_covered()
             await self.poll(objects)
             self._closing_poll.clear()
 
@@ -97,7 +100,8 @@ class PollHandover:
             try:
                 current = await self._catch_up.watermark(sobject)
                 if current.ts is None or ts > current.ts:
-                    await self._store.save_state(watermark_key(sobject), Watermark(ts).to_state())
+                    await self._store.save_state(watermark_key(sobject), Watermark(ts).to_state(),
+                                                 fence=self.fence)
             except RetriableError as exc:
                 log.warning("stream_watermark_checkpoint_failed", object=sobject, error=str(exc))
 

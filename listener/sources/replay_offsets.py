@@ -6,7 +6,9 @@
                              `{"replay_id": N}` (journaled majority, in the store), then tells
                              the session, so a library-driven re-subscribe never skips events
 
-An id is only ever committed after the changes it covers were applied; ids never move back.
+An id is only ever committed after the changes it covers were applied; ids never move back
+(the store writes them with `$max`). With a `fence` (the leader term the stream runs for),
+a commit after another term took the lease is refused with `FencedError`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 
 from listener.sources._sfstream_compat import CommittedReplayIds
 from reconciler.ports import StateStore
+from reconciler.store import Fence
 from reconciler.store.state_keys import replay_key
 
 
@@ -27,6 +30,7 @@ class ReplayOffsets:
         self._applied: dict[str, int] = {}   # highest replay id applied, per channel
         self._pending: dict[str, int] = {}   # applied, not yet committed, per channel
         self._session: CommittedReplayIds | None = None
+        self.fence: Fence | None = None
 
     @property
     def applied_ids(self) -> dict[str, int]:
@@ -55,7 +59,7 @@ class ReplayOffsets:
     async def commit(self) -> None:
         """Durably store the replay ids of applied events (journaled majority, in the store)."""
         for channel, replay_id in sorted(self._pending.items()):
-            await self._store.save_state(replay_key(channel), {"replay_id": replay_id})
+            await self._store.save_state(replay_key(channel), {"replay_id": replay_id}, fence=self.fence)
             if self._session is not None:
                 self._session.commit(channel, replay_id)
             del self._pending[channel]

@@ -7,8 +7,7 @@ events around each kind of poison; the real Reconciler writes to a real Secantus
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,12 +15,11 @@ import pytest
 from listener.sources._sfstream_compat import CommittedReplayIds
 from listener.sources.cometd import CdcStream, StreamOptions
 from reconciler.inbound import Reconciler
-from reconciler.ports import RejectedEvent, SalesforceChange
 from reconciler.store import Store
 from reconciler.store.state_keys import replay_key
-from reconciler.watermark import Watermark
 from tests.support.eventually import eventually
 from tests.support.mappings import LEAD_NAME_MAPPINGS
+from tests.support.stream_fakes import NoCatchUp, ScriptedSession
 
 CHANNEL = "/data/LeadChangeEvent"
 OWNER = "005000000000001AAA"  # mapped to u-1 in LEAD_NAME_MAPPINGS
@@ -69,45 +67,6 @@ POISON: list[tuple[int, str, dict[str, Any]]] = [
 VALID = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]
 
 
-class ScriptedSession:
-    """A CometD session that delivers `messages`, then waits (a quiet channel)."""
-
-    def __init__(self, messages: Sequence[dict[str, Any]]) -> None:
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        for m in messages:
-            self._queue.put_nowait(m)
-
-    async def open(self, channels: Sequence[str]) -> None:
-        return None
-
-    async def receive(self) -> dict[str, Any] | RejectedEvent:
-        return await self._queue.get()
-
-    async def close(self) -> None:
-        return None
-
-
-class NoCatchUp:
-    """Every channel has a stored replay id: the stream never polls."""
-
-    async def run_once(self, objects: Sequence[str] | None = None) -> Any:
-        raise AssertionError("no poll expected")
-
-    async def poll_since(self, sobject: str, since: Any) -> int:
-        raise AssertionError("no poll expected")
-
-    async def fetch_by_ids(self, sobject: str, ids: Any) -> list[SalesforceChange]:
-        raise AssertionError("no fetch expected")
-
-    async def watermark(self, sobject: str) -> Watermark:
-        return Watermark()
-
-
-@dataclass
-class Rig:
-    store: Store
-
-
 @pytest.fixture
 async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
     store = await Store.connect(mongo_uri, database_name)
@@ -153,7 +112,7 @@ class TestPoisonEvents:
             assert sorted(logged) == [rid for rid, _, _ in POISON]
             assert all(reason for reason in logged.values())
 
-            session._queue.put_nowait(event(20))
+            session.deliver(event(20))
             await eventually(lambda: offset_is(20))
             assert await store.db.people.count_documents({"crm.id": lead_id(20)}) == 1
             assert not task.done()

@@ -351,6 +351,43 @@ class TestMergeRecord:
         assert result.local_updates == {"first_name": "Bo"}
 
 
+class TestClocks:
+    """Most recent compares one clock: Salesforce's `LastModifiedDate` is on Salesforce's clock,
+    local field times on this host's; the learned offset (Salesforce minus host) converts."""
+
+    MAPPINGS = [mapping(local="first_name", sf="FirstName")]
+
+    @pytest.mark.parametrize(
+        ("local_at", "sf_at", "sf_ahead", "expected"),
+        [
+            # Salesforce edit 2 s after the local one on the wall, Salesforce's clock 3 s ahead:
+            # its stamp reads 5 s later, converted it is 2 s later -> Salesforce wins.
+            (0, 5, 3, "S"),
+            # Salesforce stamp 2 s after the local time, but Salesforce's clock is 3 s ahead:
+            # the Salesforce edit really happened 1 s *before* the local one -> local wins.
+            (0, 2, 3, "L"),
+            # Salesforce's clock 3 s behind: a stamp 2 s before the local time is 1 s after it.
+            (0, -2, -3, "S"),
+            # Salesforce's clock 3 s behind: a stamp 4 s before the local time is 1 s before it.
+            (0, -4, -3, "L"),
+            # No offset learned: compared as they are.
+            (0, 2, 0, "S"),
+            (0, -2, 0, "L"),
+        ],
+    )
+    def test_both_sides_on_one_clock(self, local_at: int, sf_at: int, sf_ahead: int, expected: str) -> None:
+        """The winner is decided on the host's clock; a Salesforce win records a host-clock time."""
+        local_time = T0 + timedelta(seconds=local_at)
+        local = {"first_name": "Ann", "_sync": {"field_times": {"first_name": local_time}}}
+        result = merge_record(self.MAPPINGS, local, {"FirstName": "Anna"}, T0 + timedelta(seconds=sf_at),
+                              sf_clock_offset=timedelta(seconds=sf_ahead))
+        if expected == "S":
+            assert result.local_updates == {"first_name": "Anna"}
+            assert result.field_times == {"first_name": T0 + timedelta(seconds=sf_at - sf_ahead)}
+        else:
+            assert result.sf_updates == {"FirstName": "Ann"}
+
+
 class TestBench:
     def test_bench_merge_reports_a_rate(self) -> None:
         """bench_merge returns decisions per second."""

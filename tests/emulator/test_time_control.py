@@ -1,0 +1,53 @@
+"""The org's clock offset and held-open transactions (`emulator.time_control`)."""
+
+from __future__ import annotations
+
+import time
+from email.utils import parsedate_to_datetime
+
+from reconciler.soql import parse_sf_datetime
+from tests.emulator.conftest import API, Api
+from tests.support.emulator import RunningEmulator
+
+QUERY = f"{API}/query"
+
+
+class TestClock:
+    async def test_the_offset_dates_records_events_and_responses(
+        self, api: Api, org: RunningEmulator
+    ) -> None:
+        """With the clock 120 s ahead: SystemModstamp, CreatedDate, commitTimestamp and `Date` are too."""
+        body = await api.control("POST", "clock", json={"offset_seconds": 120})
+        assert body["offset_seconds"] == 120
+        lead = {"LastName": "A", "Company": "B"}
+        ids = await api.control("POST", "seed", json={"records": {"Lead": [lead]}})
+        record = await api.control("GET", f"records/Lead/{ids['ids']['Lead'][0]}")
+        for name in ("SystemModstamp", "CreatedDate", "LastModifiedDate"):
+            stamp = parse_sf_datetime(record[name])
+            assert stamp is not None and abs(stamp.timestamp() - time.time() - 120) < 2
+        [event] = org.state.bus.retained()
+        committed = event.data["payload"]["ChangeEventHeader"]["commitTimestamp"] / 1000
+        assert abs(committed - time.time() - 120) < 2
+        _, _, response = await api.call("GET", f"{QUERY}?q=SELECT+Id+FROM+Lead")
+        assert abs(parsedate_to_datetime(response.headers["Date"]).timestamp() - time.time() - 120) < 2
+
+    async def test_a_bad_offset_is_refused(self, api: Api) -> None:
+        """offset_seconds must be a number."""
+        async with api.http.post(f"{api.base_url}/_emulator/clock", json={"offset_seconds": "soon"}) as r:
+            assert r.status == 400
+
+
+class TestHeldTransaction:
+    async def test_a_held_record_is_invisible_until_committed(self, api: Api) -> None:
+        """Stamped at hold time, absent from queries and reads, then visible with that stamp."""
+        held = await api.control("POST", "transactions",
+                                 json={"sobject": "Lead", "fields": {"LastName": "Slow", "Company": "Tx"}})
+        _, page, _ = await api.call("GET", f"{QUERY}?q=SELECT+Id,SystemModstamp+FROM+Lead")
+        assert page["records"] == []
+        async with api.http.get(f"{api.base_url}/_emulator/records/Lead/{held['id']}") as r:
+            assert r.status == 404
+        await api.control("POST", f"transactions/{held['hold']}/commit")
+        _, page, _ = await api.call("GET", f"{QUERY}?q=SELECT+Id,SystemModstamp+FROM+Lead")
+        [record] = page["records"]
+        assert record["Id"] == held["id"]
+        assert parse_sf_datetime(record["SystemModstamp"]) == parse_sf_datetime(held["SystemModstamp"])

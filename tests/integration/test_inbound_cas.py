@@ -1,0 +1,122 @@
+"""Inbound writes are compare-and-set (issue 11 item 6): a platform edit that lands between the
+reconciler's read and its write survives, and Salesforce's values are merged again on the fresh
+document per the rules.
+
+The race is made by a store wrapper (a seam): right before the reconciler's first People write
+it performs the platform's edit, as a platform writer would (new value, new `updated_at`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from reconciler.inbound import Reconciler
+from reconciler.objects import PEOPLE
+from reconciler.ports import ChangeKind, ChangeSource, SalesforceChange
+from reconciler.store import BulkOutcome, RecordWrite, Store
+from settings import parse_mappings
+from tests.support.mappings import LEAD_NAME_MAPPINGS
+
+LEAD = "00Q000000000001AAA"
+T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+
+
+class PlatformEditsDuringWrite:
+    """Delegates to the store; before the first `times` People writes, runs the platform edit."""
+
+    def __init__(self, store: Store, edit: dict[str, Any], *, times: int = 1) -> None:
+        self._store = store
+        self._edit = edit
+        self._left = times
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite], **kw: Any) -> BulkOutcome:
+        if collection == PEOPLE and self._left > 0:
+            self._left -= 1
+            edit = dict(self._edit)  # every platform write sets a new updated_at
+            edit["updated_at"] = edit["updated_at"] + timedelta(milliseconds=self._left)
+            await self._store.db.people.update_one({"crm.id": LEAD}, {"$set": edit})
+        return await self._store.bulk_apply(collection, writes, **kw)
+
+
+@pytest.fixture
+async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
+    store = await Store.connect(mongo_uri, database_name)
+    await store.ensure_indexes()
+    await store.db.people.insert_one({
+        "first_name": "Ann", "last_name": "Lee", "crm": {"object": "Lead", "id": LEAD}, "updated_at": T0,
+        "_sync": {"field_times": {"first_name": T0, "last_name": T0}}})
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def edits(store: Store, *, at: int, times: int = 1, **fields: Any) -> Any:
+    """The wrapped store (typed Any: it stands in for the store the reconciler expects)."""
+    return PlatformEditsDuringWrite(store, {**fields, "updated_at": T0 + timedelta(seconds=at)}, times=times)
+
+
+def salesforce_update(at: datetime) -> SalesforceChange:
+    return SalesforceChange(sobject="Lead", sf_id=LEAD, kind=ChangeKind.UPDATE, changed_at=at,
+                            fields={"FirstName": "Anna", "LastName": "Lea"}, source=ChangeSource.STREAM)
+
+
+class TestPlatformEditDuringInboundWrite:
+    async def test_a_newer_platform_edit_survives_and_the_rest_is_merged(self, store: Store) -> None:
+        """Platform sets first_name at T0+20s while a T0+10s Salesforce update is being applied:
+        first_name keeps the platform's value (most recent), last_name takes Salesforce's."""
+        racing = edits(store, first_name="Annie", at=20)
+        await Reconciler(racing, LEAD_NAME_MAPPINGS).apply([salesforce_update(T0 + timedelta(seconds=10))])
+        doc = await store.db.people.find_one({"crm.id": LEAD})
+        assert doc is not None
+        assert (doc["first_name"], doc["last_name"]) == ("Annie", "Lea")
+
+    async def test_an_older_platform_edit_loses_to_salesforce_per_the_rules(self, store: Store) -> None:
+        """The same race with the platform edit older than Salesforce's: Salesforce's value wins."""
+        racing = edits(store, first_name="Annie", at=5)
+        await Reconciler(racing, LEAD_NAME_MAPPINGS).apply([salesforce_update(T0 + timedelta(seconds=10))])
+        doc = await store.db.people.find_one({"crm.id": LEAD})
+        assert doc is not None
+        assert (doc["first_name"], doc["last_name"]) == ("Anna", "Lea")
+
+    async def test_salesforce_unless_blank_takes_salesforce_after_the_race(self, store: Store) -> None:
+        """With `salesforce_unless_blank` the re-merge still gives Salesforce's value."""
+        mappings = parse_mappings('[people.first_name]\nlead = "FirstName"\n'
+                                  'merge = "salesforce_unless_blank"\n'
+                                  '[people.last_name]\nlead = "LastName"\n')
+        racing = edits(store, first_name="Annie", at=20)
+        await Reconciler(racing, mappings).apply([salesforce_update(T0 + timedelta(seconds=10))])
+        doc = await store.db.people.find_one({"crm.id": LEAD})
+        assert doc is not None
+        assert doc["first_name"] == "Anna"
+
+    async def test_a_record_that_keeps_changing_is_a_failed_retriable_log(self, store: Store) -> None:
+        """Edited before every attempt: after the bounded retries, a failed log an admin can retry."""
+        racing = edits(store, at=30, times=100)
+        await Reconciler(racing, LEAD_NAME_MAPPINGS).apply([salesforce_update(T0 + timedelta(seconds=10))])
+        [failed] = [d async for d in store.db.sync_logs.find({"status": "failed"})]
+        assert failed["sf_id"] == LEAD and "CONFLICT" in failed["error"] and failed["retriable"] is True
+
+
+class FixedOffset:
+    def __init__(self, seconds: float) -> None:
+        self.offset = timedelta(seconds=seconds)
+
+
+class TestMergeClock:
+    @pytest.mark.parametrize(("sf_ahead", "first_name"), [(0, "Anna"), (15, "Ann")])
+    async def test_salesforce_time_is_moved_onto_the_host_clock(self, store: Store, sf_ahead: int,
+                                                                first_name: str) -> None:
+        """Item 10: a LastModifiedDate 10 s after the local edit on Salesforce's clock, which
+        runs 15 s ahead, is 5 s before it on the host's: the local value stays."""
+        sink = Reconciler(store, LEAD_NAME_MAPPINGS, sf_clock=FixedOffset(sf_ahead))
+        await sink.apply([salesforce_update(T0 + timedelta(seconds=10))])
+        doc = await store.db.people.find_one({"crm.id": LEAD})
+        assert doc is not None and doc["first_name"] == first_name

@@ -1,0 +1,75 @@
+"""Salesforce's time learned from response `Date` headers (issue 11 item 3)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from listener.salesforce.http import HttpRequest, HttpResponse
+from listener.salesforce_time import ClockReadingTransport, SalesforceClock, parse_http_date
+
+HOST = 1_714_557_600.0  # 2024-05-01T10:00:00Z on the host's clock
+
+
+def http_date(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+class TestOffsetBounds:
+    @pytest.mark.parametrize(
+        ("salesforce_ahead", "round_trip"),
+        [(0.0, 0.05), (3.0, 0.05), (-3.0, 0.05), (2.4, 0.3), (-0.6, 0.01)],
+    )
+    def test_bounds_hold_the_true_offset(self, salesforce_ahead: float, round_trip: float) -> None:
+        """Over responses at varied sub-second phases, the learned bounds contain the true
+        offset, `safe_now` never passes Salesforce's now and `upper_now` is never behind it."""
+        host = [HOST]
+        clock = SalesforceClock(host=lambda: host[0])
+        for step in range(12):
+            sent = HOST + step * 0.37
+            server = sent + round_trip / 2 + salesforce_ahead
+            clock.observe(http_date(int(server)), sent=sent, received=sent + round_trip)
+        host[0] = HOST + 10
+        truth = datetime.fromtimestamp(HOST + 10 + salesforce_ahead, UTC)
+        assert clock.safe_now() <= truth <= clock.upper_now()
+        assert abs(clock.offset.total_seconds() - salesforce_ahead) <= 1.0
+
+    def test_nothing_learned_means_the_host_clock(self) -> None:
+        """Before any response, Salesforce's time is taken to be the host's."""
+        clock = SalesforceClock(host=lambda: HOST)
+        assert not clock.learned
+        assert clock.safe_now() == clock.now() == datetime.fromtimestamp(HOST, UTC)
+        assert clock.offset == timedelta(0)
+
+    def test_a_clock_step_starts_again_from_the_latest_response(self) -> None:
+        """When responses stop agreeing (a clock stepped), the old ones are forgotten."""
+        clock = SalesforceClock(host=lambda: HOST)
+        clock.observe(http_date(HOST), sent=HOST, received=HOST + 0.1)
+        clock.observe(http_date(HOST + 60), sent=HOST + 1, received=HOST + 1.1)
+        assert abs(clock.offset.total_seconds() - 59) <= 1.0
+
+    @pytest.mark.parametrize("header", [None, "", "yesterday", "Mon, 99 Foo 2024 99:99:99 GMT"])
+    def test_unreadable_dates_are_ignored(self, header: str | None) -> None:
+        """A response without a readable `Date` teaches nothing."""
+        clock = SalesforceClock(host=lambda: HOST)
+        clock.observe(header, sent=HOST, received=HOST)
+        assert not clock.learned
+        assert parse_http_date(header) is None
+
+
+class TestTransport:
+    async def test_every_response_date_reaches_the_clock(self) -> None:
+        """The transport wrapper passes requests through and feeds `Date` to the clock."""
+        class Inner:
+            async def send(self, request: HttpRequest) -> HttpResponse:
+                return HttpResponse.of_json(200, {"ok": True}, {"date": http_date(HOST + 30)})
+
+            async def aclose(self) -> None:
+                return None
+
+        clock = SalesforceClock(host=lambda: HOST)
+        transport = ClockReadingTransport(Inner(), clock, host=lambda: HOST)
+        response = await transport.send(HttpRequest("GET", "https://x/services/data"))
+        assert response.status == 200
+        assert clock.learned and abs(clock.offset.total_seconds() - 30) <= 1.0
