@@ -10,18 +10,24 @@ the current term began (None between terms). Every write a term makes through it
   logs nothing as done after a newer term began;
 - between terms (no fence) every such write is refused.
 
-A refusal is `FencedError`: not retriable; whoever meets it ends the term (logged, no crash).
-Reads are the store's own. Never `close()` it: the connection is the store's.
+A refusal is `FencedError`, logged here (`term_write_refused`, the operation and the term) and
+raised: not retriable; whoever meets it ends the term (`LeaderTerm.fenced`), no crash. Reads are
+the store's own. Never `close()` it: the connection is the store's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
+
+import structlog
 
 from reconciler.errors import FencedError
 from reconciler.store import BulkOutcome, Fence, RecordWrite, Store
 from reconciler.sync_logs import SyncLog
+
+log = structlog.get_logger(__name__)
 
 FenceProvider = Callable[[], Fence | None]
 
@@ -41,24 +47,39 @@ class TermStore(Store):
         return fence
 
     async def save_state(self, key: str, value: dict[str, Any], *, fence: Fence | None = None) -> None:
-        await super().save_state(key, value, fence=fence or self.term())
+        async with self._refusals(f"save_state {key}"):
+            await super().save_state(key, value, fence=fence or self.term())
 
     async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite], *,
                          fence: Fence | None = None) -> BulkOutcome:
-        return await super().bulk_apply(collection, writes, fence=fence or self.term())
+        async with self._refusals(f"bulk_apply {collection}"):
+            return await super().bulk_apply(collection, writes, fence=fence or self.term())
 
     async def write_in_order(self, collection: str, writes: Sequence[RecordWrite], *,
                              fence: Fence | None = None) -> BulkOutcome:
-        return await super().write_in_order(collection, writes, fence=fence or self.term())
+        async with self._refusals(f"write_in_order {collection}"):
+            return await super().write_in_order(collection, writes, fence=fence or self.term())
 
     async def insert_sync_logs(self, logs: Sequence[SyncLog]) -> list[str]:
         if logs:
-            await self.check_fence(self.term())
+            async with self._refusals("insert_sync_logs"):
+                await self.check_fence(self.term())
         return await super().insert_sync_logs(logs)
 
     async def link_created(self, collection: str, local_id: Any, *, sobject: str, sf_id: str) -> bool:
-        await self.check_fence(self.term())
+        async with self._refusals(f"link_created {collection}"):
+            await self.check_fence(self.term())
         return await super().link_created(collection, local_id, sobject=sobject, sf_id=sf_id)
+
+    @asynccontextmanager
+    async def _refusals(self, operation: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except FencedError as exc:
+            fence = self._term_fence()
+            log.warning("term_write_refused", operation=operation, applied=exc.applied,
+                        term=fence.term if fence else None, error=str(exc))
+            raise
 
 
 __all__ = ["FenceProvider", "TermStore"]

@@ -58,7 +58,8 @@ def leader_tasks(settings: Settings, mappings: Mappings, governor: BudgetGoverno
                               client_name=settings.salesforce.client_name,
                               policy=FlushPolicy.from_settings(sync), sf_clock=parts.sf_clock)
     counters.watch(flusher)
-    watcher = LocalChangeWatcher(parts.store, mappings, parts.outbox, objects=sync.objects)
+    watcher = LocalChangeWatcher(parts.store, mappings, parts.outbox, objects=sync.objects,
+                                 overlap=timedelta(seconds=sync.poll_overlap_seconds))
     auto_retry = AutoRetryScheduler(retry_transient_for(parts), governor,
                                     interval=timedelta(minutes=sync.retry_interval_minutes),
                                     max_attempts=sync.retry_max_attempts)
