@@ -109,7 +109,7 @@ class SupervisedTasks:
             self._report(spec, failure, stopping=stop.is_set())
             if stop.is_set():
                 return
-            if isinstance(failure.error, FencedError) and self._on_fenced is not None:
+            if _fenced(failure.error) and self._on_fenced is not None:
                 self._on_fenced(failure.error)
                 return
             if spec.policy is Policy.END_TERM:
@@ -129,6 +129,13 @@ class SupervisedTasks:
         METRICS.inc(FAILURES_METRIC, task=spec.name)
         if not stopping:
             self._health.down[spec.name] = failure.reason
+
+
+def _fenced(error: BaseException | None) -> bool:
+    """A `FencedError`, or a task group's failure that holds one (the watcher's loops)."""
+    if isinstance(error, BaseExceptionGroup):
+        return error.subgroup(FencedError) is not None
+    return isinstance(error, FencedError)
 
 
 async def _run(spec: TaskSpec, stop: asyncio.Event) -> _Exit | None:

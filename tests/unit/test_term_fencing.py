@@ -58,6 +58,7 @@ class TestTermFence:
 
 class TestFencedEndsTheTerm:
     async def test_a_fenced_task_ends_the_term_instead_of_restarting(self) -> None:
+        """Also when the refusal comes wrapped in a task group's error (the watcher's loops)."""
         lease, health = FakeLease(free=True, ttl=0.6), healthy()
         term = LeaderTerm(lease, health)
         runs = 0
@@ -67,7 +68,7 @@ class TestFencedEndsTheTerm:
             nonlocal runs
             runs += 1
             lease.free = False  # another replica took the lease over
-            raise FencedError("outbox claim: term 1 is over")
+            raise ExceptionGroup("a task group", [FencedError("outbox claim: term 1 is over")])
 
         async def work(term_stop: asyncio.Event) -> None:
             nonlocal terms
