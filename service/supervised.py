@@ -109,7 +109,7 @@ class SupervisedTasks:
             self._report(spec, failure, stopping=stop.is_set())
             if stop.is_set():
                 return
-            if _fenced(failure.error) and self._on_fenced is not None:
+            if isinstance(failure.error, Exception) and _fenced(failure.error) and self._on_fenced:
                 self._on_fenced(failure.error)
                 return
             if spec.policy is Policy.END_TERM:
