@@ -62,6 +62,9 @@ RETRIABLE_CODES = frozenset({
 # looking for a lost create's record; the creator filter (`CreatedById` = the integration user),
 # not the time, keeps other users' records out.
 RECOVERY_SKEW = timedelta(seconds=1)
+# How often the flusher returns dead claims to the queue: expired ones, and older leader terms'
+# (a fenced leader's last claim can land just after the new term's first look). One indexed query.
+RECOVER_EVERY = timedelta(seconds=2)
 RECOVERED = ("linked after lost response: the create's answer was lost; the record the "
              "integration user created after the first send was found by {key} and linked")
 
@@ -394,7 +397,7 @@ class OutboundFlusher:
         recovered_at = self._clock() - self._outbox.lease
         async for _ in every(self._tick.total_seconds(), stop):
             try:
-                if self._clock() - recovered_at >= self._outbox.lease / 4:
+                if self._clock() - recovered_at >= min(self._outbox.lease / 4, RECOVER_EVERY):
                     await self._outbox.recover_expired()
                     recovered_at = self._clock()
                 await self.tick()
