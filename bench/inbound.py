@@ -1,6 +1,7 @@
 """Inbound benchmark (issue 4, "Measure"): the real path, end to end.
 
     emulator (own process) --CometD--> CdcStream --> Reconciler --> Store --> SecantusDB (own process)
+                          (--Pub/Sub gRPC--> PubSubStream with `--api pubsub`)
 
 One run, one fresh SecantusDB and one fresh emulated org, in phases:
 
@@ -16,8 +17,8 @@ One run, one fresh SecantusDB and one fresh emulated org, in phases:
    replay id; events applied per second, REST calls, peak RSS of this process (the emulator and
    the database run elsewhere), MongoDB commands per micro-batch.
 
-    python -m bench.inbound [--records 10000] [--backlog 100000] [--rate 200] [--seconds 20]
-                            [--raw 20000] [--profile FILE]
+    python -m bench.inbound [--api cometd|pubsub] [--records 10000] [--backlog 100000] [--rate 200]
+                            [--seconds 20] [--raw 20000] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -65,12 +66,14 @@ from listener.reader import RecordReader
 from listener.salesforce import SalesforceClient
 from listener.sources.cometd import CdcStream, StreamOptions
 from listener.sources.polling import Poller
+from listener.sources.pubsub import PubSubOptions, PubSubStream
 from reconciler.inbound import Reconciler
 from reconciler.outbox import Outbox
 from reconciler.ports import RejectedEvent, SalesforceChange
 from reconciler.store import Store
 from service.logs import configure_logging, reset_logging
 from settings import BudgetSettings, SyncSettings
+from tests.support.secantus import free_port
 
 SERVICE = "salesforce-sync"        # the service's client name (its own writes are echoes)
 GENERATOR = "bench-generator"      # another integration changing the org: its events are real
@@ -94,6 +97,7 @@ class Options:
     batch_size: int
     batch_wait_ms: int
     profile: Path | None
+    api: str = "cometd"               # the stream API: cometd | pubsub
 
 
 # --- the sink, counted ----------------------------------------------------------------------------
@@ -190,6 +194,7 @@ class Rig:
     poller: Poller
     opts: Options
     ids: list[str] = field(default_factory=list)
+    pubsub_endpoint: str = ""  # the emulator's Pub/Sub API, with `--api pubsub`
 
     async def people(self, query: dict[str, Any]) -> int:
         count: int = await self.store.db.people.count_documents(query)
@@ -199,7 +204,11 @@ class Rig:
 @asynccontextmanager
 async def rig(opts: Options, work: Path, f: Figures) -> AsyncIterator[Rig]:
     """Fresh SecantusDB and org (each its own process), the baselines, then the service's parts."""
-    args = ("--records", str(opts.records), "--api-max", "10000000", "--events-max", "100000000")
+    args: tuple[str, ...] = ("--records", str(opts.records), "--api-max", "10000000",
+                             "--events-max", "100000000")
+    pubsub_port = free_port()
+    if opts.api == "pubsub":
+        args += ("--pubsub-port", str(pubsub_port))
     with fresh_secantus(work) as uri, emulator_process(work, *args) as base_url:
         f.raw_rate = await raw_upsert_rate(uri, "bench_raw", opts.raw)
         f.raw_people_rate, f.raw_update_rate = await raw_rates_like_people(uri, opts.raw)
@@ -220,7 +229,8 @@ async def rig(opts: Options, work: Path, f: Figures) -> AsyncIterator[Rig]:
                                     outbox=outbox, client_name=SERVICE, budget=governor)
             sink = CountingSink(reconciler)
             poller = Poller(sf, store, sink, bench_mappings(), OBJECTS)
-            yield Rig(base_url, store, sf, gen, http, sink, poller, opts)
+            yield Rig(base_url, store, sf, gen, http, sink, poller, opts,
+                      pubsub_endpoint=f"127.0.0.1:{pubsub_port}")
 
 
 async def raw_rates_like_people(uri: str, count: int) -> tuple[float, float]:
@@ -260,12 +270,19 @@ async def raw_rates_like_people(uri: str, count: int) -> tuple[float, float]:
 
 
 @asynccontextmanager
-async def streaming(r: Rig) -> AsyncIterator[tuple[CdcStream, asyncio.Task[None]]]:
+async def streaming(r: Rig) -> AsyncIterator[tuple[CdcStream | PubSubStream, asyncio.Task[None]]]:
     """The stream running (as the supervisor builds it); stopped, offsets committed, on exit."""
-    options = StreamOptions(client_name=SERVICE, api_version=API_VERSION, batch_size=r.opts.batch_size,
-                            batch_wait_ms=r.opts.batch_wait_ms)
-    stream = CdcStream(sf=r.sf, store=r.store, sink=r.sink, catch_up=r.poller, objects=OBJECTS,
-                       options=options)
+    stream: CdcStream | PubSubStream
+    if r.opts.api == "pubsub":
+        stream = PubSubStream(sf=r.sf, store=r.store, sink=r.sink, catch_up=r.poller, objects=OBJECTS,
+                              options=PubSubOptions(client_name=SERVICE, endpoint=r.pubsub_endpoint,
+                                                    batch_size=r.opts.batch_size,
+                                                    batch_wait_ms=r.opts.batch_wait_ms))
+    else:
+        options = StreamOptions(client_name=SERVICE, api_version=API_VERSION, batch_size=r.opts.batch_size,
+                                batch_wait_ms=r.opts.batch_wait_ms)
+        stream = CdcStream(sf=r.sf, store=r.store, sink=r.sink, catch_up=r.poller, objects=OBJECTS,
+                           options=options)
     stop = asyncio.Event()
     task = asyncio.create_task(stream.run(stop))
     try:
@@ -541,12 +558,15 @@ async def run(opts: Options) -> str:
              f"for {opts.seconds:.0f} s, raw baseline {opts.raw:,} upserts, micro-batch "
              f"{opts.batch_size}/{opts.batch_wait_ms} ms"
              + ("" if f.rss_reset else "; peak RSS covers the whole run (VmHWM reset not allowed)"))
-    text = table("Inbound: emulator -> CometD -> CdcStream -> Reconciler -> SecantusDB", rows(f, opts))
+    path = "Pub/Sub API -> PubSubStream" if opts.api == "pubsub" else "CometD -> CdcStream"
+    text = table(f"Inbound: emulator -> {path} -> Reconciler -> SecantusDB", rows(f, opts))
     return "\n".join([text, scale] + ([f.profile] if f.profile else []))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench.inbound", description=__doc__.split("\n")[0])
+    parser.add_argument("--api", choices=["cometd", "pubsub"], default="cometd",
+                        help="the stream API (as SFSYNC_SYNC__STREAM_API)")
     parser.add_argument("--records", type=int, default=10_000, help="linked Leads (and records polled)")
     parser.add_argument("--backlog", type=int, default=100_000, help="events published while down")
     parser.add_argument("--rate", type=int, default=200, help="live events per second (latency)")
@@ -560,7 +580,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     a = parser.parse_args(argv)
     if min(a.records, a.backlog, a.rate, a.raw) < 1 or a.seconds <= 0:
         parser.error("sizes must be positive")
-    return Options(a.records, a.backlog, a.rate, a.seconds, a.raw, a.batch_size, a.batch_wait_ms, a.profile)
+    return Options(a.records, a.backlog, a.rate, a.seconds, a.raw, a.batch_size, a.batch_wait_ms, a.profile,
+                   a.api)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,10 +10,11 @@ from pathlib import Path
 from aiohttp import web
 
 from emulator.app import create_app
+from emulator.pubsub import start_pubsub
 from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET, SAMPLE_REFRESH_TOKEN, EmulatorConfig
 
 
-def _config(argv: list[str] | None) -> tuple[EmulatorConfig, str, int, str | None]:
+def _config(argv: list[str] | None) -> tuple[EmulatorConfig, str, int, str | None, int | None]:
     parser = argparse.ArgumentParser(prog="python -m emulator", description="Local Salesforce org emulator")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
@@ -26,6 +27,7 @@ def _config(argv: list[str] | None) -> tuple[EmulatorConfig, str, int, str | Non
     parser.add_argument("--username", default="integration@example.com")
     parser.add_argument("--instance-url", default=None, help="base URL clients reach this org at")
     parser.add_argument("--no-control", action="store_true", help="disable the /_emulator control API")
+    parser.add_argument("--pubsub-port", type=int, default=None, help="serve the Pub/Sub API (gRPC) here")
     args = parser.parse_args(argv)
     config = EmulatorConfig(
         token_ttl_seconds=args.token_ttl,
@@ -37,10 +39,11 @@ def _config(argv: list[str] | None) -> tuple[EmulatorConfig, str, int, str | Non
         records=args.records,
         jwt_public_key_pem=args.jwt_public_key.read_bytes() if args.jwt_public_key else None,
     )
-    return config, args.host, args.port, args.instance_url
+    return config, args.host, args.port, args.instance_url, args.pubsub_port
 
 
-async def _serve(config: EmulatorConfig, host: str, port: int, instance_url: str | None) -> None:
+async def _serve(config: EmulatorConfig, host: str, port: int, instance_url: str | None,
+                 pubsub_port: int | None = None) -> None:
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
@@ -58,6 +61,9 @@ async def _serve(config: EmulatorConfig, host: str, port: int, instance_url: str
         f"{'verified with --jwt-public-key' if config.jwt_public_key_pem else 'needs --jwt-public-key'}",
         flush=True,
     )
+    if pubsub_port is not None:
+        bound_pubsub = await start_pubsub(app, host, pubsub_port)
+        print(f"Pub/Sub API (gRPC, plaintext) at {host}:{bound_pubsub}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -69,8 +75,8 @@ async def _serve(config: EmulatorConfig, host: str, port: int, instance_url: str
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, host, port, instance_url = _config(argv)
-    asyncio.run(_serve(config, host, port, instance_url))
+    config, host, port, instance_url, pubsub_port = _config(argv)
+    asyncio.run(_serve(config, host, port, instance_url, pubsub_port))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from emulator.auth import token_endpoint
 from emulator.chaos import add_chaos_routes
 from emulator.cometd import add_cometd_routes
 from emulator.control import add_control_routes, traffic_middleware
+from emulator.pubsub import add_pubsub
 from emulator.rest import add_rest_routes, rest_middleware
 from emulator.sample import generate_leads, seed_sample
 from emulator.state import EmulatorConfig, EmulatorState
@@ -46,6 +47,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
     cometd = add_cometd_routes(app, state)
     if config.control_enabled:
         add_streaming_control_routes(app, cometd)
+    add_pubsub(app, state)  # the Pub/Sub API: served once `start_pubsub` binds its port
     if config.seed == "sample":
         seed_sample(state.org, extra_leads=config.records)
     elif config.records:

@@ -68,10 +68,11 @@ async def connect_store(settings: Settings) -> Store:
 class Service:
     """The whole service; `status()`/`ready()` feed `/api/status` and `/readyz`."""
 
-    def __init__(self, settings: Settings, mappings: Mappings, *, limits_interval: float = 60.0,
+    def __init__(self, settings: Settings, mappings: Mappings, *, limits_interval: float | None = None,
                  sink_wrapper: SinkWrapper | None = None) -> None:
         self.settings, self.mappings = settings, mappings
-        self.governor = BudgetGovernor(settings.budget, check_interval=limits_interval)
+        interval = settings.budget.check_seconds if limits_interval is None else limits_interval
+        self.governor = BudgetGovernor(settings.budget, check_interval=interval)
         self.health = Health()
         self.stored = StoreSnapshot()
         self.outbound = OutboundCounters()

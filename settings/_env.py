@@ -21,6 +21,11 @@ class AuthFlow(StrEnum):
     REFRESH_TOKEN = "refresh_token"
 
 
+class StreamApi(StrEnum):
+    COMETD = "cometd"
+    PUBSUB = "pubsub"
+
+
 class SalesforceSettings(BaseModel):
     login_url: str = "https://login.salesforce.com"
     auth_flow: AuthFlow = AuthFlow.JWT_BEARER
@@ -31,6 +36,18 @@ class SalesforceSettings(BaseModel):
     refresh_token: SecretStr | None = None
     api_version: str = "62.0"
     client_name: str = "salesforce-sync"
+    # Salesforce's Pub/Sub API (gRPC): host:port, TLS unless loopback; http:// forces plaintext.
+    pubsub_endpoint: str = "api.pubsub.salesforce.com:7443"
+
+    @field_validator("pubsub_endpoint")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        text = value.strip()
+        bare = text.removeprefix("http://").removeprefix("https://").rstrip("/")
+        host, sep, port = bare.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("must be host:port (optionally prefixed http:// or https://)")
+        return text
 
     @field_validator("auth_flow", mode="before")
     @classmethod
@@ -108,6 +125,8 @@ class SyncSettings(BaseModel):
     # 20 ms: at 200 events/s a 100 ms wait put p99 commit->write latency at 283 ms (bench/inbound.py);
     # a backlog fills batches at once, so throughput does not depend on it.
     batch_wait_ms: int = Field(default=20, ge=0, le=10_000)
+    # Which API the CDC stream uses: the CometD Streaming API or the Pub/Sub API (gRPC, Avro).
+    stream_api: StreamApi = StreamApi.COMETD
     # Leader lease between replicas: renewed every third, a leader stops after half without renewal.
     lease_seconds: float = Field(default=30, ge=1, le=600)
     # Exit 3 once MongoDB or Salesforce stayed unreachable this long without a start; 0: retry forever.
@@ -115,6 +134,11 @@ class SyncSettings(BaseModel):
     # Each polling pass re-reads this much before its watermark: a record becomes visible at commit,
     # which can be long after its SystemModstamp (listener/sources/polling.py; at least 2 minutes).
     poll_overlap_seconds: int = Field(default=120, ge=120, le=3600)
+
+    @field_validator("stream_api", mode="before")
+    @classmethod
+    def _lower_api(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("frequency_minutes", mode="before")
     @classmethod
@@ -146,6 +170,8 @@ class BudgetSettings(BaseModel):
     poll_below_pct: float = Field(default=25, ge=0, le=100)
     stream_above_pct: float = Field(default=35, ge=0, le=100)
     reserve_pct: float = Field(default=10, ge=0, le=100)
+    # Seconds between the governor's `limits` checks (the only call made while paused).
+    check_seconds: float = Field(default=60, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _ordered(self) -> BudgetSettings:

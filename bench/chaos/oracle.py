@@ -493,84 +493,106 @@ def _check_fields(obs: Observed, model: Model, by_local: Mapping[str, dict[str, 
                   logs_by_record: Mapping[str, list[dict[str, Any]]]) -> list[Violation]:
     out: list[Violation] = []
     for slot, em in sorted(model.entities.items()):
-        ent = em.entity
         docs = _docs_of(em, people_by_crm, by_local)
         linked = [d for d in docs if (d.get("crm") or {}).get("id")]
-        record = _final_sf(obs, ent)
-        failed = _failed_logs(logs_by_record, ent)
-        all_ops = em.sf_ops + em.pf_ops
-        if len(linked) > 1:
-            out.append(Violation("duplicate", f"{slot}: {len(linked)} local records for one "
-                                              f"Salesforce record",
-                                 all_ops[:3], slot))
-            continue
-        # existence on the other side
-        if ent.origin == "salesforce":
-            sf_deleted = bool(record and record.get("IsDeleted"))
-            must_exist = (em.created_mapped is True and not sf_deleted and not em.deleted)
-            if not linked:
-                if must_exist and len(failed) != 1:
-                    out.append(Violation("lost_change", f"{slot} ({ent.sobject} {ent.sf_id}) never "
-                                                        f"reached the "
-                                         f"platform ({len(failed)} failed logs)", em.sf_ops[:2], slot))
-                continue
-            doc = linked[0]
-            if sf_deleted and not (doc.get("crm") or {}).get("deleted"):
-                out.append(Violation("lost_change", f"{slot}: deleted in Salesforce, the local "
-                                                    f"record does not "
-                                     "say so", em.sf_ops[-2:], slot))
-            if em.created_mapped is not True:
-                continue  # linked later through an owner change: values not modelled (conservative)
-        else:
-            if not linked:
-                creates = [lg for lg in failed if lg.get("source") == "local"]
-                attempts = max(1, len(em.pf_ops))
-                if not (1 <= len(creates) <= attempts):
-                    out.append(Violation("lost_change", f"{slot} (local {ent.local_id}) never "
-                                                        f"reached Salesforce "
-                                         f"and {len(creates)} failed logs explain it", em.pf_ops[:2], slot))
-                continue
-            doc = linked[0]
-            if record is None:
-                record = obs.sf_records.get(_key(doc["crm"]["id"]))
-        if record is None:
-            out.append(Violation("lost_change", f"{slot}: linked to {doc.get('crm')}, not found in "
-                                                f"Salesforce",
-                                 all_ops[:2], slot))
-            continue
-        if record.get("IsDeleted") or em.deleted:
-            continue
-        sobject = em.sobject
-        if _key(doc["crm"]["id"]) != _key(record.get("Id")):
-            out.append(Violation("lost_change", f"{slot}: the local record is linked to "
-                                                f"{doc['crm'].get('id')} "
-                                 f"({doc['crm'].get('object')}), expected {sobject} {record.get('Id')}",
-                                 all_ops[-3:], slot))
-            continue
-        for m in model.mappings.for_object(sobject):
-            fm = em.fields.get(m.local_field)
-            if fm is None or m.local_field in em.frozen or m.sf_field in READ_ONLY:
-                continue
-            local_value, sf_value = norm(_path(doc, m.local_field)), norm(record.get(m.sf_field))
-            problems: list[str] = []
-            if fm.local_known and local_value not in fm.local:
-                problems.append(f"platform holds {local_value!r}, model allows {_show(fm.local)}")
-            if fm.sf_known and sf_value not in fm.sf:
-                problems.append(f"Salesforce holds {sf_value!r}, model allows {_show(fm.sf)}")
-            if (fm.direction is Direction.BOTH and fm.merge is MergeBehaviour.MOST_RECENT and not fm.relaxed
-                    and local_value is not None and sf_value is not None and local_value != sf_value):
-                problems.append(f"diverged: platform {local_value!r} vs Salesforce {sf_value!r}")
-            if problems and len(failed) != 1:
-                out.append(Violation("lost_change", f"{slot}.{m.local_field} ({sobject}.{m.sf_field}): "
-                                     + "; ".join(problems), fm.steps(), slot))
-        # owner rule: a mapped Salesforce owner is the local owner
-        owner = record.get("OwnerId")
-        user = model.mappings.local_user(owner) if isinstance(owner, str) else None
-        wrong_owner = ent.collection == "people" and user is not None and doc.get("owner_id") != user
-        if wrong_owner and len(failed) != 1:
-            out.append(Violation("lost_change", f"{slot}: Salesforce owner {owner} is local user {user}, the "
-                                 f"Person says {doc.get('owner_id')!r}", em.sf_ops[-2:], slot))
+        failed = _failed_logs(logs_by_record, em.entity)
+        out += _check_record(obs, model, slot, em, linked, failed)
     return out
+
+
+def _check_record(obs: Observed, model: Model, slot: str, em: EntityModel, linked: list[dict[str, Any]],
+                  failed: list[dict[str, Any]]) -> list[Violation]:
+    """One record: one local record linked, on the other side (deletes too), linked to the right
+    Salesforce record, then its mapped fields and its owner."""
+    ent = em.entity
+    all_ops = em.sf_ops + em.pf_ops
+    if len(linked) > 1:
+        return [Violation("duplicate", f"{slot}: {len(linked)} local records for one Salesforce record",
+                          all_ops[:3], slot)]
+    if not linked:
+        return _check_crossed_over(obs, slot, em, failed)
+    doc = linked[0]
+    out: list[Violation] = []
+    record = _final_sf(obs, ent)
+    if ent.origin == "salesforce":
+        if record and record.get("IsDeleted") and not (doc.get("crm") or {}).get("deleted"):
+            out.append(Violation("lost_change", f"{slot}: deleted in Salesforce, the local record does not "
+                                 "say so", em.sf_ops[-2:], slot))
+        if em.created_mapped is not True:
+            return out  # linked later through an owner change: values not modelled (conservative)
+    elif record is None:
+        record = obs.sf_records.get(_key(doc["crm"]["id"]))
+    if record is None:
+        return [*out, Violation("lost_change", f"{slot}: linked to {doc.get('crm')}, not found in Salesforce",
+                                all_ops[:2], slot)]
+    if record.get("IsDeleted") or em.deleted:
+        return out
+    if _key(doc["crm"]["id"]) != _key(record.get("Id")):
+        crm = doc["crm"]
+        return [*out, Violation("lost_change", f"{slot}: the local record is linked to {crm.get('id')} "
+                                f"({crm.get('object')}), expected {em.sobject} {record.get('Id')}",
+                                all_ops[-3:], slot)]
+    out += _check_values(model, slot, em, doc, record, failed)
+    out += _check_owner(model, slot, em, doc, record, failed)
+    return out
+
+
+def _check_crossed_over(obs: Observed, slot: str, em: EntityModel,
+                        failed: list[dict[str, Any]]) -> list[Violation]:
+    """A record with no linked local record: it should have crossed over unless its failed sync
+    logs explain why not (one per attempt)."""
+    ent = em.entity
+    if ent.origin == "salesforce":
+        record = _final_sf(obs, ent)
+        sf_deleted = bool(record and record.get("IsDeleted"))
+        must_exist = (em.created_mapped is True and not sf_deleted and not em.deleted)
+        if must_exist and len(failed) != 1:
+            return [Violation("lost_change", f"{slot} ({ent.sobject} {ent.sf_id}) never reached the "
+                              f"platform ({len(failed)} failed logs)", em.sf_ops[:2], slot)]
+        return []
+    creates = [lg for lg in failed if lg.get("source") == "local"]
+    attempts = max(1, len(em.pf_ops))
+    if not (1 <= len(creates) <= attempts):
+        return [Violation("lost_change", f"{slot} (local {ent.local_id}) never reached Salesforce "
+                          f"and {len(creates)} failed logs explain it", em.pf_ops[:2], slot)]
+    return []
+
+
+def _check_values(model: Model, slot: str, em: EntityModel, doc: Mapping[str, Any],
+                  record: Mapping[str, Any], failed: list[dict[str, Any]]) -> list[Violation]:
+    """Each mapped field: both sides' final values within the model's sets; a `most_recent`
+    field with data on both sides holds the same value on both."""
+    out: list[Violation] = []
+    sobject = em.sobject
+    for m in model.mappings.for_object(sobject):
+        fm = em.fields.get(m.local_field)
+        if fm is None or m.local_field in em.frozen or m.sf_field in READ_ONLY:
+            continue
+        local_value, sf_value = norm(_path(doc, m.local_field)), norm(record.get(m.sf_field))
+        problems: list[str] = []
+        if fm.local_known and local_value not in fm.local:
+            problems.append(f"platform holds {local_value!r}, model allows {_show(fm.local)}")
+        if fm.sf_known and sf_value not in fm.sf:
+            problems.append(f"Salesforce holds {sf_value!r}, model allows {_show(fm.sf)}")
+        if (fm.direction is Direction.BOTH and fm.merge is MergeBehaviour.MOST_RECENT and not fm.relaxed
+                and local_value is not None and sf_value is not None and local_value != sf_value):
+            problems.append(f"diverged: platform {local_value!r} vs Salesforce {sf_value!r}")
+        if problems and len(failed) != 1:
+            out.append(Violation("lost_change", f"{slot}.{m.local_field} ({sobject}.{m.sf_field}): "
+                                 + "; ".join(problems), fm.steps(), slot))
+    return out
+
+
+def _check_owner(model: Model, slot: str, em: EntityModel, doc: Mapping[str, Any],
+                 record: Mapping[str, Any], failed: list[dict[str, Any]]) -> list[Violation]:
+    """The owner rule: a mapped Salesforce owner is the Person's local owner."""
+    owner = record.get("OwnerId")
+    user = model.mappings.local_user(owner) if isinstance(owner, str) else None
+    wrong_owner = em.entity.collection == "people" and user is not None and doc.get("owner_id") != user
+    if wrong_owner and len(failed) != 1:
+        return [Violation("lost_change", f"{slot}: Salesforce owner {owner} is local user {user}, the "
+                          f"Person says {doc.get('owner_id')!r}", em.sf_ops[-2:], slot)]
+    return []
 
 
 def _path(doc: Mapping[str, Any], path: str) -> Any:

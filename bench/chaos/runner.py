@@ -16,10 +16,10 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bson import ObjectId
 from pymongo.errors import PyMongoError
@@ -29,7 +29,7 @@ from bench.chaos.faults import Faults
 from bench.chaos.operations import OTHER_APP, Ack, Operations
 from bench.chaos.oracle import Model, Observed, check
 from bench.chaos.report import RunLog, Summary, render, write_violations
-from bench.chaos.schedule import FAULT_KINDS, MAPPED_OWNERS, build_schedule
+from bench.chaos.schedule import FAULT_KINDS, MAPPED_OWNERS, Step, build_schedule
 
 BARRIER_TIMEOUT = 150.0  # polling mode is one pass a minute; a paused budget one limits check a minute
 IDLE = 3.0
@@ -51,6 +51,47 @@ def run(seed: int, ops: int, *, minutes: float | None = None, faults: tuple[str,
         keep: bool = False, base_dir: Path | None = None, echo: bool = True,
         barrier_timeout: float = BARRIER_TIMEOUT) -> RunResult:
     started = time.monotonic()
+    state, steps = _set_up(seed, ops, faults, base_dir)
+    try:
+        _start(state)
+        _play(state, steps, deadline=started + minutes * 60 if minutes else None)
+        quiet = _quiet_period(state, barrier_timeout)
+        _check(state, quiet)
+    finally:
+        state.runlog.close()
+        state.env.stop()
+    state.summary.wall_s = time.monotonic() - started
+    return _report(state, keep=keep, echo=echo)
+
+
+@dataclass
+class _Run:
+    """One run's moving parts, and what it has collected so far."""
+
+    run_dir: Path
+    runlog: RunLog
+    env: Environment
+    ops: Operations
+    injector: Faults
+    summary: Summary
+    acks: list[Ack] = field(default_factory=list)
+    fault_records: list[dict[str, Any]] = field(default_factory=list)
+    barrier_ids: set[str] = field(default_factory=set)
+    first_fault: float | None = None  # monotonic times of the first and last injected fault
+    last_fault: float | None = None
+
+
+class _Quiet(NamedTuple):
+    barrier_ok: bool
+    barrier_detail: str
+    idle_writes: int
+    idle_local: int
+
+
+# --- start -------------------------------------------------------------------------------------
+
+def _set_up(seed: int, ops: int, faults: tuple[str, ...], base_dir: Path | None) -> tuple[_Run, list[Step]]:
+    """The run directory, the schedule (logged with its digest), the environment, not yet started."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"chaos-{seed}-", dir=base_dir))
     steps = build_schedule(seed, ops, faults)
     runlog = RunLog(run_dir)
@@ -59,78 +100,109 @@ def run(seed: int, ops: int, *, minutes: float | None = None, faults: tuple[str,
                                                  .encode()).hexdigest()[:16]})
     env = Environment(run_dir / "env", database=f"chaos_{seed}")
     (run_dir / "env").mkdir()
-    summary = Summary(seed, ops, 0)
-    acks: list[Ack] = []
-    fault_records: list[dict[str, Any]] = []
-    barrier_ids: set[str] = set()
-    ops_obj = Operations(env)
-    injector = Faults(env, ops_obj)
-    try:
-        env.start()
-        ok, detail, ids = barrier(env, ops_obj, timeout=60)
-        barrier_ids |= ids
-        runlog.write({"event": "pipeline", "ok": ok, "detail": detail})
-        deadline = started + minutes * 60 if minutes else None
-        first_fault = last_fault = None
-        for step in steps:
-            if deadline is not None and time.monotonic() > deadline and step.side not in ("heal",):
-                if step.side != "fault":
-                    runlog.write({"event": "time_limit", "at_step": step.id})
-                    break
-                continue
-            if step.side == "fault":
-                record = injector.inject(step)
-                fault_records.append(record.as_json())
-                runlog.write({"event": "fault", **step.as_json(), **record.as_json()})
-                for ack in injector.acks:
-                    acks.append(ack)
-                    runlog.write({"event": "ack", **ack.as_json()})
-                injector.acks.clear()
-                if record.status == "injected":
-                    summary.faults[step.kind] += 1
-                    first_fault = first_fault or time.monotonic()
-                    last_fault = time.monotonic()
-                else:
-                    summary.faults_skipped += 1
-            elif step.side == "heal":
-                record = injector.heal(step)
-                fault_records.append(record.as_json())
-                runlog.write({"event": "heal", **step.as_json(), **record.as_json()})
-            else:
-                summary.ops_run += 1
-                step_acks = ops_obj.run(step)
-                runlog.write({"event": "op", **step.as_json()})
-                for ack in step_acks:
-                    acks.append(ack)
-                    summary.acks[ack.status] += 1
-                    runlog.write({"event": "ack", **ack.as_json()})
-            time.sleep(PACE)
-        if first_fault is not None and last_fault is not None:
-            summary.fault_window_s = last_fault - first_fault
-        for record in injector.heal_all():
-            fault_records.append(record.as_json())
-            runlog.write({"event": "heal", **record.as_json()})
-        quiet_started = time.monotonic()
-        leader = env.wait_leader(timeout=LEASE_SECONDS * 6)
-        ok, detail, ids = barrier(env, ops_obj, timeout=barrier_timeout) if leader else (
-            False, "no replica took the lease", set())
-        barrier_ids |= ids
-        settle(env, timeout=30)
-        summary.quiet_s = time.monotonic() - quiet_started
-        idle_writes, idle_local = idle_check(env)
-        runlog.write({"event": "quiet", "barrier_ok": ok, "detail": detail, "quiet_s": summary.quiet_s,
-                      "idle_writes": idle_writes, "idle_local_changes": idle_local})
-        observed = gather(env, ops_obj, acks, fault_records, ok, detail, idle_writes, idle_local, barrier_ids)
-        model = Model()
-        model.feed(acks, ops_obj.entities, fault_records)
-        summary.violations = check(observed, model)
-        summary.service_writes = sum(1 for w in observed.writes
-                                     if "client=salesforce-sync" in str(w.get("client")))
-        dump(run_dir, ops_obj, observed)
-    finally:
-        runlog.close()
-        env.stop()
-    summary.wall_s = time.monotonic() - started
+    operations = Operations(env)
+    state = _Run(run_dir, runlog, env, operations, Faults(env, operations), Summary(seed, ops, 0))
+    return state, steps
+
+
+def _start(state: _Run) -> None:
+    """Start the emulator, the database and the replicas; a first barrier shows the pipeline works."""
+    state.env.start()
+    ok, detail, ids = barrier(state.env, state.ops, timeout=60)
+    state.barrier_ids |= ids
+    state.runlog.write({"event": "pipeline", "ok": ok, "detail": detail})
+
+
+# --- play --------------------------------------------------------------------------------------
+
+def _play(state: _Run, steps: list[Step], *, deadline: float | None) -> None:
+    """Every step in order (operations stop at the time limit; heals still run), then heal all."""
+    for step in steps:
+        if deadline is not None and time.monotonic() > deadline and step.side not in ("heal",):
+            if step.side != "fault":
+                state.runlog.write({"event": "time_limit", "at_step": step.id})
+                break
+            continue
+        if step.side == "fault":
+            _inject(state, step)
+        elif step.side == "heal":
+            _heal(state, step)
+        else:
+            _operate(state, step)
+        time.sleep(PACE)
+    if state.first_fault is not None and state.last_fault is not None:
+        state.summary.fault_window_s = state.last_fault - state.first_fault
+    for record in state.injector.heal_all():
+        state.fault_records.append(record.as_json())
+        state.runlog.write({"event": "heal", **record.as_json()})
+
+
+def _inject(state: _Run, step: Step) -> None:
+    record = state.injector.inject(step)
+    state.fault_records.append(record.as_json())
+    state.runlog.write({"event": "fault", **step.as_json(), **record.as_json()})
+    for ack in state.injector.acks:
+        state.acks.append(ack)
+        state.runlog.write({"event": "ack", **ack.as_json()})
+    state.injector.acks.clear()
+    if record.status == "injected":
+        state.summary.faults[step.kind] += 1
+        state.first_fault = state.first_fault or time.monotonic()
+        state.last_fault = time.monotonic()
+    else:
+        state.summary.faults_skipped += 1
+
+
+def _heal(state: _Run, step: Step) -> None:
+    record = state.injector.heal(step)
+    state.fault_records.append(record.as_json())
+    state.runlog.write({"event": "heal", **step.as_json(), **record.as_json()})
+
+
+def _operate(state: _Run, step: Step) -> None:
+    state.summary.ops_run += 1
+    step_acks = state.ops.run(step)
+    state.runlog.write({"event": "op", **step.as_json()})
+    for ack in step_acks:
+        state.acks.append(ack)
+        state.summary.acks[ack.status] += 1
+        state.runlog.write({"event": "ack", **ack.as_json()})
+
+
+# --- quiet period, check, report ---------------------------------------------------------------
+
+def _quiet_period(state: _Run, barrier_timeout: float) -> _Quiet:
+    """A leader, the barrier, settled records, then IDLE seconds watched for writes."""
+    env = state.env
+    quiet_started = time.monotonic()
+    leader = env.wait_leader(timeout=LEASE_SECONDS * 6)
+    ok, detail, ids = barrier(env, state.ops, timeout=barrier_timeout) if leader else (
+        False, "no replica took the lease", set())
+    state.barrier_ids |= ids
+    settle(env, timeout=30)
+    state.summary.quiet_s = time.monotonic() - quiet_started
+    idle_writes, idle_local = idle_check(env)
+    state.runlog.write({"event": "quiet", "barrier_ok": ok, "detail": detail,
+                        "quiet_s": state.summary.quiet_s, "idle_writes": idle_writes,
+                        "idle_local_changes": idle_local})
+    return _Quiet(ok, detail, idle_writes, idle_local)
+
+
+def _check(state: _Run, quiet: _Quiet) -> None:
+    """Feed the model the acks, check what was observed against it, dump what the oracle read."""
+    observed = gather(state.env, state.ops, state.acks, state.fault_records, quiet.barrier_ok,
+                      quiet.barrier_detail, quiet.idle_writes, quiet.idle_local, state.barrier_ids)
+    model = Model()
+    model.feed(state.acks, state.ops.entities, state.fault_records)
+    state.summary.violations = check(observed, model)
+    state.summary.service_writes = sum(1 for w in observed.writes
+                                       if "client=salesforce-sync" in str(w.get("client")))
+    dump(state.run_dir, state.ops, observed)
+
+
+def _report(state: _Run, *, keep: bool, echo: bool) -> RunResult:
+    """Write the violations and the summary; keep the run directory on failure (or `keep`)."""
+    run_dir, summary = state.run_dir, state.summary
     write_violations(run_dir, summary)
     failed = bool(summary.violations)
     kept = run_dir if failed or keep else None
@@ -143,7 +215,7 @@ def run(seed: int, ops: int, *, minutes: float | None = None, faults: tuple[str,
     return RunResult(summary, kept, text)
 
 
-# --- the quiet period ---------------------------------------------------------------------------
+# --- the quiet period's probes -----------------------------------------------------------------
 
 def barrier(env: Environment, ops: Operations, *, timeout: float) -> tuple[bool, str, set[str]]:
     """A Lead created now reaches MongoDB and a Person created now reaches Salesforce."""

@@ -15,6 +15,7 @@ from listener.salesforce import SalesforceClient
 from listener.sources.base import HandoverMarks, Source
 from listener.sources.cometd import CatchUp, CdcStream, StreamOptions
 from listener.sources.polling import Poller, SalesforceTime
+from listener.sources.pubsub import PubSubOptions, PubSubStream
 from reconciler.ports import ChangeSink
 from reconciler.store import Fence, Store
 from settings import Mappings, Settings
@@ -24,7 +25,8 @@ def create_sources(*, settings: Settings, mappings: Mappings, sf: SalesforceClie
                    sink: ChangeSink, governor: BudgetGovernor,
                    sf_clock: SalesforceTime | None = None,
                    fence: Callable[[], Fence | None] | None = None) -> dict[Mode, Source]:
-    """The source each mode runs: `streaming` the CDC stream, `polling` the poller.
+    """The source each mode runs: `streaming` the CDC stream (CometD, or the Pub/Sub API when
+    `SFSYNC_SYNC__STREAM_API=pubsub`), `polling` the poller.
 
     `sf_clock` (a `listener.salesforce_time.SalesforceClock` fed by the client's transport)
     puts polling signposts on Salesforce's clock; without it they are on this host's. `fence`
@@ -33,9 +35,15 @@ def create_sources(*, settings: Settings, mappings: Mappings, sf: SalesforceClie
     sync = settings.sync
     poller = Poller(sf, store, sink, mappings, sync.objects, every_minutes=sync.frequency_minutes,
                     sf_clock=sf_clock, overlap=timedelta(seconds=sync.poll_overlap_seconds), fence=fence)
-    stream = CdcStream(sf=sf, store=store, sink=sink, catch_up=poller, objects=sync.objects,
-                       options=StreamOptions.from_settings(settings), governor=governor, fence=fence)
+    stream: Source
+    if sync.stream_api == "pubsub":
+        stream = PubSubStream(sf=sf, store=store, sink=sink, catch_up=poller, objects=sync.objects,
+                              options=PubSubOptions.from_settings(settings), governor=governor)
+    else:
+        stream = CdcStream(sf=sf, store=store, sink=sink, catch_up=poller, objects=sync.objects,
+                           options=StreamOptions.from_settings(settings), governor=governor, fence=fence)
     return {Mode.STREAMING: stream, Mode.POLLING: poller}
 
 
-__all__ = ["CatchUp", "CdcStream", "HandoverMarks", "Poller", "Source", "StreamOptions", "create_sources"]
+__all__ = ["CatchUp", "CdcStream", "HandoverMarks", "Poller", "PubSubOptions", "PubSubStream", "Source",
+           "StreamOptions", "create_sources"]

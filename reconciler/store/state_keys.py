@@ -1,6 +1,8 @@
 """The keys of `sync_state`, built and parsed here and nowhere else.
 
-    replay:<channel>      {"replay_id": N}                      CDC offset per channel
+    replay:<channel>      {"replay_id": N}                      CDC offset per channel (CometD)
+    pubsub_replay:<topic> {"replay_id": b"..."}                 CDC offset per topic (Pub/Sub API: opaque
+                                                                bytes, stored as BSON binary)
     watermark:<Object>    {"ts": ..., "last_id": ...}           polling/backfill keyset position
     resume:<collection>   {"token": ...}                        change-stream resume token
     local_watermark:<collection>  {"updated_at": ..., "id": ...}   local polling keyset position
@@ -17,6 +19,7 @@ from typing import Any
 
 class StateKind(StrEnum):
     REPLAY = "replay"
+    PUBSUB_REPLAY = "pubsub_replay"
     WATERMARK = "watermark"
     RESUME = "resume"
     LEASE = "lease"
@@ -32,6 +35,10 @@ def state_key(kind: StateKind, subject: str) -> str:
 
 def replay_key(channel: str) -> str:
     return state_key(StateKind.REPLAY, channel)
+
+
+def pubsub_replay_key(topic: str) -> str:
+    return state_key(StateKind.PUBSUB_REPLAY, topic)
 
 
 def watermark_key(sobject: str) -> str:
@@ -72,4 +79,4 @@ def of_kind(state: Mapping[str, dict[str, Any]], kind: StateKind) -> dict[str, d
 
 
 __all__ = ["MAPPINGS_KEY", "StateKind", "lease_key", "local_watermark_key", "of_kind", "parse_key",
-           "replay_key", "resume_key", "state_key", "watermark_key"]
+           "pubsub_replay_key", "replay_key", "resume_key", "state_key", "watermark_key"]

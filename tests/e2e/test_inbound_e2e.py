@@ -1,4 +1,5 @@
-"""The whole service, inbound: emulator (REST + CometD) -> supervisor -> SecantusDB, with mode switches."""
+"""The whole service, inbound: emulator (REST + CometD or Pub/Sub) -> supervisor -> SecantusDB, with mode
+switches; every test runs once per stream API (`SFSYNC_SYNC__STREAM_API`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pydantic import SecretStr
 
 from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET
 from listener.budget import Mode
-from listener.sources import CdcStream, Poller
+from listener.sources import CdcStream, Poller, PubSubStream
 from reconciler.ports import ChangeSink
 from service.admin import AdminServer
 from service.process import ServiceSlot, start_admin_surface
@@ -35,10 +36,10 @@ from tests.support.sinks import RecordingSink
 TOKEN = "e2e-admin-token-0123456789abcdefghij"
 
 
-def stream_of(service: Service) -> CdcStream | None:
+def stream_of(service: Service) -> CdcStream | PubSubStream | None:
     """The CDC stream the service built (None before it has connected)."""
     source = service.sources.get(Mode.STREAMING)
-    return source if isinstance(source, CdcStream) else None
+    return source if isinstance(source, CdcStream | PubSubStream) else None
 
 
 def poller_of(service: Service) -> Poller | None:
@@ -77,9 +78,11 @@ class Running:
             return r.status
 
 
-@pytest.fixture
-async def running(mongo_uri: str, database_name: str) -> AsyncIterator[Running]:
-    async with running_emulator() as emu, aiohttp.ClientSession() as http:
+@pytest.fixture(params=["cometd", "pubsub"])
+async def running(request: pytest.FixtureRequest, mongo_uri: str,
+                  database_name: str) -> AsyncIterator[Running]:
+    api = request.param
+    async with running_emulator(pubsub=api == "pubsub") as emu, aiohttp.ClientSession() as http:
         await http.post(f"{emu.base_url}/_emulator/seed",
                         json={"emit_events": False,
                               "records": {"Lead": [{"LastName": "Existing", "Company": "Acme"}]}})
@@ -87,9 +90,11 @@ async def running(mongo_uri: str, database_name: str) -> AsyncIterator[Running]:
             _env_file=None,
             salesforce=SalesforceSettings(login_url=emu.base_url, auth_flow=AuthFlow.CLIENT_CREDENTIALS,
                                           client_id=SAMPLE_CLIENT_ID,
-                                          client_secret=SecretStr(SAMPLE_CLIENT_SECRET)),
+                                          client_secret=SecretStr(SAMPLE_CLIENT_SECRET),
+                                          pubsub_endpoint=emu.pubsub_endpoint or "127.0.0.1:1"),
             mongodb=MongoSettings(uri=SecretStr(mongo_uri), database=database_name),
-            sync=SyncSettings(objects=["Lead"], frequency_minutes=1, batch_size=50, batch_wait_ms=20),
+            sync=SyncSettings(objects=["Lead"], frequency_minutes=1, batch_size=50, batch_wait_ms=20,
+                              stream_api=api),
             admin=AdminSettings(host="127.0.0.1", port=0, token=SecretStr(TOKEN)),
         )
         holder: list[RecordingSink] = []
@@ -151,7 +156,10 @@ class TestModeSwitch:
         await running.control("POST", "budget", {"used": 1_000})
         await eventually(lambda: service.source == "stream" and stream.ready)
         await eventually(lambda: _is(running.last_name(during), "EditedDuringPolling"))
-        await asyncio.sleep(0.5)  # anything double-applied would have arrived by now
+        # Anything double-applied would arrive before a later event: the stream applies in
+        # replay-id order, so once a Lead created now is applied, nothing earlier is still due.
+        marker = await running.create_lead("Marker")
+        await eventually(lambda: _is(running.last_name(marker), "Marker"))
         seen = [(c.kind.value, c.source.value, c.fields.get("LastName"))
                 for c in running.observed.applied_to(during)]
         # Replayed from the stored replay id, each event once; the poll had run before them.

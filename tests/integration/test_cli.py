@@ -235,7 +235,6 @@ def _alive(pid: int) -> bool:
 class TestDemo:
     async def test_demo_syncs_both_ways_and_stops_cleanly(self, tmp_path: Path) -> None:
         """`sfsync demo` shows successes, a conversion and a failure, then SIGTERM leaves no children."""
-        pytest.importorskip("service.supervisor")
         import aiohttp
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}

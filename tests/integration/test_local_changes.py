@@ -10,8 +10,10 @@ import pytest
 from bson import ObjectId
 
 from reconciler.local_changes import LocalChangeWatcher
+from reconciler.objects import COMPANIES, PEOPLE
 from reconciler.outbox import Outbox
 from reconciler.store import OutboxEntry, Store
+from reconciler.store.state_keys import local_watermark_key, resume_key
 from settings import Mappings, parse_mappings
 from tests.support.eventually import eventually
 
@@ -55,17 +57,29 @@ def outbox(store: Store) -> Outbox:
 
 
 class Running:
-    """A watcher running in the background for the duration of a test."""
+    """A watcher running in the background for the duration of a test; entered once it reads
+    every collection (its offset for each is written: a resume token, or a polling watermark)."""
 
-    def __init__(self, watcher: LocalChangeWatcher) -> None:
+    def __init__(self, watcher: LocalChangeWatcher, store: Store) -> None:
         self.watcher = watcher
+        self.store = store
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> LocalChangeWatcher:
         self.task = asyncio.create_task(self.watcher.run(self.stop))
-        await asyncio.sleep(0.3)  # let the streams open before the test writes
+        await eventually(self.reading)
         return self.watcher
+
+    async def reading(self) -> bool:
+        assert self.task is not None
+        if self.task.done():
+            self.task.result()  # the watcher died: show why
+        mode = self.watcher.mode
+        if mode is None:
+            return False
+        key = resume_key if mode == "stream" else local_watermark_key
+        return all([await self.store.load_state(key(c)) is not None for c in (PEOPLE, COMPANIES)])
 
     async def __aexit__(self, *exc: object) -> None:
         self.stop.set()
@@ -75,17 +89,48 @@ class Running:
 
 def watcher(store: Store, mappings: Mappings, outbox: Outbox, **options: Any) -> LocalChangeWatcher:
     options.setdefault("max_await_ms", 50)
+    # token_save_interval 0: the first (empty) batch already saves a resume token, the sign
+    # `Running` waits for that the change stream is open.
     return LocalChangeWatcher(store, mappings, outbox, poll_interval=timedelta(milliseconds=100),
-                              settle=timedelta(0), **options)
+                              settle=timedelta(0), token_save_interval=timedelta(0), **options)
 
 
-async def pending_after(outbox: Outbox, count: int, quiet: float = 0.4) -> list[OutboxEntry]:
-    """Wait for `count` pending writes, then a quiet spell, and return what is pending."""
+MARKER_OBJECT = {PEOPLE: ("Lead", "last_name"), COMPANIES: ("Account", "name")}
+
+
+def is_marker(entry: OutboxEntry) -> bool:
+    return "MARK" in str(entry.write.sf_id)
+
+
+async def settled(store: Store, outbox: Outbox, collection: str = PEOPLE) -> list[OutboxEntry]:
+    """The pending writes (markers left out) once the watcher has processed every change made
+    so far to `collection`. The proof is a marker, not a sleep: a linked record written now by
+    the service, then edited by the platform, certainly enqueues an update; the watcher reads
+    a collection in order (change stream, or (updated_at, _id) when polling), so once the
+    marker's update is pending every earlier change has had its effect -- or none."""
+    sobject, field = MARKER_OBJECT[collection]
+    marker_id = ObjectId()
+    sf_id = f"{sobject[:1]}MARK{str(marker_id)[-13:]}"  # 18 characters, unique
+    at = now()
+    await store.db[collection].insert_one({
+        "_id": marker_id, field: "Marker", "updated_at": at,
+        "crm": {"object": sobject, "id": sf_id, "linked_at": at}, "_sync": {"written_at": at}})
+    await platform_edit(store, marker_id, collection, **{field: "Marker edited"})
+
+    async def marker_pending() -> bool:
+        return any(e.write.local_id == marker_id for e in await outbox.pending())
+    await eventually(marker_pending)
+    return [e for e in await outbox.pending() if not is_marker(e)]
+
+
+async def pending_after(store: Store, outbox: Outbox, count: int,
+                        collection: str = PEOPLE) -> list[OutboxEntry]:
+    """Wait for `count` pending writes, then until everything written so far was processed
+    (`settled`), and return what is pending (markers left out)."""
     async def enough() -> bool:
-        return len(await outbox.pending()) >= count
+        return len([e for e in await outbox.pending() if not is_marker(e)]) >= count
     await eventually(enough)
-    await asyncio.sleep(quiet)
-    return await outbox.pending()
+    return await settled(store, outbox, collection)
 
 
 async def insert_linked_person(store: Store, **fields: Any) -> ObjectId:
@@ -120,10 +165,9 @@ class TestPlatformEdits:
     ) -> None:
         """The mapped fields the platform changed go to the outbox as one update."""
         doc_id = await insert_linked_person(store)
-        async with Running(watcher(store, mappings, outbox, force_polling=mode == "poll")) as w:
-            await asyncio.sleep(0.2)
+        async with Running(watcher(store, mappings, outbox, force_polling=mode == "poll"), store) as w:
             await platform_edit(store, doc_id, first_name="Anne", **{"custom_fields.linkedin": "in/anne"})
-            [entry] = await pending_after(outbox, 1)
+            [entry] = await pending_after(store, outbox, 1)
         assert w.mode == mode
         assert (entry.kind, entry.write.sobject, entry.write.sf_id) == ("update", "Lead", LEAD_ID)
         expected = {"FirstName": "Anne", "LinkedIn__c": "in/anne"}
@@ -139,29 +183,25 @@ class TestPlatformEdits:
     ) -> None:
         """Writes carrying `_sync.written_at` (inbound applies, links) never reach the outbox."""
         doc_id = await insert_linked_person(store)
-        async with Running(watcher(store, mappings, outbox, force_polling=mode == "poll")):
-            await asyncio.sleep(0.2)
+        async with Running(watcher(store, mappings, outbox, force_polling=mode == "poll"), store):
             await service_write(store, doc_id, first_name="From Salesforce")
-            await asyncio.sleep(0.6)
-            assert await outbox.pending() == []
+            assert await settled(store, outbox) == []
             # ...and the watcher's own field-time write after a real edit does not loop either
             await platform_edit(store, doc_id, last_name="Lee-Smith")
-            await pending_after(outbox, 1)
+            await pending_after(store, outbox, 1)
             for entry in await outbox.pending():
                 await outbox.done(await outbox.claim(entry.write.sobject, entry.kind, 10))
-            await asyncio.sleep(0.6)
-            assert await outbox.pending() == []
+            assert await settled(store, outbox) == []
 
     async def test_a_new_unlinked_person_becomes_a_lead_create(
         self, store: Store, mappings: Mappings, outbox: Outbox, mode: str
     ) -> None:
         """A Person the platform creates is a create per `rules.create_in_salesforce`."""
-        async with Running(watcher(store, mappings, outbox, force_polling=mode == "poll")):
-            await asyncio.sleep(0.2)
+        async with Running(watcher(store, mappings, outbox, force_polling=mode == "poll"), store):
             doc_id = ObjectId()
             await store.db.people.insert_one({"_id": doc_id, "first_name": "Kim", "last_name": "Park",
                                               "company_name": "Acme", "score": 7, "updated_at": now()})
-            [entry] = await pending_after(outbox, 1)
+            [entry] = await pending_after(store, outbox, 1)
         assert (entry.kind, entry.write.sobject, entry.write.local_id) == ("create", "Lead", doc_id)
         assert entry.write.fields == {"FirstName": "Kim", "LastName": "Park", "Company": "Acme"}
 
@@ -169,10 +209,10 @@ class TestPlatformEdits:
         self, store: Store, mappings: Mappings, outbox: Outbox
     ) -> None:
         """A Company the platform creates is an Account create."""
-        async with Running(watcher(store, mappings, outbox)):
+        async with Running(watcher(store, mappings, outbox), store):
             await store.db.companies.insert_one({"_id": "c-1", "name": "Acme", "domain": "acme.com",
                                                  "updated_at": now()})
-            [entry] = await pending_after(outbox, 1)
+            [entry] = await pending_after(store, outbox, 1, COMPANIES)
         assert (entry.kind, entry.write.sobject) == ("create", "Account")
         assert entry.write.fields == {"Name": "Acme", "Website": "acme.com"}
 
@@ -182,11 +222,10 @@ class TestPlatformEdits:
         """A from_salesforce field edit and a delete enqueue nothing; the edit's time is kept."""
         doc_id = await insert_linked_person(store)
         other = await insert_linked_person(store, crm={"object": "Lead", "id": "00Q000000000002AAA"})
-        async with Running(watcher(store, mappings, outbox)):
+        async with Running(watcher(store, mappings, outbox), store):
             await platform_edit(store, doc_id, score=99)
             await store.db.people.delete_one({"_id": other})
-            await asyncio.sleep(0.6)
-        assert await outbox.pending() == []
+            assert await settled(store, outbox) == []
         doc = await store.db.people.find_one({"_id": doc_id})
         assert "score" in doc["_sync"]["field_times"]
 
@@ -196,10 +235,9 @@ class TestPlatformEdits:
         """With `create_in_salesforce = "none"` a new Person stays local."""
         mappings = parse_mappings(MAPPINGS.replace('create_in_salesforce = "lead"',
                                                    'create_in_salesforce = "none"'))
-        async with Running(watcher(store, mappings, outbox)):
+        async with Running(watcher(store, mappings, outbox), store):
             await store.db.people.insert_one({"last_name": "Park", "updated_at": now()})
-            await asyncio.sleep(0.6)
-        assert await outbox.pending() == []
+            assert await settled(store, outbox) == []
 
 
 class TestResume:
@@ -208,15 +246,15 @@ class TestResume:
     ) -> None:
         """Edits made while stopped are picked up after a restart; earlier ones are not repeated."""
         doc_id = await insert_linked_person(store)
-        async with Running(watcher(store, mappings, outbox)):
+        async with Running(watcher(store, mappings, outbox), store):
             await platform_edit(store, doc_id, first_name="Before")
-            [first] = await pending_after(outbox, 1)
+            [first] = await pending_after(store, outbox, 1)
         assert (await store.load_state("resume:people") or {}).get("token")
         await outbox.done(await outbox.claim("Lead", "update", 10))  # flushed
 
         await platform_edit(store, doc_id, last_name="While-Stopped")
-        async with Running(watcher(store, mappings, outbox)):
-            [second] = await pending_after(outbox, 1)
+        async with Running(watcher(store, mappings, outbox), store):
+            [second] = await pending_after(store, outbox, 1)
         assert first.write.fields == {"FirstName": "Before"}
         assert second.write.fields == {"LastName": "While-Stopped"}
 
@@ -225,13 +263,13 @@ class TestResume:
     ) -> None:
         """The polling fallback keeps an (updated_at, _id) watermark across restarts."""
         doc_id = await insert_linked_person(store)
-        async with Running(watcher(store, mappings, outbox, force_polling=True)):
+        async with Running(watcher(store, mappings, outbox, force_polling=True), store):
             await platform_edit(store, doc_id, first_name="Before")
-            await pending_after(outbox, 1)
+            await pending_after(store, outbox, 1)
         assert await store.load_state("local_watermark:people")
         await outbox.done(await outbox.claim("Lead", "update", 10))
 
         await platform_edit(store, doc_id, last_name="While-Stopped")
-        async with Running(watcher(store, mappings, outbox, force_polling=True)):
-            [second] = await pending_after(outbox, 1)
+        async with Running(watcher(store, mappings, outbox, force_polling=True), store):
+            [second] = await pending_after(store, outbox, 1)
         assert second.write.fields == {"LastName": "While-Stopped"}  # diffed against the snapshot

@@ -29,6 +29,8 @@ from tests.support.emulator import RunningEmulator, running_emulator
 COLLECTIONS = "/services/data/v62.0/composite/sobjects"
 FAST = RetryPolicy(attempts=4, base=0.001, cap=0.005)
 BACKOFF = timedelta(milliseconds=20)
+CLIENT_TIMEOUT_S = 2.0
+ANSWER_LATE_MS = 4000  # the applied write is answered this late: past the client timeout
 
 
 @dataclass
@@ -74,8 +76,9 @@ async def org() -> AsyncIterator[Org]:
     )
     async with running_emulator() as em:
         settings = settings.model_copy(update={"login_url": em.base_url})
-        # A short timeout: a lost response is noticed in half a second, not a minute.
-        async with SalesforceClient(settings, retry=FAST, timeout=0.5) as client:
+        # A short timeout -- a lost response is noticed in seconds, not a minute -- yet far above
+        # what a normal call takes on two busy cores, so only the injected latency times out.
+        async with SalesforceClient(settings, retry=FAST, timeout=CLIENT_TIMEOUT_S) as client:
             yield Org(em, client)
 
 
@@ -113,7 +116,7 @@ class TestTheClientNeverRetriesALostCreate:
 
     async def test_a_create_that_times_out_is_sent_once(self, org: Org) -> None:
         """The org applies it but answers after the client timeout: not retried."""
-        await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True, latency_ms=1500)
+        await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True, latency_ms=ANSWER_LATE_MS)
         with pytest.raises(OutcomeUnknownError, match="timed out"):
             await org.client.create("Lead", [{"LastName": "Ng", "Company": "Acme", "Email": "ng@x.com"}])
         assert org.posts() == 1
@@ -138,7 +141,7 @@ class TestTheFlusherRecoversALostCreate:
         """The Lead exists once in Salesforce and the Person is linked to it, logged as recovered."""
         outbox, flusher = flusher_for(store, org)
         local_id = await new_person(store, outbox, LastName="Ng", Company="Acme", Email="Ng@X.com")
-        await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True, latency_ms=1500)
+        await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True, latency_ms=ANSWER_LATE_MS)
         await flush_until_empty(outbox, flusher)
 
         leads = await org.rows("SELECT Id, Email FROM Lead WHERE Email = 'ng@x.com'")

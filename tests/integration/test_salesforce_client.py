@@ -302,10 +302,11 @@ class TestRetries:
             nonlocal calls
             calls += 1
             if calls == 1:
-                await asyncio.sleep(1)
+                await asyncio.Event().wait()  # never answers: only the client's timeout ends it
             return sf_json({"ok": 1})
         org.route("GET", f"{V}/limits", slow_then_fast)
-        async with org.client(timeout=0.3) as client:
+        # Well above what the fast answer takes on two busy cores: only the hung call times out.
+        async with org.client(timeout=1.5) as client:
             assert await client.limits() == {"ok": 1}
             assert client.calls_made == 2
 

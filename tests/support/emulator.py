@@ -18,6 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from emulator.app import create_app
+from emulator.pubsub import PUBSUB_KEY, PubSubService, start_pubsub
 from emulator.state import EmulatorConfig, EmulatorState
 from tests.support.secantus import free_port
 
@@ -26,11 +27,15 @@ from tests.support.secantus import free_port
 class RunningEmulator:
     base_url: str
     state: EmulatorState
+    pubsub: PubSubService | None = None  # with `running_emulator(pubsub=True)`
+    pubsub_endpoint: str = ""            # its `host:port`
 
 
 @asynccontextmanager
-async def running_emulator(config: EmulatorConfig | None = None) -> AsyncIterator[RunningEmulator]:
-    """The emulator on a free 127.0.0.1 port in this event loop; stopped on exit."""
+async def running_emulator(config: EmulatorConfig | None = None, *,
+                           pubsub: bool = False) -> AsyncIterator[RunningEmulator]:
+    """The emulator on a free 127.0.0.1 port in this event loop (and its Pub/Sub API on another
+    with `pubsub=True`); stopped on exit."""
     app = create_app(config or EmulatorConfig())
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
@@ -39,8 +44,12 @@ async def running_emulator(config: EmulatorConfig | None = None) -> AsyncIterato
     port = runner.addresses[0][1]
     state: EmulatorState = app["state"]
     state.instance_url = f"http://127.0.0.1:{port}"
+    running = RunningEmulator(state.instance_url, state)
+    if pubsub:
+        running.pubsub = app[PUBSUB_KEY]
+        running.pubsub_endpoint = f"127.0.0.1:{await start_pubsub(app, '127.0.0.1', 0)}"
     try:
-        yield RunningEmulator(state.instance_url, state)
+        yield running
     finally:
         await runner.cleanup()
 

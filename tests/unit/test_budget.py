@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from listener.budget import BudgetGovernor, Mode, decide_mode
 from listener.metrics import METRICS
 from listener.salesforce.usage import ApiUsage
-from reconciler.errors import RetriableError
+from reconciler.errors import BudgetExhaustedError, RetriableError
 from settings import BudgetSettings
 
 SETTINGS = BudgetSettings(poll_below_pct=25, stream_above_pct=35, reserve_pct=10)
@@ -121,3 +121,50 @@ class TestGovernor:
             await governor.check(failing)
         assert governor.current is Mode.STREAMING
         assert any(e["event"] == "limits_check_failed" for e in logs)
+
+
+class TestLimitsCheckRefused:
+    """`REQUEST_LIMIT_EXCEEDED` from the `limits` call itself: the allocation is spent, so the
+    governor pauses whatever the last usage figure said (it may be hours old)."""
+
+    @pytest.mark.parametrize(
+        ("last_remaining", "before"),
+        [(90, Mode.STREAMING), (30, Mode.STREAMING), (20, Mode.POLLING), (5, Mode.PAUSED)],
+    )
+    async def test_request_limit_exceeded_forces_paused(self, last_remaining: float, before: Mode) -> None:
+        """Whatever mode the last usage put it in, a refused `limits` check leaves it paused,
+        refusing optional calls, with the refusal logged."""
+        governor = BudgetGovernor(SETTINGS)
+        governor.record_usage(usage(last_remaining))
+        assert governor.current is before
+
+        async def refused() -> dict[str, Any]:
+            raise BudgetExhaustedError("403 REQUEST_LIMIT_EXCEEDED: TotalRequests Limit exceeded.")
+
+        with capture_logs() as logs:
+            await governor.check(refused)
+        assert governor.current is Mode.PAUSED
+        assert not governor.allows_optional_calls()
+        assert governor.status()["remaining_pct"] == 0
+        assert any(e["event"] == "limits_check_failed" for e in logs)
+
+    async def test_the_next_good_check_resumes(self) -> None:
+        """Paused by a refused check, the governor leaves `paused` on the next `limits` answer
+        that shows budget again (the reset of the daily allocation)."""
+        governor = BudgetGovernor(SETTINGS)
+        governor.record_usage(usage(90))
+        answers: list[dict[str, Any] | Exception] = [
+            BudgetExhaustedError("REQUEST_LIMIT_EXCEEDED"),
+            {"DailyApiRequests": {"Max": 1000, "Remaining": 1000}},
+        ]
+
+        async def limits() -> dict[str, Any]:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        await governor.check(limits)
+        assert governor.current is Mode.PAUSED
+        await governor.check(limits)
+        assert governor.mode == Mode.STREAMING.value

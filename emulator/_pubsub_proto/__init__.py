@@ -1,0 +1,1 @@
+"""Generated Pub/Sub API stubs (see listener/sources/pubsub/_proto/generate.py); do not edit."""

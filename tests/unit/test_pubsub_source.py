@@ -1,0 +1,365 @@
+"""The Pub/Sub source's flow control, offsets and error paths, against a fake connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from emulator.pubsub_avro import encode_event, object_schema
+from listener.sources import Source
+from listener.sources.pubsub import PubSubOptions, PubSubStream
+from listener.sources.pubsub._proto import pubsub_api_pb2 as pb
+from listener.sources.pubsub._wire import (
+    REPLAY_ID_CORRUPTED,
+    DeliveryLimitError,
+    Endpoint,
+    PubSubAuthError,
+    ReplayIdInvalidError,
+    tenant_id,
+    translate,
+)
+from reconciler.errors import FatalError, RetriableError
+from reconciler.ports import RejectedEvent, SalesforceChange
+from reconciler.store.state_keys import pubsub_replay_key
+from reconciler.watermark import Watermark
+from tests.support.eventually import eventually
+
+CHANNEL = "/data/LeadChangeEvent"
+LEAD = object_schema("Lead")
+
+
+class FakeTokens:
+    instance_url = "https://example.my.salesforce.com"
+
+    def __init__(self) -> None:
+        self.renewed = 0
+
+    async def access_token(self) -> str:
+        return "00D000000000001!AQtoken"
+
+    async def reauthenticate(self) -> str:
+        self.renewed += 1
+        return "00D000000000001!AQfresh"
+
+
+class FakeStore:
+    def __init__(self, state: dict[str, dict[str, Any]] | None = None) -> None:
+        self.state = dict(state or {})
+        self.saves: list[tuple[str, dict[str, Any]]] = []
+
+    async def load_state(self, key: str) -> dict[str, Any] | None:
+        return self.state.get(key)
+
+    async def save_state(self, key: str, value: dict[str, Any]) -> None:
+        self.saves.append((key, value))
+        self.state[key] = value
+
+
+@dataclass
+class FakeSink:
+    applied: list[SalesforceChange] = field(default_factory=list)
+    rejected: list[RejectedEvent] = field(default_factory=list)
+    failing: bool = False
+
+    async def apply(self, changes: Sequence[SalesforceChange]) -> None:
+        if self.failing:
+            raise RetriableError("MongoDB unavailable")
+        self.applied.extend(changes)
+
+    async def reject(self, events: Sequence[RejectedEvent]) -> None:
+        self.rejected.extend(events)
+
+
+class FakeCatchUp:
+    def __init__(self) -> None:
+        self.polls: list[list[str]] = []
+
+    async def run_once(self, objects: Sequence[str] | None = None) -> Any:
+        self.polls.append(list(objects or []))
+
+    async def poll_since(self, sobject: str, since: datetime) -> int:
+        return 0
+
+    async def fetch_by_ids(self, sobject: str, ids: Iterable[str]) -> list[SalesforceChange]:
+        return []
+
+    async def watermark(self, sobject: str) -> Watermark:
+        return Watermark(None)
+
+
+class FakeSubscription:
+    def __init__(self, topic: str, first: Any) -> None:
+        self.topic = topic
+        self.requests = [first]
+        self.responses: asyncio.Queue[Any] = asyncio.Queue()
+        self.cancelled = False
+
+    async def request(self, fetch: Any) -> None:
+        self.requests.append(fetch)
+
+    async def read(self) -> Any:
+        item = await self.responses.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeConnection:
+    def __init__(self) -> None:
+        self.subscriptions: list[FakeSubscription] = []
+        self.schema_calls = 0
+
+    async def get_topic(self, topic: str) -> Any:
+        return pb.TopicInfo(topic_name=topic, can_subscribe=True, schema_id=LEAD.schema_id)
+
+    async def get_schema(self, schema_id: str) -> Any:
+        self.schema_calls += 1
+        return pb.SchemaInfo(schema_id=schema_id, schema_json=LEAD.schema_json)
+
+    async def subscribe(self, topic: str, first: Any) -> FakeSubscription:
+        subscription = FakeSubscription(topic, first)
+        self.subscriptions.append(subscription)
+        return subscription
+
+    async def close(self) -> None:
+        return None
+
+
+INTERNAL = "com/salesforce/api/soap/62.0;client=SfdcInternal"
+
+
+def _event(replay: int, last_name: str, origin: str = INTERNAL) -> Any:
+    header = {"entityName": "Lead", "recordIds": [f"00Q00000000{replay:04d}AAA"], "changeType": "CREATE",
+              "changeOrigin": origin, "transactionKey": "t", "sequenceNumber": 1,
+              "commitTimestamp": 1_714_557_600_000, "commitNumber": replay,
+              "commitUser": "005000000000001AAA",
+              "nulledFields": [], "diffFields": [], "changedFields": []}
+    body = {"ChangeEventHeader": header, "Name": {"LastName": last_name}, "Company": "Acme"}
+    schema_id, payload = encode_event("Lead", {"payload": body})
+    return pb.ConsumerEvent(event=pb.ProducerEvent(id="e", schema_id=schema_id, payload=payload),
+                            replay_id=replay.to_bytes(8, "big"))
+
+
+@dataclass
+class Harness:
+    store: FakeStore = field(default_factory=FakeStore)
+    sink: FakeSink = field(default_factory=FakeSink)
+    tokens: FakeTokens = field(default_factory=FakeTokens)
+    catch_up: FakeCatchUp = field(default_factory=FakeCatchUp)
+    connections: list[FakeConnection] = field(default_factory=list)
+    batch: int = 5
+    read_ahead: int = 1
+
+    def connect(self) -> FakeConnection:
+        connection = FakeConnection()
+        self.connections.append(connection)
+        return connection
+
+    def stream(self) -> PubSubStream:
+        options = PubSubOptions(client_name="salesforce-sync", endpoint="127.0.0.1:1", batch_size=self.batch,
+                                batch_wait_ms=5, subscribe_settle=0, read_ahead=self.read_ahead)
+        return PubSubStream(sf=self.tokens, store=self.store, sink=self.sink, catch_up=self.catch_up,
+                            objects=["Lead"], options=options, connect=self.connect)
+
+    async def subscription(self, index: int = -1) -> FakeSubscription:
+        await eventually(lambda: bool(self.connections) and bool(self.connections[-1].subscriptions))
+        return [s for c in self.connections for s in c.subscriptions][index]
+
+
+@pytest.fixture
+async def running() -> Any:
+    tasks: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    def start(stream: PubSubStream) -> asyncio.Event:
+        stop = asyncio.Event()
+        tasks.append((stop, asyncio.create_task(stream.run(stop))))
+        return stop
+
+    yield start
+    for stop, task in tasks:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+STORED = {pubsub_replay_key(CHANNEL): {"replay_id": (41).to_bytes(8, "big")}}
+
+
+class TestSubscribing:
+    def test_the_source_keeps_the_source_protocol(self) -> None:
+        """The shell needs nothing of the Pub/Sub source but the `Source` protocol."""
+        assert isinstance(Harness().stream(), Source)
+
+    async def test_a_stored_replay_id_resumes_custom_asking_for_one_batch(self, running: Any) -> None:
+        """CUSTOM after the stored bytes, `num_requested` = batch size; no catch-up poll."""
+        rig = Harness(store=FakeStore(STORED))
+        running(rig.stream())
+        first = (await rig.subscription()).requests[0]
+        assert (first.topic_name, first.replay_preset, first.num_requested) == (CHANNEL, pb.CUSTOM, rig.batch)
+        assert first.replay_id == (41).to_bytes(8, "big")
+        assert rig.catch_up.polls == []
+
+    async def test_without_a_replay_id_subscribes_latest_and_polls_around_it(self, running: Any) -> None:
+        rig = Harness()
+        stream = rig.stream()
+        running(stream)
+        first = (await rig.subscription()).requests[0]
+        assert first.replay_preset == pb.LATEST and first.num_requested == rig.batch
+        await eventually(lambda: stream.ready)
+        assert rig.catch_up.polls == [["Lead"]]
+
+
+class TestFlowControl:
+    async def test_reads_ahead_one_batch_at_a_time(self, running: Any) -> None:
+        """With `read_ahead=2` the stream opens with two FetchRequests of one batch each."""
+        rig = Harness(store=FakeStore(STORED), read_ahead=2)
+        running(rig.stream())
+        subscription = await rig.subscription()
+        await eventually(lambda: len(subscription.requests) == 2)
+        assert [r.num_requested for r in subscription.requests] == [rig.batch, rig.batch]
+
+    async def test_asks_again_for_as_many_as_were_applied(self, running: Any) -> None:
+        """After a batch is applied, the channel asks for exactly as many events as it delivered."""
+        rig = Harness(store=FakeStore(STORED))
+        running(rig.stream())
+        subscription = await rig.subscription()
+        await subscription.responses.put(pb.FetchResponse(events=[_event(42, "A"), _event(43, "B"),
+                                                                   _event(44, "C")], pending_num_requested=2))
+        await eventually(lambda: len(subscription.requests) == 2)
+        assert subscription.requests[1].num_requested == 3
+        assert [c.fields["LastName"] for c in rig.sink.applied] == ["A", "B", "C"]
+        assert rig.store.state[pubsub_replay_key(CHANNEL)] == {"replay_id": (44).to_bytes(8, "big")}
+
+    async def test_nothing_is_requested_or_committed_when_apply_fails(self, running: Any) -> None:
+        """A batch the sink could not apply: its offset is not stored and no more is asked for."""
+        rig = Harness(store=FakeStore(STORED), sink=FakeSink(failing=True))
+        running(rig.stream())
+        subscription = await rig.subscription()
+        await subscription.responses.put(pb.FetchResponse(events=[_event(42, "A")]))
+        await eventually(lambda: len(rig.connections) >= 2)  # the session ended and reopens
+        assert rig.store.saves == []
+        assert subscription.requests[1:] == []
+        assert (await rig.subscription()).requests[0].replay_id == (41).to_bytes(8, "big")
+
+    async def test_a_keepalive_advances_an_idle_channels_offset(self, running: Any) -> None:
+        rig = Harness(store=FakeStore(STORED))
+        running(rig.stream())
+        subscription = await rig.subscription()
+        await subscription.responses.put(pb.FetchResponse(latest_replay_id=(99).to_bytes(8, "big"),
+                                                          pending_num_requested=rig.batch))
+        await eventually(lambda: rig.store.saves != [])
+        assert rig.store.saves == [(pubsub_replay_key(CHANNEL), {"replay_id": (99).to_bytes(8, "big")})]
+        assert subscription.requests[1:] == []  # a keepalive uses no capacity
+
+    async def test_the_schema_is_fetched_once_per_schema_id(self, running: Any) -> None:
+        rig = Harness(store=FakeStore(STORED))
+        running(rig.stream())
+        subscription = await rig.subscription()
+        await subscription.responses.put(pb.FetchResponse(events=[_event(42, "A")]))
+        await subscription.responses.put(pb.FetchResponse(events=[_event(43, "B")]))
+        await eventually(lambda: len(rig.sink.applied) == 2)
+        assert rig.connections[0].schema_calls == 1
+
+    async def test_echoes_are_flagged_and_poison_is_rejected(self, running: Any) -> None:
+        rig = Harness(store=FakeStore(STORED))
+        running(rig.stream())
+        subscription = await rig.subscription()
+        poison = pb.ConsumerEvent(event=pb.ProducerEvent(schema_id=LEAD.schema_id, payload=b"\x01\xff"),
+                                  replay_id=(42).to_bytes(8, "big"))
+        echo = _event(43, "Echo", origin="com/salesforce/api/rest/62.0;client=salesforce-sync")
+        await subscription.responses.put(pb.FetchResponse(events=[poison, echo]))
+        await eventually(lambda: rig.store.saves != [])
+        assert [c.is_echo for c in rig.sink.applied] == [True]
+        [rejected] = rig.sink.rejected
+        assert rejected.raw["replay_id"] == (42).to_bytes(8, "big").hex()
+        assert rig.store.state[pubsub_replay_key(CHANNEL)]["replay_id"] == (43).to_bytes(8, "big")
+
+
+class TestErrors:
+    async def test_unauthenticated_reauthenticates_and_resubscribes(self, running: Any) -> None:
+        rig = Harness(store=FakeStore(STORED))
+        running(rig.stream())
+        subscription = await rig.subscription()
+        await subscription.responses.put(PubSubAuthError("UNAUTHENTICATED"))
+        await eventually(lambda: len(rig.connections) == 2 and bool(rig.connections[1].subscriptions))
+        assert rig.tokens.renewed == 1
+
+    async def test_an_invalid_replay_id_polls_then_subscribes_latest(self, running: Any) -> None:
+        rig = Harness(store=FakeStore(STORED))
+        stream = rig.stream()
+        running(stream)
+        subscription = await rig.subscription()
+        await subscription.responses.put(ReplayIdInvalidError("corrupted", CHANNEL))
+        await eventually(lambda: len(rig.connections) == 2 and bool(rig.connections[1].subscriptions))
+        assert (await rig.subscription()).requests[0].replay_preset == pb.LATEST
+        await eventually(lambda: stream.ready)
+        assert rig.catch_up.polls == [["Lead"], ["Lead"]]  # the resync poll, then the closing poll
+
+    async def test_the_events_limit_tells_the_governor_and_returns(self) -> None:
+        rig = Harness(store=FakeStore(STORED))
+
+        class Governor:
+            told = 0
+
+            def events_exhausted(self) -> None:
+                self.told += 1
+
+        governor = Governor()
+        stream = rig.stream()
+        stream._governor = governor
+        task = asyncio.create_task(stream.run(asyncio.Event()))
+        subscription = await rig.subscription()
+        await subscription.responses.put(DeliveryLimitError("limit"))
+        await asyncio.wait_for(task, 5)
+        assert governor.told == 1
+
+
+def _rpc_error(code: grpc.StatusCode, error_code: str = "") -> grpc.aio.AioRpcError:
+    trailers = grpc.aio.Metadata(("error-code", error_code)) if error_code else grpc.aio.Metadata()
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, details="details")
+
+
+class TestWire:
+    @pytest.mark.parametrize(("error", "expected"), [
+        (_rpc_error(grpc.StatusCode.UNAUTHENTICATED, "sfdc.platform.eventbus.grpc.service.auth.error"),
+         PubSubAuthError),
+        (_rpc_error(grpc.StatusCode.INVALID_ARGUMENT, REPLAY_ID_CORRUPTED), ReplayIdInvalidError),
+        (_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "sfdc.platform.eventbus.grpc.subscription.limit.exceeded"), DeliveryLimitError),
+        (_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED), RetriableError),
+        (_rpc_error(grpc.StatusCode.PERMISSION_DENIED), FatalError),
+        (_rpc_error(grpc.StatusCode.NOT_FOUND), FatalError),
+        (_rpc_error(grpc.StatusCode.UNAVAILABLE), RetriableError),
+        (_rpc_error(grpc.StatusCode.INTERNAL), RetriableError),
+        (OSError("reset"), RetriableError),
+    ])
+    def test_grpc_errors_map_by_status_and_error_code(self, error: BaseException, expected: type) -> None:
+        translated = translate(error, CHANNEL)
+        assert type(translated) is expected
+        if isinstance(translated, ReplayIdInvalidError):
+            assert translated.channel == CHANNEL
+
+    @pytest.mark.parametrize(("text", "target", "tls"), [
+        ("api.pubsub.salesforce.com:7443", "api.pubsub.salesforce.com:7443", True),
+        ("127.0.0.1:7011", "127.0.0.1:7011", False),
+        ("localhost:7011", "localhost:7011", False),
+        ("[::1]:7011", "[::1]:7011", False),
+        ("http://emulator:7011", "emulator:7011", False),
+        ("https://127.0.0.1:7011/", "127.0.0.1:7011", True),
+    ])
+    def test_endpoints_use_tls_unless_loopback_or_http(self, text: str, target: str, tls: bool) -> None:
+        assert Endpoint.parse(text) == Endpoint(target, tls)
+
+    @pytest.mark.parametrize(("token", "tenant"), [
+        ("00D000000000001!AQabc", "00D000000000001"), ("no-bang", ""), ("005x!y", "")])
+    def test_the_tenant_id_is_the_tokens_org_prefix(self, token: str, tenant: str) -> None:
+        assert tenant_id(token) == tenant
