@@ -10,6 +10,7 @@ header names, when it names any.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,8 @@ from settings import Mappings
 
 log = structlog.get_logger(__name__)
 
-Status = Literal["retried", "not_found", "not_failed", "already_retried", "paused", "unsupported"]
+Status = Literal["retried", "queued", "not_found", "not_failed", "already_retried", "paused", "unsupported"]
+_POLL_S = 0.2  # how often a retry looks for the flusher's outcome
 
 
 class JobStore(Protocol):
@@ -38,6 +40,8 @@ class JobStore(Protocol):
     async def find_failed_logs(self, *, retriable_only: bool = False, max_attempt: int | None = None,
                                before: datetime | None = None, limit: int = 500) -> list[dict[str, Any]]: ...
     async def find_records(self, collection: str, ids: Any) -> list[dict[str, Any]]: ...
+    async def find_outcomes(self, source: str, local_ids: Sequence[str],
+                            since: datetime) -> dict[str, dict[str, Any]]: ...
 
 
 @dataclass
@@ -69,11 +73,13 @@ class Jobs:
     def __init__(
         self, store: JobStore, reconciler: Reconciler, *,
         retry_interval: timedelta = timedelta(minutes=20), max_attempts: int = 10,
+        outcome_wait: timedelta = timedelta(seconds=10),
     ) -> None:
         self.store = store
         self.reconciler = reconciler
         self.retry_interval = retry_interval
         self.max_attempts = max_attempts
+        self.outcome_wait = outcome_wait  # how long an outbound retry waits for the flusher's answer
 
     @property
     def mappings(self) -> Mappings:
@@ -170,8 +176,11 @@ class Jobs:
             result = await self.reconciler.apply_batch(changes, attempt=attempt)
             new_ids = {entry.sf_id: log_id for entry, log_id in zip(result.logs, result.log_ids, strict=True)
                        if entry.sf_id}
-            await self._fill_missing(sobject, attempt, ids, {c.sf_id for c in changes}, new_ids)
-            outcomes += [JobOutcome("retried", t.log_id, [new_ids[t.sf_id]]) for t in group]
+            fetched = {c.sf_id for c in changes}
+            await self._fill_missing(sobject, attempt, ids, fetched, new_ids)
+            # an import of an id Salesforce does not have is not done (its failed log is kept)
+            outcomes += [JobOutcome("retried" if t.sf_id in fetched or source is not ChangeSource.IMPORT
+                                    else "not_found", t.log_id, [new_ids[t.sf_id]]) for t in group]
         return outcomes
 
     async def _fill_missing(
@@ -190,33 +199,44 @@ class Jobs:
         new_ids.update(zip(missing, await self.store.insert_sync_logs(logs), strict=True))
 
     async def _run_outbound(self, entries: list[dict[str, Any]]) -> list[JobOutcome]:
+        """Re-queue each job's record as it is now; no row is written for that: the flusher's log
+        is the outcome, waited for up to `outcome_wait` (else the retry is `queued`)."""
         if not entries or self.outbox is None:
             return []
-        writes: list[OutboundWrite] = []
-        logs: list[SyncLog] = []
-        kept: list[dict[str, Any]] = []
+        writes: dict[str, OutboundWrite] = {}   # old log id -> the write re-queued
         for entry in entries:
             job = entry["job"]
             docs = await self.store.find_records(job["collection"], [parse_local_id(str(job["local_id"]))])
             if not docs:
                 continue
-            doc = docs[0]
-            fields = local_to_sf(self.mappings.for_object(job["sobject"]), doc)
-            attempt = int(entry.get("attempt", 1)) + 1
-            writes.append(OutboundWrite(sobject=job["sobject"], sf_id=job.get("sf_id"),
-                                        collection=job["collection"], local_id=doc["_id"], fields=fields,
-                                        reason="retry", attempt=attempt - 1))
-            # the flusher logs the outcome; this log records that the job was re-queued
-            logs.append(SyncLog(source="local", type=entry.get("type", "update"), status="success",
-                                object=job["sobject"], sf_id=job.get("sf_id"), local_id=str(doc["_id"]),
-                                collection=job["collection"], job=job, attempt=attempt))
-            kept.append(entry)
+            fields = local_to_sf(self.mappings.for_object(job["sobject"]), docs[0])
+            writes[entry["id"]] = OutboundWrite(
+                sobject=job["sobject"], sf_id=job.get("sf_id"), collection=job["collection"],
+                local_id=docs[0]["_id"], fields=fields, reason="retry", attempt=int(entry.get("attempt", 1)))
+        since = datetime.now(UTC) - timedelta(milliseconds=1)  # BSON dates keep milliseconds
         if writes:
-            await self.outbox.enqueue(writes)
-        new_ids = await self.store.insert_sync_logs(logs)
-        done = {e["id"] for e in kept}
-        return [JobOutcome("retried", e["id"], [new_ids[kept.index(e)]]) if e["id"] in done
-                else JobOutcome("not_found", e["id"]) for e in entries]
+            await self.outbox.enqueue(list(writes.values()))
+        found = await self._await_outcomes([str(w.local_id) for w in writes.values()], since)
+        outcomes: list[JobOutcome] = []
+        for entry in entries:
+            write = writes.get(entry["id"])
+            outcome = found.get(str(write.local_id)) if write is not None else None
+            outcomes.append(JobOutcome("not_found", entry["id"]) if write is None
+                            else JobOutcome("queued", entry["id"]) if outcome is None
+                            else JobOutcome("retried", entry["id"], [outcome["id"]]))
+        return outcomes
+
+    async def _await_outcomes(self, local_ids: list[str], since: datetime) -> dict[str, dict[str, Any]]:
+        """The flusher's first log for each record since `since` (local id -> log), polled."""
+        deadline = asyncio.get_running_loop().time() + self.outcome_wait.total_seconds()
+        found: dict[str, dict[str, Any]] = {}
+        while local_ids:
+            found.update(await self.store.find_outcomes("local", local_ids, since))
+            local_ids = [i for i in local_ids if i not in found]
+            if not local_ids or asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(_POLL_S)
+        return found
 
 
 def _inbound_targets(job: dict[str, Any], attempt: int, log_id: str) -> list[_Target]:
@@ -242,6 +262,7 @@ def _inbound_targets(job: dict[str, Any], attempt: int, log_id: str) -> list[_Ta
 def _summary(outcomes: list[JobOutcome]) -> dict[str, Any]:
     return {
         "retried": sum(1 for o in outcomes if o.status == "retried"),
+        "queued": sum(1 for o in outcomes if o.status == "queued"),
         "items": [{"log_id": o.log_id, "status": o.status, "new_log_ids": o.new_log_ids} for o in outcomes],
     }
 

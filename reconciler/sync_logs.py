@@ -8,6 +8,7 @@ more than "imported". Everything else (stream, poll, retry, re-import) logs per 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -70,6 +71,36 @@ def failed_inbound(
         local_id=local_id, collection=collection, error=error, job=job, attempt=attempt,
         retriable=retriable,
     )
+
+
+def record_keys(entry: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(source, "sf_id" | "local_id", id) for each record id a log names."""
+    source = str(entry.get("source"))
+    return [(source, key, str(entry[key])) for key in ("sf_id", "local_id") if entry.get(key)]
+
+
+def can_resolve(entry: Mapping[str, Any]) -> bool:
+    """A success that says a record synced (not a rule's `skipped`, not a bulk summary)."""
+    return entry.get("status") == "success" and entry.get("type") not in ("skipped", "import") \
+        and bool(record_keys(entry))
+
+
+def resolves(success: Mapping[str, Any], failed: Mapping[str, Any]) -> bool:
+    """design.md: a failed log is resolved once a later sync of the same record (same direction,
+    same Salesforce or local id) and fields (every field the failure names) succeeds."""
+    if not can_resolve(success) or failed.get("status") != "failed" or failed.get("resolved"):
+        return False
+    if not set(record_keys(success)) & set(record_keys(failed)):
+        return False
+    if isinstance(success.get("ts"), datetime) and isinstance(failed.get("ts"), datetime) \
+            and _naive(failed["ts"]) > _naive(success["ts"]):
+        return False
+    return set(failed.get("fields") or {}) <= set(success.get("fields") or {})
+
+
+def _naive(value: datetime) -> datetime:
+    offset = value.utcoffset()
+    return value if offset is None else (value - offset).replace(tzinfo=None)
 
 
 _FIELDS = tuple(f.name for f in fields(SyncLog))

@@ -1,5 +1,5 @@
-"""Sync logs: insert, filter newest-first with a stable cursor, mark retried, count open failures
-per error code."""
+"""Sync logs: insert (resolving the failures a success fixes), filter newest-first with a stable
+cursor, mark retried, count open failures per error code."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from bson import ObjectId
 from bson.errors import InvalidId
 
 from reconciler.store._client import translate_errors
-from reconciler.sync_logs import SyncLog
+from reconciler.sync_logs import SyncLog, can_resolve, record_keys, resolves
 
 
 def encode_cursor(ts: datetime, oid: ObjectId) -> str:
@@ -60,8 +60,9 @@ def _object_id(log_id: str) -> ObjectId | None:
 # any other error (a network failure, no error text) is grouped as OTHER.
 OTHER_ERROR_CODE = "OTHER"
 _ERROR_CODE = re.compile(r"^([A-Z][A-Z0-9_]*):")
-# Open: failed and not retried since (a retry writes a new log and marks this one `retried_by`).
-_OPEN_FAILURE: dict[str, Any] = {"status": "failed", "retried_by": None}
+# Open: failed, not retried since (a retry writes a new log and marks this one `retried_by`) and
+# not resolved (a later success of the same record and fields, issue 10 item 6).
+_OPEN_FAILURE: dict[str, Any] = {"status": "failed", "retried_by": None, "resolved": None}
 
 
 def error_code_of(error: Any) -> str:
@@ -84,10 +85,34 @@ class LogsMixin:
         """Insert in one round-trip; returns the new log ids (as strings), in order."""
         if not logs:
             return []
+        docs = [entry.to_document() for entry in logs]
         with translate_errors("insert_sync_logs"):
-            result = await self.db.sync_logs.insert_many([entry.to_document() for entry in logs],
-                                                         ordered=False)
-        return [str(oid) for oid in result.inserted_ids]
+            result = await self.db.sync_logs.insert_many(docs, ordered=False)
+        ids = [str(oid) for oid in result.inserted_ids]
+        await self._resolve_failures(docs, ids)
+        return ids
+
+    async def _resolve_failures(self, docs: Sequence[dict[str, Any]], ids: Sequence[str]) -> None:
+        """Failed logs these successes fix gain `resolved` ({by, at}): one find, one update per
+        resolving log (only when there are open failures for these records)."""
+        successes = [(d, i) for d, i in zip(docs, ids, strict=True) if can_resolve(d)]
+        if not successes:
+            return
+        named = {(key, value) for d, _ in successes for _, key, value in record_keys(d)}
+        ors = [{key: {"$in": sorted(v for k, v in named if k == key)}}
+               for key in ("sf_id", "local_id") if any(k == key for k, _ in named)]
+        query = {"status": "failed", "resolved": None, "$or": ors}
+        with translate_errors("resolve_failures"):
+            open_failures = await self.db.sync_logs.find(
+                query, {"source": 1, "sf_id": 1, "local_id": 1, "fields": 1, "ts": 1, "status": 1}
+            ).to_list(None)
+            for success, log_id in successes:
+                fixed = [f["_id"] for f in open_failures if resolves(success, f)]
+                if fixed:
+                    await self.db.sync_logs.update_many(
+                        {"_id": {"$in": fixed}, "resolved": None},
+                        {"$set": {"resolved": {"by": log_id, "at": success["ts"]}}})
+                    open_failures = [f for f in open_failures if f["_id"] not in fixed]
 
     async def find_sync_logs(
         self, *, status: str | None = None, source: str | None = None, type: str | None = None,
@@ -116,6 +141,19 @@ class LogsMixin:
         docs = docs[:limit]
         next_cursor = encode_cursor(docs[-1]["ts"], docs[-1]["_id"]) if more and docs else None
         return [public_log(d) for d in docs], next_cursor
+
+    async def find_outcomes(self, source: str, local_ids: Sequence[str],
+                            since: datetime) -> dict[str, dict[str, Any]]:
+        """The first log of each record (by local id) written at or after `since` (one query)."""
+        if not local_ids:
+            return {}
+        query = {"source": source, "local_id": {"$in": list(local_ids)}, "ts": {"$gte": since}}
+        with translate_errors("find_outcomes"):
+            docs = await self.db.sync_logs.find(query).sort([("ts", 1), ("_id", 1)]).to_list(None)
+        first: dict[str, dict[str, Any]] = {}
+        for doc in docs:
+            first.setdefault(str(doc["local_id"]), public_log(doc))
+        return first
 
     async def get_sync_log(self, log_id: str) -> dict[str, Any] | None:
         oid = _object_id(log_id)
@@ -147,8 +185,9 @@ class LogsMixin:
         self, *, retriable_only: bool = False, max_attempt: int | None = None,
         before: datetime | None = None, limit: int = 500,
     ) -> list[dict[str, Any]]:
-        """Failed logs not yet retried (oldest first), as `public_log` dicts."""
-        query: dict[str, Any] = {"status": "failed", "retried_by": None, "job": {"$ne": None}}
+        """Failed logs not yet retried nor resolved (oldest first), as `public_log` dicts."""
+        query: dict[str, Any] = {"status": "failed", "retried_by": None, "resolved": None,
+                                 "job": {"$ne": None}}
         if retriable_only:
             query["retriable"] = True
         if max_attempt is not None:

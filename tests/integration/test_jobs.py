@@ -31,6 +31,7 @@ class Paused:
 
 
 def jobs_for(store: Store, sf: FakeSalesforce, **kw: Any) -> Jobs:
+    kw.setdefault("outcome_wait", timedelta(milliseconds=300))
     reconciler = Reconciler(store, MAPPINGS, fetcher=RecordReader(sf, MAPPINGS),
                             outbox=kw.pop("outbox", None), budget=kw.pop("budget", None))
     return Jobs(store, reconciler, **kw)
@@ -39,6 +40,34 @@ def jobs_for(store: Store, sf: FakeSalesforce, **kw: Any) -> Jobs:
 async def failed_log_id(store: Store, **kw: Any) -> str:
     [log_id] = await store.insert_sync_logs([failed_inbound("Lead", LEAD, "INVALID_TYPE: Title", **kw)])
     return log_id
+
+
+async def person(store: Store) -> Any:
+    return (await store.db.people.insert_one({"last_name": "Lee", "title": "CEO",
+                                              "crm": {"object": "Lead", "id": LEAD}})).inserted_id
+
+
+def failed_outbound(pid: Any, fields: list[str] | None = None) -> SyncLog:
+    job = {"kind": "outbound", "sobject": "Lead", "sf_id": LEAD, "collection": "people", "local_id": str(pid)}
+    return SyncLog(source="local", type="update", status="failed", job=job, object="Lead", sf_id=LEAD,
+                   local_id=str(pid), fields={f: {"old": None, "new": "x"} for f in fields or []},
+                   error="FIELD_CUSTOM_VALIDATION_EXCEPTION: no")
+
+
+class FlushingOutbox(FakeOutbox):
+    """An outbox whose flusher answers at once: it logs each write's outcome (attempt + 1)."""
+
+    def __init__(self, store: Store, *, status: str) -> None:
+        super().__init__()
+        self._store, self._status = store, status
+
+    async def enqueue(self, writes: Any) -> None:
+        await super().enqueue(writes)
+        await self._store.insert_sync_logs([
+            SyncLog(source="local", type="update", status=self._status, object=w.sobject, sf_id=w.sf_id,
+                    local_id=str(w.local_id), attempt=w.attempt + 1,
+                    error="FIELD_CUSTOM_VALIDATION_EXCEPTION: no" if self._status == "failed" else None)
+            for w in writes])
 
 
 class TestRetryOne:
@@ -81,21 +110,29 @@ class TestRetryOne:
         assert (await jobs.retry_log(log_id)).status == expected
 
     async def test_outbound_job_goes_back_to_the_outbox(self, store: Store) -> None:
-        """A failed outbound job re-reads the local document and re-queues its mapped fields."""
-        pid = (await store.db.people.insert_one({"last_name": "Lee", "title": "CEO",
-                                                 "crm": {"object": "Lead", "id": LEAD}})).inserted_id
-        job = {"kind": "outbound", "sobject": "Lead", "sf_id": LEAD, "collection": "people",
-               "local_id": str(pid)}
-        failed = SyncLog(source="local", type="update", status="failed", job=job,
-                         error="FIELD_CUSTOM_VALIDATION_EXCEPTION: no")
-        [log_id] = await store.insert_sync_logs([failed])
+        """A failed outbound job re-reads the local document and re-queues its mapped fields;
+        no placeholder row is written (no flusher answers here: the retry is queued)."""
+        pid = await person(store)
+        [log_id] = await store.insert_sync_logs([failed_outbound(pid)])
         outbox = FakeOutbox()
         outcome = await jobs_for(store, FakeSalesforce(), outbox=outbox).retry_log(log_id)
         [write] = outbox.writes
         assert (write.sf_id, write.reason, write.fields, write.local_id) == (
             LEAD, "retry", {"LastName": "Lee", "Title": "CEO"}, pid)
+        assert (outcome.status, outcome.new_log_ids) == ("queued", [])
+        assert await store.db.sync_logs.count_documents({}) == 1
+
+    async def test_outbound_retry_waits_for_the_flushers_outcome(self, store: Store) -> None:
+        """The retry answers with the row the flusher logs (the real outcome), marked on the old log."""
+        pid = await person(store)
+        [log_id] = await store.insert_sync_logs([failed_outbound(pid)])
+        outbox = FlushingOutbox(store, status="failed")
+        outcome = await jobs_for(store, FakeSalesforce(), outbox=outbox).retry_log(log_id)
         assert outcome.status == "retried"
-        assert (await store.get_sync_log(log_id) or {})["retried_by"] == outcome.new_log_ids[0]
+        new = await store.get_sync_log(outcome.new_log_ids[0])
+        assert new is not None and (new["status"], new["attempt"]) == ("failed", 2)
+        assert (await store.get_sync_log(log_id) or {})["retried_by"] == new["id"]
+        assert await store.db.sync_logs.count_documents({}) == 2
 
     async def test_event_job_re_imports_the_records_it_names(self, store: Store) -> None:
         """A rejected event naming record ids is retried by importing those records."""
@@ -107,6 +144,34 @@ class TestRetryOne:
         outcome = await jobs_for(store, FakeSalesforce({"Lead": [lead_record()]})).retry_log(log_id)
         assert outcome.status == "retried"
         assert await store.db.people.count_documents({"crm.id": LEAD}) == 1
+
+
+class TestResolved:
+    async def test_a_later_success_of_the_same_record_and_fields_resolves(self, store: Store) -> None:
+        """design.md: a failed log gains `resolved` once a later sync of the same record and
+        fields succeeds; a success of other fields, or of the other direction, does not."""
+        pid = await person(store)
+        [failed_id] = await store.insert_sync_logs([failed_outbound(pid, fields=["Title"])])
+        other = SyncLog(source="local", type="update", status="success", object="Lead", sf_id=LEAD,
+                        local_id=str(pid), fields={"LastName": {"old": None, "new": "Lee"}})
+        inbound = SyncLog(source="salesforce", type="update", status="success", object="Lead", sf_id=LEAD,
+                          local_id=str(pid), fields={"title": {"old": None, "new": "CEO"}})
+        await store.insert_sync_logs([other, inbound])
+        assert "resolved" not in (await store.get_sync_log(failed_id) or {})
+        fixed = SyncLog(source="local", type="update", status="success", object="Lead", sf_id=LEAD,
+                        local_id=str(pid), fields={"Title": {"old": "CTO", "new": "CEO"},
+                                                   "LastName": {"old": None, "new": "Lee"}})
+        [fixed_id] = await store.insert_sync_logs([fixed])
+        assert (await store.get_sync_log(failed_id) or {})["resolved"]["by"] == fixed_id
+
+    async def test_retry_all_failed_skips_resolved_failures(self, store: Store) -> None:
+        """"Retry all failed" (and the automatic retry) leave resolved failures alone."""
+        await store.insert_sync_logs([failed_inbound("Lead", LEAD, "X: y")])
+        await store.insert_sync_logs([SyncLog(source="salesforce", type="update", status="success",
+                                              object="Lead", sf_id=LEAD)])
+        sf = FakeSalesforce({"Lead": [lead_record()]})
+        assert await jobs_for(store, sf).retry_all_failed() == []
+        assert sf.queries == []
 
 
 class TestRetryMany:
@@ -146,8 +211,9 @@ class TestImport:
         assert (await store.db.people.find_one({"crm.id": LEAD}))["title"] == "CTO"
 
     async def test_import_of_a_missing_record_is_a_failed_log(self, store: Store) -> None:
-        """Salesforce returning nothing is a failed NOT_FOUND log."""
+        """Salesforce returning nothing is a failed NOT_FOUND log, and the outcome says not_found."""
         outcome = await jobs_for(store, FakeSalesforce()).import_record(LEAD)
+        assert outcome.status == "not_found"
         new = await store.get_sync_log(outcome.new_log_ids[0])
         assert new is not None and new["status"] == "failed" and new["error"].startswith("NOT_FOUND")
 
