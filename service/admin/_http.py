@@ -112,11 +112,22 @@ async def get_log(request: web.Request, log_id: str) -> dict[str, Any] | None:
     return await request.app[CONTEXT].store.get_sync_log(log_id)
 
 
+def cannot_retry(doc: dict[str, Any] | None, log_id: str) -> tuple[int, str, str] | None:
+    """(HTTP status, code, message) saying why this log cannot be retried, or None."""
+    if doc is None:
+        return 404, "not_found", f"no sync log with id {log_id!r}"
+    if doc.get("status") != "failed":
+        return 409, "not_failed", "only failed sync logs can be retried"
+    if doc.get("retried_by"):
+        return 409, "already_retried", f"already retried: its outcome is sync log {doc['retried_by']}"
+    return None
+
+
 async def load_failed_log(request: web.Request, log_id: str) -> dict[str, Any] | web.Response:
     """The sync log to retry, or the error response that says why it cannot be retried."""
     doc = await get_log(request, log_id)
-    if doc is None:
-        return error_response(404, "not_found", f"no sync log with id {log_id!r}")
-    if doc.get("status") != "failed":
-        return error_response(409, "not_failed", "only failed sync logs can be retried")
+    refused = cannot_retry(doc, log_id)
+    if refused is not None:
+        return error_response(*refused)
+    assert doc is not None
     return doc

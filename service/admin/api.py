@@ -71,6 +71,8 @@ async def _import(request: web.Request) -> web.Response:
     sf_id = sf_id.strip()
     log.info("admin_import", sf_id=sf_id)
     result = await request.app[CONTEXT].jobs.import_record(sf_id)
+    if any(item.get("status") == "not_found" for item in result.get("items") or []):
+        return error_response(404, "not_found", f"Salesforce has no record {sf_id}", **result)
     return json_response({"sf_id": sf_id, **result})
 
 

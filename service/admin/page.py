@@ -12,8 +12,13 @@ from urllib.parse import quote, urlencode
 from service.admin.filters import LogFilters
 
 NOTICES: dict[str, tuple[str, str]] = {
-    "retried": ("ok", "Retried: the outcome is the newest row for that record."),
-    "retried_all": ("ok", "Retried every failed job; the outcomes are the newest rows."),
+    "retried": ("ok", "Retried: Salesforce accepted it this time."),
+    "retried_failed": ("error", "Retried: it failed again."),
+    "queued": ("ok", "Retry queued: Salesforce has not answered yet; the outcome will be a new row "
+                     "for that record."),
+    "already_retried": ("error", "That sync log was already retried."),
+    "retried_all": ("ok", "Retried every failed job that no later sync resolved; the outcomes are the "
+                          "newest rows."),
     "imported": ("ok", "Re-imported the record."),
     "not_found": ("error", "That sync log no longer exists."),
     "not_failed": ("error", "Only failed sync logs can be retried."),
@@ -38,6 +43,8 @@ class PageView:
     next_cursor: str | None
     instance_url: str
     notice: str | None = None
+    notice_row: str | None = None      # the retry's outcome row, which the banner links to
+    notice_record: str | None = None   # its record (the link shows that record's rows)
 
 
 def _e(value: object) -> str:
@@ -93,18 +100,24 @@ def render_logs_page(view: PageView) -> str:
         '<header class="top"><h1>Sync Logs</h1>'
         '<form method="post" action="/logs/logout"><button class="quiet" type="submit">Log out</button>'
         "</form></header>"
-        f"{_status_strip(view.status)}{_failures_panel(view.status, view.filters)}{_notice(view.notice)}"
+        f"{_status_strip(view.status)}{_failures_panel(view.status, view.filters)}{_notice(view)}"
         f"{_filter_form(view.filters)}"
         f"{_table(view)}{_pager(view)}"
     )
     return _document("Sync Logs", f"<main>{body}</main>")
 
 
-def _notice(code: str | None) -> str:
+def _notice(view: PageView) -> str:
+    code = view.notice
     if not code or code not in NOTICES:
         return ""
     kind, text = NOTICES[code]
-    return f'<p class="notice {kind}" role="status">{_e(text)}</p>'
+    link = ""
+    if view.notice_row:
+        href = (f"/logs?{urlencode({'record': view.notice_record})}" if view.notice_record else "/logs") \
+            + f"#log-{quote(view.notice_row, safe='')}"
+        link = f' <a href="{_e(href)}">See the outcome</a>'
+    return f'<p class="notice {kind}" role="status">{_e(text)}{link}</p>'
 
 
 def _status_strip(status: Mapping[str, Any]) -> str:
@@ -244,25 +257,38 @@ def _details_cell(item: Mapping[str, Any], back: str) -> str:
         parts.append(f'<p class="error">{_e(item["error"])}</p>')
     fields = item.get("fields")
     if isinstance(fields, Mapping) and fields:
-        parts.append(f'<p class="fields">{_fields_summary(fields)}</p>')
+        parts.append(f'<div class="fields">{_fields_summary(fields)}</div>')
+    meta: list[str] = []
     count = item.get("count")
     if isinstance(count, int) and (count > 1 or item.get("type") == "import"):
-        parts.append(f'<span class="meta">{count:,} record{"s" if count != 1 else ""}</span>')
+        meta.append(f'{count:,} record{"s" if count != 1 else ""}')
     attempt = item.get("attempt")
     if isinstance(attempt, int) and attempt > 1:
-        parts.append(f'<span class="meta">attempt {attempt}</span>')
-    if item.get("status") == "failed":
-        parts.append(_retry_control(item, back))
+        meta.append(f"attempt {attempt}")
+    state = _retry_state(item) if item.get("status") == "failed" else None
+    if state:
+        meta.append(state)
+    if meta:
+        parts.append(" · ".join(f'<span class="meta">{_e(m)}</span>' for m in meta))
+    if item.get("status") == "failed" and state is None:
+        parts.append(_retry_form(item, back))
     return "".join(parts) or '<span class="meta">—</span>'
 
 
-def _retry_control(item: Mapping[str, Any], back: str) -> str:
+def _retry_state(item: Mapping[str, Any]) -> str | None:
+    """Why a failed row has no Retry button, or None when it has one."""
     if item.get("retried_by"):
-        return '<span class="meta">retried</span>'
+        return "retried"
+    if item.get("resolved"):
+        return "resolved"  # a later sync of the same record and fields succeeded
     # `retriable` only says whether the automatic retry may re-run it; an admin can retry any
     # failure that recorded its job (after fixing the data, for a permanent error).
     if "job" in item and not item.get("job"):
-        return '<span class="meta">nothing to retry</span>'
+        return "nothing to retry"
+    return None
+
+
+def _retry_form(item: Mapping[str, Any], back: str) -> str:
     action = "/logs/retry/" + quote(str(item.get("id") or ""), safe="")
     return (
         f'<form class="retry" method="post" action="{_e(action)}">'
@@ -277,17 +303,20 @@ def _short(value: Any, width: int = 40) -> str:
 
 
 def _fields_summary(fields: Mapping[str, Any], most: int = 4) -> str:
-    shown: list[str] = []
-    for name, change in list(fields.items())[:most]:
-        if isinstance(change, Mapping) and ("old" in change or "new" in change):
-            text = f"{name}: {_short(change.get('old'))} → {_short(change.get('new'))}"
-        else:
-            text = f"{name}: {_short(change)}"
-        shown.append(f"<span>{_e(text)}</span>")
-    more = len(fields) - most
-    if more > 0:
-        shown.append(f'<span class="meta">+{more} more</span>')
-    return "".join(shown)
+    shown = [_field_change(name, change) for name, change in fields.items()]
+    if len(shown) <= most:
+        return "".join(shown)
+    rest = "".join(shown[most:])
+    return ("".join(shown[:most]) +
+            f'<details class="more"><summary>+{len(shown) - most} more</summary>{rest}</details>')
+
+
+def _field_change(name: str, change: Any) -> str:
+    if isinstance(change, Mapping) and ("old" in change or "new" in change):
+        text = f"{name}: {_short(change.get('old'))} → {_short(change.get('new'))}"
+    else:
+        text = f"{name}: {_short(change)}"
+    return f"<span>{_e(text)}</span>"
 
 
 def _pager(view: PageView) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import structlog
@@ -12,10 +14,11 @@ from reconciler.errors import BudgetExhaustedError, RetriableError, SyncError
 from service.admin import auth
 from service.admin._http import (
     CONTEXT,
+    cannot_retry,
     css_response,
     find_logs,
+    get_log,
     html_response,
-    load_failed_log,
 )
 from service.admin.filters import BadParameter
 from service.admin.guard import same_origin
@@ -80,7 +83,8 @@ async def _page(request: web.Request) -> web.Response:
         return html_response(render_message_page("Bad filter", f"{exc.parameter} {exc.reason}"), status=400)
     view = PageView(items=items, status=ctx.status.status(), filters=filters, next_cursor=next_cursor,
                     instance_url=ctx.status.status().get("instance_url") or ctx.instance_url,
-                    notice=request.query.get("notice"))
+                    notice=request.query.get("notice"), notice_row=request.query.get("row"),
+                    notice_record=request.query.get("row_record"))
     return html_response(render_logs_page(view))
 
 
@@ -122,10 +126,17 @@ def _redirect(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
 
 
-def _back_to(back: object, notice: str) -> web.Response:
-    """Redirect to the page the form came from; only its query survives, so no open redirect."""
-    pairs = [(k, v) for k, v in parse_qsl(back if isinstance(back, str) else "") if k != "notice"]
+def _back_to(back: object, notice: str, row: Mapping[str, Any] | None = None) -> web.Response:
+    """Redirect to the page the form came from; only its query survives, so no open redirect.
+    `row`: the retry's outcome row, which the banner links to (`row`, `row_record`)."""
+    pairs = [(k, v) for k, v in parse_qsl(back if isinstance(back, str) else "")
+             if k not in ("notice", "row", "row_record")]
     pairs.append(("notice", notice))
+    if row and row.get("id"):
+        pairs.append(("row", str(row["id"])))
+        record = row.get("sf_id") or row.get("local_id")
+        if record:
+            pairs.append(("row_record", str(record)))
     return _redirect("/logs?" + urlencode(pairs))
 
 
@@ -135,11 +146,12 @@ async def _retry(request: web.Request) -> web.Response:
         return refused
     form = await request.post()
     log_id = request.match_info["id"]
-    found = await load_failed_log(request, log_id)
-    if isinstance(found, web.Response):
-        return _back_to(form.get("back"), "not_found" if found.status == 404 else "not_failed")
+    why_not = cannot_retry(await get_log(request, log_id), log_id)
+    if why_not is not None:
+        return _back_to(form.get("back"), why_not[1])
     log.info("admin_retry", log_id=log_id, via="page")
-    return _back_to(form.get("back"), await _run(request, "retried", log_id))
+    notice, outcome = await _run(request, "retried", log_id)
+    return _back_to(form.get("back"), notice, outcome)
 
 
 async def _retry_failed(request: web.Request) -> web.Response:
@@ -148,22 +160,35 @@ async def _retry_failed(request: web.Request) -> web.Response:
         return refused
     form = await request.post()
     log.info("admin_retry_failed", via="page")
-    return _back_to(form.get("back"), await _run(request, "retried_all", None))
+    notice, _ = await _run(request, "retried_all", None)
+    return _back_to(form.get("back"), notice)
 
 
-async def _run(request: web.Request, done: str, log_id: str | None) -> str:
-    """Run a retry; the notice code to show."""
-    jobs = request.app[CONTEXT].jobs
+# a job's outcome status (`reconciler.jobs.Status`) -> the notice that tells it
+_OUTCOME_NOTICES = {"queued": "queued", "already_retried": "already_retried", "not_found": "not_found",
+                    "not_failed": "not_failed", "paused": "unavailable", "unsupported": "error"}
+
+
+async def _run(request: web.Request, done: str, log_id: str | None
+               ) -> tuple[str, Mapping[str, Any] | None]:
+    """Run a retry; the notice code to show and, for one log, the outcome row (the new log)."""
+    ctx = request.app[CONTEXT]
     try:
         if log_id is None:
-            await jobs.retry_failed()
-        else:
-            await jobs.retry(log_id)
+            await ctx.jobs.retry_failed()
+            return done, None
+        result = await ctx.jobs.retry(log_id)
     except (RetriableError, BudgetExhaustedError):
-        return "unavailable"
+        return "unavailable", None
     except NotLeaderError:
-        return "standby"
+        return "standby", None
     except SyncError as exc:
         log.warning("admin_retry_failed_to_run", log_id=log_id, error=str(exc))
-        return "error"
-    return done
+        return "error", None
+    items = result.get("items") or [{"status": "retried", "new_log_ids": [result.get("new_log_id")]}]
+    status = str(items[0].get("status"))
+    if status != "retried":
+        return _OUTCOME_NOTICES.get(status, "error"), None
+    new_ids = [i for i in items[0].get("new_log_ids") or [] if i]
+    row = await get_log(request, str(new_ids[0])) if new_ids else None
+    return ("retried_failed" if row and row.get("status") == "failed" else done), row

@@ -304,12 +304,15 @@ class TestPageAccess:
         assert status == 200 and "REQUIRED_FIELD_MISSING" in text and "CEO" not in text
 
     async def test_retry_form_redirects_back_with_a_notice(self, admin: Admin) -> None:
-        """The Retry form runs the retry and redirects back to the same filters."""
+        """The Retry form runs the retry and redirects back to the same filters, the banner
+        pointing at the outcome's row (issue 10 item 6)."""
         failed = admin.log_ids[5]
         async with admin.http.post(admin.url + f"/logs/retry/{failed}", headers=AUTH,
                                    data={"back": "status=failed&notice=x"}, allow_redirects=False) as r:
             assert r.status == 303
-            assert r.headers["Location"] == "/logs?status=failed&notice=retried"
+            outcome = (await admin.store.get_sync_log(failed) or {})["retried_by"]
+            assert r.headers["Location"] == (
+                f"/logs?status=failed&notice=retried&row={outcome}&row_record=665f00000000000000000005")
         assert admin.jobs.calls == [("retry", failed)]
 
     async def test_retry_form_needs_auth(self, admin: Admin) -> None:

@@ -86,6 +86,22 @@ class TestRetryImportStatus:
         assert await sfsync("retry", "0" * 24) == 1
         assert "404 not_found" in capsys.readouterr().err
 
+    async def test_retry_of_an_already_retried_log(self, admin: RunningAdmin,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+        """Issue 10 item 6: retrying a row already retried is an error (exit 1), and runs nothing."""
+        assert await sfsync("retry", admin.log_ids[1]) == 0
+        capsys.readouterr()
+        assert await sfsync("retry", admin.log_ids[1]) == 1
+        assert "409 already_retried" in capsys.readouterr().err
+        assert admin.jobs.calls == [("retry", admin.log_ids[1])]
+
+    async def test_import_of_an_id_salesforce_does_not_have(self, admin: RunningAdmin,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+        """Issue 10 item 6: importing a record Salesforce does not return is an error (exit 1)."""
+        admin.jobs.missing.add("00Q00000000000MAAA")
+        assert await sfsync("import", "00Q00000000000MAAA") == 1
+        assert "404 not_found" in capsys.readouterr().err
+
     async def test_import(self, admin: RunningAdmin, capsys: pytest.CaptureFixture[str]) -> None:
         """`sfsync import SF_ID` re-imports one record."""
         assert await sfsync("import", "00Q000000000009AAA") == 0

@@ -53,6 +53,7 @@ class FakeJobs:
     store: Store
     calls: list[tuple[str, str | None]] = field(default_factory=list)
     error: SyncError | None = None
+    missing: set[str] = field(default_factory=set)   # ids Salesforce does not have
 
     async def retry(self, log_id: str) -> dict[str, Any]:
         self.calls.append(("retry", log_id))
@@ -76,6 +77,8 @@ class FakeJobs:
         self.calls.append(("import", sf_id))
         if self.error is not None:
             raise self.error
+        if sf_id in self.missing:  # as `reconciler.jobs.AdminJobs` answers it
+            return {"retried": 0, "items": [{"log_id": None, "status": "not_found", "new_log_ids": []}]}
         (new_id,) = await self.store.insert_sync_logs([
             SyncLog(source="salesforce", type="import", status="success", object="Lead", sf_id=sf_id)
         ])

@@ -113,6 +113,33 @@ class TestRetryButton:
         assert 'class="retry"' not in html and "title: CTO → CEO" in html
 
 
+class TestRetryRows:
+    """Issue 10 item 6: retry rows tell the truth and read well."""
+
+    def test_attempt_and_retried_are_separate_words(self) -> None:
+        """A retried second attempt reads "attempt 2 · retried", not "attempt 2retried"."""
+        html = page([log(status="failed", error="x", attempt=2, retried_by="665f00000000000000000fff")])
+        text = re.sub(r"<[^>]+>", "", html)
+        assert "attempt 2retried" not in text and "attempt 2 · retried" in text
+
+    def test_more_fields_expand(self) -> None:
+        """Past the first four fields, "+N more" is a <details> holding the rest."""
+        fields = {f"f{i}": {"old": i, "new": i + 1} for i in range(6)}
+        html = page([log(fields=fields)])
+        assert re.search(r"<details[^>]*><summary>\+2 more</summary>.*f4: 4 → 5.*f5: 5 → 6.*</details>", html)
+
+    def test_a_resolved_failure_offers_no_retry(self) -> None:
+        """A failure a later sync of the same record and fields fixed says so, without a button."""
+        html = page([log(status="failed", error="x", resolved={"by": "665f00000000000000000fff"})])
+        assert 'class="retry"' not in html and "resolved" in re.sub(r"<[^>]+>", "", html)
+
+    def test_the_banner_points_at_the_outcome_row(self) -> None:
+        """After a retry the banner links to the outcome's row, on the record's page."""
+        html = page([], notice="retried", notice_row="665f00000000000000000fff",
+                    notice_record="00Q000000000001AAA")
+        assert 'href="/logs?record=00Q000000000001AAA#log-665f00000000000000000fff"' in html
+
+
 class TestStatusStrip:
     def test_mode_budget_last_event_and_queue(self) -> None:
         """The strip shows mode, API budget used/max and % left, last event, queue depth."""
