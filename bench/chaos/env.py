@@ -19,6 +19,7 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from bench.chaos.plants import service_env
 from tests.support.emulator import EmulatorProcess
 from tests.support.secantus import _daemon, free_port
 from tests.support.service import Reply, SalesforceOrg, ServiceProcess, http
@@ -252,9 +253,10 @@ class StateRecorder:
 class Environment:
     """Everything a run starts, and stops at the end."""
 
-    def __init__(self, work: Path, *, database: str = "chaos") -> None:
+    def __init__(self, work: Path, *, database: str = "chaos", plant: str | None = None) -> None:
         self.work = work
         self.database = database
+        self.plant = plant  # a planted bug in both replicas (test-only: bench/chaos/plants.py)
         self.mongo = Mongo(work)
         self.emulator = EmulatorProcess(free_port(), (), work / "emulator.log")
         self.org = ChaosOrg(self.emulator.base_url)
@@ -273,13 +275,14 @@ class Environment:
         self.emulator.start()
         self.recorder = StateRecorder(self.mongo.uri, self.database)
         self.recorder.start()
+        extra_env = {"SFSYNC_SYNC__LEASE_SECONDS": str(LEASE_SECONDS), "SFSYNC_SYNC__FREQUENCY_MINUTES": "1"}
+        if self.plant is not None:
+            extra_env.update(service_env(self.plant))
         for name in ("replica-a", "replica-b"):
             service = ServiceProcess(
                 workdir=self.work / name, salesforce_url=self.emulator.base_url,
                 mongo_uri=f"{self.mongo.uri}&retryWrites=false", database=self.database,
-                mappings=CHAOS_MAPPINGS,
-                extra_env={"SFSYNC_SYNC__LEASE_SECONDS": str(LEASE_SECONDS),
-                           "SFSYNC_SYNC__FREQUENCY_MINUTES": "1"})
+                mappings=CHAOS_MAPPINGS, extra_env=dict(extra_env))
             self.replicas.append(Replica(name, service))
         self.replicas[0].service.start(ready_timeout=60)
         self.wait_leader(timeout=60)
