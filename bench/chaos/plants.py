@@ -20,8 +20,9 @@ The plants, one rule each (what the oracle should then report is in `EXPECTED`):
 - `offset_order`: the CometD stream commits a batch's replay ids *before* it fetches gaps and
   applies the batch (`CdcStream._process` with the two halves swapped), so a batch whose apply
   fails or is cut short is never redelivered;
-- `blank_rule`: `is_blank` always False in the merge core and the outbound request builder, so a
-  blank is data: it wins by time and is written to the other side;
+- `blank_rule`: `is_blank` always False wherever the rule is applied (the merge core, conversion
+  merges, `local_to_sf`, the outbox, the outbound request builder), so a blank is data: it wins
+  by time and is written to the other side;
 - `conversion_relink`: `reconciler.conversion.relink` does nothing, so a converted Lead's Person
   stays on the Lead and the Contact makes a Person of its own.
 """
@@ -83,14 +84,18 @@ def _echo_filter() -> None:
 
 
 def _blank_rule() -> None:
+    import reconciler.conversion as conversion
     import reconciler.merge as merge
     import reconciler.outbound as outbound
+    import reconciler.outbox as outbox
+    import reconciler.records as records
 
     def never_blank(value: Any) -> bool:
         return False
 
-    setattr(merge, "is_blank", never_blank)  # noqa: B010 (module globals the code looks up at call time)
-    setattr(outbound, "is_blank", never_blank)  # noqa: B010
+    # every module that applies the rule looks `is_blank` up in its own globals at call time
+    for module in (records, merge, conversion, outbox, outbound):
+        setattr(module, "is_blank", never_blank)  # noqa: B010
 
 
 def _conversion_relink() -> None:
