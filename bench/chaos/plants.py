@@ -19,7 +19,9 @@ The plants, one rule each (what the oracle should then report is in `EXPECTED`):
   are applied as Salesforce changes;
 - `offset_order`: the CometD stream commits a batch's replay ids *before* it fetches gaps and
   applies the batch (`CdcStream._process` with the two halves swapped), so a batch whose apply
-  fails or is cut short is never redelivered;
+  fails or is cut short is never redelivered. The apply then waits APPLY_DELAY seconds, so that
+  a kill or stop of the leader right after a Salesforce edit falls in the window; its baseline
+  is the control `slow_apply` (the same wait, the service's order), not a plain run;
 - `blank_rule`: `is_blank` always False wherever the rule is applied (the merge core, conversion
   merges, `local_to_sf`, the outbox, the outbound request builder), so a blank is data: it wins
   by time and is written to the other side;
@@ -38,6 +40,7 @@ PLANT_VAR = "SFSYNC_TEST_PLANT"
 ALLOW_VAR = "SFSYNC_TEST_PLANTS_ALLOWED"
 SITE_DIR = Path(__file__).with_name("plant_site")
 REFUSED_EXIT = 70
+APPLY_DELAY = 1.0  # seconds a batch waits before its apply, in `offset_order` and its control
 
 # plant -> the violation classes (oracle checks) it should produce
 EXPECTED: dict[str, frozenset[str]] = {
@@ -47,12 +50,14 @@ EXPECTED: dict[str, frozenset[str]] = {
     "conversion_relink": frozenset({"duplicate", "lost_change"}),
 }
 PLANTS = tuple(EXPECTED)
+# not a bug: the same slow apply as `offset_order`, in the right order (that plant's baseline)
+CONTROLS = ("slow_apply",)
 
 
 def service_env(plant: str) -> dict[str, str]:
     """The extra environment of a replica started with `plant` (see the module docstring)."""
-    if plant not in EXPECTED:
-        raise ValueError(f"unknown plant {plant!r}; known: {', '.join(PLANTS)}")
+    if plant not in PLANTS + CONTROLS:
+        raise ValueError(f"unknown plant {plant!r}; known: {', '.join(PLANTS + CONTROLS)}")
     root = str(Path(__file__).resolve().parents[2])
     path = [str(SITE_DIR), root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {PLANT_VAR: plant, ALLOW_VAR: "1", "PYTHONPATH": os.pathsep.join(path)}
@@ -63,13 +68,13 @@ def install() -> None:
     plant = os.environ.get(PLANT_VAR, "")
     if not plant:
         return
-    if os.environ.get(ALLOW_VAR) != "1" or plant not in EXPECTED:
+    if os.environ.get(ALLOW_VAR) != "1" or plant not in PLANTS + CONTROLS:
         sys.stderr.write(f"{PLANT_VAR}={plant!r} refused (test-only; needs {ALLOW_VAR}=1 and one of "
-                         f"{', '.join(PLANTS)})\n")
+                         f"{', '.join(PLANTS + CONTROLS)})\n")
         sys.stderr.flush()
         os._exit(REFUSED_EXIT)
     {"echo_filter": _echo_filter, "offset_order": _offset_order, "blank_rule": _blank_rule,
-     "conversion_relink": _conversion_relink}[plant]()
+     "conversion_relink": _conversion_relink, "slow_apply": _slow_apply}[plant]()
     sys.stderr.write(f"{PLANT_VAR} active: {plant}\n")
     sys.stderr.flush()
 
@@ -108,7 +113,10 @@ def _conversion_relink() -> None:
 
 
 def _offset_order() -> None:
-    """`CdcStream._process` as in listener/sources/cometd.py, the offsets committed first."""
+    """`CdcStream._process` as in listener/sources/cometd.py, the offsets committed first, and
+    the apply APPLY_DELAY seconds later (as in `slow_apply`) so that a process fault can fall
+    between the two."""
+    import asyncio
     from datetime import UTC, datetime
 
     import listener.sources.cometd as cometd
@@ -121,6 +129,7 @@ def _offset_order() -> None:
         self._offsets.applied(batch.offsets)  # planted: committed before the apply below
         await self._offsets.commit()
         policy.committed()
+        await asyncio.sleep(APPLY_DELAY)  # a slow apply: the window a process fault falls in
         changes = batch.changes
         if batch.gaps:
             changes = changes + await self._fetch_gaps(batch.gaps)
@@ -135,4 +144,21 @@ def _offset_order() -> None:
     cometd.CdcStream._process = process_offsets_first  # type: ignore[method-assign]
 
 
-__all__ = ["ALLOW_VAR", "EXPECTED", "PLANTS", "PLANT_VAR", "SITE_DIR", "install", "service_env"]
+def _slow_apply() -> None:
+    """The control of `offset_order`: every batch waits APPLY_DELAY seconds, then is processed
+    as the service does it (applied, then its offsets committed)."""
+    import asyncio
+
+    import listener.sources.cometd as cometd
+
+    process = cometd.CdcStream._process
+
+    async def slow_process(self: Any, messages: Any, policy: Any) -> None:
+        await asyncio.sleep(APPLY_DELAY)
+        await process(self, messages, policy)
+
+    cometd.CdcStream._process = slow_process  # type: ignore[method-assign]
+
+
+__all__ = ["ALLOW_VAR", "APPLY_DELAY", "CONTROLS", "EXPECTED", "PLANTS", "PLANT_VAR", "SITE_DIR", "install",
+           "service_env"]
