@@ -47,6 +47,7 @@ class Faults:
     killed: dict[str, Replica] = field(default_factory=dict)   # fault id -> replica
     stopped: dict[str, Replica] = field(default_factory=dict)
     acks: list[Ack] = field(default_factory=list)              # silent Salesforce writes (gap/overflow)
+    skews: dict[str, float] = field(default_factory=dict)      # open clock_skew faults, in order
 
     def inject(self, step: Step) -> FaultRecord:
         try:
@@ -77,8 +78,10 @@ class Faults:
             self.env.org.control("POST", "chaos/retention", {"seconds": RETENTION_DEFAULT})
             detail = "retention 72h"
         elif step.kind == "clock_skew":
-            self.env.org.control("POST", "clock", {"offset_seconds": 0})
-            detail = "org clock offset 0s"
+            self.skews.pop(fid, None)  # back to the skew still open, if another one is
+            offset = list(self.skews.values())[-1] if self.skews else 0.0
+            self.env.org.control("POST", "clock", {"offset_seconds": offset})
+            detail = f"org clock offset {offset:g}s"
         return FaultRecord(step.id, step.kind, time.time(), "healed", detail)
 
     def heal_all(self) -> list[FaultRecord]:
@@ -92,6 +95,7 @@ class Faults:
         self.env.org.control("DELETE", "faults")
         self.env.org.control("POST", "budget", {"used": 0})
         self.env.org.control("POST", "chaos/retention", {"seconds": RETENTION_DEFAULT})
+        self.skews.clear()
         self.env.org.control("POST", "clock", {"offset_seconds": 0})
         for replica in self.env.replicas:
             if not replica.service.running:
@@ -202,6 +206,7 @@ class Faults:
     def _clock_skew(self, step: Step) -> str:
         offset = float(step.args["offset_s"])
         self._control("POST", "clock", {"offset_seconds": offset})
+        self.skews[step.id] = offset
         return f"org clock {'ahead of' if offset > 0 else 'behind'} the host by {abs(offset):g}s"
 
     def _poison_event(self, step: Step) -> str:
