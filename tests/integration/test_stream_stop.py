@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,19 +17,17 @@ from typing import Any
 import pytest
 
 from listener.events import parse_message
-from listener.sources._sfstream_compat import CommittedReplayIds
-from listener.sources.cometd import CdcStream, StreamOptions
+from listener.sources.cometd import CdcStream
 from listener.sources.polling import Poller
 from reconciler.errors import FencedError
 from reconciler.inbound import Reconciler
 from reconciler.ports import RejectedEvent, SalesforceChange
 from reconciler.store import Fence, Store
 from reconciler.store.state_keys import replay_key, watermark_key
-from tests.integration.test_stream_poison import CHANNEL, event
 from tests.support.eventually import eventually
 from tests.support.mappings import LEAD_NAME_MAPPINGS
 from tests.support.salesforce_changes import FakeSalesforce
-from tests.support.stream_fakes import NoCatchUp, ScriptedSession
+from tests.support.stream_fakes import CHANNEL, ScriptedSession, event, scripted_stream
 
 
 @dataclass
@@ -64,23 +62,8 @@ class WriteLog:
         self.writes.append((time.monotonic(), key))
 
 
-@pytest.fixture
-async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
-    store = await Store.connect(mongo_uri, database_name)
-    await store.ensure_indexes()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
 def stream_with(store: Any, sink: Any, session: ScriptedSession, **kwargs: Any) -> CdcStream:
-    def factory(replay: CommittedReplayIds) -> ScriptedSession:
-        return session
-
-    options = StreamOptions("salesforce-sync", "62.0", batch_size=10, stop_deadline=0.5)
-    return CdcStream(sf=object(), store=store, sink=sink, catch_up=NoCatchUp(),  # type: ignore[arg-type]
-                     objects=["Lead"], options=options, session_factory=factory, **kwargs)
+    return scripted_stream(store, sink, session, batch_size=10, stop_deadline=0.5, **kwargs)
 
 
 class TestBoundedStop:
