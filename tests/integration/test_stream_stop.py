@@ -66,6 +66,20 @@ def stream_with(store: Any, sink: Any, session: ScriptedSession, **kwargs: Any) 
     return scripted_stream(store, sink, session, batch_size=10, stop_deadline=0.5, **kwargs)
 
 
+async def two_terms(store: Store) -> tuple[Fence, Fence]:
+    """Owner a takes the sync lease (term 1), then owner b after a's lease expired (term 2, on a
+    clock 31 s ahead): the fences of both terms, term 1's now stale."""
+    old = store.lease("sync", owner="a", ttl=30)
+    assert await old.acquire()
+    stale = old.fence()
+    assert stale is not None
+    new = store.lease("sync", owner="b", ttl=30, clock=lambda: datetime.now(UTC) + timedelta(seconds=31))
+    assert await new.acquire()
+    current = new.fence()
+    assert current is not None
+    return stale, current
+
+
 class TestBoundedStop:
     async def test_stop_waits_for_the_batch_up_to_the_deadline_then_cancels_it(self, store: Store) -> None:
         """A batch stuck in apply: `run` returns about `stop_deadline` after stop, the batch is
@@ -135,11 +149,7 @@ class TestFencedOffsets:
 class TestFencedWatermarks:
     async def test_an_old_terms_poll_pass_writes_no_watermark(self, store: Store) -> None:
         """A poll pass for term 1 after term 2 took the lease: FencedError, watermark untouched."""
-        old = store.lease("sync", owner="a", ttl=30)
-        assert await old.acquire()
-        stale = old.fence()
-        new = store.lease("sync", owner="b", ttl=30, clock=lambda: datetime.now(UTC) + timedelta(seconds=31))
-        assert await new.acquire()
+        stale, _ = await two_terms(store)
         record = {"Id": "00Q000000000001AAA", "SystemModstamp": "2024-05-01T10:00:00Z",
                   "LastModifiedDate": "2024-05-01T10:00:00Z", "IsDeleted": False, "LastName": "X"}
         sink = SlowSink(seconds=0.0)
@@ -155,11 +165,7 @@ class TestFencedWatermarks:
 class TestFencedRecords:
     async def test_an_old_terms_inbound_write_is_refused(self, store: Store) -> None:
         """The reconciler writing for term 1 after term 2 took the lease: FencedError, no record."""
-        old = store.lease("sync", owner="a", ttl=30)
-        assert await old.acquire()
-        stale = old.fence()
-        new = store.lease("sync", owner="b", ttl=30, clock=lambda: datetime.now(UTC) + timedelta(seconds=31))
-        assert await new.acquire()
+        stale, _ = await two_terms(store)
         sink = Reconciler(store, LEAD_NAME_MAPPINGS, fence=lambda: stale)
         [change] = parse_one(event(1))
         with pytest.raises(FencedError):
