@@ -34,9 +34,9 @@ from tests.support.service import (
     linked_lead,
     logs_of,
     platform_edit,
+    running_pipeline,
     stays,
     wait_for,
-    wait_pipeline,
 )
 
 ALERT_WAIT = 40.0  # status refresh (5 s) + alert watch (5 s) + the webhook POST, with room
@@ -106,16 +106,10 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def service(service_factory: ServiceFactory, org: SalesforceOrg, db: Database[Doc],
             receiver: Receiver) -> Iterator[ServiceProcess]:
-    running = service_factory(sample_mappings())
-    running.extra_env["SFSYNC_ALERTS__WEBHOOK_URL"] = receiver.url
-    running.extra_env["SFSYNC_BUDGET__CHECK_SECONDS"] = "0.5"
-    running.start()
-    wait_pipeline(org, db)
-    try:
+    with running_pipeline(service_factory(sample_mappings()), org, db,
+                          SFSYNC_ALERTS__WEBHOOK_URL=receiver.url,
+                          SFSYNC_BUDGET__CHECK_SECONDS="0.5") as running:
         yield running
-    finally:
-        org.control("POST", "budget", {"used": 0})
-        running.stop()
 
 
 def mode_messages(receiver: Receiver) -> list[str]:
