@@ -19,11 +19,14 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN useradd --system --uid 10001 --user-group --create-home --home-dir /app sfsync
+# uid/gid 10001: a mounted private key must be readable by it (see the README's deployment guide).
+RUN groupadd --system --gid 10001 sfsync \
+    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /app sfsync
 COPY --from=build /wheels /wheels
 RUN pip install /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
-USER sfsync
+# Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
 EXPOSE 8080
 # No curl in the slim image: ask /healthz with the Python standard library.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \

@@ -17,6 +17,7 @@ from emulator.sample import generate_leads, seed_sample
 from emulator.state import EmulatorConfig, EmulatorState
 from emulator.streaming_control import add_streaming_control_routes
 from emulator.time_control import OrgClock, install_time_control
+from emulator.tooling import add_tooling_routes
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -40,6 +41,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
         app["state"] = state
     app.router.add_post("/services/oauth2/token", token_endpoint)
     add_rest_routes(app)
+    add_tooling_routes(app, control=config.control_enabled)
     install_time_control(app)
     if config.control_enabled:
         add_control_routes(app)

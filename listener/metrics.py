@@ -28,6 +28,8 @@ _HELP: dict[str, tuple[str, str]] = {
     "sfsync_replay_lag_seconds": ("gauge", "CDC stream only: seconds from the newest Salesforce change in "
                                   "the last applied batch (its commit time) to the end of its apply"),
     "sfsync_sync_failures_total": ("counter", "Failed sync logs written, by source"),
+    "sfsync_alerts_sent_total": ("counter", "Alert messages delivered to SFSYNC_ALERTS__WEBHOOK_URL"),
+    "sfsync_alerts_dropped_total": ("counter", "Alert messages dropped, by reason"),
     "sfsync_task_failures_total": ("counter", "Unexpected exits of supervised background tasks, by task"),
 }
 

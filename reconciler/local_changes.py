@@ -11,6 +11,12 @@ sent back. Deletes are logged only.
 Offsets follow their effects: the resume token (`resume:<collection>`) or watermark
 (`local_watermark:<collection>`) is saved only after the outbox holds the writes it covers.
 
+Polling reads up to `settle` before now, and each pass starts `overlap` (default 2 minutes,
+SFSYNC_SYNC__POLL_OVERLAP_SECONDS) before its watermark: a platform write stamped `updated_at`
+before the watermark (a commit slower than `settle`, a writer whose clock runs behind) is still
+read. Pairs (_id, updated_at) already handled within the window are skipped; the watermark never
+moves back. Cost: MongoDB reads of the window's documents each pass; no API call.
+
 A local edit is a change, not a merge: it goes out for `both` and `to_salesforce` fields
 whatever the merge behaviour, which decides only at merges, where both values are known (link,
 retry, re-import, conversion, mapping edit). The merge core (`merge_field`, with Salesforce's
@@ -194,7 +200,7 @@ class LocalChangeWatcher:
         force_polling: bool = False, poll_interval: timedelta = timedelta(seconds=5),
         settle: timedelta = timedelta(seconds=1), max_await_ms: int = 500,
         token_save_interval: timedelta = timedelta(seconds=30), page_size: int = 500,
-        clock: Clock = utcnow,
+        clock: Clock = utcnow, overlap: timedelta = timedelta(minutes=2),
     ) -> None:
         self._store, self._mappings, self._outbox = store, mappings, outbox
         self._collections = list(collections)
@@ -203,6 +209,8 @@ class LocalChangeWatcher:
         self._poll_interval, self._settle = poll_interval, settle
         self._max_await_ms, self._token_save_interval = max_await_ms, token_save_interval
         self._page_size, self._clock = page_size, clock
+        self._overlap = overlap
+        self._handled: dict[str, dict[tuple[Any, datetime], None]] = {}  # polling: per collection
         self.mode: str | None = None          # "stream" | "poll", decided at start
         self.edits_enqueued = 0
 
@@ -298,28 +306,47 @@ class LocalChangeWatcher:
         if state is None:  # first start: from now on, not the whole history
             state = {"updated_at": self._clock() - self._settle, "id": None}
             await self._store.save_state(key, state)
-        after: tuple[datetime, Any | None] = (state["updated_at"], state.get("id"))
+        mark: tuple[datetime, Any | None] = (state["updated_at"], state.get("id"))
+        after: tuple[datetime, Any | None] = (mark[0] - self._overlap, None) if self._overlap else mark
         total = 0
         while True:
-            new_after, count = await self._poll_page(watched, after)
+            after, count = await self._poll_page(watched, after)
             total += count
-            if new_after != after:
-                await self._store.save_state(key, {"updated_at": new_after[0], "id": new_after[1]})
-                after = new_after
+            if _later(after, mark):
+                await self._store.save_state(key, {"updated_at": after[0], "id": after[1]})
+                mark = after
             if count < self._page_size:
+                self._forget_before(watched.name, mark[0] - self._overlap)
                 return total
+
+    def _forget_before(self, collection: str, at: datetime) -> None:
+        handled = self._handled.get(collection, {})
+        for pair in [p for p in handled if p[1] < at]:
+            del handled[pair]
 
     async def _poll_page(self, watched: WatchedCollection, after: tuple[datetime, Any | None]
                          ) -> tuple[tuple[datetime, Any | None], int]:
         # The signpost lags `settle` behind now: a write stamped just before a slow commit is
         # still read on the next pass.
         until = self._clock() - self._settle
-        docs = await watched.changed_since(after, until, self._page_size)
-        if not docs:
+        read = await watched.changed_since(after, until, self._page_size)
+        if not read:
             return after, 0
+        last = read[-1]
+        handled = self._handled.setdefault(watched.name, {})
+        docs = [d for d in read if (d["_id"], d["updated_at"]) not in handled]
+        handled.update({(d["_id"], d["updated_at"]): None for d in docs})
+        if not docs:
+            return (last["updated_at"], last["_id"]), len(read)
         seen = await watched.snapshots([d["_id"] for d in docs])
         plan = plan_polled(self._mappings, self._objects, watched.name, docs, seen)
         await self.apply(watched, plan)
         await watched.save_snapshots({d["_id"]: snapshot(self._mappings, watched.name, d) for d in docs})
-        last = docs[-1]
-        return (last["updated_at"], last["_id"]), len(docs)
+        return (last["updated_at"], last["_id"]), len(read)
+
+
+def _later(a: tuple[datetime, Any | None], b: tuple[datetime, Any | None]) -> bool:
+    """Whether keyset position `a` is past `b` (an id-less position is the start of its time)."""
+    if a[0] != b[0]:
+        return a[0] > b[0]
+    return a[1] is not None and (b[1] is None or a[1] > b[1])

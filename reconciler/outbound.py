@@ -57,10 +57,14 @@ RETRIABLE_CODES = frozenset({
     "ALL_OR_NONE_OPERATION_ROLLED_BACK", "TOO_MANY_ENQUEUED_JOBS",
 })
 
-# Clock skew allowed between this host (`first_sent_at`) and Salesforce (`CreatedDate`, whole
-# seconds) when looking for a lost create's record. NTP keeps both well within it; the creator
-# filter (`CreatedById` = the integration user), not the time, keeps other users' records out.
+# Slack between the first send (this host's clock, moved onto Salesforce's by the learned offset
+# when the flusher has `sf_clock`, less its uncertainty) and `CreatedDate` (whole seconds) when
+# looking for a lost create's record; the creator filter (`CreatedById` = the integration user),
+# not the time, keeps other users' records out.
 RECOVERY_SKEW = timedelta(seconds=1)
+# How often the flusher returns dead claims to the queue: expired ones, and older leader terms'
+# (a fenced leader's last claim can land just after the new term's first look). One indexed query.
+RECOVER_EVERY = timedelta(seconds=2)
 RECOVERED = ("linked after lost response: the create's answer was lost; the record the "
              "integration user created after the first send was found by {key} and linked")
 
@@ -95,6 +99,17 @@ class FlushStore(Protocol):
     async def link_created(self, collection: str, local_id: Any, *, sobject: str, sf_id: str) -> bool: ...
 
     async def find_linked(self, collection: str, sf_ids: Collection[str]) -> list[dict[str, Any]]: ...
+
+
+class SalesforceTime(Protocol):
+    """Salesforce's clock minus this host's, and how far that may be off
+    (`listener.salesforce_time.SalesforceClock`)."""
+
+    @property
+    def offset(self) -> timedelta: ...
+
+    @property
+    def uncertainty(self) -> timedelta: ...
 
 
 class FlushSalesforce(SalesforceApi, Protocol):
@@ -312,8 +327,15 @@ class LostCreates:
     be verified: it is sent again (warned), a possible duplicate rather than a wrong link.
     """
 
-    def __init__(self, sf: FlushSalesforce, store: FlushStore) -> None:
-        self._sf, self._store = sf, store
+    def __init__(self, sf: FlushSalesforce, store: FlushStore,
+                 sf_clock: SalesforceTime | None = None) -> None:
+        self._sf, self._store, self._sf_clock = sf, store, sf_clock
+
+    def _not_before(self, first_sent_at: datetime) -> datetime:
+        """The earliest `CreatedDate` (Salesforce's clock) a record made by that send can have."""
+        if self._sf_clock is None:
+            return first_sent_at - RECOVERY_SKEW
+        return first_sent_at + self._sf_clock.offset - self._sf_clock.uncertainty - RECOVERY_SKEW
 
     async def find(self, sobject: str, entries: Sequence[OutboxEntry],
                    records: Sequence[Mapping[str, Any]]) -> dict[int, str]:
@@ -329,7 +351,7 @@ class LostCreates:
         since = min(sent_at, default=None)
         if user is None or since is None:
             return {}
-        soql = recovery_query(sobject, [records[i] for i in keyed], since - RECOVERY_SKEW, user)
+        soql = recovery_query(sobject, [records[i] for i in keyed], self._not_before(since), user)
         if soql is None:
             return {}
         found = [r async for page in self._sf.query(soql) for r in page]
@@ -338,7 +360,7 @@ class LostCreates:
             taken = {d["crm"]["id"] for d in await self._store.find_linked(
                 collection, [str(r["Id"]) for r in found if r.get("Id")])}
             found = [r for r in found if r.get("Id") not in taken]
-        not_before = [(entries[i].first_sent_at or since) - RECOVERY_SKEW for i in keyed]
+        not_before = [self._not_before(entries[i].first_sent_at or since) for i in keyed]
         matched = match_recovered(sobject, [records[i] for i in keyed], found, not_before)
         log.info("outbound_creates_checked", sobject=sobject, checked=len(keyed), recovered=len(matched))
         return {keyed[position]: sf_id for position, sf_id in matched.items()}
@@ -353,10 +375,10 @@ class OutboundFlusher:
         writable: Mapping[str, Mapping[str, bool]] | None = None,
         backoff_base: timedelta = timedelta(seconds=5), backoff_cap: timedelta = timedelta(minutes=5),
         budget_wait: timedelta = timedelta(minutes=1), tick: timedelta = timedelta(milliseconds=250),
-        clock: Clock = utcnow, rng: random.Random | None = None,
+        clock: Clock = utcnow, rng: random.Random | None = None, sf_clock: SalesforceTime | None = None,
     ) -> None:
         self._outbox, self._sf, self._store, self._budget = outbox, sf, store, budget
-        self._lost = LostCreates(sf, store)
+        self._lost = LostCreates(sf, store, sf_clock)
         self.client_name = client_name
         self.policy = policy or FlushPolicy()
         self._writable = {k: dict(v) for k, v in (writable or {}).items()}
@@ -375,7 +397,7 @@ class OutboundFlusher:
         recovered_at = self._clock() - self._outbox.lease
         async for _ in every(self._tick.total_seconds(), stop):
             try:
-                if self._clock() - recovered_at >= self._outbox.lease / 4:
+                if self._clock() - recovered_at >= min(self._outbox.lease / 4, RECOVER_EVERY):
                     await self._outbox.recover_expired()
                     recovered_at = self._clock()
                 await self.tick()

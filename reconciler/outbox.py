@@ -4,6 +4,10 @@
 merges, retries) puts its writes here, and returns only once they are durable (journaled
 majority), so a caller may then advance its own offset. Writes to one record coalesce into one
 pending write (latest value per field wins). Blank values never enter the outbox.
+
+With `fence` (the leader term's fence provider, `service.term.LeaderTerm.fence`), claims are
+the term's: refused once it is over, and a new term takes an older term's claims over at its
+first `recover_expired` instead of waiting out their lease (`reconciler.store`'s outbox).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from reconciler.errors import FencedError
 from reconciler.ports import OutboundWrite
 from reconciler.records import is_blank
-from reconciler.store import OutboxCollection, OutboxEntry, OutboxGroup
+from reconciler.store import Fence, OutboxCollection, OutboxEntry, OutboxGroup
 
 log = structlog.get_logger(__name__)
 
@@ -37,8 +42,10 @@ class Outbox:
     """`OutboundQueue` over the `outbox` collection, plus what the flusher needs to drain it."""
 
     def __init__(self, collection: OutboxCollection, *, clock: Clock = utcnow,
-                 lease: timedelta = timedelta(minutes=2)) -> None:
+                 lease: timedelta = timedelta(minutes=2),
+                 fence: Callable[[], Fence | None] | None = None) -> None:
         self._collection = collection
+        self._fence = fence
         self._clock = clock
         self.lease = lease
         self._indexed = False
@@ -63,7 +70,7 @@ class Outbox:
 
     async def claim(self, sobject: str, kind: str, limit: int) -> list[OutboxEntry]:
         return await self._collection.claim(sobject, kind, now=self._clock(), lease=self.lease,
-                                            limit=limit)
+                                            limit=limit, fence=self._term())
 
     async def done(self, entries: Sequence[OutboxEntry]) -> None:
         """Sent (or logged as failed, which is what gets retried): drop them."""
@@ -79,10 +86,21 @@ class Outbox:
         await self._collection.give_up(entries)
 
     async def recover_expired(self) -> int:
-        recovered = await self._collection.recover_expired(self._clock())
+        term = self._term()
+        recovered = await self._collection.recover_expired(
+            self._clock(), term=term.term if term is not None else None)
         if recovered:
             log.warning("outbox_leases_expired", writes=recovered)
         return recovered
+
+    def _term(self) -> Fence | None:
+        """The running term's fence; `FencedError` when fenced and between terms."""
+        if self._fence is None:
+            return None
+        term = self._fence()
+        if term is None:
+            raise FencedError("outbox: no leader term to claim for")
+        return term
 
     async def created(self, collection: str, local_id: object, sobject: str, sf_id: str) -> None:
         """Edits queued while the create was in flight become updates of the new record."""

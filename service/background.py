@@ -48,15 +48,18 @@ from settings import Mappings, Settings
 
 def leader_tasks(settings: Settings, mappings: Mappings, governor: BudgetGovernor, parts: SyncParts,
                  counters: OutboundCounters, *, health: Health,
-                 end_term: Callable[[str], None]) -> SupervisedTasks:
+                 end_term: Callable[[str], None],
+                 fenced: Callable[[Exception], None] | None = None) -> SupervisedTasks:
     """A term's background tasks over the connected parts; `counters` watch its flusher,
-    `health` hears which is down, `end_term` ends the term (the policies tabled above)."""
+    `health` hears which is down, `end_term` ends the term (the policies tabled above);
+    `fenced` ends it as lost when a task's write was refused (`FencedError`, any policy)."""
     sync = settings.sync
     flusher = OutboundFlusher(parts.outbox, parts.sf, parts.store, governor,
                               client_name=settings.salesforce.client_name,
-                              policy=FlushPolicy.from_settings(sync))
+                              policy=FlushPolicy.from_settings(sync), sf_clock=parts.sf_clock)
     counters.watch(flusher)
-    watcher = LocalChangeWatcher(parts.store, mappings, parts.outbox, objects=sync.objects)
+    watcher = LocalChangeWatcher(parts.store, mappings, parts.outbox, objects=sync.objects,
+                                 overlap=timedelta(seconds=sync.poll_overlap_seconds))
     auto_retry = AutoRetryScheduler(retry_transient_for(parts), governor,
                                     interval=timedelta(minutes=sync.retry_interval_minutes),
                                     max_attempts=sync.retry_max_attempts)
@@ -70,7 +73,7 @@ def leader_tasks(settings: Settings, mappings: Mappings, governor: BudgetGoverno
         TaskSpec("outbound", flusher.run, Policy.RESTART),
         TaskSpec("local-watch", watcher.run, Policy.RESTART),
         TaskSpec("auto-retry", auto_retry.run, Policy.RESTART),
-    ], health=health, on_end_term=end_term)
+    ], health=health, on_end_term=end_term, on_fenced=fenced)
 
 
 __all__ = ["leader_tasks"]

@@ -61,8 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="run the service (default)").set_defaults(handler=cmd_run)
-    sub.add_parser("check-config", help="validate the env and mappings file, print the effective "
-                   "configuration (secrets masked)").set_defaults(handler=cmd_check_config)
+    check = sub.add_parser("check-config", help="validate the env and mappings file, print the effective "
+                           "configuration (secrets masked)")
+    check.add_argument("--online", action="store_true",
+                       help="also ask Salesforce and MongoDB: OAuth, API version, mapped fields, Change "
+                       "Data Capture selection, limits, replica set, majority writes, indexes, admin token")
+    check.set_defaults(handler=cmd_check_config)
     demo = sub.add_parser("demo", help="run a local demo: emulated org, local MongoDB, the service")
     demo.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     demo.add_argument("--port", type=int, default=8080, help="admin port (default 8080)")
@@ -74,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--source", choices=["salesforce", "local"])
     logs.add_argument("--type", dest="log_type", metavar="TYPE", help="create, update, merge, convert...")
     logs.add_argument("--object", dest="sobject", choices=list(SALESFORCE_OBJECTS))
+    logs.add_argument("--error-code", metavar="CODE",
+                      help="failures with this Salesforce status code (OTHER: without one)")
     logs.add_argument("--limit", type=int, default=50, help="1-500 (default 50)")
     logs.add_argument("--cursor", help="continue from an earlier page")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new logs")
@@ -127,7 +133,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     settings, mappings = _load()
     sys.stdout.write(render_config(settings, mappings))
-    return EXIT_OK
+    if not getattr(args, "online", False):
+        return EXIT_OK
+    from service.logs import configure_logging, settings_secrets
+    from service.online_check import online_checks
+
+    # Quiet logs (the lines below say it all), but every secret registered for redaction.
+    configure_logging("ERROR", "console", secrets=settings_secrets(settings))
+    checks = asyncio.run(online_checks(settings, mappings))
+    print("\n# online checks")
+    for check in checks:
+        print(check.line())
+    failed = sum(not c.ok for c in checks)
+    print(f"# {len(checks) - failed} of {len(checks)} passed" + ("" if not failed else "; fix the ✗ lines"))
+    return EXIT_API_ERROR if failed else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -164,6 +183,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     params: dict[str, str | int | None] = {
         "status": args.status, "record": args.record, "source": args.source, "type": args.log_type,
         "object": args.sobject, "limit": args.limit, "cursor": args.cursor,
+        "error_code": args.error_code,
     }
     if args.follow:
         return _follow(client, params, args)

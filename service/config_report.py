@@ -24,7 +24,13 @@ def render_config(settings: Settings, mappings: Mappings | None) -> str:
             continue
         for field_name in type(section).model_fields:
             variable = f"SFSYNC_{section_name.upper()}__{field_name.upper()}"
-            lines.append(f"{variable}={_show(getattr(section, field_name))}")
+            value = getattr(section, field_name)
+            # Only the MongoDB URI keeps its host readable; any other secret URL (the alert
+            # webhook: the URL is the credential) is masked whole.
+            if isinstance(value, SecretStr) and variable != "SFSYNC_MONGODB__URI":
+                lines.append(f"{variable}={MASK}")
+                continue
+            lines.append(f"{variable}={_show(value)}")
     lines.append("")
     lines.extend(_mappings_summary(mappings))
     return "\n".join(lines) + "\n"

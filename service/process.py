@@ -23,6 +23,7 @@ from reconciler.errors import FatalError, RetriableError
 from reconciler.pacing import Backoff, sleep_unless_stopped
 from reconciler.store import Store
 from service.admin import AdminServer, JobRunner, create_admin_app, start_admin
+from service.alerts import alert_watch
 from service.supervisor import SHUTDOWN_SECONDS, Service
 from settings import ConfigError, Mappings, Settings
 from settings.redaction import redact_text
@@ -55,9 +56,16 @@ async def run_service(settings: Settings, mappings: Mappings, stop: asyncio.Even
         loop.add_signal_handler(sig, stop.set)
     slot = ServiceSlot()
     admin = await start_admin_surface(settings, slot)
+    alerts_stop = asyncio.Event()
+    watch = alert_watch(settings, slot)  # None unless SFSYNC_ALERTS__WEBHOOK_URL is set
+    alerts = asyncio.create_task(watch.run(alerts_stop), name="alerts") if watch else None
     try:
         return await _restart_loop(settings, mappings, slot, stop)
     finally:
+        alerts_stop.set()
+        if alerts is not None:
+            await asyncio.wait({alerts}, timeout=2)
+            alerts.cancel()
         await admin.stop()
         for sig in signals:
             loop.remove_signal_handler(sig)

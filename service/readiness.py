@@ -76,10 +76,12 @@ def ready_reason(health: Health, lease: LeaseStatus, running: Source | None, mod
 
 @dataclass
 class StoreSnapshot:
-    """What the last status refresh read from MongoDB: all of `sync_state`, the outbox depth."""
+    """What the last status refresh read from MongoDB: all of `sync_state`, the outbox depth,
+    the open failed sync logs per error code."""
 
     state: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     outbox_depth: int = 0
+    failures_by_code: Mapping[str, int] = field(default_factory=dict)
 
     def replay_ids(self) -> dict[str, Any]:
         replays = of_kind(self.state, StateKind.REPLAY)
@@ -123,6 +125,7 @@ def status_document(parts: StatusParts) -> dict[str, Any]:
         "instance_url": parts.instance_url,
         "last_event_at": parts.last_event_at.isoformat() if parts.last_event_at else None,
         "lease": parts.lease.document(),
+        "failures_by_code": dict(parts.stored.failures_by_code),
     }
 
 

@@ -1,6 +1,7 @@
 """The status refresh: every few seconds, what MongoDB holds for `/api/status` and `/metrics`.
 
-It pings MongoDB, reads all of `sync_state` and the outbox depth into a `StoreSnapshot`,
+It pings MongoDB, reads all of `sync_state`, the outbox depth and the open failures per error
+code into a `StoreSnapshot`,
 publishes the outbox depth and the outbound counters, and updates `Health` (MongoDB reachable;
 Salesforce reachable once the governor has seen a `limits` answer). It runs on every replica,
 leader or standby, for the whole process life.
@@ -41,6 +42,7 @@ class StatusRefresh:
             await store.ping()
             self._snapshot.state = await store.all_state()
             self._snapshot.outbox_depth = await store.outbox.depth()
+            self._snapshot.failures_by_code = await store.open_failures_by_code()
             METRICS.set("sfsync_queue_depth", self._snapshot.outbox_depth, queue="outbox")
             self._counters.publish()
             health.mongo_ok = True

@@ -11,6 +11,8 @@ A supervised task runs until its stop event is set. Any other exit is a failure:
 - handled by the task's `Policy`: `RESTART` runs it again after a backoff
   (`reconciler.pacing.Backoff`, reset after a healthy run of `HEALTHY_SECONDS`); `END_TERM`
   leaves it down and asks the leader term to end (`on_end_term`, `service.term.LeaderTerm.end`).
+  Whatever the policy, a `FencedError` (a write refused: a newer term leads) ends the term as
+  lost (`on_fenced`, `service.term.LeaderTerm.fenced`): restarting would only be refused again.
 
 Which task gets which policy is decided where the tasks are built (`service.background`,
 `service.supervisor` for the status refresh) and tabled in `service.background`.
@@ -32,6 +34,7 @@ from typing import Any
 import structlog
 
 from listener.metrics import METRICS
+from reconciler.errors import FencedError
 from reconciler.pacing import Backoff
 from service.readiness import Health
 
@@ -74,11 +77,13 @@ class SupervisedTasks:
 
     def __init__(self, specs: Sequence[TaskSpec], *, health: Health,
                  on_end_term: Callable[[str], None] | None = None,
+                 on_fenced: Callable[[Exception], None] | None = None,
                  backoff: Callable[[], Backoff] = default_backoff,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.specs = list(specs)
         self._health = health
         self._on_end_term = on_end_term
+        self._on_fenced = on_fenced
         self._backoff, self._clock = backoff, clock
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -104,6 +109,9 @@ class SupervisedTasks:
             self._report(spec, failure, stopping=stop.is_set())
             if stop.is_set():
                 return
+            if isinstance(failure.error, Exception) and _fenced(failure.error) and self._on_fenced:
+                self._on_fenced(failure.error)
+                return
             if spec.policy is Policy.END_TERM:
                 if self._on_end_term is not None:
                     self._on_end_term(f"task {spec.name} failed: {failure.reason}")
@@ -121,6 +129,13 @@ class SupervisedTasks:
         METRICS.inc(FAILURES_METRIC, task=spec.name)
         if not stopping:
             self._health.down[spec.name] = failure.reason
+
+
+def _fenced(error: BaseException | None) -> bool:
+    """A `FencedError`, or a task group's failure that holds one (the watcher's loops)."""
+    if isinstance(error, BaseExceptionGroup):
+        return error.subgroup(FencedError) is not None
+    return isinstance(error, FencedError)
 
 
 async def _run(spec: TaskSpec, stop: asyncio.Event) -> _Exit | None:

@@ -19,8 +19,9 @@ import structlog
 
 from listener.budget import BudgetGovernor, Mode
 from listener.salesforce import SalesforceClient
+from listener.salesforce_time import SalesforceClock, clocked_transport
 from listener.sources import Source
-from reconciler.errors import RetriableError, SyncError
+from reconciler.errors import FencedError, RetriableError, SyncError
 from reconciler.jobs import AdminJobs
 from reconciler.pacing import run_until_stopped
 from reconciler.store import Store
@@ -147,12 +148,14 @@ class Service:
             await store.ensure_indexes()
             health.mongo_ok = True
             health.phase = "connecting to Salesforce"
-            async with SalesforceClient(settings.salesforce, on_usage=self.governor.record_usage) as sf:
+            sf_clock = SalesforceClock()  # Salesforce's time, from every response's Date header
+            async with SalesforceClient(settings.salesforce, on_usage=self.governor.record_usage,
+                                        transport=clocked_transport(sf_clock)) as sf:
                 parts = self.parts = await assemble(settings, self.mappings, self.governor, store, sf,
-                                                    self._sink_wrapper)
+                                                    self._sink_wrapper, sf_clock=sf_clock, fence=term.fence)
                 health.salesforce_ok = self.governor.status()["max"] is not None
                 self._switch = SourceSwitch(self.governor, parts.sources,
-                                            drain_seconds=lambda: term.drain_seconds)
+                                            drain_seconds=lambda: term.drain_seconds, on_fenced=term.fenced)
                 watcher = StatusRefresh(store, self.governor, health=health, snapshot=self.stored,
                                         counters=self.outbound)
                 refresh = SupervisedTasks([TaskSpec("status", watcher.run, Policy.RESTART)], health=health)
@@ -176,11 +179,15 @@ class Service:
         self._jobs.open(AdminJobs(self.parts.jobs), term_stop)
         try:
             self.health.phase = "backfill or remerge in progress"
-            started, _ = await run_until_stopped(
-                term_stop, first_start(self.parts, self.mappings, self.settings.sync.objects))
+            try:
+                started, _ = await run_until_stopped(
+                    term_stop, first_start(self.parts, self.mappings, self.settings.sync.objects))
+            except FencedError as exc:  # a newer term leads: this one ends, logged, no crash
+                started = False
+                self._term.fenced(exc)
             if started:
                 tasks = leader_tasks(self.settings, self.mappings, self.governor, self.parts, self.outbound,
-                                     health=self.health, end_term=self._term.end)
+                                     health=self.health, end_term=self._term.end, fenced=self._term.fenced)
                 tasks.start(tasks_stop)
                 self.health.phase = ""
                 await self._switch.run(term_stop)

@@ -23,7 +23,7 @@ import structlog
 
 from listener.budget import Mode
 from listener.sources import Source
-from reconciler.errors import FatalError, SyncError
+from reconciler.errors import FatalError, FencedError, SyncError
 from reconciler.pacing import sleep_unless_stopped
 
 log = structlog.get_logger(__name__)
@@ -47,10 +47,12 @@ class SourceSwitch:
     """Runs one source at a time; `running` is the source started last, until it has stopped."""
 
     def __init__(self, governor: ModeSignal, sources: Mapping[Mode, Source], *,
-                 drain_seconds: Callable[[], float]) -> None:
+                 drain_seconds: Callable[[], float],
+                 on_fenced: Callable[[Exception], None] | None = None) -> None:
         self._governor = governor
         self._sources = sources
         self._drain_seconds = drain_seconds  # the term's current stop budget
+        self._on_fenced = on_fenced  # a source's write was refused: end the term (`LeaderTerm.fenced`)
         self.running: Source | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -102,6 +104,10 @@ class SourceSwitch:
             task.result()
         except FatalError:
             raise
+        except FencedError as exc:
+            log.warning("source_fenced", source=name, error=str(exc))
+            if self._on_fenced is not None:
+                self._on_fenced(exc)
         except SyncError as exc:
             log.warning("source_failed", source=name, error=str(exc), error_type=type(exc).__name__)
 

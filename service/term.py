@@ -27,6 +27,7 @@ import structlog
 
 from reconciler.errors import RetriableError, SyncError
 from reconciler.pacing import Backoff, sleep_unless_stopped
+from reconciler.store import Fence
 from service.readiness import Health, LeaseStatus, Role
 
 log = structlog.get_logger(__name__)
@@ -57,6 +58,8 @@ class LeaderLease(Protocol):
 
     def seconds_left(self) -> float: ...
 
+    def fence(self) -> Fence | None: ...
+
     async def acquire(self) -> bool: ...
 
     async def release(self) -> bool: ...
@@ -75,6 +78,7 @@ class LeaderTerm:
         # How long stopping a term may take: SHUTDOWN_SECONDS, or less once the lease is lost.
         self.drain_seconds = SHUTDOWN_SECONDS
         self._term_stop: asyncio.Event | None = None
+        self._fence: Fence | None = None  # captured when the term began; None between terms
         self._ended_by: str | None = None
         self._aside = Backoff(base=lease.ttl, cap=lease.ttl * 8, floor=lease.ttl / 2)
 
@@ -117,6 +121,7 @@ class LeaderTerm:
     async def lead(self, stop: asyncio.Event, work: TermWork) -> None:
         """One term: `work` runs until `stop` or until the lease is lost, whichever comes first."""
         self.role = Role.LEADER
+        self._fence = self.lease.fence()
         term_stop = self._term_stop = asyncio.Event()
         keeper = asyncio.create_task(self._keep(stop, term_stop), name="lease")
         try:
@@ -125,6 +130,7 @@ class LeaderTerm:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
             self.role, self.drain_seconds, self._term_stop = None, SHUTDOWN_SECONDS, None
+            self._fence = None
         ended_by, self._ended_by = self._ended_by, None
         if ended_by is not None:
             await self._step_aside(stop, ended_by)
@@ -132,6 +138,22 @@ class LeaderTerm:
             self._aside.reset()
             self._health.phase = "lease lost, standing by"
             log.warning("lease_term_ended", owner=self.lease.owner, reason="lease lost")
+
+    def fence(self) -> Fence | None:
+        """The running term's fence, as captured when it began (not the lease's live one: a
+        write made for this term must be refused once a newer one began, even if this replica
+        holds the lease again); None between terms. Pass this method to whatever writes."""
+        return self._fence
+
+    def fenced(self, error: Exception) -> None:
+        """A write made for the running term was refused (`FencedError`: a newer term leads):
+        end the term as lost -- it stops in order and stands by; no-op between terms."""
+        term_stop, fence = self._term_stop, self._fence
+        if term_stop is None or term_stop.is_set():
+            return
+        log.warning("lease_term_fenced", owner=self.lease.owner, term=fence.term if fence else None,
+                    error=str(error))
+        term_stop.set()
 
     def end(self, reason: str) -> None:
         """End the running term early (it stops in order), then step aside; no-op between terms."""

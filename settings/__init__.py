@@ -12,6 +12,7 @@ from pydantic_settings import SettingsError
 from settings._env import (
     SALESFORCE_OBJECTS,
     AdminSettings,
+    AlertSettings,
     AuthFlow,
     BudgetSettings,
     LogFormat,
@@ -37,6 +38,7 @@ from settings._mappings import (
 __all__ = [
     "SALESFORCE_OBJECTS",
     "AdminSettings",
+    "AlertSettings",
     "AuthFlow",
     "BudgetSettings",
     "CompanyFieldMapping",

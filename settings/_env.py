@@ -215,6 +215,27 @@ class AdminSettings(BaseModel):
         return None
 
 
+class AlertSettings(BaseModel):
+    # Slack-compatible incoming webhook (POST {"text": ...}); unset: no alerts. A secret: the
+    # URL is the credential, so it is redacted and masked whole.
+    webhook_url: SecretStr | None = None
+    # New open failures are grouped by error code into at most one message per this many seconds.
+    failures_interval_seconds: float = Field(default=300, ge=0)
+    # Streaming mode but the sync not running (not ready) for longer than this: one alert.
+    stream_down_seconds: float = Field(default=300, ge=0)
+    # Messages waiting to be sent; when full the oldest is dropped (and counted).
+    queue_size: int = Field(default=100, ge=1, le=10_000)
+    # Attempts per message (retried with backoff on network errors, 429 and 5xx).
+    max_attempts: int = Field(default=5, ge=1, le=20)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _https(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("https://", "http://")):
+            raise ValueError("must be an https:// (or http://) URL")
+        return value
+
+
 class LogFormat(StrEnum):
     JSON = "json"
     CONSOLE = "console"
@@ -254,4 +275,5 @@ class Settings(BaseSettings):
     sync: SyncSettings = Field(default_factory=SyncSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     log: LogSettings = Field(default_factory=LogSettings)

@@ -154,12 +154,12 @@ def uri_secrets(uri: str) -> list[str]:
 
 
 def settings_secrets(settings: Settings) -> list[str]:
-    """Every secret value in the settings: client secret, refresh token, admin token, and the
-    MongoDB URI's password and secret options."""
+    """Every secret value in the settings: client secret, refresh token, admin token, the alert
+    webhook URL, and the MongoDB URI's password and secret options."""
     found = [
         secret.get_secret_value()
         for secret in (settings.salesforce.client_secret, settings.salesforce.refresh_token,
-                       settings.admin.token)
+                       settings.admin.token, settings.alerts.webhook_url)
         if secret is not None
     ]
     return found + uri_secrets(settings.mongodb.uri.get_secret_value())

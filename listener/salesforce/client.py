@@ -55,8 +55,7 @@ class SalesforceClient:
         the default's); the client closes whichever it uses."""
         self._settings = settings
         self._on_usage = on_usage
-        self._max_connections = max_connections
-        self._timeout = timeout
+        self._max_connections, self._timeout = max_connections, timeout
         self._retry = retry
         self._state = ClientState.UNOPENED
         self._given_http = transport

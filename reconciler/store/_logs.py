@@ -1,9 +1,11 @@
-"""Sync logs: insert, filter newest-first with a stable cursor, mark retried."""
+"""Sync logs: insert, filter newest-first with a stable cursor, mark retried, count open failures
+per error code."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -54,6 +56,27 @@ def _object_id(log_id: str) -> ObjectId | None:
         return None
 
 
+# A failed log's error starts with Salesforce's status code (`REQUIRED_FIELD_MISSING: ...`);
+# any other error (a network failure, no error text) is grouped as OTHER.
+OTHER_ERROR_CODE = "OTHER"
+_ERROR_CODE = re.compile(r"^([A-Z][A-Z0-9_]*):")
+# Open: failed and not retried since (a retry writes a new log and marks this one `retried_by`).
+_OPEN_FAILURE: dict[str, Any] = {"status": "failed", "retried_by": None}
+
+
+def error_code_of(error: Any) -> str:
+    """The Salesforce status code a failed log's error starts with, else `OTHER`."""
+    match = _ERROR_CODE.match(error) if isinstance(error, str) else None
+    return match[1] if match else OTHER_ERROR_CODE
+
+
+def _error_code_query(code: str) -> dict[str, Any]:
+    """Failed logs with that code (a code filter implies `status=failed`)."""
+    if code == OTHER_ERROR_CODE:
+        return {"status": "failed", "error": {"$not": _ERROR_CODE}}
+    return {"status": "failed", "error": {"$regex": f"^{re.escape(code)}:"}}
+
+
 class LogsMixin:
     db: Any
 
@@ -69,13 +92,16 @@ class LogsMixin:
     async def find_sync_logs(
         self, *, status: str | None = None, source: str | None = None, type: str | None = None,
         object: str | None = None, record: str | None = None, limit: int = 50,
-        cursor: str | None = None,
+        cursor: str | None = None, error_code: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Newest first. The cursor is the (ts, _id) of the last item: stable under inserts."""
+        """Newest first. The cursor is the (ts, _id) of the last item: stable under inserts.
+        `error_code`: failed logs whose error starts with that status code (`OTHER`: with none)."""
         query: dict[str, Any] = {}
         for key, value in (("status", status), ("source", source), ("type", type), ("object", object)):
             if value:
                 query[key] = value
+        if error_code:
+            query.update(_error_code_query(error_code))
         if record:
             query["$or"] = [{"sf_id": record}, {"local_id": record}]
         position = decode_cursor(cursor) if cursor else None
@@ -98,6 +124,17 @@ class LogsMixin:
         with translate_errors("get_sync_log"):
             doc = await self.db.sync_logs.find_one({"_id": oid})
         return public_log(doc) if doc else None
+
+    async def open_failures_by_code(self) -> dict[str, int]:
+        """Open failed logs (not retried since) counted per error code, most first."""
+        pipeline = [{"$match": _OPEN_FAILURE}, {"$group": {"_id": "$error", "n": {"$sum": 1}}}]
+        with translate_errors("open_failures_by_code"):
+            groups = await self.db.sync_logs.aggregate(pipeline).to_list(None)
+        counts: dict[str, int] = {}
+        for group in groups:
+            code = error_code_of(group["_id"])
+            counts[code] = counts.get(code, 0) + int(group["n"])
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
     async def mark_sync_log(self, log_id: str, *, retried_by: str) -> None:
         oid = _object_id(log_id)

@@ -4,7 +4,10 @@ One pending document per record (`key`, unique among `pending` documents): a bur
 one record merges into one write, the latest value of each field winning. A flusher claims a
 batch by moving documents to `inflight` under a lease (an id only it knows, and an expiry), so
 several replicas never send the same write; documents a crashed process left `inflight` return
-to `pending` once their lease expires.
+to `pending` once their lease expires. A claim made for a leader term (`fence`) first checks the
+term still holds the lease and carries its number (`term`): a newer term returns an older term's
+claims to `pending` at once (`recover_expired(now, term=...)`), without waiting out their lease,
+and the older term, fenced, claims nothing more.
 
 Returning a document to `pending` when a newer pending document for the same record exists
 merges the two (the newer values win) instead of breaking the unique key.
@@ -29,6 +32,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from reconciler.errors import RetriableError
 from reconciler.ports import OutboundWrite
 from reconciler.store._client import DURABLE, translate_errors
+from reconciler.store._lease import Fence, check_fence
 
 OUTBOX = "outbox"
 PENDING = "pending"
@@ -95,6 +99,7 @@ class OutboxCollection:
     """The `outbox` collection. Takes a motor database."""
 
     def __init__(self, db: Any) -> None:
+        self._db = db
         self._coll = db[OUTBOX].with_options(write_concern=DURABLE)
 
     async def ensure_indexes(self) -> None:
@@ -147,7 +152,7 @@ class OutboxCollection:
         with translate_errors("outbox.give_up"):
             await self._coll.update_many(
                 {"_id": {"$in": [e.id for e in entries]}, "lease": entries[0].lease},
-                {"$set": {"status": FAILED}, "$unset": {"lease": "", "lease_until": ""}})
+                {"$set": {"status": FAILED}, "$unset": {"lease": "", "lease_until": "", "term": ""}})
 
     async def due_groups(self, now: datetime) -> list[OutboxGroup]:
         pipeline = [
@@ -162,11 +167,17 @@ class OutboxCollection:
         return sorted(groups, key=lambda g: (g.oldest, g.sobject, g.kind))
 
     async def claim(self, sobject: str, kind: str, *, now: datetime, lease: timedelta,
-                    limit: int) -> list[OutboxEntry]:
+                    limit: int, fence: Fence | None = None) -> list[OutboxEntry]:
         """Move up to `limit` due pending writes to `inflight` under a fresh lease, oldest first.
         The first claim stamps `first_sent_at` (claimed = about to be sent): a lost create's
-        record cannot be older than that."""
+        record cannot be older than that. With `fence`: `FencedError` once the term is over;
+        the claim carries the term's number."""
+        if fence is not None:
+            await check_fence(self._db, fence)
         token = str(ObjectId())
+        claimed: dict[str, Any] = {"status": INFLIGHT, "lease": token, "lease_until": now + lease}
+        if fence is not None:
+            claimed["term"] = fence.term
         due = {"status": PENDING, "sobject": sobject, "kind": kind, "next_attempt_at": {"$lte": now}}
         with translate_errors("outbox.claim"):
             ids = [d["_id"] async for d in self._coll.find(due, {"_id": 1})
@@ -177,8 +188,7 @@ class OutboxCollection:
             # race simply claims fewer.
             await self._coll.update_many(
                 {"_id": {"$in": ids}, "status": PENDING},
-                {"$set": {"status": INFLIGHT, "lease": token, "lease_until": now + lease},
-                 "$min": {"first_sent_at": now}},
+                {"$set": claimed, "$min": {"first_sent_at": now}},
             )
             docs = await self._coll.find({"lease": token}).to_list(None)
         order = {doc_id: i for i, doc_id in enumerate(ids)}
@@ -201,11 +211,15 @@ class OutboxCollection:
             await self._to_pending(entry.id, entry.lease, next_attempt_at, 1 if count_attempt else 0,
                                    error if count_attempt else None)
 
-    async def recover_expired(self, now: datetime) -> int:
-        """Return writes whose lease expired (their process died) to `pending`; how many."""
+    async def recover_expired(self, now: datetime, *, term: int | None = None) -> int:
+        """Return writes whose lease expired (their process died) to `pending`, and with `term`
+        those claimed by an older term (its leader is fenced: dead or stalled); how many."""
+        dead: list[dict[str, Any]] = [{"lease_until": {"$lt": now}}]
+        if term is not None:
+            dead.append({"term": {"$lt": term}})
         with translate_errors("outbox.recover_expired"):
             expired = await self._coll.find(
-                {"status": INFLIGHT, "lease_until": {"$lt": now}}, {"_id": 1, "lease": 1}).to_list(None)
+                {"status": INFLIGHT, "$or": dead}, {"_id": 1, "lease": 1}).to_list(None)
         for doc in expired:
             # Counted as an attempt: the dead process may have sent it, so a create is checked
             # against Salesforce before it is sent again (see reconciler/outbound.py).
@@ -246,7 +260,7 @@ class OutboxCollection:
         fields: dict[str, Any] = {"status": PENDING, "next_attempt_at": due}
         if error is not None:
             fields["last_error"] = error
-        update = {"$set": fields, "$unset": {"lease": "", "lease_until": ""},
+        update = {"$set": fields, "$unset": {"lease": "", "lease_until": "", "term": ""},
                   "$inc": {"attempt": add_attempt, "failures": add_attempt}}
         with translate_errors("outbox.release"):
             try:

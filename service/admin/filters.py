@@ -22,6 +22,7 @@ DEFAULT_LIMIT = 50
 # A Salesforce id (15/18 characters) or a local id (an ObjectId's hex, or the platform's own key).
 _RECORD = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _CURSOR = re.compile(r"^[A-Za-z0-9_.:=+/-]{1,256}$")
+_ERROR_CODE = re.compile(r"^[A-Z][A-Z0-9_]{0,79}$")  # a Salesforce status code, or OTHER
 _SF_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 
 
@@ -43,20 +44,24 @@ class LogFilters:
     record: str | None = None
     limit: int = DEFAULT_LIMIT
     cursor: str | None = None
+    error_code: str | None = None
 
     def store_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `Store.find_sync_logs`."""
-        return {
+        """Keyword arguments for `Store.find_sync_logs` (`error_code` only when filtered on)."""
+        kwargs: dict[str, Any] = {
             "status": self.status, "source": self.source, "type": self.type,
             "object": self.object, "record": self.record, "limit": self.limit,
             "cursor": self.cursor,
         }
+        if self.error_code:
+            kwargs["error_code"] = self.error_code
+        return kwargs
 
     def query(self, *, cursor: str | None = None) -> dict[str, str]:
         """The query string that reproduces these filters (without paging unless `cursor`)."""
         pairs = {
             "status": self.status, "source": self.source, "type": self.type,
-            "object": self.object, "record": self.record,
+            "object": self.object, "record": self.record, "error_code": self.error_code,
         }
         out = {k: v for k, v in pairs.items() if v}
         if self.limit != DEFAULT_LIMIT:
@@ -95,9 +100,13 @@ def parse_filters(query: Mapping[str, str], *, allow_all: bool = False) -> LogFi
     cursor = query.get("cursor", "").strip() or None
     if cursor is not None and not _CURSOR.match(cursor):
         raise BadParameter("cursor", "is not a cursor this API returned")
+    error_code = query.get("error_code", "").strip().upper() or None
+    if error_code is not None and not _ERROR_CODE.match(error_code):
+        raise BadParameter("error_code",
+                           "must be a Salesforce status code like REQUIRED_FIELD_MISSING, or OTHER")
     return LogFilters(
         status=status, source=source, type=type_, object=object_, record=record,
-        limit=_limit(query.get("limit", "")), cursor=cursor,
+        limit=_limit(query.get("limit", "")), cursor=cursor, error_code=error_code,
     )
 
 

@@ -93,7 +93,8 @@ def render_logs_page(view: PageView) -> str:
         '<header class="top"><h1>Sync Logs</h1>'
         '<form method="post" action="/logs/logout"><button class="quiet" type="submit">Log out</button>'
         "</form></header>"
-        f"{_status_strip(view.status)}{_notice(view.notice)}{_filter_form(view.filters)}"
+        f"{_status_strip(view.status)}{_failures_panel(view.status, view.filters)}{_notice(view.notice)}"
+        f"{_filter_form(view.filters)}"
         f"{_table(view)}{_pager(view)}"
     )
     return _document("Sync Logs", f"<main>{body}</main>")
@@ -129,6 +130,22 @@ def _status_strip(status: Mapping[str, Any]) -> str:
         for label, value in cells
     )
     return f'<section class="strip" aria-label="Service status">{inner}</section>'
+
+
+def _failures_panel(status: Mapping[str, Any], filters: LogFilters) -> str:
+    """Open failures per Salesforce status code (`/api/status` `failures_by_code`), most first;
+    each count links to the failed logs with that code."""
+    counts = status.get("failures_by_code")
+    if not isinstance(counts, Mapping) or not counts:
+        return ""
+    items: list[str] = []
+    for code, count in sorted(counts.items(), key=lambda kv: (-int(kv[1]), str(kv[0]))):
+        href = "/logs?" + urlencode({"status": "failed", "error_code": code})
+        current = ' aria-current="true"' if filters.error_code == code else ""
+        items.append(f'<li><a href="{_e(href)}"{current}><code>{_e(code)}</code> '
+                     f'<span class="count">{int(count):,}</span></a></li>')
+    return ('<section class="failures" aria-label="Open failures by error code">'
+            f'<h2>Open failures by error code</h2><ul>{"".join(items)}</ul></section>')
 
 
 def _queue_depth(value: Any) -> str:

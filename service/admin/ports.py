@@ -45,6 +45,7 @@ class SyncLogReader(Protocol):
         record: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        error_code: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]: ...
 
     async def get_sync_log(self, log_id: str) -> dict[str, Any] | None: ...

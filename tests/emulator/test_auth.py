@@ -124,28 +124,28 @@ class TestTokenGrants:
             "grant type not supported",
         ),
         (
-            {"grant_type": JWT_GRANT, "assertion": _assertion(OTHER_PRIVATE_KEY)},
+            {"grant_type": JWT_GRANT, "assertion": lambda: _assertion(OTHER_PRIVATE_KEY)},
             "invalid_grant",
             "invalid assertion",
         ),
         ({"grant_type": JWT_GRANT, "assertion": "not-a-jwt"}, "invalid_grant", "invalid assertion"),
         (
-            {"grant_type": JWT_GRANT, "assertion": _assertion(aud="https://evil.example.com")},
+            {"grant_type": JWT_GRANT, "assertion": lambda: _assertion(aud="https://evil.example.com")},
             "invalid_grant",
             "audience is invalid",
         ),
         (
-            {"grant_type": JWT_GRANT, "assertion": _assertion(exp=int(time.time()) - 60)},
+            {"grant_type": JWT_GRANT, "assertion": lambda: _assertion(exp=int(time.time()) - 60)},
             "invalid_grant",
             "expired authorization code",
         ),
         (
-            {"grant_type": JWT_GRANT, "assertion": _assertion(iss="unknown-client")},
+            {"grant_type": JWT_GRANT, "assertion": lambda: _assertion(iss="unknown-client")},
             "invalid_client_id",
             "client identifier invalid",
         ),
         (
-            {"grant_type": JWT_GRANT, "assertion": _assertion(sub="someone@else.com")},
+            {"grant_type": JWT_GRANT, "assertion": lambda: _assertion(sub="someone@else.com")},
             "invalid_grant",
             "user hasn't approved this consumer",
         ),
@@ -153,10 +153,12 @@ class TestTokenGrants:
 )
 class TestTokenErrors:
     async def test_rejected_grants_answer_400_with_salesforce_error(
-        self, jwt_org: RunningEmulator, form: dict[str, str], error: str, description: str
+        self, jwt_org: RunningEmulator, form: dict[str, Any], error: str, description: str
     ) -> None:
         """Each bad grant is a 400 with Salesforce's error and error_description."""
-        status, body = await _grant(jwt_org.base_url, **form)
+        # Assertions are signed now, not at collection: a long session must not expire them first.
+        fields = {k: v() if callable(v) else v for k, v in form.items()}
+        status, body = await _grant(jwt_org.base_url, **fields)
         assert (status, body) == (400, {"error": error, "error_description": description})
 
 

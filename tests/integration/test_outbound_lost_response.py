@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from emulator.org import INTEGRATION_USER_ID
 from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET
 from listener.salesforce import RetryPolicy, SalesforceClient
+from listener.salesforce_time import SalesforceClock, clocked_transport
 from reconciler.errors import OutcomeUnknownError
 from reconciler.outbound import OutboundFlusher
 from reconciler.outbox import Outbox
@@ -218,3 +219,31 @@ class TestRecoveryLinksOnlyWhatThisIntegrationCreated:
         doc = await store.db.people.find_one({"_id": local_id})
         assert doc["crm"]["id"] != earlier.id
         assert len(await org.rows("SELECT Id FROM Lead WHERE Email = 'ng@x.com'")) == 2
+
+
+class TestRecoveryOnSalesforcesClock:
+    async def test_a_lost_create_is_found_when_salesforces_clock_is_behind(self, org: Org,
+                                                                           store: Store) -> None:
+        """Issue 11 items 7 + 10: "created after the first send" compares `CreatedDate`
+        (Salesforce's clock) with the first send moved onto Salesforce's clock. With the org 30 s
+        behind this host, a host-clock comparison misses the record and creates it again."""
+        async with aiohttp.ClientSession() as session:
+            answer = await session.post(f"{org.emulator.base_url}/_emulator/clock",
+                                        json={"offset_seconds": -30})
+            assert answer.status == 200
+        sf_clock = SalesforceClock()
+        settings = org.client._settings  # the fixture's org, through a transport that reads Date
+        async with SalesforceClient(settings, retry=FAST, timeout=0.5,
+                                    transport=clocked_transport(sf_clock, timeout=0.5)) as client:
+            await client.limits()  # a first response: the clock learns the offset
+            outbox = Outbox(store.outbox)
+            flusher = OutboundFlusher(outbox, client, store, Budget(), client_name="salesforce-sync",
+                                      backoff_base=BACKOFF, backoff_cap=BACKOFF, sf_clock=sf_clock)
+            local_id = await new_person(store, outbox, LastName="Ng", Company="Acme", Email="ng@x.com")
+            await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True)
+            await flush_until_empty(outbox, flusher)
+
+        leads = await org.rows("SELECT Id FROM Lead WHERE Email = 'ng@x.com'")
+        assert len(leads) == 1 and org.posts() == 1
+        doc = await store.db.people.find_one({"_id": local_id})
+        assert doc["crm"]["id"] == leads[0]["Id"]

@@ -8,6 +8,7 @@ from typing import Any
 
 from listener.budget import Mode
 from listener.sources import HandoverMarks
+from reconciler.store import Fence
 
 
 @dataclass
@@ -72,6 +73,7 @@ class FakeLease:
     free: bool = True
     other: str = "other-replica"
     releases: int = 0
+    term: int = 0  # goes up each time this owner takes the lease (not on renewals)
     _held: bool = False
 
     @property
@@ -84,7 +86,12 @@ class FakeLease:
     def seconds_left(self) -> float:
         return self.ttl / 2 if self._held else 0.0
 
+    def fence(self) -> Fence | None:
+        return Fence("sync", self.owner, self.term) if self._held else None
+
     async def acquire(self) -> bool:
+        if self.free and not self._held:
+            self.term += 1
         self._held = self.free
         return self.free
 

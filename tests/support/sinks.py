@@ -122,6 +122,6 @@ class JournalingStateStore:
     async def load_state(self, key: str) -> dict[str, Any] | None:
         return await self.inner.load_state(key)
 
-    async def save_state(self, key: str, value: dict[str, Any]) -> None:
-        await self.inner.save_state(key, value)
+    async def save_state(self, key: str, value: dict[str, Any], *, fence: Any = None) -> None:
+        await self.inner.save_state(key, value, fence=fence)
         self.journal.entries.append(Entry("commit", key=key, value=dict(value)))

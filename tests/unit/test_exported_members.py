@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 EXPORTS: dict[str, set[str]] = {
     "settings": {
-        "SALESFORCE_OBJECTS", "AdminSettings", "AuthFlow", "BudgetSettings", "CompanyFieldMapping",
-        "ConfigError", "Direction", "FieldMapping", "LogFormat", "LogSettings", "Mappings",
-        "MergeBehaviour", "MongoSettings", "PersonFieldMapping", "Rules", "SalesforceSettings",
+        "SALESFORCE_OBJECTS", "AdminSettings", "AlertSettings", "AuthFlow", "BudgetSettings",
+        "CompanyFieldMapping", "ConfigError", "Direction", "FieldMapping", "LogFormat", "LogSettings",
+        "Mappings", "MergeBehaviour", "MongoSettings", "PersonFieldMapping", "Rules", "SalesforceSettings",
         "Settings", "SyncSettings", "UserLink", "load_mappings", "load_settings", "parse_mappings",
     },
     "listener": {

@@ -67,4 +67,5 @@ class TestStatusDocument:
             "queue_depth": {"inbound": 2, "outbox": 3},
             "instance_url": "https://x", "last_event_at": "2024-05-01T00:00:00+00:00",
             "lease": {"owner": "me", "held": True, "holder": "me"},
+            "failures_by_code": {},
         }

@@ -1,0 +1,85 @@
+"""The store as one leader term writes through it (issue 11 item 4, the wiring).
+
+`TermStore(store, fence)` shares `store`'s connection; `fence` returns the `Fence` captured when
+the current term began (None between terms). Every write a term makes through it is fenced:
+
+- offsets (`save_state`: replay ids, watermarks, watcher offsets, remerge state) and record
+  writes (`bulk_apply`, `write_in_order`) carry the fence: refused by the store itself once a
+  newer term holds the lease;
+- sync logs and links of created records check the fence first (one read): a stalled ex-leader
+  logs nothing as done after a newer term began;
+- between terms (no fence) every such write is refused.
+
+A refusal is `FencedError`, logged here (`term_write_refused`, the operation and the term) and
+raised: not retriable; whoever meets it ends the term (`LeaderTerm.fenced`), no crash. Reads are
+the store's own. Never `close()` it: the connection is the store's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+
+from reconciler.errors import FencedError
+from reconciler.store import BulkOutcome, Fence, RecordWrite, Store
+from reconciler.sync_logs import SyncLog
+
+log = structlog.get_logger(__name__)
+
+FenceProvider = Callable[[], Fence | None]
+
+
+class TermStore(Store):
+    """`Store` whose writes carry (or check) the current leader term's fence."""
+
+    def __init__(self, store: Store, fence: FenceProvider) -> None:
+        super().__init__(store.client, store.db, sync_log_retention_days=store.sync_log_retention_days)
+        self._term_fence = fence
+
+    def term(self) -> Fence:
+        """The term writes are made for; `FencedError` between terms."""
+        fence = self._term_fence()
+        if fence is None:
+            raise FencedError("no leader term to write for")
+        return fence
+
+    async def save_state(self, key: str, value: dict[str, Any], *, fence: Fence | None = None) -> None:
+        async with self._refusals(f"save_state {key}"):
+            await super().save_state(key, value, fence=fence or self.term())
+
+    async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite], *,
+                         fence: Fence | None = None) -> BulkOutcome:
+        async with self._refusals(f"bulk_apply {collection}"):
+            return await super().bulk_apply(collection, writes, fence=fence or self.term())
+
+    async def write_in_order(self, collection: str, writes: Sequence[RecordWrite], *,
+                             fence: Fence | None = None) -> BulkOutcome:
+        async with self._refusals(f"write_in_order {collection}"):
+            return await super().write_in_order(collection, writes, fence=fence or self.term())
+
+    async def insert_sync_logs(self, logs: Sequence[SyncLog]) -> list[str]:
+        if logs:
+            async with self._refusals("insert_sync_logs"):
+                await self.check_fence(self.term())
+        return await super().insert_sync_logs(logs)
+
+    async def link_created(self, collection: str, local_id: Any, *, sobject: str, sf_id: str) -> bool:
+        async with self._refusals(f"link_created {collection}"):
+            await self.check_fence(self.term())
+        return await super().link_created(collection, local_id, sobject=sobject, sf_id=sf_id)
+
+    @asynccontextmanager
+    async def _refusals(self, operation: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except FencedError as exc:
+            fence = self._term_fence()
+            log.warning("term_write_refused", operation=operation, applied=exc.applied,
+                        term=fence.term if fence else None, error=str(exc))
+            raise
+
+
+__all__ = ["FenceProvider", "TermStore"]

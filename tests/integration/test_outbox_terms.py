@@ -1,0 +1,75 @@
+"""Outbox claims belong to a leader term (issue 11, chaos class 6): a new term takes a dead
+term's claims over at once instead of waiting out their 2-minute lease, and a term that is over
+cannot claim."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from reconciler.errors import FencedError
+from reconciler.outbox import Outbox
+from reconciler.ports import OutboundWrite
+from reconciler.store import Fence, Store
+from tests.support.clock import Clock
+
+
+def update(sf_id: str, **fields: object) -> OutboundWrite:
+    return OutboundWrite(sobject="Lead", sf_id=sf_id, collection="people", local_id=f"p-{sf_id}",
+                         fields=dict(fields), reason="local_edit")
+
+
+class TermFence:
+    """The fence provider a leader term gives its writers (`LeaderTerm.fence`)."""
+
+    def __init__(self) -> None:
+        self.current: Fence | None = None
+
+    def __call__(self) -> Fence | None:
+        return self.current
+
+
+async def take_lease(store: Store, owner: str) -> Fence:
+    lease = store.lease("sync", owner=owner, ttl=0.3)
+    assert await lease.acquire()
+    fence = lease.fence()
+    assert fence is not None
+    return fence
+
+
+class TestClaimsCarryTheTerm:
+    async def test_a_new_term_takes_over_a_dead_terms_claims_at_once(self, store: Store) -> None:
+        clock = Clock()
+        old_term, new_term = TermFence(), TermFence()
+        old = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=old_term)
+        new = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=new_term)
+        old_term.current = await take_lease(store, "old-leader")
+        await old.enqueue([update("00Q1", City="Paris"), update("00Q2", City="Lyon")])
+        claimed = await old.claim("Lead", "update", 200)
+        assert len(claimed) == 2  # ... and then the old leader stalls (or dies) holding them
+
+        await store.db.sync_state.update_one({"_id": "lease:sync"}, {"$set": {"expires_at": clock()}})
+        new_term.current = await take_lease(store, "new-leader")
+        clock.advance(1)  # seconds later, not the claims' two minutes
+        assert await new.recover_expired() == 2
+        retaken = await new.claim("Lead", "update", 200)
+        assert sorted(e.write.sf_id for e in retaken) == ["00Q1", "00Q2"]
+        assert all(e.failures == 1 for e in retaken)  # counted: a dead leader may have sent them
+
+        # the old leader wakes up: what it claimed is no longer its own, and it claims nothing more
+        await old.done(claimed)
+        assert len(await new.pending()) == 0 and await store.outbox.depth() == 2
+        await new.enqueue([update("00Q3", City="Nice")])
+        with pytest.raises(FencedError):
+            await old.claim("Lead", "update", 200)
+
+    async def test_the_live_terms_own_claims_are_not_taken_back(self, store: Store) -> None:
+        clock = Clock()
+        term = TermFence()
+        outbox = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=term)
+        term.current = await take_lease(store, "leader")
+        await outbox.enqueue([update("00Q1", City="Paris")])
+        assert len(await outbox.claim("Lead", "update", 200)) == 1
+        clock.advance(1)
+        assert await outbox.recover_expired() == 0
