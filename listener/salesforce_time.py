@@ -65,13 +65,17 @@ class SalesforceClock:
 
     @property
     def offset(self) -> timedelta:
-        """Salesforce minus host (best estimate; zero before the first response)."""
-        return timedelta(seconds=(self._low + self._high) / 2)
+        """Salesforce minus host: the smallest correction the responses allow (zero when the
+        bounds hold zero, and before the first response). Not the bounds' midpoint: replicas
+        whose clocks agree must learn the same offset, or field times one stored (Salesforce
+        time moved onto its host clock) outrank a later change another applies."""
+        return timedelta(seconds=min(max(0.0, self._low), self._high))
 
     @property
     def uncertainty(self) -> timedelta:
-        """Half the width of the bounds: how far `offset` may be off."""
-        return timedelta(seconds=(self._high - self._low) / 2)
+        """How far `offset` may be off: to the farther bound."""
+        at = self.offset.total_seconds()
+        return timedelta(seconds=max(at - self._low, self._high - at))
 
     def observe(self, date_header: str | None, *, sent: float, received: float) -> None:
         """One response: `Date` as sent by Salesforce, our send and receive times (host clock)."""
