@@ -13,7 +13,7 @@ steps and they stop overlapping, it starts again from the latest response) and g
 - `safe_now()`: a time Salesforce has certainly reached (host now + lower bound): a polling
   signpost below it never runs ahead of Salesforce;
 - `upper_now()`: a time Salesforce has certainly not reached yet (host now + upper bound);
-- `now()`: the best estimate of Salesforce's current time (the middle of the bounds);
+- `now()`: Salesforce's current time by `offset` (the smallest correction the bounds allow);
 - `to_host(t)` / `offset`: a Salesforce time on this host's clock (merge comparisons).
 
 Before the first response it knows nothing and answers with the host's clock (offset 0).
