@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -20,7 +19,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from tests.support.emulator import EmulatorProcess
-from tests.support.secantus import _daemon, free_port
+from tests.support.secantus import free_port, spawn_secantus, stop_process
 from tests.support.service import Reply, SalesforceOrg, ServiceProcess, http
 
 LEASE_SECONDS = 3.0
@@ -126,32 +125,10 @@ class Mongo:
         return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
 
     def start(self, timeout: float = 30.0) -> None:
-        self.storage.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [_daemon(), "--host", "127.0.0.1", "--port", str(self.port), "--storage-path",
-                 str(self.storage), "--log-level", "WARNING"],
-                stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"secantusd-py exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"secantusd-py did not open port {self.port} within {timeout}s")
+        self.process = spawn_secantus(self.port, self.storage, self.log_path, timeout)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        stop_process(self.process, timeout=15)
 
     @property
     def running(self) -> bool:
