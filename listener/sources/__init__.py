@@ -38,7 +38,7 @@ def create_sources(*, settings: Settings, mappings: Mappings, sf: SalesforceClie
     stream: Source
     if sync.stream_api == "pubsub":
         stream = PubSubStream(sf=sf, store=store, sink=sink, catch_up=poller, objects=sync.objects,
-                              options=PubSubOptions.from_settings(settings), governor=governor)
+                              options=PubSubOptions.from_settings(settings), governor=governor, fence=fence)
     else:
         stream = CdcStream(sf=sf, store=store, sink=sink, catch_up=poller, objects=sync.objects,
                            options=StreamOptions.from_settings(settings), governor=governor, fence=fence)

@@ -107,7 +107,9 @@ class EventDecoder:
         try:
             schema = await self.schema(connection, event.schema_id)
             payload = to_cometd_payload(decode_payload(event.payload, schema), schema)
-        except (AvroDecodeError, FatalError) as exc:
+        except RetriableError:
+            raise  # the schema could not be fetched: reconnect, the event comes again
+        except Exception as exc:  # bad input never escapes (issue 11): a date out of range, say
             log.warning("stream_event_rejected", api="pubsub", reason=str(exc), channel=item.channel,
                         replay_id=replay_hex)
             raw = {"channel": item.channel, "schema_id": event.schema_id, "pubsubReplayId": replay_hex,
