@@ -1,8 +1,8 @@
-"""Inbound sources: the CometD CDC stream and SOQL polling, behind one `Source` protocol.
+"""Inbound sources: the CDC stream (CometD or the Pub/Sub API) and SOQL polling, behind one `Source` protocol.
 
 `create_sources` builds every source this service can run, keyed by the budget mode that runs
-it; the shell switches between them knowing only the `Source` protocol. A new source (say
-Salesforce's Pub/Sub API) is one module here and one entry in `create_sources`.
+it; the shell switches between them knowing only the `Source` protocol. A new source is one
+module here and one entry in `create_sources`.
 """
 
 from __future__ import annotations

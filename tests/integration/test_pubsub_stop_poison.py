@@ -155,3 +155,28 @@ class TestPoisonEvents:
         finally:
             stop.set()
             await asyncio.wait_for(task, 10)
+
+
+class TestCreateSources:
+    @pytest.mark.parametrize("api", ["cometd", "pubsub"])
+    async def test_the_stream_gets_the_leader_terms_fence(self, store: Store, api: str) -> None:
+        """Whichever API streams, `create_sources` hands it the fence provider (as the poller)."""
+        from listener.budget import BudgetGovernor, Mode
+        from listener.sources import create_sources
+        from settings import BudgetSettings, Settings
+
+        salesforce = {"login_url": "http://127.0.0.1:1", "client_id": "x", "client_secret": "y",
+                      "auth_flow": "client_credentials"}
+        settings = Settings(_env_file=None, salesforce=salesforce,  # type: ignore[call-arg, arg-type]
+                            mongodb={"uri": "mongodb://127.0.0.1:1"}, sync={"stream_api": api})
+
+        def fence() -> None:
+            return None
+
+        sources = create_sources(settings=settings, mappings=LEAD_NAME_MAPPINGS, sf=object(),  # type: ignore[arg-type]
+                                 store=store, sink=SlowSink(0.0), governor=BudgetGovernor(BudgetSettings()),
+                                 fence=fence)
+        stream = sources[Mode.STREAMING]
+        assert type(stream).__name__ == ("PubSubStream" if api == "pubsub" else "CdcStream")
+        with pytest.raises(FencedError):  # no term to write for: refused before anything is read
+            await stream.run(asyncio.Event())
