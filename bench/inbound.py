@@ -304,11 +304,6 @@ async def until(check: Callable[[], bool], task: asyncio.Task[None] | None, *, w
         await asyncio.sleep(0.01)
 
 
-async def next_second() -> None:
-    """The poller's signpost excludes the current second: let it end."""
-    await asyncio.sleep(1.0 - time.time() % 1.0 + 0.02)
-
-
 async def update_titles(gen: SalesforceClient, ids: Sequence[str], title: str, *,
                         concurrency: int = 4) -> None:
     """Composite PATCH of `Title` on `ids`, 200 a call, a few calls in flight."""
@@ -365,7 +360,7 @@ class Figures:
 
 async def link(r: Rig, f: Figures) -> None:
     """First poll: every generated Lead becomes a linked Person (what the events will update)."""
-    await next_second()
+    await r.poller.wait_until_covered()  # the signpost (now less the safety lag) is past every Lead
     started = time.perf_counter()
     report = await r.poller.run_once()
     f.link_seconds = time.perf_counter() - started
@@ -388,7 +383,7 @@ async def polling_cost(r: Rig, f: Figures) -> None:
                 raise RuntimeError(f"control PATCH failed: {resp.status} {await resp.text()}")
 
     await asyncio.gather(*(patch(i) for i in r.ids))
-    await next_second()
+    await r.poller.wait_until_covered()  # the signpost (now less the safety lag) is past every patch
     await clear_emulator_requests(r.base_url)
     report = await r.poller.run_once()
     f.poll_records = report.records.get("Lead", 0)

@@ -149,11 +149,12 @@ def parse_message(
         _check_dates(parsed, latest)
         return parsed
     except _Invalid as exc:
-        return RejectedEvent(reason=str(exc), raw=_storable(message), channel=channel, replay_id=replay_id)
+        return RejectedEvent(reason=str(exc), raw=_storable(message), channel=channel,
+                             replay_id=_rejected_id(message, replay_id))
     except Exception as exc:  # bad input must never escape the parser (issue 11): a bug shows here
         log.warning("cdc_event_unparseable", channel=channel, replay_id=replay_id, exc_info=True)
         return RejectedEvent(reason=f"unreadable event: {type(exc).__name__}: {exc}", raw=_storable(message),
-                             channel=channel, replay_id=replay_id)
+                             channel=channel, replay_id=_rejected_id(message, replay_id))
 
 
 def _check_dates(parsed: Parsed, latest: datetime | None) -> None:
@@ -269,6 +270,12 @@ def _replay_id(message: dict[str, Any]) -> int | None:
     event = data.get("event") if isinstance(data, dict) else None
     value = event.get("replayId") if isinstance(event, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _rejected_id(message: dict[str, Any], replay_id: int | None) -> int | str | None:
+    """What a failed log names the event by: CometD's replay id, else the Pub/Sub source's (hex)."""
+    pubsub = message.get("pubsubReplayId")
+    return replay_id if replay_id is not None or not isinstance(pubsub, str) else pubsub
 
 
 def _str(header: dict[str, Any], key: str) -> str:

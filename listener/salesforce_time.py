@@ -13,7 +13,7 @@ steps and they stop overlapping, it starts again from the latest response) and g
 - `safe_now()`: a time Salesforce has certainly reached (host now + lower bound): a polling
   signpost below it never runs ahead of Salesforce;
 - `upper_now()`: a time Salesforce has certainly not reached yet (host now + upper bound);
-- `now()`: the best estimate of Salesforce's current time (the middle of the bounds);
+- `now()`: Salesforce's current time by `offset` (the smallest correction the bounds allow);
 - `to_host(t)` / `offset`: a Salesforce time on this host's clock (merge comparisons).
 
 Before the first response it knows nothing and answers with the host's clock (offset 0).
@@ -65,13 +65,17 @@ class SalesforceClock:
 
     @property
     def offset(self) -> timedelta:
-        """Salesforce minus host (best estimate; zero before the first response)."""
-        return timedelta(seconds=(self._low + self._high) / 2)
+        """Salesforce minus host: the smallest correction the responses allow (zero when the
+        bounds hold zero, and before the first response). Not the bounds' midpoint: replicas
+        whose clocks agree must learn the same offset, or field times one stored (Salesforce
+        time moved onto its host clock) outrank a later change another applies."""
+        return timedelta(seconds=min(max(0.0, self._low), self._high))
 
     @property
     def uncertainty(self) -> timedelta:
-        """Half the width of the bounds: how far `offset` may be off."""
-        return timedelta(seconds=(self._high - self._low) / 2)
+        """How far `offset` may be off: to the farther bound."""
+        at = self.offset.total_seconds()
+        return timedelta(seconds=max(at - self._low, self._high - at))
 
     def observe(self, date_header: str | None, *, sent: float, received: float) -> None:
         """One response: `Date` as sent by Salesforce, our send and receive times (host clock)."""

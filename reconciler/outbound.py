@@ -360,15 +360,25 @@ class LostCreates:
         if soql is None:
             return {}
         found = [r async for page in self._sf.query(soql) for r in page]
+        # A found record linked to another document is not ours; one linked to the write's own
+        # document already is (the inbound side linked it by its match key meanwhile: a poll or
+        # gap read has no changeOrigin, so the lost create came back as an ordinary change).
+        already: dict[int, str] = {}
         if found:
             collection = entries[keyed[0]].write.collection
-            taken = {d["crm"]["id"] for d in await self._store.find_linked(
-                collection, [str(r["Id"]) for r in found if r.get("Id")])}
+            own = {entries[i].write.local_id: i for i in keyed}
+            docs = await self._store.find_linked(collection, [str(r["Id"]) for r in found if r.get("Id")])
+            for doc in docs:
+                if doc["_id"] in own:
+                    already[own[doc["_id"]]] = str(doc["crm"]["id"])
+            taken = {d["crm"]["id"] for d in docs}
             found = [r for r in found if r.get("Id") not in taken]
-        not_before = [self._not_before(entries[i].first_sent_at or since) for i in keyed]
-        matched = match_recovered(sobject, [records[i] for i in keyed], found, not_before)
-        log.info("outbound_creates_checked", sobject=sobject, checked=len(keyed), recovered=len(matched))
-        return {keyed[position]: sf_id for position, sf_id in matched.items()}
+        rest = [i for i in keyed if i not in already]
+        not_before = [self._not_before(entries[i].first_sent_at or since) for i in rest]
+        matched = match_recovered(sobject, [records[i] for i in rest], found, not_before)
+        log.info("outbound_creates_checked", sobject=sobject, checked=len(keyed),
+                 recovered=len(matched) + len(already), already_linked=len(already))
+        return {**already, **{rest[position]: sf_id for position, sf_id in matched.items()}}
 
 
 class OutboundFlusher:
@@ -563,7 +573,7 @@ class OutboundFlusher:
         write = entry.write
         linked = await self._store.link_created(write.collection, write.local_id,
                                                 sobject=write.sobject, sf_id=sf_id)
-        if linked:
+        if linked or await _linked_to(self._store, entry, sf_id):
             await self._outbox.created(write.collection, write.local_id, write.sobject, sf_id)
             return []
         log.warning("outbound_link_failed", sobject=write.sobject, sf_id=sf_id,
@@ -572,6 +582,13 @@ class OutboundFlusher:
                         local_id=str(write.local_id), collection=write.collection,
                         error=f"ALREADY_LINKED: the local record was linked meanwhile; {sf_id} is not")]
 
+
+
+async def _linked_to(store: FlushStore, entry: OutboxEntry, sf_id: str) -> bool:
+    """Whether the write's document is linked to `sf_id` already (a recovered create the
+    inbound side linked first)."""
+    docs = await store.find_linked(entry.write.collection, [sf_id])
+    return any(d["_id"] == entry.write.local_id for d in docs)
 
 class Writability:
     """Field -> may we send it, per object and kind: the configured map, else (once per object

@@ -60,7 +60,7 @@ class RejectedEvent:
     reason: str
     raw: dict[str, Any]
     channel: str | None = None
-    replay_id: int | None = None
+    replay_id: int | str | None = None  # CometD's integer, or a Pub/Sub replay id (hex)
 
 
 class ChangeSink(Protocol):

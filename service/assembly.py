@@ -3,8 +3,8 @@
 This is the one place that builds the reconciler, the job runner and the sources, and the one
 place that calls backfill. Start-up: store (indexes) -> Salesforce client -> governor (first
 `limits`) -> mappings checked against `describe` -> outbox, reconciler, jobs, sources (here);
-then, once a term begins, backfill when no watermark exists yet and remerge when the mappings
-changed (`first_start`).
+then, once a term begins, backfill when nothing was ever synced (no watermark and no replay id)
+and remerge when the mappings changed (`first_start`).
 
 Every part that writes for a leader term writes through `TermStore(store, fence)` (`fence`:
 `LeaderTerm.fence`, the `Fence` captured when the running term began): the reconciler (records,
@@ -35,7 +35,7 @@ from reconciler.outbox import Outbox
 from reconciler.ports import ChangeSink
 from reconciler.remerge import remerge
 from reconciler.store import Store
-from reconciler.store.state_keys import watermark_key
+from reconciler.store.state_keys import StateKind, of_kind, watermark_key
 from reconciler.term_store import FenceProvider, TermStore
 from service.observed import ObservedSink
 from service.progress import Progress
@@ -93,11 +93,22 @@ async def assemble(settings: Settings, mappings: Mappings, governor: BudgetGover
 
 
 
+async def ever_synced(store: Store, objects: list[str]) -> bool:
+    """Whether any source ever left an offset: a watermark of a synced object (backfill, poller,
+    stream handover) or a replay id of any channel or topic. A stream saves replay ids while it
+    runs but leaves watermarks only when it stops, so a leader that died streaming leaves replay
+    ids alone: its successor resumes from them and must not backfill."""
+    state = await store.all_state()
+    if any(watermark_key(o) in state for o in objects):
+        return True
+    return any(of_kind(state, kind) for kind in (StateKind.REPLAY, StateKind.PUBSUB_REPLAY))
+
+
 async def first_start(parts: SyncParts, mappings: Mappings, objects: list[str]) -> None:
-    """Backfill when no watermark exists yet; re-merge the fields a mappings edit changed."""
+    """Backfill when nothing was ever synced (`ever_synced`); re-merge the fields a mappings
+    edit changed."""
     store = parts.store
-    marks = [await store.load_state(watermark_key(o)) for o in objects]
-    if not any(marks):
+    if not await ever_synced(store, objects):
         log.info("backfill_starting", objects=objects)
         # A bar on a terminal, periodic `progress` log events otherwise.
         with Progress("backfill") as progress:
@@ -111,4 +122,4 @@ async def first_start(parts: SyncParts, mappings: Mappings, objects: list[str]) 
     await remerge(parts.reader, store, parts.reconciler, mappings, objects)
 
 
-__all__ = ["SinkWrapper", "SyncParts", "assemble", "first_start"]
+__all__ = ["SinkWrapper", "SyncParts", "assemble", "ever_synced", "first_start"]

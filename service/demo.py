@@ -1,6 +1,7 @@
 """`sfsync demo`: the real service against an emulated Salesforce org and a local MongoDB.
 
-Starts `python -m emulator --seed sample` and (unless SFSYNC_MONGODB__URI is set) a SecantusDB
+Starts `python -m emulator --seed sample` (with `--pubsub-port` when SFSYNC_SYNC__STREAM_API=pubsub:
+the stream then runs over the Pub/Sub API) and (unless SFSYNC_MONGODB__URI is set) a SecantusDB
 server as child processes, writes a demo mappings file and env file under `.sfsync-demo/`, runs
 the service in this process, then edits records on both sides so the Sync Logs page shows
 successes, a merge (re-import), a lead conversion and failures Salesforce rejects. Ctrl-C or
@@ -110,12 +111,27 @@ def _secantus_daemon() -> str:
     return str(beside) if beside.exists() else (shutil.which("secantusd-py") or "secantusd-py")
 
 
-async def start_backends(children: Children, workdir: Path) -> tuple[str, str]:
-    """(emulator base URL, MongoDB URI), starting what is needed."""
+@dataclass(frozen=True)
+class Backends:
+    login_url: str                      # the emulator's base URL
+    mongo_uri: str
+    pubsub_endpoint: str | None = None  # the emulator's Pub/Sub API (`host:port`), when asked for
+
+
+def stream_api() -> str:
+    """`SFSYNC_SYNC__STREAM_API` from this shell (`cometd` unless set): the one SFSYNC_* variable
+    the demo takes over, so `SFSYNC_SYNC__STREAM_API=pubsub sfsync demo` streams over Pub/Sub."""
+    return os.environ.get("SFSYNC_SYNC__STREAM_API", "cometd").strip().lower() or "cometd"
+
+
+async def start_backends(children: Children, workdir: Path, *, pubsub: bool = False) -> Backends:
+    """The emulator (serving the Pub/Sub API too with `pubsub`) and MongoDB, starting what is needed."""
     emulator_port = free_port()
+    pubsub_port = free_port() if pubsub else None
     emulator = children.start(
         [sys.executable, "-m", "emulator", "--host", "127.0.0.1", "--port", str(emulator_port),
-         "--seed", "sample"], workdir / "emulator.log")
+         "--seed", "sample", *(["--pubsub-port", str(pubsub_port)] if pubsub_port else [])],
+        workdir / "emulator.log")
     uri = os.environ.get("SFSYNC_MONGODB__URI")
     if not uri:
         db_port = free_port()
@@ -126,11 +142,16 @@ async def start_backends(children: Children, workdir: Path) -> tuple[str, str]:
         await wait_for_port(db_port, db, "secantusd-py")
         uri = f"mongodb://127.0.0.1:{db_port}/?directConnection=true"
     await wait_for_port(emulator_port, emulator, "the Salesforce emulator")
-    return f"http://127.0.0.1:{emulator_port}", uri
+    if pubsub_port:
+        await wait_for_port(pubsub_port, emulator, "the emulator's Pub/Sub API")
+    return Backends(f"http://127.0.0.1:{emulator_port}", uri,
+                    f"127.0.0.1:{pubsub_port}" if pubsub_port else None)
 
 
-def demo_settings(*, login_url: str, mongo_uri: str, admin_port: int, token: str, workdir: Path) -> Settings:
-    """The demo's settings, also written to `<workdir>/demo.env` for `sfsync` commands."""
+def demo_settings(*, login_url: str, mongo_uri: str, admin_port: int, token: str, workdir: Path,
+                  pubsub_endpoint: str | None = None) -> Settings:
+    """The demo's settings, also written to `<workdir>/demo.env` for `sfsync` commands; with
+    `pubsub_endpoint` the stream runs over the emulator's Pub/Sub API."""
     mappings_file = workdir / "mappings.toml"
     mappings_file.write_text(DEMO_MAPPINGS, encoding="utf-8")
     values = {
@@ -148,6 +169,9 @@ def demo_settings(*, login_url: str, mongo_uri: str, admin_port: int, token: str
         "SFSYNC_LOG__LEVEL": os.environ.get("SFSYNC_LOG__LEVEL", "WARNING"),
         "SFSYNC_LOG__FORMAT": "console",
     }
+    if pubsub_endpoint:
+        values["SFSYNC_SYNC__STREAM_API"] = "pubsub"
+        values["SFSYNC_SALESFORCE__PUBSUB_ENDPOINT"] = pubsub_endpoint
     env_file = workdir / "demo.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()), encoding="utf-8")
     env_file.chmod(0o600)  # it holds the admin token
@@ -172,15 +196,16 @@ async def run_demo(*, duration: float | None = None, admin_port: int = 8080,
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        login_url, mongo_uri = await start_backends(children, workdir)
+        backends = await start_backends(children, workdir, pubsub=stream_api() == "pubsub")
+        login_url, mongo_uri = backends.login_url, backends.mongo_uri
         token = secrets.token_urlsafe(24)
         admin_port = _admin_port(admin_port)
         settings = demo_settings(login_url=login_url, mongo_uri=mongo_uri, admin_port=admin_port,
-                                 token=token, workdir=workdir)
+                                 token=token, workdir=workdir, pubsub_endpoint=backends.pubsub_endpoint)
         mappings = load_mappings(settings.sync.mappings_file)
         configure_logging(settings.log.level, settings.log.format.value, secrets=settings_secrets(settings))
         admin_url = f"http://127.0.0.1:{admin_port}"
-        _banner(admin_url, token, login_url, mongo_uri, workdir)
+        _banner(admin_url, token, backends, workdir)
         scenario = Scenario(login_url, admin_url, token, mongo_uri, settings.mongodb.database)
         return await _run_service(settings, mappings, scenario, stop, duration)
     finally:
@@ -249,13 +274,16 @@ async def _run_service(settings: Settings, mappings: Mappings, scenario: Scenari
     return code
 
 
-def _banner(admin_url: str, token: str, login_url: str, mongo_uri: str, workdir: Path) -> None:
+def _banner(admin_url: str, token: str, backends: Backends, workdir: Path) -> None:
+    login_url, mongo_uri = backends.login_url, backends.mongo_uri
+    stream = f"Pub/Sub API at {backends.pubsub_endpoint}" if backends.pubsub_endpoint else "CometD"
     print(
         "\nSalesforce Sync demo is running.\n"
         f"  Sync Logs page : {admin_url}/logs\n"
         f"  admin token    : {token}\n"
         f"  Salesforce     : {login_url} (emulated org, sample data)\n"
         f"  MongoDB        : {mongo_uri}\n"
+        f"  CDC stream     : {stream}\n"
         f"  CLI            : SFSYNC_ENV_FILE={shlex.quote(str((workdir / 'demo.env').resolve()))} "
         f"{cli_hint()} logs\n"
         "Press Ctrl-C to stop.\n",

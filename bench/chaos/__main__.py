@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.chaos.plants import CONTROLS, PLANTS
 from bench.chaos.runner import run
 from bench.chaos.schedule import FAULT_KINDS
 
@@ -25,12 +26,15 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma list (default all): {','.join(FAULT_KINDS)}; 'none' for no faults")
     parser.add_argument("--keep", action="store_true", help="keep the run directory on success too")
     parser.add_argument("--dir", type=Path, default=None, help="where run directories are made")
+    parser.add_argument("--plant", choices=PLANTS + CONTROLS, default=None,
+                        help="TEST-ONLY: start the replicas with this bug planted (bench/chaos/plants.py)")
     args = parser.parse_args(argv)
     kinds = () if args.faults.strip() in ("", "none") else tuple(k.strip() for k in args.faults.split(","))
     unknown = [k for k in kinds if k not in FAULT_KINDS]
     if unknown:
         parser.error(f"unknown fault kind(s) {', '.join(unknown)}; known: {', '.join(FAULT_KINDS)}")
-    result = run(args.seed, args.ops, minutes=args.minutes, faults=kinds, keep=args.keep, base_dir=args.dir)
+    result = run(args.seed, args.ops, minutes=args.minutes, faults=kinds, keep=args.keep, base_dir=args.dir,
+                 plant=args.plant)
     return 0 if result.ok else 1
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -19,8 +18,9 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from bench.chaos.plants import service_env
 from tests.support.emulator import EmulatorProcess
-from tests.support.secantus import _daemon, free_port
+from tests.support.secantus import free_port, spawn_secantus, stop_process
 from tests.support.service import Reply, SalesforceOrg, ServiceProcess, http
 
 LEASE_SECONDS = 3.0
@@ -126,32 +126,10 @@ class Mongo:
         return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
 
     def start(self, timeout: float = 30.0) -> None:
-        self.storage.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [_daemon(), "--host", "127.0.0.1", "--port", str(self.port), "--storage-path",
-                 str(self.storage), "--log-level", "WARNING"],
-                stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"secantusd-py exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"secantusd-py did not open port {self.port} within {timeout}s")
+        self.process = spawn_secantus(self.port, self.storage, self.log_path, timeout)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        stop_process(self.process, timeout=15)
 
     @property
     def running(self) -> bool:
@@ -252,9 +230,10 @@ class StateRecorder:
 class Environment:
     """Everything a run starts, and stops at the end."""
 
-    def __init__(self, work: Path, *, database: str = "chaos") -> None:
+    def __init__(self, work: Path, *, database: str = "chaos", plant: str | None = None) -> None:
         self.work = work
         self.database = database
+        self.plant = plant  # a planted bug in both replicas (test-only: bench/chaos/plants.py)
         self.mongo = Mongo(work)
         self.emulator = EmulatorProcess(free_port(), (), work / "emulator.log")
         self.org = ChaosOrg(self.emulator.base_url)
@@ -273,13 +252,14 @@ class Environment:
         self.emulator.start()
         self.recorder = StateRecorder(self.mongo.uri, self.database)
         self.recorder.start()
+        extra_env = {"SFSYNC_SYNC__LEASE_SECONDS": str(LEASE_SECONDS), "SFSYNC_SYNC__FREQUENCY_MINUTES": "1"}
+        if self.plant is not None:
+            extra_env.update(service_env(self.plant))
         for name in ("replica-a", "replica-b"):
             service = ServiceProcess(
                 workdir=self.work / name, salesforce_url=self.emulator.base_url,
                 mongo_uri=f"{self.mongo.uri}&retryWrites=false", database=self.database,
-                mappings=CHAOS_MAPPINGS,
-                extra_env={"SFSYNC_SYNC__LEASE_SECONDS": str(LEASE_SECONDS),
-                           "SFSYNC_SYNC__FREQUENCY_MINUTES": "1"})
+                mappings=CHAOS_MAPPINGS, extra_env=dict(extra_env))
             self.replicas.append(Replica(name, service))
         self.replicas[0].service.start(ready_timeout=60)
         self.wait_leader(timeout=60)

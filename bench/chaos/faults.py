@@ -4,7 +4,8 @@ Process faults act on the replica that holds the lease (found through `sync_stat
 document, whose owner names the pid); the rest go through the emulator's control API
 (`/_emulator/...`, `/_emulator/streaming/...`, `/_emulator/chaos/...`). Every fault is healed
 before the quiet period: processes running and not stopped, MongoDB up, budget and retention
-restored, injected faults cleared.
+restored, injected faults cleared, the org's clock back on the host's (`clock_skew` moves it
+a few seconds ahead or behind through `POST /_emulator/clock`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Faults:
     killed: dict[str, Replica] = field(default_factory=dict)   # fault id -> replica
     stopped: dict[str, Replica] = field(default_factory=dict)
     acks: list[Ack] = field(default_factory=list)              # silent Salesforce writes (gap/overflow)
+    skews: dict[str, float] = field(default_factory=dict)      # open clock_skew faults, in order
 
     def inject(self, step: Step) -> FaultRecord:
         try:
@@ -75,6 +77,11 @@ class Faults:
         elif step.kind == "replay_retention":
             self.env.org.control("POST", "chaos/retention", {"seconds": RETENTION_DEFAULT})
             detail = "retention 72h"
+        elif step.kind == "clock_skew":
+            self.skews.pop(fid, None)  # back to the skew still open, if another one is
+            offset = list(self.skews.values())[-1] if self.skews else 0.0
+            self.env.org.control("POST", "clock", {"offset_seconds": offset})
+            detail = f"org clock offset {offset:g}s"
         return FaultRecord(step.id, step.kind, time.time(), "healed", detail)
 
     def heal_all(self) -> list[FaultRecord]:
@@ -88,6 +95,8 @@ class Faults:
         self.env.org.control("DELETE", "faults")
         self.env.org.control("POST", "budget", {"used": 0})
         self.env.org.control("POST", "chaos/retention", {"seconds": RETENTION_DEFAULT})
+        self.skews.clear()
+        self.env.org.control("POST", "clock", {"offset_seconds": 0})
         for replica in self.env.replicas:
             if not replica.service.running:
                 replica.service.launch()
@@ -193,6 +202,12 @@ class Faults:
         body = self._control("POST", "chaos/retention", {"seconds": 0.5})
         self._control("POST", "streaming/forget-clients")
         return f"retention 0.5s ({body}); clients forgotten: they resubscribe from a pruned replay id"
+
+    def _clock_skew(self, step: Step) -> str:
+        offset = float(step.args["offset_s"])
+        self._control("POST", "clock", {"offset_seconds": offset})
+        self.skews[step.id] = offset
+        return f"org clock {'ahead of' if offset > 0 else 'behind'} the host by {abs(offset):g}s"
 
     def _poison_event(self, step: Step) -> str:
         lead = next((e for e in self.ops.entities.values() if e.sobject == "Lead" and e.sf_id), None)

@@ -49,9 +49,10 @@ class RunResult:
 
 def run(seed: int, ops: int, *, minutes: float | None = None, faults: tuple[str, ...] = FAULT_KINDS,
         keep: bool = False, base_dir: Path | None = None, echo: bool = True,
-        barrier_timeout: float = BARRIER_TIMEOUT) -> RunResult:
+        barrier_timeout: float = BARRIER_TIMEOUT, plant: str | None = None) -> RunResult:
+    """One run; `plant` starts the replicas with a planted bug (test-only, bench/chaos/plants.py)."""
     started = time.monotonic()
-    state, steps = _set_up(seed, ops, faults, base_dir)
+    state, steps = _set_up(seed, ops, faults, base_dir, plant)
     try:
         _start(state)
         _play(state, steps, deadline=started + minutes * 60 if minutes else None)
@@ -90,15 +91,17 @@ class _Quiet(NamedTuple):
 
 # --- start -------------------------------------------------------------------------------------
 
-def _set_up(seed: int, ops: int, faults: tuple[str, ...], base_dir: Path | None) -> tuple[_Run, list[Step]]:
+def _set_up(seed: int, ops: int, faults: tuple[str, ...], base_dir: Path | None,
+            plant: str | None = None) -> tuple[_Run, list[Step]]:
     """The run directory, the schedule (logged with its digest), the environment, not yet started."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"chaos-{seed}-", dir=base_dir))
     steps = build_schedule(seed, ops, faults)
     runlog = RunLog(run_dir)
     runlog.write({"event": "schedule", "seed": seed, "ops": ops, "faults": list(faults), "steps": len(steps),
+                  "plant": plant,
                   "schedule_sha": hashlib.sha256(json.dumps([s.as_json() for s in steps], sort_keys=True)
                                                  .encode()).hexdigest()[:16]})
-    env = Environment(run_dir / "env", database=f"chaos_{seed}")
+    env = Environment(run_dir / "env", database=f"chaos_{seed}", plant=plant)
     (run_dir / "env").mkdir()
     operations = Operations(env)
     state = _Run(run_dir, runlog, env, operations, Faults(env, operations), Summary(seed, ops, 0))

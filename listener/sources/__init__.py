@@ -1,8 +1,8 @@
-"""Inbound sources: the CometD CDC stream and SOQL polling, behind one `Source` protocol.
+"""Inbound sources: the CDC stream (CometD or the Pub/Sub API) and SOQL polling, behind one `Source` protocol.
 
 `create_sources` builds every source this service can run, keyed by the budget mode that runs
-it; the shell switches between them knowing only the `Source` protocol. A new source (say
-Salesforce's Pub/Sub API) is one module here and one entry in `create_sources`.
+it; the shell switches between them knowing only the `Source` protocol. A new source is one
+module here and one entry in `create_sources`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def create_sources(*, settings: Settings, mappings: Mappings, sf: SalesforceClie
     stream: Source
     if sync.stream_api == "pubsub":
         stream = PubSubStream(sf=sf, store=store, sink=sink, catch_up=poller, objects=sync.objects,
-                              options=PubSubOptions.from_settings(settings), governor=governor)
+                              options=PubSubOptions.from_settings(settings), governor=governor, fence=fence)
     else:
         stream = CdcStream(sf=sf, store=store, sink=sink, catch_up=poller, objects=sync.objects,
                            options=StreamOptions.from_settings(settings), governor=governor, fence=fence)

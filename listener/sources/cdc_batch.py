@@ -1,4 +1,4 @@
-"""One micro-batch of CometD messages, sorted into what the stream does with each.
+"""One micro-batch of CDC messages, sorted into what the stream does with each, and done.
 
     messages --parse_message--> changes (to apply)      rejected (failed sync logs)
                                 gaps (fetch by id)      overflows (poll the object)
@@ -7,10 +7,16 @@
 `sort_batch` only reads: it asks `already_applied` whether a replay id was applied before a
 reconnect (then the message is dropped) and `covered` whether a poll already applied a change
 (then the change is dropped, but its offset still advances). It changes no stream state.
+Messages are in CometD's JSON shape (the Pub/Sub source decodes its Avro events into it).
+
+`apply_batch` does what a sorted batch asks for: gaps fetched by id and applied with its changes
+(one `Id IN (...)` query per object), rejected events logged as failed, overflowed objects polled
+from the event's commit time; then `sfsync_replay_lag_seconds`. Offsets are the caller's.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +26,8 @@ import structlog
 
 from listener.events import GapRequest, OverflowRequest, Parsed, parse_message
 from listener.metrics import METRICS
-from reconciler.ports import RejectedEvent, SalesforceChange
+from listener.sources.handover import CatchUp
+from reconciler.ports import ChangeSink, RejectedEvent, SalesforceChange
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +71,7 @@ def sort_batch(
         channel = str(message.get("channel", ""))
         parsed = parse_message(message, client_name=client_name, objects=objects, latest=latest)
         replay_id = parsed.replay_id if not isinstance(parsed, list) else _first_replay(parsed)
-        if replay_id is not None:
+        if isinstance(replay_id, int):  # CometD's; the Pub/Sub source keeps its own offsets
             if already_applied(channel, replay_id):
                 continue  # redelivered after a reconnect: already applied
             batch.offsets[channel] = max(replay_id, batch.offsets.get(channel, -1))
@@ -93,8 +100,36 @@ def _dispatch(parsed: Parsed, batch: SortedBatch, covered: Callable[[SalesforceC
                 batch.changes.append(change)
 
 
+async def apply_batch(batch: SortedBatch, *, sink: ChangeSink, catch_up: CatchUp) -> None:
+    """Apply the batch's changes and the gaps' records, log its rejected events, poll its
+    overflowed objects; a `RetriableError` leaves the offsets to the caller (not advanced)."""
+    changes = batch.changes
+    for sobject, ids in batch.gaps.items():
+        log.info("stream_gap_fetch", object=sobject, records=len(ids))
+        changes = changes + await catch_up.fetch_by_ids(sobject, sorted(ids))
+    if changes:
+        await sink.apply(changes)
+    if batch.rejected:
+        await sink.reject(batch.rejected)
+        METRICS.inc("sfsync_events_failed_total", len(batch.rejected), object="unknown")
+    for overflow in batch.overflows:
+        log.info("stream_overflow_poll", object=overflow.sobject, since=overflow.since.isoformat())
+        await catch_up.poll_since(overflow.sobject, overflow.since)
+    _note_lag(batch)
+
+
+def _note_lag(batch: SortedBatch) -> None:
+    """`sfsync_replay_lag_seconds` (this is its only writer): seconds from the newest
+    Salesforce commit in the batch just applied (`commitTimestamp`, or the record's
+    `LastModifiedDate`) to the moment its apply finished -- how far the stream runs behind
+    Salesforce. Not updated while no events arrive, nor while polling."""
+    if batch.committed_at:
+        newest = max(batch.committed_at.values())
+        METRICS.set("sfsync_replay_lag_seconds", max(time.time() - newest.timestamp(), 0.0))
+
+
 def _first_replay(changes: list[SalesforceChange]) -> int | None:
     return changes[0].replay_id if changes else None
 
 
-__all__ = ["Message", "SortedBatch", "sort_batch"]
+__all__ = ["Message", "SortedBatch", "apply_batch", "sort_batch"]

@@ -29,7 +29,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,7 +37,6 @@ from typing import Any, Protocol
 import structlog
 
 from listener.events import channel_object
-from listener.metrics import METRICS
 from listener.sources._sfstream_compat import (
     NEW_EVENTS,
     CommittedReplayIds,
@@ -48,13 +46,13 @@ from listener.sources._sfstream_compat import (
     TokenSource,
 )
 from listener.sources.batching import CommitPolicy
-from listener.sources.cdc_batch import Message, SortedBatch, sort_batch
+from listener.sources.cdc_batch import Message, apply_batch, sort_batch
 from listener.sources.handover import HANDOVER_MARGIN, CatchUp, PollHandover
 from listener.sources.intake import BatchIntake
-from listener.sources.replay_offsets import ReplayOffsets
+from listener.sources.replay_offsets import ReplayOffsets, term_fence
 from reconciler.errors import FencedError, RetriableError
 from reconciler.pacing import Backoff
-from reconciler.ports import ChangeSink, RejectedEvent, SalesforceChange, StateStore
+from reconciler.ports import ChangeSink, RejectedEvent, StateStore
 from reconciler.store import Fence
 from reconciler.watermark import Watermark
 from settings import Settings
@@ -132,7 +130,7 @@ class CdcStream:
         self._session_factory = session_factory or self._default_session
         self._offsets = ReplayOffsets(store, self.channels)
         self._handover = PollHandover(catch_up, store)
-        self._intake: BatchIntake | None = None
+        self._intake: BatchIntake[Message] | None = None
         self.connected = False
         self.ready = False  # connected, and any closing poll done: events flow
         self.running = False
@@ -165,7 +163,7 @@ class CdcStream:
         return {}
 
     async def run(self, stop: asyncio.Event) -> None:
-        term = self._term_fence()
+        term = term_fence(self._fence, "stream")
         self._offsets.fence = self._handover.fence = term
         self.running = True
         finished = False
@@ -180,14 +178,6 @@ class CdcStream:
             self.connected = False
         if finished:  # not after a cancellation or a refused write: nothing written past the term
             await self._handover.checkpoint_watermarks()
-
-    def _term_fence(self) -> Fence | None:
-        if self._fence is None:
-            return None
-        term = self._fence()
-        if term is None:
-            raise FencedError("stream: no leader term to write for")
-        return term
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -249,7 +239,7 @@ class CdcStream:
         async def process(messages: list[Message]) -> None:
             await self._process(messages, policy)
 
-        self._intake = BatchIntake(session, process, self._offsets.commit,
+        self._intake = BatchIntake([session], process, self._offsets.commit,
                                    batch_size=options.batch_size, batch_wait=options.batch_wait_ms / 1000,
                                    stop_deadline=options.stop_deadline)
         try:
@@ -261,41 +251,13 @@ class CdcStream:
         batch = sort_batch(messages, client_name=self.options.client_name, objects=set(self.objects),
                            already_applied=self._offsets.is_applied, covered=self._handover.covers,
                            latest=datetime.now(UTC) + LATEST_AHEAD)
-        changes = batch.changes
-        if batch.gaps:
-            changes = changes + await self._fetch_gaps(batch.gaps)
-        if changes:
-            await self._sink.apply(changes)
-        if batch.rejected:
-            await self._sink.reject(batch.rejected)
-            METRICS.inc("sfsync_events_failed_total", len(batch.rejected), object="unknown")
-        for overflow in batch.overflows:
-            log.info("stream_overflow_poll", object=overflow.sobject, since=overflow.since.isoformat())
-            await self._catch_up.poll_since(overflow.sobject, overflow.since)
+        await apply_batch(batch, sink=self._sink, catch_up=self._catch_up)
         self._offsets.applied(batch.offsets)
         self._handover.saw_commits(batch.committed_at)
         policy.applied(len(messages))
         if policy.due():
             await self._offsets.commit()
             policy.committed()
-        _note_lag(batch)
-
-    async def _fetch_gaps(self, gaps: dict[str, set[str]]) -> list[SalesforceChange]:
-        fetched: list[SalesforceChange] = []
-        for sobject, ids in gaps.items():
-            log.info("stream_gap_fetch", object=sobject, records=len(ids))
-            fetched.extend(await self._catch_up.fetch_by_ids(sobject, sorted(ids)))
-        return fetched
-
-
-def _note_lag(batch: SortedBatch) -> None:
-    """`sfsync_replay_lag_seconds` (this is its only writer): seconds from the newest
-    Salesforce commit in the batch just applied (`commitTimestamp`, or the record's
-    `LastModifiedDate`) to the moment its apply finished -- how far the stream runs behind
-    Salesforce. Not updated while no events arrive, nor while polling."""
-    if batch.committed_at:
-        newest = max(batch.committed_at.values())
-        METRICS.set("sfsync_replay_lag_seconds", max(time.time() - newest.timestamp(), 0.0))
 
 
 __all__ = ["HANDOVER_MARGIN", "CatchUp", "CdcStream", "Session", "StreamOptions", "channel_for"]

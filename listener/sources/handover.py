@@ -66,6 +66,10 @@ class PollHandover:
         mark = self._poll_marks.get(change.sobject)
         return mark is not None and mark.covers(change.sf_id, floor_second(change.changed_at))
 
+    @property
+    def closing_poll_owed(self) -> bool:
+        return bool(self._closing_poll)
+
     def owe_closing_poll(self, objects: Iterable[str]) -> None:
         """These objects are (about to be) subscribed with -1: poll once the subscription holds."""
         self._closing_poll.update(objects)

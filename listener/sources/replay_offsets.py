@@ -1,68 +1,142 @@
 """The stream's replay ids, per channel: applied (in memory), pending, committed (stored).
 
-    load() -> CommittedReplayIds (what the CometD session resumes from)
+    load() -> the stored ids (what a session resumes from)
     applied({channel: id})   after the sink applied a batch: the ids move, in memory only
-    commit()                 writes the pending ids to `sync_state` `replay:<channel>` =
-                             `{"replay_id": N}` (journaled majority, in the store), then tells
-                             the session, so a library-driven re-subscribe never skips events
+    commit()                 writes the pending ids to `sync_state` (`{"replay_id": ...}`,
+                             journaled majority, in the store)
 
-An id is only ever committed after the changes it covers were applied; ids never move back
-(the store writes them with `$max`). With a `fence` (the leader term the stream runs for),
-a commit after another term took the lease is refused with `FencedError`.
+An id is only ever committed after the changes it covers were applied. With a `fence` (the
+leader term the stream runs for), a commit after another term took the lease is refused with
+`FencedError`. Two kinds of id:
+
+- `ReplayOffsets` (CometD): integers under `replay:<channel>`, never moving back (`max` here,
+  `$max` in the store); a commit also tells the session, so a library-driven re-subscribe
+  never skips events; `is_applied` drops what a reconnect redelivered.
+- `PubSubOffsets` (Pub/Sub API): Salesforce's opaque bytes under `pubsub_replay:<channel>`,
+  stored as they came; the newest delivered wins (they are not ordered for clients);
+  `forget` drops a channel whose id the server refused (it then subscribes LATEST).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 from listener.sources._sfstream_compat import CommittedReplayIds
+from reconciler.errors import FencedError
 from reconciler.ports import StateStore
 from reconciler.store import Fence
-from reconciler.store.state_keys import replay_key
+from reconciler.store.state_keys import pubsub_replay_key, replay_key
+
+R = TypeVar("R", int, bytes)
 
 
-class ReplayOffsets:
-    """Replay id bookkeeping for the channels of one stream."""
+class _Offsets(Generic[R]):
+    """Applied / pending / committed ids of one kind, for the channels of one stream."""
 
     def __init__(self, store: StateStore, channels: Sequence[str]) -> None:
         self._store = store
         self._channels = list(channels)
-        self._applied: dict[str, int] = {}   # highest replay id applied, per channel
-        self._pending: dict[str, int] = {}   # applied, not yet committed, per channel
-        self._session: CommittedReplayIds | None = None
+        self._applied: dict[str, R] = {}   # newest id applied (or stored), per channel
+        self._pending: dict[str, R] = {}   # applied, not yet committed, per channel
         self.fence: Fence | None = None
 
     @property
-    def applied_ids(self) -> dict[str, int]:
+    def applied_ids(self) -> dict[str, R]:
         return dict(self._applied)
 
-    async def load(self) -> CommittedReplayIds:
-        """The stored replay ids (channels without a usable one are left out: subscribe -1)."""
-        ids: dict[str, int] = {}
+    async def _load_ids(self) -> dict[str, R]:
+        """The stored ids (channels without a usable one are left out: subscribe for new events)."""
+        ids: dict[str, R] = {}
         for channel in self._channels:
-            state = await self._store.load_state(replay_key(channel))
-            value = state.get("replay_id") if state else None
-            if isinstance(value, int) and value >= 0:
-                ids[channel] = value
-                self._applied[channel] = value
-        self._session = CommittedReplayIds(ids)
+            state = await self._store.load_state(self._key(channel))
+            value = self._usable(state.get("replay_id") if state else None)
+            if value is not None:
+                ids[channel] = self._applied[channel] = value
+        return ids
+
+    def applied(self, offsets: dict[str, R]) -> None:
+        for channel, replay_id in offsets.items():
+            newest = self._advance(self._applied.get(channel), replay_id)
+            if newest != self._applied.get(channel):
+                self._pending[channel] = self._applied[channel] = newest
+
+    async def commit(self) -> None:
+        """Durably store the ids of applied events (journaled majority, in the store)."""
+        for channel, replay_id in sorted(self._pending.items()):
+            await self._store.save_state(self._key(channel), {"replay_id": replay_id}, fence=self.fence)
+            self._committed(channel, replay_id)
+            del self._pending[channel]
+
+    def _key(self, channel: str) -> str:
+        raise NotImplementedError
+
+    def _usable(self, value: object) -> R | None:
+        raise NotImplementedError
+
+    def _advance(self, current: R | None, replay_id: R) -> R:
+        raise NotImplementedError
+
+    def _committed(self, channel: str, replay_id: R) -> None:
+        return None
+
+
+class ReplayOffsets(_Offsets[int]):
+    """CometD's integer replay ids."""
+
+    def __init__(self, store: StateStore, channels: Sequence[str]) -> None:
+        super().__init__(store, channels)
+        self._session: CommittedReplayIds | None = None
+
+    async def load(self) -> CommittedReplayIds:
+        self._session = CommittedReplayIds(await self._load_ids())
         return self._session
 
     def is_applied(self, channel: str, replay_id: int) -> bool:
         return replay_id <= self._applied.get(channel, -1)
 
-    def applied(self, offsets: dict[str, int]) -> None:
-        for channel, replay_id in offsets.items():
-            self._pending[channel] = max(replay_id, self._pending.get(channel, -1))
-            self._applied[channel] = max(replay_id, self._applied.get(channel, -1))
+    def _key(self, channel: str) -> str:
+        return replay_key(channel)
 
-    async def commit(self) -> None:
-        """Durably store the replay ids of applied events (journaled majority, in the store)."""
-        for channel, replay_id in sorted(self._pending.items()):
-            await self._store.save_state(replay_key(channel), {"replay_id": replay_id}, fence=self.fence)
-            if self._session is not None:
-                self._session.commit(channel, replay_id)
-            del self._pending[channel]
+    def _usable(self, value: object) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+    def _advance(self, current: int | None, replay_id: int) -> int:
+        return replay_id if current is None else max(current, replay_id)
+
+    def _committed(self, channel: str, replay_id: int) -> None:
+        if self._session is not None:
+            self._session.commit(channel, replay_id)
 
 
-__all__ = ["ReplayOffsets"]
+class PubSubOffsets(_Offsets[bytes]):
+    """The Pub/Sub API's opaque replay ids (bytes)."""
+
+    async def load(self) -> dict[str, bytes]:
+        return await self._load_ids()
+
+    def forget(self, channel: str) -> None:
+        self._applied.pop(channel, None)
+        self._pending.pop(channel, None)
+
+    def _key(self, channel: str) -> str:
+        return pubsub_replay_key(channel)
+
+    def _usable(self, value: object) -> bytes | None:
+        return bytes(value) if isinstance(value, bytes) and value else None
+
+    def _advance(self, current: bytes | None, replay_id: bytes) -> bytes:
+        return replay_id  # items of one channel arrive in order: the last one is the newest
+
+
+def term_fence(fence: Callable[[], Fence | None] | None, who: str) -> Fence | None:
+    """The leader term a run writes for (read once when it starts); none to write for: refused."""
+    if fence is None:
+        return None
+    term = fence()
+    if term is None:
+        raise FencedError(f"{who}: no leader term to write for")
+    return term
+
+
+__all__ = ["PubSubOffsets", "ReplayOffsets", "term_fence"]

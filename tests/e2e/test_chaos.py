@@ -13,7 +13,7 @@ import pytest
 from bench.chaos.runner import run
 from bench.chaos.schedule import FAULT_KINDS, build_schedule
 
-SEEDS = (7, 25, 76)  # together they draw every fault kind (checked below); one budget swing, early
+SEEDS = (8, 64, 83)  # together they draw every fault kind (checked below); one budget swing, early
 OPS = 80
 BARRIER_TIMEOUT = 120.0  # polling mode: one pass a minute, a partial outbound batch waits one interval
 

@@ -30,9 +30,9 @@ from tests.support.service import (
     ServiceProcess,
     linked_lead,
     platform_edit,
+    running_pipeline,
     unique,
     wait_for,
-    wait_pipeline,
     wait_record,
 )
 
@@ -46,16 +46,10 @@ MAPPINGS = sample_mappings({f: None for f in ("people.title", "people.phone", "p
 @pytest.fixture(scope="module")
 def service(service_factory: ServiceFactory, org: SalesforceOrg,
             db: Database[Doc]) -> Iterator[ServiceProcess]:
-    running = service_factory(MAPPINGS)
-    running.extra_env["SFSYNC_BUDGET__CHECK_SECONDS"] = str(CHECK_SECONDS)
-    running.extra_env["SFSYNC_SYNC__BATCH_SIZE"] = "2"  # the two edits below: one full batch
-    running.start()
-    wait_pipeline(org, db)
-    try:
+    with running_pipeline(service_factory(MAPPINGS), org, db,
+                          SFSYNC_BUDGET__CHECK_SECONDS=str(CHECK_SECONDS),
+                          SFSYNC_SYNC__BATCH_SIZE="2") as running:  # the two edits below: one full batch
         yield running
-    finally:
-        org.control("POST", "budget", {"used": 0})
-        running.stop()
 
 
 def service_requests(org: SalesforceOrg, since: float) -> list[dict[str, Any]]:

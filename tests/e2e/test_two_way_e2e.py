@@ -36,7 +36,6 @@ from tests.support.service import (
     wait_record,
 )
 
-SETTLE = 4.0  # longer than the outbox's 2 s flush wait: long enough for a wrong write to show
 UNMAPPED_OWNER = "005000000000003AAA"  # the emulator's integration user: not in [[users]]
 
 MAPPINGS = sample_mappings(
@@ -65,6 +64,15 @@ def service(
     wait_pipeline(org, db)
     yield running
     running.stop()
+
+
+def later_platform_marker(org: SalesforceOrg, db: Database[Doc], lead_id: str, person: Doc) -> str:
+    """A later platform edit of LastName, waited for in Salesforce: the outbox sends a record's
+    changes in order, so whatever an earlier edit (or its echo) would have sent came first."""
+    marker = unique("Marker")
+    platform_edit(db, person, last_name=marker)
+    wait_record(org, lead_id, lambda r: r.get("LastName") == marker, "the later platform edit")
+    return marker
 
 
 # --- directions and merge behaviours on live edits ------------------------------------------------
@@ -117,8 +125,8 @@ class TestDirections:
         since = time.time()
         platform_edit(db, person, title="Intern", first_name="Marker")
         wait_record(org, lead_id, lambda r: r.get("FirstName") == "Marker", "FirstName Marker (same edit)")
-        stays(lambda: org.record("Lead", lead_id).get("Title") == "CTO", duration=SETTLE,
-              what="Lead Title stays CTO")
+        later_platform_marker(org, db, lead_id, person)  # a write of Title would have come before it
+        assert org.record("Lead", lead_id).get("Title") == "CTO"
         sent = org.service_writes(lead_id, since=since)
         assert sent and all("Title" not in record for record in sent), sent
 
@@ -187,8 +195,8 @@ class TestMergeBehaviours:
         since = time.time()
         platform_edit(db, person, state="", first_name="Marker")
         wait_record(org, lead_id, lambda r: r.get("FirstName") == "Marker", "same local edit sent")
-        stays(lambda: org.record("Lead", lead_id).get("State") == "UT", duration=SETTLE,
-              what="Lead State stays UT")
+        later_platform_marker(org, db, lead_id, person)  # a write of the blank would have come before it
+        assert org.record("Lead", lead_id).get("State") == "UT"
         assert all("State" not in record for record in org.service_writes(lead_id, since=since))
 
 
@@ -341,13 +349,16 @@ class TestOwnWritesNeverLoop:
         self, service: ServiceProcess, org: SalesforceOrg, db: Database[Doc]
     ) -> None:
         """After a Salesforce edit is applied locally, the service makes no write to that record."""
-        lead_id, _ = linked_lead(org, db, "noloopin")
+        lead_id, person = linked_lead(org, db, "noloopin")
         since = time.time()
         org.update("Lead", lead_id, {"FirstName": "Inbound", "State": "ID"})
         wait_person(db, lead_id, lambda p: p.get("first_name") == "Inbound", "first_name Inbound")
-        stays(lambda: not org.service_writes(lead_id, since=since), duration=SETTLE,
-              what="no outbound write for the record")
-        assert not logs_of(service.sync_logs(record=lead_id), source="local")
+        marker = later_platform_marker(org, db, lead_id, person)  # a write back would come before it
+        sent = org.service_writes(lead_id, since=since)
+        fields = [{k: v for k, v in r.items() if k not in ("Id", "attributes") and not k.startswith("_")}
+                  for r in sent]
+        assert fields == [{"LastName": marker}], sent
+        assert len(logs_of(service.sync_logs(record=lead_id), source="local")) == 1  # the marker's
 
     def test_sent_local_edit_echo_is_not_applied_again(
         self, service: ServiceProcess, org: SalesforceOrg, db: Database[Doc]
@@ -358,9 +369,13 @@ class TestOwnWritesNeverLoop:
         since = time.time()
         platform_edit(db, person, first_name="Outbound")
         wait_record(org, lead_id, lambda r: r.get("FirstName") == "Outbound", "FirstName Outbound")
-        stays(lambda: len(org.service_writes(lead_id, since=since)) == 1, duration=SETTLE,
-              what="exactly one outbound write")
+        # a Salesforce edit after the echo: CDC is ordered, so once it is applied the echo was handled
+        later = unique("Later")
+        org.update("Lead", lead_id, {"LastName": later})
+        wait_person(db, lead_id, lambda p: p.get("last_name") == later, "the later Salesforce edit")
+        assert len(org.service_writes(lead_id, since=since)) == 1
         new = [i for i in service.sync_logs(record=lead_id) if i["id"] not in before]
-        assert [(i["source"], i["type"], i["status"]) for i in new] == [("local", "update", "success")], new
+        assert sorted((i["source"], i["type"], i["status"]) for i in new) == [
+            ("local", "update", "success"), ("salesforce", "update", "success")], new
         final = person_of(db, lead_id)
         assert final is not None and final["first_name"] == "Outbound"

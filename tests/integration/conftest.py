@@ -14,6 +14,8 @@ async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
     """The real Store on a fresh database with its indexes, dropped afterwards."""
     store = await Store.connect(mongo_uri, database_name)
     await store.ensure_indexes()
-    yield store
-    await store.client.drop_database(database_name)
-    await store.close()
+    try:
+        yield store
+    finally:
+        await store.client.drop_database(database_name)
+        await store.close()

@@ -228,6 +228,17 @@ class TestFollow:
             await proc.wait()
 
 
+async def _streams_over_pubsub(port: int, token: str) -> None:
+    """The running stream is the Pub/Sub source: its replay ids are Pub/Sub's (hex text)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http, \
+            http.get(f"http://127.0.0.1:{port}/api/status") as r:
+        status = await r.json()
+    assert status["source"] == "stream", status
+    assert any(isinstance(v, str) for v in status["replay_ids"].values()), status
+
+
 def _children_of(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -249,11 +260,14 @@ def _alive(pid: int) -> bool:
 
 
 class TestDemo:
-    async def test_demo_syncs_both_ways_and_stops_cleanly(self, tmp_path: Path) -> None:
-        """`sfsync demo` shows successes, a conversion and a failure, then SIGTERM leaves no children."""
+    @pytest.mark.parametrize("api", ["cometd", "pubsub"])
+    async def test_demo_syncs_both_ways_and_stops_cleanly(self, tmp_path: Path, api: str) -> None:
+        """`sfsync demo` shows successes, a conversion and a failure, then SIGTERM leaves no children;
+        `SFSYNC_SYNC__STREAM_API=pubsub` streams over the emulator's Pub/Sub API."""
         import aiohttp
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}
+        env["SFSYNC_SYNC__STREAM_API"] = api
         port = free_port()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "listener", "demo", "--duration", "100", "--port", str(port),
@@ -263,7 +277,7 @@ class TestDemo:
         output: list[str] = []
         try:
             token = ""
-            while not token:
+            while not output or "Press Ctrl-C" not in output[-1]:  # to the banner's end
                 line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
                 assert line, "demo exited early:\n" + "".join(output)
                 output.append(line)
@@ -288,6 +302,10 @@ class TestDemo:
                     await asyncio.sleep(0.5)
             assert ("convert", "success") in seen, seen
             assert any(status == "failed" for _, status in seen), seen
+            [stream_line] = [line for line in output if "CDC stream" in line]
+            assert ("Pub/Sub API at" in stream_line) == (api == "pubsub"), stream_line
+            if api == "pubsub":
+                await _streams_over_pubsub(port, token)
             proc.terminate()
             rest, _ = await asyncio.wait_for(proc.communicate(), 40)
             output.append(rest.decode())

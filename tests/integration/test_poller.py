@@ -7,11 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
 import pytest
-from pydantic import SecretStr
 
-from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET
 from listener.reader import RecordReader
 from listener.salesforce import SalesforceClient
 from listener.sources.polling import DEFAULT_POLL_OVERLAP, Poller, Watermark
@@ -19,9 +16,8 @@ from reconciler.inbound import Reconciler
 from reconciler.ports import ChangeKind, RejectedEvent, SalesforceChange
 from reconciler.store import Store
 from reconciler.store.state_keys import watermark_key
-from settings import AuthFlow, SalesforceSettings
-from tests.support.emulator import RunningEmulator, running_emulator
 from tests.support.mappings import LEAD_NAME_MAPPINGS as MAPPINGS
+from tests.support.org_rig import Org, org_and_store
 from tests.support.sinks import RecordingSink
 
 BASE = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
@@ -45,28 +41,6 @@ class CountingSink:
 
 
 @dataclass
-class Org:
-    emu: RunningEmulator
-    http: aiohttp.ClientSession
-
-    async def seed(self, sobject: str, records: list[dict[str, Any]]) -> list[str]:
-        async with self.http.post(f"{self.emu.base_url}/_emulator/seed",
-                                  json={"emit_events": False, "records": {sobject: records}}) as r:
-            assert r.status == 200, await r.text()
-            ids: list[str] = (await r.json())["ids"][sobject]
-            return ids
-
-    async def touch(self, sobject: str, sf_id: str, **fields: Any) -> None:
-        url = f"{self.emu.base_url}/_emulator/records/{sobject}/{sf_id}?emit_event=false"
-        async with self.http.patch(url, json=fields) as r:
-            assert r.status == 200, await r.text()
-
-    async def delete(self, sobject: str, sf_id: str) -> None:
-        async with self.http.delete(f"{self.emu.base_url}/_emulator/records/{sobject}/{sf_id}") as r:
-            assert r.status == 200, await r.text()
-
-
-@dataclass
 class Rig:
     org: Org
     store: Store
@@ -81,18 +55,10 @@ class Rig:
 
 @pytest.fixture
 async def rig(mongo_uri: str, database_name: str) -> AsyncIterator[Rig]:
-    async with running_emulator() as emu, aiohttp.ClientSession() as http:
-        settings = SalesforceSettings(
-            login_url=emu.base_url, auth_flow=AuthFlow.CLIENT_CREDENTIALS,
-            client_id=SAMPLE_CLIENT_ID, client_secret=SecretStr(SAMPLE_CLIENT_SECRET))
-        store = await Store.connect(mongo_uri, database_name)
-        await store.ensure_indexes()
-        try:
-            async with SalesforceClient(settings) as sf:
-                sink = RecordingSink(Reconciler(store, MAPPINGS, fetcher=RecordReader(sf, MAPPINGS)))
-                yield Rig(Org(emu, http), store, sink, sf, [BASE + timedelta(minutes=5)])
-        finally:
-            await store.close()
+    async with org_and_store(mongo_uri, database_name) as (org, settings, store), \
+            SalesforceClient(settings) as sf:
+        sink = RecordingSink(Reconciler(store, MAPPINGS, fetcher=RecordReader(sf, MAPPINGS)))
+        yield Rig(org, store, sink, sf, [BASE + timedelta(minutes=5)])
 
 
 def lead(last: str, at: int, **extra: Any) -> dict[str, Any]:

@@ -17,12 +17,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import pytest
-from pydantic import SecretStr
 
 from emulator.describe import id18
-from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET
 from listener.salesforce import SalesforceClient
 from listener.salesforce.http import AiohttpTransport
 from listener.salesforce_time import ClockReadingTransport, SalesforceClock
@@ -30,17 +27,15 @@ from listener.sources.polling import Poller
 from reconciler.inbound import Reconciler
 from reconciler.soql import parse_sf_datetime
 from reconciler.store import Store
-from settings import AuthFlow, SalesforceSettings
-from tests.support.emulator import RunningEmulator, running_emulator
 from tests.support.mappings import LEAD_NAME_MAPPINGS as MAPPINGS
+from tests.support.org_rig import Org, org_and_store
 
 OWNER = "005000000000001AAA"  # mapped to u-1: a Lead it owns becomes a Person
 
 
 @dataclass
 class Rig:
-    emu: RunningEmulator
-    http: aiohttp.ClientSession
+    org: Org
     store: Store
     sf: SalesforceClient
     clock: SalesforceClock
@@ -48,9 +43,7 @@ class Rig:
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(9_999_999, -1))
 
     async def control(self, path: str, body: dict[str, Any]) -> Any:
-        async with self.http.post(f"{self.emu.base_url}/_emulator/{path}", json=body) as r:
-            assert r.status == 200, await r.text()
-            return await r.json()
+        return await self.org.control(path, body)
 
     def next_id(self) -> str:
         return id18(f"00QDn{next(self._ids):010d}")  # each smaller than the last
@@ -69,21 +62,12 @@ class Rig:
 
 @pytest.fixture
 async def rig(mongo_uri: str, database_name: str) -> AsyncIterator[Rig]:
-    async with running_emulator() as emu, aiohttp.ClientSession() as http:
-        settings = SalesforceSettings(
-            login_url=emu.base_url, auth_flow=AuthFlow.CLIENT_CREDENTIALS,
-            client_id=SAMPLE_CLIENT_ID, client_secret=SecretStr(SAMPLE_CLIENT_SECRET))
-        store = await Store.connect(mongo_uri, database_name)
-        await store.ensure_indexes()
-        clock = SalesforceClock()
-        try:
-            transport = ClockReadingTransport(AiohttpTransport(), clock)
-            async with SalesforceClient(settings, transport=transport) as sf:
-                sink = Reconciler(store, MAPPINGS)
-                poller = Poller(sf, store, sink, MAPPINGS, ["Lead"], sf_clock=clock)
-                yield Rig(emu, http, store, sf, clock, poller)
-        finally:
-            await store.close()
+    clock = SalesforceClock()
+    transport = ClockReadingTransport(AiohttpTransport(), clock)
+    async with org_and_store(mongo_uri, database_name) as (org, settings, store), \
+            SalesforceClient(settings, transport=transport) as sf:
+        poller = Poller(sf, store, Reconciler(store, MAPPINGS), MAPPINGS, ["Lead"], sf_clock=clock)
+        yield Rig(org, store, sf, clock, poller)
 
 
 async def create_while_polling(rig: Rig, seconds: float, label: str) -> list[str]:

@@ -260,7 +260,7 @@ class TestGaps:
         await rig.start()
         since_ms = int(time.time() * 1000) - 5000
         quiet = await rig.create_lead("Quiet", emit=False)
-        await asyncio.sleep(1.05)
+        await asyncio.sleep(2.05)  # the poll's signpost: Salesforce's now less 1 s, its second excluded
         await rig.control("POST", "streaming/overflow", {"entity": "Lead", "commit_timestamp_ms": since_ms})
         await eventually(lambda: rig.has_person(quiet, "Quiet"))
 

@@ -7,43 +7,16 @@ events around each kind of poison; the real Reconciler writes to a real Secantus
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
-from listener.sources._sfstream_compat import CommittedReplayIds
-from listener.sources.cometd import CdcStream, StreamOptions
 from reconciler.inbound import Reconciler
 from reconciler.store import Store
 from reconciler.store.state_keys import replay_key
 from tests.support.eventually import eventually
 from tests.support.mappings import LEAD_NAME_MAPPINGS
-from tests.support.stream_fakes import NoCatchUp, ScriptedSession
+from tests.support.stream_fakes import CHANNEL, ScriptedSession, event, lead_id, scripted_stream
 
-CHANNEL = "/data/LeadChangeEvent"
-OWNER = "005000000000001AAA"  # mapped to u-1 in LEAD_NAME_MAPPINGS
-COMMIT_MS = 1_714_557_600_000  # 2024-05-01T10:00:00Z
-FAR_FUTURE_MS = 10**15         # year ~33658: not a datetime
-
-
-def lead_id(n: int) -> str:
-    return f"00Q{n:012d}AAA"
-
-
-def event(replay_id: int, *, header: dict[str, Any] | None = None, fields: dict[str, Any] | None = None,
-          drop_header: bool = False) -> dict[str, Any]:
-    head: dict[str, Any] = {
-        "entityName": "Lead", "recordIds": [lead_id(replay_id)], "changeType": "CREATE",
-        "changeOrigin": "com/salesforce/api/rest/62.0", "transactionKey": f"tx-{replay_id}",
-        "commitTimestamp": COMMIT_MS, "changedFields": [], "nulledFields": [],
-    }
-    head.update(header or {})
-    payload: dict[str, Any] = {"LastName": f"Valid{replay_id}", "Company": "Acme", "OwnerId": OWNER,
-                               **(fields or {})}
-    if not drop_header:
-        payload["ChangeEventHeader"] = head
-    return {"channel": CHANNEL, "data": {"payload": payload, "event": {"replayId": replay_id}}}
+FAR_FUTURE_MS = 10**15  # year ~33658: not a datetime
 
 
 def circular() -> dict[str, Any]:
@@ -67,16 +40,6 @@ POISON: list[tuple[int, str, dict[str, Any]]] = [
 VALID = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]
 
 
-@pytest.fixture
-async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
-    store = await Store.connect(mongo_uri, database_name)
-    await store.ensure_indexes()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
 class TestPoisonEvents:
     async def test_poison_is_logged_skipped_and_the_stream_goes_on(self, store: Store) -> None:
         """Valid events around every kind of poison are applied; each poison is a failed log
@@ -86,14 +49,8 @@ class TestPoisonEvents:
         by_id = {rid: msg for rid, _, msg in POISON}
         batch = [by_id.get(rid) or event(rid) for rid in range(1, 20)]
         session = ScriptedSession(batch)
-
-        def factory(replay: CommittedReplayIds) -> ScriptedSession:
-            return session
-
         sink = Reconciler(store, LEAD_NAME_MAPPINGS, client_name="salesforce-sync")
-        stream = CdcStream(sf=object(), store=store, sink=sink, catch_up=NoCatchUp(),  # type: ignore[arg-type]
-                           objects=["Lead"], options=StreamOptions("salesforce-sync", "62.0", batch_size=50),
-                           session_factory=factory)
+        stream = scripted_stream(store, sink, session, batch_size=50)
         stop = asyncio.Event()
         task = asyncio.create_task(stream.run(stop))
         try:

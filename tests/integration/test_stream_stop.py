@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,19 +17,17 @@ from typing import Any
 import pytest
 
 from listener.events import parse_message
-from listener.sources._sfstream_compat import CommittedReplayIds
-from listener.sources.cometd import CdcStream, StreamOptions
+from listener.sources.cometd import CdcStream
 from listener.sources.polling import Poller
 from reconciler.errors import FencedError
 from reconciler.inbound import Reconciler
 from reconciler.ports import RejectedEvent, SalesforceChange
 from reconciler.store import Fence, Store
 from reconciler.store.state_keys import replay_key, watermark_key
-from tests.integration.test_stream_poison import CHANNEL, event
 from tests.support.eventually import eventually
 from tests.support.mappings import LEAD_NAME_MAPPINGS
 from tests.support.salesforce_changes import FakeSalesforce
-from tests.support.stream_fakes import NoCatchUp, ScriptedSession
+from tests.support.stream_fakes import CHANNEL, ScriptedSession, event, scripted_stream
 
 
 @dataclass
@@ -64,23 +62,22 @@ class WriteLog:
         self.writes.append((time.monotonic(), key))
 
 
-@pytest.fixture
-async def store(mongo_uri: str, database_name: str) -> AsyncIterator[Store]:
-    store = await Store.connect(mongo_uri, database_name)
-    await store.ensure_indexes()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
 def stream_with(store: Any, sink: Any, session: ScriptedSession, **kwargs: Any) -> CdcStream:
-    def factory(replay: CommittedReplayIds) -> ScriptedSession:
-        return session
+    return scripted_stream(store, sink, session, batch_size=10, stop_deadline=0.5, **kwargs)
 
-    options = StreamOptions("salesforce-sync", "62.0", batch_size=10, stop_deadline=0.5)
-    return CdcStream(sf=object(), store=store, sink=sink, catch_up=NoCatchUp(),  # type: ignore[arg-type]
-                     objects=["Lead"], options=options, session_factory=factory, **kwargs)
+
+async def two_terms(store: Store) -> tuple[Fence, Fence]:
+    """Owner a takes the sync lease (term 1), then owner b after a's lease expired (term 2, on a
+    clock 31 s ahead): the fences of both terms, term 1's now stale."""
+    old = store.lease("sync", owner="a", ttl=30)
+    assert await old.acquire()
+    stale = old.fence()
+    assert stale is not None
+    new = store.lease("sync", owner="b", ttl=30, clock=lambda: datetime.now(UTC) + timedelta(seconds=31))
+    assert await new.acquire()
+    current = new.fence()
+    assert current is not None
+    return stale, current
 
 
 class TestBoundedStop:
@@ -152,11 +149,7 @@ class TestFencedOffsets:
 class TestFencedWatermarks:
     async def test_an_old_terms_poll_pass_writes_no_watermark(self, store: Store) -> None:
         """A poll pass for term 1 after term 2 took the lease: FencedError, watermark untouched."""
-        old = store.lease("sync", owner="a", ttl=30)
-        assert await old.acquire()
-        stale = old.fence()
-        new = store.lease("sync", owner="b", ttl=30, clock=lambda: datetime.now(UTC) + timedelta(seconds=31))
-        assert await new.acquire()
+        stale, _ = await two_terms(store)
         record = {"Id": "00Q000000000001AAA", "SystemModstamp": "2024-05-01T10:00:00Z",
                   "LastModifiedDate": "2024-05-01T10:00:00Z", "IsDeleted": False, "LastName": "X"}
         sink = SlowSink(seconds=0.0)
@@ -172,11 +165,7 @@ class TestFencedWatermarks:
 class TestFencedRecords:
     async def test_an_old_terms_inbound_write_is_refused(self, store: Store) -> None:
         """The reconciler writing for term 1 after term 2 took the lease: FencedError, no record."""
-        old = store.lease("sync", owner="a", ttl=30)
-        assert await old.acquire()
-        stale = old.fence()
-        new = store.lease("sync", owner="b", ttl=30, clock=lambda: datetime.now(UTC) + timedelta(seconds=31))
-        assert await new.acquire()
+        stale, _ = await two_terms(store)
         sink = Reconciler(store, LEAD_NAME_MAPPINGS, fence=lambda: stale)
         [change] = parse_one(event(1))
         with pytest.raises(FencedError):

@@ -4,12 +4,9 @@ process (`start_emulator_process`, for restart tests)."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,7 +17,7 @@ from aiohttp import web
 from emulator.app import create_app
 from emulator.pubsub import PUBSUB_KEY, PubSubService, start_pubsub
 from emulator.state import EmulatorConfig, EmulatorState
-from tests.support.secantus import free_port
+from tests.support.secantus import free_port, stop_process, wait_for_port
 
 
 @dataclass
@@ -68,34 +65,16 @@ class EmulatorProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - lives with the process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "emulator", "--host", "127.0.0.1", "--port", str(self.port), *self.args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=os.environ.copy(),
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"emulator exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"emulator did not open port {self.port} within {timeout}s")
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "emulator", "--host", "127.0.0.1", "--port", str(self.port),
+                 *self.args],
+                stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+            )
+        wait_for_port(self.process, self.port, timeout, name="emulator", log_path=self.log_path)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        stop_process(self.process)
 
     def restart(self) -> None:
         self.stop()

@@ -18,7 +18,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -448,6 +449,21 @@ def platform_edit(db: Database[Doc], person: Mapping[str, Any], **fields: Any) -
     now = datetime.now(UTC)
     db.people.update_one({"_id": person["_id"]}, {"$set": {**fields, "updated_at": now}})
     return now
+
+
+@contextmanager
+def running_pipeline(service: ServiceProcess, org: SalesforceOrg, db: Database[Doc],
+                     **env: str) -> Iterator[ServiceProcess]:
+    """`service` started with `env` added (`SFSYNC_...` names) and its inbound pipeline proven;
+    on exit the org's API budget is full again (a test may have moved it) and the service stopped."""
+    service.extra_env.update(env)
+    service.start()
+    wait_pipeline(org, db)
+    try:
+        yield service
+    finally:
+        org.control("POST", "budget", {"used": 0})
+        service.stop()
 
 
 def wait_pipeline(org: SalesforceOrg, db: Database[Doc], timeout: float = 45.0) -> None:

@@ -1,4 +1,5 @@
-"""Fakes for the CDC stream's seams: a scripted CometD session and a catch-up that never polls."""
+"""Fakes for the CDC stream's seams: a scripted CometD session, a catch-up that never polls, a
+CometD Lead change message, and a `CdcStream` wired to a scripted session (`scripted_stream`)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,35 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from listener.sources._sfstream_compat import CommittedReplayIds
+from listener.sources.cometd import CdcStream, StreamOptions
 from reconciler.ports import RejectedEvent, SalesforceChange
 from reconciler.watermark import Watermark
+
+CHANNEL = "/data/LeadChangeEvent"
+OWNER = "005000000000001AAA"  # mapped to u-1 in LEAD_NAME_MAPPINGS
+COMMIT_MS = 1_714_557_600_000  # 2024-05-01T10:00:00Z
+
+
+def lead_id(n: int) -> str:
+    return f"00Q{n:012d}AAA"
+
+
+def event(replay_id: int, *, header: dict[str, Any] | None = None, fields: dict[str, Any] | None = None,
+          drop_header: bool = False) -> dict[str, Any]:
+    """A CometD message on CHANNEL: a Lead CREATE (id `lead_id(replay_id)`) owned by OWNER;
+    `header` and `fields` edit its ChangeEventHeader and payload, `drop_header` leaves the header out."""
+    head: dict[str, Any] = {
+        "entityName": "Lead", "recordIds": [lead_id(replay_id)], "changeType": "CREATE",
+        "changeOrigin": "com/salesforce/api/rest/62.0", "transactionKey": f"tx-{replay_id}",
+        "commitTimestamp": COMMIT_MS, "changedFields": [], "nulledFields": [],
+    }
+    head.update(header or {})
+    payload: dict[str, Any] = {"LastName": f"Valid{replay_id}", "Company": "Acme", "OwnerId": OWNER,
+                               **(fields or {})}
+    if not drop_header:
+        payload["ChangeEventHeader"] = head
+    return {"channel": CHANNEL, "data": {"payload": payload, "event": {"replayId": replay_id}}}
 
 
 class ScriptedSession:
@@ -45,3 +73,15 @@ class NoCatchUp:
 
     async def watermark(self, sobject: str) -> Watermark:
         return Watermark()
+
+
+def scripted_stream(store: Any, sink: Any, session: ScriptedSession, *, batch_size: int = 10,
+                    stop_deadline: float = 5.0, **kwargs: Any) -> CdcStream:
+    """A `CdcStream` on Lead whose CometD session is `session` (no Salesforce, no catch-up poll);
+    `kwargs` go to `CdcStream` (a fence, say)."""
+    def factory(replay: CommittedReplayIds) -> ScriptedSession:
+        return session
+
+    options = StreamOptions("salesforce-sync", "62.0", batch_size=batch_size, stop_deadline=stop_deadline)
+    return CdcStream(sf=object(), store=store, sink=sink, catch_up=NoCatchUp(),  # type: ignore[arg-type]
+                     objects=["Lead"], options=options, session_factory=factory, **kwargs)

@@ -57,7 +57,7 @@ class FakeStore:
     async def load_state(self, key: str) -> dict[str, Any] | None:
         return self.state.get(key)
 
-    async def save_state(self, key: str, value: dict[str, Any]) -> None:
+    async def save_state(self, key: str, value: dict[str, Any], *, fence: Any = None) -> None:
         self.saves.append((key, value))
         self.state[key] = value
 
@@ -92,6 +92,9 @@ class FakeCatchUp:
 
     async def watermark(self, sobject: str) -> Watermark:
         return Watermark(None)
+
+    async def wait_until_covered(self) -> None:
+        return None
 
 
 class FakeSubscription:
@@ -280,7 +283,7 @@ class TestFlowControl:
         await eventually(lambda: rig.store.saves != [])
         assert [c.is_echo for c in rig.sink.applied] == [True]
         [rejected] = rig.sink.rejected
-        assert rejected.raw["replay_id"] == (42).to_bytes(8, "big").hex()
+        assert rejected.replay_id == rejected.raw["pubsubReplayId"] == (42).to_bytes(8, "big").hex()
         assert rig.store.state[pubsub_replay_key(CHANNEL)]["replay_id"] == (43).to_bytes(8, "big")
 
 

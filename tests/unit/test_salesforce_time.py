@@ -35,6 +35,26 @@ class TestOffsetBounds:
         assert clock.safe_now() <= truth <= clock.upper_now()
         assert abs(clock.offset.total_seconds() - salesforce_ahead) <= 1.0
 
+    def test_replicas_on_synced_clocks_learn_the_same_offset(self) -> None:
+        """Issue 11 (replica stall): two replicas whose hosts and Salesforce agree learn offset 0
+        whatever sub-second phases their few responses had. A best-estimate midpoint put them
+        ~0.8 s apart, so field times one replica stored (Salesforce time moved onto its host
+        clock) outranked an edit the other applied 0.25 s later: the edit was dropped."""
+        late_phase, early_phase = SalesforceClock(host=lambda: HOST), SalesforceClock(host=lambda: HOST)
+        late_phase.observe(http_date(HOST), sent=HOST + 0.85, received=HOST + 0.9)   # bounds (-0.9, 0.15)
+        early_phase.observe(http_date(HOST), sent=HOST + 0.05, received=HOST + 0.1)  # bounds (-0.1, 0.95)
+        assert late_phase.offset == early_phase.offset == timedelta(0)
+        for clock in (late_phase, early_phase):  # the offset's error bound still covers the bounds
+            assert clock.offset - clock.uncertainty <= timedelta(seconds=clock._low)
+            assert clock.offset + clock.uncertainty >= timedelta(seconds=clock._high)
+
+    def test_a_real_offset_is_the_nearest_bound(self) -> None:
+        """Salesforce 30 s ahead: the offset is the smallest correction the responses allow."""
+        clock = SalesforceClock(host=lambda: HOST)
+        clock.observe(http_date(HOST + 30), sent=HOST + 0.05, received=HOST + 0.1)  # bounds (29.9, 30.95)
+        assert abs(clock.offset.total_seconds() - 29.9) < 1e-6
+        assert clock.offset + clock.uncertainty >= timedelta(seconds=30.95)
+
     def test_nothing_learned_means_the_host_clock(self) -> None:
         """Before any response, Salesforce's time is taken to be the host's."""
         clock = SalesforceClock(host=lambda: HOST)

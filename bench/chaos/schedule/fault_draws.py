@@ -36,6 +36,9 @@ def _fault_args(d: Drawing, kind: str) -> tuple[str | None, dict[str, Any], int 
         return slot.name, args, heal_after
     elif kind == "replay_retention":
         heal_after = rng.randint(1, 4)
+    elif kind == "clock_skew":  # the org's clock a few seconds ahead of or behind the host's
+        args["offset_s"] = rng.choice((-1, 1)) * rng.randint(2, 5)
+        heal_after = rng.randint(2, 8)
     elif kind == "poison_event":
         args["variant"] = rng.choice(("future_commit", "int_lastmodified", "no_header"))
     return None, args, heal_after

@@ -9,7 +9,7 @@ from typing import Any
 FAULT_KINDS = (
     "kill_leader", "stop_leader", "restart_mongo", "cometd_drop", "rest_5xx", "lock_row",
     "apply_then_drop", "token_expiry", "budget_swing", "cdc_gap", "cdc_overflow",
-    "replay_retention", "poison_event",
+    "replay_retention", "poison_event", "clock_skew",
 )
 PROCESS_FAULTS = frozenset({"kill_leader", "stop_leader", "restart_mongo"})
 

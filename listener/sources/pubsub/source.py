@@ -1,51 +1,48 @@
 """The CDC stream over Salesforce's Pub/Sub API (gRPC, Avro, pull-based flow control): a `Source`.
 
-    Subscribe stream per channel --FetchResponse--> queue --MicroBatcher--> Avro decode --> parse
-      ^ FetchRequest(num_requested)                                                          |
-      +----- ask again for as many as were applied <---- replay ids committed <---- ChangeSink.apply
+    Subscribe stream per channel --FetchResponse--> ChannelReader --BatchIntake--> decode --> sort_batch
+      ^ FetchRequest(num_requested)                                                              |
+      +----- ask again for as many as were applied <---- replay ids committed <---- apply_batch
 
-It behaves like the CometD stream (`listener.sources.cometd`), behind the same protocol:
+It behaves like the CometD stream (`listener.sources.cometd`), behind the same protocol, and
+shares its pieces: `intake.BatchIntake` (micro-batches, bounded stop), `cdc_batch.sort_batch` and
+`apply_batch` (echoes, GAP_* and GAP_OVERFLOW, poison, poll-covered skip, lag metric),
+`handover.PollHandover` (catch-up and closing polls, watermarks left for the poller) and
+`replay_offsets.PubSubOffsets`. Its own parts: `subscriptions` (subscribe, flow control,
+keepalives, Avro decoding) and the session loop here.
 
-- One `Subscribe` stream per channel (`/data/LeadChangeEvent`, ...). Each FetchRequest asks for at
-  most one batch: the first two together (`read_ahead`) let the next batch arrive while one is
-  applied, as CometD's two-batch queue does; after a batch is applied, each channel asks for as
-  many events as it delivered in it, so at most `read_ahead` batches per channel are ever in
-  flight or queued.
 - Resumes with `ReplayPreset.CUSTOM` after the replay id stored per channel (`sync_state`
   `pubsub_replay:<channel>` = `{"replay_id": <bytes>}`: Salesforce's opaque bytes, stored as
   they came), written with a journaled majority only after `apply` returned. A channel with no
   stored replay id subscribes `LATEST` and is closed over by a poll, as with CometD.
 - The server's invalid/expired replay id error: poll from the watermark, subscribe `LATEST`,
   poll again (the CometD stream's resync path).
-- Keepalives (no events, the latest replay id) advance the stored offset of an idle channel, so a
-  quiet channel's replay id does not age out of the retention window.
-- Schemas come from `GetTopic`/`GetSchema`, cached by schema id. Payloads are decoded by
-  `listener.sources.pubsub.avro` into CometD's JSON shape and parsed by `listener.events`, so
-  echoes (`changeOrigin` naming our client), GAP_* and GAP_OVERFLOW events, and malformed events
-  are handled exactly as on CometD. An undecodable payload is a rejected (failed) event.
+- Poison (undecodable, or refused by `parse_message`): a failed log naming the replay id (hex);
+  the offset moves past it.
 - Auth metadata (`accesstoken`, `instanceurl`, `tenantid`) comes from the REST client's token;
-  `UNAUTHENTICATED` re-authenticates through it and reconnects.
+  `UNAUTHENTICATED` re-authenticates through it and reconnects (backoff from the second in a row).
 - The daily event allocation spent: tell the governor; `run` returns.
+- Stopping and fencing as CometD's (issue 11): a batch in flight at stop gets `stop_deadline`,
+  then is cancelled, nothing is written after; with `fence`, offset and watermark writes carry
+  the leader term's fence and a refused one (`FencedError`) ends `run`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
-import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
-from listener.events import GapRequest, OverflowRequest, channel_object, parse_message
-from listener.metrics import METRICS
-from listener.sources.batching import CommitPolicy, MicroBatcher
-from listener.sources.cometd import HANDOVER_MARGIN, CatchUp, EventsExhausted, channel_for
+from listener.events import channel_object
+from listener.sources.batching import CommitPolicy
+from listener.sources.cdc_batch import apply_batch, sort_batch
+from listener.sources.cometd import LATEST_AHEAD, CatchUp, EventsExhausted, channel_for
+from listener.sources.handover import PollHandover
+from listener.sources.intake import BatchIntake
 from listener.sources.pubsub._wire import (
     DeliveryLimitError,
     Endpoint,
@@ -53,15 +50,20 @@ from listener.sources.pubsub._wire import (
     PubSubConnection,
     ReplayIdInvalidError,
     TokenSource,
-    fetch_request,
-    more,
 )
-from listener.sources.pubsub.avro import AvroDecodeError, EventSchema, decode_payload, to_cometd_payload
-from reconciler.errors import FatalError, RetriableError
+from listener.sources.pubsub.subscriptions import (
+    ChannelReader,
+    Connection,
+    EventDecoder,
+    Item,
+    Subscription,
+    Subscriptions,
+)
+from listener.sources.replay_offsets import PubSubOffsets, term_fence
+from reconciler.errors import FencedError, RetriableError
 from reconciler.pacing import Backoff
-from reconciler.ports import ChangeSink, RejectedEvent, SalesforceChange, StateStore
-from reconciler.soql import floor_second
-from reconciler.store.state_keys import pubsub_replay_key, watermark_key
+from reconciler.ports import ChangeSink, StateStore
+from reconciler.store import Fence
 from reconciler.watermark import Watermark
 from settings import Settings
 
@@ -72,7 +74,7 @@ DEFAULT_ENDPOINT = "api.pubsub.salesforce.com:7443"
 
 @dataclass(frozen=True)
 class PubSubOptions:
-    """Who we are, where the API is, and how events are batched and committed."""
+    """Who we are, where the API is, and how events are batched, committed and stopped."""
 
     client_name: str                # `client=<name>` in changeOrigin marks our own echoes
     endpoint: str = DEFAULT_ENDPOINT
@@ -81,53 +83,13 @@ class PubSubOptions:
     commit_every: int = 1           # events applied per replay id commit (`CommitPolicy`)
     subscribe_settle: float = 0.25  # seconds a LATEST subscription gets to take effect before the poll
     read_ahead: int = 2             # batches in flight per channel (requested one batch at a time)
+    stop_deadline: float = 5.0      # seconds a batch in flight may finish after stop (< lease TTL/2)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PubSubOptions:
         return cls(client_name=settings.salesforce.client_name, endpoint=settings.salesforce.pubsub_endpoint,
-                   batch_size=settings.sync.batch_size, batch_wait_ms=settings.sync.batch_wait_ms)
-
-
-class Subscription(Protocol):
-    topic: str
-
-    async def request(self, fetch: Any) -> None: ...
-
-    async def read(self) -> Any: ...
-
-    def cancel(self) -> None: ...
-
-
-class Connection(Protocol):
-    """What the source needs of `PubSubConnection` (a fake in unit tests)."""
-
-    async def get_topic(self, topic: str) -> Any: ...
-
-    async def get_schema(self, schema_id: str) -> Any: ...
-
-    async def subscribe(self, topic: str, first: Any) -> Subscription: ...
-
-    async def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class _Item:
-    """One delivered event, or a keepalive (`event` None) of an idle channel."""
-
-    channel: str
-    replay_id: bytes
-    event: Any | None = None
-
-
-@dataclass
-class _Batch:
-    changes: list[SalesforceChange] = field(default_factory=list)
-    rejected: list[RejectedEvent] = field(default_factory=list)
-    gaps: dict[str, set[str]] = field(default_factory=dict)
-    overflows: list[OverflowRequest] = field(default_factory=list)
-    offsets: dict[str, bytes] = field(default_factory=dict)
-    delivered: Counter[str] = field(default_factory=Counter)
-    committed_at: dict[str, datetime] = field(default_factory=dict)
+                   batch_size=settings.sync.batch_size, batch_wait_ms=settings.sync.batch_wait_ms,
+                   stop_deadline=min(5.0, settings.sync.lease_seconds / 4))
 
 
 class PubSubStream:
@@ -146,24 +108,24 @@ class PubSubStream:
         options: PubSubOptions,
         governor: EventsExhausted | None = None,
         connect: Callable[[], Connection] | None = None,
+        fence: Callable[[], Fence | None] | None = None,
     ) -> None:
         self._sf = sf
-        self._store = store
         self._sink = sink
         self._catch_up = catch_up
+        self._fence = fence
         self.objects = list(objects)
         self.options = options
         self._governor = governor
         self._connect = connect or (lambda: PubSubConnection(Endpoint.parse(options.endpoint), sf))
-        self._schemas: dict[str, EventSchema] = {}    # by schema id
-        self._position: dict[str, bytes] = {}         # replay id applied (or stored), per channel
-        self._pending: dict[str, bytes] = {}          # applied, not yet committed, per channel
-        self._outstanding: dict[str, int] = {}        # requested, not yet delivered, per channel
-        self._subscriptions: dict[str, Subscription] = {}
-        self._poll_marks: dict[str, Watermark] = {}
-        self._last_commit: dict[str, datetime] = {}
-        self._closing_poll: set[str] = set()
-        self._queue: asyncio.Queue[_Item] | None = None
+        self._offsets = PubSubOffsets(store, self.channels)
+        self._handover = PollHandover(catch_up, store)
+        self._decoder = EventDecoder()
+        self._subscriptions = Subscriptions(batch_size=options.batch_size, read_ahead=options.read_ahead,
+                                            decoder=self._decoder)
+        self._intake: BatchIntake[Item] | None = None
+        self._backoff = Backoff(base=0.5, cap=30.0)  # full jitter (reconciler.pacing)
+        self._auth_failures = 0  # UNAUTHENTICATED in a row, with no batch applied between
         self.connected = False
         self.ready = False
         self.running = False
@@ -180,312 +142,138 @@ class PubSubStream:
             "running": self.running,
             "connected": self.connected,
             "ready": self.ready,
-            "replay_ids": {c: r.hex() for c, r in self._position.items()},
-            "requested": dict(self._outstanding),
-            "queue_depth": self._queue.qsize() if self._queue else 0,
+            "replay_ids": {c: r.hex() for c, r in self._offsets.applied_ids.items()},
+            "requested": dict(self._subscriptions.outstanding),
+            "queue_depth": self._intake.queue_depth if self._intake else 0,
         }
 
     def resume_from(self, marks: dict[str, Watermark]) -> None:
         """Skip replayed events the poller already applied (handover poll -> stream)."""
-        self._poll_marks.update(marks)
+        self._handover.resume_after_poll(marks)
 
     async def handover_marks(self) -> dict[str, Watermark]:
         """Like the CometD stream: watermarks before the last applied commit, left in `sync_state`."""
         return {}
 
     async def run(self, stop: asyncio.Event) -> None:
+        term = term_fence(self._fence, "stream")
+        self._offsets.fence = self._handover.fence = term
         self.running = True
+        finished = False
         try:
-            self._position = await self._load_replay_ids()
+            await self._offsets.load()
             await self._sessions(stop)
+            finished = True
+        except FencedError as exc:
+            log.warning("stream_fenced", api="pubsub", error=str(exc), term=term.term if term else None)
+            raise
         finally:
             self.running = False
             self.connected = self.ready = False
-            await self._checkpoint_watermarks()
+        if finished:  # not after a cancellation or a refused write: nothing written past the term
+            await self._handover.checkpoint_watermarks()
 
     # -- sessions ----------------------------------------------------------------------------
 
     async def _sessions(self, stop: asyncio.Event) -> None:
-        backoff = Backoff(base=0.5, cap=30.0)
-        auth_failures = 0
-
-        def flowing() -> None:  # a batch applied: the session works, start counting afresh
-            nonlocal auth_failures
-            auth_failures = 0
-            backoff.reset()
-
+        self._backoff.reset()
+        self._auth_failures = 0
         while not stop.is_set():
-            connection = self._connect()
-            failure: Exception | None = None
-            self._closing_poll.update(o for o in self.objects if channel_for(o) not in self._position)
-            try:
-                await self._subscribe_all(connection)
-                self.connected = True
-                log.info("stream_connected", api="pubsub", channels=self.channels,
-                         replay_ids={c: r.hex() for c, r in self._position.items()})
-                await self._close_over_with_poll()
-                self.ready = True
-                await self._consume(connection, stop, on_first_batch=flowing)
-            except (RetriableError, DeliveryLimitError) as exc:
-                failure = exc
-            finally:
-                self.connected = self.ready = False
-                await self._close(connection)
+            failure = await self._session(stop)
             if isinstance(failure, DeliveryLimitError):
                 log.warning("stream_events_exhausted", api="pubsub", error=str(failure))
                 if self._governor is not None:
                     self._governor.events_exhausted()
                 return
-            if isinstance(failure, ReplayIdInvalidError):
-                await self._resync(failure)
-            elif isinstance(failure, PubSubAuthError):
-                auth_failures += 1
-                log.info("stream_reauthenticate", api="pubsub", attempt=auth_failures)
-                await self._sf.reauthenticate()
-                if auth_failures > 1:
-                    await backoff.wait(stop)
-            elif failure is not None:
-                log.warning("stream_reconnect", api="pubsub", error=str(failure),
-                            error_type=type(failure).__name__)
-                await backoff.wait(stop)
+            if failure is not None:
+                await self._recover(failure, stop)
 
-    async def _subscribe_all(self, connection: Connection) -> None:
-        self._subscriptions = {}
-        for channel in self.channels:
-            topic = await connection.get_topic(channel)
-            if not topic.can_subscribe:
-                raise FatalError(f"Pub/Sub topic {channel}: this user may not subscribe to it")
-            if topic.schema_id:
-                with contextlib.suppress(AvroDecodeError):  # its events are rejected one by one
-                    await self._schema(connection, topic.schema_id)
-            first = fetch_request(channel, self.options.batch_size, self._position.get(channel))
-            subscription = self._subscriptions[channel] = await connection.subscribe(channel, first)
-            for _ in range(self.options.read_ahead - 1):
-                await subscription.request(more(self.options.batch_size))
-            self._outstanding[channel] = self.options.batch_size * max(self.options.read_ahead, 1)
+    async def _session(self, stop: asyncio.Event) -> Exception | None:
+        """One connection: subscribe, close over with a poll if owed, consume; its error, if any."""
+        connection = self._connect()
+        after = self._offsets.applied_ids
+        self._handover.owe_closing_poll(o for o in self.objects if channel_for(o) not in after)
+        try:
+            readers = await self._subscriptions.open(connection, self.channels, after)
+            self.connected = True
+            log.info("stream_connected", api="pubsub", channels=self.channels,
+                     replay_ids={c: r.hex() for c, r in after.items()})
+            if self._handover.closing_poll_owed:
+                await asyncio.sleep(self.options.subscribe_settle)  # the LATEST subscription takes hold
+            await self._handover.close_over_with_poll()
+            self.ready = True
+            await self._consume(connection, readers, stop)
+        except (RetriableError, DeliveryLimitError) as exc:
+            return exc
+        finally:
+            self.connected = self.ready = False
+            await self._subscriptions.close(connection)
+        return None
 
-    async def _close(self, connection: Connection) -> None:
-        for subscription in self._subscriptions.values():
-            subscription.cancel()
-        self._subscriptions = {}
-        self._outstanding = {}
-        with contextlib.suppress(RetriableError):
-            await connection.close()
+    async def _recover(self, failure: Exception, stop: asyncio.Event) -> None:
+        if isinstance(failure, ReplayIdInvalidError):
+            await self._resync(failure)
+        elif isinstance(failure, PubSubAuthError):
+            self._auth_failures += 1
+            log.info("stream_reauthenticate", api="pubsub", attempt=self._auth_failures)
+            await self._sf.reauthenticate()
+            if self._auth_failures > 1:
+                await self._backoff.wait(stop)
+        else:
+            log.warning("stream_reconnect", api="pubsub", error=str(failure),
+                        error_type=type(failure).__name__)
+            await self._backoff.wait(stop)
 
     async def _resync(self, error: ReplayIdInvalidError) -> None:
         """Replay id unusable: poll from the watermark, then subscribe LATEST (and poll again)."""
         channels = [error.channel] if error.channel in self.channels else self.channels
         objects = [o for c in channels if (o := channel_object(c))]
         log.warning("stream_resync", api="pubsub", channels=channels, reason=str(error))
-        await self._poll(objects)
+        await self._handover.poll(objects)
         for channel in channels:
-            self._position.pop(channel, None)
-            self._pending.pop(channel, None)
-        self._closing_poll.update(objects)
-
-    async def _close_over_with_poll(self) -> None:
-        """After subscribing LATEST: poll what changed before the subscription took effect (the
-        poll's signpost excludes the current second, so it waits for the next second boundary)."""
-        if self._closing_poll:
-            objects = sorted(self._closing_poll)
-            await asyncio.sleep(self.options.subscribe_settle)
-            await asyncio.sleep(1.0 - time.time() % 1.0 + 0.01)
-            await self._poll(objects)
-            self._closing_poll.clear()
-
-    async def _poll(self, objects: Sequence[str]) -> None:
-        await self._catch_up.run_once(objects)
-        for sobject in objects:
-            self._poll_marks[sobject] = await self._catch_up.watermark(sobject)
+            self._offsets.forget(channel)
+        self._handover.owe_closing_poll(objects)
 
     # -- consuming ---------------------------------------------------------------------------
 
-    async def _consume(self, connection: Connection, stop: asyncio.Event,
-                       on_first_batch: Callable[[], None]) -> None:
-        """Read every subscription into one queue and apply batches until `stop` or an error.
-        Flow control bounds the queue: at most `batch_size` requested per channel."""
+    async def _consume(self, connection: Connection, readers: list[ChannelReader],
+                       stop: asyncio.Event) -> None:
+        """Apply batches from every subscription until `stop` or an error (`BatchIntake`)."""
         options = self.options
-        queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._queue = queue
-        batcher = MicroBatcher(queue, max_items=options.batch_size, max_wait=options.batch_wait_ms / 1000)
-        readers = {asyncio.create_task(self._read(s, queue)) for s in self._subscriptions.values()}
-        stopping = asyncio.create_task(stop.wait())
         policy = CommitPolicy(max_pending=options.commit_every, max_seconds=1.0)
-        first = True
+
+        async def process(items: list[Item]) -> None:
+            await self._process(connection, items, policy)
+
+        self._intake = BatchIntake(readers, process, self._offsets.commit,
+                                   batch_size=options.batch_size, batch_wait=options.batch_wait_ms / 1000,
+                                   stop_deadline=options.stop_deadline)
         try:
-            while True:
-                taking = asyncio.create_task(batcher.next_batch())
-                done, _ = await asyncio.wait({taking, stopping, *readers},
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if taking not in done:
-                    taking.cancel()  # items taken are dropped: uncommitted, they come again
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await taking
-                    await self._commit_offsets()
-                    for reader in readers & done:
-                        reader.result()  # raises the reader's error
-                    return
-                await asyncio.shield(self._process(connection, taking.result(), policy))
-                if first:
-                    on_first_batch()
-                    first = False
-                METRICS.set("sfsync_queue_depth", queue.qsize(), queue="inbound")
+            await self._intake.run(stop)
         finally:
-            for task in (*readers, stopping):
-                task.cancel()
-            await asyncio.gather(*readers, stopping, return_exceptions=True)
-            self._queue = None
+            self._intake = None
 
-    async def _read(self, subscription: Subscription, queue: asyncio.Queue[_Item]) -> None:
-        channel = subscription.topic
-        while True:
-            response = await subscription.read()
-            if response.events:
-                self._outstanding[channel] = max(self._outstanding.get(channel, 0) - len(response.events), 0)
-                for event in response.events:
-                    queue.put_nowait(_Item(channel, bytes(event.replay_id), event))
-            elif response.latest_replay_id and self._outstanding.get(channel, 0) > 0:
-                # A keepalive while we had room for events: the server has nothing before it.
-                queue.put_nowait(_Item(channel, bytes(response.latest_replay_id)))
-
-    async def _process(self, connection: Connection, items: list[_Item], policy: CommitPolicy) -> None:
-        batch = _Batch()
-        for item in items:
-            batch.offsets[item.channel] = item.replay_id  # items of one channel arrive in order
-            if item.event is None:
-                continue
-            batch.delivered[item.channel] += 1
-            message = await self._decode(connection, item)
-            if isinstance(message, RejectedEvent):
-                log.warning("stream_event_rejected", api="pubsub", reason=message.reason,
-                            channel=item.channel)
-                batch.rejected.append(message)
-            else:
-                self._dispatch(parse_message(message, client_name=self.options.client_name,
-                                             objects=set(self.objects)), batch)
-        await self._apply(batch)
-        for channel, replay_id in batch.offsets.items():
-            if self._position.get(channel) != replay_id:
-                self._pending[channel] = self._position[channel] = replay_id
-        for sobject, at in batch.committed_at.items():
-            self._last_commit[sobject] = max(at, self._last_commit.get(sobject, at))
+    async def _process(self, connection: Connection, items: list[Item], policy: CommitPolicy) -> None:
+        messages = [await self._decoder.decode(connection, i) for i in items if i.event is not None]
+        batch = sort_batch(messages, client_name=self.options.client_name, objects=set(self.objects),
+                           already_applied=_never, covered=self._handover.covers,
+                           latest=datetime.now(UTC) + LATEST_AHEAD)
+        await apply_batch(batch, sink=self._sink, catch_up=self._catch_up)
+        self._offsets.applied({i.channel: i.replay_id for i in items})  # a channel's items come in order
+        self._handover.saw_commits(batch.committed_at)
+        self._auth_failures = 0  # a batch applied: the session works, count afresh
+        self._backoff.reset()
         policy.applied(len(items))
         if policy.due():
-            await self._commit_offsets()
+            await self._offsets.commit()
             policy.committed()
-        await self._ask_for_more(batch.delivered)
-        _note_lag(batch)
-
-    async def _apply(self, batch: _Batch) -> None:
-        changes = batch.changes
-        for sobject, ids in batch.gaps.items():
-            log.info("stream_gap_fetch", object=sobject, records=len(ids))
-            changes = changes + await self._catch_up.fetch_by_ids(sobject, sorted(ids))
-        if changes:
-            await self._sink.apply(changes)
-        if batch.rejected:
-            await self._sink.reject(batch.rejected)
-            METRICS.inc("sfsync_events_failed_total", len(batch.rejected), object="unknown")
-        for overflow in batch.overflows:
-            log.info("stream_overflow_poll", object=overflow.sobject, since=overflow.since.isoformat())
-            await self._catch_up.poll_since(overflow.sobject, overflow.since)
-
-    async def _ask_for_more(self, delivered: Counter[str]) -> None:
-        """Flow control: room for as many events as each channel delivered in the batch applied."""
-        for channel, count in delivered.items():
-            subscription = self._subscriptions.get(channel)
-            if subscription is None:
-                continue
-            try:
-                await subscription.request(more(count))
-            except RetriableError as exc:  # the stream ended; its reader reports why
-                log.info("stream_fetch_request_failed", api="pubsub", channel=channel, error=str(exc))
-                continue
-            self._outstanding[channel] = self._outstanding.get(channel, 0) + count
-
-    async def _decode(self, connection: Connection, item: _Item) -> dict[str, Any] | RejectedEvent:
-        event = item.event.event  # type: ignore[union-attr]
-        raw = {"channel": item.channel, "schema_id": event.schema_id, "replay_id": item.replay_id.hex(),
-               "payload_base64": base64.b64encode(event.payload).decode()}
-        try:
-            schema = await self._schema(connection, event.schema_id)
-            payload = to_cometd_payload(decode_payload(event.payload, schema), schema)
-        except (AvroDecodeError, FatalError) as exc:
-            return RejectedEvent(reason=f"undecodable Pub/Sub event: {exc}", raw=raw, channel=item.channel)
-        return {"channel": item.channel, "pubsubReplayId": item.replay_id.hex(),
-                "data": {"schema": event.schema_id, "payload": payload}}
-
-    async def _schema(self, connection: Connection, schema_id: str) -> EventSchema:
-        schema = self._schemas.get(schema_id)
-        if schema is None:
-            info = await connection.get_schema(schema_id)
-            schema = self._schemas[schema_id] = EventSchema.parse(schema_id, info.schema_json)
-            log.info("pubsub_schema_loaded", schema_id=schema_id, fields=len(schema.fields))
-        return schema
-
-    def _dispatch(self, parsed: Any, batch: _Batch) -> None:
-        if isinstance(parsed, RejectedEvent):
-            log.warning("stream_event_rejected", api="pubsub", reason=parsed.reason, channel=parsed.channel)
-            batch.rejected.append(parsed)
-        elif isinstance(parsed, GapRequest):
-            METRICS.inc("sfsync_events_received_total", object=parsed.sobject)
-            batch.gaps.setdefault(parsed.sobject, set()).update(parsed.record_ids)
-            _saw_commit(batch, parsed.sobject, parsed.committed_at)
-        elif isinstance(parsed, OverflowRequest):
-            METRICS.inc("sfsync_events_received_total", object=parsed.sobject)
-            batch.overflows.append(parsed)
-            _saw_commit(batch, parsed.sobject, parsed.since)
-        else:
-            for change in parsed:
-                METRICS.inc("sfsync_events_received_total", object=change.sobject)
-                _saw_commit(batch, change.sobject, change.changed_at)
-                if not self._covered_by_poll(change):
-                    batch.changes.append(change)
-
-    def _covered_by_poll(self, change: SalesforceChange) -> bool:
-        mark = self._poll_marks.get(change.sobject)
-        return mark is not None and mark.covers(change.sf_id, floor_second(change.changed_at))
-
-    # -- offsets -----------------------------------------------------------------------------
-
-    async def _commit_offsets(self) -> None:
-        """Durably store the replay ids of applied events (journaled majority, in the store)."""
-        for channel, replay_id in sorted(self._pending.items()):
-            await self._store.save_state(pubsub_replay_key(channel), {"replay_id": replay_id})
-            del self._pending[channel]
-
-    async def _load_replay_ids(self) -> dict[str, bytes]:
-        ids: dict[str, bytes] = {}
-        for channel in self.channels:
-            state = await self._store.load_state(pubsub_replay_key(channel))
-            value = state.get("replay_id") if state else None
-            if isinstance(value, bytes) and value:
-                ids[channel] = bytes(value)
-        return ids
-
-    async def _checkpoint_watermarks(self) -> None:
-        """Hand over to the poller: its watermark need not reach back before the stream's work."""
-        for sobject, committed in self._last_commit.items():
-            ts = floor_second(committed - HANDOVER_MARGIN)
-            try:
-                current = await self._catch_up.watermark(sobject)
-                if current.ts is None or ts > current.ts:
-                    await self._store.save_state(watermark_key(sobject), Watermark(ts).to_state())
-            except RetriableError as exc:
-                log.warning("stream_watermark_checkpoint_failed", object=sobject, error=str(exc))
+        await self._subscriptions.ask_for_more(items)
 
 
-def _saw_commit(batch: _Batch, sobject: str, at: datetime) -> None:
-    previous = batch.committed_at.get(sobject)
-    if previous is None or at > previous:
-        batch.committed_at[sobject] = at
-
-
-def _note_lag(batch: _Batch) -> None:
-    """`sfsync_replay_lag_seconds`: from the newest commit in the batch to its apply (as CometD's)."""
-    if batch.committed_at:
-        newest = max(batch.committed_at.values())
-        METRICS.set("sfsync_replay_lag_seconds", max(time.time() - newest.timestamp(), 0.0))
+def _never(channel: str, replay_id: int) -> bool:
+    """Pub/Sub replay ids are opaque: a redelivered event cannot be recognised (nor is one
+    expected: a session resumes after the last applied id)."""
+    return False
 
 
 __all__ = ["DEFAULT_ENDPOINT", "Connection", "PubSubOptions", "PubSubStream", "Subscription"]
