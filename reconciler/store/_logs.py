@@ -99,18 +99,13 @@ class LogsMixin:
         if not successes:
             return
         named = {(key, value) for d, _ in successes for _, key, value in record_keys(d)}
-        projection = {"source": 1, "sf_id": 1, "local_id": 1, "fields": 1, "ts": 1, "status": 1}
-        found: dict[Any, dict[str, Any]] = {}
+        ors = [{key: {"$in": sorted(v for k, v in named if k == key)}}
+               for key in ("sf_id", "local_id") if any(k == key for k, _ in named)]
+        query = {"status": "failed", "resolved": None, "$or": ors}
         with translate_errors("resolve_failures"):
-            # One `$in` per indexed key rather than one `$or`: each is an index lookup on any
-            # planner (an `$or` scanned every sync log on SecantusDB: 0.4 s per batch at 20,000 logs).
-            for key in ("sf_id", "local_id"):
-                values = sorted(v for k, v in named if k == key)
-                if values:
-                    query = {key: {"$in": values}, "status": "failed", "resolved": None}
-                    async for failure in self.db.sync_logs.find(query, projection):
-                        found[failure["_id"]] = failure
-            open_failures = sorted(found.values(), key=lambda f: (f["ts"], str(f["_id"])))
+            open_failures = await self.db.sync_logs.find(
+                query, {"source": 1, "sf_id": 1, "local_id": 1, "fields": 1, "ts": 1, "status": 1}
+            ).to_list(None)
             for success, log_id in successes:
                 fixed = [f["_id"] for f in open_failures if resolves(success, f)]
                 if fixed:
