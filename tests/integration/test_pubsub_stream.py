@@ -73,13 +73,16 @@ class Rig:
                               catch_up=Poller(self.sf, self.store, self.sink, MAPPINGS, ["Lead"]),
                               objects=["Lead"], options=options, governor=self.governor)
         stop = asyncio.Event()
+        subscribed = len(self.org.pubsub.subscribes)
         task = asyncio.create_task(stream.run(stop))
         self.running.append((stream, stop, task))
 
         async def ready() -> bool:
             if task.done():
                 task.result()
-            return stream.ready
+            # ready, and the server has placed the subscription's cursor: on a busy machine the
+            # settle alone can end before the server reads the first FetchRequest
+            return stream.ready and len(self.org.pubsub.subscribes) > subscribed
         await eventually(ready)
         return stream
 
