@@ -305,11 +305,16 @@ class Reconciler:
         owner = owner_updates(self.mappings, item.doc, change.fields.get("OwnerId"))
         for path, value in owner.items():
             item.put(path, value, logged=path == "owner_id")
-        if "owner_id" in owner and item.type == "update" and len(item.fields) == 1:
+        if "owner_id" in owner and item.type == "update" and set(item.fields) <= self._owner_fields(change):
             item.type = "owner_change"
         account = change.fields.get("AccountId") if change.sobject == "Contact" else None
         if isinstance(account, str) and account in accounts:
             item.put("company_id", accounts[account])
+
+    def _owner_fields(self, change: SalesforceChange) -> set[str]:
+        """The platform owner and the local field of the Owner CRM ID mapping (`OwnerId`)."""
+        return {"owner_id", *(m.local_field for m in self.mappings.for_object(change.sobject)
+                              if m.sf_field == "OwnerId")}
 
     def _merge_fields(self, item: _Pending, change: SalesforceChange) -> None:
         mappings = self.mappings.for_object(change.sobject)

@@ -53,8 +53,10 @@ def restricted(mappings: Mappings, fields: dict[str, list[str]]) -> Mappings:
     """The same mappings, keeping only the given fields (users and rules unchanged).
 
     A new instance, not `model_copy`: a copy shares the per-object cache of `for_object`, so the
-    view would answer with the full mappings (or leave its restricted answers in theirs)."""
-    return type(mappings)(
+    view would answer with the full mappings (or leave its restricted answers in theirs). Not
+    validated again: the full mappings were, and a view without the owner mapping is no file
+    whose rules lack it."""
+    return type(mappings).model_construct(
         people={k: v for k, v in mappings.people.items() if k in fields.get("people", [])},
         companies={k: v for k, v in mappings.companies.items() if k in fields.get("companies", [])},
         users=mappings.users, rules=mappings.rules,

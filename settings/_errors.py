@@ -22,6 +22,8 @@ def first_line(exc: ValidationError, *, mapping: bool) -> str:
     err = exc.errors()[0]
     loc = tuple(err.get("loc", ()))
     message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if mapping and not loc:
+        return message  # a whole-file rule (the rules and the mappings they need) names its keys
     where = mapping_key(loc) if mapping else env_name(loc)
     given = err.get("input")
     secret = any(word in where for word in ("SECRET", "TOKEN", "URI", "KEY"))

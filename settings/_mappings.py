@@ -95,6 +95,13 @@ class Mappings(_Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _owner_rules(self) -> Mappings:
+        problem = owner_rule_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
     def for_object(self, sobject: str) -> list[FieldMapping]:
         """The field mappings that apply to one Salesforce object (Lead, Contact or Account)."""
         # The model is frozen, so the answer never changes: computed once per object, since the
@@ -144,6 +151,35 @@ class Mappings(_Strict):
     def content_hash(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def owner_rule_problem(mappings: Mappings) -> str | None:
+    """Why the rules cannot run with these mappings, or None. The product's help: Owner CRM ID
+    "must be set to use" the rules that create a Person or a Lead/Contact and the owner-change
+    rule. Only when People are mapped at all (with none, the People rules have nothing to do)."""
+    if not mappings.people:
+        return None
+    owned = {sobject for sobject in ("Lead", "Contact")
+             if any(m.salesforce_field(sobject) == "OwnerId" for m in mappings.people.values())}
+    for rule, objects in _rules_needing_owner(mappings.rules):
+        if not objects & owned:
+            wanted = " or ".join(f'{o.lower()} = "OwnerId"' for o in sorted(objects, reverse=True))
+            return (f"rules.{rule} needs the Owner CRM ID mapping [people.owner_crm_id] with {wanted}; "
+                    "map it or turn the rule off")
+    return None
+
+
+def _rules_needing_owner(rules: Rules) -> list[tuple[str, set[str]]]:
+    """(the rule as written, the objects whose owner mapping would do) for each rule that is on."""
+    out: list[tuple[str, set[str]]] = []
+    if rules.create_person_from_salesforce:
+        out.append(("create_person_from_salesforce = true", {"Lead", "Contact"}))
+    if rules.create_in_salesforce != "none":
+        out.append((f'create_in_salesforce = "{rules.create_in_salesforce}"',
+                    {rules.create_in_salesforce.title()}))
+    if rules.on_salesforce_owner_change == "update_owner":
+        out.append(('on_salesforce_owner_change = "update_owner"', {"Lead", "Contact"}))
+    return out
 
 
 def _same_sf_id(a: str, b: str) -> bool:

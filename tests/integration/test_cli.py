@@ -174,6 +174,20 @@ class TestCheckConfig:
                                          "check-config")
         assert code == 2 and len(err.strip().splitlines()) == 1 and "people.email" in err
 
+    @pytest.mark.parametrize("command", ["check-config", "run"])
+    async def test_a_rule_without_the_owner_mapping_refuses_to_start(self, tmp_path: Path,
+                                                                     command: str) -> None:
+        """The create rules are on (the defaults) but Owner CRM ID is not mapped: one line naming
+        the missing mapping, exit 2, before anything connects."""
+        mappings = tmp_path / "m.toml"
+        mappings.write_text('[people.last_name]\nlead = "LastName"\n')
+        code, out, err = await _run_module(
+            tmp_path, _env(tmp_path, SFSYNC_SYNC__MAPPINGS_FILE=str(mappings),
+                           SFSYNC_ADMIN__TOKEN="a-long-enough-admin-token-0123456789"), command)
+        assert code == 2 and out == "", err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert "[people.owner_crm_id]" in err and "rules.create_person_from_salesforce" in err
+
     async def test_good_config_prints_the_effective_settings(self, tmp_path: Path) -> None:
         """With the example mappings the effective configuration prints, secrets masked."""
         code, out, err = await _run_module(tmp_path, _env(tmp_path), "check-config")

@@ -225,11 +225,12 @@ class TestOwner:
         assert (doc["owner_id"], doc["crm"]["owner_id"]) == ("u-1", OWNER_2)
 
     async def test_owner_only_change_is_logged_as_owner_change(self, store: CountingStore) -> None:
-        """An owner change alone is an `owner_change` log."""
-        mappings = parse_mappings(mappings_toml({"people.owner_crm_id": None}))
+        """An owner change alone (the platform owner and the Owner CRM ID mapping's field) is an
+        `owner_change` log."""
         await linked_lead(store, owner_id="u-1", crm={"object": "Lead", "id": "00Q1", "owner_id": OWNER_1})
-        await reconciler_for(store, mappings=mappings).apply([change("00Q1", {"OwnerId": OWNER_2})])
-        assert [x["type"] for x in (await store.find_sync_logs())[0]] == ["owner_change"]
+        await reconciler_for(store).apply([change("00Q1", {"OwnerId": OWNER_2})])
+        [entry] = (await store.find_sync_logs())[0]
+        assert entry["type"] == "owner_change" and set(entry["fields"]) == {"owner_id", "owner_crm_id"}
 
 
 class TestFailures:

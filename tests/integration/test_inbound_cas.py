@@ -90,7 +90,8 @@ class TestPlatformEditDuringInboundWrite:
         """With `salesforce_unless_blank` the re-merge still gives Salesforce's value."""
         mappings = parse_mappings('[people.first_name]\nlead = "FirstName"\n'
                                   'merge = "salesforce_unless_blank"\n'
-                                  '[people.last_name]\nlead = "LastName"\n')
+                                  '[people.last_name]\nlead = "LastName"\n'
+                                  '[people.owner_crm_id]\nlead = "OwnerId"\n')
         racing = edits(store, first_name="Annie", at=20)
         await Reconciler(racing, mappings).apply([salesforce_update(T0 + timedelta(seconds=10))])
         doc = await store.db.people.find_one({"crm.id": LEAD})

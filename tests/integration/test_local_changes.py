@@ -31,6 +31,9 @@ lead = "Score__c"
 direction = "from_salesforce"
 [people."custom_fields.linkedin"]
 lead = "LinkedIn__c"
+[people.owner_crm_id]
+lead = "OwnerId"
+direction = "from_salesforce"
 [companies.name]
 account = "Name"
 [companies.domain]

@@ -23,6 +23,9 @@ lead = "FirstName"
 lead = "LastName"
 [people.company_name]
 lead = "Company"
+[people.owner_crm_id]
+lead = "OwnerId"
+direction = "from_salesforce"
 
 [[users]]
 local = "u-1"

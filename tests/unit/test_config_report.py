@@ -22,6 +22,9 @@ MAPPINGS = """
 lead = "FirstName"
 contact = "FirstName"
 direction = "to_salesforce"
+[people.owner_crm_id]
+lead = "OwnerId"
+contact = "OwnerId"
 [companies.name]
 account = "Name"
 [[users]]
@@ -89,7 +92,7 @@ class TestMappingsSummary:
     def test_summary(self) -> None:
         """Counts, each mapped field per object with direction and merge, rules, importability."""
         text = render_config(settings(), parse_mappings(MAPPINGS))
-        assert "# mappings: 1 people field(s), 1 company field(s), 1 user link(s)" in text
+        assert "# mappings: 2 people field(s), 1 company field(s), 1 user link(s)" in text
         assert "#   people.first_name <-> Lead.FirstName (to_salesforce, most_recent)" in text
         assert "#   people.first_name <-> Contact.FirstName (to_salesforce, most_recent)" in text
         assert "#   companies.name <-> Account.Name (both, most_recent)" in text

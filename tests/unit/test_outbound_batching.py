@@ -167,6 +167,9 @@ lead = "Score__c"
 direction = "from_salesforce"
 [people."custom_fields.linkedin"]
 lead = "LinkedIn__c"
+[people.owner_crm_id]
+contact = "OwnerId"
+direction = "from_salesforce"
 [rules]
 create_in_salesforce = "contact"
 """)

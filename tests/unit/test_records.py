@@ -26,6 +26,9 @@ lead = "City"
 contact = "MailingCity"
 [people."custom_fields.linkedin"]
 lead = "LinkedIn__c"
+[people.owner_crm_id]
+lead = "OwnerId"
+direction = "from_salesforce"
 [companies.name]
 account = "Name"
 [companies.domain]

@@ -253,6 +253,8 @@ contact = "FirstName"
 [people.company_crm_id]
 contact = "AccountId"
 direction = "from_salesforce"
+[people.owner_crm_id]
+contact = "OwnerId"
 [companies.name]
 account = "Name"
 merge = "salesforce_unless_blank"
@@ -313,3 +315,49 @@ class TestMappings:
         """An unreadable mappings file names SFSYNC_SYNC__MAPPINGS_FILE."""
         with pytest.raises(ConfigError, match=r"^SFSYNC_SYNC__MAPPINGS_FILE: cannot read"):
             load_mappings(tmp_path / "absent.toml")
+
+
+_NAME_ONLY = '[people.last_name]\nlead = "LastName"\ncontact = "LastName"\n'
+_RULES_OFF = {"create_person_from_salesforce": "false", "create_in_salesforce": '"none"',
+              "on_salesforce_owner_change": '"ignore"'}
+
+
+def _owner_rules(owner: str | None, **rules: str) -> str:
+    """People mapped by last name, `owner` the [people.owner_crm_id] table's lines (None: not
+    mapped), every rule that needs an owner off except `rules`."""
+    table = "" if owner is None else f"[people.owner_crm_id]\n{owner}\n"
+    settings = {**_RULES_OFF, **rules}
+    return _NAME_ONLY + table + "[rules]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+
+
+class TestRulesThatNeedTheOwner:
+    """The product's help: Owner CRM ID "must be set to use" the create rules and the owner-change
+    rule. A rule that needs it without the mapping refuses to start, one line naming the mapping."""
+
+    @pytest.mark.parametrize(("toml", "missing"), [
+        (_owner_rules(None, create_person_from_salesforce="true"), "[people.owner_crm_id]"),
+        (_owner_rules(None, create_in_salesforce='"lead"'), "[people.owner_crm_id]"),
+        (_owner_rules('contact = "OwnerId"', create_in_salesforce='"lead"'), 'lead = "OwnerId"'),
+        (_owner_rules('lead = "OwnerId"', create_in_salesforce='"contact"'), 'contact = "OwnerId"'),
+        (_owner_rules(None, on_salesforce_owner_change='"update_owner"'), "[people.owner_crm_id]"),
+        (_NAME_ONLY, "[people.owner_crm_id]"),  # the rules' defaults need it too
+    ])
+    def test_a_rule_without_the_owner_mapping_is_refused(self, tmp_path: Path, toml: str,
+                                                         missing: str) -> None:
+        path = tmp_path / "mappings.toml"
+        path.write_text(toml)
+        with pytest.raises(ConfigError) as caught:
+            load_mappings(path)
+        message = str(caught.value)
+        assert missing in message and "rules." in message and "\n" not in message
+        assert "(root)" not in message
+
+    @pytest.mark.parametrize("toml", [
+        _owner_rules(None),  # every rule that needs it is off
+        _owner_rules('lead = "OwnerId"', create_person_from_salesforce="true",
+                     create_in_salesforce='"lead"', on_salesforce_owner_change='"update_owner"'),
+        _owner_rules('contact = "OwnerId"', create_in_salesforce='"contact"'),
+        '[companies.name]\naccount = "Name"\n',  # no People mapped: the People rules have nothing to do
+    ])
+    def test_rules_with_what_they_need_load(self, toml: str) -> None:
+        parse_mappings(toml)
