@@ -17,11 +17,11 @@ before the watermark (a commit slower than `settle`, a writer whose clock runs b
 read. Pairs (_id, updated_at) already handled within the window are skipped; the watermark never
 moves back. Cost: MongoDB reads of the window's documents each pass; no API call.
 
-A local edit is a change, not a merge: it goes out for `both` and `to_salesforce` fields
-whatever the merge behaviour, which decides only at merges, where both values are known (link,
-retry, re-import, conversion, mapping edit). The merge core (`merge_field`, with Salesforce's
-side unknown) applies the direction and blank rules. Read-only fields are filtered by the
-flusher, which has the describe.
+A local edit is queued for `both` and `to_salesforce` fields with the direction and blank rules
+(`merge_field`, Salesforce's side unknown here); the merge behaviour decides when the flusher
+sends it, against the Salesforce shadow (`outbound_shadow`), the owner (`OwnerId`, the platform's
+`owner_id` through `[[users]]`) included, with its own field time. Read-only fields are filtered
+by the flusher, which has the describe.
 """
 
 from __future__ import annotations
@@ -120,6 +120,8 @@ def plan_record(mappings: Mappings, objects: Collection[str], collection: str, d
     sobject = str(crm["object"]) if linked and crm else create_object(mappings, collection, objects)
     selected = [name for name in mapped_fields(mappings, collection) if changed is None or name in changed]
     times = {name: at for name in selected if get_path(doc, name) is not None}
+    if (changed is None or OWNER_FIELD in changed) and doc.get(OWNER_FIELD) is not None:
+        times[OWNER_FIELD] = at  # what `most_recent` weighs an outbound owner by
     if sobject is None or (crm and crm.get("deleted")):
         return None, times, None
     # A create sends every mapped field; an update only what changed.

@@ -197,15 +197,17 @@ class Outgoing:
     at: datetime | None = None     # the platform time of the value sent (the shadow's new `at`)
 
 
-def decide_outgoing(mapping: FieldMapping, doc: Mapping[str, Any] | None, queued: Any) -> Outgoing:
+def decide_outgoing(mapping: FieldMapping, doc: Mapping[str, Any] | None, queued: Any,
+                    local: Side | None = None) -> Outgoing:
     """Should this queued platform value go out, now that the shadow may know more?
 
-    The platform's current value stands for the queued one (it is at least as new). Without a
-    shadow for the field the queued value goes out (Salesforce's side unknown: direction and
-    blank rules were applied when it was queued).
+    The platform's current value stands for the queued one (it is at least as new), unless
+    `local` gives the platform's side (the owner: its user translated to a Salesforce user).
+    Without a shadow for the field the queued value goes out (Salesforce's side unknown:
+    direction and blank rules were applied when it was queued).
     """
     seen = shadow_side(doc, mapping.sobject, mapping.sf_field)
-    local = local_side(doc, mapping)
+    local = local or local_side(doc, mapping)
     if seen is None or doc is None:
         return Outgoing(FieldDecision(Winner.LOCAL, queued), at=local.changed_at)
     decision = merge_field(mapping, local, Side(seen.value, seen.at), sf_field_writable=True)

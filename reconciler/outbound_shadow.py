@@ -9,6 +9,9 @@ names the field and why), or already has it. A write left with nothing is droppe
 call. Documents linked before the shadow existed are filled first: ONE query per call for all
 of them (at most 200 ids), never one per record. After the call, the values written become
 the shadow, at the platform time of each value. Creates go out as queued (no Salesforce side).
+The owner is re-decided like any field, under the merge behaviour of the mapping of `OwnerId`
+(`owner_crm_id`): its platform side is the document's owner translated through `[[users]]`, at
+the owner's field time.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from reconciler.merge import decide_outgoing
+from reconciler.merge import Side, decide_outgoing
 from reconciler.ports import OutboundWrite, SalesforceApi
 from reconciler.records import get_path
-from reconciler.shadow import has_shadow, path, shadow_sets, shadow_side
+from reconciler.rules import OWNER_FIELD
+from reconciler.shadow import Seen, has_shadow, path, platform_time, shadow_sets, shadow_side
 from reconciler.soql import soql_string
 from reconciler.store import CREATE, OutboxEntry
 from reconciler.sync_logs import SyncLog
@@ -50,19 +54,21 @@ class Redecided:
     times: dict[str, datetime | None] = field(default_factory=dict)  # platform time of each value
 
 
-def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mapping[str, Any] | None
-             ) -> Redecided:
-    """Re-decide one queued update over the local document as it is now (pure)."""
+def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mapping[str, Any] | None,
+             owner: str | None = None) -> Redecided:
+    """Re-decide one queued update over the local document as it is now (pure). `owner`: the
+    Salesforce user the document's owner translates to now (through `[[users]]`), if any."""
     by_field = {m.sf_field: m for m in mappings}
     out = Redecided(fields={})
     for name, queued in write.fields.items():
         mapping = by_field.get(name)
-        if mapping is None or doc is None or name == "OwnerId":
-            out.fields[name] = queued  # the owner is the platform's user, translated: as queued
+        if mapping is None or doc is None:
+            out.fields[name] = queued
             continue
         seen = shadow_side(doc, write.sobject, name)
         out.old[name] = None if seen is None else seen.value
-        decided = decide_outgoing(mapping, doc, queued)
+        local = owner_side(doc, seen, owner or queued) if name == "OwnerId" else None
+        decided = decide_outgoing(mapping, doc, queued, local)
         if decided.decision.write_salesforce:
             out.fields[name] = decided.decision.value
             out.times[name] = decided.at
@@ -71,6 +77,11 @@ def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mappin
         else:
             out.superseded.append(name)
     return out
+
+
+def owner_side(doc: Mapping[str, Any], seen: Seen | None, sf_user: str) -> Side:
+    """The platform's side of `OwnerId`: its owner as a Salesforce user, at the owner's time."""
+    return Side(sf_user, platform_time(doc, OWNER_FIELD, seen, value=sf_user))
 
 
 def _linked_to(doc: Mapping[str, Any], write: OutboundWrite) -> bool:
@@ -104,7 +115,8 @@ class ShadowGate:
         mappings = self._mappings.for_object(sobject)
         for entry in entries:
             doc = docs.get(entry.write.local_id)
-            decided = redecide(mappings, entry.write, doc if doc and _linked_to(doc, entry.write) else None)
+            decided = redecide(mappings, entry.write, doc if doc and _linked_to(doc, entry.write) else None,
+                               self._owner(doc))
             self._decided[entry.id] = decided
             if decided.held:
                 logs.append(_held_log(entry, decided))
@@ -117,6 +129,10 @@ class ShadowGate:
             else:
                 empty.append(entry)
         return Screened(send, empty, logs)
+
+    def _owner(self, doc: Mapping[str, Any] | None) -> str | None:
+        owner = doc.get(OWNER_FIELD) if doc else None
+        return self._mappings.salesforce_user(owner) if isinstance(owner, str) else None
 
     async def _docs(self, sobject: str, entries: Sequence[OutboxEntry]) -> dict[Any, dict[str, Any]]:
         """The local documents of these writes, their missing shadows filled (one query)."""

@@ -92,16 +92,19 @@ def has_unstamped_edit(doc: Mapping[str, Any] | None) -> bool:
     return not isinstance(written, datetime) or _naive(updated) > _naive(written)
 
 
-def platform_time(doc: Mapping[str, Any] | None, local_field: str, shadow: Seen | None) -> datetime | None:
+def platform_time(doc: Mapping[str, Any] | None, local_field: str, shadow: Seen | None,
+                  value: Any = None) -> datetime | None:
     """The time of the platform's value of `local_field`: its stamped field time, or, while an
     edit is unstamped and the value differs from Salesforce's last value, the document's
-    `updated_at` when that is later (a fresh edit counts before the watcher stamps it)."""
+    `updated_at` when that is later (a fresh edit counts before the watcher stamps it).
+    `value`: the platform's value as Salesforce would hold it, when not the field's own (the
+    owner, translated through `[[users]]`)."""
     stamped = get_path(doc, f"_sync.field_times.{local_field}")
     stamped = stamped if isinstance(stamped, datetime) else None
     if not has_unstamped_edit(doc):
         return stamped
     assert doc is not None
-    if shadow is not None and shadow.value == get_path(doc, local_field):
+    if shadow is not None and shadow.value == (get_path(doc, local_field) if value is None else value):
         return stamped
     updated: datetime = doc["updated_at"]
     if stamped is None or _naive(updated) > _naive(stamped):

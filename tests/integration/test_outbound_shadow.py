@@ -137,3 +137,43 @@ class TestShadowKept:
         assert [c.records for c in rig.sf.calls] == [[{"Email": "new3@x.com", "Id": sf_id(3)}]]
         assert (await rig.doc("p-1"))["_sync"]["sf"]["Lead"]["Email"]["v"] == "sf1@x.com"
         assert len([x for x in await rig.logs() if x["type"] == "skipped"]) == 2
+
+
+OWNER_1, OWNER_2 = "005000000000001AAA", "005000000000002AAA"
+T0 = T1 - timedelta(seconds=5)
+
+
+def owner_flusher(rig: Rig, merge: str) -> OutboundFlusher:
+    """A flusher whose `owner_crm_id` mapping (OwnerId both ways) has the merge behaviour `merge`."""
+    mappings = parse_mappings(mappings_toml({"people.owner_crm_id": {"direction": "both", "merge": merge}}))
+    return OutboundFlusher(rig.outbox, rig.sf, rig.store, FakeBudget(), client_name="salesforce-sync",
+                           writable={"Lead": {}}, gate=ShadowGate(rig.sf, rig.store, mappings))
+
+
+class TestOwnerFollowsItsMergeBehaviour:
+    """Issue 10: a platform owner change goes out as `OwnerId` with the merge behaviour of the
+    `owner_crm_id` mapping, decided from the shadow like any other field. The platform moved the
+    Person from u-1 to u-2 at T1; the shadow holds Salesforce's owner and when it changed."""
+
+    @pytest.mark.parametrize(("merge", "shadow", "sent", "held"), [
+        ("salesforce_unless_blank", (OWNER_1, T0), False, True),   # Salesforce holds an owner
+        ("local_unless_blank", (OWNER_1, T2), True, False),       # the platform's owner stands
+        ("most_recent", (OWNER_1, T0), True, False),              # the platform's change is newer
+        ("most_recent", (OWNER_1, T2), False, False),             # Salesforce's change is newer
+        ("most_recent", (OWNER_2, T0), False, False),             # Salesforce has it already
+    ])
+    async def test_owner_change(self, rig: Rig, merge: str, shadow: tuple[str, datetime], sent: bool,
+                                held: bool) -> None:
+        value, seen_at = shadow
+        await rig.store.db.people.insert_one({
+            "_id": "p-1", "owner_id": "u-2", "updated_at": T1, "crm": {"object": "Lead", "id": sf_id(1)},
+            "_sync": {"written_at": T1, "field_times": {"owner_id": T1},
+                      "sf": {"Lead": {"OwnerId": {"v": value, "at": seen_at}}}}})
+        await rig.outbox.enqueue([edit(1, OwnerId=OWNER_2)])
+        await owner_flusher(rig, merge).flush()
+        assert [c.records for c in rig.sf.calls] == ([[{"OwnerId": OWNER_2, "Id": sf_id(1)}]] if sent else [])
+        assert await rig.outbox.depth() == 0
+        skipped = [x for x in await rig.logs() if x["type"] == "skipped"]
+        assert [list(x["fields"]) for x in skipped] == ([["owner_crm_id"]] if held else [])
+        if held:
+            assert skipped[0]["fields"]["owner_crm_id"]["reason"] == HELD_SALESFORCE

@@ -59,3 +59,9 @@ class TestOwnersOut:
         assert "OwnerId" not in write.fields
         [entry] = plan.logs
         assert entry.status == "failed" and entry.error is not None and "u-9" in entry.error
+
+    def test_an_owner_change_stamps_the_owners_time(self) -> None:
+        """The owner's field time is what `most_recent` weighs against Salesforce's owner change."""
+        plan = plan_changes(MAPPINGS, ("Lead",), "people", [change(
+            "update", linked(owner_id="u-1"), "owner_id", "updated_at")])
+        assert plan.field_times == {"p-1": {"owner_id": T0}}
