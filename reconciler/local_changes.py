@@ -50,8 +50,8 @@ from settings import FieldMapping, Mappings
 
 log = structlog.get_logger(__name__)
 
-# one record's write, field times, and why its owner is not sent (an unmapped platform user)
-Planned = tuple[OutboundWrite | None, dict[str, datetime], str | None]
+# one record's write, field times, and the failed log of an owner not sent (an unmapped user)
+Planned = tuple[OutboundWrite | None, dict[str, datetime], SyncLog | None]
 _EDITS = frozenset({"insert", "update", "replace"})
 # `rules.create_in_salesforce` ("lead" | "contact") -> the object a new Person is created as
 _CREATE_OBJECT = {name.lower(): name for name in objects_in(PEOPLE)}
@@ -131,12 +131,23 @@ def plan_record(mappings: Mappings, objects: Collection[str], collection: str, d
         else (None, None)
     if owner is not None:
         fields["OwnerId"] = owner
-    if linked and crm:
-        write = OutboundWrite(sobject=sobject, sf_id=str(crm["id"]), collection=collection,
+    sf_id = str(crm["id"]) if linked and crm else None
+    failed = None if unmapped is None else _unmapped_owner(sobject, sf_id, collection, doc, unmapped)
+    if sf_id is not None:
+        write = OutboundWrite(sobject=sobject, sf_id=sf_id, collection=collection,
                               local_id=doc["_id"], fields=fields, reason="local_edit")
-        return (write if fields else None), times, unmapped
+        return (write if fields else None), times, failed
     return OutboundWrite(sobject=sobject, sf_id=None, collection=collection, local_id=doc["_id"],
-                         fields=fields, reason="create"), times, unmapped
+                         fields=fields, reason="create"), times, failed
+
+
+def _unmapped_owner(sobject: str, sf_id: str | None, collection: str, doc: Mapping[str, Any],
+                    reason: str) -> SyncLog:
+    """The failed log of an owner not sent, naming `OwnerId`: only a later write that sends the
+    owner resolves it, whether or not the rest of the record went out."""
+    return SyncLog(source="local", type="update" if sf_id else "create", status="failed", object=sobject,
+                   sf_id=sf_id, local_id=str(doc["_id"]), collection=collection, error=reason,
+                   fields={"OwnerId": {"old": get_path(doc, "crm.owner_id"), "new": doc.get(OWNER_FIELD)}})
 
 
 def _outgoing(mappings: Sequence[FieldMapping], doc: Mapping[str, Any], only: Collection[str] | None,
@@ -175,13 +186,11 @@ def plan_changes(mappings: Mappings, objects: Collection[str], collection: str,
 
 
 def _add(plan: Plan, planned: Planned, doc_id: Any) -> None:
-    write, times, unmapped = planned
+    write, times, failed = planned
     if write is not None:
         plan.writes.append(write)
-    if unmapped is not None and write is not None:
-        plan.logs.append(SyncLog(source="local", type="update" if write.sf_id else "create",
-                                 status="failed", object=write.sobject, sf_id=write.sf_id,
-                                 local_id=str(doc_id), collection=write.collection, error=unmapped))
+    if failed is not None:
+        plan.logs.append(failed)
     if times:
         plan.field_times.setdefault(doc_id, {}).update(times)
 

@@ -65,3 +65,25 @@ class TestOwnersOut:
         plan = plan_changes(MAPPINGS, ("Lead",), "people", [change(
             "update", linked(owner_id="u-1"), "owner_id", "updated_at")])
         assert plan.field_times == {"p-1": {"owner_id": T0}}
+
+
+class TestUnmappedOwner:
+    """README (Owners): a platform owner with no `[[users]]` entry is not sent; one failed log
+    names the user and `OwnerId`, so only a later write that sends the owner resolves it."""
+
+    def test_an_owner_change_alone_to_an_unmapped_user_sends_nothing_and_logs_the_failure(self) -> None:
+        plan = plan_changes(MAPPINGS, ("Lead",), "people", [change(
+            "update", linked(owner_id="u-9"), "owner_id", "updated_at")])
+        assert plan.writes == []
+        [entry] = plan.logs
+        assert (entry.status, entry.type, entry.sf_id, entry.local_id) == (
+            "failed", "update", "00Q000000000001AAA", "p-1")
+        assert entry.error is not None and "u-9" in entry.error
+
+    def test_the_failure_names_owner_id(self) -> None:
+        plan = plan_changes(MAPPINGS, ("Lead",), "people", [change(
+            "update", linked(owner_id="u-9", last_name="Li"), "owner_id", "last_name", "updated_at")])
+        [write] = plan.writes
+        assert write.fields == {"LastName": "Li"}
+        [entry] = plan.logs
+        assert list(entry.fields) == ["OwnerId"]
