@@ -189,7 +189,9 @@ def _log(
 ) -> SyncLog:
     if error is not None:
         return failed_inbound("Lead", conv.lead_id, error, type="convert", collection=PEOPLE,
-                              local_id=str(person["_id"]), attempt=attempt)
+                              local_id=str(person["_id"]), attempt=attempt,
+                              fields={"crm.object": {"old": "Lead", "new": "Contact"},
+                                      "crm.id": {"old": conv.lead_id, "new": conv.contact_id}})
     fields: dict[str, dict[str, Any]] = {
         "crm.object": {"old": "Lead", "new": "Contact"},
         "crm.id": {"old": conv.lead_id, "new": conv.contact_id},

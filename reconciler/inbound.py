@@ -51,11 +51,11 @@ from reconciler.ports import (
     RejectedEvent,
     SalesforceChange,
 )
-from reconciler.records import check_value, get_path
+from reconciler.records import check_value, get_path, is_blank
 from reconciler.rules import cannot_start, may_create, owner_updates
 from reconciler.store import BulkOutcome, Fence, RecordVersion, RecordWrite
 from reconciler.sync_logs import LogType, SyncLog, event_job, failed_inbound, utcnow
-from settings import Mappings
+from settings import Direction, Mappings
 
 log = structlog.get_logger(__name__)
 
@@ -256,7 +256,7 @@ class Reconciler:
                 item.change.sobject, item.change.sf_id,
                 f"CONFLICT: the document changed during each of {CAS_ATTEMPTS} attempts to merge into it",
                 type=item.type, collection=collection, local_id=_text(item.doc.get("_id")),
-                attempt=run.attempt, retriable=True))
+                attempt=run.attempt, retriable=True, fields=item.fields))
             run.result.failed += 1
 
     async def _apply_once(self, collection: str, group: list[SalesforceChange], run: _Run,
@@ -283,8 +283,10 @@ class Reconciler:
                 pending[change.sf_id] = item
                 self._apply_change(item, change, accounts)
             except SkippableError as exc:
+                doc = pending[change.sf_id].doc if change.sf_id in pending else linked.get(change.sf_id)
                 run.result.logs.append(failed_inbound(change.sobject, change.sf_id, str(exc),
-                                                      collection=collection, attempt=run.attempt))
+                                                      collection=collection, attempt=run.attempt,
+                                                      fields=_would_write(self.mappings, change, doc)))
                 run.result.failed += 1
         return await self._write(collection, list(pending.values()), run)
 
@@ -374,7 +376,7 @@ def _outcome_logs(collection: str, written: list[_Pending], outcome: BulkOutcome
             failed.add(id(item))
             result.logs.append(failed_inbound(
                 item.change.sobject, item.change.sf_id, outcome.errors[index], type=item.type,
-                collection=collection, local_id=_text(local_id), attempt=run.attempt))
+                collection=collection, local_id=_text(local_id), attempt=run.attempt, fields=item.fields))
             result.failed += 1
             continue
         result.applied += 1
@@ -442,6 +444,18 @@ def _validate(mappings: Mappings, change: SalesforceChange) -> None:
     for m in mappings.for_object(change.sobject):
         if m.sf_field in change.fields:
             check_value(m.sf_field, change.fields[m.sf_field])
+
+
+def _would_write(mappings: Mappings, change: SalesforceChange, doc: dict[str, Any] | None
+                 ) -> dict[str, dict[str, Any]]:
+    """What a change that failed before its merge would have written, for its failed log: the
+    mapped fields flowing inbound whose value is data the platform does not hold already."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in mappings.for_object(change.sobject):
+        value, old = change.fields.get(m.sf_field), get_path(doc, m.local_field)
+        if m.direction is not Direction.TO_SALESFORCE and not is_blank(value) and value != old:
+            out[m.local_field] = {"old": old, "new": value}
+    return out
 
 
 def _with_concurrent_edits(fresh: dict[str, Any], before: dict[str, Any] | None,

@@ -495,8 +495,7 @@ class OutboundFlusher:
             await self._outbox.retry_later(entries, delay, error=f"{type(exc).__name__}: {exc}")
             return False
         except SkippableError as exc:
-            results = [RecordResult(success=False, errors=[]) for _ in entries]
-            await self._finish(kind, entries, [{} for _ in entries], results, call_error=str(exc))
+            await self._finish(kind, entries, *_refused(entries), call_error=str(exc))
             return True
         except FatalError:
             await self._outbox.retry_later(entries, timedelta(0), count_attempt=False)
@@ -582,6 +581,12 @@ class OutboundFlusher:
                         local_id=str(write.local_id), collection=write.collection,
                         error=f"ALREADY_LINKED: the local record was linked meanwhile; {sf_id} is not")]
 
+
+
+def _refused(entries: Sequence[OutboxEntry]) -> tuple[list[dict[str, Any]], list[RecordResult]]:
+    """A call refused as a whole: each write's fields (its failed log names what a later success
+    must cover) and a failed result."""
+    return [dict(e.write.fields) for e in entries], [RecordResult(success=False, errors=[]) for _ in entries]
 
 
 async def _linked_to(store: FlushStore, entry: OutboxEntry, sf_id: str) -> bool:

@@ -62,14 +62,15 @@ def event_job(raw: dict[str, Any]) -> dict[str, Any]:
 def failed_inbound(
     sobject: str | None, sf_id: str | None, error: str, *, type: LogType = "update",
     retriable: bool = False, collection: str | None = None, local_id: str | None = None,
-    attempt: int = 1, raw: dict[str, Any] | None = None,
+    attempt: int = 1, raw: dict[str, Any] | None = None, fields: dict[str, dict[str, Any]] | None = None,
 ) -> SyncLog:
-    """A failed inbound change, with the job that re-runs it."""
+    """A failed inbound change, with the job that re-runs it. `fields`: what it would have
+    written (local field -> {"old", "new"}), so only a success writing them resolves it."""
     job = inbound_job(sobject, sf_id) if sobject and sf_id else event_job(raw or {})
     return SyncLog(
         source="salesforce", type=type, status="failed", object=sobject, sf_id=sf_id,
-        local_id=local_id, collection=collection, error=error, job=job, attempt=attempt,
-        retriable=retriable,
+        local_id=local_id, collection=collection, fields=dict(fields or {}), error=error, job=job,
+        attempt=attempt, retriable=retriable,
     )
 
 
@@ -87,7 +88,10 @@ def can_resolve(entry: Mapping[str, Any]) -> bool:
 
 def resolves(success: Mapping[str, Any], failed: Mapping[str, Any]) -> bool:
     """design.md: a failed log is resolved once a later sync of the same record (same direction,
-    same Salesforce or local id) and fields (every field the failure names) succeeds."""
+    same Salesforce or local id) and fields (every field the failure names) succeeds. Failures
+    name the fields they would have written (inbound: local fields; outbound: Salesforce fields,
+    as their successes do); one that names none failed for the whole record (not found, an
+    unknown object), and any later success of the record resolves it."""
     if not can_resolve(success) or failed.get("status") != "failed" or failed.get("resolved"):
         return False
     if not set(record_keys(success)) & set(record_keys(failed)):

@@ -266,6 +266,34 @@ class TestFailures:
         assert entry["job"]["kind"] == "event" and entry["job"]["raw"]["event"] == {"payload": {}}
 
 
+class TestFailuresNameTheirFields:
+    """A failed inbound log names the fields its change would have written, so it is resolved only
+    by a later success of the same record that wrote them (design.md: "same record and fields")."""
+
+    async def test_a_success_of_other_fields_does_not_resolve_a_failure(self, store: CountingStore) -> None:
+        await linked_lead(store, title="CEO")
+        lead = "00Q000000000001AAA"
+        await reconciler_for(store).apply([change(lead, {"Title": {"nested": "x"}, "FirstName": "Ann"})])
+        [failed] = (await store.find_sync_logs(status="failed"))[0]
+        assert set(failed["fields"]) == {"title"}  # FirstName holds what the platform has already
+        await reconciler_for(store).apply([change(lead, {"City": "Oslo"})])
+        assert "resolved" not in (await store.get_sync_log(failed["id"]) or {})
+        await reconciler_for(store).apply([change(lead, {"Title": "CTO"})])
+        resolved = (await store.get_sync_log(failed["id"]) or {}).get("resolved")
+        assert resolved is not None
+        by = await store.get_sync_log(resolved["by"])
+        assert by is not None and set(by["fields"]) == {"title"}
+
+    async def test_a_failed_write_names_what_it_would_have_written(self, store: CountingStore) -> None:
+        """A create the database refuses (a duplicate key) names the fields the create carried."""
+        await store.db.people.create_index("email", unique=True, name="email_unique_for_test")
+        await linked_lead(store, "00Q9", email="dup@x.com")
+        await reconciler_for(store).apply([change(
+            "00Q3", {"LastName": "Dup", "Email": "dup@x.com", "OwnerId": OWNER_1}, kind=ChangeKind.CREATE)])
+        [failed] = (await store.find_sync_logs(status="failed"))[0]
+        assert {"last_name", "email", "owner_id"} <= set(failed["fields"])
+
+
 class TestRoundTrips:
     async def test_a_large_batch_costs_a_handful_of_round_trips(self, store: CountingStore) -> None:
         """2,000 updates to linked people: one lookup, one bulk write, one log insert (the store slices

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
-from reconciler.errors import BudgetExhaustedError, RetriableError
+from reconciler.errors import BudgetExhaustedError, RetriableError, SkippableError
 from reconciler.outbound import FlushPolicy, OutboundFlusher
 from reconciler.outbox import Outbox
 from reconciler.ports import OutboundWrite, RecordError, RecordResult
@@ -246,6 +246,15 @@ class TestWholeCallFailures:
         rig.clock.advance(10)
         assert await rig.flusher.flush() == 1
         assert await rig.outbox.depth() == 0
+
+    async def test_a_call_refused_as_a_whole_logs_each_write_with_its_fields(self, rig: Rig) -> None:
+        """A SkippableError for the whole call: each write's failed log names the fields it
+        carried, so only a later success sending them resolves it."""
+        rig.sf.fail_next.append(SkippableError("INVALID_SESSION_ID: refused"))
+        await rig.outbox.enqueue([lead_update(1, City="Paris", Title="CTO")])
+        await rig.flusher.flush()
+        [failed] = await rig.logs(status="failed")
+        assert set(failed["fields"]) == {"City", "Title"}
 
     async def test_budget_exhausted_waits_without_counting_an_attempt(self, rig: Rig) -> None:
         """REQUEST_LIMIT_EXCEEDED: the writes wait for the budget, attempt unchanged."""
