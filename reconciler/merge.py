@@ -33,6 +33,9 @@ from settings import Direction, FieldMapping, MergeBehaviour
 # The reasons a rule holds a live edit back (a `skipped` sync log names the field and the reason).
 HELD_SALESFORCE = "salesforce_unless_blank: Salesforce holds a value, the platform's is not sent"
 HELD_LOCAL = "local_unless_blank: the platform holds a value, Salesforce's is not applied"
+# Why a queued platform value is dropped without a rule holding it (a retry's `skipped` log says it).
+SAME_VALUE = "Salesforce already has this value"
+SALESFORCE_NEWER = "Salesforce's value changed later; it comes to the platform inbound"
 
 
 class Winner(StrEnum):

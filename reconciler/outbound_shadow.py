@@ -6,9 +6,11 @@ local document as it is now: the platform's current value goes out unless the sh
 Salesforce holds a newer value (an older queued value never overwrites a newer Salesforce
 edit: the write is superseded), holds data under `salesforce_unless_blank` (one `skipped` log
 names the field and why), or already has it. A write left with nothing is dropped without a
-call. Documents linked before the shadow existed are filled first: ONE query per call for all
-of them (at most 200 ids), never one per record. After the call, the values written become
-the shadow, at the platform time of each value. Creates go out as queued (no Salesforce side).
+call; when it was a retry, one `skipped` log names every field it carried and why none went out
+(a retry's outcome is always a row). Documents linked before the shadow existed are filled
+first: ONE query per call for all of them (at most 200 ids), never one per record. After the
+call, the values written become the shadow, at the platform time of each value. Creates go out
+as queued (no Salesforce side).
 The owner is re-decided like any field, under the merge behaviour of the mapping of `OwnerId`
 (`owner_crm_id`): its platform side is the document's owner translated through `[[users]]`, at
 the owner's field time.
@@ -24,7 +26,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from reconciler.merge import Side, decide_outgoing
+from reconciler.merge import SALESFORCE_NEWER, SAME_VALUE, Side, decide_outgoing
 from reconciler.ports import OutboundWrite, SalesforceApi
 from reconciler.records import get_path
 from reconciler.rules import OWNER_FIELD
@@ -35,6 +37,9 @@ from reconciler.sync_logs import SyncLog
 from settings import FieldMapping, Mappings
 
 log = structlog.get_logger(__name__)
+
+# The merge core's reason for a dropped value -> what a `skipped` log tells the admin.
+_DROPPED = {"equal": SAME_VALUE, "salesforce newer": SALESFORCE_NEWER}
 
 
 class ShadowStore(Protocol):
@@ -49,7 +54,7 @@ class Redecided:
 
     fields: dict[str, Any]
     held: dict[str, str] = field(default_factory=dict)         # local field -> rule
-    superseded: list[str] = field(default_factory=list)        # Salesforce fields dropped
+    superseded: dict[str, str] = field(default_factory=dict)   # local field -> why it is dropped
     old: dict[str, Any] = field(default_factory=dict)          # Salesforce field -> shadow value
     times: dict[str, datetime | None] = field(default_factory=dict)  # platform time of each value
 
@@ -75,7 +80,8 @@ def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mappin
         elif decided.held is not None:
             out.held[mapping.local_field] = decided.held
         else:
-            out.superseded.append(name)
+            reason = decided.decision.reason or ""
+            out.superseded[mapping.local_field] = _DROPPED.get(reason, reason)
     return out
 
 
@@ -118,8 +124,11 @@ class ShadowGate:
             decided = redecide(mappings, entry.write, doc if doc and _linked_to(doc, entry.write) else None,
                                self._owner(doc))
             self._decided[entry.id] = decided
-            if decided.held:
-                logs.append(_held_log(entry, decided))
+            if not decided.fields and entry.write.reason == "retry":
+                # a retry's outcome is a row: every field it carried, and why none went out
+                logs.append(_skipped_log(entry, {**decided.held, **decided.superseded}))
+            elif decided.held:
+                logs.append(_skipped_log(entry, decided.held))
             if decided.superseded:
                 log.info("outbound_fields_superseded", sobject=sobject, sf_id=entry.write.sf_id,
                          fields=decided.superseded)
@@ -181,12 +190,13 @@ class ShadowGate:
             await self._store.record_shadow(collection, sets_by_doc)
 
 
-def _held_log(entry: OutboxEntry, decided: Redecided) -> SyncLog:
+def _skipped_log(entry: OutboxEntry, reasons: Mapping[str, str]) -> SyncLog:
+    """One `skipped` log naming each local field not sent and why."""
     return SyncLog(
         source="local", type="skipped", status="success", object=entry.write.sobject,
         sf_id=entry.write.sf_id, local_id=str(entry.write.local_id), collection=entry.write.collection,
-        fields={name: {"old": None, "new": None, "reason": why} for name, why in decided.held.items()},
-        note="; ".join(f"{name}: {why}" for name, why in decided.held.items()),
+        fields={name: {"old": None, "new": None, "reason": why} for name, why in reasons.items()},
+        note="; ".join(f"{name}: {why}" for name, why in reasons.items()),
         attempt=entry.write.attempt + 1,
     )
 

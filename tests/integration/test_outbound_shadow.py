@@ -3,6 +3,7 @@ over a real MongoDB-wire server and a fake Salesforce API."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -10,12 +11,15 @@ from typing import Any
 
 import pytest
 
-from reconciler.merge import HELD_SALESFORCE
+from reconciler.inbound import Reconciler
+from reconciler.jobs import JobOutcome, Jobs
+from reconciler.merge import HELD_SALESFORCE, SAME_VALUE
 from reconciler.outbound import OutboundFlusher
 from reconciler.outbound_shadow import ShadowGate
 from reconciler.outbox import Outbox
 from reconciler.ports import OutboundWrite
 from reconciler.store import Store
+from reconciler.sync_logs import SyncLog
 from settings import parse_mappings
 from tests.integration.test_outbound import FakeBudget, FakeSalesforce
 from tests.support.clock import Clock
@@ -177,3 +181,46 @@ class TestOwnerFollowsItsMergeBehaviour:
         assert [list(x["fields"]) for x in skipped] == ([["owner_crm_id"]] if held else [])
         if held:
             assert skipped[0]["fields"]["owner_crm_id"]["reason"] == HELD_SALESFORCE
+
+
+async def retried_with_flusher(rig: Rig, log_id: str) -> JobOutcome:
+    """Retry `log_id` while the flusher drains the outbox, as the running service does."""
+    jobs = Jobs(rig.store, Reconciler(rig.store, MAPPINGS, outbox=rig.outbox),
+                outcome_wait=timedelta(seconds=30))
+    task = asyncio.create_task(jobs.retry_log(log_id))
+    while not task.done():
+        await rig.flusher.flush()
+        await asyncio.sleep(0.05)
+    return await task
+
+
+def failed_update(n: int) -> SyncLog:
+    job = {"kind": "outbound", "sobject": "Lead", "sf_id": sf_id(n), "collection": "people",
+           "local_id": f"p-{n}"}
+    return SyncLog(source="local", type="update", status="failed", object="Lead", sf_id=sf_id(n),
+                   local_id=f"p-{n}", collection="people", job=job,
+                   fields={"Email": {"old": None, "new": "x"}}, error="FIELD_CUSTOM_VALIDATION_EXCEPTION: no")
+
+
+class TestRetryWithNothingToSend:
+    """A retry re-queues the record; when the shadow drops every field it carries, no call is made,
+    the outbox is left, and ONE `skipped` log (attempt N+1) says which fields and why: it is the
+    retry's outcome, linked from the retried row."""
+
+    @pytest.mark.parametrize(("shadow", "reasons"), [
+        ({"Email": "new@x.com", "FirstName": "Ann"},
+         {"email": SAME_VALUE, "first_name": SAME_VALUE}),
+        ({"Email": "sf@x.com", "FirstName": "Ann"},
+         {"email": HELD_SALESFORCE, "first_name": SAME_VALUE}),
+    ])
+    async def test_one_skipped_log_is_the_outcome(self, rig: Rig, shadow: dict[str, Any],
+                                                  reasons: dict[str, str]) -> None:
+        await person(rig.store, 1, shadow=shadow, email="new@x.com", first_name="Ann")
+        [failed_id] = await rig.store.insert_sync_logs([failed_update(1)])
+        outcome = await retried_with_flusher(rig, failed_id)
+        assert rig.sf.calls == [] and await rig.outbox.depth() == 0
+        new = [x for x in await rig.logs() if x["id"] != failed_id]
+        assert [(x["type"], x["status"], x["attempt"]) for x in new] == [("skipped", "success", 2)]
+        assert {name: f["reason"] for name, f in new[0]["fields"].items()} == reasons
+        assert (outcome.status, outcome.new_log_ids) == ("retried", [new[0]["id"]])
+        assert (await rig.store.get_sync_log(failed_id) or {})["retried_by"] == new[0]["id"]
