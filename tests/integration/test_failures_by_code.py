@@ -75,6 +75,35 @@ class TestStatus:
             "REQUIRED_FIELD_MISSING": 3, "INVALID_EMAIL_ADDRESS": 2, "OTHER": 2}
 
 
+    async def test_resolved_failures_are_not_counted(self, store: Store) -> None:
+        """`failures_by_code` counts open failures: one a later success of the same record and
+        fields resolved is history, not work; a success of other fields resolves nothing."""
+        def on(sf_id: str, error: str, field: str) -> SyncLog:
+            return SyncLog(source="local", type="update", status="failed", object="Lead", sf_id=sf_id,
+                           error=error, fields={field: {"old": None, "new": "x"}},
+                           job={"kind": "outbound", "sobject": "Lead"})
+
+        def success(sf_id: str, field: str) -> SyncLog:
+            return SyncLog(source="local", type="update", status="success", object="Lead", sf_id=sf_id,
+                           fields={field: {"old": None, "new": "y"}})
+
+        await store.insert_sync_logs([
+            on("00Q000000000001AAA", "REQUIRED_FIELD_MISSING: Required fields are missing: [Company]",
+               "Company"),
+            on("00Q000000000002AAA", "INVALID_EMAIL_ADDRESS: Email: invalid email address: x@@y", "Email")])
+        await store.insert_sync_logs([success("00Q000000000001AAA", "Company"),
+                                      success("00Q000000000002AAA", "Title")])
+        snapshot = StoreSnapshot()
+        refresh = StatusRefresh(store, _NoBudget(), health=Health(),  # type: ignore[arg-type]
+                                snapshot=snapshot, counters=OutboundCounters())
+        await refresh.refresh_once()
+        doc = status_document(StatusParts(
+            budget={"mode": "streaming", "used": 1, "max": 2, "remaining_pct": 50.0,
+                    "events_exhausted": False},
+            running=None, sources=[], stored=snapshot, lease=LeaseStatus()))
+        assert doc["failures_by_code"] == {"INVALID_EMAIL_ADDRESS": 1}
+
+
 class _NoBudget:
     def status(self) -> dict[str, Any]:
         return {"max": None}

@@ -174,6 +174,24 @@ class TestResolved:
         assert sf.queries == []
 
 
+    async def test_auto_retry_skips_resolved_failures(self, store: Store) -> None:
+        """A due, retriable failure that a later success of its record and fields resolved is not
+        retried automatically; the one beside it, not resolved, is."""
+        now = datetime.now(UTC)
+        logs = [failed_inbound(
+            "Lead", sf_id, "UNABLE_TO_LOCK_ROW: busy", retriable=True,
+            fields={"title": {"old": "CEO", "new": "CTO"}}) for sf_id in ("00Q0", "00Q1")]
+        for entry in logs:
+            entry.ts = now - timedelta(minutes=30)
+        await store.insert_sync_logs(logs)
+        await store.insert_sync_logs([SyncLog(source="salesforce", type="update", status="success",
+                                              object="Lead", sf_id="00Q0",
+                                              fields={"title": {"old": "CEO", "new": "CTO"}})])
+        sf = FakeSalesforce({"Lead": [lead_record(Id=f"00Q{i}") for i in range(2)]})
+        assert await jobs_for(store, sf).auto_retry_due(now) == 1
+        assert len(sf.queries) == 1 and "'00Q0'" not in sf.queries[0]
+
+
 class TestRetryMany:
     async def test_retry_all_failed(self, store: Store) -> None:
         """Every failed, not yet retried log is re-run in one fetch per object."""
