@@ -54,6 +54,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _add_logs(sub: Any) -> None:
+    """The `logs` command and its filters (those of `GET /api/sync-logs`)."""
+    logs = _api_parser(sub, "logs", "show sync logs, newest first")
+    logs.add_argument("--status", choices=["success", "failed"])
+    logs.add_argument("--open", action="store_true", help="open failures only: not retried, not resolved")
+    logs.add_argument("--record", metavar="ID", help="a Salesforce id or local id")
+    logs.add_argument("--source", choices=["salesforce", "local"])
+    logs.add_argument("--type", dest="log_type", metavar="TYPE", help="create, update, merge, convert...")
+    logs.add_argument("--object", dest="sobject", choices=list(SALESFORCE_OBJECTS))
+    logs.add_argument("--error-code", metavar="CODE",
+                      help="failures with this Salesforce status code (OTHER: without one)")
+    logs.add_argument("--limit", type=int, default=50, help="1-500 (default 50)")
+    logs.add_argument("--cursor", help="continue from an earlier page")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new logs")
+    logs.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
+    logs.set_defaults(handler=cmd_logs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sfsync", description="Two-way sync between MongoDB People/Companies and Salesforce.",
@@ -72,19 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8080, help="admin port (default 8080)")
     demo.set_defaults(handler=cmd_demo)
 
-    logs = _api_parser(sub, "logs", "show sync logs, newest first")
-    logs.add_argument("--status", choices=["success", "failed"])
-    logs.add_argument("--record", metavar="ID", help="a Salesforce id or local id")
-    logs.add_argument("--source", choices=["salesforce", "local"])
-    logs.add_argument("--type", dest="log_type", metavar="TYPE", help="create, update, merge, convert...")
-    logs.add_argument("--object", dest="sobject", choices=list(SALESFORCE_OBJECTS))
-    logs.add_argument("--error-code", metavar="CODE",
-                      help="failures with this Salesforce status code (OTHER: without one)")
-    logs.add_argument("--limit", type=int, default=50, help="1-500 (default 50)")
-    logs.add_argument("--cursor", help="continue from an earlier page")
-    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new logs")
-    logs.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
-    logs.set_defaults(handler=cmd_logs)
+    _add_logs(sub)
 
     retry = _api_parser(sub, "retry", "retry one failed sync log, or all of them")
     target = retry.add_mutually_exclusive_group(required=True)
@@ -183,7 +189,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     params: dict[str, str | int | None] = {
         "status": args.status, "record": args.record, "source": args.source, "type": args.log_type,
         "object": args.sobject, "limit": args.limit, "cursor": args.cursor,
-        "error_code": args.error_code,
+        "error_code": args.error_code, "open": "1" if args.open else None,
     }
     if args.follow:
         return _follow(client, params, args)

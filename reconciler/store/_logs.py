@@ -117,16 +117,19 @@ class LogsMixin:
     async def find_sync_logs(
         self, *, status: str | None = None, source: str | None = None, type: str | None = None,
         object: str | None = None, record: str | None = None, limit: int = 50,
-        cursor: str | None = None, error_code: str | None = None,
+        cursor: str | None = None, error_code: str | None = None, open: bool = False,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Newest first. The cursor is the (ts, _id) of the last item: stable under inserts.
-        `error_code`: failed logs whose error starts with that status code (`OTHER`: with none)."""
+        `error_code`: failed logs whose error starts with that status code (`OTHER`: with none).
+        `open`: failed logs neither retried since nor resolved."""
         query: dict[str, Any] = {}
         for key, value in (("status", status), ("source", source), ("type", type), ("object", object)):
             if value:
                 query[key] = value
         if error_code:
             query.update(_error_code_query(error_code))
+        if open:
+            query.update(_OPEN_FAILURE)
         if record:
             query["$or"] = [{"sf_id": record}, {"local_id": record}]
         position = decode_cursor(cursor) if cursor else None

@@ -45,9 +45,10 @@ class LogFilters:
     limit: int = DEFAULT_LIMIT
     cursor: str | None = None
     error_code: str | None = None
+    open: bool = False      # failed logs neither retried since nor resolved (`status=failed` implied)
 
     def store_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `Store.find_sync_logs` (`error_code` only when filtered on)."""
+        """Keyword arguments for `Store.find_sync_logs` (`error_code`, `open` only when filtered on)."""
         kwargs: dict[str, Any] = {
             "status": self.status, "source": self.source, "type": self.type,
             "object": self.object, "record": self.record, "limit": self.limit,
@@ -55,6 +56,8 @@ class LogFilters:
         }
         if self.error_code:
             kwargs["error_code"] = self.error_code
+        if self.open:
+            kwargs["open"] = True
         return kwargs
 
     def query(self, *, cursor: str | None = None) -> dict[str, str]:
@@ -64,6 +67,8 @@ class LogFilters:
             "object": self.object, "record": self.record, "error_code": self.error_code,
         }
         out = {k: v for k, v in pairs.items() if v}
+        if self.open:
+            out["open"] = "1"
         if self.limit != DEFAULT_LIMIT:
             out["limit"] = str(self.limit)
         if cursor:
@@ -104,10 +109,23 @@ def parse_filters(query: Mapping[str, str], *, allow_all: bool = False) -> LogFi
     if error_code is not None and not _ERROR_CODE.match(error_code):
         raise BadParameter("error_code",
                            "must be a Salesforce status code like REQUIRED_FIELD_MISSING, or OTHER")
+    open_only = _flag(query, "open")
+    if open_only and status == "success":
+        raise BadParameter("open", "applies to failed logs only (status=failed)")
     return LogFilters(
-        status=status, source=source, type=type_, object=object_, record=record,
-        limit=_limit(query.get("limit", "")), cursor=cursor, error_code=error_code,
+        status="failed" if open_only else status, source=source, type=type_, object=object_,
+        record=record, limit=_limit(query.get("limit", "")), cursor=cursor, error_code=error_code,
+        open=open_only,
     )
+
+
+def _flag(query: Mapping[str, str], name: str) -> bool:
+    raw = query.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise BadParameter(name, "must be 1/true or 0/false")
 
 
 def _limit(raw: str) -> int:

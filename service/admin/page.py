@@ -177,11 +177,13 @@ def _filter_form(filters: LogFilters) -> str:
     )
     kept = "".join(
         f'<input type="hidden" name="{_e(k)}" value="{_e(v)}">'
-        for k, v in filters.query().items() if k not in ("status", "record")
+        for k, v in filters.query().items() if k not in ("status", "record", "open")
     )
+    checked = " checked" if filters.open else ""
     return (
         '<div class="toolbar"><form class="filters" method="get" action="/logs">'
         f'<label>Status <select name="status">{options}</select></label>'
+        f'<label><input type="checkbox" name="open" value="1"{checked}> Open failures only</label>'
         '<label>Record <input name="record" placeholder="Salesforce or local id" '
         f'value="{_e(filters.record or "")}" size="22"></label>{kept}'
         '<button type="submit">Filter</button> <a class="clear" href="/logs">Clear</a></form>'

@@ -138,7 +138,23 @@ class TestSyncLogList:
         assert status == 200
         assert [i["id"] for i in body["items"]] == [admin.log_ids[n] for n in expected]
 
+    async def test_open_failures_leave_out_retried_and_resolved_ones(self, admin: Admin) -> None:
+        """`status=failed&open=1`: failed logs neither retried since nor resolved (what "Retry all
+        failed" takes); `status=failed` alone still lists them all, as history."""
+        failed = {"status": "failed"}
+        assert [i["id"] for i in (await admin.get("/api/sync-logs", params={**failed, "open": "1"}))[1][
+            "items"]] == [admin.log_ids[5], admin.log_ids[1]]
+        await admin.store.mark_sync_log(admin.log_ids[1], retried_by=admin.log_ids[0])
+        await admin.store.insert_sync_logs([SyncLog(
+            source="local", type="create", status="success", object="Lead", sf_id="00Q000000000009AAA",
+            local_id="665f00000000000000000005", collection="people")])
+        status, body = await admin.get("/api/sync-logs", params={**failed, "open": "1"})
+        assert status == 200 and body["items"] == []
+        assert [i["id"] for i in (await admin.get("/api/sync-logs", params=failed))[1]["items"]] == [
+            admin.log_ids[5], admin.log_ids[1]]
+
     @pytest.mark.parametrize(("query", "parameter"), [
+        ({"status": "success", "open": "1"}, "open"),
         ({"status": "broken"}, "status"),
         ({"source": "both"}, "source"),
         ({"type": "teleport"}, "type"),

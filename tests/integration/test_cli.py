@@ -56,6 +56,13 @@ class TestLogs:
         rows = capsys.readouterr().out.splitlines()[1:]
         assert [r.split()[0] for r in rows] == [admin.log_ids[1]]
 
+    async def test_open_failures(self, admin: RunningAdmin, capsys: pytest.CaptureFixture[str]) -> None:
+        """--open lists failed logs neither retried since nor resolved."""
+        await admin.store.mark_sync_log(admin.log_ids[1], retried_by=admin.log_ids[0])
+        assert await sfsync("logs", "--open") == 0
+        rows = capsys.readouterr().out.splitlines()[1:]
+        assert [r.split()[0] for r in rows] == [admin.log_ids[5]]
+
     async def test_json(self, admin: RunningAdmin, capsys: pytest.CaptureFixture[str]) -> None:
         """--json prints the API's page for scripts."""
         assert await sfsync("logs", "--json", "--limit", "2") == 0

@@ -182,6 +182,11 @@ class TestFilterParsing:
         ({"status": "all"}, LogFilters()),
         ({"record": " 00Q000000000001AAA ", "limit": "500"},
          LogFilters(record="00Q000000000001AAA", limit=500)),
+        ({"status": "failed", "open": "1"}, LogFilters(status="failed", open=True)),
+        ({"open": "true"}, LogFilters(status="failed", open=True)),  # open failures are failed logs
+        ({"status": "failed", "open": "0"}, LogFilters(status="failed")),
+        ({"status": "success", "open": "1"}, pytest.raises(BadParameter, match="open")),
+        ({"open": "maybe"}, pytest.raises(BadParameter, match="open")),
         ({"status": "nope"}, pytest.raises(BadParameter, match="status")),
         ({"limit": "-1"}, pytest.raises(BadParameter, match="limit")),
     ])
@@ -192,6 +197,15 @@ class TestFilterParsing:
         else:
             with expected:
                 parse_filters(query, allow_all=True)
+
+    def test_open_goes_back_into_the_query(self) -> None:
+        """The page's links and forms keep the open sub-filter."""
+        assert LogFilters(status="failed", open=True).query() == {"status": "failed", "open": "1"}
+
+    def test_the_form_offers_open_failures_only(self) -> None:
+        html = page([], LogFilters(status="failed", open=True))
+        assert '<input type="checkbox" name="open" value="1" checked>' in html
+        assert 'name="open" value="1" checked' not in page([])
 
     def test_api_refuses_status_all(self) -> None:
         """The API has no "all" status: leave the filter out instead."""
