@@ -13,7 +13,7 @@ STATUSES = ("success", "failed")
 SOURCES = ("salesforce", "local")
 TYPES = (
     "create", "update", "delete", "undelete", "merge", "convert", "link",
-    "import", "owner_change", "event",
+    "import", "owner_change", "event", "skipped",
 )
 OBJECTS = SALESFORCE_OBJECTS
 MAX_LIMIT = 500

@@ -9,7 +9,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from service.admin.filters import LogFilters
+from service.admin.filters import OBJECTS, SOURCES, TYPES, LogFilters
 
 NOTICES: dict[str, tuple[str, str]] = {
     "retried": ("ok", "Retried: Salesforce accepted it this time."),
@@ -169,21 +169,34 @@ def _queue_depth(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
+def _select(label: str, name: str, choices: Sequence[tuple[str, str]], current: str | None) -> str:
+    """A filter select whose first choice, "All" (value ""), leaves the filter out."""
+    options = "".join(
+        f'<option value="{_e(v)}"{" selected" if v == (current or "") else ""}>{_e(text)}</option>'
+        for v, text in [("", "All"), *choices]
+    )
+    return f'<label>{label} <select name="{name}">{options}</select></label>'
+
+
 def _filter_form(filters: LogFilters) -> str:
     choices = [("all", "All"), ("success", "Success"), ("failed", "Failed")]
     current = filters.status or "all"
     options = "".join(
         f'<option value="{v}"{" selected" if v == current else ""}>{label}</option>' for v, label in choices
     )
+    selects = (_select("Source", "source", [(s, s.capitalize()) for s in SOURCES], filters.source)
+               + _select("Type", "type", [(t, t.replace("_", " ")) for t in TYPES], filters.type)
+               + _select("Object", "object", [(o, o) for o in OBJECTS], filters.object))
     kept = "".join(
-        f'<input type="hidden" name="{_e(k)}" value="{_e(v)}">'
-        for k, v in filters.query().items() if k not in ("status", "record", "open")
+        f'<input type="hidden" name="{_e(k)}" value="{_e(v)}">' for k, v in filters.query().items()
+        if k not in ("status", "record", "open", "source", "type", "object")
     )
     checked = " checked" if filters.open else ""
     return (
         '<div class="toolbar"><form class="filters" method="get" action="/logs">'
         f'<label>Status <select name="status">{options}</select></label>'
-        f'<label><input type="checkbox" name="open" value="1"{checked}> Open failures only</label>'
+        f'<label class="check"><input type="checkbox" name="open" value="1"{checked}> '
+        f'Open failures only</label>{selects}'
         '<label>Record <input name="record" placeholder="Salesforce or local id" '
         f'value="{_e(filters.record or "")}" size="22"></label>{kept}'
         '<button type="submit">Filter</button> <a class="clear" href="/logs">Clear</a></form>'

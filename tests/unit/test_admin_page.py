@@ -207,6 +207,19 @@ class TestFilterParsing:
         assert '<input type="checkbox" name="open" value="1" checked>' in html
         assert 'name="open" value="1" checked' not in page([])
 
+    def test_the_form_filters_by_source_type_and_object(self) -> None:
+        """Issue 10: the page filters by source, type and object as the API does (plain selects,
+        no JavaScript), each keeping its current choice."""
+        html = page([], LogFilters(source="local", type="skipped", object="Contact"))
+        assert '<select name="source">' in html and '<option value="local" selected>' in html
+        assert '<select name="type">' in html and '<option value="skipped" selected>' in html
+        assert '<select name="object">' in html and '<option value="Contact" selected>' in html
+        assert 'type="hidden" name="source"' not in html  # the select carries it, not a hidden copy
+
+    def test_skipped_is_a_type_to_filter_by(self) -> None:
+        """A rule's `skipped` logs can be listed on their own."""
+        assert parse_filters({"type": "skipped"}) == LogFilters(type="skipped")
+
     def test_api_refuses_status_all(self) -> None:
         """The API has no "all" status: leave the filter out instead."""
         with pytest.raises(BadParameter):
