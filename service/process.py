@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,6 +155,9 @@ class ServiceSlot:
 
     async def get_sync_log(self, log_id: str) -> dict[str, Any] | None:
         return await self._store().get_sync_log(log_id)
+
+    async def get_sync_logs(self, log_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return await self._store().get_sync_logs(log_ids)
 
     async def retry(self, log_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._jobs().retry(log_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
@@ -45,6 +45,7 @@ class PageView:
     notice: str | None = None
     notice_row: str | None = None      # the retry's outcome row, which the banner links to
     notice_record: str | None = None   # its record (the link shows that record's rows)
+    linked: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # rows the items link to, by id
 
 
 def _e(value: object) -> str:
@@ -214,11 +215,12 @@ def _table(view: PageView) -> str:
         for h in ("Time", "Source", "Type", "Status", "Object", "Record", "Details")
     )
     back = urlencode(view.filters.query(cursor=view.filters.cursor))
-    rows = "".join(_row(item, view.instance_url, back) for item in view.items)
+    rows = "".join(_row(item, view.instance_url, back, view.linked) for item in view.items)
     return f'<table class="logs"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
 
-def _row(item: Mapping[str, Any], instance_url: str, back: str) -> str:
+def _row(item: Mapping[str, Any], instance_url: str, back: str,
+         linked: Mapping[str, Mapping[str, Any]]) -> str:
     status = str(item.get("status") or "")
     iso, shown = format_time(item.get("ts"))
     badge = f'<span class="badge {_e(status)}">{_e(status.capitalize() or "—")}</span>'
@@ -229,7 +231,7 @@ def _row(item: Mapping[str, Any], instance_url: str, back: str) -> str:
         ("Status", badge),
         ("Object", _e(item.get("object") or "—")),
         ("Record", _record_cell(item, instance_url)),
-        ("Details", _details_cell(item, back)),
+        ("Details", _details_cell(item, back, linked)),
     ]
     tds = "".join(f'<td data-label="{label}"><div class="cell">{html}</div></td>' for label, html in cells)
     return f'<tr class="row-{_e(status)}" id="log-{_e(item.get("id"))}">{tds}</tr>'
@@ -266,7 +268,7 @@ def _record_cell(item: Mapping[str, Any], instance_url: str) -> str:
     return "".join(parts) or "—"
 
 
-def _details_cell(item: Mapping[str, Any], back: str) -> str:
+def _details_cell(item: Mapping[str, Any], back: str, linked: Mapping[str, Mapping[str, Any]]) -> str:
     parts: list[str] = []
     if item.get("error"):
         parts.append(f'<p class="error">{_e(item["error"])}</p>')
@@ -281,10 +283,11 @@ def _details_cell(item: Mapping[str, Any], back: str) -> str:
     if isinstance(attempt, int) and attempt > 1:
         meta.append(f"attempt {attempt}")
     state = _retry_state(item) if item.get("status") == "failed" else None
+    shown = [f'<span class="meta">{_e(m)}</span>' for m in meta]
     if state:
-        meta.append(state)
-    if meta:
-        parts.append(" · ".join(f'<span class="meta">{_e(m)}</span>' for m in meta))
+        shown.append(f'<span class="meta">{_linked_state(item, state, linked)}</span>')
+    if shown:
+        parts.append(" · ".join(shown))
     if item.get("status") == "failed" and state is None:
         parts.append(_retry_form(item, back))
     return "".join(parts) or '<span class="meta">—</span>'
@@ -301,6 +304,23 @@ def _retry_state(item: Mapping[str, Any]) -> str | None:
     if "job" in item and not item.get("job"):
         return "nothing to retry"
     return None
+
+
+def _linked_state(item: Mapping[str, Any], state: str, linked: Mapping[str, Mapping[str, Any]]) -> str:
+    """"retried → failed at <time>" / "resolved by update at <time>": a link to that row on its
+    record's page (escaped HTML)."""
+    resolved = item.get("resolved")
+    target = item.get("retried_by") or (resolved.get("by") if isinstance(resolved, Mapping) else None)
+    if not target:
+        return _e(state)
+    row = linked.get(str(target)) or {}
+    record = row.get("sf_id") or row.get("local_id") or item.get("sf_id") or item.get("local_id")
+    href = (f"/logs?{urlencode({'record': record})}" if record else "/logs") \
+        + f"#log-{quote(str(target), safe='')}"
+    what = row.get("status") if state == "retried" else row.get("type")
+    when = f"{what} at {format_time(row.get('ts'))[1]}" if row else "its row"
+    joint = " → " if state == "retried" else " by "
+    return f'{_e(state)}{joint}<a href="{_e(href)}">{_e(when)}</a>'
 
 
 def _retry_form(item: Mapping[str, Any], back: str) -> str:

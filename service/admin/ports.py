@@ -6,6 +6,7 @@ in by whoever builds the app, so the admin code and its tests depend on shapes, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from reconciler.errors import SyncError
@@ -50,6 +51,8 @@ class SyncLogReader(Protocol):
     ) -> tuple[list[dict[str, Any]], str | None]: ...
 
     async def get_sync_log(self, log_id: str) -> dict[str, Any] | None: ...
+
+    async def get_sync_logs(self, log_ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
 
 
 class JobRunner(Protocol):

@@ -84,8 +84,20 @@ async def _page(request: web.Request) -> web.Response:
     view = PageView(items=items, status=ctx.status.status(), filters=filters, next_cursor=next_cursor,
                     instance_url=ctx.status.status().get("instance_url") or ctx.instance_url,
                     notice=request.query.get("notice"), notice_row=request.query.get("row"),
-                    notice_record=request.query.get("row_record"))
+                    notice_record=request.query.get("row_record"),
+                    linked=await ctx.store.get_sync_logs(_linked_ids(items)))
     return html_response(render_logs_page(view))
+
+
+def _linked_ids(items: list[dict[str, Any]]) -> list[str]:
+    """The rows failed items link to: a retry's outcome, what resolved a failure."""
+    out: list[str] = []
+    for item in items:
+        resolved = item.get("resolved")
+        target = item.get("retried_by") or (resolved.get("by") if isinstance(resolved, Mapping) else None)
+        if item.get("status") == "failed" and target:
+            out.append(str(target))
+    return out
 
 
 async def _login(request: web.Request) -> web.Response:

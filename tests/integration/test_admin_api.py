@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -313,6 +314,21 @@ class TestPageAccess:
                                    headers={"Origin": admin.url}) as r:
             assert r.status == 401 and COOKIE_NAME not in r.cookies
             assert "not right" in await r.text()
+
+    async def test_retried_and_resolved_rows_link_to_the_rows_they_name(self, admin: Admin) -> None:
+        """A retried failure links to its outcome ("retried → failed at …"), a resolved one to the
+        success that resolved it; both read from the store in one query for the page."""
+        [outcome, fixed] = await admin.store.insert_sync_logs([
+            SyncLog(source="local", type="update", status="failed", object="Lead",
+                    sf_id="00Q000000000001AAA", local_id="665f00000000000000000001", collection="people",
+                    attempt=2, error="X: again"),
+            SyncLog(source="local", type="create", status="success", object="Lead",
+                    sf_id="00Q000000000009AAA", local_id="665f00000000000000000005", collection="people")])
+        await admin.store.mark_sync_log(admin.log_ids[1], retried_by=outcome)
+        status, html = await admin.get("/logs", params={"status": "failed"})
+        text = re.sub(r"<[^>]+>", "", html)
+        assert status == 200 and "retried → failed at" in text and "resolved by create at" in text
+        assert f'#log-{outcome}"' in html and f'#log-{fixed}"' in html
 
     async def test_page_accepts_the_bearer_header(self, admin: Admin) -> None:
         """The page also opens with the Authorization header."""

@@ -133,6 +133,28 @@ class TestRetryRows:
         html = page([log(status="failed", error="x", resolved={"by": "665f00000000000000000fff"})])
         assert 'class="retry"' not in html and "resolved" in re.sub(r"<[^>]+>", "", html)
 
+    def test_a_retried_row_links_to_its_outcome(self) -> None:
+        """The retried row reads "retried → failed at <time>", a link to the outcome's row on its
+        record's page."""
+        outcome = log(id="665f00000000000000000fff", status="failed", ts="2024-05-01T09:05:00+00:00",
+                      attempt=2)
+        html = page([log(status="failed", error="x", retried_by="665f00000000000000000fff")],
+                    linked={outcome["id"]: outcome})
+        text = re.sub(r"<[^>]+>", "", html)
+        assert "retried → failed at 2024-05-01 09:05:00 UTC" in text
+        assert 'href="/logs?record=00Q000000000001AAA#log-665f00000000000000000fff"' in html
+
+    def test_a_resolved_row_links_to_what_resolved_it(self) -> None:
+        fixed = log(id="665f00000000000000000eee", status="success", ts="2024-05-01T09:07:00+00:00")
+        html = page([log(status="failed", error="x", resolved={"by": fixed["id"]})],
+                    linked={fixed["id"]: fixed})
+        assert "resolved by update at 2024-05-01 09:07:00 UTC" in re.sub(r"<[^>]+>", "", html)
+        assert 'href="/logs?record=00Q000000000001AAA#log-665f00000000000000000eee"' in html
+
+    def test_a_retried_row_whose_outcome_is_not_on_hand_still_links(self) -> None:
+        html = page([log(status="failed", error="x", retried_by="665f00000000000000000fff")])
+        assert 'href="/logs?record=00Q000000000001AAA#log-665f00000000000000000fff"' in html
+
     def test_the_banner_points_at_the_outcome_row(self) -> None:
         """After a retry the banner links to the outcome's row, on the record's page."""
         html = page([], notice="retried", notice_row="665f00000000000000000fff",
