@@ -36,6 +36,7 @@ _POLL_S = 0.2  # how often a retry looks for the flusher's outcome
 class JobStore(Protocol):
     async def get_sync_log(self, log_id: str) -> dict[str, Any] | None: ...
     async def mark_sync_log(self, log_id: str, *, retried_by: str) -> None: ...
+    async def mark_retry_queued(self, log_id: str, at: datetime) -> None: ...
     async def insert_sync_logs(self, logs: Sequence[SyncLog]) -> list[str]: ...
     async def find_failed_logs(self, *, retriable_only: bool = False, max_attempt: int | None = None,
                                before: datetime | None = None, limit: int = 500) -> list[dict[str, Any]]: ...
@@ -156,6 +157,9 @@ class Jobs:
         for outcome in outcomes:
             if outcome.status == "retried" and outcome.log_id and outcome.new_log_ids:
                 await self.store.mark_sync_log(outcome.log_id, retried_by=outcome.new_log_ids[0])
+            elif outcome.status == "queued" and outcome.log_id:
+                # the store links the flusher's row to it when that row is written
+                await self.store.mark_retry_queued(outcome.log_id, datetime.now(UTC))
         log.info("jobs_retried", retried=sum(1 for o in outcomes if o.status == "retried"),
                  total=len(outcomes))
         return outcomes

@@ -90,7 +90,27 @@ class LogsMixin:
             result = await self.db.sync_logs.insert_many(docs, ordered=False)
         ids = [str(oid) for oid in result.inserted_ids]
         await self._resolve_failures(docs, ids)
+        await self._link_queued_retries(docs, ids)
         return ids
+
+    async def _link_queued_retries(self, docs: Sequence[dict[str, Any]], ids: Sequence[str]) -> None:
+        """A retry that was still queued when it answered (`retry_queued`) gets its outcome as
+        `retried_by`: the first outbound row of that record written by a retried write (attempt
+        above 1). One indexed query, only when such rows are inserted."""
+        outcomes: dict[str, str] = {}
+        for doc, log_id in zip(docs, ids, strict=True):
+            if doc.get("source") == "local" and doc.get("local_id") and int(doc.get("attempt") or 1) > 1:
+                outcomes.setdefault(str(doc["local_id"]), log_id)
+        if not outcomes:
+            return
+        with translate_errors("link_queued_retries"):
+            waiting = await self.db.sync_logs.find(
+                {"local_id": {"$in": list(outcomes)}, "source": "local", "status": "failed",
+                 "retry_queued": {"$ne": None}, "retried_by": None}, {"local_id": 1}).to_list(None)
+            for doc in waiting:
+                await self.db.sync_logs.update_one(
+                    {"_id": doc["_id"], "retried_by": None},
+                    {"$set": {"retried_by": outcomes[str(doc["local_id"])]}})
 
     async def _resolve_failures(self, docs: Sequence[dict[str, Any]], ids: Sequence[str]) -> None:
         """Failed logs these successes fix gain `resolved` ({by, at}): one find, one update per
@@ -192,6 +212,14 @@ class LogsMixin:
             return
         with translate_errors("mark_sync_log"):
             await self.db.sync_logs.update_one({"_id": oid}, {"$set": {"retried_by": retried_by}})
+
+    async def mark_retry_queued(self, log_id: str, at: datetime) -> None:
+        """A retry of this log is queued; its outcome is not logged yet."""
+        oid = _object_id(log_id)
+        if oid is None:
+            return
+        with translate_errors("mark_retry_queued"):
+            await self.db.sync_logs.update_one({"_id": oid}, {"$set": {"retry_queued": at}})
 
     async def find_failed_logs(
         self, *, retriable_only: bool = False, max_attempt: int | None = None,

@@ -283,6 +283,8 @@ def _details_cell(item: Mapping[str, Any], back: str, linked: Mapping[str, Mappi
     if isinstance(attempt, int) and attempt > 1:
         meta.append(f"attempt {attempt}")
     state = _retry_state(item) if item.get("status") == "failed" else None
+    if state is None and item.get("status") == "failed" and item.get("retry_queued"):
+        meta.append(f"retry queued at {format_time(item['retry_queued'])[1]}")  # no outcome logged yet
     shown = [f'<span class="meta">{_e(m)}</span>' for m in meta]
     if state:
         shown.append(f'<span class="meta">{_linked_state(item, state, linked)}</span>')

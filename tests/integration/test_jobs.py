@@ -134,6 +134,20 @@ class TestRetryOne:
         assert (await store.get_sync_log(log_id) or {})["retried_by"] == new["id"]
         assert await store.db.sync_logs.count_documents({}) == 2
 
+    async def test_a_queued_retry_is_linked_to_its_outcome_once_logged(self, store: Store) -> None:
+        """No answer within the wait: the retried row says the retry is queued (`retry_queued`);
+        the flusher's later row for that record (attempt N+1) becomes its `retried_by`."""
+        pid = await person(store)
+        [log_id] = await store.insert_sync_logs([failed_outbound(pid)])
+        outcome = await jobs_for(store, FakeSalesforce(), outbox=FakeOutbox()).retry_log(log_id)
+        assert outcome.status == "queued"
+        old = await store.get_sync_log(log_id) or {}
+        assert old.get("retry_queued") and not old.get("retried_by")
+        [later] = await store.insert_sync_logs([SyncLog(
+            source="local", type="update", status="failed", object="Lead", sf_id=LEAD, local_id=str(pid),
+            attempt=2, error="FIELD_CUSTOM_VALIDATION_EXCEPTION: still no")])
+        assert (await store.get_sync_log(log_id) or {})["retried_by"] == later
+
     async def test_event_job_re_imports_the_records_it_names(self, store: Store) -> None:
         """A rejected event naming record ids is retried by importing those records."""
         header = {"entityName": "Lead", "recordIds": [LEAD]}

@@ -155,6 +155,13 @@ class TestRetryRows:
         html = page([log(status="failed", error="x", retried_by="665f00000000000000000fff")])
         assert 'href="/logs?record=00Q000000000001AAA#log-665f00000000000000000fff"' in html
 
+    def test_a_queued_retry_says_so_until_its_outcome_is_logged(self) -> None:
+        """The retry was queued (no answer yet): the row says so and keeps its Retry button."""
+        html = page([log(status="failed", error="x", job={"kind": "outbound"},
+                         retry_queued="2024-05-01T09:06:00+00:00")])
+        assert "retry queued at 2024-05-01 09:06:00 UTC" in re.sub(r"<[^>]+>", "", html)
+        assert 'class="retry"' in html
+
     def test_the_banner_points_at_the_outcome_row(self) -> None:
         """After a retry the banner links to the outcome's row, on the record's page."""
         html = page([], notice="retried", notice_row="665f00000000000000000fff",
