@@ -117,11 +117,12 @@ class LogsMixin:
     async def find_sync_logs(
         self, *, status: str | None = None, source: str | None = None, type: str | None = None,
         object: str | None = None, record: str | None = None, limit: int = 50,
-        cursor: str | None = None, error_code: str | None = None,
+        cursor: str | None = None, error_code: str | None = None, open_only: bool = False,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Newest first. The cursor is the (ts, _id) of the last item: stable under inserts.
-        `error_code`: failed logs whose error starts with that status code (`OTHER`: with none)."""
-        query: dict[str, Any] = {}
+        `error_code`: failed logs whose error starts with that status code (`OTHER`: with none).
+        `open_only`: open failures only (not retried, not resolved)."""
+        query: dict[str, Any] = dict(_OPEN_FAILURE) if open_only else {}
         for key, value in (("status", status), ("source", source), ("type", type), ("object", object)):
             if value:
                 query[key] = value

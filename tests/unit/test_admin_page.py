@@ -182,6 +182,11 @@ class TestFilterParsing:
         ({"status": "all"}, LogFilters()),
         ({"record": " 00Q000000000001AAA ", "limit": "500"},
          LogFilters(record="00Q000000000001AAA", limit=500)),
+        ({"status": "failed", "open": "true"}, LogFilters(status="failed", open=True)),
+        ({"open": "true"}, LogFilters(status="failed", open=True)),  # open implies failed
+        ({"open": "false"}, LogFilters()),
+        ({"status": "success", "open": "true"}, pytest.raises(BadParameter, match="open")),
+        ({"open": "maybe"}, pytest.raises(BadParameter, match="open")),
         ({"status": "nope"}, pytest.raises(BadParameter, match="status")),
         ({"limit": "-1"}, pytest.raises(BadParameter, match="limit")),
     ])
