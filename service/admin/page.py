@@ -17,6 +17,7 @@ NOTICES: dict[str, tuple[str, str]] = {
     "queued": ("ok", "Retry queued: Salesforce has not answered yet; the outcome will be a new row "
                      "for that record."),
     "already_retried": ("error", "That sync log was already retried."),
+    "retry_queued": ("error", "That sync log's retry is queued: its outcome shows once Salesforce answers."),
     "retried_all": ("ok", "Retried every failed job that no later sync resolved; the outcomes are the "
                           "newest rows."),
     "imported": ("ok", "Re-imported the record."),
@@ -303,6 +304,8 @@ def _retry_state(item: Mapping[str, Any]) -> str | None:
     """Why a failed row has no Retry button, or None when it has one."""
     if item.get("retried_by"):
         return "retried"
+    if item.get("retry_queued"):
+        return "retry queued"  # its outcome becomes `retried_by` once the flusher logs it
     if item.get("resolved"):
         return "resolved"  # a later sync of the same record and fields succeeded
     # `retriable` only says whether the automatic retry may re-run it; an admin can retry any

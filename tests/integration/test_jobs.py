@@ -139,10 +139,9 @@ class TestRetryOne:
         assert await store.find_failed_logs() == []
 
         [write] = outbox.writes
-        [outcome_id] = await store.insert_sync_logs([  # what the flusher logs once it is sent
-            SyncLog(source="local", type="update", status="failed", object="Lead", sf_id=LEAD,
-                    local_id=str(pid), attempt=write.attempt + 1,
-                    error="FIELD_CUSTOM_VALIDATION_EXCEPTION: no")])
+        again = failed_outbound(pid)  # what the flusher logs once it is sent: failed again
+        again.attempt = write.attempt + 1
+        [outcome_id] = await store.insert_sync_logs([again])
         assert (await store.get_sync_log(log_id) or {})["retried_by"] == outcome_id
         assert [x["id"] for x in await store.find_failed_logs()] == [outcome_id]
 

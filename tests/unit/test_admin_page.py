@@ -90,6 +90,7 @@ class TestRetryButton:
 
     @pytest.mark.parametrize(("over", "shown"), [
         ({"retried_by": "665f00000000000000000fff"}, "retried"),
+        ({"retry_queued": "2024-05-01T09:02:00+00:00"}, "retry queued"),
         ({"job": None}, "nothing to retry"),
     ])
     def test_no_retry_button_when_it_cannot_help(self, over: dict[str, Any], shown: str) -> None:
