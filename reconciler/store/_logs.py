@@ -104,10 +104,12 @@ class LogsMixin:
         """A retry still queued when the job stopped waiting (`retry_queued`) gets its outcome
         now: the first outbound log of the same record since it was queued, as `retried_by`
         (what `Jobs` would have linked had the flusher answered in time). One find per batch
-        of outbound logs; one update per retry linked."""
+        of outbound logs that may be a retry's outcome; one update per retry linked."""
         outbound = [(d, i) for d, i in zip(docs, ids, strict=True)
                     if d.get("source") == "local" and d.get("local_id")]
-        if not outbound:
+        # A retry's write carries the failed log's attempt, so its outcome logs attempt >= 2 (a
+        # give-up logs the write's own attempt, and is failed): plain edits cost no query.
+        if not any(int(d.get("attempt") or 1) > 1 or d.get("status") == "failed" for d, _ in outbound):
             return
         query = {"local_id": {"$in": sorted({str(d["local_id"]) for d, _ in outbound})},
                  "retry_queued": {"$ne": None}, "retried_by": None}
