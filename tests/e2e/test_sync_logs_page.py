@@ -156,6 +156,7 @@ async def test_resolved_and_open_failures_more_fields_and_a_retry_outcome(
     await page.goto(admin.url + "/logs")
     await page.fill("#token", TOKEN)
     await page.click("button:has-text('Log in')")
+    await page.locator("table.logs").wait_for()  # the logged-in page has loaded
 
     resolved = page.locator(f"#log-{resolved_failure}")
     assert await resolved.get_attribute("class") == "row-failed"
@@ -177,7 +178,8 @@ async def test_resolved_and_open_failures_more_fields_and_a_retry_outcome(
 
     admin.jobs.fail_retries = True
     await opened.locator("button:has-text('Retry')").click()
-    assert "notice=retried_failed" in page.url
+    await page.wait_for_url("**notice=retried_failed**")  # a slow machine: the redirect, loaded
+    await page.wait_for_load_state()
     banner = page.locator(".notice.error")
     assert "failed again" in await banner.inner_text()
     outcome_href = await banner.locator("a", has_text="See the outcome").get_attribute("href") or ""
