@@ -65,7 +65,9 @@ def create_continuously(org: SalesforceOrg, service: ServiceProcess, label: str,
     """Create a Lead every 100 ms until the service has made `min_passes` polling passes."""
     created: list[str] = []
     first = passes(service)
+    deadline = time.monotonic() + SYNC_DEADLINE
     while passes(service) - first < min_passes:
+        assert time.monotonic() < deadline, f"fewer than {min_passes} polling passes in {SYNC_DEADLINE:g}s"
         created.append(org.create("Lead", lead_fields(label)))
         time.sleep(0.1)  # pacing of the creations, not a proof of anything
     return created
