@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
@@ -17,6 +17,7 @@ NOTICES: dict[str, tuple[str, str]] = {
     "queued": ("ok", "Retry queued: Salesforce has not answered yet; the outcome will be a new row "
                      "for that record."),
     "already_retried": ("error", "That sync log was already retried."),
+    "retry_queued": ("error", "That sync log's retry is queued: its outcome shows once Salesforce answers."),
     "retried_all": ("ok", "Retried every failed job that no later sync resolved; the outcomes are the "
                           "newest rows."),
     "imported": ("ok", "Re-imported the record."),
@@ -45,6 +46,8 @@ class PageView:
     notice: str | None = None
     notice_row: str | None = None      # the retry's outcome row, which the banner links to
     notice_record: str | None = None   # its record (the link shows that record's rows)
+    # the rows that `retried_by` and `resolved.by` point at, by id (see `pointed_at`)
+    linked: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def _e(value: object) -> str:
@@ -199,11 +202,12 @@ def _table(view: PageView) -> str:
         for h in ("Time", "Source", "Type", "Status", "Object", "Record", "Details")
     )
     back = urlencode(view.filters.query(cursor=view.filters.cursor))
-    rows = "".join(_row(item, view.instance_url, back) for item in view.items)
+    rows = "".join(_row(item, view.instance_url, back, view.linked) for item in view.items)
     return f'<table class="logs"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
 
-def _row(item: Mapping[str, Any], instance_url: str, back: str) -> str:
+def _row(item: Mapping[str, Any], instance_url: str, back: str,
+         linked: Mapping[str, Mapping[str, Any]]) -> str:
     status = str(item.get("status") or "")
     iso, shown = format_time(item.get("ts"))
     badge = f'<span class="badge {_e(status)}">{_e(status.capitalize() or "—")}</span>'
@@ -214,7 +218,7 @@ def _row(item: Mapping[str, Any], instance_url: str, back: str) -> str:
         ("Status", badge),
         ("Object", _e(item.get("object") or "—")),
         ("Record", _record_cell(item, instance_url)),
-        ("Details", _details_cell(item, back)),
+        ("Details", _details_cell(item, back, linked)),
     ]
     tds = "".join(f'<td data-label="{label}"><div class="cell">{html}</div></td>' for label, html in cells)
     return f'<tr class="row-{_e(status)}" id="log-{_e(item.get("id"))}">{tds}</tr>'
@@ -251,7 +255,28 @@ def _record_cell(item: Mapping[str, Any], instance_url: str) -> str:
     return "".join(parts) or "—"
 
 
-def _details_cell(item: Mapping[str, Any], back: str) -> str:
+def pointed_at(item: Mapping[str, Any]) -> str | None:
+    """The id of the row a failed row points at: its retry's outcome, or what resolved it."""
+    resolved = item.get("resolved")
+    target = item.get("retried_by") or (resolved.get("by") if isinstance(resolved, Mapping) else None)
+    return str(target) if target else None
+
+
+def _state_html(item: Mapping[str, Any], state: str, linked: Mapping[str, Mapping[str, Any]]) -> str:
+    """"retried → failed at …" / "resolved by update at …", a link to that row once it is known."""
+    target_id = pointed_at(item) if state in ("retried", "resolved") else None
+    target = linked.get(target_id) if target_id else None
+    if target is None:
+        return f'<span class="meta">{_e(state)}</span>'
+    _, when = format_time(target.get("ts"))
+    what = f"retried → {target.get('status')}" if state == "retried" else f"resolved by {target.get('type')}"
+    record = target.get("sf_id") or target.get("local_id")
+    page = f"/logs?{urlencode({'record': record})}" if record else "/logs"
+    href = f"{page}#log-{quote(str(target_id), safe='')}"
+    return f'<a class="meta outcome" href="{_e(href)}">{_e(what)} at {_e(when)}</a>'
+
+
+def _details_cell(item: Mapping[str, Any], back: str, linked: Mapping[str, Mapping[str, Any]]) -> str:
     parts: list[str] = []
     if item.get("error"):
         parts.append(f'<p class="error">{_e(item["error"])}</p>')
@@ -261,15 +286,15 @@ def _details_cell(item: Mapping[str, Any], back: str) -> str:
     meta: list[str] = []
     count = item.get("count")
     if isinstance(count, int) and (count > 1 or item.get("type") == "import"):
-        meta.append(f'{count:,} record{"s" if count != 1 else ""}')
+        meta.append(f'<span class="meta">{count:,} record{"s" if count != 1 else ""}</span>')
     attempt = item.get("attempt")
     if isinstance(attempt, int) and attempt > 1:
-        meta.append(f"attempt {attempt}")
+        meta.append(f'<span class="meta">attempt {attempt}</span>')
     state = _retry_state(item) if item.get("status") == "failed" else None
     if state:
-        meta.append(state)
+        meta.append(_state_html(item, state, linked))
     if meta:
-        parts.append(" · ".join(f'<span class="meta">{_e(m)}</span>' for m in meta))
+        parts.append(" · ".join(meta))
     if item.get("status") == "failed" and state is None:
         parts.append(_retry_form(item, back))
     return "".join(parts) or '<span class="meta">—</span>'
@@ -279,6 +304,8 @@ def _retry_state(item: Mapping[str, Any]) -> str | None:
     """Why a failed row has no Retry button, or None when it has one."""
     if item.get("retried_by"):
         return "retried"
+    if item.get("retry_queued"):
+        return "retry queued"  # its outcome becomes `retried_by` once the flusher logs it
     if item.get("resolved"):
         return "resolved"  # a later sync of the same record and fields succeeded
     # `retriable` only says whether the automatic retry may re-run it; an admin can retry any

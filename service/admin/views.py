@@ -22,7 +22,13 @@ from service.admin._http import (
 )
 from service.admin.filters import BadParameter
 from service.admin.guard import same_origin
-from service.admin.page import PageView, render_login_page, render_logs_page, render_message_page
+from service.admin.page import (
+    PageView,
+    pointed_at,
+    render_login_page,
+    render_logs_page,
+    render_message_page,
+)
 from service.admin.ports import NotLeaderError
 
 log = structlog.get_logger(__name__)
@@ -84,8 +90,21 @@ async def _page(request: web.Request) -> web.Response:
     view = PageView(items=items, status=ctx.status.status(), filters=filters, next_cursor=next_cursor,
                     instance_url=ctx.status.status().get("instance_url") or ctx.instance_url,
                     notice=request.query.get("notice"), notice_row=request.query.get("row"),
-                    notice_record=request.query.get("row_record"))
+                    notice_record=request.query.get("row_record"),
+                    linked=await _linked(request, items))
     return html_response(render_logs_page(view))
+
+
+async def _linked(request: web.Request, items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The rows this page's failed rows point at (retry outcomes, resolvers): from the page when
+    there, else read one by one (only failed rows point, so there are few)."""
+    on_page = {str(i.get("id")): i for i in items}
+    out: dict[str, dict[str, Any]] = {}
+    for target in filter(None, (pointed_at(i) for i in items)):
+        found = on_page.get(target) or await get_log(request, target)
+        if found is not None:
+            out[target] = found
+    return out
 
 
 async def _login(request: web.Request) -> web.Response:

@@ -90,6 +90,7 @@ class TestRetryButton:
 
     @pytest.mark.parametrize(("over", "shown"), [
         ({"retried_by": "665f00000000000000000fff"}, "retried"),
+        ({"retry_queued": "2024-05-01T09:02:00+00:00"}, "retry queued"),
         ({"job": None}, "nothing to retry"),
     ])
     def test_no_retry_button_when_it_cannot_help(self, over: dict[str, Any], shown: str) -> None:
@@ -132,6 +133,22 @@ class TestRetryRows:
         """A failure a later sync of the same record and fields fixed says so, without a button."""
         html = page([log(status="failed", error="x", resolved={"by": "665f00000000000000000fff"})])
         assert 'class="retry"' not in html and "resolved" in re.sub(r"<[^>]+>", "", html)
+
+    def test_a_retried_row_links_to_its_outcome(self) -> None:
+        """"retried → failed at …", a link to the outcome's row on the record's page."""
+        outcome = log(id="665f00000000000000000fff", status="failed", ts="2024-05-01T09:05:00+00:00")
+        html = page([log(status="failed", error="x", retried_by=outcome["id"])],
+                    linked={outcome["id"]: outcome})
+        assert re.search(r'<a class="meta outcome" href="/logs\?record=00Q000000000001AAA'
+                         r'#log-665f00000000000000000fff">retried → failed at 2024-05-01 09:05:00 UTC</a>',
+                         html), html
+
+    def test_a_resolved_row_links_to_what_resolved_it(self) -> None:
+        """"resolved by update at …", a link to the successful row that fixed it."""
+        fix = log(id="665f00000000000000000eee", source="local", ts="2024-05-01T09:06:00+00:00")
+        html = page([log(status="failed", error="x", resolved={"by": fix["id"]})], linked={fix["id"]: fix})
+        assert 'href="/logs?record=00Q000000000001AAA#log-665f00000000000000000eee"' in html
+        assert "resolved by update at 2024-05-01 09:06:00 UTC" in html
 
     def test_the_banner_points_at_the_outcome_row(self) -> None:
         """After a retry the banner links to the outcome's row, on the record's page."""
@@ -182,6 +199,11 @@ class TestFilterParsing:
         ({"status": "all"}, LogFilters()),
         ({"record": " 00Q000000000001AAA ", "limit": "500"},
          LogFilters(record="00Q000000000001AAA", limit=500)),
+        ({"status": "failed", "open": "true"}, LogFilters(status="failed", open=True)),
+        ({"open": "true"}, LogFilters(status="failed", open=True)),  # open implies failed
+        ({"open": "false"}, LogFilters()),
+        ({"status": "success", "open": "true"}, pytest.raises(BadParameter, match="open")),
+        ({"open": "maybe"}, pytest.raises(BadParameter, match="open")),
         ({"status": "nope"}, pytest.raises(BadParameter, match="status")),
         ({"limit": "-1"}, pytest.raises(BadParameter, match="limit")),
     ])
