@@ -36,7 +36,7 @@ _POLL_S = 0.2  # how often a retry looks for the flusher's outcome
 class JobStore(Protocol):
     async def get_sync_log(self, log_id: str) -> dict[str, Any] | None: ...
     async def mark_sync_log(self, log_id: str, *, retried_by: str) -> None: ...
-    async def mark_retry_queued(self, log_id: str, at: datetime) -> None: ...
+    async def mark_retry_queued(self, log_ids: Sequence[str], *, at: datetime) -> None: ...
     async def insert_sync_logs(self, logs: Sequence[SyncLog]) -> list[str]: ...
     async def find_failed_logs(self, *, retriable_only: bool = False, max_attempt: int | None = None,
                                before: datetime | None = None, limit: int = 500) -> list[dict[str, Any]]: ...
@@ -109,6 +109,8 @@ class Jobs:
             return JobOutcome("not_failed", log_id)
         if entry.get("retried_by"):
             return JobOutcome("already_retried", log_id)
+        if entry.get("retry_queued"):
+            return JobOutcome("queued", log_id)  # its outcome is linked when Salesforce answers
         if self._paused():
             return JobOutcome("paused", log_id)
         outcomes = await self._retry([entry])
@@ -157,9 +159,6 @@ class Jobs:
         for outcome in outcomes:
             if outcome.status == "retried" and outcome.log_id and outcome.new_log_ids:
                 await self.store.mark_sync_log(outcome.log_id, retried_by=outcome.new_log_ids[0])
-            elif outcome.status == "queued" and outcome.log_id:
-                # the store links the flusher's row to it when that row is written
-                await self.store.mark_retry_queued(outcome.log_id, datetime.now(UTC))
         log.info("jobs_retried", retried=sum(1 for o in outcomes if o.status == "retried"),
                  total=len(outcomes))
         return outcomes
@@ -219,6 +218,9 @@ class Jobs:
                 local_id=docs[0]["_id"], fields=fields, reason="retry", attempt=int(entry.get("attempt", 1)))
         since = datetime.now(UTC) - timedelta(milliseconds=1)  # BSON dates keep milliseconds
         if writes:
+            # Marked before the flusher can answer: the store links the first outcome logged
+            # since to it, whether this job is still waiting then or not (`retried_by`).
+            await self.store.mark_retry_queued(list(writes), at=since)
             await self.outbox.enqueue(list(writes.values()))
         found = await self._await_outcomes([str(w.local_id) for w in writes.values()], since)
         outcomes: list[JobOutcome] = []

@@ -6,8 +6,9 @@ the current term began (None between terms). Every write a term makes through it
 - offsets (`save_state`: replay ids, watermarks, watcher offsets, remerge state) and record
   writes (`bulk_apply`, `write_in_order`) carry the fence: refused by the store itself once a
   newer term holds the lease;
-- sync logs and links of created records check the fence first (one read): a stalled ex-leader
-  logs nothing as done after a newer term began;
+- sync logs and the watcher's and flusher's own record writes (field times and links through
+  `watched(...)`, the Salesforce shadow) check the fence first (one read): a stalled ex-leader
+  logs nothing as done, and stamps or links nothing, after a newer term began;
 - between terms (no fence) every such write is refused.
 
 A refusal is `FencedError`, logged here (`term_write_refused`, the operation and the term) and
@@ -17,14 +18,15 @@ the store's own. Never `close()` it: the connection is the store's.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import structlog
 
 from reconciler.errors import FencedError
-from reconciler.store import BulkOutcome, Fence, RecordWrite, Store
+from reconciler.store import BulkOutcome, Fence, RecordWrite, Store, WatchedCollection
 from reconciler.sync_logs import SyncLog
 
 log = structlog.get_logger(__name__)
@@ -62,14 +64,21 @@ class TermStore(Store):
 
     async def insert_sync_logs(self, logs: Sequence[SyncLog]) -> list[str]:
         if logs:
-            async with self._refusals("insert_sync_logs"):
-                await self.check_fence(self.term())
+            await self.check_term("insert_sync_logs")
         return await super().insert_sync_logs(logs)
 
-    async def link_created(self, collection: str, local_id: Any, *, sobject: str, sf_id: str) -> bool:
-        async with self._refusals(f"link_created {collection}"):
+    def watched(self, collection: str) -> WatchedCollection:
+        return _TermWatched(self, collection)  # link_created goes through it too
+
+    async def record_shadow(self, collection: str, sets: Mapping[Any, Mapping[str, Any]]) -> None:
+        if any(sets.values()):
+            await self.check_term(f"record_shadow {collection}")
+        await super().record_shadow(collection, sets)
+
+    async def check_term(self, operation: str) -> None:
+        """`FencedError` (logged) unless the lease still names this term: one read."""
+        async with self._refusals(operation):
             await self.check_fence(self.term())
-        return await super().link_created(collection, local_id, sobject=sobject, sf_id=sf_id)
 
     @asynccontextmanager
     async def _refusals(self, operation: str) -> AsyncIterator[None]:
@@ -80,6 +89,23 @@ class TermStore(Store):
             log.warning("term_write_refused", operation=operation, applied=exc.applied,
                         term=fence.term if fence else None, error=str(exc))
             raise
+
+
+class _TermWatched(WatchedCollection):
+    """A watched collection whose own record writes check the term first."""
+
+    def __init__(self, store: TermStore, name: str) -> None:
+        super().__init__(store.db, name)
+        self._term_store = store
+
+    async def record_field_times(self, times: Mapping[Any, Mapping[str, datetime]], now: datetime) -> None:
+        if any(times.values()):
+            await self._term_store.check_term(f"record_field_times {self.name}")
+        await super().record_field_times(times, now)
+
+    async def link(self, local_id: Any, *, sobject: str, sf_id: str, now: datetime) -> bool:
+        await self._term_store.check_term(f"link {self.name}")
+        return await super().link(local_id, sobject=sobject, sf_id=sf_id, now=now)
 
 
 __all__ = ["FenceProvider", "TermStore"]

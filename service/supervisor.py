@@ -176,7 +176,7 @@ class Service:
         assert self.parts is not None and self._switch is not None and self._term is not None
         tasks_stop = asyncio.Event()
         tasks: SupervisedTasks | None = None
-        self._jobs.open(AdminJobs(self.parts.jobs), term_stop)
+        self._jobs.open(AdminJobs(self.parts.jobs), term_stop, on_fenced=self._term.fenced)
         try:
             self.health.phase = "backfill or remerge in progress"
             try:

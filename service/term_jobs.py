@@ -5,6 +5,9 @@ source and the background tasks do:
 
 - outside a term (a standby, between terms) it is refused with `NotLeaderError` (409);
 - once the term is ending (its stop event set) a new job is refused with a `RetriableError` (503);
+- a job whose write is refused (`FencedError`: a newer term holds the lease) ends the term, as
+  a source or background task that meets one does (`on_fenced`, `LeaderTerm.fenced`), and its
+  caller is answered as by a standby (`NotLeaderError`, 409);
 - a job still running when the term stops gets a grace period, then is cancelled, and
   `close()` returns only once it has ended (bounded by `CANCEL_GRACE_SECONDS`): nothing it
   started goes on detached beside the next leader. Its caller gets a `RetriableError` saying
@@ -23,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from reconciler.errors import RetriableError
+from reconciler.errors import FencedError, RetriableError
 from service.admin.ports import JobRunner, NotLeaderError
 
 log = structlog.get_logger(__name__)
@@ -31,6 +34,7 @@ log = structlog.get_logger(__name__)
 CANCEL_GRACE_SECONDS = 2.0
 
 Job = Callable[[JobRunner], Awaitable[dict[str, Any]]]
+OnFenced = Callable[[Exception], None]
 
 
 class TermJobs:
@@ -39,14 +43,15 @@ class TermJobs:
     def __init__(self) -> None:
         self._jobs: JobRunner | None = None
         self._term_stop: asyncio.Event | None = None
+        self._on_fenced: OnFenced | None = None
         self._running: set[asyncio.Task[dict[str, Any]]] = set()
 
-    def open(self, jobs: JobRunner, term_stop: asyncio.Event) -> None:
-        self._jobs, self._term_stop = jobs, term_stop
+    def open(self, jobs: JobRunner, term_stop: asyncio.Event, *, on_fenced: OnFenced | None = None) -> None:
+        self._jobs, self._term_stop, self._on_fenced = jobs, term_stop, on_fenced
 
     async def close(self, grace: float) -> None:
         """Refuse new jobs; give running ones `grace` seconds, cancel the rest, wait until ended."""
-        self._jobs = self._term_stop = None
+        self._jobs = self._term_stop = self._on_fenced = None
         running = list(self._running)
         if not running:
             return
@@ -69,7 +74,7 @@ class TermJobs:
         return await self._run("import", lambda jobs: jobs.import_record(sf_id))
 
     async def _run(self, name: str, job: Job) -> dict[str, Any]:
-        jobs, term_stop = self._jobs, self._term_stop
+        jobs, term_stop, on_fenced = self._jobs, self._term_stop, self._on_fenced
         if jobs is None or term_stop is None:
             raise NotLeaderError(None)
         if term_stop.is_set():
@@ -79,6 +84,11 @@ class TermJobs:
         task.add_done_callback(self._running.discard)
         try:
             return await asyncio.shield(task)
+        except FencedError as exc:
+            log.warning("admin_job_fenced", job=name, error=str(exc))
+            if on_fenced is not None:
+                on_fenced(exc)
+            raise NotLeaderError(None) from exc
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if task.cancelled() and not (current and current.cancelling()):

@@ -116,6 +116,9 @@ class MongoSettings(BaseModel):
 class SyncSettings(BaseModel):
     objects: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(SALESFORCE_OBJECTS))
     frequency_minutes: Literal[1, 5, 10] = 10
+    # Seconds between polling passes, overriding frequency_minutes (0: use it); for tests and
+    # demos that need several passes in a minute.
+    poll_seconds: float = Field(default=0, ge=0, le=3600)
     mappings_file: Path = Path("mappings.toml")
     retry_interval_minutes: int = Field(default=20, ge=1, le=1440)
     retry_max_attempts: int = Field(default=10, ge=1, le=100)

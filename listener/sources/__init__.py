@@ -33,7 +33,8 @@ def create_sources(*, settings: Settings, mappings: Mappings, sf: SalesforceClie
     returns the current leader term's `Fence` (read once per stream run / poll pass): offset
     and watermark writes are then refused once another term holds the lease."""
     sync = settings.sync
-    poller = Poller(sf, store, sink, mappings, sync.objects, every_minutes=sync.frequency_minutes,
+    every_minutes = sync.poll_seconds / 60 or sync.frequency_minutes
+    poller = Poller(sf, store, sink, mappings, sync.objects, every_minutes=every_minutes,
                     sf_clock=sf_clock, overlap=timedelta(seconds=sync.poll_overlap_seconds), fence=fence)
     stream: Source
     if sync.stream_api == "pubsub":

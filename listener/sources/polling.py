@@ -143,7 +143,7 @@ class Poller:
         objects: Sequence[str],
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        every_minutes: int = 10,
+        every_minutes: float = 10,
         sf_clock: SalesforceTime | None = None,
         overlap: timedelta = DEFAULT_POLL_OVERLAP,
         fence: Callable[[], Fence | None] | None = None,
@@ -227,7 +227,7 @@ class Poller:
         if delay > 0:
             await asyncio.sleep(delay + 0.01)
 
-    async def run_every(self, minutes: int, stop: asyncio.Event) -> None:
+    async def run_every(self, minutes: float, stop: asyncio.Event) -> None:
         """Poll every `minutes` until `stop`; a failed pass is logged and retried next interval."""
         self.running = True
         try:

@@ -7,7 +7,7 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
@@ -49,6 +49,11 @@ def public_log(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _utc(value: datetime) -> datetime:
+    """Aware UTC (the driver may hand back naive UTC datetimes)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _object_id(log_id: str) -> ObjectId | None:
     try:
         return ObjectId(log_id)
@@ -60,9 +65,11 @@ def _object_id(log_id: str) -> ObjectId | None:
 # any other error (a network failure, no error text) is grouped as OTHER.
 OTHER_ERROR_CODE = "OTHER"
 _ERROR_CODE = re.compile(r"^([A-Z][A-Z0-9_]*):")
-# Open: failed, not retried since (a retry writes a new log and marks this one `retried_by`) and
-# not resolved (a later success of the same record and fields, issue 10 item 6).
-_OPEN_FAILURE: dict[str, Any] = {"status": "failed", "retried_by": None, "resolved": None}
+# Open: failed, not retried since (a retry writes a new log and marks this one `retried_by`, or
+# `retry_queued` until Salesforce answers it) and not resolved (a later success of the same
+# record and fields, issue 10 item 6).
+_OPEN_FAILURE: dict[str, Any] = {"status": "failed", "retried_by": None, "retry_queued": None,
+                                 "resolved": None}
 
 
 def error_code_of(error: Any) -> str:
@@ -94,23 +101,34 @@ class LogsMixin:
         return ids
 
     async def _link_queued_retries(self, docs: Sequence[dict[str, Any]], ids: Sequence[str]) -> None:
-        """A retry that was still queued when it answered (`retry_queued`) gets its outcome as
-        `retried_by`: the first outbound row of that record written by a retried write (attempt
-        above 1). One indexed query, only when such rows are inserted."""
-        outcomes: dict[str, str] = {}
-        for doc, log_id in zip(docs, ids, strict=True):
-            if doc.get("source") == "local" and doc.get("local_id") and int(doc.get("attempt") or 1) > 1:
-                outcomes.setdefault(str(doc["local_id"]), log_id)
-        if not outcomes:
+        """A retry still queued when the job stopped waiting (`retry_queued`) gets its outcome
+        now: the first outbound log of the same record since it was queued, as `retried_by`
+        (what `Jobs` would have linked had the flusher answered in time). One find per batch
+        of outbound logs that may be a retry's outcome; one update per retry linked."""
+        outbound = [(d, i) for d, i in zip(docs, ids, strict=True)
+                    if d.get("source") == "local" and d.get("local_id")]
+        # A retry's write carries the failed log's attempt, so its outcome logs attempt >= 2 (a
+        # give-up logs the write's own attempt, and is failed): plain edits cost no query.
+        if not any(int(d.get("attempt") or 1) > 1 or d.get("status") == "failed" for d, _ in outbound):
             return
+        query = {"local_id": {"$in": sorted({str(d["local_id"]) for d, _ in outbound})},
+                 "retry_queued": {"$ne": None}, "retried_by": None}
         with translate_errors("link_queued_retries"):
-            waiting = await self.db.sync_logs.find(
-                {"local_id": {"$in": list(outcomes)}, "source": "local", "status": "failed",
-                 "retry_queued": {"$ne": None}, "retried_by": None}, {"local_id": 1}).to_list(None)
-            for doc in waiting:
-                await self.db.sync_logs.update_one(
-                    {"_id": doc["_id"], "retried_by": None},
-                    {"$set": {"retried_by": outcomes[str(doc["local_id"])]}})
+            queued = await self.db.sync_logs.find(query, {"local_id": 1, "retry_queued": 1}).to_list(None)
+            for entry in queued:
+                outcome = next((i for d, i in outbound if str(d["local_id"]) == str(entry["local_id"])
+                                and _utc(d["ts"]) >= _utc(entry["retry_queued"])), None)
+                if outcome is not None:
+                    await self.db.sync_logs.update_one({"_id": entry["_id"], "retried_by": None},
+                                                       {"$set": {"retried_by": outcome}})
+
+    async def mark_retry_queued(self, log_ids: Sequence[str], *, at: datetime) -> None:
+        """These failed logs' retries are in the outbox, not answered yet (see `_link_queued_retries`)."""
+        oids = [oid for oid in map(_object_id, log_ids) if oid is not None]
+        if oids:
+            with translate_errors("mark_retry_queued"):
+                await self.db.sync_logs.update_many({"_id": {"$in": oids}, "retried_by": None},
+                                                    {"$set": {"retry_queued": at}})
 
     async def _resolve_failures(self, docs: Sequence[dict[str, Any]], ids: Sequence[str]) -> None:
         """Failed logs these successes fix gain `resolved` ({by, at}): one find, one update per
@@ -137,19 +155,17 @@ class LogsMixin:
     async def find_sync_logs(
         self, *, status: str | None = None, source: str | None = None, type: str | None = None,
         object: str | None = None, record: str | None = None, limit: int = 50,
-        cursor: str | None = None, error_code: str | None = None, open: bool = False,
+        cursor: str | None = None, error_code: str | None = None, open_only: bool = False,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Newest first. The cursor is the (ts, _id) of the last item: stable under inserts.
         `error_code`: failed logs whose error starts with that status code (`OTHER`: with none).
-        `open`: failed logs neither retried since nor resolved."""
-        query: dict[str, Any] = {}
+        `open_only`: open failures only (not retried, not resolved)."""
+        query: dict[str, Any] = dict(_OPEN_FAILURE) if open_only else {}
         for key, value in (("status", status), ("source", source), ("type", type), ("object", object)):
             if value:
                 query[key] = value
         if error_code:
             query.update(_error_code_query(error_code))
-        if open:
-            query.update(_OPEN_FAILURE)
         if record:
             query["$or"] = [{"sf_id": record}, {"local_id": record}]
         position = decode_cursor(cursor) if cursor else None
@@ -213,21 +229,12 @@ class LogsMixin:
         with translate_errors("mark_sync_log"):
             await self.db.sync_logs.update_one({"_id": oid}, {"$set": {"retried_by": retried_by}})
 
-    async def mark_retry_queued(self, log_id: str, at: datetime) -> None:
-        """A retry of this log is queued; its outcome is not logged yet."""
-        oid = _object_id(log_id)
-        if oid is None:
-            return
-        with translate_errors("mark_retry_queued"):
-            await self.db.sync_logs.update_one({"_id": oid}, {"$set": {"retry_queued": at}})
-
     async def find_failed_logs(
         self, *, retriable_only: bool = False, max_attempt: int | None = None,
         before: datetime | None = None, limit: int = 500,
     ) -> list[dict[str, Any]]:
         """Failed logs not yet retried nor resolved (oldest first), as `public_log` dicts."""
-        query: dict[str, Any] = {"status": "failed", "retried_by": None, "resolved": None,
-                                 "job": {"$ne": None}}
+        query: dict[str, Any] = {**_OPEN_FAILURE, "job": {"$ne": None}}
         if retriable_only:
             query["retriable"] = True
         if max_attempt is not None:

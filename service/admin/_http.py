@@ -120,6 +120,8 @@ def cannot_retry(doc: dict[str, Any] | None, log_id: str) -> tuple[int, str, str
         return 409, "not_failed", "only failed sync logs can be retried"
     if doc.get("retried_by"):
         return 409, "already_retried", f"already retried: its outcome is sync log {doc['retried_by']}"
+    if doc.get("retry_queued"):
+        return 409, "retry_queued", "a retry is queued: its outcome is linked once Salesforce answers"
     return None
 
 

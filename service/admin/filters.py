@@ -45,7 +45,7 @@ class LogFilters:
     limit: int = DEFAULT_LIMIT
     cursor: str | None = None
     error_code: str | None = None
-    open: bool = False      # failed logs neither retried since nor resolved (`status=failed` implied)
+    open: bool = False  # failed and neither retried nor resolved since (issue 10)
 
     def store_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `Store.find_sync_logs` (`error_code`, `open` only when filtered on)."""
@@ -57,7 +57,7 @@ class LogFilters:
         if self.error_code:
             kwargs["error_code"] = self.error_code
         if self.open:
-            kwargs["open"] = True
+            kwargs["open_only"] = True
         return kwargs
 
     def query(self, *, cursor: str | None = None) -> dict[str, str]:
@@ -68,7 +68,7 @@ class LogFilters:
         }
         out = {k: v for k, v in pairs.items() if v}
         if self.open:
-            out["open"] = "1"
+            out["open"] = "true"
         if self.limit != DEFAULT_LIMIT:
             out["limit"] = str(self.limit)
         if cursor:
@@ -109,9 +109,7 @@ def parse_filters(query: Mapping[str, str], *, allow_all: bool = False) -> LogFi
     if error_code is not None and not _ERROR_CODE.match(error_code):
         raise BadParameter("error_code",
                            "must be a Salesforce status code like REQUIRED_FIELD_MISSING, or OTHER")
-    open_only = _flag(query, "open")
-    if open_only and status == "success":
-        raise BadParameter("open", "applies to failed logs only (status=failed)")
+    open_only = _open(query.get("open", ""), status)
     return LogFilters(
         status="failed" if open_only else status, source=source, type=type_, object=object_,
         record=record, limit=_limit(query.get("limit", "")), cursor=cursor, error_code=error_code,
@@ -119,13 +117,16 @@ def parse_filters(query: Mapping[str, str], *, allow_all: bool = False) -> LogFi
     )
 
 
-def _flag(query: Mapping[str, str], name: str) -> bool:
-    raw = query.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
+def _open(raw: str, status: str | None) -> bool:
+    """`open=true`: a sub-filter of `status=failed` (implied when the status is left out)."""
+    value = raw.strip().lower()
+    if value in ("", "false", "0", "no"):
         return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise BadParameter(name, "must be 1/true or 0/false")
+    if value not in ("true", "1", "yes"):
+        raise BadParameter("open", "must be true or false")
+    if status not in (None, "failed"):
+        raise BadParameter("open", "only narrows status=failed")
+    return True
 
 
 def _limit(raw: str) -> int:

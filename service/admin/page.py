@@ -17,6 +17,7 @@ NOTICES: dict[str, tuple[str, str]] = {
     "queued": ("ok", "Retry queued: Salesforce has not answered yet; the outcome will be a new row "
                      "for that record."),
     "already_retried": ("error", "That sync log was already retried."),
+    "retry_queued": ("error", "That sync log's retry is queued: its outcome shows once Salesforce answers."),
     "retried_all": ("ok", "Retried every failed job that no later sync resolved; the outcomes are the "
                           "newest rows."),
     "imported": ("ok", "Re-imported the record."),
@@ -45,7 +46,8 @@ class PageView:
     notice: str | None = None
     notice_row: str | None = None      # the retry's outcome row, which the banner links to
     notice_record: str | None = None   # its record (the link shows that record's rows)
-    linked: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # rows the items link to, by id
+    # the rows that `retried_by` and `resolved.by` point at, by id (see `pointed_at`)
+    linked: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def _e(value: object) -> str:
@@ -268,6 +270,27 @@ def _record_cell(item: Mapping[str, Any], instance_url: str) -> str:
     return "".join(parts) or "—"
 
 
+def pointed_at(item: Mapping[str, Any]) -> str | None:
+    """The id of the row a failed row points at: its retry's outcome, or what resolved it."""
+    resolved = item.get("resolved")
+    target = item.get("retried_by") or (resolved.get("by") if isinstance(resolved, Mapping) else None)
+    return str(target) if target else None
+
+
+def _state_html(item: Mapping[str, Any], state: str, linked: Mapping[str, Mapping[str, Any]]) -> str:
+    """"retried → failed at …" / "resolved by update at …", a link to that row once it is known."""
+    target_id = pointed_at(item) if state in ("retried", "resolved") else None
+    target = linked.get(target_id) if target_id else None
+    if target is None:
+        return f'<span class="meta">{_e(state)}</span>'
+    _, when = format_time(target.get("ts"))
+    what = f"retried → {target.get('status')}" if state == "retried" else f"resolved by {target.get('type')}"
+    record = target.get("sf_id") or target.get("local_id")
+    page = f"/logs?{urlencode({'record': record})}" if record else "/logs"
+    href = f"{page}#log-{quote(str(target_id), safe='')}"
+    return f'<a class="meta outcome" href="{_e(href)}">{_e(what)} at {_e(when)}</a>'
+
+
 def _details_cell(item: Mapping[str, Any], back: str, linked: Mapping[str, Mapping[str, Any]]) -> str:
     parts: list[str] = []
     if item.get("error"):
@@ -278,18 +301,15 @@ def _details_cell(item: Mapping[str, Any], back: str, linked: Mapping[str, Mappi
     meta: list[str] = []
     count = item.get("count")
     if isinstance(count, int) and (count > 1 or item.get("type") == "import"):
-        meta.append(f'{count:,} record{"s" if count != 1 else ""}')
+        meta.append(f'<span class="meta">{count:,} record{"s" if count != 1 else ""}</span>')
     attempt = item.get("attempt")
     if isinstance(attempt, int) and attempt > 1:
-        meta.append(f"attempt {attempt}")
+        meta.append(f'<span class="meta">attempt {attempt}</span>')
     state = _retry_state(item) if item.get("status") == "failed" else None
-    if state is None and item.get("status") == "failed" and item.get("retry_queued"):
-        meta.append(f"retry queued at {format_time(item['retry_queued'])[1]}")  # no outcome logged yet
-    shown = [f'<span class="meta">{_e(m)}</span>' for m in meta]
     if state:
-        shown.append(f'<span class="meta">{_linked_state(item, state, linked)}</span>')
-    if shown:
-        parts.append(" · ".join(shown))
+        meta.append(_state_html(item, state, linked))
+    if meta:
+        parts.append(" · ".join(meta))
     if item.get("status") == "failed" and state is None:
         parts.append(_retry_form(item, back))
     return "".join(parts) or '<span class="meta">—</span>'
@@ -299,6 +319,8 @@ def _retry_state(item: Mapping[str, Any]) -> str | None:
     """Why a failed row has no Retry button, or None when it has one."""
     if item.get("retried_by"):
         return "retried"
+    if item.get("retry_queued"):
+        return "retry queued"  # its outcome becomes `retried_by` once the flusher logs it
     if item.get("resolved"):
         return "resolved"  # a later sync of the same record and fields succeeded
     # `retriable` only says whether the automatic retry may re-run it; an admin can retry any
@@ -306,23 +328,6 @@ def _retry_state(item: Mapping[str, Any]) -> str | None:
     if "job" in item and not item.get("job"):
         return "nothing to retry"
     return None
-
-
-def _linked_state(item: Mapping[str, Any], state: str, linked: Mapping[str, Mapping[str, Any]]) -> str:
-    """"retried → failed at <time>" / "resolved by update at <time>": a link to that row on its
-    record's page (escaped HTML)."""
-    resolved = item.get("resolved")
-    target = item.get("retried_by") or (resolved.get("by") if isinstance(resolved, Mapping) else None)
-    if not target:
-        return _e(state)
-    row = linked.get(str(target)) or {}
-    record = row.get("sf_id") or row.get("local_id") or item.get("sf_id") or item.get("local_id")
-    href = (f"/logs?{urlencode({'record': record})}" if record else "/logs") \
-        + f"#log-{quote(str(target), safe='')}"
-    what = row.get("status") if state == "retried" else row.get("type")
-    when = f"{what} at {format_time(row.get('ts'))[1]}" if row else "its row"
-    joint = " → " if state == "retried" else " by "
-    return f'{_e(state)}{joint}<a href="{_e(href)}">{_e(when)}</a>'
 
 
 def _retry_form(item: Mapping[str, Any], back: str) -> str:

@@ -47,7 +47,7 @@ class SyncLogReader(Protocol):
         limit: int = 50,
         cursor: str | None = None,
         error_code: str | None = None,
-        open: bool = False,
+        open_only: bool = False,
     ) -> tuple[list[dict[str, Any]], str | None]: ...
 
     async def get_sync_log(self, log_id: str) -> dict[str, Any] | None: ...

@@ -14,6 +14,7 @@ from reconciler.errors import BudgetExhaustedError, RetriableError, SyncError
 from service.admin import auth
 from service.admin._http import (
     CONTEXT,
+    LOG_ID,
     cannot_retry,
     css_response,
     find_logs,
@@ -22,7 +23,13 @@ from service.admin._http import (
 )
 from service.admin.filters import BadParameter
 from service.admin.guard import same_origin
-from service.admin.page import PageView, render_login_page, render_logs_page, render_message_page
+from service.admin.page import (
+    PageView,
+    pointed_at,
+    render_login_page,
+    render_logs_page,
+    render_message_page,
+)
 from service.admin.ports import NotLeaderError
 
 log = structlog.get_logger(__name__)
@@ -85,18 +92,19 @@ async def _page(request: web.Request) -> web.Response:
                     instance_url=ctx.status.status().get("instance_url") or ctx.instance_url,
                     notice=request.query.get("notice"), notice_row=request.query.get("row"),
                     notice_record=request.query.get("row_record"),
-                    linked=await ctx.store.get_sync_logs(_linked_ids(items)))
+                    linked=await _linked(request, items))
     return html_response(render_logs_page(view))
 
 
-def _linked_ids(items: list[dict[str, Any]]) -> list[str]:
-    """The rows failed items link to: a retry's outcome, what resolved a failure."""
-    out: list[str] = []
-    for item in items:
-        resolved = item.get("resolved")
-        target = item.get("retried_by") or (resolved.get("by") if isinstance(resolved, Mapping) else None)
-        if item.get("status") == "failed" and target:
-            out.append(str(target))
+async def _linked(request: web.Request, items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The rows this page's failed rows point at (retry outcomes, resolvers): from the page when
+    there, the others read in one query."""
+    on_page = {str(i.get("id")): i for i in items}
+    targets = {t for t in (pointed_at(i) for i in items) if t}
+    out = {t: on_page[t] for t in targets if t in on_page}
+    missing = [t for t in targets - out.keys() if LOG_ID.match(t)]
+    if missing:
+        out.update(await request.app[CONTEXT].store.get_sync_logs(missing))
     return out
 
 

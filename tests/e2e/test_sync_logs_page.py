@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import structlog.testing
 
 from reconciler.store import Store
+from reconciler.sync_logs import SyncLog
 from tests.support.admin import TOKEN, RunningAdmin, running_admin
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,6 +34,43 @@ async def admin(mongo_uri: str, database_name: str) -> AsyncIterator[RunningAdmi
     await store.ensure_indexes()
     with structlog.testing.capture_logs():
         async with running_admin(store) as running:
+            yield running
+    await store.close()
+
+
+def truthful_rows() -> list[SyncLog]:
+    """Issue 10's rows, oldest first: a sync with six fields, an open failure, and a failure
+    that a later successful write of the same record and fields resolved."""
+    bad_email = {"email": {"old": "ada@example.com", "new": "ada@@example"}}
+    job = {"kind": "outbound", "sobject": "Lead", "collection": "people"}
+    rows = [
+        SyncLog(source="salesforce", type="create", status="success", object="Lead",
+                sf_id="00Q000000000011AAA", local_id="665f00000000000000000011", collection="people",
+                fields={f"f{i}": {"old": None, "new": f"value {i}"} for i in range(6)}),
+        SyncLog(source="local", type="update", status="failed", object="Lead", sf_id="00Q000000000012AAA",
+                local_id="665f00000000000000000012", collection="people", fields=bad_email,
+                error="INVALID_EMAIL_ADDRESS: Email: invalid email address: ada@@example",
+                job={**job, "sf_id": "00Q000000000012AAA", "local_id": "665f00000000000000000012"}),
+        SyncLog(source="local", type="update", status="failed", object="Lead", sf_id="00Q000000000013AAA",
+                local_id="665f00000000000000000013", collection="people", fields=bad_email,
+                error="INVALID_EMAIL_ADDRESS: Email: invalid email address: ada@@example",
+                job={**job, "sf_id": "00Q000000000013AAA", "local_id": "665f00000000000000000013"}),
+        SyncLog(source="local", type="update", status="success", object="Lead", sf_id="00Q000000000013AAA",
+                local_id="665f00000000000000000013", collection="people",
+                fields={"email": {"old": "ada@example.com", "new": "ada@example.org"}}),
+    ]
+    t0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
+    for i, row in enumerate(rows):
+        row.ts = t0 + timedelta(minutes=i)
+    return rows
+
+
+@pytest.fixture
+async def truthful_admin(mongo_uri: str, database_name: str) -> AsyncIterator[RunningAdmin]:
+    store = await Store.connect(mongo_uri, database_name)
+    await store.ensure_indexes()
+    with structlog.testing.capture_logs():
+        async with running_admin(store, logs=truthful_rows()) as running:
             yield running
     await store.close()
 
@@ -100,3 +139,59 @@ async def test_wrong_token_stays_on_the_login_form(admin: RunningAdmin, browser:
     await page.click("button:has-text('Log in')")
     assert "not right" in await page.locator(".notice.error").inner_text()
     assert await page.locator("table.logs").count() == 0
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+async def test_resolved_and_open_failures_more_fields_and_a_retry_outcome(
+    truthful_admin: RunningAdmin, browser: object, width: int, tmp_path: Path
+) -> None:
+    """Issue 10, on a desktop and on a phone: a resolved failure stays failed history, says
+    "resolved by …" and links to the row that fixed it, with no Retry; an open one offers Retry;
+    "+2 more" expands without script; a retry that fails again shows its outcome in the banner
+    and on the retried row ("retried → failed at …"), and the outcome is a new open failure."""
+    admin = truthful_admin
+    sync, open_failure, resolved_failure, fix = admin.log_ids
+    context = await browser.new_context(viewport={"width": width, "height": 900})  # type: ignore[attr-defined]
+    page = await context.new_page()
+    await page.goto(admin.url + "/logs")
+    await page.fill("#token", TOKEN)
+    await page.click("button:has-text('Log in')")
+    await page.locator("table.logs").wait_for()  # the logged-in page has loaded
+
+    resolved = page.locator(f"#log-{resolved_failure}")
+    assert await resolved.get_attribute("class") == "row-failed"
+    assert await resolved.locator("button:has-text('Retry')").count() == 0
+    resolved_link = resolved.locator("a.outcome")
+    assert (await resolved_link.inner_text()).startswith("resolved by update at 2024-05-01 09:03:00 UTC")
+    assert (await resolved_link.get_attribute("href") or "").endswith(f"#log-{fix}")
+    opened = page.locator(f"#log-{open_failure}")
+    assert await opened.locator("button:has-text('Retry')").is_visible()
+    assert await opened.locator("a.outcome").count() == 0
+
+    more = page.locator(f"#log-{sync} details.more")
+    assert await more.locator("summary").inner_text() == "+2 more"
+    assert not await more.get_by_text("f5: ∅ → value 5").is_visible()
+    await more.locator("summary").click()
+    assert await more.get_by_text("f5: ∅ → value 5").is_visible()
+    await page.screenshot(path=str(tmp_path / f"truthful-{width}.png"), full_page=True)
+    assert await page.evaluate("document.documentElement.scrollWidth") <= width
+
+    admin.jobs.fail_retries = True
+    await opened.locator("button:has-text('Retry')").click()
+    await page.wait_for_url("**notice=retried_failed**")  # a slow machine: the redirect, loaded
+    await page.wait_for_load_state()
+    banner = page.locator(".notice.error")
+    assert "failed again" in await banner.inner_text()
+    outcome_href = await banner.locator("a", has_text="See the outcome").get_attribute("href") or ""
+    outcome_id = outcome_href.rsplit("#log-", 1)[1]
+    assert outcome_id not in admin.log_ids
+    retried_link = page.locator(f"#log-{open_failure} a.outcome")
+    assert (await retried_link.inner_text()).startswith("retried → failed at ")
+    assert (await retried_link.get_attribute("href") or "").endswith(f"#log-{outcome_id}")
+    assert await page.locator(f"#log-{open_failure} button:has-text('Retry')").count() == 0
+    outcome = page.locator(f"#log-{outcome_id}")
+    assert await outcome.get_attribute("class") == "row-failed"
+    assert await outcome.locator("button:has-text('Retry')").is_visible()  # the new open failure
+    assert admin.jobs.calls == [("retry", open_failure)]
+    assert await page.evaluate("document.documentElement.scrollWidth") <= width
+    await context.close()

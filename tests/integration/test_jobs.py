@@ -122,6 +122,29 @@ class TestRetryOne:
         assert (outcome.status, outcome.new_log_ids) == ("queued", [])
         assert await store.db.sync_logs.count_documents({}) == 1
 
+    async def test_a_queued_retry_says_so_and_is_linked_to_its_outcome_when_it_comes(
+        self, store: Store
+    ) -> None:
+        """Salesforce has not answered within the wait: the old row is marked `retry_queued`
+        (not open: neither retried again nor taken by "Retry all failed"), and the flusher's
+        later outcome row becomes its `retried_by`, as an answered retry's would."""
+        pid = await person(store)
+        [log_id] = await store.insert_sync_logs([failed_outbound(pid)])
+        outbox = FakeOutbox()
+        jobs = jobs_for(store, FakeSalesforce(), outbox=outbox)
+        assert (await jobs.retry_log(log_id)).status == "queued"
+        assert (await store.get_sync_log(log_id) or {}).get("retry_queued")
+        assert (await jobs.retry_log(log_id)).status == "queued"  # not queued a second time
+        assert len(outbox.writes) == 1
+        assert await store.find_failed_logs() == []
+
+        [write] = outbox.writes
+        again = failed_outbound(pid)  # what the flusher logs once it is sent: failed again
+        again.attempt = write.attempt + 1
+        [outcome_id] = await store.insert_sync_logs([again])
+        assert (await store.get_sync_log(log_id) or {})["retried_by"] == outcome_id
+        assert [x["id"] for x in await store.find_failed_logs()] == [outcome_id]
+
     async def test_outbound_retry_waits_for_the_flushers_outcome(self, store: Store) -> None:
         """The retry answers with the row the flusher logs (the real outcome), marked on the old log."""
         pid = await person(store)

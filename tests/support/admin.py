@@ -48,12 +48,14 @@ class FakeStatus:
 
 @dataclass
 class FakeJobs:
-    """Retries succeed by writing a success log for the same record (as the real jobs do)."""
+    """Retries succeed by writing a success log for the same record (as the real jobs do), or,
+    with `fail_retries`, fail again: one new failed row, the old one pointing at it."""
 
     store: Store
     calls: list[tuple[str, str | None]] = field(default_factory=list)
     error: SyncError | None = None
     missing: set[str] = field(default_factory=set)   # ids Salesforce does not have
+    fail_retries: bool = False
 
     async def retry(self, log_id: str) -> dict[str, Any]:
         self.calls.append(("retry", log_id))
@@ -85,10 +87,13 @@ class FakeJobs:
         return {"status": "success", "new_log_id": new_id}
 
     async def _succeed(self, old: dict[str, Any]) -> str:
+        outcome: dict[str, Any] = {"status": "failed", "error": old.get("error"), "job": old.get("job"),
+                                   "fields": old.get("fields") or {}} if self.fail_retries \
+            else {"status": "success"}
         (new_id,) = await self.store.insert_sync_logs([
-            SyncLog(source=old["source"], type="merge", status="success", object=old.get("object"),
+            SyncLog(source=old["source"], type="merge", object=old.get("object"),
                     sf_id=old.get("sf_id"), local_id=old.get("local_id"),
-                    attempt=int(old.get("attempt") or 1) + 1)
+                    attempt=int(old.get("attempt") or 1) + 1, **outcome)
         ])
         await self.store.mark_sync_log(old["id"], retried_by=new_id)
         return new_id

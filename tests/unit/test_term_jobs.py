@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.errors import RetriableError
+from reconciler.errors import FencedError, RetriableError
 from service.admin import NotLeaderError
 from service.term_jobs import TermJobs
 
@@ -68,3 +68,22 @@ class TestTermJobs:
             await caller
         with pytest.raises(NotLeaderError):
             await term_jobs.retry("abc")
+
+
+class FencedJobs(BlockingJobs):
+    """A `JobRunner` whose retry meets a refused write: a newer term holds the lease."""
+
+    async def retry(self, log_id: str) -> dict[str, Any]:
+        raise FencedError("bulk_apply people: a term newer than 1 holds the lease")
+
+
+class TestAFencedJob:
+    async def test_ends_the_term_and_answers_as_a_standby(self) -> None:
+        """A job whose write is refused (`FencedError`) ends the term, as a source or task that
+        meets one does, and its caller is told this replica no longer leads (409)."""
+        fenced: list[Exception] = []
+        term_jobs = TermJobs()
+        term_jobs.open(FencedJobs(), asyncio.Event(), on_fenced=fenced.append)
+        with pytest.raises(NotLeaderError):
+            await term_jobs.retry("abc")
+        assert [type(e) for e in fenced] == [FencedError]
