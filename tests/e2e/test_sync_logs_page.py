@@ -156,7 +156,11 @@ async def test_resolved_and_open_failures_more_fields_and_a_retry_outcome(
     await page.goto(admin.url + "/logs")
     await page.fill("#token", TOKEN)
     await page.click("button:has-text('Log in')")
-    await page.locator("table.logs").wait_for()  # the logged-in page has loaded
+    try:  # the logged-in page has loaded (generous: a busy 2-core machine runs chromium slowly)
+        await page.locator("table.logs").wait_for(timeout=90_000)
+    except Exception as exc:
+        raise AssertionError(f"no sync logs table after logging in at {page.url}: "
+                             f"{(await page.content())[:2000]}") from exc
 
     resolved = page.locator(f"#log-{resolved_failure}")
     assert await resolved.get_attribute("class") == "row-failed"

@@ -217,7 +217,7 @@ class TestFilterParsing:
 
     def test_open_goes_back_into_the_query(self) -> None:
         """The page's links and forms keep the open sub-filter."""
-        assert LogFilters(status="failed", open=True).query() == {"status": "failed", "open": "1"}
+        assert LogFilters(status="failed", open=True).query() == {"status": "failed", "open": "true"}
 
     def test_the_form_offers_open_failures_only(self) -> None:
         html = page([], LogFilters(status="failed", open=True))
