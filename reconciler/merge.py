@@ -202,13 +202,19 @@ def decide_outgoing(mapping: FieldMapping, doc: Mapping[str, Any] | None, queued
 
     The platform's current value stands for the queued one (it is at least as new). Without a
     shadow for the field the queued value goes out (Salesforce's side unknown: direction and
-    blank rules were applied when it was queued).
+    blank rules were applied when it was queued). A `to_salesforce` value older than the
+    shadow's last Salesforce edit is not sent again.
     """
     seen = shadow_side(doc, mapping.sobject, mapping.sf_field)
     local = local_side(doc, mapping)
     if seen is None or doc is None:
         return Outgoing(FieldDecision(Winner.LOCAL, queued), at=local.changed_at)
     decision = merge_field(mapping, local, Side(seen.value, seen.at), sf_field_writable=True)
+    if (decision.write_salesforce and mapping.direction is Direction.TO_SALESFORCE
+            and local.changed_at is not None and _newer(seen.at, local.changed_at)):
+        # the platform's value was set before Salesforce's last edit: it is not a change any more
+        # (re-queued after it went out), and only platform *changes* overwrite Salesforce
+        return Outgoing(FieldDecision(Winner.NONE, None, "salesforce newer"), at=local.changed_at)
     if decision.winner is not Winner.SALESFORCE:
         return Outgoing(decision, at=local.changed_at)
     if mapping.merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK and not is_blank(local.value):

@@ -108,6 +108,30 @@ class TestQueuedValueSuperseded:
         assert out.decision.winner is Winner.NONE
 
 
+class TestToSalesforceQueuedValue:
+    """`to_salesforce`: the platform's edits flow out, Salesforce's never flow in; a platform
+    value re-queued after it was sent (a new leader's watcher re-reads it) must not overwrite a
+    later Salesforce edit (chaos seed 25147, L20.state)."""
+
+    def test_an_older_platform_value_does_not_overwrite_a_newer_salesforce_edit(self) -> None:
+        """Platform value set at T1, sent; Salesforce edited at T2 (shadow): the re-queued value stays."""
+        current = doc("plat@x", "present", shadow_at=T2, field_time=T1, updated_at=T1, written_at=T1)
+        out = decide_outgoing(mapping(direction="to_salesforce"), current, "plat@x")
+        assert not out.decision.write_salesforce
+
+    def test_a_newer_platform_edit_goes_out_over_salesforce_data(self) -> None:
+        """Platform edit at T3, Salesforce's value from T2: the platform's value is sent."""
+        current = doc("plat@x", "present", shadow_at=T2, field_time=T3, updated_at=T3, written_at=T3)
+        out = decide_outgoing(mapping(direction="to_salesforce"), current, "plat@x")
+        assert out.decision.write_salesforce and out.decision.value == "plat@x"
+
+    def test_an_unstamped_platform_edit_goes_out(self) -> None:
+        """A fresh edit the watcher has not stamped yet counts with its `updated_at` (T3 > T2)."""
+        fresh = doc("plat@x", "present", shadow_at=T2, field_time=T1, updated_at=T3, written_at=T1)
+        out = decide_outgoing(mapping(direction="to_salesforce"), fresh, "plat@x")
+        assert out.decision.write_salesforce
+
+
 class TestSameSecondEdits:
     """A fresh platform edit counts with its `updated_at` before the watcher stamps its field time."""
 
