@@ -39,7 +39,7 @@ from reconciler.errors import (
 )
 from reconciler.linking import match_keys
 from reconciler.objects import OBJECTS
-from reconciler.outbound_shadow import ShadowGate
+from reconciler.outbound_shadow import Screened, ShadowGate
 from reconciler.outbox import Clock, utcnow
 from reconciler.pacing import backoff_seconds, every
 from reconciler.ports import Budget, RecordResult, SalesforceApi
@@ -513,8 +513,7 @@ class OutboundFlusher:
         screened = await gate.screen(sobject, kind, entries)
         if screened.logs:
             await self._store.insert_sync_logs(screened.logs)
-        if screened.empty:
-            await self._outbox.done(screened.empty)
+        await _settle_unsent(self._outbox, screened)
         return screened.send
 
     async def _give_up_exhausted(self, entries: list[OutboxEntry]) -> list[OutboxEntry]:
@@ -582,6 +581,24 @@ class OutboundFlusher:
                         local_id=str(write.local_id), collection=write.collection,
                         error=f"ALREADY_LINKED: the local record was linked meanwhile; {sf_id} is not")]
 
+
+
+async def _settle_unsent(outbox: FlushOutbox, screened: Screened) -> None:
+    """Writes left with nothing to send are done. Creates of documents linked meanwhile go
+    back to the outbox as updates of the linked record (re-decided against the shadow when
+    sent); one linked to another object (a conversion) is dropped: that link merged the
+    platform's values into the new record."""
+    if screened.empty:
+        await outbox.done(screened.empty)
+    for entry, sobject, sf_id in screened.linked:
+        write = entry.write
+        log.warning("outbound_create_of_linked_record", sobject=write.sobject, linked_to=sf_id,
+                    local_id=str(write.local_id))
+        if sobject != write.sobject:
+            await outbox.done([entry])
+            continue
+        await outbox.retry_later([entry], timedelta(0), count_attempt=False)
+        await outbox.created(write.collection, write.local_id, sobject, sf_id)
 
 
 async def _linked_to(store: FlushStore, entry: OutboxEntry, sf_id: str) -> bool:

@@ -8,7 +8,8 @@ edit: the write is superseded), holds data under `salesforce_unless_blank` (one 
 names the field and why), or already has it. A write left with nothing is dropped without a
 call. Documents linked before the shadow existed are filled first: ONE query per call for all
 of them (at most 200 ids), never one per record. After the call, the values written become
-the shadow, at the platform time of each value. Creates go out as queued (no Salesforce side).
+the shadow, at the platform time of each value. Creates go out as queued (no Salesforce side),
+unless their document was linked meanwhile: then they are re-queued as updates of that record.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class Screened:
     send: list[OutboxEntry]
     empty: list[OutboxEntry]
     logs: list[SyncLog]
+    # creates whose document is linked now: (entry, the linked object, its id)
+    linked: list[tuple[OutboxEntry, str, str]] = field(default_factory=list)
 
 
 class ShadowGate:
@@ -97,8 +100,10 @@ class ShadowGate:
         return decided.old if decided else {}
 
     async def screen(self, sobject: str, kind: str, entries: list[OutboxEntry]) -> Screened:
-        if kind == CREATE or not entries:
+        if not entries:
             return Screened(entries, [], [])
+        if kind == CREATE:
+            return await self._screen_creates(entries)
         docs = await self._docs(sobject, entries)
         send, empty, logs = [], [], []
         mappings = self._mappings.for_object(sobject)
@@ -117,6 +122,21 @@ class ShadowGate:
             else:
                 empty.append(entry)
         return Screened(send, empty, logs)
+
+    async def _screen_creates(self, entries: list[OutboxEntry]) -> Screened:
+        """A create whose document is linked now is not sent: another leader created and linked
+        it while this one was queued (a new leader's watcher re-read an edit made before the link),
+        so its values go out as an update of the linked record."""
+        docs = {d["_id"]: d for d in await self._store.find_records(
+            entries[0].write.collection, list({e.write.local_id for e in entries}))}
+        out = Screened([], [], [])
+        for entry in entries:
+            crm = get_path(docs.get(entry.write.local_id), "crm")
+            if isinstance(crm, Mapping) and crm.get("id") and not crm.get("deleted"):
+                out.linked.append((entry, str(crm.get("object")), str(crm["id"])))
+            else:
+                out.send.append(entry)
+        return out
 
     async def _docs(self, sobject: str, entries: Sequence[OutboxEntry]) -> dict[Any, dict[str, Any]]:
         """The local documents of these writes, their missing shadows filled (one query)."""

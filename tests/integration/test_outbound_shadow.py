@@ -137,3 +137,21 @@ class TestShadowKept:
         assert [c.records for c in rig.sf.calls] == [[{"Email": "new3@x.com", "Id": sf_id(3)}]]
         assert (await rig.doc("p-1"))["_sync"]["sf"]["Lead"]["Email"]["v"] == "sf1@x.com"
         assert len([x for x in await rig.logs() if x["type"] == "skipped"]) == 2
+
+
+class TestCreateOfALinkedDocument:
+    async def test_a_queued_create_of_a_document_linked_meanwhile_becomes_an_update(self, rig: Rig) -> None:
+        """A create queued for a Person that another leader created and linked since (a new leader's
+        watcher re-read an edit made before the link; chaos seed 101): no second Lead is created, the
+        edit goes out as an update of the linked Lead."""
+        await person(rig.store, 1, shadow={"FirstName": "Ann", "LastName": "Lee"}, first_name="Anna",
+                     last_name="Lee")
+        create = OutboundWrite(sobject="Lead", sf_id=None, collection="people", local_id="p-1",
+                               fields={"FirstName": "Anna", "LastName": "Lee"}, reason="create")
+        await rig.outbox.enqueue([create])
+        await rig.flusher.flush()
+        await rig.flusher.flush()
+        assert [(c.method, c.records) for c in rig.sf.calls] == [
+            ("PATCH", [{"FirstName": "Anna", "Id": sf_id(1)}])]
+        assert await rig.outbox.depth() == 0
+        assert [(x["type"], x["status"]) for x in await rig.logs()] == [("update", "success")]
