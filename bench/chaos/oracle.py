@@ -13,6 +13,11 @@ service's code: per record and mapped field it keeps the set of values each side
   seconds of each other may end either way (a same-second tie goes to Salesforce, the platform's
   clock is not Salesforce's); outside that window the later write wins. This is the only place
   acknowledgement times enter, and it only widens what is accepted.
+- *In flight*: the outbox sends the platform's current value, so platform edits not sent yet
+  when the next platform edit of the field comes (within `WINDOW`, or while a fault may hold
+  outbound back: `OUTBOUND_HELD`) may reach Salesforce as that one, decided against what
+  Salesforce held before them; a blank never goes out, so one that supersedes an unsent value
+  leaves Salesforce's earlier value. A conversion may find such edits not yet on the Lead.
 - Conversion relinks the Person to the Contact; fields mapped on the Contact carry over and are
   merged (each side may take the other's data where it is blank), Lead-only fields are no longer
   checked.
@@ -51,6 +56,11 @@ from bench.chaos.operations import Ack, Entity
 from settings import Direction, FieldMapping, Mappings, MergeBehaviour, parse_mappings
 
 WINDOW = 2.0   # seconds: writes from both sides this close may end either way
+# How long after a fault a platform edit may still wait in the outbox: a leader kill or stop is a
+# lease takeover (TTL 3 s) plus the call's backoff; a budget swing to `paused` holds outbound until
+# the next limits check, one a minute.
+OUTBOUND_HELD = {"kill_leader": 20.0, "stop_leader": 20.0, "restart_mongo": 20.0, "rest_5xx": 20.0,
+                 "lock_row": 20.0, "apply_then_drop": 20.0, "token_expiry": 20.0, "budget_swing": 65.0}
 READ_ONLY = frozenset({"Score__c"})
 # after these the service may resync with a merge (backfill / re-import): data fills blanks
 RESYNC_FAULTS = frozenset({"replay_retention", "kill_leader", "stop_leader", "restart_mongo", "cdc_overflow",
@@ -109,6 +119,8 @@ class _Write:
     side: str     # salesforce | platform
     value: Any
     step: str
+    # a platform write: what Salesforce could hold just before it (its values, known?)
+    sf_before: tuple[frozenset[Any], bool] | None = None
 
 
 @dataclass
@@ -123,6 +135,7 @@ class FieldModel:
     writes: list[_Write] = field(default_factory=list)
     held: list[_Write] = field(default_factory=list)   # platform writes while deleted in Salesforce
     relaxed: bool = False                             # convergence not required (see module doc)
+    held_until: list[tuple[float, float]] = field(default_factory=list)  # faults: (at, outbound held)
 
     def _inbound(self) -> bool:
         return self.direction in (Direction.BOTH, Direction.FROM_SALESFORCE)
@@ -164,18 +177,49 @@ class FieldModel:
             self.local_known = True
             if deleted:
                 self.held.append(w)
-            elif value is not None and self._outbound():
-                allowed = self._may_replace(self.sf, self.sf_known,
-                                            self.merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK
-                                            and self.direction is Direction.BOTH)
-                if allowed == "no" and not other_exists:
-                    allowed = "maybe"
-                if allowed == "yes":
-                    self.sf = {value} | self._recent("salesforce", at, True)
-                    self.sf_known = True
-                elif allowed == "maybe":
-                    self.sf |= {value}
+            else:
+                unsent = self.unsent_states(at)
+                w.sf_before = (frozenset(self.sf), self.sf_known)
+                sf = self._sent(value, at, self.sf, self.sf_known, other_exists)
+                # the outbox sends the platform's current value: earlier edits it had not sent yet
+                # reach Salesforce as this one (superseded by a later change: no loss), decided
+                # against what Salesforce held before them
+                for before, known in unsent:
+                    sf |= self._sent(value, at, set(before), known, other_exists)
+                self.sf = sf
+                self.sf_known = self.sf_known or (value is not None and self._outbound())
         self.writes.append(w)
+
+    def _sent(self, value: Any, at: float, current: set[Any], known: bool, other_exists: bool) -> set[Any]:
+        """What Salesforce may hold once a platform write of `value` is sent over `current`."""
+        if value is None or not self._outbound():
+            return set(current)  # blanks are never written
+        allowed = self._may_replace(current, known, self.merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK
+                                    and self.direction is Direction.BOTH)
+        if allowed == "no" and not other_exists:
+            allowed = "maybe"
+        if allowed == "yes":
+            return {value} | self._recent("salesforce", at, True)
+        if allowed == "maybe":
+            return set(current) | {value}
+        return set(current)
+
+    def _maybe_unsent(self, w: _Write, at: float) -> bool:
+        """May platform write `w` still wait in the outbox at `at`? Within WINDOW (the flush wait
+        and the watcher), or while a fault that holds outbound back may still hold it."""
+        if at - w.at <= WINDOW:
+            return True
+        return any(f <= at and f + held >= w.at for f, held in self.held_until)
+
+    def unsent_states(self, at: float) -> list[tuple[frozenset[Any], bool]]:
+        """What Salesforce held before each of the latest platform writes that may not have been
+        sent by `at` (the newest first; an older write is sent no later than a newer one)."""
+        out: list[tuple[frozenset[Any], bool]] = []
+        for w in reversed(self.writes):
+            if w.side != "platform" or w.sf_before is None or not self._maybe_unsent(w, at):
+                break
+            out.append(w.sf_before)
+        return out
 
     @staticmethod
     def _may_replace(current: set[Any], known: bool, unless_blank: bool) -> str:
@@ -231,6 +275,7 @@ class Model:
         self.mappings = mappings or parse_mappings(CHAOS_MAPPINGS)
         self.entities: dict[str, EntityModel] = {}
         self.early: list[Violation] = []  # found while feeding (a conversion's starting values)
+        self.held_until: list[tuple[float, float]] = []  # injected faults that hold outbound back
 
     def _mapping(self, sobject: str) -> list[FieldMapping]:
         return self.mappings.for_object(sobject)
@@ -239,7 +284,8 @@ class Model:
         fm = em.fields.get(m.local_field)
         if fm is None:
             fm = em.fields[m.local_field] = FieldModel(m.direction, m.merge,
-                                                       writable=m.sf_field not in READ_ONLY)
+                                                       writable=m.sf_field not in READ_ONLY,
+                                                       held_until=self.held_until)
         return fm
 
     def resync(self) -> None:
@@ -253,8 +299,11 @@ class Model:
              faults: Iterable[Mapping[str, Any]] = ()) -> None:
         """Acks in acknowledgement order; faults that may make the service resync are merged in
         by time."""
+        faults = list(faults)
         resyncs = sorted(float(f["at"]) for f in faults
                          if f.get("status") == "injected" and f.get("kind") in RESYNC_FAULTS)
+        self.held_until[:] = [(float(f["at"]), OUTBOUND_HELD[str(f["kind"])]) for f in faults
+                              if f.get("status") == "injected" and f.get("kind") in OUTBOUND_HELD]
         for ack in acks:
             while resyncs and resyncs[0] <= ack.at:
                 resyncs.pop(0)
@@ -310,10 +359,13 @@ class Model:
             if fm is None or not fm.sf_known or m.sf_field in READ_ONLY or m.local_field in em.frozen:
                 continue
             actual = norm(lead.get(m.sf_field))
-            if actual not in fm.sf:
+            # platform edits still in the outbox reach the Contact through the conversion's merge
+            unsent = fm.unsent_states(ack.at)
+            allowed = fm.sf.union(*(before for before, _ in unsent))
+            if actual not in allowed and all(known for _, known in unsent):
                 self.early.append(Violation(
                     "lost_change", f"{em.entity.slot}.{m.local_field} (Lead.{m.sf_field}) when converted: "
-                    f"Salesforce held {actual!r}, model allows {_show(fm.sf)}", [*fm.steps(), ack.step],
+                    f"Salesforce held {actual!r}, model allows {_show(allowed)}", [*fm.steps(), ack.step],
                     em.entity.slot))
             fm.sf = {actual}  # what the Contact and Account are made from
         contact = {m.local_field for m in self._mapping("Contact")}

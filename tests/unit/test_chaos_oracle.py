@@ -1,0 +1,97 @@
+"""The chaos run's reference model (bench/chaos/oracle.py): what each side may hold after a
+history of acknowledged writes. Pure: acks in, allowed value sets out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.chaos.operations import Ack, Entity
+from bench.chaos.oracle import Model
+
+T0 = 1_000_000.0  # acknowledgement times, epoch seconds
+LEAD = "00Q000000000001AAA"
+
+
+def lead_entity() -> Entity:
+    return Entity("L1", "Lead", "people", "salesforce", sf_id=LEAD, local_id="p1", bound_at=T0)
+
+
+def account_entity() -> Entity:
+    return Entity("A1", "Account", "companies", "platform", sf_id="001000000000001AAA", local_id="c1",
+                  bound_at=T0)
+
+
+def sf(at: float, **fields: Any) -> Ack:
+    return Ack(f"s{at}", "sf_update", "salesforce", "L1", T0 + at, "ok", "Lead", fields)
+
+
+def pf(at: float, slot: str = "L1", sobject: str = "Lead", **fields: Any) -> Ack:
+    return Ack(f"p{at}", "pf_edit", "platform", slot, T0 + at, "ok", sobject, fields)
+
+
+def feed(acks: list[Ack], faults: list[dict[str, Any]] | None = None) -> Model:
+    model = Model()
+    entities = {"L1": lead_entity(), "A1": account_entity()}
+    model.feed(acks, entities, faults or [])
+    return model
+
+
+def allowed_sf(model: Model, slot: str, name: str) -> set[Any]:
+    return model.entities[slot].fields[name].sf
+
+
+def fault(kind: str, at: float) -> dict[str, Any]:
+    return {"kind": kind, "at": T0 + at, "status": "injected"}
+
+
+# (history, field, what Salesforce may hold at the end, why)
+IN_FLIGHT = [
+    # salesforce_unless_blank on a blank Salesforce field: two quick platform edits may reach
+    # Salesforce as one (the outbox sends the platform's current value), so either may stand
+    ([pf(0, "A1", "Account", industry="Consulting"), pf(0.2, "A1", "Account", industry="Retail")],
+     ("A1", "industry"), {"Consulting", "Retail"}, "coalesced into the later value"),
+    # ... but one sent long before the next edit is Salesforce's data, which the rule keeps
+    ([pf(0, "A1", "Account", industry="Consulting"), pf(30, "A1", "Account", industry="Retail")],
+     ("A1", "industry"), {"Consulting"}, "sent before the next edit"),
+    # a platform value blanked before it was sent: blanks are never written, so Salesforce
+    # keeps what it had before the superseded value, or the value if it went out in time
+    ([sf(0, Phone=None), pf(10, phone="+1 1"), pf(11, phone="")],
+     ("L1", "phone"), {None, "+1 1"}, "superseded by a blank"),
+    ([sf(0, City="Old"), pf(10, city="new"), pf(40, city=None)],
+     ("L1", "city"), {"new"}, "sent long before it was blanked"),
+]
+
+
+class TestPlatformWritesInFlight:
+    @pytest.mark.parametrize(("acks", "where", "expected", "why"), IN_FLIGHT, ids=[r[3] for r in IN_FLIGHT])
+    def test_what_salesforce_may_hold(self, acks: list[Ack], where: tuple[str, str], expected: set[Any],
+                                      why: str) -> None:
+        assert allowed_sf(feed(acks), *where) == expected, why
+
+    def test_a_fault_that_holds_outbound_back_widens_the_window(self) -> None:
+        """A leader killed just before the edit: the edit may still be queued 3 s later, when it is
+        blanked (chaos seed 25147, L24.city)."""
+        acks = [sf(0, City="Old"), pf(10, city="new"), pf(13.2, city=None)]
+        assert allowed_sf(feed(acks), "L1", "city") == {"new"}
+        assert allowed_sf(feed(acks, [fault("kill_leader", 9)]), "L1", "city") == {"new", "Old"}
+
+
+class TestConversionSnapshot:
+    def convert(self, at: float, **lead: Any) -> Ack:
+        return Ack(f"c{at}", "sf_convert", "salesforce", "L1", T0 + at, "ok", "Lead",
+                   {"lead_before": lead, "ConvertedContactId": "003000000000001AAA",
+                    "ConvertedAccountId": "001000000000009AAA"})
+
+    def test_a_platform_edit_not_yet_sent_when_the_lead_converts_is_no_violation(self) -> None:
+        """The platform edited the phone 60 ms before the conversion: the Lead may still hold the
+        old value (the edit reaches the Contact through the conversion's merge)."""
+        model = feed([sf(0, Phone="+1 0"), pf(5, phone="+1 5"), self.convert(5.06, Phone="+1 0")])
+        assert model.early == []
+        assert allowed_sf(model, "L1", "phone") >= {"+1 5"}
+
+    def test_a_platform_edit_lost_before_the_conversion_is_a_violation(self) -> None:
+        """Sent long before the conversion, the Lead must hold it."""
+        model = feed([sf(0, Phone="+1 0"), pf(5, phone="+1 5"), self.convert(40, Phone="+1 0")])
+        assert [v.check for v in model.early] == ["lost_change"]
