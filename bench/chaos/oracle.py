@@ -187,7 +187,10 @@ class FieldModel:
                 for before, known in unsent:
                     sf |= self._sent(value, at, set(before), known, other_exists)
                 self.sf = sf
-                self.sf_known = self.sf_known or (value is not None and self._outbound())
+                # a blank over an unsent edit leaves Salesforce's earlier value: if the model
+                # did not know it, it does not know Salesforce's value now
+                unknown = value is None and not all(known for _, known in unsent)
+                self.sf_known = (self.sf_known or (value is not None and self._outbound())) and not unknown
         self.writes.append(w)
 
     def _sent(self, value: Any, at: float, current: set[Any], known: bool, other_exists: bool) -> set[Any]:

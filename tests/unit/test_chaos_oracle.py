@@ -70,6 +70,12 @@ class TestPlatformWritesInFlight:
                                       why: str) -> None:
         assert allowed_sf(feed(acks), *where) == expected, why
 
+    def test_a_blank_over_an_edit_of_a_field_the_model_never_saw_in_salesforce(self) -> None:
+        """Salesforce's value before the unsent edit is unknown (a Person created on the platform
+        without it): after the blank the model cannot say what Salesforce holds (seed 25147, P7)."""
+        model = feed([pf(0, phone="+1 1"), pf(1.5, phone="")])
+        assert not model.entities["L1"].fields["phone"].sf_known
+
     def test_a_fault_that_holds_outbound_back_widens_the_window(self) -> None:
         """A leader killed just before the edit: the edit may still be queued 3 s later, when it is
         blanked (chaos seed 25147, L24.city)."""
