@@ -22,6 +22,7 @@ from listener.sources.handover import PollHandover
 from listener.sources.polling import Poller
 from reconciler.inbound import Reconciler
 from reconciler.ports import ChangeSource
+from reconciler.soql import parse_sf_datetime
 from reconciler.store import Store
 from reconciler.store.state_keys import replay_key
 from settings import AuthFlow, BudgetSettings, SalesforceSettings
@@ -212,7 +213,12 @@ class TestGaps:
         await rig.start()
         since_ms = int(time.time() * 1000) - 5000
         quiet = await rig.create_lead("Quiet", emit=False)
-        await asyncio.sleep(2.05)  # the poll's signpost: Salesforce's now less 1 s, its second excluded
+        stamped = parse_sf_datetime((await rig.control("GET", f"records/Lead/{quiet}"))["SystemModstamp"])
+        assert stamped is not None
+        # a poll stops before its signpost (now less 1 s, that second excluded): wait until the
+        # overflow's poll would cover the record's second
+        poller = rig.poller()
+        await eventually(lambda: poller.signpost() > stamped)
         await rig.control("POST", "streaming/overflow", {"entity": "Lead", "commit_timestamp_ms": since_ms})
         await eventually(lambda: rig.has_person(quiet, "Quiet"))
 
