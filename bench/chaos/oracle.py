@@ -37,7 +37,8 @@ Checks (each can fail; where a rule is not modelled exactly the check is conserv
   writes per record stay within a bound (conservative: local edits + merges + faults that can
   cause a resend + 2).
 - offsets: no replay id and no polling watermark recorded in `sync_state` ever went backwards.
-- logs: no Salesforce-side log applies a value only the platform ever wrote (an echo); no more
+- logs: no Salesforce-side log applies a value only the platform ever wrote (an echo; unless
+  the platform wrote it within `WINDOW` of a Salesforce write of the field); no more
   Salesforce-side update logs for a record than Salesforce operations on it (+ merges); no
   local-side log without a write attempt for that record.
 - liveness: the quiet period's barrier (a new Lead crossing in, a new Person crossing out) passed.
@@ -253,6 +254,13 @@ class FieldModel:
             self.sf |= {v for v in self.local if v is not None}
         if None in self.local and self._inbound():
             self.local |= {v for v in self.sf if v is not None}
+
+    def conflicted(self, value: Any) -> bool:
+        """Did the platform write `value` within WINDOW of a Salesforce write of this field? Then
+        either may win in Salesforce, and the platform, having taken Salesforce's value first,
+        may take its own back as Salesforce's current value: a change there, not an echo."""
+        return any(w.side == "platform" and w.value == value and o.side == "salesforce"
+                   and abs(o.at - w.at) <= WINDOW for w in self.writes for o in self.writes)
 
     def steps(self) -> list[str]:
         return [w.step for w in self.writes[-4:]]
@@ -752,7 +760,7 @@ def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[d
                     continue
                 new = norm(change.get("new"))
                 sides = {w.side for w in fm.writes if w.value == new}
-                if new is not None and sides == {"platform"}:
+                if new is not None and sides == {"platform"} and not fm.conflicted(new):
                     out.append(Violation("logs", f"{slot}: a Salesforce-side log applied "
                                                  f"{name}={new!r}, a value "
                                          "only the platform wrote (an echo)", fm.steps(), slot))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bench.chaos.operations import Ack, Entity
-from bench.chaos.oracle import Model
+from bench.chaos.oracle import Model, Observed, check
 
 T0 = 1_000_000.0  # acknowledgement times, epoch seconds
 LEAD = "00Q000000000001AAA"
@@ -101,3 +101,23 @@ class TestConversionSnapshot:
         """Sent long before the conversion, the Lead must hold it."""
         model = feed([sf(0, Phone="+1 0"), pf(5, phone="+1 5"), self.convert(40, Phone="+1 0")])
         assert [v.check for v in model.early] == ["lost_change"]
+
+
+class TestEchoLogs:
+    def observed(self, model: Model, new: str) -> Observed:
+        log = {"_id": 1, "source": "salesforce", "status": "success", "type": "update", "sf_id": LEAD,
+               "fields": {"last_name": {"old": "x", "new": new}}}
+        return Observed(acks=[], entities={"L1": lead_entity()}, sf_records={}, people=[], companies=[],
+                        sync_logs=[log], writes=[], state_writes=[], faults=[], barrier_ok=True,
+                        barrier_detail="", idle_writes=0, idle_local_changes=0)
+
+    def test_a_salesforce_side_log_of_a_value_only_the_platform_wrote_is_an_echo(self) -> None:
+        model = feed([sf(0, LastName="Sf"), pf(10, last_name="Pf")])
+        assert [v.check for v in check(self.observed(model, "Pf"), model) if v.check == "logs"] == ["logs"]
+
+    def test_a_same_field_conflict_may_converge_on_the_platforms_value_through_salesforce(self) -> None:
+        """Both sides wrote the field within WINDOW: the platform's value may win in Salesforce after
+        the platform took Salesforce's, and then come back as Salesforce's current value (seed 25147,
+        L1.last_name): a real change on the platform, not an echo."""
+        model = feed([pf(0, last_name="Pf"), sf(1.1, LastName="Sf")])
+        assert [v for v in check(self.observed(model, "Pf"), model) if v.check == "logs"] == []
