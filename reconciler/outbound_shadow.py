@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
@@ -26,7 +26,7 @@ from reconciler.merge import decide_outgoing
 from reconciler.ports import OutboundWrite, SalesforceApi
 from reconciler.records import get_path
 from reconciler.shadow import has_shadow, path, shadow_sets, shadow_side
-from reconciler.soql import soql_string
+from reconciler.soql import parse_sf_datetime, soql_string
 from reconciler.store import CREATE, OutboxEntry
 from reconciler.sync_logs import SyncLog
 from settings import FieldMapping, Mappings
@@ -38,6 +38,13 @@ class ShadowStore(Protocol):
     async def find_records(self, collection: str, ids: Any) -> list[dict[str, Any]]: ...
 
     async def record_shadow(self, collection: str, sets: Mapping[Any, Mapping[str, Any]]) -> None: ...
+
+
+class ClockOffset(Protocol):
+    """Salesforce's clock minus this host's (`listener.salesforce_time.SalesforceClock`)."""
+
+    @property
+    def offset(self) -> timedelta: ...
 
 
 @dataclass(frozen=True)
@@ -90,8 +97,9 @@ class Screened:
 class ShadowGate:
     """Re-decides claimed writes against the shadow and records what was written."""
 
-    def __init__(self, sf: SalesforceApi, store: ShadowStore, mappings: Mappings) -> None:
-        self._sf, self._store, self._mappings = sf, store, mappings
+    def __init__(self, sf: SalesforceApi, store: ShadowStore, mappings: Mappings,
+                 sf_clock: ClockOffset | None = None) -> None:
+        self._sf, self._store, self._mappings, self._sf_clock = sf, store, mappings, sf_clock
         self._decided: dict[Any, Redecided] = {}   # outbox entry id -> its re-decision
         self.fills = 0                              # shadow-filling queries made
 
@@ -139,19 +147,22 @@ class ShadowGate:
         return out
 
     async def _docs(self, sobject: str, entries: Sequence[OutboxEntry]) -> dict[Any, dict[str, Any]]:
-        """The local documents of these writes, their missing shadows filled (one query)."""
+        """The local documents of these writes, their missing shadows filled, and the shadows of
+        writes sent before (`attempt` > 0: maybe applied, and Salesforce maybe edited since, which
+        the shadow may not show yet) brought up to Salesforce's records: one query."""
         collection = entries[0].write.collection
         docs = {d["_id"]: d for d in await self._store.find_records(
             collection, list({e.write.local_id for e in entries}))}
+        resent = {e.write.local_id for e in entries if e.write.attempt > 0}
         unfilled = {str(get_path(d, "crm.id")): d for d in docs.values()
-                    if get_path(d, "crm.id") and not has_shadow(d, sobject)}
+                    if get_path(d, "crm.id") and (not has_shadow(d, sobject) or d["_id"] in resent)}
         if unfilled:
             await self._fill(sobject, collection, unfilled)
         return docs
 
     async def _fill(self, sobject: str, collection: str, docs: Mapping[str, dict[str, Any]]) -> None:
         mappings = self._mappings.for_object(sobject)
-        names = sorted({"Id", *(m.sf_field for m in mappings)})
+        names = sorted({"Id", "LastModifiedDate", *(m.sf_field for m in mappings)})
         ids = ", ".join(soql_string(i) for i in sorted(docs))
         soql = f"SELECT {', '.join(names)} FROM {sobject} WHERE Id IN ({ids})"
         self.fills += 1
@@ -161,13 +172,24 @@ class ShadowGate:
                 doc = docs.get(str(record.get("Id")))
                 if doc is None:
                     continue
-                # when each value was set is unknown: no time (older than any platform edit)
-                found = shadow_sets(mappings, doc, sobject, record, None, complete=True)
+                found = shadow_sets(mappings, doc, sobject, record, self._seen_at(doc, sobject, record),
+                                    complete=True)
                 sets[doc["_id"]] = found
                 for key, value in found.items():
                     _assign(doc, key, value)
         await self._store.record_shadow(collection, sets)
         log.info("outbound_shadow_filled", sobject=sobject, records=len(sets))
+
+    def _seen_at(self, doc: Mapping[str, Any], sobject: str, record: Mapping[str, Any]) -> datetime | None:
+        """When the values read were set: unknown for a first fill (no time: older than any
+        platform edit); for a shadow brought up to date, the record's `LastModifiedDate` on this
+        host's clock (a value changed since the shadow's was set at the latest then: a platform
+        value older than that does not overwrite it)."""
+        if not has_shadow(doc, sobject):
+            return None
+        modified = parse_sf_datetime(record.get("LastModifiedDate"))
+        offset = self._sf_clock.offset if self._sf_clock is not None else timedelta(0)
+        return None if modified is None else modified - offset
 
     async def remember(self, sobject: str, kind: str, entries: Sequence[OutboxEntry],
                        succeeded: Sequence[bool]) -> None:

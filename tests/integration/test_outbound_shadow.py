@@ -155,3 +155,48 @@ class TestCreateOfALinkedDocument:
             ("PATCH", [{"FirstName": "Anna", "Id": sf_id(1)}])]
         assert await rig.outbox.depth() == 0
         assert [(x["type"], x["status"]) for x in await rig.logs()] == [("update", "success")]
+
+
+class TestResentUpdate:
+    """A write sent before and not confirmed (a lost response, a flusher that died before logging
+    it) may be applied already, and Salesforce may have been edited since: before it is sent again
+    the flusher reads the records (one query per call) into the shadow, then re-decides."""
+
+    def resend(self, n: int, **fields: Any) -> OutboundWrite:
+        return OutboundWrite(sobject="Lead", sf_id=sf_id(n), collection="people", local_id=f"p-{n}",
+                             fields=fields, reason="local_edit", attempt=1)
+
+    async def test_a_salesforce_edit_made_since_the_first_send_is_not_overwritten(self, rig: Rig) -> None:
+        """Platform value of T1, sent, outcome lost; another user set FirstName at T2 (not yet seen
+        inbound): the resend would overwrite it (chaos seed 25147, L20.state). Not sent."""
+        await person(rig.store, 1, shadow={"FirstName": "Old"}, first_name="Plat")
+        rig.sf.records[sf_id(1)] = {"Id": sf_id(1), "FirstName": "Other",
+                                    "LastModifiedDate": "2026-03-01T12:00:02.000+0000"}
+        await rig.outbox.enqueue([self.resend(1, FirstName="Plat")])
+        await rig.flusher.flush()
+        assert rig.sf.calls == [] and await rig.outbox.depth() == 0
+        assert (await rig.doc("p-1"))["_sync"]["sf"]["Lead"]["FirstName"] == {"v": "Other", "at": T2}
+
+    async def test_a_write_the_first_send_applied_is_not_sent_again(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"FirstName": "Old"}, first_name="Plat")
+        rig.sf.records[sf_id(1)] = {"Id": sf_id(1), "FirstName": "Plat",
+                                    "LastModifiedDate": "2026-03-01T12:00:02.000+0000"}
+        await rig.outbox.enqueue([self.resend(1, FirstName="Plat")])
+        await rig.flusher.flush()
+        assert rig.sf.calls == [] and await rig.outbox.depth() == 0
+
+    async def test_an_unchanged_record_gets_the_resend(self, rig: Rig) -> None:
+        """Salesforce still holds the old value: the first send did not land; it goes out."""
+        await person(rig.store, 1, shadow={"FirstName": "Old"}, first_name="Plat")
+        rig.sf.records[sf_id(1)] = {"Id": sf_id(1), "FirstName": "Old",
+                                    "LastModifiedDate": "2026-02-01T12:00:00.000+0000"}
+        await rig.outbox.enqueue([self.resend(1, FirstName="Plat")])
+        await rig.flusher.flush()
+        assert [c.records for c in rig.sf.calls] == [[{"FirstName": "Plat", "Id": sf_id(1)}]]
+        assert len(rig.sf.queries) == 1
+
+    async def test_a_first_send_reads_nothing(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"FirstName": "Old"}, first_name="Plat")
+        await rig.outbox.enqueue([edit(1, FirstName="Plat")])
+        await rig.flusher.flush()
+        assert rig.sf.queries == [] and len(rig.sf.calls) == 1
