@@ -215,13 +215,12 @@ def match_key(sobject: str, record: Mapping[str, Any]) -> tuple[str, str] | None
 
 def recovery_query(sobject: str, records: Sequence[Mapping[str, Any]], since: datetime,
                    created_by: str) -> str | None:
-    """One SOQL query for records of `sobject` that `created_by` created since `since` with the
-    records' keys."""
+    """One SOQL query for records of `sobject` that `created_by` created since `since` with any
+    of the records' keys (every key: an edit since the lost send may have changed the first)."""
     values: dict[str, set[str]] = {}
     for record in records:
-        key = match_key(sobject, record)
-        if key is not None:
-            values.setdefault(key[0], set()).add(str(record[key[0]]).strip())
+        for name, _ in match_keys(sobject, record):
+            values.setdefault(name, set()).add(str(record[name]).strip())
     if not values:
         return None
     selected = ["Id", "CreatedDate", *sorted(OBJECTS[sobject].match_fields)]
@@ -236,25 +235,21 @@ def match_recovered(sobject: str, records: Sequence[Mapping[str, Any]],
                     found: Sequence[Mapping[str, Any]],
                     not_before: Sequence[datetime] | None = None) -> dict[int, str]:
     """Record position -> id of the Salesforce record it created; each found record used once.
-    With `not_before` (per record), a found record whose `CreatedDate` is earlier is not its."""
-    waiting: dict[tuple[str, str], list[int]] = {}
-    for index, record in enumerate(records):
-        key = match_key(sobject, record)
-        if key is not None:
-            waiting.setdefault(key, []).append(index)
+    With `not_before` (per record), a found record whose `CreatedDate` is earlier is not its.
+
+    A found record matches a write by any key both have, its own keys in order: one sent by a
+    later match field (an Account by Name) may come back with an earlier one (a Website someone
+    set since), and the write may carry a key edited since its lost send (a new Website)."""
+    keys_of = {index: set(match_keys(sobject, record)) for index, record in enumerate(records)}
     matched: dict[int, str] = {}
     for sf_record in found:
-        # A record sent by a later match field (an Account by Name) may come back with an earlier
-        # one (a Website someone else set since): the first of its keys a write waits for.
-        key = next((k for k in match_keys(sobject, sf_record) if k in waiting), None)
-        queue = waiting.get(key) if key is not None else None
         created = parse_sf_datetime(sf_record.get("CreatedDate"))
-        eligible = [i for i in queue or [] if not_before is None
-                    or (created is not None and created >= not_before[i])]
-        if eligible and sf_record.get("Id"):
-            assert queue is not None
-            queue.remove(eligible[0])
-            matched[eligible[0]] = str(sf_record["Id"])
+        for key in match_keys(sobject, sf_record) if sf_record.get("Id") else []:
+            eligible = [i for i, keys in keys_of.items() if i not in matched and key in keys and (
+                not_before is None or (created is not None and created >= not_before[i]))]
+            if eligible:
+                matched[eligible[0]] = str(sf_record["Id"])
+                break
     return matched
 
 
