@@ -21,6 +21,8 @@ service's code: per record and mapped field it keeps the set of values each side
 - Conversion relinks the Person to the Contact; fields mapped on the Contact carry over and are
   merged (each side may take the other's data where it is blank), Lead-only fields are no longer
   checked.
+- `from_salesforce`: Salesforce's last value may replace a later platform edit (it flows in
+  whatever the time). A Salesforce blank made before the platform record exists may be copied.
 - Deleted in Salesforce: platform edits made meanwhile are not sent; after an undelete either
   value is accepted.
 
@@ -173,8 +175,17 @@ class FieldModel:
                     self.local_known = True
                 elif allowed == "maybe":
                     self.local |= {value}
+            elif value is None and not other_exists and self._inbound():
+                # the platform record may not exist yet: it is made from Salesforce's values as
+                # they are then, blanks included (a blank never blanks an existing one)
+                self.local |= {None}
         else:
             self.local = {value} | self._recent("salesforce", at, self._inbound())
+            last_sf = next((w.value for w in reversed(self.writes) if w.side == "salesforce"), None)
+            if self.direction is Direction.FROM_SALESFORCE and last_sf is not None:
+                # Salesforce owns the field ("we will never send SalesLoft data back"): its value
+                # flows in whatever the time, so one delivered after this edit replaces it
+                self.local.add(last_sf)
             self.local_known = True
             if deleted:
                 self.held.append(w)

@@ -121,3 +121,25 @@ class TestEchoLogs:
         L1.last_name): a real change on the platform, not an echo."""
         model = feed([pf(0, last_name="Pf"), sf(1.1, LastName="Sf")])
         assert [v for v in check(self.observed(model, "Pf"), model) if v.check == "logs"] == []
+
+
+class TestPlatformSide:
+    def test_a_person_created_after_a_salesforce_blank_may_be_blank(self) -> None:
+        """The Lead's FirstName was blanked before the Person existed: the Person is created from the
+        Lead as it is then, blank included (seed 777, L3.first_name)."""
+        late = Entity("L1", "Lead", "people", "salesforce", sf_id=LEAD, local_id="p1", bound_at=T0 + 20)
+        model = Model()
+        model.feed([Ack("c", "sf_create_lead", "salesforce", "L1", T0, "ok", "Lead", {"FirstName": "Ann"}),
+                    sf(8, FirstName="")], {"L1": late})
+        assert model.entities["L1"].fields["first_name"].local == {"Ann", None}
+
+    def test_a_blank_in_salesforce_never_blanks_a_person_that_exists(self) -> None:
+        model = feed([sf(0, FirstName="Ann"), sf(8, FirstName="")])
+        assert model.entities["L1"].fields["first_name"].local == {"Ann"}
+
+    def test_a_from_salesforce_field_may_take_salesforces_value_over_a_later_platform_edit(self) -> None:
+        """`from_salesforce`: the data comes from Salesforce ("we will never send SalesLoft data
+        back"); a Salesforce change delivered after a platform edit replaces it (seed 777,
+        P4.lead_source)."""
+        model = feed([sf(0, LeadSource="Web"), pf(2.1, lead_source="ls1")])
+        assert model.entities["L1"].fields["lead_source"].local == {"ls1", "Web"}
