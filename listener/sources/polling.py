@@ -201,9 +201,11 @@ class Poller:
         return report
 
     async def poll_since(self, sobject: str, since: datetime) -> int:
-        """Catch up one object from `since` (after a GAP_OVERFLOW); the watermark is untouched."""
+        """Catch up one object from `since` (after a GAP_OVERFLOW) up to now: the watermark is
+        untouched, and the changes the overflow stands for have no event, so none may be left
+        past a signpost."""
         return await self._poll(sobject, Watermark(floor_second(since)), self.signpost(), persist=False,
-                                overlap=False)
+                                overlap=False, through_now=True)
 
     def _term_fence(self) -> Fence | None:
         if self._fence is None:

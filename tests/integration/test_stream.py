@@ -22,7 +22,6 @@ from listener.sources.handover import PollHandover
 from listener.sources.polling import Poller
 from reconciler.inbound import Reconciler
 from reconciler.ports import ChangeSource
-from reconciler.soql import parse_sf_datetime
 from reconciler.store import Store
 from reconciler.store.state_keys import replay_key
 from settings import AuthFlow, BudgetSettings, SalesforceSettings
@@ -209,16 +208,12 @@ class TestGaps:
         assert rig.sf.calls_made - before == 1
 
     async def test_overflow_polls_the_object(self, rig: Rig) -> None:
-        """GAP_OVERFLOW: the object is polled from the event's commit time."""
+        """GAP_OVERFLOW: the object is polled from the event's commit time up to now: a change
+        made in the last second is read too (a pass's signpost would leave it out, and nothing
+        else would read it: it has no event; chaos seed 83, P1.first_name)."""
         await rig.start()
         since_ms = int(time.time() * 1000) - 5000
         quiet = await rig.create_lead("Quiet", emit=False)
-        stamped = parse_sf_datetime((await rig.control("GET", f"records/Lead/{quiet}"))["SystemModstamp"])
-        assert stamped is not None
-        # a poll stops before its signpost (now less 1 s, that second excluded): wait until the
-        # overflow's poll would cover the record's second
-        poller = rig.poller()
-        await eventually(lambda: poller.signpost() > stamped)
         await rig.control("POST", "streaming/overflow", {"entity": "Lead", "commit_timestamp_ms": since_ms})
         await eventually(lambda: rig.has_person(quiet, "Quiet"))
 
