@@ -160,50 +160,57 @@ class FieldModel:
         value = norm(value)
         w = _Write(at, side, value, step)
         if side == "salesforce":
-            self.sf = {value} | self._recent("platform", at, self._outbound())
-            self.sf_known = True
-            if value is not None and self._inbound():
-                allowed = self._may_replace(self.local, self.local_known,
-                                            self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK
-                                            and self.direction is Direction.BOTH)
-                if allowed == "no" and not other_exists:
-                    allowed = "maybe"
-                if allowed == "yes" and not certain:
-                    allowed = "maybe"  # a change with no event: the refetch may read a later state
-                if allowed == "yes":
-                    self.local = {value} | self._recent("platform", at, True)
-                    self.local_known = True
-                elif allowed == "maybe":
-                    self.local |= {value}
-            elif value is None and not other_exists and self._inbound():
-                # the platform record may not exist yet: it is made from Salesforce's values as
-                # they are then, blanks included (a blank never blanks an existing one)
-                self.local |= {None}
+            self._write_salesforce(value, at, other_exists, certain)
         else:
-            self.local = {value} | self._recent("salesforce", at, self._inbound())
-            last_sf = next((w.value for w in reversed(self.writes) if w.side == "salesforce"), None)
-            if self.direction is Direction.FROM_SALESFORCE and last_sf is not None:
-                # Salesforce owns the field ("we will never send SalesLoft data back"): its value
-                # flows in whatever the time, so one delivered after this edit replaces it
-                self.local.add(last_sf)
-            self.local_known = True
-            if deleted:
-                self.held.append(w)
-            else:
-                unsent = self.unsent_states(at)
-                w.sf_before = (frozenset(self.sf), self.sf_known)
-                sf = self._sent(value, at, self.sf, self.sf_known, other_exists)
-                # the outbox sends the platform's current value: earlier edits it had not sent yet
-                # reach Salesforce as this one (superseded by a later change: no loss), decided
-                # against what Salesforce held before them
-                for before, known in unsent:
-                    sf |= self._sent(value, at, set(before), known, other_exists)
-                self.sf = sf
-                # a blank over an unsent edit leaves Salesforce's earlier value: if the model
-                # did not know it, it does not know Salesforce's value now
-                unknown = value is None and not all(known for _, known in unsent)
-                self.sf_known = (self.sf_known or (value is not None and self._outbound())) and not unknown
+            self._write_platform(w, deleted, other_exists)
         self.writes.append(w)
+
+    def _write_salesforce(self, value: Any, at: float, other_exists: bool, certain: bool) -> None:
+        self.sf = {value} | self._recent("platform", at, self._outbound())
+        self.sf_known = True
+        if value is not None and self._inbound():
+            allowed = self._may_replace(self.local, self.local_known,
+                                        self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK
+                                        and self.direction is Direction.BOTH)
+            if allowed == "no" and not other_exists:
+                allowed = "maybe"
+            if allowed == "yes" and not certain:
+                allowed = "maybe"  # a change with no event: the refetch may read a later state
+            if allowed == "yes":
+                self.local = {value} | self._recent("platform", at, True)
+                self.local_known = True
+            elif allowed == "maybe":
+                self.local |= {value}
+        elif value is None and not other_exists and self._inbound():
+            # the platform record may not exist yet: it is made from Salesforce's values as
+            # they are then, blanks included (a blank never blanks an existing one)
+            self.local |= {None}
+
+    def _write_platform(self, w: _Write, deleted: bool, other_exists: bool) -> None:
+        value, at = w.value, w.at
+        self.local = {value} | self._recent("salesforce", at, self._inbound())
+        last_sf = next((x.value for x in reversed(self.writes) if x.side == "salesforce"), None)
+        if self.direction is Direction.FROM_SALESFORCE and last_sf is not None:
+            # Salesforce owns the field ("we will never send SalesLoft data back"): its value
+            # flows in whatever the time, so one delivered after this edit replaces it
+            self.local.add(last_sf)
+        self.local_known = True
+        if deleted:
+            self.held.append(w)
+            return
+        unsent = self.unsent_states(at)
+        w.sf_before = (frozenset(self.sf), self.sf_known)
+        sf = self._sent(value, at, self.sf, self.sf_known, other_exists)
+        # the outbox sends the platform's current value: earlier edits it had not sent yet
+        # reach Salesforce as this one (superseded by a later change: no loss), decided
+        # against what Salesforce held before them
+        for before, known in unsent:
+            sf |= self._sent(value, at, set(before), known, other_exists)
+        self.sf = sf
+        # a blank over an unsent edit leaves Salesforce's earlier value: if the model
+        # did not know it, it does not know Salesforce's value now
+        unknown = value is None and not all(known for _, known in unsent)
+        self.sf_known = (self.sf_known or (value is not None and self._outbound())) and not unknown
 
     def _sent(self, value: Any, at: float, current: set[Any], known: bool, other_exists: bool) -> set[Any]:
         """What Salesforce may hold once a platform write of `value` is sent over `current`."""
