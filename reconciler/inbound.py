@@ -39,7 +39,7 @@ from reconciler import conversion
 from reconciler import inbound_shadow as shadow
 from reconciler.errors import FencedError, SkippableError
 from reconciler.linking import company_ids, find_matches
-from reconciler.merge import local_side, merge_record
+from reconciler.merge import capped_offset, local_side, merge_record
 from reconciler.objects import COMPANIES, PEOPLE, collection_for
 from reconciler.ports import (
     Budget,
@@ -316,7 +316,8 @@ class Reconciler:
         record = dict(change.fields)
         record.update(dict.fromkeys(change.nulled_fields - record.keys()))
         writable = self.writable(change.sobject) if self.writable else None
-        offset = self.sf_clock.offset if self.sf_clock is not None else timedelta(0)
+        offset = capped_offset(self.sf_clock.offset if self.sf_clock is not None else timedelta(0),
+                               change.changed_at, utcnow())
         edits = record if item.merge else shadow.edits_only(item, mappings, record)
         merged = merge_record(mappings, item.doc, edits, change.changed_at, writable,
                               complete=change.kind in _FULL_RECORD, sf_clock_offset=offset)

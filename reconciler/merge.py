@@ -172,6 +172,16 @@ def merge_record(
     return result
 
 
+def capped_offset(offset: timedelta, sf_changed_at: datetime | None, now: datetime) -> timedelta:
+    """The offset that moves `sf_changed_at` onto this host's clock, raised as far as needed to
+    keep it no later than `now` (when the change is applied): a change received cannot have
+    happened later, and an offset learned before Salesforce's clock stepped back would date it
+    in the future, where it would outrank platform edits made meanwhile."""
+    if sf_changed_at is None:
+        return offset
+    return max(offset, sf_changed_at - now)
+
+
 def local_side(doc: Mapping[str, Any] | None, mapping: FieldMapping) -> Side:
     """The platform's side of one field: its value and time (`shadow.platform_time`: a fresh,
     not yet stamped platform edit counts with its document's `updated_at`)."""
