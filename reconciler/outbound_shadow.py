@@ -17,12 +17,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
-from reconciler.merge import decide_outgoing
+from reconciler.merge import capped_offset, decide_outgoing
 from reconciler.ports import OutboundWrite, SalesforceApi
 from reconciler.records import get_path
 from reconciler.shadow import has_shadow, path, shadow_sets, shadow_side
@@ -189,7 +189,7 @@ class ShadowGate:
             return None
         modified = parse_sf_datetime(record.get("LastModifiedDate"))
         offset = self._sf_clock.offset if self._sf_clock is not None else timedelta(0)
-        return None if modified is None else modified - offset
+        return None if modified is None else modified - capped_offset(offset, modified, datetime.now(UTC))
 
     async def remember(self, sobject: str, kind: str, entries: Sequence[OutboxEntry],
                        succeeded: Sequence[bool]) -> None:
