@@ -59,6 +59,9 @@ from bench.chaos.operations import Ack, Entity
 from settings import Direction, FieldMapping, Mappings, MergeBehaviour, parse_mappings
 
 WINDOW = 2.0   # seconds: writes from both sides this close may end either way
+# How long a platform edit may wait before it is sent with no fault: the outbox's flush wait (2 s,
+# `FlushPolicy.max_wait`) after the watcher's change-stream await (0.5 s), plus processing.
+OUTBOUND_LATENCY = 3.0
 # How long after a fault a platform edit may still wait in the outbox: a leader kill or stop is a
 # lease takeover (TTL 3 s) plus the call's backoff; a budget swing to `paused` holds outbound until
 # the next limits check, one a minute.
@@ -167,6 +170,10 @@ class FieldModel:
 
     def _write_salesforce(self, value: Any, at: float, other_exists: bool, certain: bool) -> None:
         self.sf = {value} | self._recent("platform", at, self._outbound())
+        if self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK and self._outbound():
+            # the platform's data is preferred: an edit still in the outbox goes out over this
+            self.sf |= {w.value for w in self.writes if w.side == "platform" and w.value is not None
+                        and self._maybe_unsent(w, at)}
         self.sf_known = True
         if value is not None and self._inbound():
             allowed = self._may_replace(self.local, self.local_known,
@@ -227,9 +234,9 @@ class FieldModel:
         return set(current)
 
     def _maybe_unsent(self, w: _Write, at: float) -> bool:
-        """May platform write `w` still wait in the outbox at `at`? Within WINDOW (the flush wait
-        and the watcher), or while a fault that holds outbound back may still hold it."""
-        if at - w.at <= WINDOW:
+        """May platform write `w` still wait in the outbox at `at`? Within OUTBOUND_LATENCY, or
+        while a fault that holds outbound back may still hold it."""
+        if at - w.at <= OUTBOUND_LATENCY:
             return True
         return any(f <= at and f + held >= w.at for f, held in self.held_until)
 

@@ -143,3 +143,16 @@ class TestPlatformSide:
         P4.lead_source)."""
         model = feed([sf(0, LeadSource="Web"), pf(2.1, lead_source="ls1")])
         assert model.entities["L1"].fields["lead_source"].local == {"ls1", "Web"}
+
+
+class TestPlatformPreferred:
+    def test_a_queued_platform_value_goes_out_over_a_later_salesforce_edit(self) -> None:
+        """`local_unless_blank`: the platform's data is preferred, so a platform edit still in the
+        outbox (flush wait 2 s plus the watcher's 1 s settle) when Salesforce is edited goes out
+        over it at the flush (CI seed 8, P6.phone: 2.17 s apart)."""
+        model = feed([sf(0, Phone="+1 0"), pf(10, phone="+1 pf"), sf(12.17, Phone="+1 sf")])
+        assert allowed_sf(model, "L1", "phone") == {"+1 sf", "+1 pf"}
+
+    def test_one_sent_long_before_does_not(self) -> None:
+        model = feed([sf(0, Phone="+1 0"), pf(10, phone="+1 pf"), sf(30, Phone="+1 sf")])
+        assert allowed_sf(model, "L1", "phone") == {"+1 sf"}
