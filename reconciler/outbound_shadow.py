@@ -195,12 +195,14 @@ class ShadowGate:
                        succeeded: Sequence[bool]) -> None:
         """The values written become the shadow, at the platform time of each value."""
         by_collection: dict[str, dict[Any, dict[str, Any]]] = {}
+        now = datetime.now(UTC)
         for entry, ok in zip(entries, succeeded, strict=True):
             decided = self._decided.pop(entry.id, None)
             if not ok:
                 continue
             times = decided.times if decided else {}
-            sets = {path(sobject, name): {"v": value, "at": times.get(name) or entry.enqueued_at}
+            # `sent`: when Salesforce took the value; an older event of the field is stale
+            sets = {path(sobject, name): {"v": value, "at": times.get(name) or entry.enqueued_at, "sent": now}
                     for name, value in entry.write.fields.items()}
             by_collection.setdefault(entry.write.collection, {})[entry.write.local_id] = sets
         for collection, sets_by_doc in by_collection.items():

@@ -116,12 +116,16 @@ class TestQueuedValueSuperseded:
 
 class TestShadowKept:
     async def test_a_write_updates_the_shadow_and_logs_salesforces_old_value(self, rig: Rig) -> None:
-        """Outbound logs read `old -> new` from the shadow; the value written becomes the shadow."""
+        """Outbound logs read `old -> new` from the shadow; the value written becomes the shadow,
+        at the value's platform time, with when Salesforce took it (`sent`)."""
         await person(rig.store, 1, shadow={"FirstName": "Ann"}, first_name="Anna")
         await rig.outbox.enqueue([edit(1, FirstName="Anna")])
+        before = datetime.now(UTC).replace(microsecond=0)
         await rig.flusher.flush()
         doc = await rig.doc("p-1")
-        assert doc["_sync"]["sf"]["Lead"]["FirstName"] == {"v": "Anna", "at": T1}
+        shadow = doc["_sync"]["sf"]["Lead"]["FirstName"]
+        assert (shadow["v"], shadow["at"]) == ("Anna", T1)
+        assert before <= shadow["sent"].replace(tzinfo=UTC) <= datetime.now(UTC)
         assert doc["updated_at"] == T1  # not a platform edit, nor a service write the watcher sees
         (entry,) = await rig.logs()
         assert entry["fields"]["FirstName"] == {"old": "Ann", "new": "Anna"}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from reconciler.inbound_shadow import edits_only
 from reconciler.merge import HELD_LOCAL, HELD_SALESFORCE, Winner, decide_outgoing, merge_record
+from reconciler.ports import ChangeKind, ChangeSource, SalesforceChange
 from reconciler.shadow import has_unstamped_edit, platform_time, shadow_sets, shadow_side
 from settings import Direction, FieldMapping, MergeBehaviour
 
@@ -186,3 +189,37 @@ class TestShadowSets:
     def test_never_backwards(self) -> None:
         """A change older than what the shadow holds does not overwrite it."""
         assert shadow_sets(self.M, doc("a", "present", shadow_at=T2), "Lead", {"Email": "old@x"}, T1) == {}
+
+
+@dataclass
+class _Pending:
+    change: SalesforceChange
+    collection: str
+    doc: dict[str, Any]
+    held: dict[str, str] = field(default_factory=dict)
+
+    def put(self, path: str, value: Any, *, logged: bool = True) -> None:
+        raise AssertionError("edits_only writes nothing")
+
+
+class TestEventOlderThanOurWrite:
+    """Both sides edited a field within a second: the flusher sent the platform's value after the
+    Salesforce edit it had not seen, then that edit's event arrived. Salesforce holds our value
+    now; applying the event would swap the two sides (CI seed 83, A4.domain)."""
+
+    def item(self, event_at: datetime, source: ChangeSource = ChangeSource.STREAM) -> _Pending:
+        change = SalesforceChange(sobject="Lead", sf_id="00Q1", kind=ChangeKind.UPDATE,
+                                  fields={"Email": "theirs@x"}, changed_at=event_at, source=source)
+        sync = {"sf": {"Lead": {"Email": {"v": "ours@x", "at": T0, "sent": T2}}}}
+        return _Pending(change, "people", {"_id": 1, "email": "ours@x", "_sync": sync})
+
+    def test_an_event_older_than_our_write_is_not_salesforces_value_any_more(self) -> None:
+        assert edits_only(self.item(T1), [mapping()], {"Email": "theirs@x"}, T1) == {}
+
+    def test_an_event_after_our_write_is_an_edit(self) -> None:
+        assert edits_only(self.item(T3), [mapping()], {"Email": "theirs@x"}, T3) == {"Email": "theirs@x"}
+
+    def test_a_record_read_now_is_salesforces_value_whatever_its_time(self) -> None:
+        """A poll reads the current state: nothing in it is stale."""
+        item = self.item(T1, ChangeSource.POLL)
+        assert edits_only(item, [mapping()], {"Email": "theirs@x"}, T1) == {"Email": "theirs@x"}
