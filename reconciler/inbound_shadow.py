@@ -61,7 +61,9 @@ def _replaced_since(doc: Mapping[str, Any], sobject: str, sf_field: str, at: dat
     sent = get_path(doc, f"{shadow_path(sobject, sf_field)}.sent")
     if at is None or not isinstance(sent, datetime):
         return False
-    return _naive(at) < _naive(sent)
+    # an event's time may be whole seconds (LastModifiedDate): one in our write's second may
+    # be later than it, so only an earlier second is stale
+    return _naive(at) < _naive(sent).replace(microsecond=0)
 
 
 def _naive(value: datetime) -> datetime:
