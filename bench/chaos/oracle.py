@@ -274,10 +274,14 @@ class FieldModel:
 
     def fill_blanks(self) -> None:
         """A merge the service may run on its own (a backfill or re-import after a resync):
-        data wins over a blank, both ways."""
-        if None in self.sf and self._outbound():
+        data wins over a blank, both ways, and where both have data an "unless blank" field
+        takes the preferred side's ("SalesLoft selects the preferred data")."""
+        both = self.direction is Direction.BOTH
+        local_wins = both and self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK
+        sf_wins = both and self.merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK
+        if (None in self.sf or local_wins) and self._outbound():
             self.sf |= {v for v in self.local if v is not None}
-        if None in self.local and self._inbound():
+        if (None in self.local or sf_wins) and self._inbound():
             self.local |= {v for v in self.sf if v is not None}
 
     def conflicted(self, value: Any) -> bool:

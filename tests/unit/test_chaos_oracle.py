@@ -156,3 +156,17 @@ class TestPlatformPreferred:
     def test_one_sent_long_before_does_not(self) -> None:
         model = feed([sf(0, Phone="+1 0"), pf(10, phone="+1 pf"), sf(30, Phone="+1 sf")])
         assert allowed_sf(model, "L1", "phone") == {"+1 sf"}
+
+
+class TestResyncMerge:
+    def test_a_merge_after_a_resync_fault_may_give_salesforce_unless_blank_to_salesforce(self) -> None:
+        """A merge (the backfill of a term that finds no watermark) applies the preference: where
+        Salesforce has data, `salesforce_unless_blank` takes it on the platform too ("SalesLoft
+        selects the preferred data"; seed 9001, L23.company_name, A6.industry)."""
+        acks = [sf(0, Company="Sf Co"), pf(10, company_name="pf co")]
+        assert model_local(feed(acks), "company_name") == {"pf co"}
+        assert model_local(feed(acks, [fault("kill_leader", 12)]), "company_name") == {"pf co", "Sf Co"}
+
+
+def model_local(model: Model, name: str) -> set[Any]:
+    return model.entities["L1"].fields[name].local
