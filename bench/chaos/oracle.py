@@ -40,7 +40,8 @@ Checks (each can fail; where a rule is not modelled exactly the check is conserv
   cause a resend + 2).
 - offsets: no replay id and no polling watermark recorded in `sync_state` ever went backwards.
 - logs: no Salesforce-side log applies a value only the platform ever wrote (an echo; unless
-  the platform wrote it within `WINDOW` of a Salesforce write of the field); no more
+  the platform wrote it within `WINDOW` of a Salesforce write of the field and the log replaces a
+  value Salesforce wrote: a conflict converging); no more
   Salesforce-side update logs for a record than Salesforce operations on it (+ merges); no
   local-side log without a write attempt for that record.
 - liveness: the quiet period's barrier (a new Lead crossing in, a new Person crossing out) passed.
@@ -787,9 +788,12 @@ def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[d
                 fm = em.fields.get(name)
                 if fm is None or not isinstance(change, Mapping):
                     continue
-                new = norm(change.get("new"))
+                new, old = norm(change.get("new")), norm(change.get("old"))
                 sides = {w.side for w in fm.writes if w.value == new}
-                if new is not None and sides == {"platform"} and not fm.conflicted(new):
+                # a conflict converging replaces a value the platform took from Salesforce; an
+                # echo replaces the platform's own later edit
+                took_salesforce = any(w.side == "salesforce" and w.value == old for w in fm.writes)
+                if new is not None and sides == {"platform"} and not (took_salesforce and fm.conflicted(new)):
                     out.append(Violation("logs", f"{slot}: a Salesforce-side log applied "
                                                  f"{name}={new!r}, a value "
                                          "only the platform wrote (an echo)", fm.steps(), slot))
