@@ -39,7 +39,7 @@ from reconciler import conversion
 from reconciler import inbound_shadow as shadow
 from reconciler.errors import FencedError, SkippableError
 from reconciler.linking import company_ids, find_matches
-from reconciler.merge import local_side, merge_record
+from reconciler.merge import capped_offset, local_side, merge_record
 from reconciler.objects import COMPANIES, PEOPLE, collection_for
 from reconciler.ports import (
     Budget,
@@ -323,8 +323,10 @@ class Reconciler:
         record = dict(change.fields)
         record.update(dict.fromkeys(change.nulled_fields - record.keys()))
         writable = self.writable(change.sobject) if self.writable else None
-        offset = self.sf_clock.offset if self.sf_clock is not None else timedelta(0)
-        edits = record if item.merge else shadow.edits_only(item, mappings, record)
+        offset = capped_offset(self.sf_clock.offset if self.sf_clock is not None else timedelta(0),
+                               change.changed_at, utcnow())
+        host_at = None if change.changed_at is None else change.changed_at - offset
+        edits = record if item.merge else shadow.edits_only(item, mappings, record, host_at)
         merged = merge_record(mappings, item.doc, edits, change.changed_at, writable,
                               complete=change.kind in _FULL_RECORD, sf_clock_offset=offset)
         for local_field, value in merged.local_updates.items():
@@ -336,8 +338,7 @@ class Reconciler:
         elif not item.merge:
             item.held.update(merged.held)
         # the shadow's times are on this host's clock, like the field times they are weighed against
-        seen_at = None if change.changed_at is None else change.changed_at - offset
-        shadow.record(item, mappings, record, seen_at, complete=change.kind in _FULL_RECORD)
+        shadow.record(item, mappings, record, host_at, complete=change.kind in _FULL_RECORD)
 
     async def _write(self, collection: str, items: list[_Pending], run: _Run) -> list[_Pending]:
         """Write the items that changed; returns those whose document changed since it was read."""

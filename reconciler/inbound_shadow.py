@@ -8,7 +8,9 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from reconciler.ports import SalesforceChange
+from reconciler.ports import ChangeSource, SalesforceChange
+from reconciler.records import get_path
+from reconciler.shadow import path as shadow_path
 from reconciler.shadow import shadow_sets, shadow_side
 from reconciler.sync_logs import SyncLog
 from settings import FieldMapping
@@ -33,18 +35,40 @@ def record(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Mappin
         item.put(path, value, logged=False)
 
 
-def edits_only(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Mapping[str, Any]
-               ) -> dict[str, Any]:
+def edits_only(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Mapping[str, Any],
+               at: datetime | None = None) -> dict[str, Any]:
     """The fields of a live change that are Salesforce edits: a value equal to the shadow's is
     Salesforce's value read again (a poll, a gap fetch, a record touched for another field), not
-    an edit, and must not undo a later platform edit (`salesforce_unless_blank` above all)."""
+    an edit, and must not undo a later platform edit (`salesforce_unless_blank` above all).
+
+    An event (`at`: its time on this host's clock) older than the service's own write of the
+    field (the shadow's `sent`) carries a value that write replaced in Salesforce: not an edit
+    either, or the two sides would swap values. A record read now (poll, gap, import) is current."""
     sf_fields = {m.sf_field for m in mappings}
+    event = item.change.source is ChangeSource.STREAM
     out: dict[str, Any] = {}
     for name, value in fields.items():
         seen = shadow_side(item.doc, item.change.sobject, name) if name in sf_fields else None
-        if seen is None or seen.value != value:
-            out[name] = value
+        if seen is not None and seen.value == value:
+            continue
+        if event and _replaced_since(item.doc, item.change.sobject, name, at):
+            continue
+        out[name] = value
     return out
+
+
+def _replaced_since(doc: Mapping[str, Any], sobject: str, sf_field: str, at: datetime | None) -> bool:
+    sent = get_path(doc, f"{shadow_path(sobject, sf_field)}.sent")
+    if at is None or not isinstance(sent, datetime):
+        return False
+    # an event's time may be whole seconds (LastModifiedDate): one in our write's second may
+    # be later than it, so only an earlier second is stale
+    return _naive(at) < _naive(sent).replace(microsecond=0)
+
+
+def _naive(value: datetime) -> datetime:
+    offset = value.utcoffset()
+    return value if offset is None else (value - offset).replace(tzinfo=None)
 
 
 def held_log(item: PendingRecord, attempt: int) -> SyncLog:

@@ -175,6 +175,16 @@ def merge_record(
     return result
 
 
+def capped_offset(offset: timedelta, sf_changed_at: datetime | None, now: datetime) -> timedelta:
+    """The offset that moves `sf_changed_at` onto this host's clock, raised as far as needed to
+    keep it no later than `now` (when the change is applied): a change received cannot have
+    happened later, and an offset learned before Salesforce's clock stepped back would date it
+    in the future, where it would outrank platform edits made meanwhile."""
+    if sf_changed_at is None:
+        return offset
+    return max(offset, sf_changed_at - now)
+
+
 def local_side(doc: Mapping[str, Any] | None, mapping: FieldMapping) -> Side:
     """The platform's side of one field: its value and time (`shadow.platform_time`: a fresh,
     not yet stamped platform edit counts with its document's `updated_at`)."""
@@ -207,13 +217,19 @@ def decide_outgoing(mapping: FieldMapping, doc: Mapping[str, Any] | None, queued
     The platform's current value stands for the queued one (it is at least as new), unless
     `local` gives the platform's side (the owner: its user translated to a Salesforce user).
     Without a shadow for the field the queued value goes out (Salesforce's side unknown:
-    direction and blank rules were applied when it was queued).
+    direction and blank rules were applied when it was queued). A `to_salesforce` value older
+    than the shadow's last Salesforce edit is not sent again.
     """
     seen = shadow_side(doc, mapping.sobject, mapping.sf_field)
     local = local or local_side(doc, mapping)
     if seen is None or doc is None:
         return Outgoing(FieldDecision(Winner.LOCAL, queued), at=local.changed_at)
     decision = merge_field(mapping, local, Side(seen.value, seen.at), sf_field_writable=True)
+    if (decision.write_salesforce and mapping.direction is Direction.TO_SALESFORCE
+            and local.changed_at is not None and _newer(seen.at, local.changed_at)):
+        # the platform's value was set before Salesforce's last edit: it is not a change any more
+        # (re-queued after it went out), and only platform *changes* overwrite Salesforce
+        return Outgoing(FieldDecision(Winner.NONE, None, "salesforce newer"), at=local.changed_at)
     if decision.winner is not Winner.SALESFORCE:
         return Outgoing(decision, at=local.changed_at)
     if mapping.merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK and not is_blank(local.value):

@@ -39,7 +39,7 @@ from reconciler.errors import (
 )
 from reconciler.linking import match_keys
 from reconciler.objects import OBJECTS
-from reconciler.outbound_shadow import ShadowGate
+from reconciler.outbound_shadow import Screened, ShadowGate
 from reconciler.outbox import Clock, utcnow
 from reconciler.pacing import backoff_seconds, every
 from reconciler.ports import Budget, RecordResult, SalesforceApi
@@ -215,13 +215,12 @@ def match_key(sobject: str, record: Mapping[str, Any]) -> tuple[str, str] | None
 
 def recovery_query(sobject: str, records: Sequence[Mapping[str, Any]], since: datetime,
                    created_by: str) -> str | None:
-    """One SOQL query for records of `sobject` that `created_by` created since `since` with the
-    records' keys."""
+    """One SOQL query for records of `sobject` that `created_by` created since `since` with any
+    of the records' keys (every key: an edit since the lost send may have changed the first)."""
     values: dict[str, set[str]] = {}
     for record in records:
-        key = match_key(sobject, record)
-        if key is not None:
-            values.setdefault(key[0], set()).add(str(record[key[0]]).strip())
+        for name, _ in match_keys(sobject, record):
+            values.setdefault(name, set()).add(str(record[name]).strip())
     if not values:
         return None
     selected = ["Id", "CreatedDate", *sorted(OBJECTS[sobject].match_fields)]
@@ -236,25 +235,21 @@ def match_recovered(sobject: str, records: Sequence[Mapping[str, Any]],
                     found: Sequence[Mapping[str, Any]],
                     not_before: Sequence[datetime] | None = None) -> dict[int, str]:
     """Record position -> id of the Salesforce record it created; each found record used once.
-    With `not_before` (per record), a found record whose `CreatedDate` is earlier is not its."""
-    waiting: dict[tuple[str, str], list[int]] = {}
-    for index, record in enumerate(records):
-        key = match_key(sobject, record)
-        if key is not None:
-            waiting.setdefault(key, []).append(index)
+    With `not_before` (per record), a found record whose `CreatedDate` is earlier is not its.
+
+    A found record matches a write by any key both have, its own keys in order: one sent by a
+    later match field (an Account by Name) may come back with an earlier one (a Website someone
+    set since), and the write may carry a key edited since its lost send (a new Website)."""
+    keys_of = {index: set(match_keys(sobject, record)) for index, record in enumerate(records)}
     matched: dict[int, str] = {}
     for sf_record in found:
-        # A record sent by a later match field (an Account by Name) may come back with an earlier
-        # one (a Website someone else set since): the first of its keys a write waits for.
-        key = next((k for k in match_keys(sobject, sf_record) if k in waiting), None)
-        queue = waiting.get(key) if key is not None else None
         created = parse_sf_datetime(sf_record.get("CreatedDate"))
-        eligible = [i for i in queue or [] if not_before is None
-                    or (created is not None and created >= not_before[i])]
-        if eligible and sf_record.get("Id"):
-            assert queue is not None
-            queue.remove(eligible[0])
-            matched[eligible[0]] = str(sf_record["Id"])
+        for key in match_keys(sobject, sf_record) if sf_record.get("Id") else []:
+            eligible = [i for i, keys in keys_of.items() if i not in matched and key in keys and (
+                not_before is None or (created is not None and created >= not_before[i]))]
+            if eligible:
+                matched[eligible[0]] = str(sf_record["Id"])
+                break
     return matched
 
 
@@ -512,8 +507,7 @@ class OutboundFlusher:
         screened = await gate.screen(sobject, kind, entries)
         if screened.logs:
             await self._store.insert_sync_logs(screened.logs)
-        if screened.empty:
-            await self._outbox.done(screened.empty)
+        await _settle_unsent(self._outbox, screened)
         return screened.send
 
     async def _give_up_exhausted(self, entries: list[OutboxEntry]) -> list[OutboxEntry]:
@@ -587,6 +581,22 @@ def _refused(entries: Sequence[OutboxEntry]) -> tuple[list[dict[str, Any]], list
     """A call refused as a whole: each write's fields (its failed log names what a later success
     must cover) and a failed result."""
     return [dict(e.write.fields) for e in entries], [RecordResult(success=False, errors=[]) for _ in entries]
+async def _settle_unsent(outbox: FlushOutbox, screened: Screened) -> None:
+    """Writes left with nothing to send are done. Creates of documents linked meanwhile go
+    back to the outbox as updates of the linked record (re-decided against the shadow when
+    sent); one linked to another object (a conversion) is dropped: that link merged the
+    platform's values into the new record."""
+    if screened.empty:
+        await outbox.done(screened.empty)
+    for entry, sobject, sf_id in screened.linked:
+        write = entry.write
+        log.warning("outbound_create_of_linked_record", sobject=write.sobject, linked_to=sf_id,
+                    local_id=str(write.local_id))
+        if sobject != write.sobject:
+            await outbox.done([entry])
+            continue
+        await outbox.retry_later([entry], timedelta(0), count_attempt=False)
+        await outbox.created(write.collection, write.local_id, sobject, sf_id)
 
 
 async def _linked_to(store: FlushStore, entry: OutboxEntry, sf_id: str) -> bool:

@@ -10,7 +10,8 @@ call; when it was a retry, one `skipped` log names every field it carried and wh
 (a retry's outcome is always a row). Documents linked before the shadow existed are filled
 first: ONE query per call for all of them (at most 200 ids), never one per record. After the
 call, the values written become the shadow, at the platform time of each value. Creates go out
-as queued (no Salesforce side).
+as queued (no Salesforce side), unless their document was linked meanwhile: then they are
+re-queued as updates of that record.
 The owner is re-decided like any field, under the merge behaviour of the mapping of `OwnerId`
 (`owner_crm_id`): its platform side is the document's owner translated through `[[users]]`, at
 the owner's field time.
@@ -21,17 +22,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
-from reconciler.merge import SALESFORCE_NEWER, SAME_VALUE, Side, decide_outgoing
+from reconciler.merge import SALESFORCE_NEWER, SAME_VALUE, Side, capped_offset, decide_outgoing
 from reconciler.ports import OutboundWrite, SalesforceApi
 from reconciler.records import get_path
 from reconciler.rules import OWNER_FIELD
 from reconciler.shadow import Seen, has_shadow, path, platform_time, shadow_sets, shadow_side
-from reconciler.soql import soql_string
+from reconciler.soql import parse_sf_datetime, soql_string
 from reconciler.store import CREATE, OutboxEntry
 from reconciler.sync_logs import SyncLog
 from settings import FieldMapping, Mappings
@@ -46,6 +47,13 @@ class ShadowStore(Protocol):
     async def find_records(self, collection: str, ids: Any) -> list[dict[str, Any]]: ...
 
     async def record_shadow(self, collection: str, sets: Mapping[Any, Mapping[str, Any]]) -> None: ...
+
+
+class ClockOffset(Protocol):
+    """Salesforce's clock minus this host's (`listener.salesforce_time.SalesforceClock`)."""
+
+    @property
+    def offset(self) -> timedelta: ...
 
 
 @dataclass(frozen=True)
@@ -99,13 +107,16 @@ class Screened:
     send: list[OutboxEntry]
     empty: list[OutboxEntry]
     logs: list[SyncLog]
+    # creates whose document is linked now: (entry, the linked object, its id)
+    linked: list[tuple[OutboxEntry, str, str]] = field(default_factory=list)
 
 
 class ShadowGate:
     """Re-decides claimed writes against the shadow and records what was written."""
 
-    def __init__(self, sf: SalesforceApi, store: ShadowStore, mappings: Mappings) -> None:
-        self._sf, self._store, self._mappings = sf, store, mappings
+    def __init__(self, sf: SalesforceApi, store: ShadowStore, mappings: Mappings,
+                 sf_clock: ClockOffset | None = None) -> None:
+        self._sf, self._store, self._mappings, self._sf_clock = sf, store, mappings, sf_clock
         self._decided: dict[Any, Redecided] = {}   # outbox entry id -> its re-decision
         self.fills = 0                              # shadow-filling queries made
 
@@ -114,8 +125,10 @@ class ShadowGate:
         return decided.old if decided else {}
 
     async def screen(self, sobject: str, kind: str, entries: list[OutboxEntry]) -> Screened:
-        if kind == CREATE or not entries:
+        if not entries:
             return Screened(entries, [], [])
+        if kind == CREATE:
+            return await self._screen_creates(entries)
         docs = await self._docs(sobject, entries)
         send, empty, logs = [], [], []
         mappings = self._mappings.for_object(sobject)
@@ -142,21 +155,38 @@ class ShadowGate:
     def _owner(self, doc: Mapping[str, Any] | None) -> str | None:
         owner = doc.get(OWNER_FIELD) if doc else None
         return self._mappings.salesforce_user(owner) if isinstance(owner, str) else None
+    async def _screen_creates(self, entries: list[OutboxEntry]) -> Screened:
+        """A create whose document is linked now is not sent: another leader created and linked
+        it while this one was queued (a new leader's watcher re-read an edit made before the link),
+        so its values go out as an update of the linked record."""
+        docs = {d["_id"]: d for d in await self._store.find_records(
+            entries[0].write.collection, list({e.write.local_id for e in entries}))}
+        out = Screened([], [], [])
+        for entry in entries:
+            crm = get_path(docs.get(entry.write.local_id), "crm")
+            if isinstance(crm, Mapping) and crm.get("id") and not crm.get("deleted"):
+                out.linked.append((entry, str(crm.get("object")), str(crm["id"])))
+            else:
+                out.send.append(entry)
+        return out
 
     async def _docs(self, sobject: str, entries: Sequence[OutboxEntry]) -> dict[Any, dict[str, Any]]:
-        """The local documents of these writes, their missing shadows filled (one query)."""
+        """The local documents of these writes, their missing shadows filled, and the shadows of
+        writes sent before (`attempt` > 0: maybe applied, and Salesforce maybe edited since, which
+        the shadow may not show yet) brought up to Salesforce's records: one query."""
         collection = entries[0].write.collection
         docs = {d["_id"]: d for d in await self._store.find_records(
             collection, list({e.write.local_id for e in entries}))}
+        resent = {e.write.local_id for e in entries if e.write.attempt > 0}
         unfilled = {str(get_path(d, "crm.id")): d for d in docs.values()
-                    if get_path(d, "crm.id") and not has_shadow(d, sobject)}
+                    if get_path(d, "crm.id") and (not has_shadow(d, sobject) or d["_id"] in resent)}
         if unfilled:
             await self._fill(sobject, collection, unfilled)
         return docs
 
     async def _fill(self, sobject: str, collection: str, docs: Mapping[str, dict[str, Any]]) -> None:
         mappings = self._mappings.for_object(sobject)
-        names = sorted({"Id", *(m.sf_field for m in mappings)})
+        names = sorted({"Id", "LastModifiedDate", *(m.sf_field for m in mappings)})
         ids = ", ".join(soql_string(i) for i in sorted(docs))
         soql = f"SELECT {', '.join(names)} FROM {sobject} WHERE Id IN ({ids})"
         self.fills += 1
@@ -166,24 +196,37 @@ class ShadowGate:
                 doc = docs.get(str(record.get("Id")))
                 if doc is None:
                     continue
-                # when each value was set is unknown: no time (older than any platform edit)
-                found = shadow_sets(mappings, doc, sobject, record, None, complete=True)
+                found = shadow_sets(mappings, doc, sobject, record, self._seen_at(doc, sobject, record),
+                                    complete=True)
                 sets[doc["_id"]] = found
                 for key, value in found.items():
                     _assign(doc, key, value)
         await self._store.record_shadow(collection, sets)
         log.info("outbound_shadow_filled", sobject=sobject, records=len(sets))
 
+    def _seen_at(self, doc: Mapping[str, Any], sobject: str, record: Mapping[str, Any]) -> datetime | None:
+        """When the values read were set: unknown for a first fill (no time: older than any
+        platform edit); for a shadow brought up to date, the record's `LastModifiedDate` on this
+        host's clock (a value changed since the shadow's was set at the latest then: a platform
+        value older than that does not overwrite it)."""
+        if not has_shadow(doc, sobject):
+            return None
+        modified = parse_sf_datetime(record.get("LastModifiedDate"))
+        offset = self._sf_clock.offset if self._sf_clock is not None else timedelta(0)
+        return None if modified is None else modified - capped_offset(offset, modified, datetime.now(UTC))
+
     async def remember(self, sobject: str, kind: str, entries: Sequence[OutboxEntry],
                        succeeded: Sequence[bool]) -> None:
         """The values written become the shadow, at the platform time of each value."""
         by_collection: dict[str, dict[Any, dict[str, Any]]] = {}
+        now = datetime.now(UTC)
         for entry, ok in zip(entries, succeeded, strict=True):
             decided = self._decided.pop(entry.id, None)
             if not ok:
                 continue
             times = decided.times if decided else {}
-            sets = {path(sobject, name): {"v": value, "at": times.get(name) or entry.enqueued_at}
+            # `sent`: when Salesforce took the value; an older event of the field is stale
+            sets = {path(sobject, name): {"v": value, "at": times.get(name) or entry.enqueued_at, "sent": now}
                     for name, value in entry.write.fields.items()}
             by_collection.setdefault(entry.write.collection, {})[entry.write.local_id] = sets
         for collection, sets_by_doc in by_collection.items():

@@ -13,9 +13,16 @@ service's code: per record and mapped field it keeps the set of values each side
   seconds of each other may end either way (a same-second tie goes to Salesforce, the platform's
   clock is not Salesforce's); outside that window the later write wins. This is the only place
   acknowledgement times enter, and it only widens what is accepted.
+- *In flight*: the outbox sends the platform's current value, so platform edits not sent yet
+  when the next platform edit of the field comes (within `WINDOW`, or while a fault may hold
+  outbound back: `OUTBOUND_HELD`) may reach Salesforce as that one, decided against what
+  Salesforce held before them; a blank never goes out, so one that supersedes an unsent value
+  leaves Salesforce's earlier value. A conversion may find such edits not yet on the Lead.
 - Conversion relinks the Person to the Contact; fields mapped on the Contact carry over and are
   merged (each side may take the other's data where it is blank), Lead-only fields are no longer
   checked.
+- `from_salesforce`: Salesforce's last value may replace a later platform edit (it flows in
+  whatever the time). A Salesforce blank made before the platform record exists may be copied.
 - Deleted in Salesforce: platform edits made meanwhile are not sent; after an undelete either
   value is accepted.
 
@@ -32,7 +39,9 @@ Checks (each can fail; where a rule is not modelled exactly the check is conserv
   writes per record stay within a bound (conservative: local edits + merges + faults that can
   cause a resend + 2).
 - offsets: no replay id and no polling watermark recorded in `sync_state` ever went backwards.
-- logs: no Salesforce-side log applies a value only the platform ever wrote (an echo); no more
+- logs: no Salesforce-side log applies a value only the platform ever wrote (an echo; unless
+  the platform wrote it within `WINDOW` of a Salesforce write of the field and the log replaces a
+  value Salesforce wrote: a conflict converging); no more
   Salesforce-side update logs for a record than Salesforce operations on it (+ merges); no
   local-side log without a write attempt for that record.
 - liveness: the quiet period's barrier (a new Lead crossing in, a new Person crossing out) passed.
@@ -51,6 +60,14 @@ from bench.chaos.operations import Ack, Entity
 from settings import Direction, FieldMapping, Mappings, MergeBehaviour, parse_mappings
 
 WINDOW = 2.0   # seconds: writes from both sides this close may end either way
+# How long a platform edit may wait before it is sent with no fault: the outbox's flush wait (2 s,
+# `FlushPolicy.max_wait`) after the watcher's change-stream await (0.5 s), plus processing.
+OUTBOUND_LATENCY = 3.0
+# How long after a fault a platform edit may still wait in the outbox: a leader kill or stop is a
+# lease takeover (TTL 3 s) plus the call's backoff; a budget swing to `paused` holds outbound until
+# the next limits check, one a minute.
+OUTBOUND_HELD = {"kill_leader": 20.0, "stop_leader": 20.0, "restart_mongo": 20.0, "rest_5xx": 20.0,
+                 "lock_row": 20.0, "apply_then_drop": 20.0, "token_expiry": 20.0, "budget_swing": 65.0}
 READ_ONLY = frozenset({"Score__c"})
 # after these the service may resync with a merge (backfill / re-import): data fills blanks
 RESYNC_FAULTS = frozenset({"replay_retention", "kill_leader", "stop_leader", "restart_mongo", "cdc_overflow",
@@ -109,6 +126,8 @@ class _Write:
     side: str     # salesforce | platform
     value: Any
     step: str
+    # a platform write: what Salesforce could hold just before it (its values, known?)
+    sf_before: tuple[frozenset[Any], bool] | None = None
 
 
 @dataclass
@@ -123,6 +142,7 @@ class FieldModel:
     writes: list[_Write] = field(default_factory=list)
     held: list[_Write] = field(default_factory=list)   # platform writes while deleted in Salesforce
     relaxed: bool = False                             # convergence not required (see module doc)
+    held_until: list[tuple[float, float]] = field(default_factory=list)  # faults: (at, outbound held)
 
     def _inbound(self) -> bool:
         return self.direction in (Direction.BOTH, Direction.FROM_SALESFORCE)
@@ -144,38 +164,92 @@ class FieldModel:
         value = norm(value)
         w = _Write(at, side, value, step)
         if side == "salesforce":
-            self.sf = {value} | self._recent("platform", at, self._outbound())
-            self.sf_known = True
-            if value is not None and self._inbound():
-                allowed = self._may_replace(self.local, self.local_known,
-                                            self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK
-                                            and self.direction is Direction.BOTH)
-                if allowed == "no" and not other_exists:
-                    allowed = "maybe"
-                if allowed == "yes" and not certain:
-                    allowed = "maybe"  # a change with no event: the refetch may read a later state
-                if allowed == "yes":
-                    self.local = {value} | self._recent("platform", at, True)
-                    self.local_known = True
-                elif allowed == "maybe":
-                    self.local |= {value}
+            self._write_salesforce(value, at, other_exists, certain)
         else:
-            self.local = {value} | self._recent("salesforce", at, self._inbound())
-            self.local_known = True
-            if deleted:
-                self.held.append(w)
-            elif value is not None and self._outbound():
-                allowed = self._may_replace(self.sf, self.sf_known,
-                                            self.merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK
-                                            and self.direction is Direction.BOTH)
-                if allowed == "no" and not other_exists:
-                    allowed = "maybe"
-                if allowed == "yes":
-                    self.sf = {value} | self._recent("salesforce", at, True)
-                    self.sf_known = True
-                elif allowed == "maybe":
-                    self.sf |= {value}
+            self._write_platform(w, deleted, other_exists)
         self.writes.append(w)
+
+    def _write_salesforce(self, value: Any, at: float, other_exists: bool, certain: bool) -> None:
+        self.sf = {value} | self._recent("platform", at, self._outbound())
+        if self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK and self._outbound():
+            # the platform's data is preferred: an edit still in the outbox goes out over this
+            self.sf |= {w.value for w in self.writes if w.side == "platform" and w.value is not None
+                        and self._maybe_unsent(w, at)}
+        self.sf_known = True
+        if value is not None and self._inbound():
+            allowed = self._may_replace(self.local, self.local_known,
+                                        self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK
+                                        and self.direction is Direction.BOTH)
+            if allowed == "no" and not other_exists:
+                allowed = "maybe"
+            if allowed == "yes" and not certain:
+                allowed = "maybe"  # a change with no event: the refetch may read a later state
+            if allowed == "yes":
+                self.local = {value} | self._recent("platform", at, True)
+                self.local_known = True
+            elif allowed == "maybe":
+                self.local |= {value}
+        elif value is None and not other_exists and self._inbound():
+            # the platform record may not exist yet: it is made from Salesforce's values as
+            # they are then, blanks included (a blank never blanks an existing one)
+            self.local |= {None}
+
+    def _write_platform(self, w: _Write, deleted: bool, other_exists: bool) -> None:
+        value, at = w.value, w.at
+        self.local = {value} | self._recent("salesforce", at, self._inbound())
+        last_sf = next((x.value for x in reversed(self.writes) if x.side == "salesforce"), None)
+        if self.direction is Direction.FROM_SALESFORCE and last_sf is not None:
+            # Salesforce owns the field ("we will never send SalesLoft data back"): its value
+            # flows in whatever the time, so one delivered after this edit replaces it
+            self.local.add(last_sf)
+        self.local_known = True
+        if deleted:
+            self.held.append(w)
+            return
+        unsent = self.unsent_states(at)
+        w.sf_before = (frozenset(self.sf), self.sf_known)
+        sf = self._sent(value, at, self.sf, self.sf_known, other_exists)
+        # the outbox sends the platform's current value: earlier edits it had not sent yet
+        # reach Salesforce as this one (superseded by a later change: no loss), decided
+        # against what Salesforce held before them
+        for before, known in unsent:
+            sf |= self._sent(value, at, set(before), known, other_exists)
+        self.sf = sf
+        # a blank over an unsent edit leaves Salesforce's earlier value: if the model
+        # did not know it, it does not know Salesforce's value now
+        unknown = value is None and not all(known for _, known in unsent)
+        self.sf_known = (self.sf_known or (value is not None and self._outbound())) and not unknown
+
+    def _sent(self, value: Any, at: float, current: set[Any], known: bool, other_exists: bool) -> set[Any]:
+        """What Salesforce may hold once a platform write of `value` is sent over `current`."""
+        if value is None or not self._outbound():
+            return set(current)  # blanks are never written
+        allowed = self._may_replace(current, known, self.merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK
+                                    and self.direction is Direction.BOTH)
+        if allowed == "no" and not other_exists:
+            allowed = "maybe"
+        if allowed == "yes":
+            return {value} | self._recent("salesforce", at, True)
+        if allowed == "maybe":
+            return set(current) | {value}
+        return set(current)
+
+    def _maybe_unsent(self, w: _Write, at: float) -> bool:
+        """May platform write `w` still wait in the outbox at `at`? Within OUTBOUND_LATENCY, or
+        while a fault that holds outbound back may still hold it."""
+        if at - w.at <= OUTBOUND_LATENCY:
+            return True
+        return any(f <= at and f + held >= w.at for f, held in self.held_until)
+
+    def unsent_states(self, at: float) -> list[tuple[frozenset[Any], bool]]:
+        """What Salesforce held before each of the latest platform writes that may not have been
+        sent by `at` (the newest first; an older write is sent no later than a newer one)."""
+        out: list[tuple[frozenset[Any], bool]] = []
+        for w in reversed(self.writes):
+            if w.side != "platform" or w.sf_before is None or not self._maybe_unsent(w, at):
+                break
+            out.append(w.sf_before)
+        return out
 
     @staticmethod
     def _may_replace(current: set[Any], known: bool, unless_blank: bool) -> str:
@@ -201,11 +275,22 @@ class FieldModel:
 
     def fill_blanks(self) -> None:
         """A merge the service may run on its own (a backfill or re-import after a resync):
-        data wins over a blank, both ways."""
-        if None in self.sf and self._outbound():
+        data wins over a blank, both ways, and where both have data an "unless blank" field
+        takes the preferred side's ("SalesLoft selects the preferred data")."""
+        both = self.direction is Direction.BOTH
+        local_wins = both and self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK
+        sf_wins = both and self.merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK
+        if (None in self.sf or local_wins) and self._outbound():
             self.sf |= {v for v in self.local if v is not None}
-        if None in self.local and self._inbound():
+        if (None in self.local or sf_wins) and self._inbound():
             self.local |= {v for v in self.sf if v is not None}
+
+    def conflicted(self, value: Any) -> bool:
+        """Did the platform write `value` within WINDOW of a Salesforce write of this field? Then
+        either may win in Salesforce, and the platform, having taken Salesforce's value first,
+        may take its own back as Salesforce's current value: a change there, not an echo."""
+        return any(w.side == "platform" and w.value == value and o.side == "salesforce"
+                   and abs(o.at - w.at) <= WINDOW for w in self.writes for o in self.writes)
 
     def steps(self) -> list[str]:
         return [w.step for w in self.writes[-4:]]
@@ -231,6 +316,7 @@ class Model:
         self.mappings = mappings or parse_mappings(CHAOS_MAPPINGS)
         self.entities: dict[str, EntityModel] = {}
         self.early: list[Violation] = []  # found while feeding (a conversion's starting values)
+        self.held_until: list[tuple[float, float]] = []  # injected faults that hold outbound back
 
     def _mapping(self, sobject: str) -> list[FieldMapping]:
         return self.mappings.for_object(sobject)
@@ -239,7 +325,8 @@ class Model:
         fm = em.fields.get(m.local_field)
         if fm is None:
             fm = em.fields[m.local_field] = FieldModel(m.direction, m.merge,
-                                                       writable=m.sf_field not in READ_ONLY)
+                                                       writable=m.sf_field not in READ_ONLY,
+                                                       held_until=self.held_until)
         return fm
 
     def resync(self) -> None:
@@ -253,8 +340,11 @@ class Model:
              faults: Iterable[Mapping[str, Any]] = ()) -> None:
         """Acks in acknowledgement order; faults that may make the service resync are merged in
         by time."""
+        faults = list(faults)
         resyncs = sorted(float(f["at"]) for f in faults
                          if f.get("status") == "injected" and f.get("kind") in RESYNC_FAULTS)
+        self.held_until[:] = [(float(f["at"]), OUTBOUND_HELD[str(f["kind"])]) for f in faults
+                              if f.get("status") == "injected" and f.get("kind") in OUTBOUND_HELD]
         for ack in acks:
             while resyncs and resyncs[0] <= ack.at:
                 resyncs.pop(0)
@@ -310,10 +400,13 @@ class Model:
             if fm is None or not fm.sf_known or m.sf_field in READ_ONLY or m.local_field in em.frozen:
                 continue
             actual = norm(lead.get(m.sf_field))
-            if actual not in fm.sf:
+            # platform edits still in the outbox reach the Contact through the conversion's merge
+            unsent = fm.unsent_states(ack.at)
+            allowed = fm.sf.union(*(before for before, _ in unsent))
+            if actual not in allowed and all(known for _, known in unsent):
                 self.early.append(Violation(
                     "lost_change", f"{em.entity.slot}.{m.local_field} (Lead.{m.sf_field}) when converted: "
-                    f"Salesforce held {actual!r}, model allows {_show(fm.sf)}", [*fm.steps(), ack.step],
+                    f"Salesforce held {actual!r}, model allows {_show(allowed)}", [*fm.steps(), ack.step],
                     em.entity.slot))
             fm.sf = {actual}  # what the Contact and Account are made from
         contact = {m.local_field for m in self._mapping("Contact")}
@@ -695,9 +788,12 @@ def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[d
                 fm = em.fields.get(name)
                 if fm is None or not isinstance(change, Mapping):
                     continue
-                new = norm(change.get("new"))
+                new, old = norm(change.get("new")), norm(change.get("old"))
                 sides = {w.side for w in fm.writes if w.value == new}
-                if new is not None and sides == {"platform"}:
+                # a conflict converging replaces a value the platform took from Salesforce; an
+                # echo replaces the platform's own later edit
+                took_salesforce = any(w.side == "salesforce" and w.value == old for w in fm.writes)
+                if new is not None and sides == {"platform"} and not (took_salesforce and fm.conflicted(new)):
                     out.append(Violation("logs", f"{slot}: a Salesforce-side log applied "
                                                  f"{name}={new!r}, a value "
                                          "only the platform wrote (an echo)", fm.steps(), slot))

@@ -16,7 +16,8 @@ How a plant reaches the service, with no change to the service's code:
 The plants, one rule each (what the oracle should then report is in `EXPECTED`):
 
 - `echo_filter`: `listener.events.is_echo` always False, so our own writes coming back over CDC
-  are applied as Salesforce changes;
+  are applied as Salesforce changes (and the stale-event check, which would refuse the echo of
+  an earlier value, off);
 - `offset_order`: the CometD stream commits a batch's replay ids *before* it fetches gaps and
   applies the batch (`CdcStream._process` with the two halves swapped), so a batch whose apply
   fails or is cut short is never redelivered. The apply then waits APPLY_DELAY seconds, so that
@@ -81,11 +82,18 @@ def install() -> None:
 
 def _echo_filter() -> None:
     import listener.events as events
+    import reconciler.inbound_shadow as inbound_shadow
 
     def never_an_echo(change_origin: str | None, client_name: str) -> bool:
         return False
 
+    def never_replaced(doc: Any, sobject: str, sf_field: str, at: Any) -> bool:
+        return False
+
     events.is_echo = never_an_echo
+    # the echo of an earlier value is also refused as older than our later write of the field
+    # (`inbound_shadow._replaced_since`): off too, or the echo would be caught there
+    inbound_shadow._replaced_since = never_replaced
 
 
 def _blank_rule() -> None:

@@ -36,7 +36,7 @@ class CatchUp(Protocol):
     """What the stream needs of a poller: catch-up and closing polls, gap and overflow reads,
     and the watermark it hands over to (implemented by `listener.sources.polling.Poller`)."""
 
-    async def run_once(self, objects: Sequence[str] | None = None) -> Any: ...
+    async def run_once(self, objects: Sequence[str] | None = None, *, through_now: bool = False) -> Any: ...
 
     async def poll_since(self, sobject: str, since: datetime) -> int: ...
 
@@ -79,16 +79,19 @@ class PollHandover:
 
         The poller's signpost is Salesforce's time less a safety lag and excludes its current
         second, so the poll first waits until a pass would cover every change made before the
-        subscription (`wait_until_covered`, on Salesforce's clock).
+        subscription (`wait_until_covered`, on Salesforce's clock). It reads past its signpost
+        (`through_now`; the watermark still stops below it): a record changed before the
+        subscription and again since sits past the signpost, and the later change's event
+        carries only its own fields.
         """
         if self._closing_poll:
             objects = sorted(self._closing_poll)
             await self._catch_up.wait_until_covered()
-            await self.poll(objects)
+            await self.poll(objects, through_now=True)
             self._closing_poll.clear()
 
-    async def poll(self, objects: Sequence[str]) -> None:
-        await self._catch_up.run_once(objects)
+    async def poll(self, objects: Sequence[str], *, through_now: bool = False) -> None:
+        await self._catch_up.run_once(objects, through_now=through_now)
         for sobject in objects:
             self._poll_marks[sobject] = await self._catch_up.watermark(sobject)
 

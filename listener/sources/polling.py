@@ -183,24 +183,29 @@ class Poller:
     async def watermark(self, sobject: str) -> Watermark:
         return Watermark.from_state(await self._store.load_state(watermark_key(sobject)))
 
-    async def run_once(self, objects: Sequence[str] | None = None) -> PassReport:
-        """One pass over every object (or `objects`); watermarks advance page by page."""
+    async def run_once(self, objects: Sequence[str] | None = None, *,
+                       through_now: bool = False) -> PassReport:
+        """One pass over every object (or `objects`); watermarks advance page by page, below the
+        signpost. `through_now`: records changed since the signpost are read too (the stream's
+        closing poll, `listener.sources.handover`)."""
         signpost = self.signpost()
         term = self._term_fence()
         report = PassReport()
         for sobject in objects if objects is not None else self.objects:
             before = self._sf.calls_made
             report.records[sobject] = await self._poll(sobject, await self.watermark(sobject), signpost,
-                                                       persist=True, fence=term)
+                                                       persist=True, fence=term, through_now=through_now)
             report.calls[sobject] = self._sf.calls_made - before
         log.info("poll_pass", signpost=signpost.isoformat(), records=report.records, calls=report.calls)
         self.last_pass = report
         return report
 
     async def poll_since(self, sobject: str, since: datetime) -> int:
-        """Catch up one object from `since` (after a GAP_OVERFLOW); the watermark is untouched."""
+        """Catch up one object from `since` (after a GAP_OVERFLOW) up to now: the watermark is
+        untouched, and the changes the overflow stands for have no event, so none may be left
+        past a signpost."""
         return await self._poll(sobject, Watermark(floor_second(since)), self.signpost(), persist=False,
-                                overlap=False)
+                                overlap=False, through_now=True)
 
     def _term_fence(self) -> Fence | None:
         if self._fence is None:
@@ -244,11 +249,12 @@ class Poller:
         return await self.reader.fetch(sobject, sorted(set(ids)), source=ChangeSource.GAP)
 
     async def _poll(self, sobject: str, mark: Watermark, signpost: datetime, *, persist: bool,
-                    overlap: bool = True, fence: Fence | None = None) -> int:
+                    overlap: bool = True, fence: Fence | None = None, through_now: bool = False) -> int:
         """Apply what follows `mark` (from `overlap` before it, skipping pairs already applied)."""
         seen = 0
         start = mark.rewound(self.overlap) if overlap else mark
-        pages = self.reader.pages(sobject, start, signpost, source=ChangeSource.POLL)
+        pages = self.reader.pages(sobject, start, signpost, source=ChangeSource.POLL,
+                                  stop_at_signpost=not through_now)
         async with contextlib.aclosing(pages):
             async for page in pages:
                 changes = self._applied.fresh(sobject, page.changes)

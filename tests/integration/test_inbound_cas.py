@@ -133,3 +133,18 @@ class TestMergeClock:
         await sink.apply([salesforce_update(T0 + timedelta(seconds=10))])
         doc = await store.db.people.find_one({"crm.id": LEAD})
         assert doc is not None and doc["first_name"] == first_name
+
+    async def test_a_stale_offset_never_dates_a_change_after_it_was_applied(self, store: Store) -> None:
+        """Salesforce's clock ran 4 s behind, then stepped back in line before the service learned
+        it: a change made now would be dated 4 s ahead, and outrank a platform edit made in those
+        4 s (chaos seed 8, C4.last_name). A change received cannot be later than its apply: its
+        time on this host's clock is capped there, field time and shadow alike."""
+        sink = Reconciler(store, LEAD_NAME_MAPPINGS, sf_clock=FixedOffset(-4))
+        before = datetime.now(UTC).replace(microsecond=0)  # stored dates keep milliseconds
+        await sink.apply([salesforce_update(before)])
+        after = datetime.now(UTC)
+        doc = await store.db.people.find_one({"crm.id": LEAD})
+        assert doc is not None and doc["first_name"] == "Anna"
+        stamped = doc["_sync"]["field_times"]["first_name"].replace(tzinfo=UTC)
+        seen = doc["_sync"]["sf"]["Lead"]["FirstName"]["at"].replace(tzinfo=UTC)
+        assert before <= stamped <= after and before <= seen <= after

@@ -120,12 +120,16 @@ class TestQueuedValueSuperseded:
 
 class TestShadowKept:
     async def test_a_write_updates_the_shadow_and_logs_salesforces_old_value(self, rig: Rig) -> None:
-        """Outbound logs read `old -> new` from the shadow; the value written becomes the shadow."""
+        """Outbound logs read `old -> new` from the shadow; the value written becomes the shadow,
+        at the value's platform time, with when Salesforce took it (`sent`)."""
         await person(rig.store, 1, shadow={"FirstName": "Ann"}, first_name="Anna")
         await rig.outbox.enqueue([edit(1, FirstName="Anna")])
+        before = datetime.now(UTC).replace(microsecond=0)
         await rig.flusher.flush()
         doc = await rig.doc("p-1")
-        assert doc["_sync"]["sf"]["Lead"]["FirstName"] == {"v": "Anna", "at": T1}
+        shadow = doc["_sync"]["sf"]["Lead"]["FirstName"]
+        assert (shadow["v"], shadow["at"]) == ("Anna", T1)
+        assert before <= shadow["sent"].replace(tzinfo=UTC) <= datetime.now(UTC)
         assert doc["updated_at"] == T1  # not a platform edit, nor a service write the watcher sees
         (entry,) = await rig.logs()
         assert entry["fields"]["FirstName"] == {"old": "Ann", "new": "Anna"}
@@ -224,3 +228,64 @@ class TestRetryWithNothingToSend:
         assert {name: f["reason"] for name, f in new[0]["fields"].items()} == reasons
         assert (outcome.status, outcome.new_log_ids) == ("retried", [new[0]["id"]])
         assert (await rig.store.get_sync_log(failed_id) or {})["retried_by"] == new[0]["id"]
+class TestCreateOfALinkedDocument:
+    async def test_a_queued_create_of_a_document_linked_meanwhile_becomes_an_update(self, rig: Rig) -> None:
+        """A create queued for a Person that another leader created and linked since (a new leader's
+        watcher re-read an edit made before the link; chaos seed 101): no second Lead is created, the
+        edit goes out as an update of the linked Lead."""
+        await person(rig.store, 1, shadow={"FirstName": "Ann", "LastName": "Lee"}, first_name="Anna",
+                     last_name="Lee")
+        create = OutboundWrite(sobject="Lead", sf_id=None, collection="people", local_id="p-1",
+                               fields={"FirstName": "Anna", "LastName": "Lee"}, reason="create")
+        await rig.outbox.enqueue([create])
+        await rig.flusher.flush()
+        await rig.flusher.flush()
+        assert [(c.method, c.records) for c in rig.sf.calls] == [
+            ("PATCH", [{"FirstName": "Anna", "Id": sf_id(1)}])]
+        assert await rig.outbox.depth() == 0
+        assert [(x["type"], x["status"]) for x in await rig.logs()] == [("update", "success")]
+
+
+class TestResentUpdate:
+    """A write sent before and not confirmed (a lost response, a flusher that died before logging
+    it) may be applied already, and Salesforce may have been edited since: before it is sent again
+    the flusher reads the records (one query per call) into the shadow, then re-decides."""
+
+    def resend(self, n: int, **fields: Any) -> OutboundWrite:
+        return OutboundWrite(sobject="Lead", sf_id=sf_id(n), collection="people", local_id=f"p-{n}",
+                             fields=fields, reason="local_edit", attempt=1)
+
+    async def test_a_salesforce_edit_made_since_the_first_send_is_not_overwritten(self, rig: Rig) -> None:
+        """Platform value of T1, sent, outcome lost; another user set FirstName at T2 (not yet seen
+        inbound): the resend would overwrite it (chaos seed 25147, L20.state). Not sent."""
+        await person(rig.store, 1, shadow={"FirstName": "Old"}, first_name="Plat")
+        rig.sf.records[sf_id(1)] = {"Id": sf_id(1), "FirstName": "Other",
+                                    "LastModifiedDate": "2026-03-01T12:00:02.000+0000"}
+        await rig.outbox.enqueue([self.resend(1, FirstName="Plat")])
+        await rig.flusher.flush()
+        assert rig.sf.calls == [] and await rig.outbox.depth() == 0
+        assert (await rig.doc("p-1"))["_sync"]["sf"]["Lead"]["FirstName"] == {"v": "Other", "at": T2}
+
+    async def test_a_write_the_first_send_applied_is_not_sent_again(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"FirstName": "Old"}, first_name="Plat")
+        rig.sf.records[sf_id(1)] = {"Id": sf_id(1), "FirstName": "Plat",
+                                    "LastModifiedDate": "2026-03-01T12:00:02.000+0000"}
+        await rig.outbox.enqueue([self.resend(1, FirstName="Plat")])
+        await rig.flusher.flush()
+        assert rig.sf.calls == [] and await rig.outbox.depth() == 0
+
+    async def test_an_unchanged_record_gets_the_resend(self, rig: Rig) -> None:
+        """Salesforce still holds the old value: the first send did not land; it goes out."""
+        await person(rig.store, 1, shadow={"FirstName": "Old"}, first_name="Plat")
+        rig.sf.records[sf_id(1)] = {"Id": sf_id(1), "FirstName": "Old",
+                                    "LastModifiedDate": "2026-02-01T12:00:00.000+0000"}
+        await rig.outbox.enqueue([self.resend(1, FirstName="Plat")])
+        await rig.flusher.flush()
+        assert [c.records for c in rig.sf.calls] == [[{"FirstName": "Plat", "Id": sf_id(1)}]]
+        assert len(rig.sf.queries) == 1
+
+    async def test_a_first_send_reads_nothing(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"FirstName": "Old"}, first_name="Plat")
+        await rig.outbox.enqueue([edit(1, FirstName="Plat")])
+        await rig.flusher.flush()
+        assert rig.sf.queries == [] and len(rig.sf.calls) == 1

@@ -62,7 +62,7 @@ class ScriptedSession:
 class NoCatchUp:
     """Every channel has a stored replay id: the stream never polls."""
 
-    async def run_once(self, objects: Sequence[str] | None = None) -> Any:
+    async def run_once(self, objects: Sequence[str] | None = None, *, through_now: bool = False) -> Any:
         raise AssertionError("no poll expected")
 
     async def poll_since(self, sobject: str, since: Any) -> int:

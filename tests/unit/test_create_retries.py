@@ -103,12 +103,19 @@ class TestRecoveryQuery:
                         "AND CreatedDate >= 2025-01-01T12:00:00Z ORDER BY CreatedDate, Id")
 
     def test_companies_are_found_by_website_or_name(self) -> None:
-        """Accounts with a Website are found by it, the others by Name."""
+        """Accounts are found by Website or by Name (each one by every key it has)."""
         soql = recovery_query("Account", [{"Name": "Acme", "Website": "https://acme.com"},
                                           {"Name": "Globex"}], SINCE, USER)
         assert soql is not None
-        assert "WHERE (Name IN ('Globex') OR Website IN ('https://acme.com')) AND" in soql
+        assert "WHERE (Name IN ('Acme', 'Globex') OR Website IN ('https://acme.com')) AND" in soql
         assert soql.startswith("SELECT Id, CreatedDate, Name, Website FROM Account")
+
+    def test_an_account_is_looked_for_by_every_key_it_has(self) -> None:
+        """The retried write carries the Company's values now: an edit since the lost send may have
+        changed the Website, so its Name is looked for too (chaos seed 777, Q12: created twice)."""
+        soql = recovery_query("Account", [{"Name": "Acme", "Website": "https://acme2.com"}], SINCE, USER)
+        assert soql is not None
+        assert "WHERE (Name IN ('Acme') OR Website IN ('https://acme2.com')) AND" in soql
 
     def test_nothing_to_look_for_makes_no_query(self) -> None:
         """Records without a match key cannot be found: no query at all."""
@@ -136,6 +143,13 @@ class TestMatchingRecovered:
         found = [{"Id": "001A", "Name": "Acme", "Website": "http://acme.com"},
                  {"Id": "001G", "Name": "globex", "Website": "globex.io"}]
         assert match_recovered("Account", records, found) == {1: "001A", 0: "001G"}
+
+    def test_an_account_whose_website_changed_since_the_lost_send_matches_by_name(self) -> None:
+        """Sent with one Website, answer lost; the Website was edited before the retry: the record
+        found (the old Website) is still the write's, by Name."""
+        records = [{"Name": "Acme", "Website": "acme2.com"}]
+        found = [{"Id": "001A", "Name": "Acme", "Website": "acme.com"}]
+        assert match_recovered("Account", records, found) == {0: "001A"}
 
     def test_a_record_created_before_a_writes_first_send_is_not_its(self) -> None:
         """Item 7: each write matches only records created at or after its own first send."""

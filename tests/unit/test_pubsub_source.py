@@ -81,7 +81,7 @@ class FakeCatchUp:
     def __init__(self) -> None:
         self.polls: list[list[str]] = []
 
-    async def run_once(self, objects: Sequence[str] | None = None) -> Any:
+    async def run_once(self, objects: Sequence[str] | None = None, *, through_now: bool = False) -> Any:
         self.polls.append(list(objects or []))
 
     async def poll_since(self, sobject: str, since: datetime) -> int:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from reconciler.inbound_shadow import edits_only
 from reconciler.merge import HELD_LOCAL, HELD_SALESFORCE, Winner, decide_outgoing, merge_record
+from reconciler.ports import ChangeKind, ChangeSource, SalesforceChange
 from reconciler.shadow import has_unstamped_edit, platform_time, shadow_sets, shadow_side
 from settings import Direction, FieldMapping, MergeBehaviour
 
@@ -108,6 +111,30 @@ class TestQueuedValueSuperseded:
         assert out.decision.winner is Winner.NONE
 
 
+class TestToSalesforceQueuedValue:
+    """`to_salesforce`: the platform's edits flow out, Salesforce's never flow in; a platform
+    value re-queued after it was sent (a new leader's watcher re-reads it) must not overwrite a
+    later Salesforce edit (chaos seed 25147, L20.state)."""
+
+    def test_an_older_platform_value_does_not_overwrite_a_newer_salesforce_edit(self) -> None:
+        """Platform value set at T1, sent; Salesforce edited at T2 (shadow): the re-queued value stays."""
+        current = doc("plat@x", "present", shadow_at=T2, field_time=T1, updated_at=T1, written_at=T1)
+        out = decide_outgoing(mapping(direction="to_salesforce"), current, "plat@x")
+        assert not out.decision.write_salesforce
+
+    def test_a_newer_platform_edit_goes_out_over_salesforce_data(self) -> None:
+        """Platform edit at T3, Salesforce's value from T2: the platform's value is sent."""
+        current = doc("plat@x", "present", shadow_at=T2, field_time=T3, updated_at=T3, written_at=T3)
+        out = decide_outgoing(mapping(direction="to_salesforce"), current, "plat@x")
+        assert out.decision.write_salesforce and out.decision.value == "plat@x"
+
+    def test_an_unstamped_platform_edit_goes_out(self) -> None:
+        """A fresh edit the watcher has not stamped yet counts with its `updated_at` (T3 > T2)."""
+        fresh = doc("plat@x", "present", shadow_at=T2, field_time=T1, updated_at=T3, written_at=T1)
+        out = decide_outgoing(mapping(direction="to_salesforce"), fresh, "plat@x")
+        assert out.decision.write_salesforce
+
+
 class TestSameSecondEdits:
     """A fresh platform edit counts with its `updated_at` before the watcher stamps its field time."""
 
@@ -162,3 +189,44 @@ class TestShadowSets:
     def test_never_backwards(self) -> None:
         """A change older than what the shadow holds does not overwrite it."""
         assert shadow_sets(self.M, doc("a", "present", shadow_at=T2), "Lead", {"Email": "old@x"}, T1) == {}
+
+
+@dataclass
+class _Pending:
+    change: SalesforceChange
+    collection: str
+    doc: dict[str, Any]
+    held: dict[str, str] = field(default_factory=dict)
+
+    def put(self, path: str, value: Any, *, logged: bool = True) -> None:
+        raise AssertionError("edits_only writes nothing")
+
+
+class TestEventOlderThanOurWrite:
+    """Both sides edited a field within a second: the flusher sent the platform's value after the
+    Salesforce edit it had not seen, then that edit's event arrived. Salesforce holds our value
+    now; applying the event would swap the two sides (CI seed 83, A4.domain)."""
+
+    def item(self, event_at: datetime, source: ChangeSource = ChangeSource.STREAM) -> _Pending:
+        change = SalesforceChange(sobject="Lead", sf_id="00Q1", kind=ChangeKind.UPDATE,
+                                  fields={"Email": "theirs@x"}, changed_at=event_at, source=source)
+        sync = {"sf": {"Lead": {"Email": {"v": "ours@x", "at": T0, "sent": T2}}}}
+        return _Pending(change, "people", {"_id": 1, "email": "ours@x", "_sync": sync})
+
+    def test_an_event_older_than_our_write_is_not_salesforces_value_any_more(self) -> None:
+        assert edits_only(self.item(T1), [mapping()], {"Email": "theirs@x"}, T1) == {}
+
+    def test_an_event_after_our_write_is_an_edit(self) -> None:
+        assert edits_only(self.item(T3), [mapping()], {"Email": "theirs@x"}, T3) == {"Email": "theirs@x"}
+
+    def test_an_event_in_the_second_of_our_write_is_an_edit(self) -> None:
+        """Event times may be whole seconds: one stamped in our write's second may be later than
+        it (CI seed 64, P3.owner_crm_id: an owner change 0.3 s after the create)."""
+        item = self.item(T2)
+        item.doc["_sync"]["sf"]["Lead"]["Email"]["sent"] = T2 + timedelta(milliseconds=300)
+        assert edits_only(item, [mapping()], {"Email": "theirs@x"}, T2) == {"Email": "theirs@x"}
+
+    def test_a_record_read_now_is_salesforces_value_whatever_its_time(self) -> None:
+        """A poll reads the current state: nothing in it is stale."""
+        item = self.item(T1, ChangeSource.POLL)
+        assert edits_only(item, [mapping()], {"Email": "theirs@x"}, T1) == {"Email": "theirs@x"}

@@ -1,0 +1,179 @@
+"""The chaos run's reference model (bench/chaos/oracle.py): what each side may hold after a
+history of acknowledged writes. Pure: acks in, allowed value sets out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.chaos.operations import Ack, Entity
+from bench.chaos.oracle import Model, Observed, check
+
+T0 = 1_000_000.0  # acknowledgement times, epoch seconds
+LEAD = "00Q000000000001AAA"
+
+
+def lead_entity() -> Entity:
+    return Entity("L1", "Lead", "people", "salesforce", sf_id=LEAD, local_id="p1", bound_at=T0)
+
+
+def account_entity() -> Entity:
+    return Entity("A1", "Account", "companies", "platform", sf_id="001000000000001AAA", local_id="c1",
+                  bound_at=T0)
+
+
+def sf(at: float, **fields: Any) -> Ack:
+    return Ack(f"s{at}", "sf_update", "salesforce", "L1", T0 + at, "ok", "Lead", fields)
+
+
+def pf(at: float, slot: str = "L1", sobject: str = "Lead", **fields: Any) -> Ack:
+    return Ack(f"p{at}", "pf_edit", "platform", slot, T0 + at, "ok", sobject, fields)
+
+
+def feed(acks: list[Ack], faults: list[dict[str, Any]] | None = None) -> Model:
+    model = Model()
+    entities = {"L1": lead_entity(), "A1": account_entity()}
+    model.feed(acks, entities, faults or [])
+    return model
+
+
+def allowed_sf(model: Model, slot: str, name: str) -> set[Any]:
+    return model.entities[slot].fields[name].sf
+
+
+def fault(kind: str, at: float) -> dict[str, Any]:
+    return {"kind": kind, "at": T0 + at, "status": "injected"}
+
+
+# (history, field, what Salesforce may hold at the end, why)
+IN_FLIGHT = [
+    # salesforce_unless_blank on a blank Salesforce field: two quick platform edits may reach
+    # Salesforce as one (the outbox sends the platform's current value), so either may stand
+    ([pf(0, "A1", "Account", industry="Consulting"), pf(0.2, "A1", "Account", industry="Retail")],
+     ("A1", "industry"), {"Consulting", "Retail"}, "coalesced into the later value"),
+    # ... but one sent long before the next edit is Salesforce's data, which the rule keeps
+    ([pf(0, "A1", "Account", industry="Consulting"), pf(30, "A1", "Account", industry="Retail")],
+     ("A1", "industry"), {"Consulting"}, "sent before the next edit"),
+    # a platform value blanked before it was sent: blanks are never written, so Salesforce
+    # keeps what it had before the superseded value, or the value if it went out in time
+    ([sf(0, Phone=None), pf(10, phone="+1 1"), pf(11, phone="")],
+     ("L1", "phone"), {None, "+1 1"}, "superseded by a blank"),
+    ([sf(0, City="Old"), pf(10, city="new"), pf(40, city=None)],
+     ("L1", "city"), {"new"}, "sent long before it was blanked"),
+]
+
+
+class TestPlatformWritesInFlight:
+    @pytest.mark.parametrize(("acks", "where", "expected", "why"), IN_FLIGHT, ids=[r[3] for r in IN_FLIGHT])
+    def test_what_salesforce_may_hold(self, acks: list[Ack], where: tuple[str, str], expected: set[Any],
+                                      why: str) -> None:
+        assert allowed_sf(feed(acks), *where) == expected, why
+
+    def test_a_blank_over_an_edit_of_a_field_the_model_never_saw_in_salesforce(self) -> None:
+        """Salesforce's value before the unsent edit is unknown (a Person created on the platform
+        without it): after the blank the model cannot say what Salesforce holds (seed 25147, P7)."""
+        model = feed([pf(0, phone="+1 1"), pf(1.5, phone="")])
+        assert not model.entities["L1"].fields["phone"].sf_known
+
+    def test_a_fault_that_holds_outbound_back_widens_the_window(self) -> None:
+        """A leader killed just before the edit: the edit may still be queued 3 s later, when it is
+        blanked (chaos seed 25147, L24.city)."""
+        acks = [sf(0, City="Old"), pf(10, city="new"), pf(13.2, city=None)]
+        assert allowed_sf(feed(acks), "L1", "city") == {"new"}
+        assert allowed_sf(feed(acks, [fault("kill_leader", 9)]), "L1", "city") == {"new", "Old"}
+
+
+class TestConversionSnapshot:
+    def convert(self, at: float, **lead: Any) -> Ack:
+        return Ack(f"c{at}", "sf_convert", "salesforce", "L1", T0 + at, "ok", "Lead",
+                   {"lead_before": lead, "ConvertedContactId": "003000000000001AAA",
+                    "ConvertedAccountId": "001000000000009AAA"})
+
+    def test_a_platform_edit_not_yet_sent_when_the_lead_converts_is_no_violation(self) -> None:
+        """The platform edited the phone 60 ms before the conversion: the Lead may still hold the
+        old value (the edit reaches the Contact through the conversion's merge)."""
+        model = feed([sf(0, Phone="+1 0"), pf(5, phone="+1 5"), self.convert(5.06, Phone="+1 0")])
+        assert model.early == []
+        assert allowed_sf(model, "L1", "phone") >= {"+1 5"}
+
+    def test_a_platform_edit_lost_before_the_conversion_is_a_violation(self) -> None:
+        """Sent long before the conversion, the Lead must hold it."""
+        model = feed([sf(0, Phone="+1 0"), pf(5, phone="+1 5"), self.convert(40, Phone="+1 0")])
+        assert [v.check for v in model.early] == ["lost_change"]
+
+
+class TestEchoLogs:
+    def observed(self, model: Model, new: str, old: str = "x") -> Observed:
+        log = {"_id": 1, "source": "salesforce", "status": "success", "type": "update", "sf_id": LEAD,
+               "fields": {"last_name": {"old": old, "new": new}}}
+        return Observed(acks=[], entities={"L1": lead_entity()}, sf_records={}, people=[], companies=[],
+                        sync_logs=[log], writes=[], state_writes=[], faults=[], barrier_ok=True,
+                        barrier_detail="", idle_writes=0, idle_local_changes=0)
+
+    def test_a_salesforce_side_log_of_a_value_only_the_platform_wrote_is_an_echo(self) -> None:
+        model = feed([sf(0, LastName="Sf"), pf(10, last_name="Pf")])
+        assert [v.check for v in check(self.observed(model, "Pf"), model) if v.check == "logs"] == ["logs"]
+
+    def test_a_same_field_conflict_may_converge_on_the_platforms_value_through_salesforce(self) -> None:
+        """Both sides wrote the field within WINDOW: the platform's value may win in Salesforce after
+        the platform took Salesforce's, and then come back as Salesforce's current value (seed 25147,
+        L1.last_name): a real change on the platform, not an echo."""
+        model = feed([pf(0, last_name="Pf"), sf(1.1, LastName="Sf")])
+        assert [v for v in check(self.observed(model, "Pf", old="Sf"), model) if v.check == "logs"] == []
+
+    def test_an_echo_over_the_platforms_later_edit_is_still_an_echo(self) -> None:
+        """The planted echo_filter bug: the echo of an earlier platform value comes back over the
+        platform's later edit; a Salesforce write nearby does not excuse it."""
+        model = feed([pf(0, last_name="Pf"), sf(1.1, LastName="Sf"), pf(1.5, last_name="Pf2")])
+        found = [v.check for v in check(self.observed(model, "Pf", old="Pf2"), model) if v.check == "logs"]
+        assert found == ["logs"]
+
+
+class TestPlatformSide:
+    def test_a_person_created_after_a_salesforce_blank_may_be_blank(self) -> None:
+        """The Lead's FirstName was blanked before the Person existed: the Person is created from the
+        Lead as it is then, blank included (seed 777, L3.first_name)."""
+        late = Entity("L1", "Lead", "people", "salesforce", sf_id=LEAD, local_id="p1", bound_at=T0 + 20)
+        model = Model()
+        model.feed([Ack("c", "sf_create_lead", "salesforce", "L1", T0, "ok", "Lead", {"FirstName": "Ann"}),
+                    sf(8, FirstName="")], {"L1": late})
+        assert model.entities["L1"].fields["first_name"].local == {"Ann", None}
+
+    def test_a_blank_in_salesforce_never_blanks_a_person_that_exists(self) -> None:
+        model = feed([sf(0, FirstName="Ann"), sf(8, FirstName="")])
+        assert model.entities["L1"].fields["first_name"].local == {"Ann"}
+
+    def test_a_from_salesforce_field_may_take_salesforces_value_over_a_later_platform_edit(self) -> None:
+        """`from_salesforce`: the data comes from Salesforce ("we will never send SalesLoft data
+        back"); a Salesforce change delivered after a platform edit replaces it (seed 777,
+        P4.lead_source)."""
+        model = feed([sf(0, LeadSource="Web"), pf(2.1, lead_source="ls1")])
+        assert model.entities["L1"].fields["lead_source"].local == {"ls1", "Web"}
+
+
+class TestPlatformPreferred:
+    def test_a_queued_platform_value_goes_out_over_a_later_salesforce_edit(self) -> None:
+        """`local_unless_blank`: the platform's data is preferred, so a platform edit still in the
+        outbox (flush wait 2 s plus the watcher's 1 s settle) when Salesforce is edited goes out
+        over it at the flush (CI seed 8, P6.phone: 2.17 s apart)."""
+        model = feed([sf(0, Phone="+1 0"), pf(10, phone="+1 pf"), sf(12.17, Phone="+1 sf")])
+        assert allowed_sf(model, "L1", "phone") == {"+1 sf", "+1 pf"}
+
+    def test_one_sent_long_before_does_not(self) -> None:
+        model = feed([sf(0, Phone="+1 0"), pf(10, phone="+1 pf"), sf(30, Phone="+1 sf")])
+        assert allowed_sf(model, "L1", "phone") == {"+1 sf"}
+
+
+class TestResyncMerge:
+    def test_a_merge_after_a_resync_fault_may_give_salesforce_unless_blank_to_salesforce(self) -> None:
+        """A merge (the backfill of a term that finds no watermark) applies the preference: where
+        Salesforce has data, `salesforce_unless_blank` takes it on the platform too ("SalesLoft
+        selects the preferred data"; seed 9001, L23.company_name, A6.industry)."""
+        acks = [sf(0, Company="Sf Co"), pf(10, company_name="pf co")]
+        assert model_local(feed(acks), "company_name") == {"pf co"}
+        assert model_local(feed(acks, [fault("kill_leader", 12)]), "company_name") == {"pf co", "Sf Co"}
+
+
+def model_local(model: Model, name: str) -> set[Any]:
+    return model.entities["L1"].fields[name].local
