@@ -7,7 +7,8 @@ the current term began (None between terms). Every write a term makes through it
   writes (`bulk_apply`, `write_in_order`) carry the fence: refused by the store itself once a
   newer term holds the lease;
 - sync logs and links of created records check the fence first (one read): a stalled ex-leader
-  logs nothing as done after a newer term began;
+  logs nothing as done after a newer term began; the first sync logs of a term re-read which
+  records have open failures (`Store.forget_open_failures`: other leaders logged some meanwhile);
 - between terms (no fence) every such write is refused.
 
 A refusal is `FencedError`, logged here (`term_write_refused`, the operation and the term) and
@@ -38,6 +39,7 @@ class TermStore(Store):
     def __init__(self, store: Store, fence: FenceProvider) -> None:
         super().__init__(store.client, store.db, sync_log_retention_days=store.sync_log_retention_days)
         self._term_fence = fence
+        self._logs_term: int | None = None  # the term whose sync logs this store last wrote
 
     def term(self) -> Fence:
         """The term writes are made for; `FencedError` between terms."""
@@ -63,7 +65,12 @@ class TermStore(Store):
     async def insert_sync_logs(self, logs: Sequence[SyncLog]) -> list[str]:
         if logs:
             async with self._refusals("insert_sync_logs"):
-                await self.check_fence(self.term())
+                fence = self.term()
+                await self.check_fence(fence)
+            if fence.term != self._logs_term:
+                # the leaders between our terms logged failures this process has not seen
+                self.forget_open_failures()
+                self._logs_term = fence.term
         return await super().insert_sync_logs(logs)
 
     async def link_created(self, collection: str, local_id: Any, *, sobject: str, sf_id: str) -> bool:
