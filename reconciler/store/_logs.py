@@ -15,7 +15,7 @@ from bson import ObjectId
 from bson.errors import InvalidId
 
 from reconciler.store._client import translate_errors
-from reconciler.store._open_failures import Key, OpenFailures
+from reconciler.store._open_failures import MAX_KEPT, Key, OpenFailures
 from reconciler.sync_logs import SyncLog, can_resolve, record_keys, resolves
 
 
@@ -153,8 +153,8 @@ class LogsMixin:
         with translate_errors("load_open_failures"):
             docs = await self.db.sync_logs.find(
                 {"status": "failed", "resolved": None}, {"source": 1, "sf_id": 1, "local_id": 1}
-            ).to_list(None)
-        known.loaded((k for d in docs for k in record_keys(d)), since)
+            ).limit(MAX_KEPT + 1).to_list(None)
+        known.loaded((k for d in docs for k in record_keys(d)), since, complete=len(docs) <= MAX_KEPT)
 
     async def find_sync_logs(
         self, *, status: str | None = None, source: str | None = None, type: str | None = None,

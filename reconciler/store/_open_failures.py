@@ -12,7 +12,8 @@ It is a superset of the truth, so no failure goes unresolved for want of a looku
   added for it since that lookup began;
 - the set is read from the database when first needed, again after `RELOAD_SECONDS`, and again
   when the store is told others may have logged failures (`forget`: a new leader term, since
-  the previous leader's failures are not in this process's set).
+  the previous leader's failures are not in this process's set);
+- past `MAX_KEPT` open failures it is not kept at all: every record is looked up, as before.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ Key = tuple[str, str, str]  # (source, "sf_id" | "local_id", id): `reconciler.sy
 # A failure another writer logged outside our terms (a stalled ex-leader's last write) is
 # picked up within this long.
 RELOAD_SECONDS = 60.0
+# Past this many open failures the set is not kept (memory): every success is looked up, as
+# before the set existed, until a reload finds fewer.
+MAX_KEPT = 50_000
 
 
 class OpenFailures:
@@ -33,6 +37,7 @@ class OpenFailures:
         self._seq = 0
         self._loaded_at: float | None = None
         self._monotonic = monotonic
+        self._everything = False  # too many to keep: every key is a candidate
 
     def stale(self) -> bool:
         """Must the set be read from the database before it is used?"""
@@ -50,16 +55,19 @@ class OpenFailures:
             self._seq += 1
             self._keys[key] = self._seq
 
-    def loaded(self, keys: Iterable[Key], since: int) -> None:
-        """The open failures' keys as a load begun at `since` read them."""
+    def loaded(self, keys: Iterable[Key], since: int, *, complete: bool = True) -> None:
+        """The open failures' keys as a load begun at `since` read them; not `complete`: there
+        were more than `MAX_KEPT` (every key counts as a candidate until the next load)."""
         self._keys = {key: seq for key, seq in self._keys.items() if seq > since}
-        for key in keys:
-            self._keys.setdefault(key, 0)
+        self._everything = not complete
+        if complete:
+            for key in keys:
+                self._keys.setdefault(key, 0)
         self._loaded_at = self._monotonic()
 
     def candidates(self, keys: Iterable[Key]) -> set[Key]:
         """The keys that may have open failures (to look up)."""
-        return {key for key in keys if key in self._keys}
+        return set(keys) if self._everything else {key for key in keys if key in self._keys}
 
     def settled(self, looked_up: Iterable[Key], still_open: Iterable[Key], since: int) -> None:
         """A lookup begun at `since` of `looked_up` left failures naming `still_open` open."""

@@ -84,3 +84,10 @@ class TestLoading:
         known = loaded(A)
         known.loaded([B], known.mark())     # A's failures were resolved by another writer
         assert known.candidates([A, B]) == {B}
+
+    def test_too_many_to_keep_makes_every_record_a_candidate_until_the_next_load(self) -> None:
+        known = OpenFailures(Clock())
+        known.loaded([A], known.mark(), complete=False)
+        assert known.candidates([A, B]) == {A, B}
+        known.loaded([A], known.mark())
+        assert known.candidates([A, B]) == {A}
