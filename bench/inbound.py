@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -66,7 +66,6 @@ from listener.reader import RecordReader
 from listener.salesforce import SalesforceClient
 from listener.sources.cometd import CdcStream, StreamOptions
 from listener.sources.polling import Poller
-from listener.sources.pubsub import PubSubOptions, PubSubStream
 from reconciler.inbound import Reconciler
 from reconciler.outbox import Outbox
 from reconciler.ports import RejectedEvent, SalesforceChange
@@ -74,6 +73,9 @@ from reconciler.store import Store
 from service.logs import configure_logging, reset_logging
 from settings import BudgetSettings, SyncSettings
 from tests.support.secantus import free_port
+
+if TYPE_CHECKING:
+    from listener.sources.pubsub import PubSubStream
 
 SERVICE = "salesforce-sync"        # the service's client name (its own writes are echoes)
 GENERATOR = "bench-generator"      # another integration changing the org: its events are real
@@ -273,6 +275,8 @@ async def raw_rates_like_people(uri: str, count: int) -> tuple[float, float]:
 async def streaming(r: Rig) -> AsyncIterator[tuple[CdcStream | PubSubStream, asyncio.Task[None]]]:
     """The stream running (as the supervisor builds it); stopped, offsets committed, on exit."""
     stream: CdcStream | PubSubStream
+    # imported only with `--api pubsub`, as the service does: gRPC and Avro are 13 MiB of RSS
+    from listener.sources.pubsub import PubSubOptions, PubSubStream
     if r.opts.api == "pubsub":
         stream = PubSubStream(sf=r.sf, store=r.store, sink=r.sink, catch_up=r.poller, objects=OBJECTS,
                               options=PubSubOptions(client_name=SERVICE, endpoint=r.pubsub_endpoint,

@@ -518,7 +518,8 @@ def _record_write(item: _Pending, now: datetime) -> RecordWrite:
                    "_sync.sf_modstamp": item.change.changed_at})
     on_insert: dict[str, Any] = {}
     if item.upsert:
-        on_insert = {"created_at": now, "_sync.created_by_sync": True}
+        on_insert = {"created_at": now, "_sync.created_by_sync": True,
+                     **shadow.as_inserted(values, item.change.sobject)}
     return RecordWrite(filter=item.filter, set=values, unset=sorted(item.unsets),
                        set_on_insert=on_insert, upsert=item.upsert, expected=item.expected)
 

@@ -27,7 +27,7 @@ from enum import StrEnum
 from typing import Any
 
 from reconciler.records import get_path, is_blank
-from reconciler.shadow import platform_time, shadow_side
+from reconciler.shadow import has_unstamped_edit, platform_time, shadow_side, stamped_time
 from settings import Direction, FieldMapping, MergeBehaviour
 
 # The reasons a rule holds a live edit back (a `skipped` sync log names the field and the reason).
@@ -154,10 +154,11 @@ def merge_record(
     if sf_changed_at is not None:
         sf_changed_at = sf_changed_at - sf_clock_offset
     result = RecordMerge()
+    unstamped = has_unstamped_edit(local_doc)
     for mapping in mappings_for_object:
         if mapping.sf_field not in sf_record and not complete:
             continue
-        local = local_side(local_doc, mapping)
+        local = local_side(local_doc, mapping, unstamped=unstamped)
         remote = Side(sf_record.get(mapping.sf_field), sf_changed_at)
         can_write = True if writable is None else writable.get(mapping.sf_field, True)
         decision = merge_field(mapping, local, remote, sf_field_writable=can_write)
@@ -185,11 +186,16 @@ def capped_offset(offset: timedelta, sf_changed_at: datetime | None, now: dateti
     return max(offset, sf_changed_at - now)
 
 
-def local_side(doc: Mapping[str, Any] | None, mapping: FieldMapping) -> Side:
+def local_side(doc: Mapping[str, Any] | None, mapping: FieldMapping, *,
+               unstamped: bool | None = None) -> Side:
     """The platform's side of one field: its value and time (`shadow.platform_time`: a fresh,
-    not yet stamped platform edit counts with its document's `updated_at`)."""
+    not yet stamped platform edit counts with its document's `updated_at`). `unstamped`:
+    `shadow.has_unstamped_edit(doc)` when the caller has it (once per document, not per field)."""
+    value = get_path(doc, mapping.local_field)
+    if not (has_unstamped_edit(doc) if unstamped is None else unstamped):
+        return Side(value, stamped_time(doc, mapping.local_field))  # the shadow cannot change it
     seen = shadow_side(doc, mapping.sobject, mapping.sf_field)
-    return Side(get_path(doc, mapping.local_field), platform_time(doc, mapping.local_field, seen))
+    return Side(value, platform_time(doc, mapping.local_field, seen))
 
 
 def _stamp_fresh_edit(result: RecordMerge, doc: Mapping[str, Any] | None, mapping: FieldMapping,

@@ -92,6 +92,12 @@ def has_unstamped_edit(doc: Mapping[str, Any] | None) -> bool:
     return not isinstance(written, datetime) or _naive(updated) > _naive(written)
 
 
+def stamped_time(doc: Mapping[str, Any] | None, local_field: str) -> datetime | None:
+    """The field time the watcher (or an inbound write) stamped on `local_field`, if any."""
+    stamped = get_path(doc, f"_sync.field_times.{local_field}")
+    return stamped if isinstance(stamped, datetime) else None
+
+
 def platform_time(doc: Mapping[str, Any] | None, local_field: str, shadow: Seen | None,
                   value: Any = None) -> datetime | None:
     """The time of the platform's value of `local_field`: its stamped field time, or, while an
@@ -99,8 +105,7 @@ def platform_time(doc: Mapping[str, Any] | None, local_field: str, shadow: Seen 
     `updated_at` when that is later (a fresh edit counts before the watcher stamps it).
     `value`: the platform's value as Salesforce would hold it, when not the field's own (the
     owner, translated through `[[users]]`)."""
-    stamped = get_path(doc, f"_sync.field_times.{local_field}")
-    stamped = stamped if isinstance(stamped, datetime) else None
+    stamped = stamped_time(doc, local_field)
     if not has_unstamped_edit(doc):
         return stamped
     assert doc is not None

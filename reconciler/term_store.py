@@ -8,7 +8,9 @@ the current term began (None between terms). Every write a term makes through it
   newer term holds the lease;
 - sync logs and the watcher's and flusher's own record writes (field times and links through
   `watched(...)`, the Salesforce shadow) check the fence first (one read): a stalled ex-leader
-  logs nothing as done, and stamps or links nothing, after a newer term began;
+  logs nothing as done, and stamps or links nothing, after a newer term began; the first sync
+  logs of a term re-read which records have open failures (`Store.forget_open_failures`: other
+  leaders logged some meanwhile);
 - between terms (no fence) every such write is refused.
 
 A refusal is `FencedError`, logged here (`term_write_refused`, the operation and the term) and
@@ -40,6 +42,7 @@ class TermStore(Store):
     def __init__(self, store: Store, fence: FenceProvider) -> None:
         super().__init__(store.client, store.db, sync_log_retention_days=store.sync_log_retention_days)
         self._term_fence = fence
+        self._logs_term: int | None = None  # the term whose sync logs this store last wrote
 
     def term(self) -> Fence:
         """The term writes are made for; `FencedError` between terms."""
@@ -64,7 +67,13 @@ class TermStore(Store):
 
     async def insert_sync_logs(self, logs: Sequence[SyncLog]) -> list[str]:
         if logs:
-            await self.check_term("insert_sync_logs")
+            async with self._refusals("insert_sync_logs"):
+                fence = self.term()
+                await self.check_fence(fence)
+            if fence.term != self._logs_term:
+                # the leaders between our terms logged failures this process has not seen
+                self.forget_open_failures()
+                self._logs_term = fence.term
         return await super().insert_sync_logs(logs)
 
     def watched(self, collection: str) -> WatchedCollection:

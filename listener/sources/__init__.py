@@ -9,16 +9,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from listener.budget import BudgetGovernor, Mode
 from listener.salesforce import SalesforceClient
 from listener.sources.base import HandoverMarks, Source
 from listener.sources.cometd import CatchUp, CdcStream, StreamOptions
 from listener.sources.polling import Poller, SalesforceTime
-from listener.sources.pubsub import PubSubOptions, PubSubStream
 from reconciler.ports import ChangeSink
 from reconciler.store import Fence, Store
 from settings import Mappings, Settings
+
+if TYPE_CHECKING:
+    from listener.sources.pubsub import PubSubOptions, PubSubStream
+
+_PUBSUB_NAMES = ("PubSubOptions", "PubSubStream")
+
+
+def __getattr__(name: str) -> Any:
+    # The Pub/Sub source (gRPC, protobuf, Avro: 13 MiB of RSS) is imported only when used.
+    if name in _PUBSUB_NAMES:
+        from listener.sources import pubsub
+        return getattr(pubsub, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def create_sources(*, settings: Settings, mappings: Mappings, sf: SalesforceClient, store: Store,
@@ -38,6 +51,7 @@ def create_sources(*, settings: Settings, mappings: Mappings, sf: SalesforceClie
                     sf_clock=sf_clock, overlap=timedelta(seconds=sync.poll_overlap_seconds), fence=fence)
     stream: Source
     if sync.stream_api == "pubsub":
+        from listener.sources.pubsub import PubSubOptions, PubSubStream
         stream = PubSubStream(sf=sf, store=store, sink=sink, catch_up=poller, objects=sync.objects,
                               options=PubSubOptions.from_settings(settings), governor=governor, fence=fence)
     else:

@@ -1,5 +1,6 @@
-"""Sync logs: insert (resolving the failures a success fixes), filter newest-first with a stable
-cursor, mark retried, count open failures per error code."""
+"""Sync logs: insert (resolving the failures a success fixes; `_open_failures` says which
+records have any), filter newest-first with a stable cursor, mark retried, count open failures
+per error code."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from bson import ObjectId
 from bson.errors import InvalidId
 
 from reconciler.store._client import translate_errors
+from reconciler.store._open_failures import MAX_KEPT, Key, OpenFailures
 from reconciler.sync_logs import SyncLog, can_resolve, record_keys, resolves
 
 
@@ -88,13 +90,28 @@ def _error_code_query(code: str) -> dict[str, Any]:
 class LogsMixin:
     db: Any
 
+    _open: OpenFailures | None = None  # created on first use, one per store
+
+    def forget_open_failures(self) -> None:
+        """Others may have logged failures (a new leader term began): resolving reads the open
+        failures from the database again before it next relies on them."""
+        self._open_failures().forget()
+
+    def _open_failures(self) -> OpenFailures:
+        if self._open is None:
+            self._open = OpenFailures()
+        return self._open
+
     async def insert_sync_logs(self, logs: Sequence[SyncLog]) -> list[str]:
         """Insert in one round-trip; returns the new log ids (as strings), in order."""
         if not logs:
             return []
         docs = [entry.to_document() for entry in logs]
+        failed = [key for d in docs if d.get("status") == "failed" for key in record_keys(d)]
+        self._open_failures().add(failed)
         with translate_errors("insert_sync_logs"):
             result = await self.db.sync_logs.insert_many(docs, ordered=False)
+        self._open_failures().add(failed)  # see `_open_failures`: a lookup meanwhile missed them
         ids = [str(oid) for oid in result.inserted_ids]
         await self._resolve_failures(docs, ids)
         await self._link_queued_retries(docs, ids)
@@ -131,19 +148,20 @@ class LogsMixin:
                                                     {"$set": {"retry_queued": at}})
 
     async def _resolve_failures(self, docs: Sequence[dict[str, Any]], ids: Sequence[str]) -> None:
-        """Failed logs these successes fix gain `resolved` ({by, at}): one find, one update per
-        resolving log (only when there are open failures for these records)."""
+        """Failed logs these successes fix gain `resolved` ({by, at}): a find per id kind, one
+        update per resolving log; no find unless some of these records have open failures."""
         successes = [(d, i) for d, i in zip(docs, ids, strict=True) if can_resolve(d)]
         if not successes:
             return
-        named = {(key, value) for d, _ in successes for _, key, value in record_keys(d)}
-        ors = [{key: {"$in": sorted(v for k, v in named if k == key)}}
-               for key in ("sf_id", "local_id") if any(k == key for k, _ in named)]
-        query = {"status": "failed", "resolved": None, "$or": ors}
+        known = self._open_failures()
+        if known.stale():
+            await self._load_open_failures(known)
+        wanted = known.candidates(k for d, _ in successes for k in record_keys(d))
+        if not wanted:
+            return
+        since = known.mark()
+        open_failures = await self._find_open_failures(wanted)
         with translate_errors("resolve_failures"):
-            open_failures = await self.db.sync_logs.find(
-                query, {"source": 1, "sf_id": 1, "local_id": 1, "fields": 1, "ts": 1, "status": 1}
-            ).to_list(None)
             for success, log_id in successes:
                 fixed = [f["_id"] for f in open_failures if resolves(success, f)]
                 if fixed:
@@ -151,6 +169,30 @@ class LogsMixin:
                         {"_id": {"$in": fixed}, "resolved": None},
                         {"$set": {"resolved": {"by": log_id, "at": success["ts"]}}})
                     open_failures = [f for f in open_failures if f["_id"] not in fixed]
+        known.settled(wanted, [k for f in open_failures for k in record_keys(f)], since)
+
+    async def _find_open_failures(self, keys: set[Key]) -> list[dict[str, Any]]:
+        """The open failed logs naming these records' ids: one indexed `$in` per id kind (an
+        `$or` of the two is a collection scan on SecantusDB), of the few ids with failures."""
+        found: dict[Any, dict[str, Any]] = {}
+        with translate_errors("resolve_failures"):
+            for kind in ("sf_id", "local_id"):
+                values = sorted({value for _, k, value in keys if k == kind})
+                if values:
+                    async for failure in self.db.sync_logs.find(
+                        {kind: {"$in": values}, "status": "failed", "resolved": None},
+                        {"source": 1, "sf_id": 1, "local_id": 1, "fields": 1, "ts": 1, "status": 1},
+                    ):
+                        found[failure["_id"]] = failure
+        return list(found.values())
+
+    async def _load_open_failures(self, known: OpenFailures) -> None:
+        since = known.mark()
+        with translate_errors("load_open_failures"):
+            docs = await self.db.sync_logs.find(
+                {"status": "failed", "resolved": None}, {"source": 1, "sf_id": 1, "local_id": 1}
+            ).limit(MAX_KEPT + 1).to_list(None)
+        known.loaded((k for d in docs for k in record_keys(d)), since, complete=len(docs) <= MAX_KEPT)
 
     async def find_sync_logs(
         self, *, status: str | None = None, source: str | None = None, type: str | None = None,

@@ -14,7 +14,7 @@ from reconciler.merge import HELD_LOCAL
 from reconciler.ports import ChangeKind, ChangeSource
 from reconciler.store import Store
 from settings import parse_mappings
-from tests.support.salesforce_changes import T0, change, mappings_toml
+from tests.support.salesforce_changes import OWNER_1, T0, change, mappings_toml
 
 SF_ID = "00Q000000000001AAA"
 MAPPINGS = parse_mappings(mappings_toml({"people.title": {"merge": "local_unless_blank"}}))
@@ -111,3 +111,32 @@ class TestRereadIsNotAnEdit:
         await Reconciler(store, mappings).apply([polled])
         doc = await person(store)
         assert (doc["title"], doc["first_name"]) == ("Platform title", "Annie")
+
+
+NEW_LEAD = {"FirstName": "Ann", "LastName": "Lee", "OwnerId": OWNER_1}
+
+
+class Unseen(Store):
+    """The store as a reader that raced another writer sees it: no linked document yet."""
+
+    async def find_linked(self, collection: str, sf_ids: Any, *,
+                          converted: bool = False) -> list[dict[str, Any]]:
+        return []
+
+
+class TestCreatedShadow:
+    async def test_a_create_writes_the_whole_shadow(self, store: Store) -> None:
+        at = T0 + timedelta(seconds=5)
+        await Reconciler(store, MAPPINGS).apply([change(SF_ID, NEW_LEAD, kind=ChangeKind.CREATE, at=at)])
+        shadow = (await person(store))["_sync"]["sf"]["Lead"]
+        assert shadow["FirstName"] == {"v": "Ann", "at": at}
+        assert shadow["Title"] == {"v": None, "at": at}  # a create is the full record
+
+    async def test_a_document_created_meanwhile_keeps_its_shadow(self, store: Store) -> None:
+        """The create's upsert meets a document another writer linked after our read: the
+        fields are merged into it, its shadow (seen later) is not replaced."""
+        later = T0 + timedelta(seconds=30)
+        await lead(store, _sync={"written_at": T0, "sf": {"Lead": {"FirstName": {"v": "Anne", "at": later}}}})
+        racing = Unseen(store.client, store.db)
+        await Reconciler(racing, MAPPINGS).apply([change(SF_ID, NEW_LEAD, kind=ChangeKind.CREATE, at=T0)])
+        assert (await person(store))["_sync"]["sf"]["Lead"] == {"FirstName": {"v": "Anne", "at": later}}
