@@ -56,7 +56,8 @@ import structlog
 
 from listener.metrics import METRICS
 from listener.reader import RecordReader
-from reconciler.errors import BudgetExhaustedError, FencedError, RetriableError
+from listener.sources.base import term_fence
+from reconciler.errors import BudgetExhaustedError, RetriableError
 from reconciler.pacing import every
 from reconciler.ports import ChangeSink, ChangeSource, SalesforceChange, StateStore
 from reconciler.soql import floor_second, parse_sf_datetime
@@ -186,7 +187,7 @@ class Poller:
     async def run_once(self, objects: Sequence[str] | None = None) -> PassReport:
         """One pass over every object (or `objects`); watermarks advance page by page."""
         signpost = self.signpost()
-        term = self._term_fence()
+        term = term_fence(self._fence, "poller")
         report = PassReport()
         for sobject in objects if objects is not None else self.objects:
             before = self._sf.calls_made
@@ -201,14 +202,6 @@ class Poller:
         """Catch up one object from `since` (after a GAP_OVERFLOW); the watermark is untouched."""
         return await self._poll(sobject, Watermark(floor_second(since)), self.signpost(), persist=False,
                                 overlap=False)
-
-    def _term_fence(self) -> Fence | None:
-        if self._fence is None:
-            return None
-        term = self._fence()
-        if term is None:
-            raise FencedError("poller: no leader term to write for")
-        return term
 
     def signpost(self) -> datetime:
         """Where a pass starting now stops: Salesforce's certain now, less the safety lag."""

@@ -38,6 +38,7 @@ from typing import Any
 import structlog
 
 from listener.events import channel_object
+from listener.sources.base import term_fence
 from listener.sources.batching import CommitPolicy
 from listener.sources.cdc_batch import apply_batch, sort_batch
 from listener.sources.cometd import LATEST_AHEAD, CatchUp, EventsExhausted, channel_for
@@ -59,7 +60,7 @@ from listener.sources.pubsub.subscriptions import (
     Subscription,
     Subscriptions,
 )
-from listener.sources.replay_offsets import PubSubOffsets, term_fence
+from listener.sources.replay_offsets import PubSubOffsets
 from reconciler.errors import FencedError, RetriableError
 from reconciler.pacing import Backoff
 from reconciler.ports import ChangeSink, StateStore
