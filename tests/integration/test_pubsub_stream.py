@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from emulator.pubsub_avro import decode_replay_id
+from listener.sources.pubsub._wire import Endpoint, PubSubConnection, fetch_request, more
+from reconciler.errors import RetriableError
 from reconciler.store.state_keys import pubsub_replay_key
 from tests.support.eventually import eventually
 from tests.support.stream_rig import BATCH, CHANNEL, StreamRig, stream_rig
@@ -75,3 +77,20 @@ class TestKeepalive:
         await rig.control("POST", "streaming/publish",  # another channel's event moves the bus on
                           {"channel": "/data/ContactChangeEvent", "data": {"payload": {}}})
         await eventually(rig.offset_is_latest)
+
+
+class TestWireBoundary:
+    async def test_a_stream_the_server_ended_refuses_more_requests_as_retriable(self, rig: StreamRig) -> None:
+        """A FetchRequest written after the server ended the stream (dropped while a batch was
+        applied) is a `RetriableError` like the read's, never grpc's own exception."""
+        connection = PubSubConnection(Endpoint.parse(rig.emu.pubsub_endpoint), rig.sf)
+        try:
+            subscription = await connection.subscribe(CHANNEL, fetch_request(CHANNEL, 1))
+            await eventually(lambda: len(rig.pubsub.streams) == 1)
+            await rig.drop()
+            with pytest.raises(RetriableError):
+                await subscription.read()
+            with pytest.raises(RetriableError):
+                await subscription.request(more(1))
+        finally:
+            await connection.close()

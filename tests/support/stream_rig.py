@@ -4,15 +4,15 @@ a Reconciler behind a `RecordingSink`, and the stream of the chosen API (`CdcStr
 or `PubSubStream` over gRPC), started and stopped by the test.
 
 What differs between the APIs stays here, behind one verb each: `drop` (the network loses the
-stream), `restart_server` (the streaming server restarts), `stored_replay_id` (read back as the
-emulator's bus position).
+stream), `server_restart` (the streaming server restarts; both in `StreamingFaults`, which the
+service-level tests use too), `stored_replay_id` (read back as the emulator's bus position).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,7 +136,28 @@ class StreamRig:
 
     async def drop(self) -> None:
         """The network drops the open stream (CometD's long poll, or every Subscribe call)."""
-        await self.control("POST", "pubsub/drop" if self.api == "pubsub" else "streaming/drop")
+        await StreamingFaults(self.api, self.emu, self.http).drop()
+
+    def server_restart(self) -> AbstractAsyncContextManager[None]:
+        """The streaming server goes down on entry and is back on exit (`StreamingFaults`)."""
+        return StreamingFaults(self.api, self.emu, self.http).server_restart()
+
+
+@dataclass
+class StreamingFaults:
+    """The faults of the emulator's streaming side that each API shows its own way."""
+
+    api: str
+    emu: RunningEmulator
+    http: aiohttp.ClientSession
+
+    async def _control(self, path: str) -> None:
+        async with self.http.post(f"{self.emu.base_url}/_emulator/{path}") as r:
+            assert r.status == 200, await r.text()
+
+    async def drop(self) -> None:
+        """The network drops the open stream (CometD's long poll, or every Subscribe call)."""
+        await self._control("pubsub/drop" if self.api == "pubsub" else "streaming/drop")
 
     @asynccontextmanager
     async def server_restart(self) -> AsyncIterator[None]:
@@ -147,16 +168,17 @@ class StreamRig:
         drops their connections. Pub/Sub: the gRPC server stops (open streams end, new calls are
         refused) and starts again on the same port."""
         if self.api == "pubsub":
+            assert self.emu.pubsub is not None
             port = int(self.emu.pubsub_endpoint.rsplit(":", 1)[1])
             with capture_logs() as logs:
-                await self.pubsub.stop()
+                await self.emu.pubsub.stop()
                 yield
                 # down until the stream was refused once: a reconnect attempt, not only the drop
                 await eventually(lambda: [e["event"] for e in logs].count("stream_reconnect") >= 2)
-            await self.pubsub.start("127.0.0.1", port)
+            await self.emu.pubsub.start("127.0.0.1", port)
             return
-        await self.control("POST", "streaming/forget-clients")
-        await self.control("POST", "streaming/drop")
+        await self._control("streaming/forget-clients")
+        await self._control("streaming/drop")
         yield
 
 
