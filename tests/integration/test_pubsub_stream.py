@@ -8,6 +8,7 @@ expiry, dropped streams, server restart, events limit, poison) is tested once pe
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -49,6 +50,25 @@ class TestSubscribing:
         await rig.start()
         resumed = rig.pubsub.subscribes[-1]
         assert resumed["replay_preset"] == "CUSTOM" and decode_replay_id(resumed["replay_id"]) == stored
+
+
+class TestLatestHandover:
+    async def test_a_change_before_a_slow_server_holds_latest_is_polled(self, rig: StreamRig) -> None:
+        """A LATEST subscription takes hold only when the server acts on it, which the client
+        cannot see: a change made after the closing poll but before that moment is neither
+        delivered nor polled -- unless the stream polls again once the subscription shows it
+        holds (its first response)."""
+        await rig.control("POST", "pubsub/config", {"subscribe_delay_seconds": 8})
+        stream = rig.build()
+        stop = asyncio.Event()
+        rig.running.append((stream, stop, asyncio.create_task(stream.run(stop))))
+        await eventually(lambda: stream.ready)
+        assert rig.pubsub.subscribes == []  # the server has not placed the cursor yet
+        unseen = await rig.create_lead("BeforeTheCursor")
+        await eventually(lambda: len(rig.pubsub.subscribes) == 1, timeout=30)
+        after = await rig.create_lead("AfterTheCursor")
+        await eventually(lambda: rig.has_person(after, "AfterTheCursor"))
+        await eventually(lambda: rig.has_person(unseen, "BeforeTheCursor"))
 
 
 class TestFlowControl:

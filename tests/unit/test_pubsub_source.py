@@ -159,6 +159,25 @@ class TestSubscribing:
         await eventually(lambda: stream.ready)
         assert rig.catch_up.polls == [["Lead"]]
 
+    async def test_the_first_response_to_latest_polls_again_before_its_events(self, running: Any) -> None:
+        """Its first response proves a LATEST subscription holds: the objects are polled once
+        more, before that response's events are applied; later responses poll nothing."""
+        rig = Harness()
+        stream = rig.stream()
+        running(stream)
+        await eventually(lambda: stream.ready)
+        polls_when_applied: list[int] = []
+        apply = rig.sink.apply
+
+        async def noting(changes: Sequence[SalesforceChange]) -> None:
+            polls_when_applied.append(len(rig.catch_up.polls))
+            await apply(changes)
+        rig.sink.apply = noting  # type: ignore[method-assign]
+        rig.org.deliver(lead_event(1))
+        rig.org.deliver(lead_event(2))
+        await eventually(lambda: len(rig.sink.applied) == 2)
+        assert polls_when_applied[0] == 2 and rig.catch_up.polls == [["Lead"], ["Lead"]]
+
 
 class TestFlowControl:
     async def test_reads_ahead_one_batch_at_a_time(self, running: Any) -> None:
