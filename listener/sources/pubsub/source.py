@@ -127,6 +127,7 @@ class PubSubStream:
         self._intake: BatchIntake[Item] | None = None
         self._backoff = Backoff(base=0.5, cap=30.0)  # full jitter (reconciler.pacing)
         self._auth_failures = 0  # UNAUTHENTICATED in a row, with no batch applied between
+        self._unconfirmed: set[str] = set()  # subscribed LATEST, not yet answered: objects
         self.connected = False
         self.ready = False
         self.running = False
@@ -193,7 +194,8 @@ class PubSubStream:
         """One connection: subscribe, close over with a poll if owed, consume; its error, if any."""
         connection = self._connect()
         after = self._offsets.applied_ids
-        self._handover.owe_closing_poll(o for o in self.objects if channel_for(o) not in after)
+        self._unconfirmed = {o for o in self.objects if channel_for(o) not in after}
+        self._handover.owe_closing_poll(self._unconfirmed)
         try:
             readers = await self._subscriptions.open(connection, self.channels, after)
             self.connected = True
@@ -255,6 +257,7 @@ class PubSubStream:
             self._intake = None
 
     async def _process(self, connection: Connection, items: list[Item], policy: CommitPolicy) -> None:
+        await self._confirm_latest(items)
         messages = [await self._decoder.decode(connection, i) for i in items if i.event is not None]
         batch = sort_batch(messages, client_name=self.options.client_name, objects=set(self.objects),
                            already_applied=_never, covered=self._handover.covers,
@@ -269,6 +272,18 @@ class PubSubStream:
             await self._offsets.commit()
             policy.committed()
         await self._subscriptions.ask_for_more(items)
+
+
+    async def _confirm_latest(self, items: list[Item]) -> None:
+        """A LATEST subscription holds from when the server acts on it, which the client cannot
+        see (the settle only makes it likely before the closing poll); its first response proves
+        it. Poll those objects again then, before the events: a change made between the closing
+        poll and that moment is neither delivered nor polled otherwise."""
+        answered = {o for i in items if (o := channel_object(i.channel)) in self._unconfirmed}
+        if answered:
+            self._unconfirmed -= answered
+            self._handover.owe_closing_poll(answered)
+            await self._handover.close_over_with_poll()
 
 
 def _never(channel: str, replay_id: int) -> bool:
