@@ -14,7 +14,8 @@ keepalives, Avro decoding) and the session loop here.
 - Resumes with `ReplayPreset.CUSTOM` after the replay id stored per channel (`sync_state`
   `pubsub_replay:<channel>` = `{"replay_id": <bytes>}`: Salesforce's opaque bytes, stored as
   they came), written with a journaled majority only after `apply` returned. A channel with no
-  stored replay id subscribes `LATEST` and is closed over by a poll, as with CometD.
+  stored replay id subscribes `LATEST` and is closed over by a poll, as with CometD, and polled
+  once more at the subscription's first response (nothing else shows the server holds it).
 - The server's invalid/expired replay id error: poll from the watermark, subscribe `LATEST`,
   poll again (the CometD stream's resync path).
 - Poison (undecodable, or refused by `parse_message`): a failed log naming the replay id (hex);
