@@ -193,7 +193,10 @@ class TestModeSwitch:
                 for c in running.observed.applied_to(during)]
         # Replayed from the stored replay id, each event once; the poll had run before them.
         assert seen == [("create", "stream", "DuringPolling"), ("update", "stream", "EditedDuringPolling")]
-        assert [c.source.value for c in running.observed.applied_to(warmup)] == ["stream"]
+        # Once. Over Pub/Sub the first change after a LATEST subscription comes by the poll that
+        # its first response triggers (which then skips the event it covered).
+        first_after_latest = "poll" if running.api == "pubsub" else "stream"
+        assert [c.source.value for c in running.observed.applied_to(warmup)] == [first_after_latest]
 
 
 class TestShutdown:
@@ -282,6 +285,9 @@ class TestStreamFaults:
         await eventually(lambda: _is(running.last_name(overflowed), "Overflowed"))
 
     async def test_our_own_writes_come_back_as_echoes_and_are_not_applied(self, running: Running) -> None:
+        """On a stream past its handover (see TestModeSwitch), our own write is an echo: skipped."""
+        handover = await running.create_lead("Handover")
+        await eventually(lambda: _is(running.last_name(handover), "Handover"))
         async with SalesforceClient(running.settings.salesforce) as sf:
             [result] = await sf.create("Lead", [{"LastName": "Echo", "Company": "Acme"}])
         assert result.success and result.id

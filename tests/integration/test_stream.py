@@ -106,6 +106,7 @@ class TestEchoes:
     async def test_our_own_writes_are_skipped_but_their_offset_advances(self, rig: StreamRig) -> None:
         """A change made with our client name comes back as an echo: not applied, offset stored."""
         await rig.start()
+        await rig.past_handover()
         [result] = await rig.sf.create("Lead", [{"LastName": "Echo", "Company": "Acme"}])
         assert result.success and result.id
         await eventually(rig.offset_is_latest)

@@ -101,6 +101,12 @@ class StreamRig:
         await eventually(ready)
         return stream
 
+    async def past_handover(self) -> None:
+        """One change applied: a stream subscribed for new events (LATEST) has finished its
+        handover, which over Pub/Sub ends with a poll at the subscription's first response."""
+        sf_id = await self.create_lead("Handover")
+        await eventually(lambda: self.has_person(sf_id, "Handover"))
+
     async def stop(self, stream: Stream) -> None:
         for entry in self.running:
             if entry[0] is stream:
