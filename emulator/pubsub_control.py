@@ -1,6 +1,6 @@
 """Pub/Sub fault injection for tests and demos, under ``/_emulator/pubsub/``: drop every open
-Subscribe stream, set the keepalive interval, the per-response cap and a subscribe delay (a slow
-server), read delivery stats.
+Subscribe stream, set the keepalive interval, the per-response cap, hold new subscriptions until
+released (a slow server), read delivery stats.
 
 Expiring tokens (``/_emulator/tokens/expire``), pausing delivery and publishing GAP, overflow and
 malformed (poison) events (``/_emulator/streaming/...``) act on the token store and the event bus
@@ -22,7 +22,7 @@ class PubSubControls(Protocol):
 
     keepalive_seconds: float
     max_events_per_response: int
-    subscribe_delay_seconds: float
+    subscribes_held: bool
 
     def drop_streams(self) -> int: ...
 
@@ -34,15 +34,15 @@ def add_pubsub_control_routes(app: web.Application, service: PubSubControls) -> 
         return web.json_response({"dropped": service.drop_streams()})
 
     async def configure(request: web.Request) -> web.Response:
-        """``{keepalive_seconds, max_events_per_response, subscribe_delay_seconds}``, any of them."""
+        """``{keepalive_seconds, max_events_per_response, hold_subscribes}``, any of them."""
         body = await json_object(request)
         keepalive = body.get("keepalive_seconds")
         cap = body.get("max_events_per_response")
-        delay = body.get("subscribe_delay_seconds")
-        if delay is not None:
-            if not isinstance(delay, int | float) or delay < 0:
-                raise web.HTTPBadRequest(text="subscribe_delay_seconds must be a number >= 0")
-            service.subscribe_delay_seconds = float(delay)
+        hold = body.get("hold_subscribes")
+        if hold is not None:
+            if not isinstance(hold, bool):
+                raise web.HTTPBadRequest(text="hold_subscribes must be true or false")
+            service.subscribes_held = hold
         if keepalive is not None:
             if not isinstance(keepalive, int | float) or keepalive <= 0:
                 raise web.HTTPBadRequest(text="keepalive_seconds must be a positive number")

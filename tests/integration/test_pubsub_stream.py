@@ -58,14 +58,14 @@ class TestLatestHandover:
         cannot see: a change made after the closing poll but before that moment is neither
         delivered nor polled -- unless the stream polls again once the subscription shows it
         holds (its first response)."""
-        await rig.control("POST", "pubsub/config", {"subscribe_delay_seconds": 8})
+        await rig.control("POST", "pubsub/config", {"hold_subscribes": True})
         stream = rig.build()
         stop = asyncio.Event()
         rig.running.append((stream, stop, asyncio.create_task(stream.run(stop))))
-        await eventually(lambda: stream.ready)
-        assert rig.pubsub.subscribes == []  # the server has not placed the cursor yet
+        await eventually(lambda: stream.ready)  # settle and closing poll done; the server not yet
         unseen = await rig.create_lead("BeforeTheCursor")
-        await eventually(lambda: len(rig.pubsub.subscribes) == 1, timeout=30)
+        await rig.control("POST", "pubsub/config", {"hold_subscribes": False})
+        await eventually(lambda: len(rig.pubsub.subscribes) == 1)
         after = await rig.create_lead("AfterTheCursor")
         await eventually(lambda: rig.has_person(after, "AfterTheCursor"))
         await eventually(lambda: rig.has_person(unseen, "BeforeTheCursor"))
