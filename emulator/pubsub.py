@@ -18,8 +18,10 @@ order, with the same replay ids (as 8 opaque bytes), Avro-encoded (`emulator.pub
 - The daily delivered-events allocation spent: `RESOURCE_EXHAUSTED`
   (`sfdc.platform.eventbus.grpc.subscription.limit.exceeded`).
 - Fault injection (`emulator.pubsub_control`): drop every open stream (`UNAVAILABLE`), set the
-  keepalive and the per-response cap; tokens, GAP/overflow/poison events and pausing delivery go
-  through the existing control routes (they act on the shared token store and bus).
+  keepalive, the per-response cap, and hold new subscriptions (a busy server that places a new
+  subscription's cursor only when released, long after its first FetchRequest arrived); tokens,
+  GAP/overflow/poison events and pausing delivery go through the existing control routes (they
+  act on the shared token store and bus).
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class PubSubService(pb_grpc.PubSubServicer):
     def __init__(self, state: EmulatorState) -> None:
         self._state = state
         self.keepalive_seconds = KEEPALIVE_SECONDS
+        self._subscribes_released = asyncio.Event()  # cleared: new subscriptions wait (a slow server)
+        self._subscribes_released.set()
         self.max_events_per_response = MAX_EVENTS_PER_RESPONSE
         self.streams: set[_Stream] = set()
         self.delivered = 0
@@ -159,6 +163,7 @@ class PubSubService(pb_grpc.PubSubServicer):
             first = await context.read()
             if first is grpc.aio.EOF:
                 return
+            await self._subscribes_released.wait()
             stream = self._open(first, token)
             self.streams.add(stream)
             self._grant(stream, first.num_requested)
@@ -301,6 +306,17 @@ class PubSubService(pb_grpc.PubSubServicer):
         log.info("pubsub_streams_dropped", streams=len(self.streams))
         return len(self.streams)
 
+    @property
+    def subscribes_held(self) -> bool:
+        return not self._subscribes_released.is_set()
+
+    @subscribes_held.setter
+    def subscribes_held(self, held: bool) -> None:
+        if held:
+            self._subscribes_released.clear()
+        else:
+            self._subscribes_released.set()
+
     def stats(self) -> dict[str, Any]:
         return {
             "streams": len(self.streams),
@@ -310,6 +326,7 @@ class PubSubService(pb_grpc.PubSubServicer):
             "largest_response": self.largest_response,
             "overdelivered": self.overdelivered,
             "keepalive_seconds": self.keepalive_seconds,
+            "subscribes_held": self.subscribes_held,
             "max_events_per_response": self.max_events_per_response,
             "errors": dict(self.errors),
         }

@@ -1,5 +1,6 @@
 """Pub/Sub fault injection for tests and demos, under ``/_emulator/pubsub/``: drop every open
-Subscribe stream, set the keepalive interval and the per-response cap, read delivery stats.
+Subscribe stream, set the keepalive interval, the per-response cap, hold new subscriptions until
+released (a slow server), read delivery stats.
 
 Expiring tokens (``/_emulator/tokens/expire``), pausing delivery and publishing GAP, overflow and
 malformed (poison) events (``/_emulator/streaming/...``) act on the token store and the event bus
@@ -21,6 +22,7 @@ class PubSubControls(Protocol):
 
     keepalive_seconds: float
     max_events_per_response: int
+    subscribes_held: bool
 
     def drop_streams(self) -> int: ...
 
@@ -32,10 +34,15 @@ def add_pubsub_control_routes(app: web.Application, service: PubSubControls) -> 
         return web.json_response({"dropped": service.drop_streams()})
 
     async def configure(request: web.Request) -> web.Response:
-        """``{keepalive_seconds, max_events_per_response}``, either or both."""
+        """``{keepalive_seconds, max_events_per_response, hold_subscribes}``, any of them."""
         body = await json_object(request)
         keepalive = body.get("keepalive_seconds")
         cap = body.get("max_events_per_response")
+        hold = body.get("hold_subscribes")
+        if hold is not None:
+            if not isinstance(hold, bool):
+                raise web.HTTPBadRequest(text="hold_subscribes must be true or false")
+            service.subscribes_held = hold
         if keepalive is not None:
             if not isinstance(keepalive, int | float) or keepalive <= 0:
                 raise web.HTTPBadRequest(text="keepalive_seconds must be a positive number")

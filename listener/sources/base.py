@@ -10,13 +10,20 @@ marks behind (`handover_marks`), so a new source type never needs the shell edit
 - the poller's marks are its watermarks; the stream resumes from its replay ids and skips what
   the poller already covered;
 - the stream leaves watermarks just before its last applied commit, which the poller reads.
+
+Fencing is one path for every source (`term_fence`): a source given `fence` reads the leader
+term once when a run (stream) or pass (poller) starts and writes its offsets and watermarks
+under it; with no term to write for, it writes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+from reconciler.errors import FencedError
+from reconciler.store import Fence
 from reconciler.watermark import Watermark
 
 HandoverMarks = dict[str, Watermark]  # per Salesforce object
@@ -50,4 +57,14 @@ class Source(Protocol):
     async def run(self, stop: asyncio.Event) -> None: ...
 
 
-__all__ = ["HandoverMarks", "Source"]
+def term_fence(fence: Callable[[], Fence | None] | None, who: str) -> Fence | None:
+    """The leader term a run or pass writes for (read once when it starts); none to write for: refused."""
+    if fence is None:
+        return None
+    term = fence()
+    if term is None:
+        raise FencedError(f"{who}: no leader term to write for")
+    return term
+
+
+__all__ = ["HandoverMarks", "Source", "term_fence"]

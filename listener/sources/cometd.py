@@ -45,11 +45,12 @@ from listener.sources._sfstream_compat import (
     StreamSession,
     TokenSource,
 )
+from listener.sources.base import term_fence
 from listener.sources.batching import CommitPolicy
 from listener.sources.cdc_batch import Message, apply_batch, sort_batch
 from listener.sources.handover import HANDOVER_MARGIN, CatchUp, PollHandover
 from listener.sources.intake import BatchIntake
-from listener.sources.replay_offsets import ReplayOffsets, term_fence
+from listener.sources.replay_offsets import ReplayOffsets
 from reconciler.errors import FencedError, RetriableError
 from reconciler.pacing import Backoff
 from reconciler.ports import ChangeSink, RejectedEvent, StateStore

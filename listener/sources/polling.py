@@ -56,7 +56,8 @@ import structlog
 
 from listener.metrics import METRICS
 from listener.reader import RecordReader
-from reconciler.errors import BudgetExhaustedError, FencedError, RetriableError
+from listener.sources.base import term_fence
+from reconciler.errors import BudgetExhaustedError, RetriableError
 from reconciler.pacing import every
 from reconciler.ports import ChangeSink, ChangeSource, SalesforceChange, StateStore
 from reconciler.soql import floor_second, parse_sf_datetime
@@ -189,7 +190,7 @@ class Poller:
         signpost. `through_now`: records changed since the signpost are read too (the stream's
         closing poll, `listener.sources.handover`)."""
         signpost = self.signpost()
-        term = self._term_fence()
+        term = term_fence(self._fence, "poller")
         report = PassReport()
         for sobject in objects if objects is not None else self.objects:
             before = self._sf.calls_made
@@ -206,14 +207,6 @@ class Poller:
         past a signpost."""
         return await self._poll(sobject, Watermark(floor_second(since)), self.signpost(), persist=False,
                                 overlap=False, through_now=True)
-
-    def _term_fence(self) -> Fence | None:
-        if self._fence is None:
-            return None
-        term = self._fence()
-        if term is None:
-            raise FencedError("poller: no leader term to write for")
-        return term
 
     def signpost(self) -> datetime:
         """Where a pass starting now stops: Salesforce's certain now, less the safety lag."""

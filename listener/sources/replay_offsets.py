@@ -19,11 +19,10 @@ leader term the stream runs for), a commit after another term took the lease is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 from listener.sources._sfstream_compat import CommittedReplayIds
-from reconciler.errors import FencedError
 from reconciler.ports import StateStore
 from reconciler.store import Fence
 from reconciler.store.state_keys import pubsub_replay_key, replay_key
@@ -129,14 +128,4 @@ class PubSubOffsets(_Offsets[bytes]):
         return replay_id  # items of one channel arrive in order: the last one is the newest
 
 
-def term_fence(fence: Callable[[], Fence | None] | None, who: str) -> Fence | None:
-    """The leader term a run writes for (read once when it starts); none to write for: refused."""
-    if fence is None:
-        return None
-    term = fence()
-    if term is None:
-        raise FencedError(f"{who}: no leader term to write for")
-    return term
-
-
-__all__ = ["PubSubOffsets", "ReplayOffsets", "term_fence"]
+__all__ = ["PubSubOffsets", "ReplayOffsets"]

@@ -1,7 +1,9 @@
 """Fakes for the Pub/Sub source's seam (`connect`): a scripted connection, and Avro-encoded events.
 
 `ScriptedPubSub.connect` is the `PubSubStream(connect=...)` factory; every connection serves one
-subscription per topic that delivers what `deliver` was given (one `FetchResponse` per call).
+subscription per topic that delivers what `deliver` was given (one `FetchResponse` per call) and
+raises what `respond` was given as an exception; the FetchRequests each subscription was sent are
+kept (`subscriptions[i].requests`).
 `lead_event` builds a `ConsumerEvent` for the emulator's Lead schema; `fields` may override the
 Avro record's values directly (a date-time as epoch ms, say), `payload` replaces the bytes.
 """
@@ -48,43 +50,63 @@ def lead_event(n: int, *, header: dict[str, Any] | None = None, fields: dict[str
                             replay_id=replay(n))
 
 
-class _Subscription:
-    def __init__(self, topic: str, responses: asyncio.Queue[Any]) -> None:
+class ScriptedSubscription:
+    """One Subscribe call: the FetchRequests it was sent, the responses of the connection's queue."""
+
+    def __init__(self, topic: str, first: Any, responses: asyncio.Queue[Any]) -> None:
         self.topic = topic
+        self.requests = [first]
+        self.cancelled = False
         self._responses = responses
 
     async def request(self, fetch: Any) -> None:
-        return None
+        self.requests.append(fetch)
 
     async def read(self) -> Any:
-        return await self._responses.get()
+        item = await self._responses.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
 
     def cancel(self) -> None:
-        return None
+        self.cancelled = True
 
 
 class ScriptedPubSub:
-    """Serves the Lead topic; what `deliver` gets arrives on the current subscription."""
+    """Serves the Lead topic; what `deliver` (or `respond`) gets arrives on the current
+    subscription. Every `connect` returns this one org, counted in `connections`; every
+    Subscribe call is kept in `subscriptions`, `GetSchema` calls in `schema_calls`."""
 
     def __init__(self, *batches: list[Any]) -> None:
         self._responses: asyncio.Queue[Any] = asyncio.Queue()
+        self.connections = 0
+        self.subscriptions: list[ScriptedSubscription] = []
+        self.schema_calls = 0
         for events in batches:
             self.deliver(*events)
 
     def deliver(self, *events: Any) -> None:
-        self._responses.put_nowait(pb.FetchResponse(events=list(events)))
+        self.respond(pb.FetchResponse(events=list(events)))
+
+    def respond(self, response: Any) -> None:
+        """A FetchResponse (events, or a keepalive), or an exception the subscription raises."""
+        self._responses.put_nowait(response)
 
     def connect(self) -> ScriptedPubSub:
+        self.connections += 1
         return self
 
     async def get_topic(self, topic: str) -> Any:
         return pb.TopicInfo(topic_name=topic, can_subscribe=True, schema_id=LEAD.schema_id)
 
     async def get_schema(self, schema_id: str) -> Any:
+        self.schema_calls += 1
         return pb.SchemaInfo(schema_id=schema_id, schema_json=LEAD.schema_json)
 
-    async def subscribe(self, topic: str, first: Any) -> _Subscription:
-        return _Subscription(topic, self._responses)
+    async def subscribe(self, topic: str, first: Any) -> ScriptedSubscription:
+        subscription = ScriptedSubscription(topic, first, self._responses)
+        self.subscriptions.append(subscription)
+        return subscription
 
     async def close(self) -> None:
         return None

@@ -1,4 +1,5 @@
-"""The Pub/Sub source's flow control, offsets and error paths, against a fake connection."""
+"""The Pub/Sub source's flow control, offsets and error paths, against the scripted connection
+(`tests.support.pubsub_fakes.ScriptedPubSub`, the one Pub/Sub fake the suite has)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import grpc
 import grpc.aio
 import pytest
 
-from emulator.pubsub_avro import encode_event, object_schema
 from listener.sources import Source
 from listener.sources.pubsub import PubSubOptions, PubSubStream
 from listener.sources.pubsub._proto import pubsub_api_pb2 as pb
@@ -30,9 +30,9 @@ from reconciler.ports import RejectedEvent, SalesforceChange
 from reconciler.store.state_keys import pubsub_replay_key
 from reconciler.watermark import Watermark
 from tests.support.eventually import eventually
+from tests.support.pubsub_fakes import ScriptedPubSub, ScriptedSubscription, lead_event
 
 CHANNEL = "/data/LeadChangeEvent"
-LEAD = object_schema("Lead")
 
 
 class FakeTokens:
@@ -97,86 +97,25 @@ class FakeCatchUp:
         return None
 
 
-class FakeSubscription:
-    def __init__(self, topic: str, first: Any) -> None:
-        self.topic = topic
-        self.requests = [first]
-        self.responses: asyncio.Queue[Any] = asyncio.Queue()
-        self.cancelled = False
-
-    async def request(self, fetch: Any) -> None:
-        self.requests.append(fetch)
-
-    async def read(self) -> Any:
-        item = await self.responses.get()
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeConnection:
-    def __init__(self) -> None:
-        self.subscriptions: list[FakeSubscription] = []
-        self.schema_calls = 0
-
-    async def get_topic(self, topic: str) -> Any:
-        return pb.TopicInfo(topic_name=topic, can_subscribe=True, schema_id=LEAD.schema_id)
-
-    async def get_schema(self, schema_id: str) -> Any:
-        self.schema_calls += 1
-        return pb.SchemaInfo(schema_id=schema_id, schema_json=LEAD.schema_json)
-
-    async def subscribe(self, topic: str, first: Any) -> FakeSubscription:
-        subscription = FakeSubscription(topic, first)
-        self.subscriptions.append(subscription)
-        return subscription
-
-    async def close(self) -> None:
-        return None
-
-
-INTERNAL = "com/salesforce/api/soap/62.0;client=SfdcInternal"
-
-
-def _event(replay: int, last_name: str, origin: str = INTERNAL) -> Any:
-    header = {"entityName": "Lead", "recordIds": [f"00Q00000000{replay:04d}AAA"], "changeType": "CREATE",
-              "changeOrigin": origin, "transactionKey": "t", "sequenceNumber": 1,
-              "commitTimestamp": 1_714_557_600_000, "commitNumber": replay,
-              "commitUser": "005000000000001AAA",
-              "nulledFields": [], "diffFields": [], "changedFields": []}
-    body = {"ChangeEventHeader": header, "Name": {"LastName": last_name}, "Company": "Acme"}
-    schema_id, payload = encode_event("Lead", {"payload": body})
-    return pb.ConsumerEvent(event=pb.ProducerEvent(id="e", schema_id=schema_id, payload=payload),
-                            replay_id=replay.to_bytes(8, "big"))
-
-
 @dataclass
 class Harness:
     store: FakeStore = field(default_factory=FakeStore)
     sink: FakeSink = field(default_factory=FakeSink)
     tokens: FakeTokens = field(default_factory=FakeTokens)
     catch_up: FakeCatchUp = field(default_factory=FakeCatchUp)
-    connections: list[FakeConnection] = field(default_factory=list)
+    org: ScriptedPubSub = field(default_factory=ScriptedPubSub)
     batch: int = 5
     read_ahead: int = 1
-
-    def connect(self) -> FakeConnection:
-        connection = FakeConnection()
-        self.connections.append(connection)
-        return connection
 
     def stream(self) -> PubSubStream:
         options = PubSubOptions(client_name="salesforce-sync", endpoint="127.0.0.1:1", batch_size=self.batch,
                                 batch_wait_ms=5, subscribe_settle=0, read_ahead=self.read_ahead)
         return PubSubStream(sf=self.tokens, store=self.store, sink=self.sink, catch_up=self.catch_up,
-                            objects=["Lead"], options=options, connect=self.connect)
+                            objects=["Lead"], options=options, connect=self.org.connect)
 
-    async def subscription(self, index: int = -1) -> FakeSubscription:
-        await eventually(lambda: bool(self.connections) and bool(self.connections[-1].subscriptions))
-        return [s for c in self.connections for s in c.subscriptions][index]
+    async def subscription(self, index: int = -1) -> ScriptedSubscription:
+        await eventually(lambda: bool(self.org.subscriptions))
+        return self.org.subscriptions[index]
 
 
 @pytest.fixture
@@ -220,6 +159,25 @@ class TestSubscribing:
         await eventually(lambda: stream.ready)
         assert rig.catch_up.polls == [["Lead"]]
 
+    async def test_the_first_response_to_latest_polls_again_before_its_events(self, running: Any) -> None:
+        """Its first response proves a LATEST subscription holds: the objects are polled once
+        more, before that response's events are applied; later responses poll nothing."""
+        rig = Harness()
+        stream = rig.stream()
+        running(stream)
+        await eventually(lambda: stream.ready)
+        polls_when_applied: list[int] = []
+        apply = rig.sink.apply
+
+        async def noting(changes: Sequence[SalesforceChange]) -> None:
+            polls_when_applied.append(len(rig.catch_up.polls))
+            await apply(changes)
+        rig.sink.apply = noting  # type: ignore[method-assign]
+        rig.org.deliver(lead_event(1))
+        rig.org.deliver(lead_event(2))
+        await eventually(lambda: len(rig.sink.applied) == 2)
+        assert polls_when_applied[0] == 2 and rig.catch_up.polls == [["Lead"], ["Lead"]]
+
 
 class TestFlowControl:
     async def test_reads_ahead_one_batch_at_a_time(self, running: Any) -> None:
@@ -235,11 +193,11 @@ class TestFlowControl:
         rig = Harness(store=FakeStore(STORED))
         running(rig.stream())
         subscription = await rig.subscription()
-        await subscription.responses.put(pb.FetchResponse(events=[_event(42, "A"), _event(43, "B"),
-                                                                   _event(44, "C")], pending_num_requested=2))
+        rig.org.respond(pb.FetchResponse(events=[lead_event(42), lead_event(43), lead_event(44)],
+                                         pending_num_requested=2))
         await eventually(lambda: len(subscription.requests) == 2)
         assert subscription.requests[1].num_requested == 3
-        assert [c.fields["LastName"] for c in rig.sink.applied] == ["A", "B", "C"]
+        assert [c.fields["LastName"] for c in rig.sink.applied] == ["Valid42", "Valid43", "Valid44"]
         assert rig.store.state[pubsub_replay_key(CHANNEL)] == {"replay_id": (44).to_bytes(8, "big")}
 
     async def test_nothing_is_requested_or_committed_when_apply_fails(self, running: Any) -> None:
@@ -247,8 +205,8 @@ class TestFlowControl:
         rig = Harness(store=FakeStore(STORED), sink=FakeSink(failing=True))
         running(rig.stream())
         subscription = await rig.subscription()
-        await subscription.responses.put(pb.FetchResponse(events=[_event(42, "A")]))
-        await eventually(lambda: len(rig.connections) >= 2)  # the session ended and reopens
+        rig.org.deliver(lead_event(42))
+        await eventually(lambda: len(rig.org.subscriptions) >= 2)  # the session ended and reopens
         assert rig.store.saves == []
         assert subscription.requests[1:] == []
         assert (await rig.subscription()).requests[0].replay_id == (41).to_bytes(8, "big")
@@ -257,7 +215,7 @@ class TestFlowControl:
         rig = Harness(store=FakeStore(STORED))
         running(rig.stream())
         subscription = await rig.subscription()
-        await subscription.responses.put(pb.FetchResponse(latest_replay_id=(99).to_bytes(8, "big"),
+        rig.org.respond(pb.FetchResponse(latest_replay_id=(99).to_bytes(8, "big"),
                                                           pending_num_requested=rig.batch))
         await eventually(lambda: rig.store.saves != [])
         assert rig.store.saves == [(pubsub_replay_key(CHANNEL), {"replay_id": (99).to_bytes(8, "big")})]
@@ -266,20 +224,19 @@ class TestFlowControl:
     async def test_the_schema_is_fetched_once_per_schema_id(self, running: Any) -> None:
         rig = Harness(store=FakeStore(STORED))
         running(rig.stream())
-        subscription = await rig.subscription()
-        await subscription.responses.put(pb.FetchResponse(events=[_event(42, "A")]))
-        await subscription.responses.put(pb.FetchResponse(events=[_event(43, "B")]))
+        await rig.subscription()
+        rig.org.deliver(lead_event(42))
+        rig.org.deliver(lead_event(43))
         await eventually(lambda: len(rig.sink.applied) == 2)
-        assert rig.connections[0].schema_calls == 1
+        assert rig.org.schema_calls == 1
 
     async def test_echoes_are_flagged_and_poison_is_rejected(self, running: Any) -> None:
         rig = Harness(store=FakeStore(STORED))
         running(rig.stream())
-        subscription = await rig.subscription()
-        poison = pb.ConsumerEvent(event=pb.ProducerEvent(schema_id=LEAD.schema_id, payload=b"\x01\xff"),
-                                  replay_id=(42).to_bytes(8, "big"))
-        echo = _event(43, "Echo", origin="com/salesforce/api/rest/62.0;client=salesforce-sync")
-        await subscription.responses.put(pb.FetchResponse(events=[poison, echo]))
+        await rig.subscription()
+        poison = lead_event(42, payload=b"\x01\xff")
+        echo = lead_event(43, header={"changeOrigin": "com/salesforce/api/rest/62.0;client=salesforce-sync"})
+        rig.org.deliver(poison, echo)
         await eventually(lambda: rig.store.saves != [])
         assert [c.is_echo for c in rig.sink.applied] == [True]
         [rejected] = rig.sink.rejected
@@ -291,18 +248,18 @@ class TestErrors:
     async def test_unauthenticated_reauthenticates_and_resubscribes(self, running: Any) -> None:
         rig = Harness(store=FakeStore(STORED))
         running(rig.stream())
-        subscription = await rig.subscription()
-        await subscription.responses.put(PubSubAuthError("UNAUTHENTICATED"))
-        await eventually(lambda: len(rig.connections) == 2 and bool(rig.connections[1].subscriptions))
+        await rig.subscription()
+        rig.org.respond(PubSubAuthError("UNAUTHENTICATED"))
+        await eventually(lambda: rig.org.connections == 2 and len(rig.org.subscriptions) == 2)
         assert rig.tokens.renewed == 1
 
     async def test_an_invalid_replay_id_polls_then_subscribes_latest(self, running: Any) -> None:
         rig = Harness(store=FakeStore(STORED))
         stream = rig.stream()
         running(stream)
-        subscription = await rig.subscription()
-        await subscription.responses.put(ReplayIdInvalidError("corrupted", CHANNEL))
-        await eventually(lambda: len(rig.connections) == 2 and bool(rig.connections[1].subscriptions))
+        await rig.subscription()
+        rig.org.respond(ReplayIdInvalidError("corrupted", CHANNEL))
+        await eventually(lambda: rig.org.connections == 2 and len(rig.org.subscriptions) == 2)
         assert (await rig.subscription()).requests[0].replay_preset == pb.LATEST
         await eventually(lambda: stream.ready)
         assert rig.catch_up.polls == [["Lead"], ["Lead"]]  # the resync poll, then the closing poll
@@ -320,8 +277,8 @@ class TestErrors:
         stream = rig.stream()
         stream._governor = governor
         task = asyncio.create_task(stream.run(asyncio.Event()))
-        subscription = await rig.subscription()
-        await subscription.responses.put(DeliveryLimitError("limit"))
+        await rig.subscription()
+        rig.org.respond(DeliveryLimitError("limit"))
         await asyncio.wait_for(task, 5)
         assert governor.told == 1
 

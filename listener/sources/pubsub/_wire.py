@@ -13,6 +13,7 @@ Every `grpc` exception is translated here into `reconciler.errors`, by status co
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -175,7 +176,9 @@ class Subscription:
             await self._call.write(fetch)
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, self.topic) from exc
-        except grpc.aio.UsageError as exc:  # the stream has already ended: `read` reports why
+        except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+            # the stream has already ended (closed by us, or by the server: "RPC already
+            # finished"); `read` reports why
             raise RetriableError(f"Pub/Sub stream of {self.topic} closed: {exc}") from exc
 
     async def read(self) -> Any:

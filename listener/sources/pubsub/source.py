@@ -14,7 +14,8 @@ keepalives, Avro decoding) and the session loop here.
 - Resumes with `ReplayPreset.CUSTOM` after the replay id stored per channel (`sync_state`
   `pubsub_replay:<channel>` = `{"replay_id": <bytes>}`: Salesforce's opaque bytes, stored as
   they came), written with a journaled majority only after `apply` returned. A channel with no
-  stored replay id subscribes `LATEST` and is closed over by a poll, as with CometD.
+  stored replay id subscribes `LATEST` and is closed over by a poll, as with CometD, and polled
+  once more at the subscription's first response (nothing else shows the server holds it).
 - The server's invalid/expired replay id error: poll from the watermark, subscribe `LATEST`,
   poll again (the CometD stream's resync path).
 - Poison (undecodable, or refused by `parse_message`): a failed log naming the replay id (hex);
@@ -38,6 +39,7 @@ from typing import Any
 import structlog
 
 from listener.events import channel_object
+from listener.sources.base import term_fence
 from listener.sources.batching import CommitPolicy
 from listener.sources.cdc_batch import apply_batch, sort_batch
 from listener.sources.cometd import LATEST_AHEAD, CatchUp, EventsExhausted, channel_for
@@ -59,7 +61,7 @@ from listener.sources.pubsub.subscriptions import (
     Subscription,
     Subscriptions,
 )
-from listener.sources.replay_offsets import PubSubOffsets, term_fence
+from listener.sources.replay_offsets import PubSubOffsets
 from reconciler.errors import FencedError, RetriableError
 from reconciler.pacing import Backoff
 from reconciler.ports import ChangeSink, StateStore
@@ -126,6 +128,7 @@ class PubSubStream:
         self._intake: BatchIntake[Item] | None = None
         self._backoff = Backoff(base=0.5, cap=30.0)  # full jitter (reconciler.pacing)
         self._auth_failures = 0  # UNAUTHENTICATED in a row, with no batch applied between
+        self._unconfirmed: set[str] = set()  # subscribed LATEST, not yet answered: objects
         self.connected = False
         self.ready = False
         self.running = False
@@ -192,7 +195,8 @@ class PubSubStream:
         """One connection: subscribe, close over with a poll if owed, consume; its error, if any."""
         connection = self._connect()
         after = self._offsets.applied_ids
-        self._handover.owe_closing_poll(o for o in self.objects if channel_for(o) not in after)
+        self._unconfirmed = {o for o in self.objects if channel_for(o) not in after}
+        self._handover.owe_closing_poll(self._unconfirmed)
         try:
             readers = await self._subscriptions.open(connection, self.channels, after)
             self.connected = True
@@ -254,6 +258,7 @@ class PubSubStream:
             self._intake = None
 
     async def _process(self, connection: Connection, items: list[Item], policy: CommitPolicy) -> None:
+        await self._confirm_latest(items)
         messages = [await self._decoder.decode(connection, i) for i in items if i.event is not None]
         batch = sort_batch(messages, client_name=self.options.client_name, objects=set(self.objects),
                            already_applied=_never, covered=self._handover.covers,
@@ -268,6 +273,18 @@ class PubSubStream:
             await self._offsets.commit()
             policy.committed()
         await self._subscriptions.ask_for_more(items)
+
+
+    async def _confirm_latest(self, items: list[Item]) -> None:
+        """A LATEST subscription holds from when the server acts on it, which the client cannot
+        see (the settle only makes it likely before the closing poll); its first response proves
+        it. Poll those objects again then, before the events: a change made between the closing
+        poll and that moment is neither delivered nor polled otherwise."""
+        answered = {o for i in items if (o := channel_object(i.channel)) in self._unconfirmed}
+        if answered:
+            self._unconfirmed -= answered
+            self._handover.owe_closing_poll(answered)
+            await self._handover.close_over_with_poll()
 
 
 def _never(channel: str, replay_id: int) -> bool:
