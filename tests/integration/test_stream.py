@@ -125,6 +125,7 @@ class TestGaps:
     async def test_gap_events_cost_one_in_query_per_object(self, rig: StreamRig) -> None:
         """GAP_UPDATE for three records: one `Id IN (...)` query fetches them all."""
         await rig.start()
+        await rig.past_handover()  # over Pub/Sub the first response triggers one more poll
         ids = [await rig.create_lead(f"Gap{i}", emit=False) for i in range(3)]
         before = rig.sf.calls_made
         await rig.control("POST", "streaming/gap", {"entity": "Lead", "change_type": "GAP_UPDATE",
