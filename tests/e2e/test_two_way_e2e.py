@@ -373,7 +373,10 @@ class TestOwnWritesNeverLoop:
         fields = [{k: v for k, v in r.items() if k not in ("Id", "attributes") and not k.startswith("_")}
                   for r in sent]
         assert fields == [{"LastName": marker}], sent
-        assert len(logs_of(service.sync_logs(record=lead_id), source="local")) == 1  # the marker's
+        # the marker's log is written once Salesforce has answered, which can come just after
+        local = wait_for(lambda: logs_of(service.sync_logs(record=lead_id), source="local"),
+                         timeout=DEADLINE, what="the marker's sync log")
+        assert len(local) == 1, local
 
     def test_sent_local_edit_echo_is_not_applied_again(
         self, service: ServiceProcess, org: SalesforceOrg, db: Database[Doc]
