@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from aiocometd_ng.constants import ConnectionType, TransportState
@@ -48,8 +48,8 @@ from aiosfstream_ng.client import Client, ReplayMarkerStoragePolicy
 from aiosfstream_ng.exceptions import ReplayError, ServerError
 from aiosfstream_ng.replay import ReplayMarker, ReplayMarkerStorage
 
+from listener.sources.base import DeliveryLimitError, ReplayIdInvalidError, TokenSource
 from reconciler.errors import (
-    BudgetExhaustedError,
     FatalError,
     RetriableError,
     SessionExpiredError,
@@ -65,29 +65,6 @@ ALL_EVENTS = -2
 
 class UnknownClientError(RetriableError):
     """The server no longer knows our CometD client id (it restarted): handshake again."""
-
-
-class ReplayIdInvalidError(RetriableError):
-    """A stored replay id is outside the retention window or otherwise invalid."""
-
-    def __init__(self, message: str, channel: str | None) -> None:
-        super().__init__(message)
-        self.channel = channel
-
-
-class DeliveryLimitError(BudgetExhaustedError):
-    """The org's daily CDC delivery allocation is spent: switch to polling."""
-
-
-class TokenSource(Protocol):
-    """The part of `SalesforceClient` the stream needs."""
-
-    @property
-    def instance_url(self) -> str: ...
-
-    async def access_token(self) -> str: ...
-
-    async def reauthenticate(self) -> str: ...
 
 
 def classify_server_error(channel: str, error: str | None) -> SyncError:
@@ -188,7 +165,6 @@ class _ErrorWatch(Extension):
             if self.error is None:
                 self.error = error
                 self.raised.set()
-
 
 
 class CommittedReplayIds(ReplayMarkerStorage):

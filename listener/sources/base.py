@@ -22,11 +22,35 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from reconciler.errors import FencedError
+from reconciler.errors import BudgetExhaustedError, FencedError, RetriableError
 from reconciler.store import Fence
 from reconciler.watermark import Watermark
 
 HandoverMarks = dict[str, Watermark]  # per Salesforce object
+
+
+class ReplayIdInvalidError(RetriableError):
+    """A stored replay id of `channel` cannot be resumed from (outside the retention window, or
+    otherwise invalid): poll, then subscribe for new events only. The same for either stream API."""
+
+    def __init__(self, message: str, channel: str | None) -> None:
+        super().__init__(message)
+        self.channel = channel
+
+
+class DeliveryLimitError(BudgetExhaustedError):
+    """The org's daily event delivery allocation is spent: switch to polling."""
+
+
+class TokenSource(Protocol):
+    """The part of `SalesforceClient` a stream needs."""
+
+    @property
+    def instance_url(self) -> str: ...
+
+    async def access_token(self) -> str: ...
+
+    async def reauthenticate(self) -> str: ...
 
 
 @runtime_checkable

@@ -37,15 +37,8 @@ from typing import Any, Protocol
 import structlog
 
 from listener.events import channel_object
-from listener.sources._sfstream_compat import (
-    NEW_EVENTS,
-    CommittedReplayIds,
-    DeliveryLimitError,
-    ReplayIdInvalidError,
-    StreamSession,
-    TokenSource,
-)
-from listener.sources.base import term_fence
+from listener.sources._sfstream_compat import NEW_EVENTS, CommittedReplayIds, StreamSession
+from listener.sources.base import DeliveryLimitError, ReplayIdInvalidError, TokenSource, term_fence
 from listener.sources.batching import CommitPolicy
 from listener.sources.cdc_batch import Message, apply_batch, sort_batch
 from listener.sources.handover import HANDOVER_MARGIN, CatchUp, PollHandover

@@ -25,6 +25,7 @@ from tests.support.service import (
     SalesforceOrg,
     ServiceFactory,
     ServiceProcess,
+    later_platform_marker,
     linked_lead,
     logs_of,
     platform_edit,
@@ -57,15 +58,6 @@ def service(
     wait_pipeline(org, db)
     yield running
     running.stop()
-
-
-def later_platform_marker(org: SalesforceOrg, db: Database[Doc], lead_id: str, person: Doc) -> str:
-    """A later platform edit of LastName, waited for in Salesforce: the outbox sends a record's
-    changes in order, so whatever an earlier edit would have sent was sent before it."""
-    marker = unique("Marker")
-    platform_edit(db, person, last_name=marker)
-    wait_record(org, lead_id, lambda r: r.get("LastName") == marker, "the later platform edit")
-    return marker
 
 
 def new_person(db: Database[Doc], tag: str, **fields: Any) -> tuple[str, Doc]:

@@ -24,6 +24,7 @@ from tests.support.service import (
     SalesforceOrg,
     ServiceFactory,
     ServiceProcess,
+    later_platform_marker,
     lead_fields,
     linked_lead,
     logs_of,
@@ -64,15 +65,6 @@ def service(
     wait_pipeline(org, db)
     yield running
     running.stop()
-
-
-def later_platform_marker(org: SalesforceOrg, db: Database[Doc], lead_id: str, person: Doc) -> str:
-    """A later platform edit of LastName, waited for in Salesforce: the outbox sends a record's
-    changes in order, so whatever an earlier edit (or its echo) would have sent came first."""
-    marker = unique("Marker")
-    platform_edit(db, person, last_name=marker)
-    wait_record(org, lead_id, lambda r: r.get("LastName") == marker, "the later platform edit")
-    return marker
 
 
 def channels_caught_up(org: SalesforceOrg, db: Database[Doc]) -> None:

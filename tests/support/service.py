@@ -451,6 +451,15 @@ def platform_edit(db: Database[Doc], person: Mapping[str, Any], **fields: Any) -
     return now
 
 
+def later_platform_marker(org: SalesforceOrg, db: Database[Doc], lead_id: str, person: Doc) -> str:
+    """A later platform edit of LastName, waited for in Salesforce: the outbox sends a record's
+    changes in order, so whatever an earlier edit (or its echo) would have sent came first."""
+    marker = unique("Marker")
+    platform_edit(db, person, last_name=marker)
+    wait_record(org, lead_id, lambda r: r.get("LastName") == marker, "the later platform edit")
+    return marker
+
+
 @contextmanager
 def running_pipeline(service: ServiceProcess, org: SalesforceOrg, db: Database[Doc],
                      **env: str) -> Iterator[ServiceProcess]:

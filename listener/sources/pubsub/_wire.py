@@ -17,14 +17,15 @@ import asyncio
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 import grpc.aio
 
+from listener.sources.base import DeliveryLimitError, ReplayIdInvalidError, TokenSource
 from listener.sources.pubsub._proto import pubsub_api_pb2 as pb
 from listener.sources.pubsub._proto import pubsub_api_pb2_grpc as pb_grpc
-from reconciler.errors import BudgetExhaustedError, FatalError, RetriableError, SessionExpiredError, SyncError
+from reconciler.errors import FatalError, RetriableError, SessionExpiredError, SyncError
 
 ERROR_CODE_TRAILER = "error-code"
 # Salesforce's `error-code` for a replay id it cannot resume from (too old, or not one of its own).
@@ -36,29 +37,6 @@ _CHANNEL_OPTIONS = (("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout
 
 class PubSubAuthError(SessionExpiredError):
     """UNAUTHENTICATED: the access token was refused."""
-
-
-class ReplayIdInvalidError(RetriableError):
-    """The stored replay id of `channel` cannot be resumed from: poll, then subscribe LATEST."""
-
-    def __init__(self, message: str, channel: str | None) -> None:
-        super().__init__(message)
-        self.channel = channel
-
-
-class DeliveryLimitError(BudgetExhaustedError):
-    """The org's daily event delivery allocation is spent: switch to polling."""
-
-
-class TokenSource(Protocol):
-    """The part of `SalesforceClient` the source needs."""
-
-    @property
-    def instance_url(self) -> str: ...
-
-    async def access_token(self) -> str: ...
-
-    async def reauthenticate(self) -> str: ...
 
 
 @dataclass(frozen=True)

@@ -39,20 +39,13 @@ from typing import Any
 import structlog
 
 from listener.events import channel_object
-from listener.sources.base import term_fence
+from listener.sources.base import DeliveryLimitError, ReplayIdInvalidError, TokenSource, term_fence
 from listener.sources.batching import CommitPolicy
 from listener.sources.cdc_batch import apply_batch, sort_batch
 from listener.sources.cometd import LATEST_AHEAD, CatchUp, EventsExhausted, channel_for
 from listener.sources.handover import PollHandover
 from listener.sources.intake import BatchIntake
-from listener.sources.pubsub._wire import (
-    DeliveryLimitError,
-    Endpoint,
-    PubSubAuthError,
-    PubSubConnection,
-    ReplayIdInvalidError,
-    TokenSource,
-)
+from listener.sources.pubsub._wire import Endpoint, PubSubAuthError, PubSubConnection
 from listener.sources.pubsub.subscriptions import (
     ChannelReader,
     Connection,
