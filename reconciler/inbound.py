@@ -51,7 +51,7 @@ from reconciler.ports import (
     RejectedEvent,
     SalesforceChange,
 )
-from reconciler.records import check_value, get_path, is_blank
+from reconciler.records import check_value, get_path, is_blank, set_path
 from reconciler.rules import cannot_start, may_create, owner_updates
 from reconciler.store import BulkOutcome, Fence, RecordVersion, RecordWrite
 from reconciler.sync_logs import LogType, SyncLog, event_job, failed_inbound, utcnow
@@ -127,7 +127,7 @@ class _Pending:
             self.fields.setdefault(path, {"old": old})["new"] = value
         self.sets[path] = value
         self.unsets.discard(path)
-        _assign(self.doc, path, value)
+        set_path(self.doc, path, value)
 
     def drop(self, path: str) -> None:
         if get_path(self.doc, path) is None:
@@ -135,7 +135,7 @@ class _Pending:
         self.fields.setdefault(path, {"old": get_path(self.doc, path)})["new"] = None
         self.sets.pop(path, None)
         self.unsets.add(path)
-        _assign(self.doc, path, None)
+        set_path(self.doc, path, None)
 
     def retype(self, new: LogType) -> None:
         if _TYPE_RANK[new] < _TYPE_RANK[self.type]:
@@ -144,16 +144,6 @@ class _Pending:
     @property
     def changed(self) -> bool:
         return bool(self.sets or self.unsets)
-
-
-def _assign(doc: dict[str, Any], path: str, value: Any) -> None:
-    parts = path.split(".")
-    for part in parts[:-1]:
-        child = doc.get(part)
-        if not isinstance(child, dict):
-            child = doc[part] = {}
-        doc = child
-    doc[parts[-1]] = value
 
 
 def _copy(doc: dict[str, Any]) -> dict[str, Any]:
@@ -429,7 +419,7 @@ def _start(
         return None
     item = _Pending(change, collection, {}, {"crm.id": change.sf_id}, "create", upsert=True)
     _link(item, change)
-    _assign(item.doc, "crm.id", change.sf_id)
+    set_path(item.doc, "crm.id", change.sf_id)
     return item
 
 
@@ -478,8 +468,8 @@ def _with_concurrent_edits(fresh: dict[str, Any], before: dict[str, Any] | None,
         path = f"_sync.field_times.{m.local_field}"
         known = get_path(doc, path)
         if when is not None and (not isinstance(known, datetime) or _utc(known) < _utc(when)):
-            _assign(doc, path, when)
-    _assign(doc, "_sync.written_at", fresh["updated_at"])
+            set_path(doc, path, when)
+    set_path(doc, "_sync.written_at", fresh["updated_at"])
     return doc
 
 

@@ -29,7 +29,7 @@ import structlog
 
 from reconciler.merge import SALESFORCE_NEWER, SAME_VALUE, Side, capped_offset, decide_outgoing
 from reconciler.ports import OutboundWrite, SalesforceApi
-from reconciler.records import get_path
+from reconciler.records import get_path, set_path
 from reconciler.rules import OWNER_FIELD
 from reconciler.shadow import Seen, has_shadow, path, platform_time, shadow_sets, shadow_side
 from reconciler.soql import parse_sf_datetime, soql_string
@@ -200,7 +200,7 @@ class ShadowGate:
                                     complete=True)
                 sets[doc["_id"]] = found
                 for key, value in found.items():
-                    _assign(doc, key, value)
+                    set_path(doc, key, value)
         await self._store.record_shadow(collection, sets)
         log.info("outbound_shadow_filled", sobject=sobject, records=len(sets))
 
@@ -244,11 +244,3 @@ def _skipped_log(entry: OutboxEntry, reasons: Mapping[str, str]) -> SyncLog:
     )
 
 
-def _assign(doc: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        child = doc.get(part)
-        if not isinstance(child, dict):
-            child = doc[part] = {}
-        doc = child
-    doc[parts[-1]] = value

@@ -50,6 +50,17 @@ def get_path(doc: Mapping[str, Any] | None, path: str) -> Any:
     return current
 
 
+def set_path(doc: dict[str, Any], path: str, value: Any) -> None:
+    """Set the value at a dotted path in a plain document, making the dicts on the way."""
+    parts = path.split(".")
+    for part in parts[:-1]:
+        child = doc.get(part)
+        if not isinstance(child, dict):
+            child = doc[part] = {}
+        doc = child
+    doc[parts[-1]] = value
+
+
 def check_value(sf_field: str, value: Any) -> None:
     """Reject values that are not a scalar or a list of scalars (e.g. an unflattened compound)."""
     if value is None or isinstance(value, (*_SCALARS, datetime)):
