@@ -26,6 +26,21 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 
 playwright_api = pytest.importorskip("playwright.async_api")
+expect = playwright_api.expect
+# a busy 2-core machine runs chromium slowly: assertions retry until the page shows what they expect
+expect.set_options(timeout=60_000)
+
+
+async def log_in(page: object, url: str, token: str = TOKEN) -> None:
+    """Open the Sync Logs page, log in, and wait until the page the login leads to has loaded."""
+    await page.goto(url + "/logs")  # type: ignore[attr-defined]
+    await page.fill("#token", token)  # type: ignore[attr-defined]
+    await page.click("button:has-text('Log in')")  # type: ignore[attr-defined]
+    try:
+        await page.locator("table.logs, .notice.error").first.wait_for(timeout=90_000)  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise AssertionError(f"nothing loaded after logging in at {page.url}: "  # type: ignore[attr-defined]
+                             f"{(await page.content())[:2000]}") from exc  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -90,30 +105,29 @@ async def test_log_in_filter_and_retry(admin: RunningAdmin, browser: object, tmp
     context = await browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
     page = await context.new_page()
 
-    await page.goto(admin.url + "/logs")
-    await page.fill("#token", TOKEN)
-    await page.click("button:has-text('Log in')")
+    await log_in(page, admin.url)
     rows = page.locator("table.logs tbody tr")
-    assert await rows.count() == 6
-    assert await page.locator(".strip").inner_text() != ""
+    await expect(rows).to_have_count(6)
+    await expect(page.locator(".strip")).not_to_have_text("")
 
     await page.select_option("select[name=status]", "failed")
     await page.click("button:has-text('Filter')")
-    assert await rows.count() == 2
-    assert await page.locator("tr.row-success").count() == 0
+    await page.wait_for_url("**status=failed**")
+    await expect(rows).to_have_count(2)
+    await expect(page.locator("tr.row-success")).to_have_count(0)
 
     # the funnel next to a record id shows every action on that record
     lead_row = page.locator("tr", has_text="INVALID_EMAIL_ADDRESS")
     await lead_row.locator("a.filter").first.click()
-    assert page.url.endswith("/logs?record=00Q000000000001AAA")
-    assert await rows.count() == 2
+    await page.wait_for_url("**/logs?record=00Q000000000001AAA")
+    await expect(rows).to_have_count(2)
     link = page.locator("a", has_text="00Q000000000001AAA").first
     assert await link.get_attribute("href") == (
         "https://example.my.salesforce.com/lightning/r/Lead/00Q000000000001AAA/view")
 
     await page.locator("tr.row-failed button:has-text('Retry')").click()
-    assert "notice=retried" in page.url
-    assert await page.locator(".notice.ok").is_visible()
+    await page.wait_for_url("**notice=retried**")
+    await expect(page.locator(".notice.ok")).to_be_visible()
     newest = rows.first
     assert "merge" in await newest.inner_text()
     assert await newest.get_attribute("class") == "row-success"
@@ -134,11 +148,9 @@ async def test_log_in_filter_and_retry(admin: RunningAdmin, browser: object, tmp
 async def test_wrong_token_stays_on_the_login_form(admin: RunningAdmin, browser: object) -> None:
     """A wrong token shows an error and no sync logs."""
     page = await browser.new_page()  # type: ignore[attr-defined]
-    await page.goto(admin.url + "/logs")
-    await page.fill("#token", "not-the-token")
-    await page.click("button:has-text('Log in')")
-    assert "not right" in await page.locator(".notice.error").inner_text()
-    assert await page.locator("table.logs").count() == 0
+    await log_in(page, admin.url, token="not-the-token")
+    await expect(page.locator(".notice.error")).to_contain_text("not right")
+    await expect(page.locator("table.logs")).to_have_count(0)
 
 
 @pytest.mark.parametrize("width", [1280, 390])
@@ -153,14 +165,7 @@ async def test_resolved_and_open_failures_more_fields_and_a_retry_outcome(
     sync, open_failure, resolved_failure, fix = admin.log_ids
     context = await browser.new_context(viewport={"width": width, "height": 900})  # type: ignore[attr-defined]
     page = await context.new_page()
-    await page.goto(admin.url + "/logs")
-    await page.fill("#token", TOKEN)
-    await page.click("button:has-text('Log in')")
-    try:  # the logged-in page has loaded (generous: a busy 2-core machine runs chromium slowly)
-        await page.locator("table.logs").wait_for(timeout=90_000)
-    except Exception as exc:
-        raise AssertionError(f"no sync logs table after logging in at {page.url}: "
-                             f"{(await page.content())[:2000]}") from exc
+    await log_in(page, admin.url)
 
     resolved = page.locator(f"#log-{resolved_failure}")
     assert await resolved.get_attribute("class") == "row-failed"
