@@ -21,6 +21,11 @@ changing after the last attempt: a failed, retriable log (`CONFLICT`).
 Clocks (issue 11 item 10): with `sf_clock` (Salesforce's clock as learned from its responses),
 `LastModifiedDate` is moved onto this host's clock before `most_recent` compares it.
 
+Durability (issue 11 item 9): the batch's record writes are majority without `j`, and
+`apply_batch` always ends with a journaled majority write (its sync-log insert, or
+`journal_barrier` when it logs nothing) before it returns: nothing is reported done, and no
+offset moves, before the whole batch is journaled (`reconciler.store`, "Durability").
+
 Fencing (issue 11 item 4): with `fence` (the leader term's `Fence`), record writes are refused
 once another term holds the lease (`FencedError`, raised to the caller: nothing is logged as done).
 """
@@ -74,10 +79,11 @@ class InboundStore(Protocol):
                                     values: Any) -> list[dict[str, Any]]: ...
     async def find_records(self, collection: str, ids: Any) -> list[dict[str, Any]]: ...
     async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite], *,
-                         fence: Fence | None = None) -> BulkOutcome: ...
+                         fence: Fence | None = None, journaled: bool = True) -> BulkOutcome: ...
     async def write_in_order(self, collection: str, writes: Sequence[RecordWrite], *,
                              fence: Fence | None = None) -> BulkOutcome: ...
     async def insert_sync_logs(self, logs: Sequence[SyncLog]) -> list[str]: ...
+    async def journal_barrier(self) -> None: ...
 
 
 class SalesforceOffset(Protocol):
@@ -211,10 +217,11 @@ class Reconciler:
         result.failed += relinked.failed
         live += relinked.refetched
         applied: Counter[str] = Counter()
+        run = _Run(result, applied, summary, attempt)
         for collection in (COMPANIES, PEOPLE):
             group = [c for c in live if collection_for(c.sobject) == collection]
             if group:
-                await self._apply_collection(collection, group, _Run(result, applied, summary, attempt))
+                await self._apply_collection(collection, group, run)
         if summary:
             result.logs += [
                 SyncLog(source="salesforce", type="import", status="success", object=sobject,
@@ -222,6 +229,8 @@ class Reconciler:
                 for sobject, n in applied.items()
             ]
         result.log_ids = await self.store.insert_sync_logs(result.logs)
+        if run.unjournaled and not result.logs:
+            await self.store.journal_barrier()  # the batch's records wrote without `j`: close it
         self._count(result)
         return result
 
@@ -334,7 +343,10 @@ class Reconciler:
         """Write the items that changed; returns those whose document changed since it was read."""
         to_write = [i for i in items if i.changed]
         now = utcnow()
-        outcome = await self.store.bulk_apply(collection, [_record_write(i, now) for i in to_write])
+        # Majority without `j`: `apply_batch` ends with a journaled write (see the module docstring).
+        outcome = await self.store.bulk_apply(collection, [_record_write(i, now) for i in to_write],
+                                              journaled=False)
+        run.unjournaled = run.unjournaled or bool(to_write)
         conflicted = [to_write[i] for i in sorted(outcome.conflicts)]
         run.result.unchanged += sum(1 for i in items if not i.changed and not i.sf_updates)
         failed = _outcome_logs(collection, to_write, outcome, run) | {id(i) for i in conflicted}
@@ -351,6 +363,7 @@ class _Run:
     applied: Counter[str]
     summary: bool
     attempt: int
+    unjournaled: bool = False  # records were written without `j`: the batch must end journaled
 
 
 def _outcome_logs(collection: str, written: list[_Pending], outcome: BulkOutcome, run: _Run) -> set[int]:
@@ -494,8 +507,9 @@ class _FencedStore:
         return term
 
     async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite], *,
-                         fence: Fence | None = None) -> BulkOutcome:
-        return await self._store.bulk_apply(collection, writes, fence=fence or self._term())
+                         fence: Fence | None = None, journaled: bool = True) -> BulkOutcome:
+        return await self._store.bulk_apply(collection, writes, fence=fence or self._term(),
+                                            journaled=journaled)
 
     async def write_in_order(self, collection: str, writes: Sequence[RecordWrite], *,
                              fence: Fence | None = None) -> BulkOutcome:

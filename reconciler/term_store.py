@@ -56,9 +56,10 @@ class TermStore(Store):
             await super().save_state(key, value, fence=fence or self.term())
 
     async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite], *,
-                         fence: Fence | None = None) -> BulkOutcome:
+                         fence: Fence | None = None, journaled: bool = True) -> BulkOutcome:
         async with self._refusals(f"bulk_apply {collection}"):
-            return await super().bulk_apply(collection, writes, fence=fence or self.term())
+            return await super().bulk_apply(collection, writes, fence=fence or self.term(),
+                                            journaled=journaled)
 
     async def write_in_order(self, collection: str, writes: Sequence[RecordWrite], *,
                              fence: Fence | None = None) -> BulkOutcome:

@@ -5,8 +5,28 @@ modules (`_records`, `_logs`, `_state`, and the outbox/watch modules), not for c
 Callers import from here only (the `_private` modules are the store's own); the keys of
 `sync_state` are built and parsed in `reconciler.store.state_keys`.
 
-Durability: every write (records, sync logs, outbox, offsets, leases) is journaled majority
-(`_client.DURABLE`, set once on the database handle).
+Durability: every write (records, sync logs, outbox, offsets, leases) is acknowledged by a majority
+and journaled (`_client.DURABLE`, set once on the database handle, so a `w=1` URI cannot weaken
+it), with one exception that loses nothing:
+
+    await store.bulk_apply(collection, writes, journaled=False)   # {w: majority}, no j
+    ...                                                           # more of the same batch
+    await store.insert_sync_logs(logs)     # {w: majority, j: true}: closes the batch
+    await store.journal_barrier()          # ... or this, when the batch has no log to write
+
+A batch's record writes may go without `j` when the batch ends with a journaled majority write
+before anything is reported done or any offset moves. In MongoDB a `j: true` acknowledgement
+means the node's journal holds every earlier write of that node (the journal is one sequential
+log, flushed up to the acknowledged write), and a majority acknowledgement at optime T means
+every earlier optime is majority-committed; so once the closing write is acknowledged the whole
+batch is exactly as durable as if each write had asked for `j`. (mongod's default
+`writeConcernMajorityJournalDefault: true` already journals majority writes on the majority;
+SecantusDB, like WiredTiger, flushes its one log up to the synced commit.) What it saves: a
+journaled bulk write costs one journal sync per statement on SecantusDB (mongod waits once per
+command). The one caller is `Reconciler.apply_batch` (inbound events, backfill pages, retries,
+remerges): its last write is always the sync-log insert or `journal_barrier`. Everything else
+writes records journaled (`journaled=True`, the default). If the process dies between the two,
+nothing was acknowledged: the batch is delivered again and applied idempotently.
 
 Fencing (a leader term's writes; issue 11 item 4):
 

@@ -34,6 +34,10 @@ CASE_INSENSITIVE = Collation(locale="en", strength=2)
 # leases): journaled majority, so data survives a failover at least as well as the offsets that
 # point past it. Set on the database handle, so a `w=1` URI cannot weaken it.
 DURABLE = WriteConcern(w="majority", j=True)
+# Record writes of a batch that ends with a DURABLE write (`bulk_apply(journaled=False)`): a
+# journaled acknowledgement covers every earlier write of the node, so the batch is as durable
+# as DURABLE once its closing write is acknowledged; the records skip a journal sync per statement.
+MAJORITY = WriteConcern(w="majority")
 
 # Server error codes that mean "try again" (NotWritablePrimary, ShutdownInProgress, ...).
 _RETRIABLE_CODES = {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}

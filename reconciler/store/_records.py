@@ -11,7 +11,7 @@ import structlog
 
 from reconciler.errors import FencedError
 from reconciler.store._bulk import BulkOutcome, RecordWrite, write_records
-from reconciler.store._client import CASE_INSENSITIVE, translate_errors
+from reconciler.store._client import CASE_INSENSITIVE, MAJORITY, translate_errors
 from reconciler.store._lease import Fence, check_fence
 
 log = structlog.get_logger(__name__)
@@ -102,16 +102,20 @@ class RecordsMixin:
             last = page[-1]["_id"]
 
     async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite], *,
-                         fence: Fence | None = None) -> BulkOutcome:
+                         fence: Fence | None = None, journaled: bool = True) -> BulkOutcome:
         """One unordered bulk write; per-document failures come back in `errors`, not raised.
-        With `fence`, see `_fenced`."""
+        With `fence`, see `_fenced`. `journaled=False` writes majority without `j`: only for a
+        caller that ends its batch with a journaled write (a sync-log insert, `journal_barrier`)
+        before it reports anything done (see the package docstring)."""
         if not writes:
             return BulkOutcome()
         async with _fenced(self.db, fence, "bulk_apply"):
-            return await self._bulk_apply(collection, writes)
+            return await self._bulk_apply(collection, writes, journaled)
 
-    async def _bulk_apply(self, collection: str, writes: Sequence[RecordWrite]) -> BulkOutcome:
-        return await write_records(self.db[collection], writes, ordered=False, operation="bulk_apply")
+    async def _bulk_apply(self, collection: str, writes: Sequence[RecordWrite],
+                          journaled: bool = True) -> BulkOutcome:
+        coll = self.db[collection] if journaled else self.db[collection].with_options(write_concern=MAJORITY)
+        return await write_records(coll, writes, ordered=False, operation="bulk_apply")
 
     async def write_in_order(self, collection: str, writes: Sequence[RecordWrite], *,
                              fence: Fence | None = None) -> BulkOutcome:

@@ -16,7 +16,7 @@ from pymongo.errors import DuplicateKeyError
 from reconciler.errors import FencedError
 from reconciler.store._client import translate_errors
 from reconciler.store._lease import Fence, check_fence, not_newer_than, term_field
-from reconciler.store.state_keys import StateKind, parse_key
+from reconciler.store.state_keys import JOURNAL_KEY, StateKind, parse_key
 from reconciler.sync_logs import utcnow
 
 
@@ -57,6 +57,15 @@ class StateMixin:
                 assert fence is not None
                 raise FencedError(f"save_state {key}: refused, a term newer than {fence.term} "
                                   f"of lease {fence.lease} holds it") from None
+
+    async def journal_barrier(self) -> None:
+        """One journaled majority write, for a batch whose record writes were not journaled
+        (`bulk_apply(journaled=False)`) and that has no sync log to write last: once it is
+        acknowledged, so are the batch's earlier writes (see the package docstring). A document
+        without `value`: no offset, not listed by `all_state`, not stamped by a new term."""
+        with translate_errors("journal_barrier"):
+            await self.db.sync_state.update_one({"_id": JOURNAL_KEY}, {"$set": {"at": utcnow()}},
+                                                upsert=True)
 
     async def check_fence(self, fence: Fence) -> None:
         """Raise `FencedError` unless `fence`'s term still holds its lease (one read)."""

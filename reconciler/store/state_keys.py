@@ -8,6 +8,8 @@
     local_watermark:<collection>  {"updated_at": ..., "id": ...}   local polling keyset position
     lease:<name>          {"owner": ..., "expires_at": ...}     leader lease
     mappings              {"hash": ..., "mappings": {...}}      mappings the last remerge applied
+    journal               {"at": ...} (no `value`)             a batch's closing journaled write when it
+                                                                had no sync log to write (`journal_barrier`)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class StateKind(StrEnum):
 
 
 MAPPINGS_KEY = "mappings"
+JOURNAL_KEY = "journal"
 
 
 def state_key(kind: StateKind, subject: str) -> str:
@@ -78,5 +81,5 @@ def of_kind(state: Mapping[str, dict[str, Any]], kind: StateKind) -> dict[str, d
     return out
 
 
-__all__ = ["MAPPINGS_KEY", "StateKind", "lease_key", "local_watermark_key", "of_kind", "parse_key",
-           "pubsub_replay_key", "replay_key", "resume_key", "state_key", "watermark_key"]
+__all__ = ["JOURNAL_KEY", "MAPPINGS_KEY", "StateKind", "lease_key", "local_watermark_key", "of_kind",
+           "parse_key", "pubsub_replay_key", "replay_key", "resume_key", "state_key", "watermark_key"]

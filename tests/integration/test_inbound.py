@@ -39,10 +39,10 @@ class CountingStore(Store):
         self.calls["find"] = self.calls.get("find", 0) + 1
         return await super().find_unlinked_matches(collection, local_field, values)
 
-    async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite]) -> BulkOutcome:
+    async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite], **kw: Any) -> BulkOutcome:
         if writes:
             self.calls["bulk_write"] = self.calls.get("bulk_write", 0) + 1
-        return await super().bulk_apply(collection, writes)
+        return await super().bulk_apply(collection, writes, **kw)
 
     async def insert_sync_logs(self, logs: Sequence[Any]) -> list[str]:
         if logs:

@@ -13,11 +13,14 @@ from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import monitoring
 
 from reconciler.errors import FencedError, SyncError
-from reconciler.ports import OutboundWrite
+from reconciler.inbound import Reconciler
+from reconciler.ports import ChangeKind, ChangeSource, OutboundWrite
 from reconciler.store import Fence, RecordVersion, RecordWrite, Store
 from reconciler.sync_logs import SyncLog
+from tests.support.salesforce_changes import MAPPINGS, OWNER_1, T0, change
 
 WRITE_COMMANDS = {"insert", "update", "delete", "findAndModify"}
+LEAD = "00Q000000000009AAA"
 
 
 class WriteConcerns(monitoring.CommandListener):
@@ -54,11 +57,11 @@ async def watched_store(mongo_uri: str, database_name: str) -> AsyncIterator[tup
 
 
 class TestDataIsAsDurableAsOffsets:
-    async def test_records_logs_and_outbox_are_written_majority_journaled(
+    async def test_logs_outbox_offsets_and_single_record_writes_are_majority_journaled(
         self, watched_store: tuple[Store, WriteConcerns]
     ) -> None:
-        """Item 9: even on a w=1 URI, people, companies, outbox and sync_logs writes carry
-        {w: majority, j: true}, the write concern offsets use."""
+        """Item 9: even on a w=1 URI, people, companies, outbox, sync_logs and sync_state writes
+        carry {w: majority, j: true}, the write concern offsets use, unless a batch says otherwise."""
         store, listener = watched_store
         listener.sent.clear()
         person = ObjectId()
@@ -70,10 +73,42 @@ class TestDataIsAsDurableAsOffsets:
         await store.outbox.add([OutboundWrite("Lead", None, "people", person, {"LastName": "A"}, "create")],
                                datetime.now(UTC))
         await store.save_state("replay:x", {"replay_id": 1})
+        await store.journal_barrier()
         collections = {name for _, name, _ in listener.sent}
         assert {"people", "companies", "sync_logs", "outbox", "sync_state"} <= collections
         for command, name, concern in listener.sent:
             assert concern == {"w": "majority", "j": True}, (command, name, concern)
+
+    async def test_a_batchs_records_are_majority_and_its_last_write_majority_journaled(
+        self, watched_store: tuple[Store, WriteConcerns]
+    ) -> None:
+        """Item 9, at one journal sync per batch: `apply_batch` writes records {w: majority}
+        without `j`, and its last write before it returns is {w: majority, j: true}; a journaled
+        acknowledgement covers every earlier write, so nothing the batch wrote is acknowledged,
+        or passed by an offset, before it is journaled. Three kinds of batch: an update that logs,
+        an update that writes only the Salesforce shadow (no log: `journal_barrier` closes it),
+        and an import page of creates (one summary log)."""
+        store, listener = watched_store
+        reconciler = Reconciler(store, MAPPINGS)
+        await store.db.people.insert_one({"first_name": "Ann", "last_name": "Lee", "email": "ann@x.com",
+                                          "updated_at": T0, "crm": {"object": "Lead", "id": LEAD}})
+        batches = {
+            "logged update": ([change(LEAD, {"FirstName": "Anna"})], False),
+            "shadow-only update": ([change(LEAD, {"Email": "ann@x.com"})], False),
+            "import page": ([change(f"00Q00000000000{i}AAA", {"LastName": f"L{i}", "OwnerId": OWNER_1},
+                                    kind=ChangeKind.CREATE, source=ChangeSource.IMPORT) for i in range(3)],
+                            True),
+        }
+        for name, (changes, summary) in batches.items():
+            listener.sent.clear()
+            result = await reconciler.apply_batch(changes, summary=summary)
+            assert result.applied == len(changes), name
+            assert (result.logs == []) is (name == "shadow-only update"), name
+            records = [concern for _, coll, concern in listener.sent if coll == "people"]
+            assert records and all(c == {"w": "majority"} for c in records), (name, listener.sent)
+            assert listener.sent[-1][2] == {"w": "majority", "j": True}, (name, listener.sent)
+        shadow = (await store.db.people.find_one({"crm.id": LEAD}) or {})["_sync"]["sf"]["Lead"]
+        assert shadow["Email"]["v"] == "ann@x.com"  # the shadow-only batch did write
 
 
 def later(seconds: float) -> Any:
