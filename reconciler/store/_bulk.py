@@ -57,8 +57,16 @@ class RecordVersion:
         return cls(doc.get("updated_at"), int(version) if version is not None else None)
 
     def filter(self) -> dict[str, Any]:
-        # `None` matches a missing field too: a document never stamped
-        return {"updated_at": self.updated_at, VERSION: self.version}
+        """Equality on both fields. A value is written `{$all: [value]}`, which MongoDB documents as
+        the same predicate as `{field: value}`: SecantusDB then goes straight to the `_id` point
+        lookup instead of first trying every index for the bare equalities (0.3-0.6 ms of server
+        CPU per write). `None` stays bare: it must match a missing field too (a document never
+        stamped), and SecantusDB's `{$all: [null]}` does not."""
+        return {"updated_at": _equal(self.updated_at), VERSION: _equal(self.version)}
+
+
+def _equal(value: Any) -> Any:
+    return value if value is None else {"$all": [value]}
 
 
 @dataclass

@@ -238,6 +238,20 @@ class TestCompareAndSetRecordWrites:
         [doc] = await store.find_records("people", [1])
         assert doc["city"] == "A" and RecordVersion.of(doc).version == 1
 
+    async def test_a_document_never_stamped_is_written_by_a_writer_that_read_it_so(
+        self, store: Store
+    ) -> None:
+        """Item 6: no `updated_at`, no `_sync` (a platform document the service never wrote):
+        the version read is (None, None), which matches the missing fields; the write applies."""
+        await store.db.people.insert_one({"_id": 1, "city": "Oslo"})
+        [doc] = await store.find_records("people", [1])
+        assert RecordVersion.of(doc) == RecordVersion(None, None)
+        outcome = await store.bulk_apply("people", [RecordWrite({"_id": 1}, set={"city": "Paris"},
+                                                                expected=RecordVersion.of(doc))])
+        assert outcome.conflicts == set() and outcome.errors == {}
+        [doc] = await store.find_records("people", [1])
+        assert doc["city"] == "Paris" and RecordVersion.of(doc).version == 1
+
     async def test_a_document_deleted_since_the_read_is_a_conflict_and_not_recreated(
         self, store: Store
     ) -> None:
