@@ -8,6 +8,8 @@ transaction writes it but visible to queries only at commit. Two control routes 
                                                   (negative: behind). It dates CreatedDate,
                                                   LastModifiedDate, SystemModstamp, CDC
                                                   commitTimestamp and every response's `Date`.
+                                                  Never backwards: a lower offset holds the
+                                                  clock until the host's time catches up.
     POST /_emulator/transactions {"sobject": "Lead", "fields": {...}}
                                                -> {"id", "hold", "SystemModstamp"}: a record created and
                                                   stamped now, invisible to queries and reads
@@ -44,12 +46,19 @@ _UI_ACTOR = Actor(OWNER_USER_ID)  # a held transaction is someone's edit in the 
 
 @dataclass
 class OrgClock:
-    """The org's time: the host's plus `offset_seconds` (a callable `clock` for the state)."""
+    """The org's time: the host's plus `offset_seconds` (a callable `clock` for the state).
+
+    Monotonic, as Salesforce's stamps are: when the offset is lowered the clock holds at the
+    latest time it handed out until the host's time plus the new offset passes it (a slew, not
+    a step back), so no record, event or `Date` is dated before an earlier one."""
 
     offset_seconds: float = 0.0
+    _latest: float = field(default=float("-inf"), repr=False)
 
     def __call__(self) -> float:
-        return time.time() + self.offset_seconds
+        # one event loop calls this (no lock): the read and the store cannot interleave
+        self._latest = max(self._latest, time.time() + self.offset_seconds)
+        return self._latest
 
 
 @dataclass
