@@ -8,8 +8,10 @@ transaction writes it but visible to queries only at commit. Two control routes 
                                                   (negative: behind). It dates CreatedDate,
                                                   LastModifiedDate, SystemModstamp, CDC
                                                   commitTimestamp and every response's `Date`.
-                                                  Never backwards: a lower offset holds the
-                                                  clock until the host's time catches up.
+                                                  Stamps never go backwards: after a lower
+                                                  offset they hold at the latest one until the
+                                                  clock passes it; `Date` shows the new offset
+                                                  at once (see `OrgClock`).
     POST /_emulator/transactions {"sobject": "Lead", "fields": {...}}
                                                -> {"id", "hold", "SystemModstamp"}: a record created and
                                                   stamped now, invisible to queries and reads
@@ -48,16 +50,22 @@ _UI_ACTOR = Actor(OWNER_USER_ID)  # a held transaction is someone's edit in the 
 class OrgClock:
     """The org's time: the host's plus `offset_seconds` (a callable `clock` for the state).
 
-    Monotonic, as Salesforce's stamps are: when the offset is lowered the clock holds at the
-    latest time it handed out until the host's time plus the new offset passes it (a slew, not
-    a step back), so no record, event or `Date` is dated before an earlier one."""
+    `stamp()` is the time records and events are stamped with, monotonic as Salesforce's
+    stamps are: after the offset is lowered it holds at the latest stamp until the clock passes
+    it. The clock itself (`Date`, token expiry) shows the new offset at once: a lower offset is
+    what a host whose own clock stepped forward sees, and Salesforce's clock never stands
+    still, so `Date` does not freeze with the stamps (a frozen `Date` would tell clients, which
+    rightly assume it advances with their own, a time the org has not reached)."""
 
     offset_seconds: float = 0.0
     _latest: float = field(default=float("-inf"), repr=False)
 
     def __call__(self) -> float:
+        return time.time() + self.offset_seconds
+
+    def stamp(self) -> float:
         # one event loop calls this (no lock): the read and the store cannot interleave
-        self._latest = max(self._latest, time.time() + self.offset_seconds)
+        self._latest = max(self._latest, self())
         return self._latest
 
 
