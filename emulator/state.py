@@ -53,12 +53,10 @@ class EmulatorState:
     def __init__(self, config: EmulatorConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
-        # records and events are stamped by a clock that never goes back (`OrgClock.stamp`)
-        stamps: Callable[[], float] = getattr(clock, "stamp", clock)
-        self.bus = ChangeEventBus(retention_seconds=config.retention_seconds, clock=stamps)
+        self.bus = ChangeEventBus(retention_seconds=config.retention_seconds, clock=clock)
         self.limits = OrgLimits(api_max=config.api_max, events_max=config.events_max)
         self.tokens = TokenStore(ttl_seconds=config.token_ttl_seconds, clock=clock)
-        self.org = Org(self.bus, clock=stamps, api_version=config.api_version)
+        self.org = Org(self.bus, clock=clock, api_version=config.api_version)
         self.cursors = QueryCursors()
         self.faults = Faults()
         self.requests = RequestLog()
