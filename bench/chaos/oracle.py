@@ -32,7 +32,9 @@ service's code: per record and mapped field it keeps the set of values each side
   the field, still unsent when the record was modified again (the service's write of other
   fields, another Salesforce edit: service write times from the emulator's write log), that
   date is later than the edit, so `most_recent` may keep Salesforce's earlier value on both
-  sides. Without field history no rule can tell the two orders apart.
+  sides. Without field history no rule can tell the two orders apart. And a read sees the
+  record as it is: a value read, not streamed, that was replaced before the read never reaches
+  the platform, so a later Salesforce value may fill the blank it would have filled.
 
 Checks (each can fail; where a rule is not modelled exactly the check is conservative, as noted):
 
@@ -158,6 +160,7 @@ class FieldModel:
     relaxed: bool = False                             # convergence not required (see module doc)
     held_until: list[tuple[float, float]] = field(default_factory=list)  # faults: (at, outbound held)
     modified: list[float] = field(default_factory=list)  # when the Salesforce record was written
+    local_from_read: bool = False  # the platform's value came from a change read, not streamed
 
     def _inbound(self) -> bool:
         return self.direction in (Direction.BOTH, Direction.FROM_SALESFORCE)
@@ -180,12 +183,13 @@ class FieldModel:
         value = norm(value)
         w = _Write(at, side, value, step, by_read=by_read)
         if side == "salesforce":
-            self._write_salesforce(value, at, other_exists, certain)
+            self._write_salesforce(value, at, other_exists, certain, by_read)
         else:
             self._write_platform(w, deleted, other_exists)
         self.writes.append(w)
 
-    def _write_salesforce(self, value: Any, at: float, other_exists: bool, certain: bool) -> None:
+    def _write_salesforce(self, value: Any, at: float, other_exists: bool, certain: bool,
+                          by_read: bool = False) -> None:
         self.sf = {value} | self._recent("platform", at, self._outbound())
         if self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK and self._outbound():
             # the platform's data is preferred: an edit still in the outbox goes out over this
@@ -196,13 +200,16 @@ class FieldModel:
             allowed = self._may_replace(self.local, self.local_known,
                                         self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK
                                         and self.direction is Direction.BOTH)
-            if allowed == "no" and not other_exists:
+            if allowed == "no" and (not other_exists or self.local_from_read):
+                # (or the platform's data came from a change read, not streamed, which a read
+                # after this write never sees: the platform may still be blank)
                 allowed = "maybe"
             if allowed == "yes" and not certain:
                 allowed = "maybe"  # a change with no event: the refetch may read a later state
             if allowed == "yes":
                 self.local = {value} | self._recent("platform", at, True)
                 self.local_known = True
+                self.local_from_read = by_read
             elif allowed == "maybe":
                 self.local |= {value}
         elif value is None and not other_exists and self._inbound():
@@ -213,6 +220,7 @@ class FieldModel:
     def _write_platform(self, w: _Write, deleted: bool, other_exists: bool) -> None:
         value, at = w.value, w.at
         self.local = {value} | self._recent("salesforce", at, self._inbound())
+        self.local_from_read = False
         last_sf = next((x.value for x in reversed(self.writes) if x.side == "salesforce"), None)
         if self.direction is Direction.FROM_SALESFORCE and last_sf is not None:
             # Salesforce owns the field ("we will never send SalesLoft data back"): its value

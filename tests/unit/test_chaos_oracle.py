@@ -219,3 +219,21 @@ class TestChangeSeenOnlyByARead:
         Salesforce: a later read finds the platform's value there."""
         model = fed_with_writes(self.HISTORY, self.LOST, service_writes=[30])
         assert model_local(model, "first_name") == {"Pf"}
+
+
+class TestSupersededBeforeTheRead:
+    """A read sees a record as it is: a Salesforce value that reached the service only by a read
+    and was replaced before that read never reaches the platform, so a later value may fill the
+    blank it would have filled, whatever the merge behaviour (seed 2718, P10.phone:
+    `local_unless_blank`, 1532 written and replaced by 4778 before the catch-up poll)."""
+
+    LOST = [fault("replay_retention", 1)]
+    HISTORY = [sf(0, Phone="+1 1532"), sf(15, Phone="+1 4778")]
+
+    def test_the_later_value_may_fill_the_blank(self) -> None:
+        model = feed(self.HISTORY, self.LOST)
+        assert model_local(model, "phone") == {"+1 1532", "+1 4778"}
+
+    def test_not_when_the_first_was_streamed(self) -> None:
+        """Its event applied it: the platform holds data, which `local_unless_blank` keeps."""
+        assert model_local(feed(self.HISTORY), "phone") == {"+1 1532"}
