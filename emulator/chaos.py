@@ -4,9 +4,9 @@ Kept out of the core control modules on purpose: one hook in `emulator.app.creat
 these routes and one innermost middleware.
 
 - `GET  /_emulator/chaos/writes?after=N`: every REST write (POST/PATCH/DELETE under
-  `/services/data/`) with a sequence number, the `Sforce-Call-Options` client, the body and
-  the status: unbounded by the 2,000-entry request log, so a long run can count the writes the
-  service made without missing any.
+  `/services/data/`) with a sequence number, the host time it arrived (`at`), the
+  `Sforce-Call-Options` client, the body and the status: unbounded by the 2,000-entry request
+  log, so a long run can count the writes the service made without missing any.
 - `POST /_emulator/chaos/lock-row {count, path_prefix}`: the next `count` REST calls under the
   prefix answer 400 `UNABLE_TO_LOCK_ROW` (Salesforce's row-lock contention), before the handler
   runs (nothing applied).
@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -70,7 +71,7 @@ async def chaos_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (json.JSONDecodeError, UnicodeDecodeError):
         body = None
     entry: dict[str, Any] = {
-        "seq": next(chaos.seq), "method": request.method, "path": request.path,
+        "seq": next(chaos.seq), "at": time.time(), "method": request.method, "path": request.path,
         "client": request.headers.get("Sforce-Call-Options", ""), "body": body, "status": None,
     }
     chaos.writes.append(entry)

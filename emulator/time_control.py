@@ -8,6 +8,8 @@ transaction writes it but visible to queries only at commit. Two control routes 
                                                   (negative: behind). It dates CreatedDate,
                                                   LastModifiedDate, SystemModstamp, CDC
                                                   commitTimestamp and every response's `Date`.
+                                                  Never backwards: a lower offset is reached
+                                                  by a slew (`SLEW_RATE`), as NTP does.
     POST /_emulator/transactions {"sobject": "Lead", "fields": {...}}
                                                -> {"id", "hold", "SystemModstamp"}: a record created and
                                                   stamped now, invisible to queries and reads
@@ -42,14 +44,35 @@ _HOLDS_KEY = "held_transactions"
 _UI_ACTOR = Actor(OWNER_USER_ID)  # a held transaction is someone's edit in the Salesforce UI
 
 
+# How fast the org's clock runs, against the host's, while it slews back to a lowered offset.
+SLEW_RATE = 0.8
+
+
 @dataclass
 class OrgClock:
-    """The org's time: the host's plus `offset_seconds` (a callable `clock` for the state)."""
+    """The org's time: the host's plus `offset_seconds` (a callable `clock` for the state).
+
+    Never backwards, and never standing still, as Salesforce's clock: a higher offset is a
+    step forward, a lower one is reached by a slew (the clock runs at `SLEW_RATE` of the
+    host's rate until it meets host + offset). Records, events and `Date` are all read from
+    it, so stamps never go back, and a client that extrapolates from the last `Date` at its
+    own rate (the service's polling signpost does) is off by at most a fifth of the time since."""
 
     offset_seconds: float = 0.0
+    _org_at: float | None = field(default=None, repr=False)   # the last time handed out
+    _host_at: float = field(default=0.0, repr=False)          # the host's time then
 
     def __call__(self) -> float:
-        return time.time() + self.offset_seconds
+        host = time.time()
+        target = host + self.offset_seconds
+        if self._org_at is None:
+            value = target
+        else:
+            slewed = self._org_at + SLEW_RATE * max(0.0, host - self._host_at)
+            value = max(target, slewed)
+        # one event loop calls this (no lock): the read and the store cannot interleave
+        self._org_at, self._host_at = value, host
+        return value
 
 
 @dataclass
@@ -156,4 +179,4 @@ def install_time_control(app: web.Application) -> None:
     app.router.add_post("/_emulator/transactions/{hold}/commit", commit_transaction)
 
 
-__all__ = ["HeldTransactions", "OrgClock", "install_time_control"]
+__all__ = ["SLEW_RATE", "HeldTransactions", "OrgClock", "install_time_control"]

@@ -14,7 +14,9 @@ fields). The approach chosen:
    the conversion is detected on the Lead update and that Person is folded into the Lead's
    Person — its values fill the Lead Person's blanks (data wins over blank), then it is
    deleted if the service created it, or unlinked (its old link kept in `crm_previous`) if it
-   was a platform record. The Lead's Person survives: it carries the platform's history.
+   was a platform record. A Person the service created holds the Contact's values, which are
+   the Lead's latest: it is merged by the merge behaviour (field times), not only into blanks.
+   The Lead's Person survives: it carries the platform's history.
 3. When the Contact's data is not in the batch and no folded Person brought it, the Contact
    is re-fetched (one SOQL call, when the budget allows) and merged.
 
@@ -30,10 +32,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from reconciler.merge import Side, merge_field
 from reconciler.objects import COMPANIES, PEOPLE
 from reconciler.ports import Budget, ChangeSource, RecordFetcher, SalesforceChange
 from reconciler.records import get_path, is_blank
 from reconciler.rules import is_converted_lead
+from reconciler.shadow import stamped_time
 from reconciler.store import BulkOutcome, RecordWrite
 from reconciler.sync_logs import SyncLog, failed_inbound, utcnow
 from settings import Mappings
@@ -168,10 +172,7 @@ def _person_writes(
         else:
             writes.append(RecordWrite(filter={"_id": duplicate["_id"]}, unset=["crm"],
                                       set={"crm_previous": duplicate.get("crm"), **stamp}))
-        for m in reconciler.mappings.for_object("Contact"):
-            mine, theirs = get_path(person, m.local_field), get_path(duplicate, m.local_field)
-            if is_blank(mine) and not is_blank(theirs):
-                values[m.local_field] = theirs
+        values.update(_folded(reconciler.mappings, person, duplicate))
     company = companies.get(conv.account_id) if conv.account_id else None
     if company is not None:
         values["company_id"] = company["_id"]
@@ -181,6 +182,28 @@ def _person_writes(
                 set={"crm.object": "Account", "crm.id": conv.account_id, "crm.linked_at": now, **stamp}))
     writes.append(RecordWrite(filter={"_id": person["_id"], "crm.id": conv.lead_id}, set=values))
     return writes
+
+
+def _folded(mappings: Mappings, person: dict[str, Any], duplicate: dict[str, Any]) -> dict[str, Any]:
+    """What the Lead's Person takes from the Person the Contact's create made. That one holds
+    the Contact's values, i.e. the Lead's latest (some perhaps never seen on the Lead: their
+    events lost), so it is merged like a same-batch Contact create: by the merge behaviour, on
+    both sides' field times. A platform record taken over only fills blanks (its values are the
+    platform's own, not Salesforce's)."""
+    from_salesforce = bool(get_path(duplicate, "_sync.created_by_sync"))
+    out: dict[str, Any] = {}
+    for m in mappings.for_object("Contact"):
+        mine = Side(get_path(person, m.local_field), stamped_time(person, m.local_field))
+        theirs = Side(get_path(duplicate, m.local_field), stamped_time(duplicate, m.local_field))
+        if from_salesforce:
+            take = merge_field(m, mine, theirs, sf_field_writable=True).write_local
+        else:
+            take = is_blank(mine.value) and not is_blank(theirs.value)
+        if take:
+            out[m.local_field] = theirs.value
+            if from_salesforce and theirs.changed_at is not None:
+                out[f"_sync.field_times.{m.local_field}"] = theirs.changed_at
+    return out
 
 
 def _log(

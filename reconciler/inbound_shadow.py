@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from reconciler.ports import ChangeSource, SalesforceChange
+from reconciler.ports import SalesforceChange
 from reconciler.records import get_path
 from reconciler.shadow import ROOT, shadow_sets, shadow_side
 from reconciler.shadow import path as shadow_path
@@ -41,17 +41,17 @@ def edits_only(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Ma
     Salesforce's value read again (a poll, a gap fetch, a record touched for another field), not
     an edit, and must not undo a later platform edit (`salesforce_unless_blank` above all).
 
-    An event (`at`: its time on this host's clock) older than the service's own write of the
-    field (the shadow's `sent`) carries a value that write replaced in Salesforce: not an edit
-    either, or the two sides would swap values. A record read now (poll, gap, import) is current."""
+    An event, or a record read (`at`: its commit time or `LastModifiedDate` on this host's
+    clock), older than the service's own write of the field (the shadow's `sent`) carries a
+    value that write replaced in Salesforce: not an edit either, or the two sides would swap
+    values. A read is not always current: it may race our write and be applied after it."""
     sf_fields = {m.sf_field for m in mappings}
-    event = item.change.source is ChangeSource.STREAM
     out: dict[str, Any] = {}
     for name, value in fields.items():
         seen = shadow_side(item.doc, item.change.sobject, name) if name in sf_fields else None
         if seen is not None and seen.value == value:
             continue
-        if event and _replaced_since(item.doc, item.change.sobject, name, at):
+        if _replaced_since(item.doc, item.change.sobject, name, at):
             continue
         out[name] = value
     return out

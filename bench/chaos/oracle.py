@@ -25,6 +25,16 @@ service's code: per record and mapped field it keeps the set of values each side
   whatever the time). A Salesforce blank made before the platform record exists may be copied.
 - Deleted in Salesforce: platform edits made meanwhile are not sent; after an undelete either
   value is accepted.
+- *Read, not streamed* (a documented limit, README "Reliability"): a Salesforce change whose
+  event may have been lost (a silent write, or one made while `replay_retention` could prune its
+  event or `budget_swing` had the service polling: `READ_FAULTS`) reaches the service only by
+  reading the record, dated by the record's `LastModifiedDate`. Against a later platform edit of
+  the field, still unsent when the record was modified again (the service's write of other
+  fields, another Salesforce edit: service write times from the emulator's write log), that
+  date is later than the edit, so `most_recent` may keep Salesforce's earlier value on both
+  sides. Without field history no rule can tell the two orders apart. And a read sees the
+  record as it is: a value read, not streamed, that was replaced before the read never reaches
+  the platform, so a later Salesforce value may fill the blank it would have filled.
 
 Checks (each can fail; where a rule is not modelled exactly the check is conservative, as noted):
 
@@ -73,6 +83,11 @@ READ_ONLY = frozenset({"Score__c"})
 RESYNC_FAULTS = frozenset({"replay_retention", "kill_leader", "stop_leader", "restart_mongo", "cdc_overflow",
                            "budget_swing", "cometd_drop"})
 SERVICE_CLIENT = "client=salesforce-sync"
+# Faults during which a Salesforce change may reach the service only by a read of its record:
+# kind -> (seconds before the fault, seconds after its heal). `replay_retention` prunes events not
+# yet consumed and committed (a stream stalled by a poison event or a takeover: OUTBOUND_HELD's
+# 20 s); `budget_swing` has the service polling until the next limits check after the heal.
+READ_FAULTS = {"replay_retention": (20.0, 0.0), "budget_swing": (0.0, 65.0)}
 
 
 @dataclass
@@ -128,6 +143,7 @@ class _Write:
     step: str
     # a platform write: what Salesforce could hold just before it (its values, known?)
     sf_before: tuple[frozenset[Any], bool] | None = None
+    by_read: bool = False  # a Salesforce write whose event may have been lost (read, not streamed)
 
 
 @dataclass
@@ -143,6 +159,8 @@ class FieldModel:
     held: list[_Write] = field(default_factory=list)   # platform writes while deleted in Salesforce
     relaxed: bool = False                             # convergence not required (see module doc)
     held_until: list[tuple[float, float]] = field(default_factory=list)  # faults: (at, outbound held)
+    modified: list[float] = field(default_factory=list)  # when the Salesforce record was written
+    local_from_read: bool = False  # the platform's value came from a change read, not streamed
 
     def _inbound(self) -> bool:
         return self.direction in (Direction.BOTH, Direction.FROM_SALESFORCE)
@@ -158,18 +176,20 @@ class FieldModel:
                 and w.value is not None}
 
     def write(self, side: str, value: Any, at: float, step: str, *, deleted: bool = False,
-              other_exists: bool = True, certain: bool = True) -> None:
+              other_exists: bool = True, certain: bool = True, by_read: bool = False) -> None:
         """`other_exists` False: the other side's record may not exist yet (it is created later
-        from the then current values), so an "unless blank" rule may not hold it back."""
+        from the then current values), so an "unless blank" rule may not hold it back.
+        `by_read`: a Salesforce write whose event may have been lost (see `read_over`)."""
         value = norm(value)
-        w = _Write(at, side, value, step)
+        w = _Write(at, side, value, step, by_read=by_read)
         if side == "salesforce":
-            self._write_salesforce(value, at, other_exists, certain)
+            self._write_salesforce(value, at, other_exists, certain, by_read)
         else:
             self._write_platform(w, deleted, other_exists)
         self.writes.append(w)
 
-    def _write_salesforce(self, value: Any, at: float, other_exists: bool, certain: bool) -> None:
+    def _write_salesforce(self, value: Any, at: float, other_exists: bool, certain: bool,
+                          by_read: bool = False) -> None:
         self.sf = {value} | self._recent("platform", at, self._outbound())
         if self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK and self._outbound():
             # the platform's data is preferred: an edit still in the outbox goes out over this
@@ -180,13 +200,16 @@ class FieldModel:
             allowed = self._may_replace(self.local, self.local_known,
                                         self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK
                                         and self.direction is Direction.BOTH)
-            if allowed == "no" and not other_exists:
+            if allowed == "no" and (not other_exists or self.local_from_read):
+                # (or the platform's data came from a change read, not streamed, which a read
+                # after this write never sees: the platform may still be blank)
                 allowed = "maybe"
             if allowed == "yes" and not certain:
                 allowed = "maybe"  # a change with no event: the refetch may read a later state
             if allowed == "yes":
                 self.local = {value} | self._recent("platform", at, True)
                 self.local_known = True
+                self.local_from_read = by_read
             elif allowed == "maybe":
                 self.local |= {value}
         elif value is None and not other_exists and self._inbound():
@@ -197,6 +220,7 @@ class FieldModel:
     def _write_platform(self, w: _Write, deleted: bool, other_exists: bool) -> None:
         value, at = w.value, w.at
         self.local = {value} | self._recent("salesforce", at, self._inbound())
+        self.local_from_read = False
         last_sf = next((x.value for x in reversed(self.writes) if x.side == "salesforce"), None)
         if self.direction is Direction.FROM_SALESFORCE and last_sf is not None:
             # Salesforce owns the field ("we will never send SalesLoft data back"): its value
@@ -219,6 +243,25 @@ class FieldModel:
         # did not know it, it does not know Salesforce's value now
         unknown = value is None and not all(known for _, known in unsent)
         self.sf_known = (self.sf_known or (value is not None and self._outbound())) and not unknown
+        earlier = self.read_over(w)
+        if earlier is not None:
+            self.local.add(earlier)
+            self.sf.add(earlier)
+
+    def read_over(self, w: _Write) -> Any:
+        """The earlier Salesforce value that may win over platform write `w` (module doc, "Read,
+        not streamed"), or None: `most_recent`, the field's last Salesforce change may have
+        reached the service only by a read, and the record was written again after `w` while `w`
+        may still have been unsent (so that the read's `LastModifiedDate` is later than `w`)."""
+        if not (self.direction is Direction.BOTH and self.merge is MergeBehaviour.MOST_RECENT
+                and self.writable):
+            return None
+        last_sf = next((x for x in reversed(self.writes) if x.side == "salesforce"), None)
+        if last_sf is None or not last_sf.by_read or last_sf.value is None:
+            return None
+        if any(w.at < at and self._maybe_unsent(w, at) for at in self.modified):
+            return last_sf.value
+        return None
 
     def _sent(self, value: Any, at: float, current: set[Any], known: bool, other_exists: bool) -> set[Any]:
         """What Salesforce may hold once a platform write of `value` is sent over `current`."""
@@ -309,6 +352,7 @@ class EntityModel:
     created_mapped: bool | None = None                  # Salesforce-created with a mapped owner?
     owner_sf: Any = None
     merges: int = 0
+    modified: list[float] = field(default_factory=list)  # when the Salesforce record was written
 
 
 class Model:
@@ -317,6 +361,8 @@ class Model:
         self.entities: dict[str, EntityModel] = {}
         self.early: list[Violation] = []  # found while feeding (a conversion's starting values)
         self.held_until: list[tuple[float, float]] = []  # injected faults that hold outbound back
+        self.read_windows: list[tuple[float, float]] = []  # when a change may be read, not streamed
+        self.modified: dict[str, list[float]] = {}  # slot -> when its Salesforce record was written
 
     def _mapping(self, sobject: str) -> list[FieldMapping]:
         return self.mappings.for_object(sobject)
@@ -326,7 +372,8 @@ class Model:
         if fm is None:
             fm = em.fields[m.local_field] = FieldModel(m.direction, m.merge,
                                                        writable=m.sf_field not in READ_ONLY,
-                                                       held_until=self.held_until)
+                                                       held_until=self.held_until,
+                                                       modified=em.modified)
         return fm
 
     def resync(self) -> None:
@@ -337,10 +384,14 @@ class Model:
                     fm.fill_blanks()
 
     def feed(self, acks: Iterable[Ack], entities: Mapping[str, Entity],
-             faults: Iterable[Mapping[str, Any]] = ()) -> None:
+             faults: Iterable[Mapping[str, Any]] = (),
+             service_writes: Mapping[str, Iterable[float]] | None = None) -> None:
         """Acks in acknowledgement order; faults that may make the service resync are merged in
-        by time."""
-        faults = list(faults)
+        by time. `service_writes`: when the service wrote each Salesforce record (15-character
+        id -> host times), for the "read, not streamed" limit."""
+        faults, acks = list(faults), list(acks)
+        self.read_windows[:] = _read_windows(faults)
+        self.modified = _modified(acks, entities, service_writes or {})
         resyncs = sorted(float(f["at"]) for f in faults
                          if f.get("status") == "injected" and f.get("kind") in RESYNC_FAULTS)
         self.held_until[:] = [(float(f["at"]), OUTBOUND_HELD[str(f["kind"])]) for f in faults
@@ -354,7 +405,8 @@ class Model:
             em = self.entities.get(ack.slot)
             if em is None:
                 ent = entities[ack.slot]
-                em = self.entities[ack.slot] = EntityModel(ent, sobject=ack.sobject or ent.sobject)
+                em = self.entities[ack.slot] = EntityModel(ent, sobject=ack.sobject or ent.sobject,
+                                                           modified=self.modified.get(ack.slot, []))
             self._apply(em, ack, entities)
         if resyncs:
             self.resync()
@@ -381,10 +433,11 @@ class Model:
                 em.owner_sf = ack.fields["OwnerId"]
             seen = em.entity.bound_at is not None and ack.at >= em.entity.bound_at
             silent = ack.kind in ("cdc_gap", "cdc_overflow")
+            by_read = silent or any(start <= ack.at <= end for start, end in self.read_windows)
             for m in self._mapping(em.sobject):
                 if m.sf_field in ack.fields and m.local_field not in em.frozen:
                     self._field(em, m).write("salesforce", ack.fields[m.sf_field], ack.at, ack.step,
-                                             other_exists=seen, certain=not silent)
+                                             other_exists=seen, certain=not silent, by_read=by_read)
         else:
             em.pf_ops.append(ack.step)
             seen = em.entity.bound_at is not None and ack.at >= em.entity.bound_at
@@ -431,6 +484,41 @@ class Model:
                 if sf_field in company and not blank(lead.get(lead_field)):
                     self._field(acc, company[sf_field]).write("salesforce", lead[lead_field], ack.at,
                                                               ack.step)
+
+
+def _read_windows(faults: list[Mapping[str, Any]]) -> list[tuple[float, float]]:
+    """(start, end) host times within which a Salesforce change may be read, not streamed."""
+    healed = {str(f.get("step", "")).removesuffix("-heal"): float(f["at"]) for f in faults
+              if f.get("status") == "healed"}
+    out: list[tuple[float, float]] = []
+    for f in faults:
+        if f.get("status") == "injected" and f.get("kind") in READ_FAULTS:
+            before, after = READ_FAULTS[str(f["kind"])]
+            at = float(f["at"])
+            out.append((at - before, healed.get(str(f.get("step")), at) + after))
+    return out
+
+
+def _modified(acks: list[Ack], entities: Mapping[str, Entity],
+              service_writes: Mapping[str, Iterable[float]]) -> dict[str, list[float]]:
+    """Per slot, when its Salesforce record was written: Salesforce operations and the service."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for ack in acks:
+        if ack.side == "salesforce" and ack.status == "ok" and ack.slot is not None:
+            out[ack.slot].append(ack.at)
+    for slot, ent in entities.items():
+        for sf_id in {_key(i) for i in (ent.sf_id, ent.lead_id) if i}:
+            out[slot].extend(service_writes.get(sf_id, ()))
+    return dict(out)
+
+
+def service_write_times(writes: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """15-character Salesforce id -> when the service wrote it (the emulator's write log)."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for w in _service_writes(writes):
+        if w.get("id") and isinstance(w.get("at"), int | float):
+            out[_key(w["id"])].append(float(w["at"]))
+    return dict(out)
 
 
 # --- the checks ---------------------------------------------------------------------------------
@@ -513,7 +601,7 @@ def _service_writes(writes: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ok = bool(result.get("success")) if isinstance(result, dict) else (
                 w.get("status") is not None and int(w["status"]) < 300)
             created = result.get("id") if isinstance(result, dict) and w.get("method") == "POST" else None
-            out.append({"seq": w["seq"], "method": w.get("method"), "sobject": sobject,
+            out.append({"seq": w["seq"], "at": w.get("at"), "method": w.get("method"), "sobject": sobject,
                         "id": rec.get("Id") or created, "created": created,
                         "fields": {k: v for k, v in rec.items() if k not in ("attributes", "Id")},
                         "ok": ok, "status": w.get("status")})
@@ -807,4 +895,4 @@ def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[d
     return out
 
 
-__all__ = ["WINDOW", "FieldModel", "Model", "Observed", "Violation", "check"]
+__all__ = ["WINDOW", "FieldModel", "Model", "Observed", "Violation", "check", "service_write_times"]

@@ -27,7 +27,7 @@ from pymongo.errors import PyMongoError
 from bench.chaos.env import LEASE_SECONDS, Environment
 from bench.chaos.faults import Faults
 from bench.chaos.operations import OTHER_APP, Ack, Operations
-from bench.chaos.oracle import Model, Observed, check
+from bench.chaos.oracle import Model, Observed, check, service_write_times
 from bench.chaos.report import RunLog, Summary, render, write_violations
 from bench.chaos.schedule import FAULT_KINDS, MAPPED_OWNERS, Step, build_schedule
 
@@ -196,7 +196,8 @@ def _check(state: _Run, quiet: _Quiet) -> None:
     observed = gather(state.env, state.ops, state.acks, state.fault_records, quiet.barrier_ok,
                       quiet.barrier_detail, quiet.idle_writes, quiet.idle_local, state.barrier_ids)
     model = Model()
-    model.feed(state.acks, state.ops.entities, state.fault_records)
+    model.feed(state.acks, state.ops.entities, state.fault_records,
+               service_writes=service_write_times(observed.writes))
     state.summary.violations = check(observed, model)
     state.summary.service_writes = sum(1 for w in observed.writes
                                        if "client=salesforce-sync" in str(w.get("client")))

@@ -186,6 +186,11 @@ class CommittedReplayIds(ReplayMarkerStorage):
     def override(self, channel: str, replay_id: int) -> None:
         self.overrides[channel] = replay_id
 
+    def subscribes_new(self, channel: str) -> bool:
+        """Will the next subscribe of `channel` ask for new events only (-1)? An override stays
+        until an event of the channel is committed, so a reconnect before then does too."""
+        return self.overrides.get(channel, self.committed_ids.get(channel, self.default)) == NEW_EVENTS
+
     async def get_replay_id(self, subscription: str) -> int:
         if subscription in self.overrides:
             return self.overrides[subscription]

@@ -16,7 +16,8 @@
 - GAP_* events: one `Id IN (...)` query per object per batch, applied as UPSERTs (source GAP).
 - GAP_OVERFLOW: poll the object from the event's commit time.
 - Network loss, `403::Unknown client`, a 401 a fresh token did not cure: close, back off with
-  jitter, reopen from the committed replay ids (redelivered events are dropped by replay id).
+  jitter, reopen from the committed replay ids (redelivered events are dropped by replay id); a
+  channel with none committed since a resync subscribes with -1 again, closed over by a poll.
 - `403::Organization total events daily limit exceeded`: tell the governor; `run` returns.
 - Stopping (issue 11 item 4): `stop` set while a batch is in flight waits for it up to
   `stop_deadline`, then cancels it (its offsets are not committed: it is redelivered); a
@@ -180,8 +181,9 @@ class CdcStream:
         while not stop.is_set():
             session = self._session_factory(replay)
             failure: Exception | None = None
-            # A channel with no committed replay id is subscribed with -1: poll around it.
-            unreplayable = [o for o in self.objects if channel_for(o) not in replay.committed_ids]
+            # A channel subscribed with -1 (no committed replay id, or none since a resync, on a
+            # reconnect too) is closed over by a poll: what was published before it is not replayed.
+            unreplayable = [o for o in self.objects if replay.subscribes_new(channel_for(o))]
             self._handover.owe_closing_poll(unreplayable)
             try:
                 await session.open(self.channels)

@@ -128,6 +128,22 @@ class TestLeadConversion:
         [convert] = (await store.find_sync_logs(type="convert"))[0]
         assert convert["fields"]["merged_person"]["new"] == str(pid)
 
+    async def test_a_folded_contact_merges_by_the_merge_behaviour_not_only_into_blanks(
+        self, store: Store
+    ) -> None:
+        """The Contact carries the Lead's latest values, some of which the service may never have
+        seen on the Lead (their events lost): folding its Person in is a merge, decided like the
+        same-batch one (`most_recent`: the Contact's newer FirstName wins over the Lead Person's
+        older one; chaos seed 2718, L8.first_name)."""
+        pid = await lead_person(store, _sync={"field_times": {"first_name": T0 - timedelta(minutes=1)}})
+        account, contact, lead = conversion_changes()
+        contact.fields["FirstName"] = "Annie"
+        sink = Reconciler(store, MAPPINGS)
+        await sink.apply([account, contact])
+        await sink.apply([lead])
+        doc = await store.db.people.find_one({"_id": pid})
+        assert (doc["crm"]["id"], doc["first_name"], doc["city"]) == (CONTACT, "Annie", "Oslo")
+
     async def test_contact_created_in_a_later_batch_merges_into_the_person(self, store: Store) -> None:
         """Lead update first, Contact CREATE in the next batch: the create merges, nothing new."""
         pid = await lead_person(store)

@@ -108,6 +108,32 @@ class TestResync:
             assert rig.pubsub.errors.get("INVALID_ARGUMENT") == 1
 
 
+    async def test_a_reconnect_before_any_new_event_subscribes_for_new_events_and_polls_again(
+        self, rig: StreamRig
+    ) -> None:
+        """After a resync the channel is subscribed for new events (-1 / LATEST) until one of its
+        events is committed; a reconnect before that subscribes for new events again, so a change
+        made since the resync's closing poll (here silent: its event is never delivered) is read
+        by a new closing poll (chaos CI seed 8, A3.industry: an update made between the resync's
+        poll and a `403::Unknown client` reconnect never reached the platform)."""
+        stream = await rig.start()
+        first = await rig.create_lead("First")
+        await eventually(lambda: rig.has_person(first))
+        await eventually(rig.offset_is_latest)
+        await rig.stop(stream)
+        bus = rig.emu.state.bus
+        bus.retention_seconds = 0.2
+        stored = await rig.stored_replay_id() or 0
+        await eventually(lambda: not bus.is_valid_replay_id(stored))
+        bus.retention_seconds = 3600
+        await rig.start()  # resync: catch-up poll, subscribe for new events, closing poll
+
+        missed = await rig.create_lead("SinceTheResync", emit=False)
+        async with rig.server_restart():
+            pass
+        await eventually(lambda: rig.has_person(missed, "SinceTheResync"))
+
+
 class TestEchoes:
     async def test_our_own_writes_are_skipped_but_their_offset_advances(self, rig: StreamRig) -> None:
         """A change made with our client name comes back as an echo: not applied, offset stored."""

@@ -177,3 +177,63 @@ class TestResyncMerge:
 
 def model_local(model: Model, name: str) -> set[Any]:
     return model.entities["L1"].fields[name].local
+
+
+def fed_with_writes(acks: list[Ack], faults: list[dict[str, Any]], service_writes: list[float]) -> Model:
+    """`service_writes`: when the service wrote the Lead (seconds after T0)."""
+    model = Model()
+    model.feed(acks, {"L1": lead_entity(), "A1": account_entity()}, faults,
+               service_writes={LEAD[:15]: [T0 + at for at in service_writes]})
+    return model
+
+
+class TestChangeSeenOnlyByARead:
+    """The documented limit (README, "Reliability"): a Salesforce change whose event was lost
+    reaches the service only by reading the record, and a read has no per-field times: the
+    change is dated by the record's `LastModifiedDate`. When the record was modified again after
+    a platform edit of the same field (the service's own write of other fields, still queued
+    edits going out) and before the read, `most_recent` takes Salesforce's earlier value over
+    the platform's later one (seed 777, P4.first_name). Field history is not available, so the
+    model accepts either value there (both sides must still agree)."""
+
+    LOST = [fault("replay_retention", 1)]  # the change's event pruned before it was consumed
+    HISTORY = [sf(0, FirstName="Sf"), pf(10, first_name="Pf")]
+
+    def test_an_earlier_change_read_after_the_record_was_modified_again_may_win(self) -> None:
+        model = fed_with_writes(self.HISTORY, self.LOST, service_writes=[11])
+        assert model_local(model, "first_name") == {"Pf", "Sf"}
+        assert allowed_sf(model, "L1", "first_name") == {"Pf", "Sf"}
+
+    def test_not_when_its_event_was_delivered(self) -> None:
+        """Streamed, the change carries its own commit time: the later platform edit wins."""
+        model = fed_with_writes(self.HISTORY, [], service_writes=[11])
+        assert model_local(model, "first_name") == {"Pf"}
+
+    def test_not_when_the_record_was_last_modified_before_the_platform_edit(self) -> None:
+        """Its `LastModifiedDate` is then earlier than the platform edit, which wins."""
+        model = fed_with_writes(self.HISTORY, self.LOST, service_writes=[5])
+        assert model_local(model, "first_name") == {"Pf"}
+
+    def test_not_when_the_platform_edit_was_sent_before_the_record_was_modified_again(self) -> None:
+        """Sent (the outbox's latency, no fault holding it), the edit replaced the change in
+        Salesforce: a later read finds the platform's value there."""
+        model = fed_with_writes(self.HISTORY, self.LOST, service_writes=[30])
+        assert model_local(model, "first_name") == {"Pf"}
+
+
+class TestSupersededBeforeTheRead:
+    """A read sees a record as it is: a Salesforce value that reached the service only by a read
+    and was replaced before that read never reaches the platform, so a later value may fill the
+    blank it would have filled, whatever the merge behaviour (seed 2718, P10.phone:
+    `local_unless_blank`, 1532 written and replaced by 4778 before the catch-up poll)."""
+
+    LOST = [fault("replay_retention", 1)]
+    HISTORY = [sf(0, Phone="+1 1532"), sf(15, Phone="+1 4778")]
+
+    def test_the_later_value_may_fill_the_blank(self) -> None:
+        model = feed(self.HISTORY, self.LOST)
+        assert model_local(model, "phone") == {"+1 1532", "+1 4778"}
+
+    def test_not_when_the_first_was_streamed(self) -> None:
+        """Its event applied it: the platform holds data, which `local_unless_blank` keeps."""
+        assert model_local(feed(self.HISTORY), "phone") == {"+1 1532"}
