@@ -325,6 +325,8 @@ class LostCreates:
     client's authenticated user) no earlier than this write's first send, and not linked to any
     local document already. Without a match key, or without a known integration user, it cannot
     be verified: it is sent again (warned), a possible duplicate rather than a wrong link.
+    A found record is linked, and the write is queued again as an update of it: edits made
+    since the lost send coalesced into it (`_requeue_recovered`).
     """
 
     def __init__(self, sf: FlushSalesforce, store: FlushStore,
@@ -554,11 +556,12 @@ class OutboundFlusher:
             self.records_sent += 1
             if kind == CREATE and sf_id:
                 logs.extend(await self._link(entry, sf_id))
-        if self._gate is not None:
+        if self._gate is not None and not recovered:  # what a lost call wrote is not known
             await self._gate.remember(entries[0].write.sobject, kind, entries, [r.success for r in results])
         # Logs before the outbox delete: a crash in between re-sends (at least once), never loses.
         await self._store.insert_sync_logs(logs)
-        await self._outbox.done(entries)
+        await (_requeue_recovered(self._outbox, self._store, entries, results) if recovered
+               else self._outbox.done(entries))
         log.info("outbound_batch_done", sobject=entries[0].write.sobject, kind=kind,
                  written=sum(r.success for r in results), failed=sum(not r.success for r in results))
 
@@ -597,6 +600,23 @@ async def _settle_unsent(outbox: FlushOutbox, screened: Screened) -> None:
             continue
         await outbox.retry_later([entry], timedelta(0), count_attempt=False)
         await outbox.created(write.collection, write.local_id, sobject, sf_id)
+
+
+async def _requeue_recovered(outbox: FlushOutbox, store: FlushStore, entries: Sequence[OutboxEntry],
+                             results: Sequence[RecordResult]) -> None:
+    """Recovered creates go back to the outbox as updates of the records they were linked to.
+    Salesforce holds what the lost call sent, and the write may carry more: platform edits made
+    before the retry coalesced into it (the document was not linked yet). As a re-sent update
+    the gate reads the record and re-decides each field: values Salesforce has are dropped, the
+    rest goes out. One whose document is linked to another record is done (its failed link log
+    says so)."""
+    for entry, result in zip(entries, results, strict=True):
+        write = entry.write
+        if result.id and await _linked_to(store, entry, result.id):
+            await outbox.retry_later([entry], timedelta(0), count_attempt=False)
+            await outbox.created(write.collection, write.local_id, write.sobject, result.id)
+        else:
+            await outbox.done([entry])
 
 
 async def _linked_to(store: FlushStore, entry: OutboxEntry, sf_id: str) -> bool:

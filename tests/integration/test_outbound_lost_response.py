@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -20,17 +20,20 @@ from listener.salesforce import RetryPolicy, SalesforceClient
 from listener.salesforce_time import SalesforceClock, clocked_transport
 from reconciler.errors import OutcomeUnknownError
 from reconciler.outbound import OutboundFlusher
+from reconciler.outbound_shadow import ShadowGate
 from reconciler.outbox import Outbox
 from reconciler.ports import OutboundWrite
 from reconciler.store import Store
-from settings import AuthFlow, SalesforceSettings
+from settings import AuthFlow, SalesforceSettings, parse_mappings
 from tests.support.emulator import RunningEmulator, running_emulator
+from tests.support.mappings import sample_mappings
 
 COLLECTIONS = "/services/data/v62.0/composite/sobjects"
 FAST = RetryPolicy(attempts=4, base=0.001, cap=0.005)
 BACKOFF = timedelta(milliseconds=20)
 CLIENT_TIMEOUT_S = 2.0
 ANSWER_LATE_MS = 4000  # the applied write is answered this late: past the client timeout
+MAPPINGS = parse_mappings(sample_mappings())  # Phone and Email most_recent, Company unless blank
 
 
 @dataclass
@@ -83,9 +86,12 @@ async def org() -> AsyncIterator[Org]:
 
 
 def flusher_for(store: Store, org: Org) -> tuple[Outbox, OutboundFlusher]:
+    """The flusher as the service builds it: with the shadow gate, which re-decides a recovered
+    create's values against the record the lost call made."""
     outbox = Outbox(store.outbox)
     flusher = OutboundFlusher(outbox, org.client, store, Budget(), client_name="salesforce-sync",
-                              backoff_base=BACKOFF, backoff_cap=BACKOFF)
+                              backoff_base=BACKOFF, backoff_cap=BACKOFF,
+                              gate=ShadowGate(org.client, store, MAPPINGS))
     return outbox, flusher
 
 
@@ -184,6 +190,55 @@ class TestTheFlusherRecoversALostCreate:
         [warning] = [e for e in events if e["event"] == "outbound_create_unverifiable"]
         assert warning["local_ids"] == [str(local_id)]
         assert len(await org.rows("SELECT Id FROM Lead")) == 1  # the 500 applied nothing here
+
+
+async def platform_edit(store: Store, outbox: Outbox, local_id: ObjectId, **fields: Any) -> None:
+    """What the watcher does with an edit of a Person not linked yet: stamp the fields' times and
+    queue a create with every mapped field, which coalesces into the create already queued."""
+    now = datetime.now(UTC)
+    await store.db.people.update_one({"_id": local_id}, {"$set": {
+        **fields, "updated_at": now, "_sync.written_at": now,
+        **{f"_sync.field_times.{name}": now for name in fields}}})
+    doc = await store.db.people.find_one({"_id": local_id})
+    assert doc is not None
+    create = {"LastName": doc["last_name"], "Company": doc["company_name"], "Email": doc["email"],
+              "Phone": doc["phone"]}
+    await outbox.enqueue([OutboundWrite("Lead", None, "people", local_id, create, "create")])
+
+
+class TestALostCreateIsRecoveredWithTheEditsMadeSince:
+    async def test_an_edit_coalesced_into_the_lost_create_still_reaches_salesforce(
+            self, org: Org, store: Store) -> None:
+        """Chaos seed 9001, P17.phone: the create's answer was lost, and a platform edit made before
+        the retry coalesced into the queued create (the Person was not linked). The retry finds
+        and links the record the lost call made, which holds the values sent then: the edit
+        still goes out (one update), and the Lead is created once."""
+        outbox, flusher = flusher_for(store, org)
+        local_id = ObjectId()
+        created_at = datetime.now(UTC)
+        person = {"last_name": "Ng", "company_name": "Acme", "email": "ng@x.com", "phone": "+1 555 0100"}
+        await store.db.people.insert_one({
+            "_id": local_id, **person, "updated_at": created_at,
+            "_sync": {"written_at": created_at, "field_times": dict.fromkeys(person, created_at)}})
+        await outbox.enqueue([OutboundWrite("Lead", None, "people", local_id, {
+            "LastName": "Ng", "Company": "Acme", "Email": "ng@x.com", "Phone": "+1 555 0100"}, "create")])
+        await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True)
+        await flusher.flush()  # created in Salesforce, answer lost: queued again
+        assert await outbox.depth() == 1
+
+        await platform_edit(store, outbox, local_id, phone="+1 555 0199")
+        await flush_until_empty(outbox, flusher)
+
+        [lead] = await org.rows("SELECT Id, Phone FROM Lead WHERE Email = 'ng@x.com'")
+        assert lead["Phone"] == "+1 555 0199"
+        assert org.posts() == 1
+        doc = await store.db.people.find_one({"_id": local_id})
+        assert doc is not None and doc["crm"]["id"] == lead["Id"]
+        assert doc["_sync"]["sf"]["Lead"]["Phone"]["v"] == "+1 555 0199"
+        logs, _ = await store.find_sync_logs(limit=10)
+        assert sorted((x["type"], x["status"]) for x in logs) == [("link", "success"), ("update", "success")]
+        [update] = [x for x in logs if x["type"] == "update"]
+        assert set(update["fields"]) == {"Phone"}
 
 
 class TestRecoveryLinksOnlyWhatThisIntegrationCreated:
