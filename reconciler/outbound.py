@@ -125,6 +125,9 @@ class FlushPolicy:
     max_wait: timedelta = timedelta(seconds=2)
     poll_interval: timedelta = timedelta(minutes=10)
     max_attempts: int = 10   # retriable failures before a write is given up (a failed sync log)
+    # streaming: a write queued this long ago waited past the normal flush (2 s wait after the
+    # watcher), so Salesforce may have changed since without the shadow showing it yet
+    stale_after: timedelta = timedelta(seconds=5)
 
     @classmethod
     def from_settings(cls, sync: SyncSettings) -> FlushPolicy:
@@ -133,6 +136,12 @@ class FlushPolicy:
         return cls(batch_size=min(sync.batch_size, BATCH_SIZE),
                    poll_interval=timedelta(minutes=sync.frequency_minutes),
                    max_attempts=sync.outbox_max_attempts)
+
+    def refresh_before(self, mode: str, now: datetime) -> datetime | None:
+        """Writes queued before this are re-decided against Salesforce's records, read again (one
+        query per call). Streaming only: polling-mode writes wait an interval by design, and a
+        query per call would double that mode's API cost; its shadow is as old as its last poll."""
+        return now - self.stale_after if mode == "streaming" else None
 
     def sizes_due(self, *, mode: str, pending: int, oldest_wait: timedelta,
                   since_last_flush: timedelta) -> list[int]:
@@ -506,7 +515,8 @@ class OutboundFlusher:
     async def _screen(self, gate: ShadowGate, sobject: str, kind: str,
                       entries: list[OutboxEntry]) -> list[OutboxEntry]:
         """The writes still to send once re-decided against the shadow; the rest are done."""
-        screened = await gate.screen(sobject, kind, entries)
+        stale = self.policy.refresh_before(self._budget.mode, self._clock())
+        screened = await gate.screen(sobject, kind, entries, refresh_before=stale)
         if screened.logs:
             await self._store.insert_sync_logs(screened.logs)
         await _settle_unsent(self._outbox, screened)

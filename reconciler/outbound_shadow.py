@@ -124,12 +124,14 @@ class ShadowGate:
         decided = self._decided.get(entry.id)
         return decided.old if decided else {}
 
-    async def screen(self, sobject: str, kind: str, entries: list[OutboxEntry]) -> Screened:
+    async def screen(self, sobject: str, kind: str, entries: list[OutboxEntry], *,
+                     refresh_before: datetime | None = None) -> Screened:
+        """`refresh_before`: writes queued before then are re-read like re-sent ones (see `_docs`)."""
         if not entries:
             return Screened(entries, [], [])
         if kind == CREATE:
             return await self._screen_creates(entries)
-        docs = await self._docs(sobject, entries)
+        docs = await self._docs(sobject, entries, refresh_before)
         send, empty, logs = [], [], []
         mappings = self._mappings.for_object(sobject)
         for entry in entries:
@@ -170,14 +172,18 @@ class ShadowGate:
                 out.send.append(entry)
         return out
 
-    async def _docs(self, sobject: str, entries: Sequence[OutboxEntry]) -> dict[Any, dict[str, Any]]:
+    async def _docs(self, sobject: str, entries: Sequence[OutboxEntry],
+                    refresh_before: datetime | None = None) -> dict[Any, dict[str, Any]]:
         """The local documents of these writes, their missing shadows filled, and the shadows of
         writes sent before (`attempt` > 0: maybe applied, and Salesforce maybe edited since, which
-        the shadow may not show yet) brought up to Salesforce's records: one query."""
+        the shadow may not show yet) or queued before `refresh_before` (they waited while the
+        inbound side may have been held back too: a leader gap, a paused budget, a broken stream)
+        brought up to Salesforce's records: one query."""
         collection = entries[0].write.collection
         docs = {d["_id"]: d for d in await self._store.find_records(
             collection, list({e.write.local_id for e in entries}))}
-        resent = {e.write.local_id for e in entries if e.write.attempt > 0}
+        resent = {e.write.local_id for e in entries if e.write.attempt > 0
+                  or (refresh_before is not None and e.enqueued_at < refresh_before)}
         unfilled = {str(get_path(d, "crm.id")): d for d in docs.values()
                     if get_path(d, "crm.id") and (not has_shadow(d, sobject) or d["_id"] in resent)}
         if unfilled:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -73,6 +74,13 @@ class Org:
 
 @pytest.fixture
 async def org() -> AsyncIterator[Org]:
+    async with running_org() as running:
+        yield running
+
+
+@asynccontextmanager
+async def running_org() -> AsyncIterator[Org]:
+    """The org emulator and a REST client of it."""
     settings = SalesforceSettings(
         login_url="http://127.0.0.1", auth_flow=AuthFlow.CLIENT_CREDENTIALS,
         client_id=SAMPLE_CLIENT_ID, client_secret=SecretStr(SAMPLE_CLIENT_SECRET),
