@@ -204,11 +204,17 @@ class ShadowGate:
                     continue
                 found = shadow_sets(mappings, doc, sobject, record, self._seen_at(doc, sobject, record),
                                     complete=True)
-                sets[doc["_id"]] = found
+                if not has_shadow(doc, sobject):
+                    sets[doc["_id"]] = found
+                # A shadow brought up to date is for this decision only: the platform has not
+                # taken what Salesforce changed since, and the inbound side skips a value equal
+                # to the stored shadow as read before (`inbound_shadow.edits_only`).
                 for key, value in found.items():
                     set_path(doc, key, value)
-        await self._store.record_shadow(collection, sets)
-        log.info("outbound_shadow_filled", sobject=sobject, records=len(sets))
+        if sets:
+            await self._store.record_shadow(collection, sets)
+        log.info("outbound_shadow_filled", sobject=sobject, records=len(sets),
+                 refreshed=len(docs) - len(sets))
 
     def _seen_at(self, doc: Mapping[str, Any], sobject: str, record: Mapping[str, Any]) -> datetime | None:
         """When the values read were set: unknown for a first fill (no time: older than any
