@@ -20,7 +20,7 @@ the owner's field time.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -115,10 +115,8 @@ class ShadowGate:
     """Re-decides claimed writes against the shadow and records what was written."""
 
     def __init__(self, sf: SalesforceApi, store: ShadowStore, mappings: Mappings,
-                 sf_clock: ClockOffset | None = None,
-                 integration_user: Callable[[], Awaitable[str | None]] | None = None) -> None:
+                 sf_clock: ClockOffset | None = None) -> None:
         self._sf, self._store, self._mappings, self._sf_clock = sf, store, mappings, sf_clock
-        self._integration_user = integration_user  # who this service writes as (`user_id`)
         self._decided: dict[Any, Redecided] = {}   # outbox entry id -> its re-decision
         self.fills = 0                              # shadow-filling queries made
 
@@ -194,8 +192,7 @@ class ShadowGate:
 
     async def _fill(self, sobject: str, collection: str, docs: Mapping[str, dict[str, Any]]) -> None:
         mappings = self._mappings.for_object(sobject)
-        names = sorted({"Id", "LastModifiedDate", "LastModifiedById", *(m.sf_field for m in mappings)})
-        user = await self._integration_user() if self._integration_user is not None else None
+        names = sorted({"Id", "LastModifiedDate", *(m.sf_field for m in mappings)})
         ids = ", ".join(soql_string(i) for i in sorted(docs))
         soql = f"SELECT {', '.join(names)} FROM {sobject} WHERE Id IN ({ids})"
         self.fills += 1
@@ -205,7 +202,7 @@ class ShadowGate:
                 doc = docs.get(str(record.get("Id")))
                 if doc is None:
                     continue
-                found = shadow_sets(mappings, doc, sobject, record, self._seen_at(doc, sobject, record, user),
+                found = shadow_sets(mappings, doc, sobject, record, self._seen_at(doc, sobject, record),
                                     complete=True)
                 if not has_shadow(doc, sobject):
                     sets[doc["_id"]] = found
@@ -219,15 +216,12 @@ class ShadowGate:
         log.info("outbound_shadow_filled", sobject=sobject, records=len(sets),
                  refreshed=len(docs) - len(sets))
 
-    def _seen_at(self, doc: Mapping[str, Any], sobject: str, record: Mapping[str, Any],
-                 user: str | None = None) -> datetime | None:
+    def _seen_at(self, doc: Mapping[str, Any], sobject: str, record: Mapping[str, Any]) -> datetime | None:
         """When the values read were set: unknown for a first fill (no time: older than any
         platform edit); for a shadow brought up to date, the record's `LastModifiedDate` on this
         host's clock (a value changed since the shadow's was set at the latest then: a platform
-        value older than that does not overwrite it) -- unless this service (`user`) wrote it
-        last: then what changed is an earlier attempt's platform values (its answer lost), older
-        than the platform's current ones, and unknown too (chaos seed 314, L1.first_name)."""
-        if not has_shadow(doc, sobject) or (user is not None and record.get("LastModifiedById") == user):
+        value older than that does not overwrite it)."""
+        if not has_shadow(doc, sobject):
             return None
         modified = parse_sf_datetime(record.get("LastModifiedDate"))
         offset = self._sf_clock.offset if self._sf_clock is not None else timedelta(0)

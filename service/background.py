@@ -58,8 +58,7 @@ def leader_tasks(settings: Settings, mappings: Mappings, governor: BudgetGoverno
     flusher = OutboundFlusher(parts.outbox, parts.sf, parts.store, governor,
                               client_name=settings.salesforce.client_name,
                               policy=FlushPolicy.from_settings(sync), sf_clock=parts.sf_clock,
-                              gate=ShadowGate(parts.sf, parts.store, mappings, parts.sf_clock,
-                                              integration_user=parts.sf.user_id))
+                              gate=ShadowGate(parts.sf, parts.store, mappings, parts.sf_clock))
     counters.watch(flusher)
     watcher = LocalChangeWatcher(parts.store, mappings, parts.outbox, objects=sync.objects,
                                  overlap=timedelta(seconds=sync.poll_overlap_seconds))
