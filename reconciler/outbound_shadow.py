@@ -31,7 +31,7 @@ from reconciler.merge import SALESFORCE_NEWER, SAME_VALUE, Side, capped_offset, 
 from reconciler.ports import OutboundWrite, SalesforceApi
 from reconciler.records import get_path, set_path
 from reconciler.rules import OWNER_FIELD
-from reconciler.shadow import Seen, has_shadow, path, platform_time, shadow_sets, shadow_side
+from reconciler.shadow import Seen, has_shadow, path, platform_time, shadow_sets, shadow_side, stamped_time
 from reconciler.soql import parse_sf_datetime, soql_string
 from reconciler.store import CREATE, OutboxEntry
 from reconciler.sync_logs import SyncLog
@@ -182,8 +182,9 @@ class ShadowGate:
         collection = entries[0].write.collection
         docs = {d["_id"]: d for d in await self._store.find_records(
             collection, list({e.write.local_id for e in entries}))}
+        mappings = self._mappings.for_object(sobject)
         resent = {e.write.local_id for e in entries if e.write.attempt > 0
-                  or (refresh_before is not None and e.enqueued_at < refresh_before)}
+                  or _waited(mappings, e, docs.get(e.write.local_id), refresh_before)}
         unfilled = {str(get_path(d, "crm.id")): d for d in docs.values()
                     if get_path(d, "crm.id") and (not has_shadow(d, sobject) or d["_id"] in resent)}
         if unfilled:
@@ -243,6 +244,20 @@ class ShadowGate:
             by_collection.setdefault(entry.write.collection, {})[entry.write.local_id] = sets
         for collection, sets_by_doc in by_collection.items():
             await self._store.record_shadow(collection, sets_by_doc)
+
+
+def _waited(mappings: Sequence[FieldMapping], entry: OutboxEntry, doc: Mapping[str, Any] | None,
+            before: datetime | None) -> bool:
+    """Was the write queued, or any of its platform edits made, before `before`? A new leader's
+    watcher queues edits made before its term just before its flusher sends them, so the queue
+    time alone says nothing of how long Salesforce had to change meanwhile."""
+    if before is None:
+        return False
+    if entry.enqueued_at < before:
+        return True
+    local = {m.sf_field: m.local_field for m in mappings}
+    times = [stamped_time(doc, local[name]) for name in entry.write.fields if name in local]
+    return any(t is not None and (t if t.tzinfo else t.replace(tzinfo=UTC)) < before for t in times)
 
 
 def _skipped_log(entry: OutboxEntry, reasons: Mapping[str, str]) -> SyncLog:

@@ -96,6 +96,20 @@ class TestAWriteThatWaitedIsDecidedAgainstSalesforceNow:
         doc = await store.db.people.find_one({"_id": local_id})
         assert doc is not None and doc["title"] == "Sf"
 
+    async def test_an_old_edit_queued_late_by_a_new_leader_is_decided_against_salesforce_now(
+            self, org: Org, store: Store) -> None:
+        """Chaos seed 2718 (third run), L10.title: the new leader's watcher queued the platform's
+        edit, made half a minute before, just before its flusher sent it; the queue time was
+        fresh, the edit was not. Its field time counts: the Lead is read again."""
+        sf_id = await org.seed_as_user({"LastName": "Ng", "Company": "Acme", "Title": "Old"})
+        local_id = await platform_title_edit(store, sf_id, datetime.now(UTC) - timedelta(seconds=30))
+        await edit_as_user(org, sf_id, Title="Sf")
+
+        await flush_queued_at(store, org, local_id, sf_id, datetime.now(UTC))
+
+        [lead] = await org.rows(f"SELECT Title FROM Lead WHERE Id = '{sf_id}'")
+        assert lead["Title"] == "Sf"
+
     async def test_a_write_flushed_on_time_reads_nothing(self, org: Org, store: Store) -> None:
         """The normal flush (queued two seconds ago) trusts the shadow: no query, the edit goes out."""
         sf_id = await org.seed_as_user({"LastName": "Ng", "Company": "Acme", "Title": "Old"})
