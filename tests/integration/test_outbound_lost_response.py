@@ -310,3 +310,39 @@ class TestRecoveryOnSalesforcesClock:
         assert len(leads) == 1 and org.posts() == 1
         doc = await store.db.people.find_one({"_id": local_id})
         assert doc["crm"]["id"] == leads[0]["Id"]
+
+
+class TestAStalledUpdateIsSentAgainWithTheEditMadeSince:
+    async def test_the_value_the_stalled_attempt_wrote_is_not_a_salesforce_edit(
+            self, org: Org, store: Store) -> None:
+        """Chaos seed 314, L1.first_name: a leader claimed an update and stalled (SIGSTOP); the
+        platform edited the field again; the stalled call then landed, and the next leader sent
+        the write again, now carrying the newer value. Read back, the Lead holds the stalled
+        attempt's value with a `LastModifiedDate` later than the platform's edit: the write's own
+        earlier value, not a Salesforce edit, so the platform's newer value goes out."""
+        outbox, flusher = flusher_for(store, org)
+        sf_id = await org.seed_as_user({"LastName": "Ng", "Company": "Acme", "Title": "Old"})
+        # the edit is older than the flusher's 5 s: the record is read again before the send
+        earlier, edited = datetime.now(UTC) - timedelta(seconds=20), datetime.now(UTC) - timedelta(seconds=8)
+        local_id = ObjectId()
+        await store.db.people.insert_one({
+            "_id": local_id, "last_name": "Ng", "company_name": "Acme", "title": "Earlier",
+            "updated_at": earlier, "crm": {"object": "Lead", "id": sf_id},
+            "_sync": {"written_at": earlier, "field_times": {"title": earlier},
+                      "sf": {"Lead": {"Title": {"v": "Old", "at": earlier - timedelta(minutes=1)}}}}})
+        await outbox.enqueue([OutboundWrite("Lead", sf_id, "people", local_id, {"Title": "Earlier"},
+                                            "local_edit")])
+        [claimed] = await Outbox(store.outbox, lease=timedelta(0)).claim("Lead", "update", 10)  # stalls
+
+        await store.db.people.update_one({"_id": local_id}, {"$set": {
+            "title": "Platform", "updated_at": edited, "_sync.written_at": edited,
+            "_sync.field_times.title": edited}})
+        await outbox.enqueue([OutboundWrite("Lead", sf_id, "people", local_id, {"Title": "Platform"},
+                                            "local_edit")])
+        [landed] = await org.client.update("Lead", [{"Id": sf_id, **claimed.write.fields}])  # resumed
+        assert landed.success
+        assert await outbox.recover_expired() == 1  # the stalled claim folds into the new edit
+        await flush_until_empty(outbox, flusher)
+
+        [lead] = await org.rows(f"SELECT Title FROM Lead WHERE Id = '{sf_id}'")
+        assert lead["Title"] == "Platform"
