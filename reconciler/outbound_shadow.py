@@ -8,7 +8,12 @@ edit: the write is superseded), holds data under `salesforce_unless_blank` (one 
 names the field and why), or already has it. A write left with nothing is dropped without a
 call; when it was a retry, one `skipped` log names every field it carried and why none went out
 (a retry's outcome is always a row). Documents linked before the shadow existed are filled
-first: ONE query per call for all of them (at most 200 ids), never one per record. After the
+first: ONE query per call for all of them (at most 200 ids), never one per record. Writes sent
+before (maybe applied) and, streaming, writes whose edits are older than the flush wait (a
+leader gap or paused budget may have held the inbound side back too) read their records again in
+that query, for this decision only: stored, Salesforce's changes would look already read to the
+inbound side. A value read back that an earlier attempt of the write sent is its own older
+value (time unknown), not a Salesforce edit. After the
 call, the values written become the shadow, at the platform time of each value. Creates go out
 as queued (no Salesforce side), unless their document was linked meanwhile: then they are
 re-queued as updates of that record.
