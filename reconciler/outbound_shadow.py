@@ -193,12 +193,14 @@ class ShadowGate:
         unfilled = {str(get_path(d, "crm.id")): d for d in docs.values()
                     if get_path(d, "crm.id") and (not has_shadow(d, sobject) or d["_id"] in resent)}
         if unfilled:
-            await self._fill(sobject, collection, unfilled, {e.write.local_id: e.sent for e in entries})
+            await self._fill(sobject, collection, unfilled,
+                             {e.write.local_id: e.sent for e in entries if e.write.local_id in resent})
         return docs
 
     async def _fill(self, sobject: str, collection: str, docs: Mapping[str, dict[str, Any]],
-                    sent: Mapping[Any, Mapping[str, Any]]) -> None:
-        """`sent`: per document, what earlier attempts of its write sent (their answers lost)."""
+                    refreshed: Mapping[Any, Mapping[str, Any]]) -> None:
+        """`refreshed`: the documents read again (re-sent or waited writes), each with what earlier
+        attempts of its write sent (their answers lost)."""
         mappings = self._mappings.for_object(sobject)
         names = sorted({"Id", "LastModifiedDate", *(m.sf_field for m in mappings)})
         ids = ", ".join(soql_string(i) for i in sorted(docs))
@@ -210,14 +212,17 @@ class ShadowGate:
                 doc = docs.get(str(record.get("Id")))
                 if doc is None:
                     continue
-                found = _own_unknown(shadow_sets(mappings, doc, sobject, record,
-                                                 self._seen_at(doc, sobject, record), complete=True),
-                                     sent.get(doc["_id"], {}))
-                if not has_shadow(doc, sobject):
+                own = refreshed.get(doc["_id"])
+                found = shadow_sets(mappings, doc, sobject, record,
+                                    self._seen_at(doc, sobject, record, read_again=own is not None),
+                                    complete=True)
+                if own is not None:
+                    found = _own_unknown(found, own)
+                elif not has_shadow(doc, sobject):
                     sets[doc["_id"]] = found
-                # A shadow brought up to date is for this decision only: the platform has not
-                # taken what Salesforce changed since, and the inbound side skips a value equal
-                # to the stored shadow as read before (`inbound_shadow.edits_only`).
+                # What is read again is for this decision only: the platform has not taken what
+                # Salesforce changed since, and the inbound side skips a value equal to the
+                # stored shadow as read before (`inbound_shadow.edits_only`).
                 for key, value in found.items():
                     set_path(doc, key, value)
         if sets:
@@ -225,12 +230,14 @@ class ShadowGate:
         log.info("outbound_shadow_filled", sobject=sobject, records=len(sets),
                  refreshed=len(docs) - len(sets))
 
-    def _seen_at(self, doc: Mapping[str, Any], sobject: str, record: Mapping[str, Any]) -> datetime | None:
+    def _seen_at(self, doc: Mapping[str, Any], sobject: str, record: Mapping[str, Any], *,
+                 read_again: bool = False) -> datetime | None:
         """When the values read were set: unknown for a first fill (no time: older than any
-        platform edit); for a shadow brought up to date, the record's `LastModifiedDate` on this
-        host's clock (a value changed since the shadow's was set at the latest then: a platform
-        value older than that does not overwrite it)."""
-        if not has_shadow(doc, sobject):
+        platform edit); for a record read again (a shadow brought up to date, or a re-sent
+        write's record, a recovered create's included), the record's `LastModifiedDate` on this
+        host's clock (a value changed since was set at the latest then: a platform value older
+        than that does not overwrite it; the write's own values are told apart by `_own_unknown`)."""
+        if not has_shadow(doc, sobject) and not read_again:
             return None
         modified = parse_sf_datetime(record.get("LastModifiedDate"))
         offset = self._sf_clock.offset if self._sf_clock is not None else timedelta(0)

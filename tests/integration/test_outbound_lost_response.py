@@ -249,6 +249,38 @@ class TestALostCreateIsRecoveredWithTheEditsMadeSince:
         assert set(update["fields"]) == {"Phone"}
 
 
+class TestARecoveredCreateKeepsSalesforcesLaterEdits:
+    async def test_a_salesforce_edit_made_after_the_lost_create_is_not_overwritten(
+            self, org: Org, store: Store) -> None:
+        """Chaos seed 16180, P3.title: the create's answer was lost and a Salesforce user edited
+        the new Lead's title before the retry found and linked it. Sent again as an update, the
+        write's values are decided against the Lead read again: what the lost create sent is the
+        write's own, what differs is Salesforce's later edit, which stands (most recent value)."""
+        outbox, flusher = flusher_for(store, org)
+        local_id = ObjectId()
+        created_at = datetime.now(UTC) - timedelta(seconds=10)
+        person = {"last_name": "Ng", "company_name": "Acme", "email": "ng@x.com", "title": "Platform"}
+        await store.db.people.insert_one({
+            "_id": local_id, **person, "updated_at": created_at,
+            "_sync": {"written_at": created_at, "field_times": dict.fromkeys(person, created_at)}})
+        await outbox.enqueue([OutboundWrite("Lead", None, "people", local_id, {
+            "LastName": "Ng", "Company": "Acme", "Email": "ng@x.com", "Title": "Platform"}, "create")])
+        await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True)
+        await flusher.flush()  # created in Salesforce, answer lost: queued again
+        [lead] = await org.rows("SELECT Id FROM Lead WHERE Email = 'ng@x.com'")
+        async with aiohttp.ClientSession() as session:  # a Salesforce user edits the new Lead
+            answer = await session.patch(f"{org.emulator.base_url}/_emulator/records/Lead/{lead['Id']}",
+                                         json={"Title": "Sf"})
+            assert answer.status == 200
+
+        await flush_until_empty(outbox, flusher)
+
+        [lead] = await org.rows("SELECT Id, Title FROM Lead WHERE Email = 'ng@x.com'")
+        assert lead["Title"] == "Sf"
+        doc = await store.db.people.find_one({"_id": local_id})
+        assert doc is not None and doc["crm"]["id"] == lead["Id"]
+
+
 class TestRecoveryLinksOnlyWhatThisIntegrationCreated:
     async def test_a_match_created_by_another_user_is_not_linked(self, org: Org, store: Store) -> None:
         """Item 7: a Lead with the same email made by a Salesforce user (not the integration user)
