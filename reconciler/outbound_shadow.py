@@ -217,14 +217,17 @@ class ShadowGate:
                                     self._seen_at(doc, sobject, record, read_again=own is not None),
                                     complete=True)
                 if own is not None:
+                    # Only the write's own values read back are stored (their echoes are not
+                    # edits); the rest decides this flush only: the platform has not taken what
+                    # Salesforce changed since, and the inbound side skips a value equal to the
+                    # stored shadow as read before (`inbound_shadow.edits_only`).
                     found = _own_unknown(found, own)
+                    sets[doc["_id"]] = {k: v for k, v in found.items() if _is_own(k, v, own)}
                 elif not has_shadow(doc, sobject):
                     sets[doc["_id"]] = found
-                # What is read again is for this decision only: the platform has not taken what
-                # Salesforce changed since, and the inbound side skips a value equal to the
-                # stored shadow as read before (`inbound_shadow.edits_only`).
                 for key, value in found.items():
                     set_path(doc, key, value)
+        sets = {doc_id: entries for doc_id, entries in sets.items() if entries}
         if sets:
             await self._store.record_shadow(collection, sets)
         log.info("outbound_shadow_filled", sobject=sobject, records=len(sets),
@@ -261,14 +264,18 @@ class ShadowGate:
             await self._store.record_shadow(collection, sets_by_doc)
 
 
+def _is_own(key: str, entry: Mapping[str, Any], sent: Mapping[str, Any]) -> bool:
+    name = key.rsplit(".", 1)[-1]
+    return name in sent and sent[name] == entry.get("v")
+
+
 def _own_unknown(found: dict[str, Any], sent: Mapping[str, Any]) -> dict[str, Any]:
     """A value read back that an earlier attempt of the write sent is the platform's own, as old
     as that attempt's value, not a Salesforce edit of the record's `LastModifiedDate` (a lost
     answer's write re-sent once more after the platform's next edit: chaos seed 314,
     L1.first_name): its time is unknown (older than any platform edit)."""
     for key, entry in found.items():
-        name = key.rsplit(".", 1)[-1]
-        if name in sent and sent[name] == entry.get("v"):
+        if _is_own(key, entry, sent):
             found[key] = {**entry, "at": None}
     return found
 

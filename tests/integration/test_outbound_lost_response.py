@@ -279,6 +279,10 @@ class TestARecoveredCreateKeepsSalesforcesLaterEdits:
         assert lead["Title"] == "Sf"
         doc = await store.db.people.find_one({"_id": local_id})
         assert doc is not None and doc["crm"]["id"] == lead["Id"]
+        # The shadow stores the write's own values read back (their echoes are no edits: chaos
+        # seed 16180, P3.last_name), not Salesforce's edit, which still reaches the platform
+        shadow = doc["_sync"]["sf"]["Lead"]
+        assert shadow["LastName"]["v"] == "Ng" and "Title" not in shadow
 
 
 class TestRecoveryLinksOnlyWhatThisIntegrationCreated:
