@@ -17,8 +17,10 @@ fields). The approach chosen:
    was a platform record. A Person the service created holds the Contact's values, which are
    the Lead's latest: it is merged by the merge behaviour (field times), not only into blanks.
    The Lead's Person survives: it carries the platform's history.
-3. When the Contact's data is not in the batch and no folded Person brought it, the Contact
-   is re-fetched (one SOQL call, when the budget allows) and merged.
+3. When the Contact's data is not in the batch, the Contact is re-fetched (one SOQL call, when
+   the budget allows) and merged with the merge behaviours (a conversion is a merge: where both
+   sides differ, the preferred data wins, not only blanks), a folded Person or not: its
+   Salesforce edits made before the conversion may never have reached the Lead's Person.
 
 Each conversion leaves one `convert` sync log; the merge that follows leaves a `merge` log.
 A conversion already applied (the Person is linked to the Contact, `converted_from` set) is
@@ -130,7 +132,7 @@ async def relink(reconciler: Converter, changes: list[SalesforceChange], *, atte
             result.failed += 1
         else:
             result.applied += 1
-    refetch = [x.contact_id for x, _, dup in done if x.contact_id not in in_batch and dup is None]
+    refetch = [x.contact_id for x, _, _ in done if x.contact_id not in in_batch]
     if refetch and not failed:
         result.refetched = await _refetch(reconciler, refetch)
     return result

@@ -127,8 +127,10 @@ def plan_record(mappings: Mappings, objects: Collection[str], collection: str, d
     # A create sends every mapped field; an update only what changed.
     fields = _outgoing(mappings.for_object(sobject), doc, None if not linked else set(selected), at)
     fields.pop("OwnerId", None)  # the owner goes out as the platform's user, translated:
-    owner, unmapped = owner_out(mappings, sobject, doc) if changed is None or OWNER_FIELD in changed \
-        else (None, None)
+    # a create carries the owner whatever changed (without it Salesforce makes the integration
+    # user the owner, and that comes back to the platform)
+    owner, unmapped = owner_out(mappings, sobject, doc) if not linked or changed is None \
+        or OWNER_FIELD in changed else (None, None)
     if owner is not None:
         fields["OwnerId"] = owner
     sf_id = str(crm["id"]) if linked and crm else None

@@ -125,6 +125,9 @@ class FlushPolicy:
     max_wait: timedelta = timedelta(seconds=2)
     poll_interval: timedelta = timedelta(minutes=10)
     max_attempts: int = 10   # retriable failures before a write is given up (a failed sync log)
+    # streaming: a write queued this long ago waited past the normal flush (2 s wait after the
+    # watcher), so Salesforce may have changed since without the shadow showing it yet
+    stale_after: timedelta = timedelta(seconds=5)
 
     @classmethod
     def from_settings(cls, sync: SyncSettings) -> FlushPolicy:
@@ -133,6 +136,12 @@ class FlushPolicy:
         return cls(batch_size=min(sync.batch_size, BATCH_SIZE),
                    poll_interval=timedelta(minutes=sync.frequency_minutes),
                    max_attempts=sync.outbox_max_attempts)
+
+    def refresh_before(self, mode: str, now: datetime) -> datetime | None:
+        """Writes queued before this are re-decided against Salesforce's records, read again (one
+        query per call). Streaming only: polling-mode writes wait an interval by design, and a
+        query per call would double that mode's API cost; its shadow is as old as its last poll."""
+        return now - self.stale_after if mode == "streaming" else None
 
     def sizes_due(self, *, mode: str, pending: int, oldest_wait: timedelta,
                   since_last_flush: timedelta) -> list[int]:
@@ -325,6 +334,8 @@ class LostCreates:
     client's authenticated user) no earlier than this write's first send, and not linked to any
     local document already. Without a match key, or without a known integration user, it cannot
     be verified: it is sent again (warned), a possible duplicate rather than a wrong link.
+    A found record is linked, and the write is queued again as an update of it: edits made
+    since the lost send coalesced into it (`_requeue_recovered`).
     """
 
     def __init__(self, sf: FlushSalesforce, store: FlushStore,
@@ -504,7 +515,8 @@ class OutboundFlusher:
     async def _screen(self, gate: ShadowGate, sobject: str, kind: str,
                       entries: list[OutboxEntry]) -> list[OutboxEntry]:
         """The writes still to send once re-decided against the shadow; the rest are done."""
-        screened = await gate.screen(sobject, kind, entries)
+        stale = self.policy.refresh_before(self._budget.mode, self._clock())
+        screened = await gate.screen(sobject, kind, entries, refresh_before=stale)
         if screened.logs:
             await self._store.insert_sync_logs(screened.logs)
         await _settle_unsent(self._outbox, screened)
@@ -554,11 +566,12 @@ class OutboundFlusher:
             self.records_sent += 1
             if kind == CREATE and sf_id:
                 logs.extend(await self._link(entry, sf_id))
-        if self._gate is not None:
+        if self._gate is not None and not recovered:  # what a lost call wrote is not known
             await self._gate.remember(entries[0].write.sobject, kind, entries, [r.success for r in results])
         # Logs before the outbox delete: a crash in between re-sends (at least once), never loses.
         await self._store.insert_sync_logs(logs)
-        await self._outbox.done(entries)
+        await (_requeue_recovered(self._outbox, self._store, entries, results) if recovered
+               else self._outbox.done(entries))
         log.info("outbound_batch_done", sobject=entries[0].write.sobject, kind=kind,
                  written=sum(r.success for r in results), failed=sum(not r.success for r in results))
 
@@ -597,6 +610,23 @@ async def _settle_unsent(outbox: FlushOutbox, screened: Screened) -> None:
             continue
         await outbox.retry_later([entry], timedelta(0), count_attempt=False)
         await outbox.created(write.collection, write.local_id, sobject, sf_id)
+
+
+async def _requeue_recovered(outbox: FlushOutbox, store: FlushStore, entries: Sequence[OutboxEntry],
+                             results: Sequence[RecordResult]) -> None:
+    """Recovered creates go back to the outbox as updates of the records they were linked to.
+    Salesforce holds what the lost call sent, and the write may carry more: platform edits made
+    before the retry coalesced into it (the document was not linked yet). As a re-sent update
+    the gate reads the record and re-decides each field: values Salesforce has are dropped, the
+    rest goes out. One whose document is linked to another record is done (its failed link log
+    says so)."""
+    for entry, result in zip(entries, results, strict=True):
+        write = entry.write
+        if result.id and await _linked_to(store, entry, result.id):
+            await outbox.retry_later([entry], timedelta(0), count_attempt=False)
+            await outbox.created(write.collection, write.local_id, write.sobject, result.id)
+        else:
+            await outbox.done([entry])
 
 
 async def _linked_to(store: FlushStore, entry: OutboxEntry, sf_id: str) -> bool:

@@ -8,7 +8,12 @@ edit: the write is superseded), holds data under `salesforce_unless_blank` (one 
 names the field and why), or already has it. A write left with nothing is dropped without a
 call; when it was a retry, one `skipped` log names every field it carried and why none went out
 (a retry's outcome is always a row). Documents linked before the shadow existed are filled
-first: ONE query per call for all of them (at most 200 ids), never one per record. After the
+first: ONE query per call for all of them (at most 200 ids), never one per record. Writes sent
+before (maybe applied) and, streaming, writes whose edits are older than the flush wait (a
+leader gap or paused budget may have held the inbound side back too) read their records again in
+that query, for this decision only: stored, Salesforce's changes would look already read to the
+inbound side. A value read back that an earlier attempt of the write sent is its own older
+value (time unknown), not a Salesforce edit. After the
 call, the values written become the shadow, at the platform time of each value. Creates go out
 as queued (no Salesforce side), unless their document was linked meanwhile: then they are
 re-queued as updates of that record.
@@ -31,7 +36,7 @@ from reconciler.merge import SALESFORCE_NEWER, SAME_VALUE, Side, capped_offset, 
 from reconciler.ports import OutboundWrite, SalesforceApi
 from reconciler.records import get_path, set_path
 from reconciler.rules import OWNER_FIELD
-from reconciler.shadow import Seen, has_shadow, path, platform_time, shadow_sets, shadow_side
+from reconciler.shadow import Seen, has_shadow, path, platform_time, shadow_sets, shadow_side, stamped_time
 from reconciler.soql import parse_sf_datetime, soql_string
 from reconciler.store import CREATE, OutboxEntry
 from reconciler.sync_logs import SyncLog
@@ -124,12 +129,14 @@ class ShadowGate:
         decided = self._decided.get(entry.id)
         return decided.old if decided else {}
 
-    async def screen(self, sobject: str, kind: str, entries: list[OutboxEntry]) -> Screened:
+    async def screen(self, sobject: str, kind: str, entries: list[OutboxEntry], *,
+                     refresh_before: datetime | None = None) -> Screened:
+        """`refresh_before`: writes queued before then are re-read like re-sent ones (see `_docs`)."""
         if not entries:
             return Screened(entries, [], [])
         if kind == CREATE:
             return await self._screen_creates(entries)
-        docs = await self._docs(sobject, entries)
+        docs = await self._docs(sobject, entries, refresh_before)
         send, empty, logs = [], [], []
         mappings = self._mappings.for_object(sobject)
         for entry in entries:
@@ -170,21 +177,30 @@ class ShadowGate:
                 out.send.append(entry)
         return out
 
-    async def _docs(self, sobject: str, entries: Sequence[OutboxEntry]) -> dict[Any, dict[str, Any]]:
+    async def _docs(self, sobject: str, entries: Sequence[OutboxEntry],
+                    refresh_before: datetime | None = None) -> dict[Any, dict[str, Any]]:
         """The local documents of these writes, their missing shadows filled, and the shadows of
         writes sent before (`attempt` > 0: maybe applied, and Salesforce maybe edited since, which
-        the shadow may not show yet) brought up to Salesforce's records: one query."""
+        the shadow may not show yet) or queued before `refresh_before` (they waited while the
+        inbound side may have been held back too: a leader gap, a paused budget, a broken stream)
+        brought up to Salesforce's records: one query."""
         collection = entries[0].write.collection
         docs = {d["_id"]: d for d in await self._store.find_records(
             collection, list({e.write.local_id for e in entries}))}
-        resent = {e.write.local_id for e in entries if e.write.attempt > 0}
+        mappings = self._mappings.for_object(sobject)
+        resent = {e.write.local_id for e in entries if e.write.attempt > 0
+                  or _waited(mappings, e, docs.get(e.write.local_id), refresh_before)}
         unfilled = {str(get_path(d, "crm.id")): d for d in docs.values()
                     if get_path(d, "crm.id") and (not has_shadow(d, sobject) or d["_id"] in resent)}
         if unfilled:
-            await self._fill(sobject, collection, unfilled)
+            await self._fill(sobject, collection, unfilled,
+                             {e.write.local_id: e.sent for e in entries if e.write.local_id in resent})
         return docs
 
-    async def _fill(self, sobject: str, collection: str, docs: Mapping[str, dict[str, Any]]) -> None:
+    async def _fill(self, sobject: str, collection: str, docs: Mapping[str, dict[str, Any]],
+                    refreshed: Mapping[Any, Mapping[str, Any]]) -> None:
+        """`refreshed`: the documents read again (re-sent or waited writes), each with what earlier
+        attempts of its write sent (their answers lost)."""
         mappings = self._mappings.for_object(sobject)
         names = sorted({"Id", "LastModifiedDate", *(m.sf_field for m in mappings)})
         ids = ", ".join(soql_string(i) for i in sorted(docs))
@@ -196,20 +212,35 @@ class ShadowGate:
                 doc = docs.get(str(record.get("Id")))
                 if doc is None:
                     continue
-                found = shadow_sets(mappings, doc, sobject, record, self._seen_at(doc, sobject, record),
+                own = refreshed.get(doc["_id"])
+                found = shadow_sets(mappings, doc, sobject, record,
+                                    self._seen_at(doc, sobject, record, read_again=own is not None),
                                     complete=True)
-                sets[doc["_id"]] = found
+                if own is not None:
+                    # Only the write's own values read back are stored (their echoes are not
+                    # edits); the rest decides this flush only: the platform has not taken what
+                    # Salesforce changed since, and the inbound side skips a value equal to the
+                    # stored shadow as read before (`inbound_shadow.edits_only`).
+                    found = _own_unknown(found, own)
+                    sets[doc["_id"]] = {k: v for k, v in found.items() if _is_own(k, v, own)}
+                elif not has_shadow(doc, sobject):
+                    sets[doc["_id"]] = found
                 for key, value in found.items():
                     set_path(doc, key, value)
-        await self._store.record_shadow(collection, sets)
-        log.info("outbound_shadow_filled", sobject=sobject, records=len(sets))
+        sets = {doc_id: entries for doc_id, entries in sets.items() if entries}
+        if sets:
+            await self._store.record_shadow(collection, sets)
+        log.info("outbound_shadow_filled", sobject=sobject, records=len(sets),
+                 refreshed=len(docs) - len(sets))
 
-    def _seen_at(self, doc: Mapping[str, Any], sobject: str, record: Mapping[str, Any]) -> datetime | None:
+    def _seen_at(self, doc: Mapping[str, Any], sobject: str, record: Mapping[str, Any], *,
+                 read_again: bool = False) -> datetime | None:
         """When the values read were set: unknown for a first fill (no time: older than any
-        platform edit); for a shadow brought up to date, the record's `LastModifiedDate` on this
-        host's clock (a value changed since the shadow's was set at the latest then: a platform
-        value older than that does not overwrite it)."""
-        if not has_shadow(doc, sobject):
+        platform edit); for a record read again (a shadow brought up to date, or a re-sent
+        write's record, a recovered create's included), the record's `LastModifiedDate` on this
+        host's clock (a value changed since was set at the latest then: a platform value older
+        than that does not overwrite it; the write's own values are told apart by `_own_unknown`)."""
+        if not has_shadow(doc, sobject) and not read_again:
             return None
         modified = parse_sf_datetime(record.get("LastModifiedDate"))
         offset = self._sf_clock.offset if self._sf_clock is not None else timedelta(0)
@@ -231,6 +262,36 @@ class ShadowGate:
             by_collection.setdefault(entry.write.collection, {})[entry.write.local_id] = sets
         for collection, sets_by_doc in by_collection.items():
             await self._store.record_shadow(collection, sets_by_doc)
+
+
+def _is_own(key: str, entry: Mapping[str, Any], sent: Mapping[str, Any]) -> bool:
+    name = key.rsplit(".", 1)[-1]
+    return name in sent and sent[name] == entry.get("v")
+
+
+def _own_unknown(found: dict[str, Any], sent: Mapping[str, Any]) -> dict[str, Any]:
+    """A value read back that an earlier attempt of the write sent is the platform's own, as old
+    as that attempt's value, not a Salesforce edit of the record's `LastModifiedDate` (a lost
+    answer's write re-sent once more after the platform's next edit: chaos seed 314,
+    L1.first_name): its time is unknown (older than any platform edit)."""
+    for key, entry in found.items():
+        if _is_own(key, entry, sent):
+            found[key] = {**entry, "at": None}
+    return found
+
+
+def _waited(mappings: Sequence[FieldMapping], entry: OutboxEntry, doc: Mapping[str, Any] | None,
+            before: datetime | None) -> bool:
+    """Was the write queued, or any of its platform edits made, before `before`? A new leader's
+    watcher queues edits made before its term just before its flusher sends them, so the queue
+    time alone says nothing of how long Salesforce had to change meanwhile."""
+    if before is None:
+        return False
+    if entry.enqueued_at < before:
+        return True
+    local = {m.sf_field: m.local_field for m in mappings}
+    times = [stamped_time(doc, local[name]) for name in entry.write.fields if name in local]
+    return any(t is not None and (t if t.tzinfo else t.replace(tzinfo=UTC)) < before for t in times)
 
 
 def _skipped_log(entry: OutboxEntry, reasons: Mapping[str, str]) -> SyncLog:

@@ -24,6 +24,7 @@ from tests.support.secantus import free_port, spawn_secantus, stop_process
 from tests.support.service import Reply, SalesforceOrg, ServiceProcess, http
 
 LEASE_SECONDS = 3.0
+ROOT = Path(__file__).resolve().parents[2]  # the tree this bench (and the service it runs) is in
 CHAOS_MAPPINGS = """
 [people.first_name]
 lead = "FirstName"
@@ -227,6 +228,14 @@ class StateRecorder:
             time.sleep(0.05)
 
 
+def replica_path() -> str:
+    """The replicas' `PYTHONPATH`: this tree first. They run in their own work directories, so a
+    relative entry (`PYTHONPATH=.`) would miss it and the service would be imported from wherever
+    the interpreter's installed copy points (another checkout)."""
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join([str(ROOT), *(str(Path(p).resolve()) for p in inherited)])
+
+
 class Environment:
     """Everything a run starts, and stops at the end."""
 
@@ -252,7 +261,8 @@ class Environment:
         self.emulator.start()
         self.recorder = StateRecorder(self.mongo.uri, self.database)
         self.recorder.start()
-        extra_env = {"SFSYNC_SYNC__LEASE_SECONDS": str(LEASE_SECONDS), "SFSYNC_SYNC__FREQUENCY_MINUTES": "1"}
+        extra_env = {"SFSYNC_SYNC__LEASE_SECONDS": str(LEASE_SECONDS), "SFSYNC_SYNC__FREQUENCY_MINUTES": "1",
+                     "PYTHONPATH": replica_path()}
         if self.plant is not None:
             extra_env.update(service_env(self.plant))
         for name in ("replica-a", "replica-b"):

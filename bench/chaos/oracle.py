@@ -18,6 +18,10 @@ service's code: per record and mapped field it keeps the set of values each side
   outbound back: `OUTBOUND_HELD`) may reach Salesforce as that one, decided against what
   Salesforce held before them; a blank never goes out, so one that supersedes an unsent value
   leaves Salesforce's earlier value. A conversion may find such edits not yet on the Lead.
+- *Not read yet*: a Salesforce write the service may not have read when the next one of the field
+  comes (within `INBOUND_LATENCY`, or while a fault holds inbound back: `INBOUND_HELD`) may never
+  reach the platform (a sync reads the record as it is then): the next one is decided against
+  what the platform held before it.
 - Conversion relinks the Person to the Contact; fields mapped on the Contact carry over and are
   merged (each side may take the other's data where it is blank), Lead-only fields are no longer
   checked.
@@ -78,6 +82,12 @@ OUTBOUND_LATENCY = 3.0
 # the next limits check, one a minute.
 OUTBOUND_HELD = {"kill_leader": 20.0, "stop_leader": 20.0, "restart_mongo": 20.0, "rest_5xx": 20.0,
                  "lock_row": 20.0, "apply_then_drop": 20.0, "token_expiry": 20.0, "budget_swing": 65.0}
+# How long a Salesforce edit may wait before the service reads it with no fault (the stream's
+# delivery and micro-batch), and after a fault that holds the stream back: those that hold
+# outbound, and those that leave inbound to the next poll (one a minute in the run) or a re-fetch.
+INBOUND_LATENCY = 3.0
+INBOUND_HELD = {**OUTBOUND_HELD, "replay_retention": 65.0, "poison_event": 65.0, "cometd_drop": 20.0,
+                "cdc_gap": 20.0, "cdc_overflow": 20.0}
 READ_ONLY = frozenset({"Score__c"})
 # after these the service may resync with a merge (backfill / re-import): data fills blanks
 RESYNC_FAULTS = frozenset({"replay_retention", "kill_leader", "stop_leader", "restart_mongo", "cdc_overflow",
@@ -144,6 +154,34 @@ class _Write:
     # a platform write: what Salesforce could hold just before it (its values, known?)
     sf_before: tuple[frozenset[Any], bool] | None = None
     by_read: bool = False  # a Salesforce write whose event may have been lost (read, not streamed)
+    # a Salesforce write: what the platform could hold just before it (its values, known?)
+    local_before: tuple[frozenset[Any], bool] | None = None
+
+
+def _undelivered_states(writes: list[_Write], at: float,
+                        inbound_held: list[tuple[float, float]]) -> list[tuple[frozenset[Any], bool]]:
+    """What the platform held before each of the latest Salesforce writes the service may not
+    have read by `at` (within INBOUND_LATENCY, or while a fault may hold inbound back)."""
+    out: list[tuple[frozenset[Any], bool]] = []
+    for w in reversed(writes):
+        # a fault held it back if it came before the write was read, and held long enough
+        if w.side != "salesforce" or w.local_before is None or not (
+                at - w.at <= INBOUND_LATENCY
+                or any(f <= min(at, w.at + INBOUND_LATENCY) and f + held >= w.at
+                       for f, held in inbound_held)):
+            break
+        out.append(w.local_before)
+    return out
+
+
+def _may_replace(current: set[Any], known: bool, unless_blank: bool) -> str:
+    """May a write replace `current` under an "unless blank" rule? yes, no, or maybe."""
+    if not unless_blank or not known:
+        return "yes"
+    blanks = {v for v in current if v is None}
+    if not blanks:
+        return "no"
+    return "yes" if blanks == current else "maybe"
 
 
 @dataclass
@@ -161,6 +199,7 @@ class FieldModel:
     held_until: list[tuple[float, float]] = field(default_factory=list)  # faults: (at, outbound held)
     modified: list[float] = field(default_factory=list)  # when the Salesforce record was written
     local_from_read: bool = False  # the platform's value came from a change read, not streamed
+    inbound_held: list[tuple[float, float]] = field(default_factory=list)  # faults: (at, inbound held)
 
     def _inbound(self) -> bool:
         return self.direction in (Direction.BOTH, Direction.FROM_SALESFORCE)
@@ -183,12 +222,15 @@ class FieldModel:
         value = norm(value)
         w = _Write(at, side, value, step, by_read=by_read)
         if side == "salesforce":
-            self._write_salesforce(value, at, other_exists, certain, by_read)
+            undelivered = self.undelivered_states(at)
+            w.local_before = (frozenset(self.local), self.local_known)
+            self._write_salesforce(value, at, other_exists, certain, undelivered, by_read)
         else:
             self._write_platform(w, deleted, other_exists)
         self.writes.append(w)
 
     def _write_salesforce(self, value: Any, at: float, other_exists: bool, certain: bool,
+                          undelivered: list[tuple[frozenset[Any], bool]],
                           by_read: bool = False) -> None:
         self.sf = {value} | self._recent("platform", at, self._outbound())
         if self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK and self._outbound():
@@ -197,12 +239,17 @@ class FieldModel:
                         and self._maybe_unsent(w, at)}
         self.sf_known = True
         if value is not None and self._inbound():
-            allowed = self._may_replace(self.local, self.local_known,
-                                        self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK
-                                        and self.direction is Direction.BOTH)
+            unless_blank = (self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK
+                            and self.direction is Direction.BOTH)
+            allowed = _may_replace(self.local, self.local_known, unless_blank)
             if allowed == "no" and (not other_exists or self.local_from_read):
                 # (or the platform's data came from a change read, not streamed, which a read
                 # after this write never sees: the platform may still be blank)
+                allowed = "maybe"
+            if allowed == "no" and any(_may_replace(set(before), known, unless_blank) != "no"
+                                       for before, known in undelivered):
+                # Salesforce's earlier values the service had not read yet were replaced there
+                # first: it reads this one, decided against what the platform held before them
                 allowed = "maybe"
             if allowed == "yes" and not certain:
                 allowed = "maybe"  # a change with no event: the refetch may read a later state
@@ -267,7 +314,7 @@ class FieldModel:
         """What Salesforce may hold once a platform write of `value` is sent over `current`."""
         if value is None or not self._outbound():
             return set(current)  # blanks are never written
-        allowed = self._may_replace(current, known, self.merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK
+        allowed = _may_replace(current, known, self.merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK
                                     and self.direction is Direction.BOTH)
         if allowed == "no" and not other_exists:
             allowed = "maybe"
@@ -284,6 +331,9 @@ class FieldModel:
             return True
         return any(f <= at and f + held >= w.at for f, held in self.held_until)
 
+    def undelivered_states(self, at: float) -> list[tuple[frozenset[Any], bool]]:
+        return _undelivered_states(self.writes, at, self.inbound_held)
+
     def unsent_states(self, at: float) -> list[tuple[frozenset[Any], bool]]:
         """What Salesforce held before each of the latest platform writes that may not have been
         sent by `at` (the newest first; an older write is sent no later than a newer one)."""
@@ -293,15 +343,6 @@ class FieldModel:
                 break
             out.append(w.sf_before)
         return out
-
-    @staticmethod
-    def _may_replace(current: set[Any], known: bool, unless_blank: bool) -> str:
-        if not unless_blank or not known:
-            return "yes"
-        blanks = {v for v in current if v is None}
-        if not blanks:
-            return "no"
-        return "yes" if blanks == current else "maybe"
 
     def undelete(self) -> None:
         if self.held and self._outbound():
@@ -363,6 +404,7 @@ class Model:
         self.held_until: list[tuple[float, float]] = []  # injected faults that hold outbound back
         self.read_windows: list[tuple[float, float]] = []  # when a change may be read, not streamed
         self.modified: dict[str, list[float]] = {}  # slot -> when its Salesforce record was written
+        self.inbound_held: list[tuple[float, float]] = []  # ... and inbound
 
     def _mapping(self, sobject: str) -> list[FieldMapping]:
         return self.mappings.for_object(sobject)
@@ -373,7 +415,8 @@ class Model:
             fm = em.fields[m.local_field] = FieldModel(m.direction, m.merge,
                                                        writable=m.sf_field not in READ_ONLY,
                                                        held_until=self.held_until,
-                                                       modified=em.modified)
+                                                       modified=em.modified,
+                                                       inbound_held=self.inbound_held)
         return fm
 
     def resync(self) -> None:
@@ -396,6 +439,8 @@ class Model:
                          if f.get("status") == "injected" and f.get("kind") in RESYNC_FAULTS)
         self.held_until[:] = [(float(f["at"]), OUTBOUND_HELD[str(f["kind"])]) for f in faults
                               if f.get("status") == "injected" and f.get("kind") in OUTBOUND_HELD]
+        self.inbound_held[:] = [(float(f["at"]), INBOUND_HELD[str(f["kind"])]) for f in faults
+                                if f.get("status") == "injected" and f.get("kind") in INBOUND_HELD]
         for ack in acks:
             while resyncs and resyncs[0] <= ack.at:
                 resyncs.pop(0)

@@ -21,7 +21,7 @@ attempt > 0) and folds the parked document in, keeping its `first_sent_at`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -70,6 +70,7 @@ class OutboxEntry:
     first_sent_at: datetime | None = None   # when a flusher first claimed it to send (this host's clock)
     failures: int = 0               # retriable failures (expired claims included) since queued
     last_error: str | None = None
+    sent: dict[str, Any] = field(default_factory=dict)  # what earlier claims sent, latest per field
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> OutboxEntry:
@@ -82,7 +83,8 @@ class OutboxEntry:
                    enqueued_at=aware(doc["enqueued_at"]), next_attempt_at=aware(doc["next_attempt_at"]),
                    lease=doc.get("lease"),
                    first_sent_at=aware(doc["first_sent_at"]) if doc.get("first_sent_at") else None,
-                   failures=int(doc.get("failures", 0)), last_error=doc.get("last_error"))
+                   failures=int(doc.get("failures", 0)), last_error=doc.get("last_error"),
+                   sent=dict(doc.get("sent_before") or {}))
 
 
 @dataclass(frozen=True)
@@ -186,10 +188,14 @@ class OutboxCollection:
                 return []
             # The status filter makes each document's claim atomic: a replica that lost the
             # race simply claims fewer.
-            await self._coll.update_many(
-                {"_id": {"$in": ids}, "status": PENDING},
-                {"$set": claimed, "$min": {"first_sent_at": now}},
-            )
+            # `sent`: the values claimed to go out, kept through a release or an expiry: an
+            # answer lost, they may be read back from Salesforce later as this write's own
+            # (`sent_before`: those of the earlier claims, what this one's reader compares)
+            await self._coll.update_many({"_id": {"$in": ids}, "status": PENDING}, [{"$set": {
+                **{name: {"$literal": value} for name, value in claimed.items()},
+                "first_sent_at": {"$min": ["$first_sent_at", {"$literal": now}]},
+                "sent_before": {"$ifNull": ["$sent", {}]},
+                "sent": {"$mergeObjects": [{"$ifNull": ["$sent", {}]}, "$fields"]}}}])
             docs = await self._coll.find({"lease": token}).to_list(None)
         order = {doc_id: i for i, doc_id in enumerate(ids)}
         docs.sort(key=lambda d: order[d["_id"]])
@@ -269,7 +275,10 @@ class OutboxCollection:
             except DuplicateKeyError:
                 doc = await self._coll.find_one({"_id": entry_id, "lease": lease})
         if doc is not None:
-            await self._merge_into_pending(doc, doc["key"])
+            # the failed send counts in the merged write: a create whose answer was lost is
+            # looked for before it is sent again (chaos seed 16180, P12: created twice)
+            counted = int(doc.get("attempt", 0)) + add_attempt, int(doc.get("failures", 0)) + add_attempt
+            await self._merge_into_pending({**doc, "attempt": counted[0], "failures": counted[1]}, doc["key"])
 
     async def _merge_into_pending(self, older: dict[str, Any], key: str) -> None:
         """Fold an older document into the pending one for `key` (its values win), then drop it.
@@ -281,6 +290,7 @@ class OutboxCollection:
             "enqueued_at": {"$min": [{"$literal": older["enqueued_at"]}, "$enqueued_at"]},
             "attempt": {"$max": [{"$literal": int(older.get("attempt", 0))}, "$attempt"]},
             "first_sent_at": _earliest(older.get("first_sent_at")),
+            "sent": {"$mergeObjects": [{"$ifNull": ["$sent", {}]}, {"$literal": older.get("sent") or {}}]},
         }}]
         with translate_errors("outbox.merge"):
             result = await self._coll.update_one({"key": key, "status": PENDING}, merged)

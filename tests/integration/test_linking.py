@@ -144,6 +144,27 @@ class TestLeadConversion:
         doc = await store.db.people.find_one({"_id": pid})
         assert (doc["crm"]["id"], doc["first_name"], doc["city"]) == (CONTACT, "Annie", "Oslo")
 
+    async def test_a_folded_contact_is_merged_with_the_merge_behaviours(self, store: Store) -> None:
+        """A conversion is a merge ("SalesLoft ... selects the preferred data based on your
+        Advanced Configuration settings", most recent by default): Salesforce's first name, set
+        after the platform's and never delivered as a Lead update (its event lost), reaches the
+        Person through the Contact, although the Person folded in only filled blanks (chaos seed
+        2718, L8.first_name). The Contact is re-fetched (one query) and merged."""
+        pid = await lead_person(store, _sync={"field_times": {"first_name": T0}})
+        account, contact, lead = conversion_changes()
+        later = T0 + timedelta(seconds=5)
+        contact = change(CONTACT, {**contact.fields, "FirstName": "Anna"}, sobject="Contact",
+                         kind=ChangeKind.CREATE, at=later)
+        sf = FakeSalesforce({"Contact": [{"Id": CONTACT, "FirstName": "Anna", "LastName": "Lee",
+                                          "Email": "ann@example.com", "MailingCity": "Oslo",
+                                          "SystemModstamp": "2024-05-01T10:00:05.000+0000"}]})
+        sink = Reconciler(store, MAPPINGS, fetcher=RecordReader(sf, MAPPINGS))
+        await sink.apply([account, contact])
+        await sink.apply([lead])
+        assert (await store.db.people.find_one({"_id": pid}))["first_name"] == "Anna"
+        assert await store.db.people.count_documents({}) == 1
+        assert len(sf.queries) == 1
+
     async def test_contact_created_in_a_later_batch_merges_into_the_person(self, store: Store) -> None:
         """Lead update first, Contact CREATE in the next batch: the create merges, nothing new."""
         pid = await lead_person(store)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -20,17 +21,20 @@ from listener.salesforce import RetryPolicy, SalesforceClient
 from listener.salesforce_time import SalesforceClock, clocked_transport
 from reconciler.errors import OutcomeUnknownError
 from reconciler.outbound import OutboundFlusher
+from reconciler.outbound_shadow import ShadowGate
 from reconciler.outbox import Outbox
 from reconciler.ports import OutboundWrite
 from reconciler.store import Store
-from settings import AuthFlow, SalesforceSettings
+from settings import AuthFlow, SalesforceSettings, parse_mappings
 from tests.support.emulator import RunningEmulator, running_emulator
+from tests.support.mappings import sample_mappings
 
 COLLECTIONS = "/services/data/v62.0/composite/sobjects"
 FAST = RetryPolicy(attempts=4, base=0.001, cap=0.005)
 BACKOFF = timedelta(milliseconds=20)
 CLIENT_TIMEOUT_S = 2.0
 ANSWER_LATE_MS = 4000  # the applied write is answered this late: past the client timeout
+MAPPINGS = parse_mappings(sample_mappings())  # Phone and Email most_recent, Company unless blank
 
 
 @dataclass
@@ -70,6 +74,13 @@ class Org:
 
 @pytest.fixture
 async def org() -> AsyncIterator[Org]:
+    async with running_org() as running:
+        yield running
+
+
+@asynccontextmanager
+async def running_org() -> AsyncIterator[Org]:
+    """The org emulator and a REST client of it."""
     settings = SalesforceSettings(
         login_url="http://127.0.0.1", auth_flow=AuthFlow.CLIENT_CREDENTIALS,
         client_id=SAMPLE_CLIENT_ID, client_secret=SecretStr(SAMPLE_CLIENT_SECRET),
@@ -83,9 +94,12 @@ async def org() -> AsyncIterator[Org]:
 
 
 def flusher_for(store: Store, org: Org) -> tuple[Outbox, OutboundFlusher]:
+    """The flusher as the service builds it: with the shadow gate, which re-decides a recovered
+    create's values against the record the lost call made."""
     outbox = Outbox(store.outbox)
     flusher = OutboundFlusher(outbox, org.client, store, Budget(), client_name="salesforce-sync",
-                              backoff_base=BACKOFF, backoff_cap=BACKOFF)
+                              backoff_base=BACKOFF, backoff_cap=BACKOFF,
+                              gate=ShadowGate(org.client, store, MAPPINGS))
     return outbox, flusher
 
 
@@ -186,6 +200,91 @@ class TestTheFlusherRecoversALostCreate:
         assert len(await org.rows("SELECT Id FROM Lead")) == 1  # the 500 applied nothing here
 
 
+async def platform_edit(store: Store, outbox: Outbox, local_id: ObjectId, **fields: Any) -> None:
+    """What the watcher does with an edit of a Person not linked yet: stamp the fields' times and
+    queue a create with every mapped field, which coalesces into the create already queued."""
+    now = datetime.now(UTC)
+    await store.db.people.update_one({"_id": local_id}, {"$set": {
+        **fields, "updated_at": now, "_sync.written_at": now,
+        **{f"_sync.field_times.{name}": now for name in fields}}})
+    doc = await store.db.people.find_one({"_id": local_id})
+    assert doc is not None
+    create = {"LastName": doc["last_name"], "Company": doc["company_name"], "Email": doc["email"],
+              "Phone": doc["phone"]}
+    await outbox.enqueue([OutboundWrite("Lead", None, "people", local_id, create, "create")])
+
+
+class TestALostCreateIsRecoveredWithTheEditsMadeSince:
+    async def test_an_edit_coalesced_into_the_lost_create_still_reaches_salesforce(
+            self, org: Org, store: Store) -> None:
+        """Chaos seed 9001, P17.phone: the create's answer was lost, and a platform edit made before
+        the retry coalesced into the queued create (the Person was not linked). The retry finds
+        and links the record the lost call made, which holds the values sent then: the edit
+        still goes out (one update), and the Lead is created once."""
+        outbox, flusher = flusher_for(store, org)
+        local_id = ObjectId()
+        created_at = datetime.now(UTC)
+        person = {"last_name": "Ng", "company_name": "Acme", "email": "ng@x.com", "phone": "+1 555 0100"}
+        await store.db.people.insert_one({
+            "_id": local_id, **person, "updated_at": created_at,
+            "_sync": {"written_at": created_at, "field_times": dict.fromkeys(person, created_at)}})
+        await outbox.enqueue([OutboundWrite("Lead", None, "people", local_id, {
+            "LastName": "Ng", "Company": "Acme", "Email": "ng@x.com", "Phone": "+1 555 0100"}, "create")])
+        await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True)
+        await flusher.flush()  # created in Salesforce, answer lost: queued again
+        assert await outbox.depth() == 1
+
+        await platform_edit(store, outbox, local_id, phone="+1 555 0199")
+        await flush_until_empty(outbox, flusher)
+
+        [lead] = await org.rows("SELECT Id, Phone FROM Lead WHERE Email = 'ng@x.com'")
+        assert lead["Phone"] == "+1 555 0199"
+        assert org.posts() == 1
+        doc = await store.db.people.find_one({"_id": local_id})
+        assert doc is not None and doc["crm"]["id"] == lead["Id"]
+        assert doc["_sync"]["sf"]["Lead"]["Phone"]["v"] == "+1 555 0199"
+        logs, _ = await store.find_sync_logs(limit=10)
+        assert sorted((x["type"], x["status"]) for x in logs) == [("link", "success"), ("update", "success")]
+        [update] = [x for x in logs if x["type"] == "update"]
+        assert set(update["fields"]) == {"Phone"}
+
+
+class TestARecoveredCreateKeepsSalesforcesLaterEdits:
+    async def test_a_salesforce_edit_made_after_the_lost_create_is_not_overwritten(
+            self, org: Org, store: Store) -> None:
+        """Chaos seed 16180, P3.title: the create's answer was lost and a Salesforce user edited
+        the new Lead's title before the retry found and linked it. Sent again as an update, the
+        write's values are decided against the Lead read again: what the lost create sent is the
+        write's own, what differs is Salesforce's later edit, which stands (most recent value)."""
+        outbox, flusher = flusher_for(store, org)
+        local_id = ObjectId()
+        created_at = datetime.now(UTC) - timedelta(seconds=10)
+        person = {"last_name": "Ng", "company_name": "Acme", "email": "ng@x.com", "title": "Platform"}
+        await store.db.people.insert_one({
+            "_id": local_id, **person, "updated_at": created_at,
+            "_sync": {"written_at": created_at, "field_times": dict.fromkeys(person, created_at)}})
+        await outbox.enqueue([OutboundWrite("Lead", None, "people", local_id, {
+            "LastName": "Ng", "Company": "Acme", "Email": "ng@x.com", "Title": "Platform"}, "create")])
+        await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True)
+        await flusher.flush()  # created in Salesforce, answer lost: queued again
+        [lead] = await org.rows("SELECT Id FROM Lead WHERE Email = 'ng@x.com'")
+        async with aiohttp.ClientSession() as session:  # a Salesforce user edits the new Lead
+            answer = await session.patch(f"{org.emulator.base_url}/_emulator/records/Lead/{lead['Id']}",
+                                         json={"Title": "Sf"})
+            assert answer.status == 200
+
+        await flush_until_empty(outbox, flusher)
+
+        [lead] = await org.rows("SELECT Id, Title FROM Lead WHERE Email = 'ng@x.com'")
+        assert lead["Title"] == "Sf"
+        doc = await store.db.people.find_one({"_id": local_id})
+        assert doc is not None and doc["crm"]["id"] == lead["Id"]
+        # The shadow stores the write's own values read back (their echoes are no edits: chaos
+        # seed 16180, P3.last_name), not Salesforce's edit, which still reaches the platform
+        shadow = doc["_sync"]["sf"]["Lead"]
+        assert shadow["LastName"]["v"] == "Ng" and "Title" not in shadow
+
+
 class TestRecoveryLinksOnlyWhatThisIntegrationCreated:
     async def test_a_match_created_by_another_user_is_not_linked(self, org: Org, store: Store) -> None:
         """Item 7: a Lead with the same email made by a Salesforce user (not the integration user)
@@ -247,3 +346,39 @@ class TestRecoveryOnSalesforcesClock:
         assert len(leads) == 1 and org.posts() == 1
         doc = await store.db.people.find_one({"_id": local_id})
         assert doc["crm"]["id"] == leads[0]["Id"]
+
+
+class TestAStalledUpdateIsSentAgainWithTheEditMadeSince:
+    async def test_the_value_the_stalled_attempt_wrote_is_not_a_salesforce_edit(
+            self, org: Org, store: Store) -> None:
+        """Chaos seed 314, L1.first_name: a leader claimed an update and stalled (SIGSTOP); the
+        platform edited the field again; the stalled call then landed, and the next leader sent
+        the write again, now carrying the newer value. Read back, the Lead holds the stalled
+        attempt's value with a `LastModifiedDate` later than the platform's edit: the write's own
+        earlier value, not a Salesforce edit, so the platform's newer value goes out."""
+        outbox, flusher = flusher_for(store, org)
+        sf_id = await org.seed_as_user({"LastName": "Ng", "Company": "Acme", "Title": "Old"})
+        # the edit is older than the flusher's 5 s: the record is read again before the send
+        earlier, edited = datetime.now(UTC) - timedelta(seconds=20), datetime.now(UTC) - timedelta(seconds=8)
+        local_id = ObjectId()
+        await store.db.people.insert_one({
+            "_id": local_id, "last_name": "Ng", "company_name": "Acme", "title": "Earlier",
+            "updated_at": earlier, "crm": {"object": "Lead", "id": sf_id},
+            "_sync": {"written_at": earlier, "field_times": {"title": earlier},
+                      "sf": {"Lead": {"Title": {"v": "Old", "at": earlier - timedelta(minutes=1)}}}}})
+        await outbox.enqueue([OutboundWrite("Lead", sf_id, "people", local_id, {"Title": "Earlier"},
+                                            "local_edit")])
+        [claimed] = await Outbox(store.outbox, lease=timedelta(0)).claim("Lead", "update", 10)  # stalls
+
+        await store.db.people.update_one({"_id": local_id}, {"$set": {
+            "title": "Platform", "updated_at": edited, "_sync.written_at": edited,
+            "_sync.field_times.title": edited}})
+        await outbox.enqueue([OutboundWrite("Lead", sf_id, "people", local_id, {"Title": "Platform"},
+                                            "local_edit")])
+        [landed] = await org.client.update("Lead", [{"Id": sf_id, **claimed.write.fields}])  # resumed
+        assert landed.success
+        assert await outbox.recover_expired() == 1  # the stalled claim folds into the new edit
+        await flush_until_empty(outbox, flusher)
+
+        [lead] = await org.rows(f"SELECT Title FROM Lead WHERE Id = '{sf_id}'")
+        assert lead["Title"] == "Platform"

@@ -108,7 +108,19 @@ class TestClaims:
         pending = await outbox.pending()
         assert len(pending) == 1
         assert pending[0].write.fields == {"City": "Lyon", "Title": "CEO"}
-        assert pending[0].write.attempt == 0  # the newer write has not failed yet
+        assert pending[0].write.attempt == 1  # it carries a send whose outcome is unknown
+
+    async def test_a_failed_create_folded_into_a_newer_one_is_still_looked_for(self, outbox: Outbox) -> None:
+        """Chaos seed 16180, P12: a create's answer was lost while an edit of the Person queued a
+        newer create; released, the failed one folds into it. The merged write still counts that
+        attempt (and keeps its first send), so the flusher looks for the lost create's record
+        before sending it again instead of creating a second Lead."""
+        await outbox.enqueue([create("p1", LastName="Ng", Email="ng@x.com")])
+        inflight = await outbox.claim("Lead", CREATE, 10)
+        await outbox.enqueue([create("p1", LastName="Ng", Email="ng@x.com", Title="CEO")])
+        await outbox.retry_later(inflight, timedelta(seconds=0))
+        [pending] = await outbox.pending()
+        assert pending.write.attempt == 1 and pending.first_sent_at is not None
 
     async def test_retry_later_counts_the_attempt_and_delays(self, outbox: Outbox, clock: Clock) -> None:
         """A released write is not due until its next attempt time."""

@@ -237,3 +237,19 @@ class TestSupersededBeforeTheRead:
     def test_not_when_the_first_was_streamed(self) -> None:
         """Its event applied it: the platform holds data, which `local_unless_blank` keeps."""
         assert model_local(feed(self.HISTORY), "phone") == {"+1 1532"}
+
+class TestSalesforceWritesNotReadYet:
+    def test_a_salesforce_value_replaced_before_the_service_read_it_is_superseded(self) -> None:
+        """`local_unless_blank` keeps platform data from Salesforce's edits ("If SalesLoft already
+        has data, leave it untouched"), but a sync reads Salesforce's record as it is when it
+        connects (the product's sync frequency): a value Salesforce replaced before the service
+        read it never reached the platform, so the later one fills the blank (chaos seed 2718,
+        P10.phone: the stream held back by a budget pause and a leader gap)."""
+        acks = [sf(0, Phone="+1 first"), sf(20, Phone="+1 second")]
+        assert model_local(feed(acks), "phone") == {"+1 first"}
+        assert model_local(feed(acks, [fault("budget_swing", -5)]), "phone") == {"+1 first", "+1 second"}
+
+    def test_one_read_before_it_was_replaced_stays(self) -> None:
+        """The platform had the first value long before the fault: it keeps it."""
+        acks = [sf(0, Phone="+1 first"), sf(100, Phone="+1 second")]
+        assert model_local(feed(acks, [fault("replay_retention", 90)]), "phone") == {"+1 first"}

@@ -42,6 +42,16 @@ class TestOwnersOut:
         [write] = plan.writes
         assert write.sf_id is None and write.fields["OwnerId"] == SF_USER
 
+    def test_an_edit_of_a_person_not_created_yet_still_sends_its_owner(self) -> None:
+        """Chaos seed 4711, P26: the Person's create was refused (no company yet); its next edit
+        (the company) queues the create again, with every mapped field: the owner too, or
+        Salesforce makes the integration user the owner and that comes back to the Person."""
+        plan = plan_changes(MAPPINGS, ("Lead",), "people", [change(
+            "update", {"_id": "p-1", "last_name": "Lee", "company_name": "Acme", "owner_id": "u-1"},
+            "company_name", "updated_at")])
+        [write] = plan.writes
+        assert write.sf_id is None and write.fields["OwnerId"] == SF_USER
+
     def test_a_local_owner_change_updates_owner_id(self) -> None:
         plan = plan_changes(MAPPINGS, ("Lead",), "people", [change(
             "update", linked(owner_id="u-1"), "owner_id", "updated_at")])
