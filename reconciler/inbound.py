@@ -325,7 +325,8 @@ class Reconciler:
         offset = capped_offset(self.sf_clock.offset if self.sf_clock is not None else timedelta(0),
                                change.changed_at, utcnow())
         host_at = None if change.changed_at is None else change.changed_at - offset
-        edits = record if item.merge else shadow.edits_only(item, mappings, record, host_at)
+        # the stale-event check weighs Salesforce's stamp against our write on Salesforce's clock
+        edits = record if item.merge else shadow.edits_only(item, mappings, record, change.changed_at)
         merged = merge_record(mappings, item.doc, edits, change.changed_at, writable,
                               complete=change.kind in _FULL_RECORD, sf_clock_offset=offset)
         for local_field, value in merged.local_updates.items():

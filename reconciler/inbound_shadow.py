@@ -36,22 +36,25 @@ def record(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Mappin
 
 
 def edits_only(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Mapping[str, Any],
-               at: datetime | None = None) -> dict[str, Any]:
+               sf_at: datetime | None = None) -> dict[str, Any]:
     """The fields of a live change that are Salesforce edits: a value equal to the shadow's is
     Salesforce's value read again (a poll, a gap fetch, a record touched for another field), not
     an edit, and must not undo a later platform edit (`salesforce_unless_blank` above all).
 
-    An event, or a record read (`at`: its commit time or `LastModifiedDate` on this host's
-    clock), older than the service's own write of the field (the shadow's `sent`) carries a
-    value that write replaced in Salesforce: not an edit either, or the two sides would swap
-    values. A read is not always current: it may race our write and be applied after it."""
+    An event, or a record read (`sf_at`: its commit time or `LastModifiedDate`, on Salesforce's
+    clock as stamped), older than the service's own write of the field (the shadow's `sent`, on
+    Salesforce's clock too) carries a value that write replaced in Salesforce: not an edit
+    either, or the two sides would swap values. A read is not always current: it may race our
+    write and be applied after it. Both times stay on Salesforce's clock, which never goes back:
+    moved onto this host's with the offset known at apply time, a stamp made before the org's
+    clock stepped ahead would date before a write it followed (chaos seed 2718, P23)."""
     sf_fields = {m.sf_field for m in mappings}
     out: dict[str, Any] = {}
     for name, value in fields.items():
         seen = shadow_side(item.doc, item.change.sobject, name) if name in sf_fields else None
         if seen is not None and seen.value == value:
             continue
-        if _replaced_since(item.doc, item.change.sobject, name, at):
+        if _replaced_since(item.doc, item.change.sobject, name, sf_at):
             continue
         out[name] = value
     return out

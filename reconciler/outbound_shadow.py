@@ -250,13 +250,15 @@ class ShadowGate:
                        succeeded: Sequence[bool]) -> None:
         """The values written become the shadow, at the platform time of each value."""
         by_collection: dict[str, dict[Any, dict[str, Any]]] = {}
-        now = datetime.now(UTC)
+        # `sent`: when Salesforce took the value, on its own clock as known now (an older event
+        # of the field is stale): compared with Salesforce's stamps as they are, not moved onto
+        # this host's clock with an offset learned later (the org's clock may have stepped since)
+        now = datetime.now(UTC) + (self._sf_clock.offset if self._sf_clock is not None else timedelta(0))
         for entry, ok in zip(entries, succeeded, strict=True):
             decided = self._decided.pop(entry.id, None)
             if not ok:
                 continue
             times = decided.times if decided else {}
-            # `sent`: when Salesforce took the value; an older event of the field is stale
             sets = {path(sobject, name): {"v": value, "at": times.get(name) or entry.enqueued_at, "sent": now}
                     for name, value in entry.write.fields.items()}
             by_collection.setdefault(entry.write.collection, {})[entry.write.local_id] = sets

@@ -23,7 +23,7 @@ from reconciler.sync_logs import SyncLog
 from settings import parse_mappings
 from tests.integration.test_outbound import FakeBudget, FakeSalesforce
 from tests.support.clock import Clock
-from tests.support.salesforce_changes import mappings_toml
+from tests.support.salesforce_changes import change, mappings_toml
 
 MAPPINGS = parse_mappings(mappings_toml({"people.email": {"merge": "salesforce_unless_blank"}}))
 T1 = datetime(2026, 3, 1, 12, 0, 1, tzinfo=UTC)
@@ -292,3 +292,36 @@ class TestResentUpdate:
         await rig.outbox.enqueue([edit(1, FirstName="Plat")])
         await rig.flusher.flush()
         assert rig.sf.queries == [] and len(rig.sf.calls) == 1
+
+
+class MovableOffset:
+    """Salesforce's clock minus this host's, as the service last learned it: set by the test."""
+
+    def __init__(self, seconds: float) -> None:
+        self.offset = timedelta(seconds=seconds)
+
+
+class TestSalesforceClockMovedAfterOurWrite:
+    """Salesforce's clock ran 1 s behind when the flusher wrote FirstName, then stepped 4 s ahead
+    and slews back (it never goes back) before another user's edit of the same field, made after
+    our write, is applied. That edit's time, moved onto this host's clock with the offset known
+    when it is applied, falls before our write: it must still be applied, not dropped as the
+    value our write replaced (chaos seed 2718, P23.last_name: a bulk update 1.2 s after the
+    service created the Lead never reached the platform)."""
+
+    async def test_an_edit_made_after_our_write_is_applied(self, store: Store) -> None:
+        sf_clock = MovableOffset(-1)
+        clock, sf = Clock(), QueryingSalesforce()
+        outbox = Outbox(store.outbox, clock=clock)
+        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync", clock=clock,
+                                  writable={"Lead": {}}, gate=ShadowGate(sf, store, MAPPINGS, sf_clock))
+        await person(store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")
+        await outbox.enqueue([edit(1, FirstName="Ours")])
+        await flusher.flush()
+        after_write = datetime.now(UTC) + sf_clock.offset  # Salesforce's time, past our write
+        sf_clock.offset = timedelta(seconds=4)  # stepped ahead; it slews back, never goes back
+        theirs = change(sf_id(1), {"FirstName": "Theirs"},
+                        at=after_write.replace(microsecond=0) + timedelta(seconds=1))
+        await Reconciler(store, MAPPINGS, sf_clock=sf_clock).apply([theirs])
+        doc = await store.db.people.find_one({"_id": "p-1"})
+        assert doc is not None and doc["first_name"] == "Theirs"
