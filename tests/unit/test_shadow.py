@@ -205,7 +205,8 @@ class _Pending:
 class TestEventOlderThanOurWrite:
     """Both sides edited a field within a second: the flusher sent the platform's value after the
     Salesforce edit it had not seen, then that edit's event arrived. Salesforce holds our value
-    now; applying the event would swap the two sides (CI seed 83, A4.domain)."""
+    now; applying the event would swap the two sides (CI seed 83, A4.domain). Both times are on
+    Salesforce's clock: the event's stamp as stamped, `sent` as Salesforce's time of our write."""
 
     def item(self, event_at: datetime, source: ChangeSource = ChangeSource.STREAM) -> _Pending:
         change = SalesforceChange(sobject="Lead", sf_id="00Q1", kind=ChangeKind.UPDATE,
