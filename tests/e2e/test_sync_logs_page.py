@@ -36,11 +36,14 @@ async def log_in(page: object, url: str, token: str = TOKEN) -> None:
     await page.goto(url + "/logs")  # type: ignore[attr-defined]
     await page.fill("#token", token)  # type: ignore[attr-defined]
     await page.click("button:has-text('Log in')")  # type: ignore[attr-defined]
-    try:
-        await page.locator("table.logs, .notice.error").first.wait_for(timeout=90_000)  # type: ignore[attr-defined]
+    await page.wait_for_load_state()  # type: ignore[attr-defined]
+    try:  # in the DOM (CI once found the logged-in page loaded but its table "not visible" for 90 s)
+        await page.locator("table.logs, .notice.error, p.empty").first.wait_for(  # type: ignore[attr-defined]
+            state="attached", timeout=90_000)
     except Exception as exc:
+        body = await page.content()  # type: ignore[attr-defined]
         raise AssertionError(f"nothing loaded after logging in at {page.url}: "  # type: ignore[attr-defined]
-                             f"{(await page.content())[:2000]}") from exc  # type: ignore[attr-defined]
+                             f"{body[body.find('<main'):][-3000:]}") from exc
 
 
 @pytest.fixture
