@@ -119,7 +119,8 @@ class TestReplicas:
             "owner": "intruder", "expires_at": datetime.now(UTC) + timedelta(minutes=5)}})
         wait_for(lambda: lease_of(service)["holder"] == "intruder", timeout=LEASE_SECONDS * 2,
                  what="the replica to see the lease taken")
-        assert service.log_events("lease_lost") and service.log_events("lease_term_ended")
+        wait_for(lambda: service.log_events("lease_lost") and service.log_events("lease_term_ended"),
+                 timeout=30, what="lease_lost and lease_term_ended in the replica's log")
         assert lease_of(service)["held"] is False
         assert http("GET", f"{service.admin_url}/readyz").status == 200  # a standby is ready
 
