@@ -56,7 +56,8 @@ Checks (each can fail; where a rule is not modelled exactly the check is conserv
 - logs: no Salesforce-side log applies a value only the platform ever wrote (an echo; unless
   the platform wrote it within `WINDOW` of a Salesforce write of the field and the log replaces a
   value Salesforce wrote: a conflict converging); no more
-  Salesforce-side update logs for a record than Salesforce operations on it (+ merges); no
+  Salesforce-side update logs for a record than Salesforce operations on it (+ merges; a
+  formula field's own logs are bounded by every write of the record, the service's included); no
   local-side log without a write attempt for that record.
 - liveness: the quiet period's barrier (a new Lead crossing in, a new Person crossing out) passed.
 """
@@ -893,6 +894,31 @@ def _check_offsets(writes: list[StateWrite]) -> list[Violation]:
     return out
 
 
+def _formula_only(log: Mapping[str, Any], read_only: frozenset[str]) -> bool:
+    names = set(log.get("fields") or {})
+    return bool(names) and names <= read_only
+
+
+def _count_inbound_logs(slot: str, em: EntityModel, inbound: list[dict[str, Any]],
+                        service_writes: int, read_only: frozenset[str]) -> list[Violation]:
+    """At most one update log per Salesforce operation (+ merges + 1). A formula field (read-only,
+    synced from Salesforce only: help text, "read-only ... any formula fields") changes without an
+    operation of its own whenever anyone writes one of its inputs, the service's own writes
+    included, and reaches the service by a read: its logs are bounded by every write instead."""
+    formula = [lg for lg in inbound if _formula_only(lg, read_only)]
+    out = []
+    bound = len(em.sf_ops) + em.merges + 1
+    if len(inbound) - len(formula) > bound:
+        out.append(Violation("logs", f"{slot}: {len(inbound) - len(formula)} Salesforce update logs "
+                                     f"for {len(em.sf_ops)} Salesforce operations (bound {bound})",
+                             em.sf_ops[-3:], slot))
+    if len(formula) > len(em.sf_ops) + service_writes + 1:
+        out.append(Violation("logs", f"{slot}: {len(formula)} formula-field logs for "
+                                     f"{len(em.sf_ops) + service_writes} writes of the record",
+                             em.sf_ops[-3:], slot))
+    return out
+
+
 def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[dict[str, Any]]],
                 service: list[dict[str, Any]]) -> list[Violation]:
     out: list[Violation] = []
@@ -910,11 +936,10 @@ def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[d
                 logs[log.get("_id")] = log
         inbound = [lg for lg in logs.values() if lg.get("source") == "salesforce"
                    and lg.get("status") == "success" and lg.get("type") in ("update", "owner_change")]
-        bound = len(em.sf_ops) + em.merges + 1
-        if len(inbound) > bound:
-            out.append(Violation("logs", f"{slot}: {len(inbound)} Salesforce update logs for "
-                                         f"{len(em.sf_ops)} "
-                                 f"Salesforce operations (bound {bound})", em.sf_ops[-3:], slot))
+        read_only = frozenset(m.local_field for m in model.mappings.for_object(em.sobject or ent.sobject)
+                              if m.sf_field in READ_ONLY)
+        out += _count_inbound_logs(slot, em, inbound, sum(attempts[k] for k in keys if len(k) == 15),
+                                   read_only)
         # a Salesforce-side log that applies a value only the platform ever wrote: an echo
         for lg in inbound:
             for name, change in (lg.get("fields") or {}).items():

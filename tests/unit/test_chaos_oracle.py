@@ -130,6 +130,45 @@ class TestEchoLogs:
         assert found == ["logs"]
 
 
+class TestFormulaLogs:
+    """A formula field (Score__c -> score, read-only: "any formula fields ... can only be synced
+    from Salesforce", help text) changes whenever anyone writes one of its inputs, the service's
+    own writes included, with no Salesforce operation of its own (seed 1097: P95, P102, P103)."""
+
+    def observed(self, logs: list[dict[str, Any]], service_writes: int = 0) -> Observed:
+        rows = [{"_id": i, "source": "salesforce", "status": "success", "type": "update", "sf_id": LEAD,
+                 "fields": fields} for i, fields in enumerate(logs)]
+        writes = [{"seq": i, "client": "client=salesforce-sync", "method": "PATCH", "at": T0 + i,
+                   "status": 204, "path": f"/services/data/v62.0/sobjects/Lead/{LEAD}",
+                   "body": {"Title": f"t{i}"}}
+                  for i in range(service_writes)]
+        return Observed(acks=[], entities={"L1": lead_entity()}, sf_records={}, people=[], companies=[],
+                        sync_logs=rows, writes=writes, state_writes=[], faults=[], barrier_ok=True,
+                        barrier_detail="", idle_writes=0, idle_local_changes=0)
+
+    @staticmethod
+    def score(new: float) -> dict[str, Any]:
+        return {"score": {"old": None, "new": new}}
+
+    def count_violations(self, logs: list[dict[str, Any]], service_writes: int = 0) -> list[str]:
+        model = feed([sf(0, LastName="Sf"), pf(10, title="Pf")])
+        return [v.message for v in check(self.observed(logs, service_writes), model)
+                if v.check == "logs" and "logs for" in v.message]
+
+    def test_a_formula_change_after_each_write_is_no_extra_log(self) -> None:
+        last_name = {"last_name": {"old": None, "new": "Sf"}}
+        assert self.count_violations([last_name, self.score(40), self.score(60)], service_writes=1) == []
+
+    def test_more_formula_changes_than_writes_are_reported(self) -> None:
+        found = self.count_violations([self.score(n) for n in (20, 40, 60, 80)], service_writes=1)
+        assert found == ["L1: 4 formula-field logs for 2 writes of the record"]
+
+    def test_an_update_log_of_a_writable_field_still_counts_against_salesforce_operations(self) -> None:
+        logs = [{"last_name": {"old": None, "new": v}} for v in ("Sf", "a", "b")]
+        assert self.count_violations(logs, service_writes=5) == [
+            "L1: 3 Salesforce update logs for 1 Salesforce operations (bound 2)"]
+
+
 class TestPlatformSide:
     def test_a_person_created_after_a_salesforce_blank_may_be_blank(self) -> None:
         """The Lead's FirstName was blanked before the Person existed: the Person is created from the
