@@ -44,6 +44,7 @@ from reconciler import conversion
 from reconciler import inbound_shadow as shadow
 from reconciler.errors import FencedError, SkippableError
 from reconciler.linking import company_ids, find_matches
+from reconciler.local_changes import plan_record, watched_fields
 from reconciler.merge import capped_offset, local_side, merge_record
 from reconciler.objects import COMPANIES, PEOPLE, collection_for
 from reconciler.ports import (
@@ -124,6 +125,7 @@ class _Pending:
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)
     sf_updates: dict[str, Any] = field(default_factory=dict)
     held: dict[str, str] = field(default_factory=dict)   # local field -> the rule that held it
+    deleted_at: datetime | None = None  # undeleted here: when Salesforce deleted it (its stamp)
 
     def put(self, path: str, value: Any, *, logged: bool = True) -> None:
         old = get_path(self.doc, path)
@@ -299,6 +301,7 @@ class Reconciler:
                 item.retype("delete")
             return
         if get_path(item.doc, "crm.deleted") and change.kind in (ChangeKind.UNDELETE, ChangeKind.UPSERT):
+            item.deleted_at = get_path(item.doc, "crm.deleted_at") or change.changed_at
             item.drop("crm.deleted")
             item.drop("crm.deleted_at")
             item.retype("undelete")
@@ -322,8 +325,7 @@ class Reconciler:
         record = dict(change.fields)
         record.update(dict.fromkeys(change.nulled_fields - record.keys()))
         writable = self.writable(change.sobject) if self.writable else None
-        offset = capped_offset(self.sf_clock.offset if self.sf_clock is not None else timedelta(0),
-                               change.changed_at, utcnow())
+        offset = _offset_at(self.sf_clock, change.changed_at)
         host_at = None if change.changed_at is None else change.changed_at - offset
         # the stale-event check weighs Salesforce's stamp against our write on Salesforce's clock
         edits = record if item.merge else shadow.edits_only(item, mappings, record, change.changed_at)
@@ -353,6 +355,8 @@ class Reconciler:
         failed = _outcome_logs(collection, to_write, outcome, run) | {id(i) for i in conflicted}
         merged = [i for i in items if i.sf_updates and id(i) not in failed and i.doc.get("_id") is not None]
         await _enqueue_merges(self.outbox, merged, run)
+        revived = [i for i in to_write if i.deleted_at is not None and id(i) not in failed]
+        await _send_held_edits(self.outbox, self.mappings, revived, self.sf_clock, run)
         return conflicted
 
 
@@ -406,6 +410,32 @@ async def _enqueue_merges(outbox: OutboundQueue | None, items: list[_Pending], r
     run.result.enqueued += len(items)
     if not run.summary:  # a merge that changed only Salesforce's side still leaves a log
         run.result.logs += [_success(i, run.attempt) for i in items if not i.changed]
+
+
+def _offset_at(sf_clock: SalesforceOffset | None, stamp: datetime | None) -> timedelta:
+    """Salesforce's clock minus this host's for a change stamped `stamp` (see `capped_offset`)."""
+    return capped_offset(sf_clock.offset if sf_clock is not None else timedelta(0), stamp, utcnow())
+
+
+async def _send_held_edits(outbox: OutboundQueue | None, mappings: Mappings, items: list[_Pending],
+                           sf_clock: SalesforceOffset | None, run: _Run) -> None:
+    """An undeleted record gets the platform edits made while it was deleted, which had nothing to
+    go to (the watcher holds them, recording only their field times): the fields whose field time
+    is after the delete go out as a local edit, through the flusher's shadow gate like any."""
+    writes = []
+    for item in items:
+        assert item.deleted_at is not None
+        since = _utc(item.deleted_at) - _offset_at(sf_clock, item.deleted_at)  # onto this host's clock
+        changed = [name for name in watched_fields(mappings, item.collection)
+                   if isinstance(t := get_path(item.doc, f"_sync.field_times.{name}"), datetime)
+                   and _utc(t) > since]
+        write = plan_record(mappings, (), item.collection, item.doc, changed, utcnow())[0]
+        if changed and write is not None:
+            writes.append(write)
+    if writes and outbox is not None:
+        await outbox.enqueue(writes)
+        run.result.enqueued += len(writes)
+        log.info("undelete_sends_held_edits", records=len(writes))
 
 
 def _start(

@@ -160,6 +160,23 @@ class TestDeletes:
         logs, _ = await store.find_sync_logs()
         assert [x["type"] for x in logs] == ["undelete", "delete"]
 
+    async def test_an_undelete_sends_the_platform_edits_held_while_the_record_was_deleted(
+            self, store: CountingStore, outbox: FakeOutbox) -> None:
+        """A platform edit made while the Lead was deleted had nothing to go to; the undelete sends
+        it (not the fields edited before the delete, which went out then), so the two sides do not
+        stay apart with nothing logged (chaos seed 1097 x 2000, P57.state)."""
+        lead = "00Q000000000001AAA"
+        await linked_lead(store, title="CEO", _sync={"field_times": {"title": T0}})
+        sink = reconciler_for(store, outbox)
+        await sink.apply([change(lead, {"FirstName": "Ann", "Title": "CEO"}, at=T0)])  # the shadow
+        await sink.apply([change(lead, {}, kind=ChangeKind.DELETE, at=T0 + timedelta(seconds=10))])
+        await store.db.people.update_one({"crm.id": lead}, {"$set": {
+            "first_name": "Anna", "_sync.field_times.first_name": T0 + timedelta(seconds=20)}})
+        await sink.apply([change(lead, {"FirstName": "Ann", "LastName": "Lee", "Title": "CEO"},
+                                 kind=ChangeKind.UNDELETE, at=T0 + timedelta(seconds=30))])
+        assert [(w.sf_id, w.fields) for w in outbox.writes] == [(lead, {"FirstName": "Anna"})]
+        assert (await person(store, lead))["first_name"] == "Anna"
+
     async def test_delete_of_an_unlinked_record_is_skipped(self, store: CountingStore) -> None:
         """Deleting a record that was never synced writes nothing."""
         result = await reconciler_for(store).apply_batch([change("00Q9", {}, kind=ChangeKind.DELETE)])
