@@ -264,6 +264,11 @@ class FieldModel:
             # the platform record may not exist yet: it is made from Salesforce's values as
             # they are then, blanks included (a blank never blanks an existing one)
             self.local |= {None}
+        elif value is None and self._inbound():
+            # a blank never blanks the platform; Salesforce's earlier values the service had not
+            # read yet were replaced by it: the platform may keep what it held before them
+            for before, _known in undelivered:
+                self.local |= set(before)
 
     def _write_platform(self, w: _Write, deleted: bool, other_exists: bool) -> None:
         value, at = w.value, w.at

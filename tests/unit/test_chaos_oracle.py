@@ -292,3 +292,19 @@ class TestSalesforceWritesNotReadYet:
         """The platform had the first value long before the fault: it keeps it."""
         acks = [sf(0, Phone="+1 first"), sf(100, Phone="+1 second")]
         assert model_local(feed(acks, [fault("replay_retention", 90)]), "phone") == {"+1 first"}
+
+
+class TestBlankOverAnUnreadValue:
+    """"Not read yet" (module doc): a Salesforce value the service may not have read when the next
+    write of the field comes may never reach the platform, the next one being decided against
+    what the platform held before it. When the next one is a blank, which never blanks an existing
+    Person, the platform keeps that earlier value (seed 1097 x 2000, C2.title: a resync after
+    pruned events read the record with the blank only)."""
+
+    def test_the_platform_may_keep_its_value_when_salesforce_blanks_one_it_had_not_read(self) -> None:
+        model = feed([pf(0, title="Pf"), sf(10, Title="Sf1"), sf(10.1, Title=None)])
+        assert model_local(model, "title") == {"Sf1", "Pf"}
+
+    def test_not_when_the_value_was_read_before_the_blank(self) -> None:
+        model = feed([pf(0, title="Pf"), sf(10, Title="Sf1"), sf(20, Title=None)])
+        assert model_local(model, "title") == {"Sf1"}
