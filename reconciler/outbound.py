@@ -78,7 +78,8 @@ class FlushOutbox(Protocol):
 
     async def due_groups(self) -> list[OutboxGroup]: ...
 
-    async def claim(self, sobject: str, kind: str, limit: int) -> list[OutboxEntry]: ...
+    async def claim(self, sobject: str, kind: str, limit: int, *,
+                    sf_offset: timedelta = ...) -> list[OutboxEntry]: ...
 
     async def done(self, entries: Sequence[OutboxEntry]) -> None: ...
 
@@ -342,11 +343,19 @@ class LostCreates:
                  sf_clock: SalesforceTime | None = None) -> None:
         self._sf, self._store, self._sf_clock = sf, store, sf_clock
 
-    def _not_before(self, first_sent_at: datetime) -> datetime:
-        """The earliest `CreatedDate` (Salesforce's clock) a record made by that send can have."""
-        if self._sf_clock is None:
-            return first_sent_at - RECOVERY_SKEW
-        return first_sent_at + self._sf_clock.offset - self._sf_clock.uncertainty - RECOVERY_SKEW
+    def offset(self) -> timedelta:
+        """Salesforce's clock minus this host's, as known now: what a claim stamps its send with."""
+        return self._sf_clock.offset if self._sf_clock is not None else timedelta(0)
+
+    def _not_before(self, entry: OutboxEntry) -> datetime:
+        """The earliest `CreatedDate` (Salesforce's clock) a record made by that send can have:
+        its first send on Salesforce's clock as known then (a later step of the clock does not
+        move it; seed 1194, P38)."""
+        assert entry.first_sent_at is not None
+        unsure = self._sf_clock.uncertainty if self._sf_clock is not None else timedelta(0)
+        if entry.first_sent_sf_at is not None:
+            return entry.first_sent_sf_at - unsure - RECOVERY_SKEW
+        return entry.first_sent_at + self.offset() - unsure - RECOVERY_SKEW
 
     async def find(self, sobject: str, entries: Sequence[OutboxEntry],
                    records: Sequence[Mapping[str, Any]]) -> dict[int, str]:
@@ -358,11 +367,10 @@ class LostCreates:
         if len(keyed) < len(retried):
             log.warning("outbound_create_unverifiable", sobject=sobject, integration_user=user,
                         local_ids=[str(entries[i].write.local_id) for i in retried if i not in keyed])
-        sent_at = [t for i in keyed if (t := entries[i].first_sent_at) is not None]
-        since = min(sent_at, default=None)
+        since = min((self._not_before(entries[i]) for i in keyed), default=None)
         if user is None or since is None:
             return {}
-        soql = recovery_query(sobject, [records[i] for i in keyed], self._not_before(since), user)
+        soql = recovery_query(sobject, [records[i] for i in keyed], since, user)
         if soql is None:
             return {}
         found = [r async for page in self._sf.query(soql) for r in page]
@@ -380,7 +388,7 @@ class LostCreates:
             taken = {d["crm"]["id"] for d in docs}
             found = [r for r in found if r.get("Id") not in taken]
         rest = [i for i in keyed if i not in already]
-        not_before = [self._not_before(entries[i].first_sent_at or since) for i in rest]
+        not_before = [self._not_before(entries[i]) for i in rest]
         matched = match_recovered(sobject, [records[i] for i in rest], found, not_before)
         log.info("outbound_creates_checked", sobject=sobject, checked=len(keyed),
                  recovered=len(matched) + len(already), already_linked=len(already))
@@ -402,8 +410,7 @@ class OutboundFlusher:
         self._outbox, self._sf, self._store, self._budget = outbox, sf, store, budget
         self._gate = gate  # re-decides writes against the Salesforce shadow (outbound_shadow)
         self._lost = LostCreates(sf, store, sf_clock)
-        self.client_name = client_name
-        self.policy = policy or FlushPolicy()
+        self.client_name, self.policy = client_name, policy or FlushPolicy()
         self._writability = Writability(sf, writable).fields
         self._backoff_base, self._backoff_cap, self._budget_wait = backoff_base, backoff_cap, budget_wait
         self._tick, self._clock, self._rng = tick, clock, rng or random.Random()
@@ -461,7 +468,8 @@ class OutboundFlusher:
             if not self._budget.allows_optional_calls():
                 log.info("outbound_waiting_for_budget", mode=self._budget.mode)
                 return calls, False
-            entries = await self._give_up_exhausted(await self._outbox.claim(sobject, kind, size))
+            claimed = await self._outbox.claim(sobject, kind, size, sf_offset=self._lost.offset())
+            entries = await self._give_up_exhausted(claimed)
             if entries:
                 if not await self._send(sobject, kind, entries):
                     return calls, False  # the org is unreachable or out of budget: the rest waits too

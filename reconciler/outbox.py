@@ -68,9 +68,10 @@ class Outbox:
     async def due_groups(self) -> list[OutboxGroup]:
         return await self._collection.due_groups(self._clock())
 
-    async def claim(self, sobject: str, kind: str, limit: int) -> list[OutboxEntry]:
+    async def claim(self, sobject: str, kind: str, limit: int, *,
+                    sf_offset: timedelta = timedelta(0)) -> list[OutboxEntry]:
         return await self._collection.claim(sobject, kind, now=self._clock(), lease=self.lease,
-                                            limit=limit, fence=self._term())
+                                            limit=limit, fence=self._term(), sf_offset=sf_offset)
 
     async def done(self, entries: Sequence[OutboxEntry]) -> None:
         """Sent (or logged as failed, which is what gets retried): drop them."""

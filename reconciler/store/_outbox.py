@@ -68,6 +68,7 @@ class OutboxEntry:
     next_attempt_at: datetime
     lease: str | None = None        # set while claimed
     first_sent_at: datetime | None = None   # when a flusher first claimed it to send (this host's clock)
+    first_sent_sf_at: datetime | None = None  # the same moment on Salesforce's clock, as known then
     failures: int = 0               # retriable failures (expired claims included) since queued
     last_error: str | None = None
     sent: dict[str, Any] = field(default_factory=dict)  # what earlier claims sent, latest per field
@@ -83,6 +84,7 @@ class OutboxEntry:
                    enqueued_at=aware(doc["enqueued_at"]), next_attempt_at=aware(doc["next_attempt_at"]),
                    lease=doc.get("lease"),
                    first_sent_at=aware(doc["first_sent_at"]) if doc.get("first_sent_at") else None,
+                   first_sent_sf_at=aware(doc["first_sent_sf_at"]) if doc.get("first_sent_sf_at") else None,
                    failures=int(doc.get("failures", 0)), last_error=doc.get("last_error"),
                    sent=dict(doc.get("sent_before") or {}))
 
@@ -168,32 +170,31 @@ class OutboxCollection:
                   for r in rows]
         return sorted(groups, key=lambda g: (g.oldest, g.sobject, g.kind))
 
-    async def claim(self, sobject: str, kind: str, *, now: datetime, lease: timedelta,
-                    limit: int, fence: Fence | None = None) -> list[OutboxEntry]:
+    async def claim(self, sobject: str, kind: str, *, now: datetime, lease: timedelta, limit: int,
+                    fence: Fence | None = None, sf_offset: timedelta = timedelta(0)) -> list[OutboxEntry]:
         """Move up to `limit` due pending writes to `inflight` under a fresh lease, oldest first.
-        The first claim stamps `first_sent_at` (claimed = about to be sent): a lost create's
-        record cannot be older than that. With `fence`: `FencedError` once the term is over;
-        the claim carries the term's number."""
+        The first claim stamps `first_sent_at` and `first_sent_sf_at` (+ `sf_offset`, Salesforce's
+        clock as known now): a lost create's record cannot be older. With `fence`: `FencedError`
+        once the term is over; the claim carries the term's number."""
         if fence is not None:
             await check_fence(self._db, fence)
         token = str(ObjectId())
-        claimed: dict[str, Any] = {"status": INFLIGHT, "lease": token, "lease_until": now + lease}
-        if fence is not None:
-            claimed["term"] = fence.term
+        claimed: dict[str, Any] = {"status": INFLIGHT, "lease": token, "lease_until": now + lease,
+                                   **({"term": fence.term} if fence is not None else {})}
         due = {"status": PENDING, "sobject": sobject, "kind": kind, "next_attempt_at": {"$lte": now}}
         with translate_errors("outbox.claim"):
             ids = [d["_id"] async for d in self._coll.find(due, {"_id": 1})
                    .sort([("enqueued_at", ASCENDING), ("_id", ASCENDING)]).limit(limit)]
             if not ids:
                 return []
-            # The status filter makes each document's claim atomic: a replica that lost the
-            # race simply claims fewer.
-            # `sent`: the values claimed to go out, kept through a release or an expiry: an
-            # answer lost, they may be read back from Salesforce later as this write's own
+            # The status filter makes each claim atomic (a replica that lost the race claims
+            # fewer). `sent`: the values claimed to go out, kept through a release or an expiry:
+            # an answer lost, they may be read back from Salesforce later as this write's own
             # (`sent_before`: those of the earlier claims, what this one's reader compares)
             await self._coll.update_many({"_id": {"$in": ids}, "status": PENDING}, [{"$set": {
                 **{name: {"$literal": value} for name, value in claimed.items()},
                 "first_sent_at": {"$min": ["$first_sent_at", {"$literal": now}]},
+                "first_sent_sf_at": {"$min": ["$first_sent_sf_at", {"$literal": now + sf_offset}]},
                 "sent_before": {"$ifNull": ["$sent", {}]},
                 "sent": {"$mergeObjects": [{"$ifNull": ["$sent", {}]}, "$fields"]}}}])
             docs = await self._coll.find({"lease": token}).to_list(None)
@@ -289,7 +290,8 @@ class OutboxCollection:
             "fields": {"$mergeObjects": [{"$literal": older.get("fields") or {}}, "$fields"]},
             "enqueued_at": {"$min": [{"$literal": older["enqueued_at"]}, "$enqueued_at"]},
             "attempt": {"$max": [{"$literal": int(older.get("attempt", 0))}, "$attempt"]},
-            "first_sent_at": _earliest(older.get("first_sent_at")),
+            "first_sent_at": _earliest("first_sent_at", older.get("first_sent_at")),
+            "first_sent_sf_at": _earliest("first_sent_sf_at", older.get("first_sent_sf_at")),
             "sent": {"$mergeObjects": [{"$ifNull": ["$sent", {}]}, {"$literal": older.get("sent") or {}}]},
         }}]
         with translate_errors("outbox.merge"):
@@ -298,12 +300,11 @@ class OutboxCollection:
                 await self._coll.delete_one({"_id": older["_id"]})
 
 
-def _earliest(first_sent_at: datetime | None) -> Any:
-    """Pipeline expression: the earlier of the document's `first_sent_at` and this one."""
-    if first_sent_at is None:
-        return "$first_sent_at"
-    return {"$ifNull": [{"$min": [{"$literal": first_sent_at}, "$first_sent_at"]},
-                        {"$literal": first_sent_at}]}
+def _earliest(name: str, first_sent: datetime | None) -> Any:
+    """Pipeline expression: the earlier of the document's `name` and `first_sent`."""
+    if first_sent is None:
+        return f"${name}"
+    return {"$ifNull": [{"$min": [{"$literal": first_sent}, f"${name}"]}, {"$literal": first_sent}]}
 
 
 def _upsert(write: OutboundWrite, now: datetime) -> UpdateOne:

@@ -348,6 +348,36 @@ class TestRecoveryOnSalesforcesClock:
         assert doc["crm"]["id"] == leads[0]["Id"]
 
 
+    async def test_a_lost_create_is_found_after_salesforces_clock_stepped_ahead(self, org: Org,
+                                                                                store: Store) -> None:
+        """The first send is kept on Salesforce's clock as it was then: with the offset learned
+        after a step of the org's clock (+5 s here) applied to the old send, the record the lost
+        call made looks older than the send and is created again (chaos seed 1194, P38)."""
+        sf_clock = SalesforceClock()
+        settings = org.client._settings
+        async with SalesforceClient(settings, retry=FAST, timeout=0.5,
+                                    transport=clocked_transport(sf_clock, timeout=0.5)) as client:
+            await client.limits()
+            outbox = Outbox(store.outbox)
+            flusher = OutboundFlusher(outbox, client, store, Budget(), client_name="salesforce-sync",
+                                      backoff_base=BACKOFF, backoff_cap=BACKOFF, sf_clock=sf_clock)
+            local_id = await new_person(store, outbox, LastName="Ng", Company="Acme", Email="ng@x.com")
+            await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True)
+            await flusher.flush()
+            assert org.posts() == 1
+            async with aiohttp.ClientSession() as session:
+                answer = await session.post(f"{org.emulator.base_url}/_emulator/clock",
+                                            json={"offset_seconds": 5})
+                assert answer.status == 200
+            await client.limits()  # the clock learns the step
+            await flush_until_empty(outbox, flusher)
+
+        leads = await org.rows("SELECT Id FROM Lead WHERE Email = 'ng@x.com'")
+        assert len(leads) == 1 and org.posts() == 1
+        doc = await store.db.people.find_one({"_id": local_id})
+        assert doc["crm"]["id"] == leads[0]["Id"]
+
+
 class TestAStalledUpdateIsSentAgainWithTheEditMadeSince:
     async def test_the_value_the_stalled_attempt_wrote_is_not_a_salesforce_edit(
             self, org: Org, store: Store) -> None:

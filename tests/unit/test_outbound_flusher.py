@@ -37,7 +37,8 @@ class MemoryOutbox:
             groups.setdefault((entry.write.sobject, entry.kind), []).append(entry)
         return [OutboxGroup(s, k, len(es), min(e.enqueued_at for e in es)) for (s, k), es in groups.items()]
 
-    async def claim(self, sobject: str, kind: str, limit: int) -> list[OutboxEntry]:
+    async def claim(self, sobject: str, kind: str, limit: int, *,
+                    sf_offset: timedelta = timedelta(0)) -> list[OutboxEntry]:
         claimed = [e for e in self.pending if (e.write.sobject, e.kind) == (sobject, kind)][:limit]
         self.pending = [e for e in self.pending if e not in claimed]
         return claimed
