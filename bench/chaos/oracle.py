@@ -221,6 +221,8 @@ class FieldModel:
         from the then current values), so an "unless blank" rule may not hold it back.
         `by_read`: a Salesforce write whose event may have been lost (see `read_over`)."""
         value = norm(value)
+        if side == "salesforce" and self.sf_known and self.sf == {value}:
+            return  # the value it holds: Salesforce reports no change (no event field, no read change)
         w = _Write(at, side, value, step, by_read=by_read)
         if side == "salesforce":
             undelivered = self.undelivered_states(at)

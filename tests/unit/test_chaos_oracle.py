@@ -308,3 +308,23 @@ class TestBlankOverAnUnreadValue:
     def test_not_when_the_value_was_read_before_the_blank(self) -> None:
         model = feed([pf(0, title="Pf"), sf(10, Title="Sf1"), sf(20, Title=None)])
         assert model_local(model, "title") == {"Sf1"}
+
+
+def sf_account(at: float, **fields: Any) -> Ack:
+    return Ack(f"s{at}", "sf_update", "salesforce", "A1", T0 + at, "ok", "Account", fields)
+
+
+class TestASalesforceWriteOfTheValueItHolds:
+    """Setting a field to the value it holds changes nothing in Salesforce: the change event does
+    not list it and a read shows no change, so there is nothing to sync (seed 1291 x 2000,
+    Q14.industry: `salesforce_unless_blank` kept the platform's own later edit)."""
+
+    def test_is_no_change_for_the_platform(self) -> None:
+        model = feed([pf(0, "A1", "Account", industry="Edu"), sf_account(10, Industry="Cons"),
+                      pf(20, "A1", "Account", industry="Retail"), sf_account(30, Industry="Cons")])
+        assert model.entities["A1"].fields["industry"].local == {"Retail"}
+
+    def test_a_new_value_still_is(self) -> None:
+        model = feed([pf(0, "A1", "Account", industry="Edu"), sf_account(10, Industry="Cons"),
+                      pf(20, "A1", "Account", industry="Retail"), sf_account(30, Industry="Bank")])
+        assert model.entities["A1"].fields["industry"].local == {"Bank"}
