@@ -44,7 +44,8 @@ Checks (each can fail; where a rule is not modelled exactly the check is conserv
 
 - lost_change: each side's final value is in the model's set; a `most_recent` field with data on
   both sides holds the same value on both; a record that should exist on the other side does
-  — unless exactly explained by failed sync logs for that record (one per attempt).
+  — unless exactly explained by failed sync logs for that record (one per attempt), or for a
+  field by the one open failed log that names it.
 - duplicate: at most one Person per Lead/Contact, one Lead per Person, one Company per Account,
   one Account per Company (the service's own creates, from the emulator's write log); no Person
   linked to a record no operation made.
@@ -811,7 +812,9 @@ def _check_values(model: Model, slot: str, em: EntityModel, doc: Mapping[str, An
         if (fm.direction is Direction.BOTH and fm.merge is MergeBehaviour.MOST_RECENT and not fm.relaxed
                 and local_value is not None and sf_value is not None and local_value != sf_value):
             problems.append(f"diverged: platform {local_value!r} vs Salesforce {sf_value!r}")
-        if problems and len(failed) != 1:
+        # explained by the record's one failed log, or by the one failed log naming the field
+        naming = [lg for lg in failed if {m.local_field, m.sf_field} & set(lg.get("fields") or {})]
+        if problems and len(failed) != 1 and len(naming) != 1:
             out.append(Violation("lost_change", f"{slot}.{m.local_field} ({sobject}.{m.sf_field}): "
                                  + "; ".join(problems), fm.steps(), slot))
     return out
