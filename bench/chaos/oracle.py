@@ -678,27 +678,13 @@ def _check_duplicates(obs: Observed, model: Model, people_by_crm: Mapping[str, l
                                  "no operation made and the service did not create"))
     # Salesforce side: the service's own creates, per local record (by the values it sent)
     creates_per_local: Counter[str] = Counter()
-    slot_of_value: dict[tuple[str, str], str] = {}
-    for em in model.entities.values():
-        ent = em.entity
-        if ent.origin != "platform":
-            continue
-        for email in ent.emails:
-            slot_of_value[("Email", email.lower())] = ent.slot
-        name = em.fields.get("name")
-        if name is not None:
-            for fw in name.writes:
-                if fw.side == "platform" and fw.value:
-                    slot_of_value[("Name", str(fw.value))] = ent.slot
+    slot_of_value = _platform_slots_by_key(model)
     for sw in service:
         if sw["method"] != "POST" or not sw["ok"]:
             continue
         fields = sw["fields"]
-        slot = None
-        if fields.get("Email"):
-            slot = slot_of_value.get(("Email", str(fields["Email"]).lower()))
-        elif fields.get("Name"):
-            slot = slot_of_value.get(("Name", str(fields["Name"])))
+        name = next((n for n in ("Email", "Website", "Name") if fields.get(n)), None)
+        slot = slot_of_value.get((name, str(fields[name]).lower())) if name else None
         if slot is not None:
             creates_per_local[slot] += 1
     for slot, n in creates_per_local.items():
@@ -707,6 +693,24 @@ def _check_duplicates(obs: Observed, model: Model, people_by_crm: Mapping[str, l
             out.append(Violation("duplicate", f"the service created {n} Salesforce records for {slot} "
                                  f"(local {em.entity.local_id})", em.pf_ops[:2], slot))
     return out
+
+
+def _platform_slots_by_key(model: Model) -> dict[tuple[str, str], str]:
+    """(Salesforce key field, lower-cased value) -> the platform record that wrote it: emails,
+    domains, names. A value two records wrote (random names can collide: seed 1388, Q70 and Q72
+    both "Company3457") tells neither apart, so it is left out."""
+    slots: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for em in model.entities.values():
+        if em.entity.origin != "platform":
+            continue
+        for email in em.entity.emails:
+            slots[("Email", email.lower())].add(em.entity.slot)
+        for local, key in (("domain", "Website"), ("name", "Name")):
+            fm = em.fields.get(local)
+            for fw in fm.writes if fm is not None else []:
+                if fw.side == "platform" and fw.value:
+                    slots[(key, str(fw.value).lower())].add(em.entity.slot)
+    return {key: next(iter(owners)) for key, owners in slots.items() if len(owners) == 1}
 
 
 def _final_sf(obs: Observed, ent: Entity) -> dict[str, Any] | None:

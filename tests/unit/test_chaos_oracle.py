@@ -358,3 +358,35 @@ class TestAFailedLogNamingTheField:
 
     def test_without_one_the_lost_change_is_reported(self) -> None:
         assert len(self.lost([["Phone"], ["Title"]])) == 1
+
+
+class TestServiceCreatesPerPlatformRecord:
+    """The duplicate check counts the service's creates per platform record by the key values it
+    sent. Two Companies may draw the same random name (seed 1388 x 2000, Q70 and Q72 both
+    "Company3457"): a name two records wrote tells neither apart; the domain does."""
+
+    def duplicates(self, websites: tuple[str, str]) -> list[str]:
+        entities = {slot: Entity(slot, "Account", "companies", "platform", local_id=f"c{slot}", bound_at=T0)
+                    for slot in ("Q1", "Q2")}
+        acks = [Ack(f"op{i}", "pf_create_company", "platform", slot, T0 + i, "ok", "Account",
+                    {"name": "Same Name", "domain": f"{slot.lower()}.example.org"})
+                for i, slot in enumerate(entities)]
+        writes = [{"seq": i, "at": T0 + 5 + i, "client": "client=salesforce-sync", "method": "POST",
+                   "path": "/services/data/v62.0/composite/sobjects", "status": 200,
+                   "body": {"records": [{"attributes": {"type": "Account"}, "Name": "Same Name",
+                                         "Website": site}]},
+                   "response": [{"success": True, "id": f"001{i:015d}", "errors": []}]}
+                  for i, site in enumerate(websites)]
+        model = Model()
+        model.feed(acks, entities, [])
+        observed = Observed(acks=acks, entities=entities, sf_records={}, people=[], companies=[],
+                            sync_logs=[], writes=writes, state_writes=[], faults=[], barrier_ok=True,
+                            barrier_detail="", idle_writes=0, idle_local_changes=0)
+        return [v.message for v in check(observed, model) if v.check == "duplicate"]
+
+    def test_two_records_of_one_name_are_told_apart_by_their_domains(self) -> None:
+        assert self.duplicates(("q1.example.org", "q2.example.org")) == []
+
+    def test_one_record_created_twice_is_a_duplicate(self) -> None:
+        assert self.duplicates(("q1.example.org", "q1.example.org")) == [
+            "the service created 2 Salesforce records for Q1 (local cQ1)"]
