@@ -56,9 +56,7 @@ class Operations:
                 acks.append(self.salesforce.write(step, entity, sf_fields, "rest"))
             else:
                 fields = {step.args["local_field"]: step.args["local_value"]}
-                at = self.platform.write(entity.collection, "update", entity.local_id, fields)
-                acks.append(Ack(step.id, step.kind, "platform", entity.slot, at, "ok", entity.sobject,
-                                fields))
+                acks.append(self.platform.update(step, entity, fields))
         return acks
 
     def silent_update(self, step: Step) -> Ack | None:
