@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tomllib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -101,12 +102,31 @@ def _slot_ids(run_dir: Path) -> dict[str, frozenset[str]]:
     return {slot: frozenset(v) for slot, v in ids.items()}
 
 
+def _mapped_owners(run_dir: Path) -> frozenset[str] | None:
+    """The Salesforce users `[[users]]` maps (the replicas' mappings file), if kept."""
+    path = run_dir / "env" / "replica-a" / "mappings.toml"
+    if not path.exists():
+        return None
+    users = tomllib.loads(path.read_text(encoding="utf-8")).get("users", [])
+    return frozenset(str(u.get("salesforce")) for u in users)
+
+
 def convergence_times(steps: Iterable[dict[str, Any]], carried: Sequence[Carried],
-                      slot_ids: dict[str, frozenset[str]]) -> tuple[int, list[tuple[float, str]]]:
-    """(values traced, [(seconds to converge, op id)]) of every acknowledged value."""
+                      slot_ids: dict[str, frozenset[str]],
+                      mapped_owners: frozenset[str] | None = None) -> tuple[int, list[tuple[float, str]]]:
+    """(values traced, [(seconds to converge, op id)]) of every acknowledged value. With
+    `mapped_owners`, a Salesforce record created with another owner is left out: it syncs only
+    once an owner change maps it (the create rule), which is not a delay."""
     traced, times = 0, []
+    unsynced: set[str] = set()
     for step in steps:
         if step.get("event") != "ack" or step.get("status") != "ok" or not step.get("fields"):
+            continue
+        owner = step["fields"].get("OwnerId")
+        if mapped_owners is not None and str(step.get("kind", "")).startswith("sf_create") \
+                and owner not in mapped_owners:
+            unsynced.add(str(step.get("slot")))
+        if str(step.get("slot")) in unsynced:
             continue
         at, ids = float(step["at"]), slot_ids.get(str(step.get("slot")), frozenset())
         source = SOURCE_OF_SIDE.get(str(step["side"]), "")
@@ -146,7 +166,7 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
 def figures(run_dir: Path) -> Figures:
     steps = list(_lines(run_dir / "steps.jsonl"))
     carried = _carried(run_dir)
-    traced, times = convergence_times(steps, carried, _slot_ids(run_dir))
+    traced, times = convergence_times(steps, carried, _slot_ids(run_dir), _mapped_owners(run_dir))
     seconds = sorted(t for t, _ in times)
     slowest = max(times, default=(0.0, "-"))
     windows = fault_windows(steps)

@@ -44,3 +44,12 @@ def test_fault_windows_are_merged_from_injection_to_heal() -> None:
         {"event": "fault", "status": "skipped", "id": "f-4", "at": 20.0},
     ]
     assert fault_windows(steps) == [(1.0, 4.0), (10.0, 10.5)]
+
+
+def test_a_salesforce_record_created_with_an_unmapped_owner_is_not_timed() -> None:
+    """It syncs only once an owner change maps it (the create rule): not a delay."""
+    create = {**_ack("op-1", 10.0, "salesforce", "P1", LastName="Lee", OwnerId="005-unmapped"),
+              "kind": "sf_create_lead"}
+    carried = [Carried(300.0, "salesforce", frozenset({"local-1"}), frozenset({'"Lee"'}))]
+    assert convergence_times([create], carried, SLOTS, frozenset({"005-mapped"})) == (0, [])
+    assert convergence_times([create], carried, SLOTS, None) == (2, [(290.0, "op-1")])
