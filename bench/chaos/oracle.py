@@ -394,6 +394,9 @@ class EntityModel:
     owner_sf: Any = None
     merges: int = 0
     modified: list[float] = field(default_factory=list)  # when the Salesforce record was written
+    sf_raw: dict[str, Any] = field(default_factory=dict)  # every Salesforce field written, mapped or not
+    # a field mapped once and removed since: local field -> (values, known) when it was removed
+    unmapped: dict[str, tuple[frozenset[Any], bool]] = field(default_factory=dict)
 
 
 class Model:
@@ -441,10 +444,16 @@ class Model:
                               if f.get("status") == "injected" and f.get("kind") in OUTBOUND_HELD]
         self.inbound_held[:] = [(float(f["at"]), INBOUND_HELD[str(f["kind"])]) for f in faults
                                 if f.get("status") == "injected" and f.get("kind") in INBOUND_HELD]
+        restarts = _restart_windows(acks)
+        self.held_until += restarts
+        self.inbound_held += restarts
         for ack in acks:
             while resyncs and resyncs[0] <= ack.at:
                 resyncs.pop(0)
                 self.resync()
+            if ack.kind == "mapping_edit":
+                self._remap(ack)
+                continue
             if ack.status != "ok" or ack.slot is None or ack.slot not in entities:
                 continue
             em = self.entities.get(ack.slot)
@@ -476,6 +485,7 @@ class Model:
                 return
             if "OwnerId" in ack.fields:
                 em.owner_sf = ack.fields["OwnerId"]
+            em.sf_raw.update(ack.fields)
             seen = em.entity.bound_at is not None and ack.at >= em.entity.bound_at
             silent = ack.kind in ("cdc_gap", "cdc_overflow")
             by_read = silent or any(start <= ack.at <= end for start, end in self.read_windows)
@@ -483,6 +493,8 @@ class Model:
                 if m.sf_field in ack.fields and m.local_field not in em.frozen:
                     self._field(em, m).write("salesforce", ack.fields[m.sf_field], ack.at, ack.step,
                                              other_exists=seen, certain=not silent, by_read=by_read)
+        elif ack.side == "admin":
+            self._admin_merge(em, ack)
         else:
             em.pf_ops.append(ack.step)
             seen = em.entity.bound_at is not None and ack.at >= em.entity.bound_at
@@ -490,6 +502,55 @@ class Model:
                 if m.local_field in ack.fields and m.local_field not in em.frozen:
                     self._field(em, m).write("platform", ack.fields[m.local_field], ack.at, ack.step,
                                              deleted=em.deleted, other_exists=seen)
+
+    def _admin_merge(self, em: EntityModel, ack: Ack) -> None:
+        """A re-import or a retry of one record: a merge (product: "a merge happens when you
+        retry a failed sync job, when you re-import a Person"). An outbound retry re-sends the
+        platform's record as it is now: data fills blanks in Salesforce (as a resync)."""
+        em.merges += 1
+        outbound = ack.kind == "admin_retry" and ack.fields.get("job") == "outbound"
+        exact = not outbound and _linked(em, ack.at) and not em.deleted
+        for m in self._mapping(em.sobject):
+            fm = em.fields.get(m.local_field)
+            if fm is None or m.local_field in em.frozen:
+                continue
+            if outbound:
+                fm.fill_blanks()
+            else:
+                merge_now(fm, ack.at, ack.step, exact=exact and m.sf_field not in LINK_FIELDS)
+
+    def _remap(self, ack: Ack) -> None:
+        """A mapping edit: the new rules from now on, and the remerge of the fields it added or
+        changed on every linked record (product: "a merge happens ... when you edit field
+        mappings"). A removed field is no longer synced: its local values are kept aside, in
+        case it is mapped again. Exact only when the remerge was seen to finish."""
+        new = parse_mappings(str(ack.fields["mappings"]))
+        before, after = self.mappings.model_dump(mode="json"), new.model_dump(mode="json")
+        self.mappings = new
+        for em in self.entities.values():
+            section = "companies" if em.entity.collection == "companies" else "people"
+            for name in set(before[section]) - set(after[section]):
+                fm = em.fields.pop(name, None)
+                if fm is not None:
+                    em.unmapped[name] = (frozenset(fm.local), fm.local_known)
+            changed = {n for n, spec in after[section].items() if before[section].get(n) != spec}
+            mapped = [m for m in self._mapping(em.sobject) if m.local_field in changed
+                      and m.local_field not in em.frozen]
+            if not mapped:
+                continue
+            em.merges += 1
+            exact = ack.status == "ok" and _linked(em, ack.at) and not em.deleted
+            for m in mapped:
+                fm = em.fields.get(m.local_field)
+                if fm is None:
+                    fm = self._field(em, m)
+                    # Salesforce holds what users last wrote there (blank if never);
+                    # the platform what it held when the field was last mapped (never written)
+                    fm.sf, fm.sf_known = {norm(em.sf_raw.get(m.sf_field))}, True
+                    local, fm.local_known = em.unmapped.pop(m.local_field, (frozenset({None}), True))
+                    fm.local = set(local)
+                fm.direction, fm.merge = m.direction, m.merge
+                merge_now(fm, ack.at, ack.step, exact=exact and m.sf_field not in LINK_FIELDS)
 
     def _convert(self, em: EntityModel, ack: Ack, entities: Mapping[str, Entity]) -> None:
         lead = ack.fields.get("lead_before") or {}
@@ -529,6 +590,84 @@ class Model:
                 if sf_field in company and not blank(lead.get(lead_field)):
                     self._field(acc, company[sf_field]).write("salesforce", lead[lead_field], ack.at,
                                                               ack.step)
+
+
+# --- admin operations: merges (README "Merge rules", the "at a merge" column) --------------------
+
+# A mapping edit restarts both replicas (a takeover): edits made before it may wait in the
+# outbox, or unread in Salesforce, from its start until this long after the remerge finished.
+RESTART_HELD = 20.0
+LINK_FIELDS = frozenset({"OwnerId", "AccountId"})  # owner and Account links: users / rules, not values
+
+
+def merge_decision(direction: Direction, merge: MergeBehaviour, writable: bool, local: Any,
+                   sf: Any) -> tuple[str, Any] | None:
+    """What a merge writes for one field whose two sides hold `local` and `sf`: ("local", v),
+    ("salesforce", v), None (nothing), or ("either", None) (`most_recent` with data on both
+    sides: the later side wins, which field times decide). Product rules: "we will not write
+    null values or blanks; if there is data in a field, that value will always win over a blank";
+    "Use Salesforce value unless blank" / "Use SalesLoft value unless blank"; a one-way field
+    merges its way only; a read-only field only inbound."""
+    if (local is None and sf is None) or local == sf:
+        return None
+    if direction is Direction.BOTH and not writable:
+        direction = Direction.FROM_SALESFORCE
+    if direction is Direction.FROM_SALESFORCE:
+        return None if sf is None else ("local", sf)
+    if direction is Direction.TO_SALESFORCE:
+        return None if local is None or not writable else ("salesforce", local)
+    if local is None:
+        return ("local", sf)
+    if sf is None:
+        return ("salesforce", local)
+    if merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK:
+        return ("local", sf)
+    if merge is MergeBehaviour.LOCAL_UNLESS_BLANK:
+        return ("salesforce", local)
+    return ("either", None)
+
+
+def _settled(fm: FieldModel, at: float) -> bool:
+    """Does the model know each side's one value at `at`, nothing in flight either way?"""
+    return (fm.sf_known and fm.local_known and len(fm.sf) == 1 and len(fm.local) == 1 and not fm.relaxed
+            and not fm.held and not fm.unsent_states(at) and not fm.undelivered_states(at))
+
+
+def merge_now(fm: FieldModel, at: float, step: str, *, exact: bool) -> None:
+    """A merge of one field at `at`. `exact` (the record linked, the merge seen to finish) and
+    settled: the sides end as `merge_decision` says; otherwise each side may also take the
+    other's data (as `fill_blanks`). A value the merge sends to Salesforce goes through the
+    outbox: it is in flight like a platform edit made at `at`."""
+    if not (exact and _settled(fm, at)):
+        fm.fill_blanks()
+        return
+    [local], [sf] = fm.local, fm.sf
+    decision = merge_decision(fm.direction, fm.merge, fm.writable, local, sf)
+    if decision is None:
+        return
+    side, value = decision
+    if side == "either":
+        fm.sf.add(local)
+        fm.local.add(sf)
+    elif side == "local":
+        fm.local = {value}
+    else:
+        fm.writes.append(_Write(at, "platform", value, step, sf_before=(frozenset(fm.sf), True)))
+        fm.sf = {value}
+
+
+def _linked(em: EntityModel, at: float) -> bool:
+    return em.entity.bound_at is not None and em.entity.bound_at <= at
+
+
+def _restart_windows(acks: list[Ack]) -> list[tuple[float, float]]:
+    """(start, held) of each mapping edit's rolling restart (see RESTART_HELD)."""
+    out: list[tuple[float, float]] = []
+    for ack in acks:
+        started = ack.fields.get("started") if ack.kind == "mapping_edit" else None
+        if isinstance(started, int | float):
+            out.append((float(started), ack.at - float(started) + RESTART_HELD))
+    return out
 
 
 def _read_windows(faults: list[Mapping[str, Any]]) -> list[tuple[float, float]]:
@@ -709,7 +848,8 @@ def _failed_logs(logs_by_record: Mapping[str, list[dict[str, Any]]], ent: Entity
     keys = [_key(ent.sf_id) if ent.sf_id else "", str(ent.local_id) if ent.local_id is not None else ""]
     for key in keys:
         for log in logs_by_record.get(key, []) if key else []:
-            if log.get("status") == "failed" and not log.get("resolved"):
+            # a retried log's outcome is the retry's own log (`retried_by`): one job, one open log
+            if log.get("status") == "failed" and not log.get("resolved") and not log.get("retried_by"):
                 seen[log.get("_id")] = log
     return list(seen.values())
 
