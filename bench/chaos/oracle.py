@@ -444,9 +444,6 @@ class Model:
                               if f.get("status") == "injected" and f.get("kind") in OUTBOUND_HELD]
         self.inbound_held[:] = [(float(f["at"]), INBOUND_HELD[str(f["kind"])]) for f in faults
                                 if f.get("status") == "injected" and f.get("kind") in INBOUND_HELD]
-        restarts = _restart_windows(acks)
-        self.held_until += restarts
-        self.inbound_held += restarts
         for ack in acks:
             while resyncs and resyncs[0] <= ack.at:
                 resyncs.pop(0)
@@ -550,7 +547,8 @@ class Model:
                     local, fm.local_known = em.unmapped.pop(m.local_field, (frozenset({None}), True))
                     fm.local = set(local)
                 fm.direction, fm.merge = m.direction, m.merge
-                merge_now(fm, ack.at, ack.step, exact=exact and m.sf_field not in LINK_FIELDS)
+                merge_now(fm, ack.at, ack.step, exact=exact and m.sf_field not in LINK_FIELDS,
+                          began=float(ack.fields.get("started", ack.at)))
 
     def _convert(self, em: EntityModel, ack: Ack, entities: Mapping[str, Entity]) -> None:
         lead = ack.fields.get("lead_before") or {}
@@ -594,9 +592,6 @@ class Model:
 
 # --- admin operations: merges (README "Merge rules", the "at a merge" column) --------------------
 
-# A mapping edit restarts both replicas (a takeover): edits made before it may wait in the
-# outbox, or unread in Salesforce, from its start until this long after the remerge finished.
-RESTART_HELD = 20.0
 LINK_FIELDS = frozenset({"OwnerId", "AccountId"})  # owner and Account links: users / rules, not values
 
 
@@ -627,18 +622,22 @@ def merge_decision(direction: Direction, merge: MergeBehaviour, writable: bool, 
     return ("either", None)
 
 
-def _settled(fm: FieldModel, at: float) -> bool:
-    """Does the model know each side's one value at `at`, nothing in flight either way?"""
+def _settled(fm: FieldModel, at: float, began: float) -> bool:
+    """Does the model know each side's one value at `at`, nothing in flight either way: no write
+    of the field within the latencies before the merge `began`, none a fault may hold back?"""
+    quiet_since = began - max(OUTBOUND_LATENCY, INBOUND_LATENCY)
     return (fm.sf_known and fm.local_known and len(fm.sf) == 1 and len(fm.local) == 1 and not fm.relaxed
-            and not fm.held and not fm.unsent_states(at) and not fm.undelivered_states(at))
+            and not fm.held and not fm.unsent_states(at) and not fm.undelivered_states(at)
+            and not any(w.at >= quiet_since for w in fm.writes))
 
 
-def merge_now(fm: FieldModel, at: float, step: str, *, exact: bool) -> None:
-    """A merge of one field at `at`. `exact` (the record linked, the merge seen to finish) and
-    settled: the sides end as `merge_decision` says; otherwise each side may also take the
-    other's data (as `fill_blanks`). A value the merge sends to Salesforce goes through the
-    outbox: it is in flight like a platform edit made at `at`."""
-    if not (exact and _settled(fm, at)):
+def merge_now(fm: FieldModel, at: float, step: str, *, exact: bool, began: float | None = None) -> None:
+    """A merge of one field, finished by `at` (`began`: when it began, a mapping edit's restart;
+    default `at`). `exact` (the record linked, the merge seen to finish) and settled: the sides
+    end as `merge_decision` says; otherwise each side may also take the other's data (as
+    `fill_blanks`). A value the merge sends to Salesforce goes through the outbox: it is in
+    flight like a platform edit made at `at`."""
+    if not (exact and _settled(fm, at, at if began is None else began)):
         fm.fill_blanks()
         return
     [local], [sf] = fm.local, fm.sf
@@ -658,16 +657,6 @@ def merge_now(fm: FieldModel, at: float, step: str, *, exact: bool) -> None:
 
 def _linked(em: EntityModel, at: float) -> bool:
     return em.entity.bound_at is not None and em.entity.bound_at <= at
-
-
-def _restart_windows(acks: list[Ack]) -> list[tuple[float, float]]:
-    """(start, held) of each mapping edit's rolling restart (see RESTART_HELD)."""
-    out: list[tuple[float, float]] = []
-    for ack in acks:
-        started = ack.fields.get("started") if ack.kind == "mapping_edit" else None
-        if isinstance(started, int | float):
-            out.append((float(started), ack.at - float(started) + RESTART_HELD))
-    return out
 
 
 def _read_windows(faults: list[Mapping[str, Any]]) -> list[tuple[float, float]]:
