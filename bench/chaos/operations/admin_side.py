@@ -68,8 +68,8 @@ class AdminSide:
                     detail="" if status == "ok" else str(reply.body)[:200]) for slot in slots or [None]]
 
     def _open_failed_logs(self) -> list[dict[str, Any]]:
-        query = {"status": "failed", "resolved": {"$exists": False}, "retried_by": {"$exists": False},
-                 "retry_queued": {"$exists": False}}
+        # null matches a missing field and an explicit null (a new log carries `retried_by: null`)
+        query = {"status": "failed", "resolved": None, "retried_by": None, "retry_queued": None}
         try:
             return list(self.env.db.sync_logs.find(query).sort("_id", 1))
         except PyMongoError:
