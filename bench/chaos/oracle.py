@@ -631,14 +631,31 @@ def _settled(fm: FieldModel, at: float, began: float) -> bool:
             and not any(w.at >= quiet_since for w in fm.writes))
 
 
+def _merge_any(fm: FieldModel, at: float) -> None:
+    """A merge the model cannot place exactly: each side may keep what it holds, or end as
+    `merge_decision` says for any pair of values the two sides may hold (edits still in flight
+    either way included: the merge may read a side before they land)."""
+    locals_ = set(fm.local).union(*(before for before, _ in fm.undelivered_states(at)))
+    sfs = set(fm.sf).union(*(before for before, _ in fm.unsent_states(at)))
+    for local in locals_:
+        for sf in sfs:
+            decision = merge_decision(fm.direction, fm.merge, fm.writable, local, sf)
+            if decision is None:
+                continue
+            side = decision[0]
+            if side in ("local", "either"):
+                fm.local.add(sf)
+            if side in ("salesforce", "either"):
+                fm.sf.add(local)
+
+
 def merge_now(fm: FieldModel, at: float, step: str, *, exact: bool, began: float | None = None) -> None:
     """A merge of one field, finished by `at` (`began`: when it began, a mapping edit's restart;
     default `at`). `exact` (the record linked, the merge seen to finish) and settled: the sides
-    end as `merge_decision` says; otherwise each side may also take the other's data (as
-    `fill_blanks`). A value the merge sends to Salesforce goes through the outbox: it is in
-    flight like a platform edit made at `at`."""
+    end as `merge_decision` says; otherwise as `_merge_any`. A value the merge sends to
+    Salesforce goes through the outbox: it is in flight like a platform edit made at `at`."""
     if not (exact and _settled(fm, at, at if began is None else began)):
-        fm.fill_blanks()
+        _merge_any(fm, at)
         return
     [local], [sf] = fm.local, fm.sf
     decision = merge_decision(fm.direction, fm.merge, fm.writable, local, sf)

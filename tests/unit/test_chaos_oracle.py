@@ -396,6 +396,17 @@ class TestMappingEdits:
         assert model_local(model, "title") == {None, "Sf"}
 
 
+    def test_a_remerge_of_sides_the_model_cannot_place_may_end_as_any_of_their_merges(self) -> None:
+        """`title` under `salesforce_unless_blank`: a platform edit 1.25 s after Salesforce's (so
+        either may stand on the platform: WINDOW) is held back from Salesforce. Edited back to
+        `most_recent`, the remerge sends the platform's later value ("the side whose field changed
+        last wins"; chaos seed 16180, C4.title)."""
+        model = feed([mapping_edit(0, title_merge="salesforce_unless_blank"), sf(5, Title="Sf"),
+                      pf(6.25, title="pf"), mapping_edit(30)])
+        assert allowed_sf(model, "L1", "title") == {"Sf", "pf"}
+        assert model_local(model, "title") == {"Sf", "pf"}
+
+
 class TestRetriedFailedLogs:
     def observed(self, logs: list[dict[str, Any]]) -> Observed:
         person = Entity("P1", "Lead", "people", "platform", local_id="p1")
