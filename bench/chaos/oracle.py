@@ -29,6 +29,15 @@ service's code: per record and mapped field it keeps the set of values each side
   whatever the time). A Salesforce blank made before the platform record exists may be copied.
 - Deleted in Salesforce: platform edits made meanwhile are not sent; after an undelete either
   value is accepted.
+- *Admin operations* are merges (README "Merge rules", the "at a merge" column): a re-import, a
+  retry of an inbound or event job, and a mapping edit's remerge of the fields it added or
+  changed (a removed field is no longer checked; mapped again, the platform still holds what it
+  had). Where the record is linked, the merge was seen to finish and neither side wrote the field
+  within the latencies before it (nothing in flight), each side ends exactly as `merge_decision`
+  says; otherwise it may end as the merge of any pair of values the sides may hold. A value a
+  merge sends goes out through the outbox, in flight like a platform edit. An outbound retry
+  re-sends the platform's record (data fills Salesforce's blanks). A failed log that was retried
+  (`retried_by`) is no longer open: the retry's own log is.
 - *Read, not streamed* (a documented limit, README "Reliability"): a Salesforce change whose
   event may have been lost (a silent write, or one made while `replay_retention` could prune its
   event or `budget_swing` had the service polling: `READ_FAULTS`) reaches the service only by
