@@ -404,6 +404,7 @@ class EntityModel:
     merges: int = 0
     modified: list[float] = field(default_factory=list)  # when the Salesforce record was written
     sf_raw: dict[str, Any] = field(default_factory=dict)  # every Salesforce field written, mapped or not
+    admin_ops: list[str] = field(default_factory=list)  # merges an admin ran on it (import, retry, remap)
     # a field mapped once and removed since: local field -> (values, known) when it was removed
     unmapped: dict[str, tuple[frozenset[Any], bool]] = field(default_factory=dict)
 
@@ -514,6 +515,7 @@ class Model:
         retry a failed sync job, when you re-import a Person"). An outbound retry re-sends the
         platform's record as it is now: data fills blanks in Salesforce (as a resync)."""
         em.merges += 1
+        em.admin_ops.append(ack.step)
         outbound = ack.kind == "admin_retry" and ack.fields.get("job") == "outbound"
         exact = not outbound and _linked(em, ack.at) and not em.deleted
         for m in self._mapping(em.sobject):
@@ -545,6 +547,7 @@ class Model:
             if not mapped:
                 continue
             em.merges += 1
+            em.admin_ops.append(ack.step)
             exact = ack.status == "ok" and _linked(em, ack.at) and not em.deleted
             for m in mapped:
                 fm = em.fields.get(m.local_field)
@@ -960,7 +963,7 @@ def _check_values(model: Model, slot: str, em: EntityModel, doc: Mapping[str, An
             problems.append(f"diverged: platform {local_value!r} vs Salesforce {sf_value!r}")
         if problems and len(failed) != 1:
             out.append(Violation("lost_change", f"{slot}.{m.local_field} ({sobject}.{m.sf_field}): "
-                                 + "; ".join(problems), fm.steps(), slot))
+                                 + "; ".join(problems), fm.steps() + em.admin_ops[-2:], slot))
     return out
 
 
