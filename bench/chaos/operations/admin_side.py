@@ -27,15 +27,18 @@ class AdminSide:
     def __init__(self, env: Environment, bindings: Bindings) -> None:
         self.env = env
         self.bindings = bindings
+        self.hops: list[str] = []  # the last call's answers, `replica:status` (a 409 then a 200...)
 
-    def api(self, method: str, path: str, json_body: Any = None) -> Reply:
-        """One admin call on the leader: the lease names it; a 409 `not_leader`, a refused
-        connection or a timeout sends the call to the other replica, until API_WAIT."""
+    def api(self, method: str, path: str, json_body: Any = None, *, first: Replica | None = None) -> Reply:
+        """One admin call on the leader: the lease names it (or ask `first`); a 409
+        `not_leader`, a refused connection or a timeout sends the call to the other replica,
+        until API_WAIT."""
         deadline = time.monotonic() + API_WAIT
         reply = Reply(599, "no replica answered")
         replicas = self.env.replicas
-        leader = self.env.leader()
-        index = replicas.index(leader) if leader is not None else 0
+        first = first or self.env.leader()
+        index = replicas.index(first) if first is not None else 0
+        self.hops = []
         while time.monotonic() < deadline:
             replica = replicas[index % len(replicas)]
             index += 1
@@ -45,6 +48,7 @@ class AdminSide:
                 reply = replica.service.api(method, path, json_body=json_body, timeout=CALL_TIMEOUT)
             except OSError as exc:
                 reply = Reply(599, f"{type(exc).__name__}: {exc}")
+            self.hops.append(f"{replica.name}:{reply.status}")
             if not _retry_elsewhere(reply):
                 return reply
             time.sleep(0.5)
@@ -62,7 +66,7 @@ class AdminSide:
         at = time.time()
         status = "ok" if reply.status == 200 else "rejected"
         job = log.get("job") or {}
-        fields = {"log_id": log_id, "job": job.get("kind"), "reply": reply.body}
+        fields = {"log_id": log_id, "job": job.get("kind"), "reply": reply.body, "hops": self.hops}
         slots: list[str | None] = [*self._slots_of([log, *self._logs(_new_log_ids(reply.body))])]
         return [Ack(step.id, step.kind, "admin", slot, at, status, fields=fields,
                     detail="" if status == "ok" else str(reply.body)[:200]) for slot in slots or [None]]
@@ -104,7 +108,7 @@ class AdminSide:
         reply = self.api("POST", "/api/import", {"sf_id": entity.sf_id})
         ok = reply.status == 200
         return [Ack(step.id, step.kind, "admin", entity.slot, time.time(), "ok" if ok else "rejected",
-                    entity.sobject, {"sf_id": entity.sf_id, "reply": reply.body},
+                    entity.sobject, {"sf_id": entity.sf_id, "reply": reply.body, "hops": self.hops},
                     "" if ok else str(reply.body)[:200])]
 
     # mapping edit --------------------------------------------------------------------------------
