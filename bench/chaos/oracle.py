@@ -167,11 +167,10 @@ class _Write:
     local_before: tuple[frozenset[Any], bool] | None = None
 
 
-def _undelivered_states(writes: list[_Write], at: float,
-                        inbound_held: list[tuple[float, float]]) -> list[tuple[frozenset[Any], bool]]:
-    """What the platform held before each of the latest Salesforce writes the service may not
-    have read by `at` (within INBOUND_LATENCY, or while a fault may hold inbound back)."""
-    out: list[tuple[frozenset[Any], bool]] = []
+def _undelivered(writes: list[_Write], at: float, inbound_held: list[tuple[float, float]]) -> list[_Write]:
+    """The latest Salesforce writes the service may not have read by `at` (within
+    INBOUND_LATENCY, or while a fault may hold inbound back), the newest first."""
+    out: list[_Write] = []
     for w in reversed(writes):
         # a fault held it back if it came before the write was read, and held long enough
         if w.side != "salesforce" or w.local_before is None or not (
@@ -179,8 +178,25 @@ def _undelivered_states(writes: list[_Write], at: float,
                 or any(f <= min(at, w.at + INBOUND_LATENCY) and f + held >= w.at
                        for f, held in inbound_held)):
             break
-        out.append(w.local_before)
+        out.append(w)
     return out
+
+
+def _undelivered_states(writes: list[_Write], at: float,
+                        inbound_held: list[tuple[float, float]]) -> list[tuple[frozenset[Any], bool]]:
+    """What the platform held before each of the Salesforce writes not read yet (`_undelivered`)."""
+    return [w.local_before for w in _undelivered(writes, at, inbound_held) if w.local_before is not None]
+
+
+def _unread_fill_blank(fm: FieldModel, value: Any, unread: list[_Write]) -> None:
+    """A platform blank made while Salesforce writes of the field may not have been read yet
+    (`unread`, taken just before the blank):
+    read after it, their data fills the blank, whatever the merge behaviour ("if there is data
+    in a field, that value will always win over a blank field"; chaos seed 2718, L14.phone: a
+    blank 22 s after a Salesforce edit the stream had not delivered: retention pruned, polling)."""
+    if norm(value) is not None or fm.direction is Direction.TO_SALESFORCE:
+        return
+    fm.local |= {w.value for w in unread if w.value is not None}
 
 
 def _may_replace(current: set[Any], known: bool, unless_blank: bool) -> str:
@@ -507,8 +523,11 @@ class Model:
             seen = em.entity.bound_at is not None and ack.at >= em.entity.bound_at
             for m in self._mapping(em.sobject):
                 if m.local_field in ack.fields and m.local_field not in em.frozen:
-                    self._field(em, m).write("platform", ack.fields[m.local_field], ack.at, ack.step,
-                                             deleted=em.deleted, other_exists=seen)
+                    fm = self._field(em, m)
+                    unread = _undelivered(fm.writes, ack.at, fm.inbound_held)
+                    fm.write("platform", ack.fields[m.local_field], ack.at, ack.step,
+                             deleted=em.deleted, other_exists=seen)
+                    _unread_fill_blank(fm, ack.fields[m.local_field], unread)
 
     def _admin_merge(self, em: EntityModel, ack: Ack) -> None:
         """A re-import or a retry of one record: a merge (product: "a merge happens when you

@@ -256,6 +256,15 @@ class TestSalesforceWritesNotReadYet:
         acks = [sf(0, Phone="+1 first"), sf(100, Phone="+1 second")]
         assert model_local(feed(acks, [fault("replay_retention", 90)]), "phone") == {"+1 first"}
 
+    def test_a_platform_blank_before_the_service_read_salesforces_edit_may_be_filled(self) -> None:
+        """The platform blanked the phone while Salesforce's edit of it was still unread (a
+        retention fault, then polling): read afterwards, Salesforce's data fills the blank ("if
+        there is data in a field, that value will always win over a blank field"; chaos seed
+        2718, L14.phone)."""
+        acks = [sf(0, Phone="+1 a"), pf(22, phone=None)]
+        assert model_local(feed(acks), "phone") == {None}
+        assert model_local(feed(acks, [fault("replay_retention", 0.4)]), "phone") == {None, "+1 a"}
+
 
 # --- admin operations: each is a merge (product: "A merge happens when: (1) The records are first
 # linked, (2) when you retry a failed sync job, (3) when you re-import a Person, (4) when you
