@@ -188,6 +188,22 @@ def _undelivered_states(writes: list[_Write], at: float,
     return [w.local_before for w in _undelivered(writes, at, inbound_held) if w.local_before is not None]
 
 
+def _sent_over_unread(fm: FieldModel, value: Any, at: float, unread: list[_Write],
+                      other_exists: bool) -> None:
+    """`salesforce_unless_blank`: a platform edit is decided against the Salesforce values the
+    service has seen (its shadow: "Deciding this for a platform edit needs Salesforce's side
+    without an API call", design.md). Salesforce writes it had not read yet (`unread`, within
+    INBOUND_LATENCY or held by a fault) may be overwritten as if Salesforce still held what it
+    held before them: data written there 10 ms before the platform's edit is not known to be
+    there (chaos seed 5150, L15.title: a same-second conflict on a blank field)."""
+    value = norm(value)
+    if value is None or fm.merge is not MergeBehaviour.SALESFORCE_UNLESS_BLANK:
+        return
+    for w in unread:
+        if w.sf_before is not None:
+            fm.sf |= fm._sent(value, at, set(w.sf_before[0]), w.sf_before[1], other_exists)
+
+
 def _unread_fill_blank(fm: FieldModel, value: Any, unread: list[_Write]) -> None:
     """A platform blank made while Salesforce writes of the field may not have been read yet
     (`unread`, taken just before the blank):
@@ -514,8 +530,11 @@ class Model:
             by_read = silent or any(start <= ack.at <= end for start, end in self.read_windows)
             for m in self._mapping(em.sobject):
                 if m.sf_field in ack.fields and m.local_field not in em.frozen:
-                    self._field(em, m).write("salesforce", ack.fields[m.sf_field], ack.at, ack.step,
-                                             other_exists=seen, certain=not silent, by_read=by_read)
+                    fm = self._field(em, m)
+                    before = (frozenset(fm.sf), fm.sf_known)
+                    fm.write("salesforce", ack.fields[m.sf_field], ack.at, ack.step,
+                             other_exists=seen, certain=not silent, by_read=by_read)
+                    fm.writes[-1].sf_before = before  # what a platform edit not seeing it decides on
         elif ack.side == "admin":
             self._admin_merge(em, ack)
         else:
@@ -528,6 +547,8 @@ class Model:
                     fm.write("platform", ack.fields[m.local_field], ack.at, ack.step,
                              deleted=em.deleted, other_exists=seen)
                     _unread_fill_blank(fm, ack.fields[m.local_field], unread)
+                    if not em.deleted:
+                        _sent_over_unread(fm, ack.fields[m.local_field], ack.at, unread, seen)
 
     def _admin_merge(self, em: EntityModel, ack: Ack) -> None:
         """A re-import or a retry of one record: a merge (product: "a merge happens when you

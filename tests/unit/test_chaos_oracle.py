@@ -266,6 +266,22 @@ class TestSalesforceWritesNotReadYet:
         assert model_local(feed(acks, [fault("replay_retention", 0.4)]), "phone") == {None, "+1 a"}
 
 
+class TestSalesforceDataNotSeenYet:
+    def test_a_platform_edit_may_overwrite_salesforce_data_the_service_had_not_read(self) -> None:
+        """`salesforce_unless_blank` ("if there is data in that field in Salesforce, SalesLoft
+        will not write in a new value") is decided on the shadow: Salesforce's edit of a blank
+        field 10 ms before the platform's is not known yet, so the platform's value may go out
+        over it (chaos seed 5150, L15.title, a conflict)."""
+        unless_blank = mapping_edit(0, title_merge="salesforce_unless_blank")
+        model = feed([unless_blank, sf(10, Title=None), sf(20, Title="Sf"), pf(20.01, title="pf")])
+        assert allowed_sf(model, "L1", "title") == {"Sf", "pf"}
+
+    def test_not_once_the_service_has_read_it(self) -> None:
+        unless_blank = mapping_edit(0, title_merge="salesforce_unless_blank")
+        model = feed([unless_blank, sf(10, Title=None), sf(20, Title="Sf"), pf(30, title="pf")])
+        assert allowed_sf(model, "L1", "title") == {"Sf"}
+
+
 # --- admin operations: each is a merge (product: "A merge happens when: (1) The records are first
 # linked, (2) when you retry a failed sync job, (3) when you re-import a Person, (4) when you
 # convert a Lead to a Contact, or (5) when you edit field mappings") ------------------------------
