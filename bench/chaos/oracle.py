@@ -206,10 +206,10 @@ def _sent_over_unread(fm: FieldModel, value: Any, at: float, unread: list[_Write
 
 def _unread_fill_blank(fm: FieldModel, value: Any, unread: list[_Write]) -> None:
     """A platform blank made while Salesforce writes of the field may not have been read yet
-    (`unread`, taken just before the blank):
-    read after it, their data fills the blank, whatever the merge behaviour ("if there is data
-    in a field, that value will always win over a blank field"; chaos seed 2718, L14.phone: a
-    blank 22 s after a Salesforce edit the stream had not delivered: retention pruned, polling)."""
+    (`unread`, taken just before the blank): read after it, their data fills the blank, whatever
+    the merge behaviour ("if there is data in a field, that value will always win over a blank
+    field"; chaos seed 2718, L14.phone: a blank 22 s after a Salesforce edit the stream had not
+    delivered: retention pruned, polling)."""
     if norm(value) is not None or fm.direction is Direction.TO_SALESFORCE:
         return
     fm.local |= {w.value for w in unread if w.value is not None}
