@@ -25,7 +25,7 @@ from reconciler.ports import Budget, ChangeSource, OutboundQueue, OutboundWrite,
 from reconciler.records import local_to_sf
 from reconciler.store import parse_local_id
 from reconciler.sync_logs import SyncLog, failed_inbound
-from settings import Mappings
+from settings import Direction, Mappings
 
 log = structlog.get_logger(__name__)
 
@@ -212,7 +212,10 @@ class Jobs:
             docs = await self.store.find_records(job["collection"], [parse_local_id(str(job["local_id"]))])
             if not docs:
                 continue
-            fields = local_to_sf(self.mappings.for_object(job["sobject"]), docs[0])
+            # the fields a local edit sends: never a `from_salesforce` one
+            sends = [m for m in self.mappings.for_object(job["sobject"])
+                     if m.direction is not Direction.FROM_SALESFORCE]
+            fields = local_to_sf(sends, docs[0])
             writes[entry["id"]] = OutboundWrite(
                 sobject=job["sobject"], sf_id=job.get("sf_id"), collection=job["collection"],
                 local_id=docs[0]["_id"], fields=fields, reason="retry", attempt=int(entry.get("attempt", 1)))

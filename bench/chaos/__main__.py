@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", default=",".join(FAULT_KINDS),
                         help=f"comma list (default all): {','.join(FAULT_KINDS)}; 'none' for no faults")
     parser.add_argument("--keep", action="store_true", help="keep the run directory on success too")
+    parser.add_argument("--no-admin", action="store_true",
+                        help="no admin operations (mapping edits, retries, re-imports): the schedule "
+                             "a seed drew before they existed")
     parser.add_argument("--dir", type=Path, default=None, help="where run directories are made")
     parser.add_argument("--plant", choices=PLANTS + CONTROLS, default=None,
                         help="TEST-ONLY: start the replicas with this bug planted (bench/chaos/plants.py)")
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown fault kind(s) {', '.join(unknown)}; known: {', '.join(FAULT_KINDS)}")
     result = run(args.seed, args.ops, minutes=args.minutes, faults=kinds, keep=args.keep, base_dir=args.dir,
-                 plant=args.plant)
+                 plant=args.plant, admin=not args.no_admin)
     return 0 if result.ok else 1
 
 

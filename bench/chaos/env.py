@@ -332,5 +332,20 @@ class Environment:
         self.mongo.stop()
 
 
+_TITLE = '[people.title]\nlead = "Title"\ncontact = "Title"\n'
+_MOBILE = '[people.mobile_phone]\nlead = "MobilePhone"\ncontact = "MobilePhone"\n'
+
+
+def chaos_mappings(*, title_merge: str = "most_recent", mobile_phone: bool = False) -> str:
+    """The run's mappings as an admin edits them (`mapping_edit`): `people.title`'s merge
+    behaviour, and `people.mobile_phone` mapped or not. The defaults are CHAOS_MAPPINGS."""
+    text = CHAOS_MAPPINGS
+    if title_merge != "most_recent":
+        text = text.replace(_TITLE, f'{_TITLE}merge = "{title_merge}"\n')
+    if mobile_phone:
+        text = text.replace("[companies.name]", f"{_MOBILE}\n[companies.name]")
+    return text
+
+
 __all__ = ["CHAOS_MAPPINGS", "LEASE_SECONDS", "Environment", "Mongo", "Replica", "StateRecorder",
-           "StateWrite"]
+           "StateWrite", "chaos_mappings"]

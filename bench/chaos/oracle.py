@@ -29,6 +29,15 @@ service's code: per record and mapped field it keeps the set of values each side
   whatever the time). A Salesforce blank made before the platform record exists may be copied.
 - Deleted in Salesforce: platform edits made meanwhile are not sent; after an undelete either
   value is accepted.
+- *Admin operations* are merges (README "Merge rules", the "at a merge" column): a re-import, a
+  retry of an inbound or event job, and a mapping edit's remerge of the fields it added or
+  changed (a removed field is no longer checked; mapped again, the platform still holds what it
+  had). Where the record is linked, the merge was seen to finish and neither side wrote the field
+  within the latencies before it (nothing in flight), each side ends exactly as `merge_decision`
+  says; otherwise it may end as the merge of any pair of values the sides may hold. A value a
+  merge sends goes out through the outbox, in flight like a platform edit. An outbound retry
+  re-sends the platform's record (data fills Salesforce's blanks). A failed log that was retried
+  (`retried_by`) is no longer open: the retry's own log is.
 - *Read, not streamed* (a documented limit, README "Reliability"): a Salesforce change whose
   event may have been lost (a silent write, or one made while `replay_retention` could prune its
   event or `budget_swing` had the service polling: `READ_FAULTS`) reaches the service only by
@@ -160,11 +169,10 @@ class _Write:
     local_before: tuple[frozenset[Any], bool] | None = None
 
 
-def _undelivered_states(writes: list[_Write], at: float,
-                        inbound_held: list[tuple[float, float]]) -> list[tuple[frozenset[Any], bool]]:
-    """What the platform held before each of the latest Salesforce writes the service may not
-    have read by `at` (within INBOUND_LATENCY, or while a fault may hold inbound back)."""
-    out: list[tuple[frozenset[Any], bool]] = []
+def _undelivered(writes: list[_Write], at: float, inbound_held: list[tuple[float, float]]) -> list[_Write]:
+    """The latest Salesforce writes the service may not have read by `at` (within
+    INBOUND_LATENCY, or while a fault may hold inbound back), the newest first."""
+    out: list[_Write] = []
     for w in reversed(writes):
         # a fault held it back if it came before the write was read, and held long enough
         if w.side != "salesforce" or w.local_before is None or not (
@@ -172,8 +180,41 @@ def _undelivered_states(writes: list[_Write], at: float,
                 or any(f <= min(at, w.at + INBOUND_LATENCY) and f + held >= w.at
                        for f, held in inbound_held)):
             break
-        out.append(w.local_before)
+        out.append(w)
     return out
+
+
+def _undelivered_states(writes: list[_Write], at: float,
+                        inbound_held: list[tuple[float, float]]) -> list[tuple[frozenset[Any], bool]]:
+    """What the platform held before each of the Salesforce writes not read yet (`_undelivered`)."""
+    return [w.local_before for w in _undelivered(writes, at, inbound_held) if w.local_before is not None]
+
+
+def _sent_over_unread(fm: FieldModel, value: Any, at: float, unread: list[_Write],
+                      other_exists: bool) -> None:
+    """`salesforce_unless_blank`: a platform edit is decided against the Salesforce values the
+    service has seen (its shadow: "Deciding this for a platform edit needs Salesforce's side
+    without an API call", design.md). Salesforce writes it had not read yet (`unread`, within
+    INBOUND_LATENCY or held by a fault) may be overwritten as if Salesforce still held what it
+    held before them: data written there 10 ms before the platform's edit is not known to be
+    there (chaos seed 5150, L15.title: a same-second conflict on a blank field)."""
+    value = norm(value)
+    if value is None or fm.merge is not MergeBehaviour.SALESFORCE_UNLESS_BLANK:
+        return
+    for w in unread:
+        if w.sf_before is not None:
+            fm.sf |= fm._sent(value, at, set(w.sf_before[0]), w.sf_before[1], other_exists)
+
+
+def _unread_fill_blank(fm: FieldModel, value: Any, unread: list[_Write]) -> None:
+    """A platform blank made while Salesforce writes of the field may not have been read yet
+    (`unread`, taken just before the blank): read after it, their data fills the blank, whatever
+    the merge behaviour ("if there is data in a field, that value will always win over a blank
+    field"; chaos seed 2718, L14.phone: a blank 22 s after a Salesforce edit the stream had not
+    delivered: retention pruned, polling)."""
+    if norm(value) is not None or fm.direction is Direction.TO_SALESFORCE:
+        return
+    fm.local |= {w.value for w in unread if w.value is not None}
 
 
 def _may_replace(current: set[Any], known: bool, unless_blank: bool) -> str:
@@ -404,6 +445,10 @@ class EntityModel:
     owner_sf: Any = None
     merges: int = 0
     modified: list[float] = field(default_factory=list)  # when the Salesforce record was written
+    sf_raw: dict[str, Any] = field(default_factory=dict)  # every Salesforce field written, mapped or not
+    admin_ops: list[str] = field(default_factory=list)  # merges an admin ran on it (import, retry, remap)
+    # a field mapped once and removed since: local field -> (values, known) when it was removed
+    unmapped: dict[str, tuple[frozenset[Any], bool]] = field(default_factory=dict)
 
 
 class Model:
@@ -455,6 +500,9 @@ class Model:
             while resyncs and resyncs[0] <= ack.at:
                 resyncs.pop(0)
                 self.resync()
+            if ack.kind == "mapping_edit":
+                self._remap(ack)
+                continue
             if ack.status != "ok" or ack.slot is None or ack.slot not in entities:
                 continue
             em = self.entities.get(ack.slot)
@@ -492,19 +540,84 @@ class Model:
                     # the create may reach the service only by a read, which shows this owner:
                     # no Person for an unmapped owner (seed 1679 x 2000, C3)
                     em.created_mapped = None
+            em.sf_raw.update(ack.fields)
             silent = ack.kind in ("cdc_gap", "cdc_overflow")
             by_read = silent or any(start <= ack.at <= end for start, end in self.read_windows)
             for m in self._mapping(em.sobject):
                 if m.sf_field in ack.fields and m.local_field not in em.frozen:
-                    self._field(em, m).write("salesforce", ack.fields[m.sf_field], ack.at, ack.step,
-                                             other_exists=seen, certain=not silent, by_read=by_read)
+                    fm = self._field(em, m)
+                    before = (frozenset(fm.sf), fm.sf_known)
+                    written = len(fm.writes)
+                    fm.write("salesforce", ack.fields[m.sf_field], ack.at, ack.step,
+                             other_exists=seen, certain=not silent, by_read=by_read)
+                    if len(fm.writes) > written:  # (a write of the value it holds is no change)
+                        fm.writes[-1].sf_before = before  # what a platform edit not seeing it decides on
+        elif ack.side == "admin":
+            self._admin_merge(em, ack)
         else:
             em.pf_ops.append(ack.step)
             seen = em.entity.bound_at is not None and ack.at >= em.entity.bound_at
             for m in self._mapping(em.sobject):
                 if m.local_field in ack.fields and m.local_field not in em.frozen:
-                    self._field(em, m).write("platform", ack.fields[m.local_field], ack.at, ack.step,
-                                             deleted=em.deleted, other_exists=seen)
+                    fm = self._field(em, m)
+                    unread = _undelivered(fm.writes, ack.at, fm.inbound_held)
+                    fm.write("platform", ack.fields[m.local_field], ack.at, ack.step,
+                             deleted=em.deleted, other_exists=seen)
+                    _unread_fill_blank(fm, ack.fields[m.local_field], unread)
+                    if not em.deleted:
+                        _sent_over_unread(fm, ack.fields[m.local_field], ack.at, unread, seen)
+
+    def _admin_merge(self, em: EntityModel, ack: Ack) -> None:
+        """A re-import or a retry of one record: a merge (product: "a merge happens when you
+        retry a failed sync job, when you re-import a Person"). An outbound retry re-sends the
+        platform's record as it is now: data fills blanks in Salesforce (as a resync)."""
+        em.merges += 1
+        em.admin_ops.append(ack.step)
+        outbound = ack.kind == "admin_retry" and ack.fields.get("job") == "outbound"
+        exact = not outbound and _linked(em, ack.at) and not em.deleted
+        for m in self._mapping(em.sobject):
+            fm = em.fields.get(m.local_field)
+            if fm is None or m.local_field in em.frozen:
+                continue
+            if outbound:
+                fm.fill_blanks()
+            else:
+                merge_now(fm, ack.at, ack.step, exact=exact and m.sf_field not in LINK_FIELDS)
+
+    def _remap(self, ack: Ack) -> None:
+        """A mapping edit: the new rules from now on, and the remerge of the fields it added or
+        changed on every linked record (product: "a merge happens ... when you edit field
+        mappings"). A removed field is no longer synced: its local values are kept aside, in
+        case it is mapped again. Exact only when the remerge was seen to finish."""
+        new = parse_mappings(str(ack.fields["mappings"]))
+        before, after = self.mappings.model_dump(mode="json"), new.model_dump(mode="json")
+        self.mappings = new
+        for em in self.entities.values():
+            section = "companies" if em.entity.collection == "companies" else "people"
+            for name in set(before[section]) - set(after[section]):
+                fm = em.fields.pop(name, None)
+                if fm is not None:
+                    em.unmapped[name] = (frozenset(fm.local), fm.local_known)
+            changed = {n for n, spec in after[section].items() if before[section].get(n) != spec}
+            mapped = [m for m in self._mapping(em.sobject) if m.local_field in changed
+                      and m.local_field not in em.frozen]
+            if not mapped:
+                continue
+            em.merges += 1
+            em.admin_ops.append(ack.step)
+            exact = ack.status == "ok" and _linked(em, ack.at) and not em.deleted
+            for m in mapped:
+                fm = em.fields.get(m.local_field)
+                if fm is None:
+                    fm = self._field(em, m)
+                    # Salesforce holds what users last wrote there (blank if never);
+                    # the platform what it held when the field was last mapped (never written)
+                    fm.sf, fm.sf_known = {norm(em.sf_raw.get(m.sf_field))}, True
+                    local, fm.local_known = em.unmapped.pop(m.local_field, (frozenset({None}), True))
+                    fm.local = set(local)
+                fm.direction, fm.merge = m.direction, m.merge
+                merge_now(fm, ack.at, ack.step, exact=exact and m.sf_field not in LINK_FIELDS,
+                          began=float(ack.fields.get("started", ack.at)))
 
     def _convert(self, em: EntityModel, ack: Ack, entities: Mapping[str, Entity]) -> None:
         lead = ack.fields.get("lead_before") or {}
@@ -544,6 +657,92 @@ class Model:
                 if sf_field in company and not blank(lead.get(lead_field)):
                     self._field(acc, company[sf_field]).write("salesforce", lead[lead_field], ack.at,
                                                               ack.step)
+
+
+# --- admin operations: merges (README "Merge rules", the "at a merge" column) --------------------
+
+LINK_FIELDS = frozenset({"OwnerId", "AccountId"})  # owner and Account links: users / rules, not values
+
+
+def merge_decision(direction: Direction, merge: MergeBehaviour, writable: bool, local: Any,
+                   sf: Any) -> tuple[str, Any] | None:
+    """What a merge writes for one field whose two sides hold `local` and `sf`: ("local", v),
+    ("salesforce", v), None (nothing), or ("either", None) (`most_recent` with data on both
+    sides: the later side wins, which field times decide). Product rules: "we will not write
+    null values or blanks; if there is data in a field, that value will always win over a blank";
+    "Use Salesforce value unless blank" / "Use SalesLoft value unless blank"; a one-way field
+    merges its way only; a read-only field only inbound."""
+    if (local is None and sf is None) or local == sf:
+        return None
+    if direction is Direction.BOTH and not writable:
+        direction = Direction.FROM_SALESFORCE
+    if direction is Direction.FROM_SALESFORCE:
+        return None if sf is None else ("local", sf)
+    if direction is Direction.TO_SALESFORCE:
+        return None if local is None or not writable else ("salesforce", local)
+    if local is None:
+        return ("local", sf)
+    if sf is None:
+        return ("salesforce", local)
+    if merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK:
+        return ("local", sf)
+    if merge is MergeBehaviour.LOCAL_UNLESS_BLANK:
+        return ("salesforce", local)
+    return ("either", None)
+
+
+def _settled(fm: FieldModel, at: float, began: float) -> bool:
+    """Does the model know each side's one value at `at`, nothing in flight either way: no write
+    of the field within the latencies before the merge `began`, none a fault may hold back?"""
+    quiet_since = began - max(OUTBOUND_LATENCY, INBOUND_LATENCY)
+    return (fm.sf_known and fm.local_known and len(fm.sf) == 1 and len(fm.local) == 1 and not fm.relaxed
+            and not fm.held and not fm.unsent_states(at) and not fm.undelivered_states(at)
+            and not any(w.at >= quiet_since for w in fm.writes))
+
+
+def _merge_any(fm: FieldModel, at: float) -> None:
+    """A merge the model cannot place exactly: each side may keep what it holds, or end as
+    `merge_decision` says for any pair of values the two sides may hold (edits still in flight
+    either way included: the merge may read a side before they land)."""
+    locals_ = set(fm.local).union(*(before for before, _ in fm.undelivered_states(at)))
+    sfs = set(fm.sf).union(*(before for before, _ in fm.unsent_states(at)))
+    for local in locals_:
+        for sf in sfs:
+            decision = merge_decision(fm.direction, fm.merge, fm.writable, local, sf)
+            if decision is None:
+                continue
+            side = decision[0]
+            if side in ("local", "either"):
+                fm.local.add(sf)
+            if side in ("salesforce", "either"):
+                fm.sf.add(local)
+
+
+def merge_now(fm: FieldModel, at: float, step: str, *, exact: bool, began: float | None = None) -> None:
+    """A merge of one field, finished by `at` (`began`: when it began, a mapping edit's restart;
+    default `at`). `exact` (the record linked, the merge seen to finish) and settled: the sides
+    end as `merge_decision` says; otherwise as `_merge_any`. A value the merge sends to
+    Salesforce goes through the outbox: it is in flight like a platform edit made at `at`."""
+    if not (exact and _settled(fm, at, at if began is None else began)):
+        _merge_any(fm, at)
+        return
+    [local], [sf] = fm.local, fm.sf
+    decision = merge_decision(fm.direction, fm.merge, fm.writable, local, sf)
+    if decision is None:
+        return
+    side, value = decision
+    if side == "either":
+        fm.sf.add(local)
+        fm.local.add(sf)
+    elif side == "local":
+        fm.local = {value}
+    else:
+        fm.writes.append(_Write(at, "platform", value, step, sf_before=(frozenset(fm.sf), True)))
+        fm.sf = {value}
+
+
+def _linked(em: EntityModel, at: float) -> bool:
+    return em.entity.bound_at is not None and em.entity.bound_at <= at
 
 
 def _read_windows(faults: list[Mapping[str, Any]]) -> list[tuple[float, float]]:
@@ -728,7 +927,8 @@ def _failed_logs(logs_by_record: Mapping[str, list[dict[str, Any]]], ent: Entity
     keys = [_key(ent.sf_id) if ent.sf_id else "", str(ent.local_id) if ent.local_id is not None else ""]
     for key in keys:
         for log in logs_by_record.get(key, []) if key else []:
-            if log.get("status") == "failed" and not log.get("resolved"):
+            # a retried log's outcome is the retry's own log (`retried_by`): one job, one open log
+            if log.get("status") == "failed" and not log.get("resolved") and not log.get("retried_by"):
                 seen[log.get("_id")] = log
     return list(seen.values())
 
@@ -826,7 +1026,7 @@ def _check_values(model: Model, slot: str, em: EntityModel, doc: Mapping[str, An
         naming = [lg for lg in failed if {m.local_field, m.sf_field} & set(lg.get("fields") or {})]
         if problems and len(failed) != 1 and len(naming) != 1:
             out.append(Violation("lost_change", f"{slot}.{m.local_field} ({sobject}.{m.sf_field}): "
-                                 + "; ".join(problems), fm.steps(), slot))
+                                 + "; ".join(problems), fm.steps() + em.admin_ops[-2:], slot))
     return out
 
 

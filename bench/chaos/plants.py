@@ -27,7 +27,10 @@ The plants, one rule each (what the oracle should then report is in `EXPECTED`):
   merges, `local_to_sf`, the outbox, the outbound request builder), so a blank is data: it wins
   by time and is written to the other side;
 - `conversion_relink`: `reconciler.conversion.relink` does nothing, so a converted Lead's Person
-  stays on the Lead and the Contact makes a Person of its own.
+  stays on the Lead and the Contact makes a Person of its own;
+- `remerge`: a mappings edit's remerge merges no record (`reconciler.remerge._remerge_object`
+  reports every page done) and still saves the new mappings' hash, so a field the edit mapped
+  never takes the data Salesforce already holds.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ EXPECTED: dict[str, frozenset[str]] = {
     "offset_order": frozenset({"lost_change"}),
     "blank_rule": frozenset({"lost_change", "loop"}),
     "conversion_relink": frozenset({"duplicate", "lost_change"}),
+    "remerge": frozenset({"lost_change"}),
 }
 PLANTS = tuple(EXPECTED)
 # not a bug: the same slow apply as `offset_order`, in the right order (that plant's baseline)
@@ -75,7 +79,7 @@ def install() -> None:
         sys.stderr.flush()
         os._exit(REFUSED_EXIT)
     {"echo_filter": _echo_filter, "offset_order": _offset_order, "blank_rule": _blank_rule,
-     "conversion_relink": _conversion_relink, "slow_apply": _slow_apply}[plant]()
+     "conversion_relink": _conversion_relink, "slow_apply": _slow_apply, "remerge": _remerge}[plant]()
     sys.stderr.write(f"{PLANT_VAR} active: {plant}\n")
     sys.stderr.flush()
 
@@ -166,6 +170,15 @@ def _slow_apply() -> None:
         await process(self, messages, policy)
 
     cometd.CdcStream._process = slow_process  # type: ignore[method-assign]
+
+
+def _remerge() -> None:
+    import reconciler.remerge as remerge
+
+    async def merge_nothing(*args: Any, **kwargs: Any) -> bool:
+        return True  # every page "done", none merged: the new hash is saved all the same
+
+    setattr(remerge, "_remerge_object", merge_nothing)  # noqa: B010
 
 
 __all__ = ["ALLOW_VAR", "APPLY_DELAY", "CONTROLS", "EXPECTED", "PLANTS", "PLANT_VAR", "SITE_DIR", "install",

@@ -45,13 +45,16 @@ class Summary:
     quiet_s: float = 0.0
     service_writes: int = 0
     fault_window_s: float = 0.0
+    admin_ops: Counter[str] = field(default_factory=Counter)   # admin kind -> run count
+    admin: bool = True  # False: run with --no-admin
 
     @property
     def faults_injected(self) -> int:
         return sum(self.faults.values())
 
     def replay(self) -> str:
-        return f"python -m bench.chaos --seed {self.seed} --ops {self.ops_planned}"
+        return f"python -m bench.chaos --seed {self.seed} --ops {self.ops_planned}" + (
+            "" if self.admin else " --no-admin")
 
     def last_line(self) -> str:
         return f"{self.ops_run} ops, {self.faults_injected} faults, {len(self.violations)} violations"
@@ -70,6 +73,7 @@ def render(summary: Summary, run_dir: Path | None) -> str:
         Row("operations run / planned", f"{summary.ops_run} / {summary.ops_planned}"),
         Row("acks ok / skipped / rejected",
             f"{summary.acks['ok']} / {summary.acks['skipped']} / {summary.acks['rejected']}"),
+        *(Row(f"  admin {kind}", str(n)) for kind, n in sorted(summary.admin_ops.items())),
         Row("faults injected (skipped)", f"{summary.faults_injected} ({summary.faults_skipped})"),
         *(Row(f"  fault {kind}", str(n)) for kind, n in sorted(summary.faults.items())),
         Row("service record writes to Salesforce", str(summary.service_writes)),

@@ -49,10 +49,11 @@ class RunResult:
 
 def run(seed: int, ops: int, *, minutes: float | None = None, faults: tuple[str, ...] = FAULT_KINDS,
         keep: bool = False, base_dir: Path | None = None, echo: bool = True,
-        barrier_timeout: float = BARRIER_TIMEOUT, plant: str | None = None) -> RunResult:
-    """One run; `plant` starts the replicas with a planted bug (test-only, bench/chaos/plants.py)."""
+        barrier_timeout: float = BARRIER_TIMEOUT, plant: str | None = None, admin: bool = True) -> RunResult:
+    """One run; `plant` starts the replicas with a planted bug (test-only, bench/chaos/plants.py);
+    `admin` False leaves the admin operations out (the schedules seeds drew before them)."""
     started = time.monotonic()
-    state, steps = _set_up(seed, ops, faults, base_dir, plant)
+    state, steps = _set_up(seed, ops, faults, base_dir, plant, admin)
     try:
         _start(state)
         _play(state, steps, deadline=started + minutes * 60 if minutes else None)
@@ -92,19 +93,20 @@ class _Quiet(NamedTuple):
 # --- start -------------------------------------------------------------------------------------
 
 def _set_up(seed: int, ops: int, faults: tuple[str, ...], base_dir: Path | None,
-            plant: str | None = None) -> tuple[_Run, list[Step]]:
+            plant: str | None = None, admin: bool = True) -> tuple[_Run, list[Step]]:
     """The run directory, the schedule (logged with its digest), the environment, not yet started."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"chaos-{seed}-", dir=base_dir))
-    steps = build_schedule(seed, ops, faults)
+    steps = build_schedule(seed, ops, faults, admin=admin)
     runlog = RunLog(run_dir)
     runlog.write({"event": "schedule", "seed": seed, "ops": ops, "faults": list(faults), "steps": len(steps),
-                  "plant": plant,
+                  "plant": plant, "admin": admin,
                   "schedule_sha": hashlib.sha256(json.dumps([s.as_json() for s in steps], sort_keys=True)
                                                  .encode()).hexdigest()[:16]})
     env = Environment(run_dir / "env", database=f"chaos_{seed}", plant=plant)
     (run_dir / "env").mkdir()
     operations = Operations(env)
-    state = _Run(run_dir, runlog, env, operations, Faults(env, operations), Summary(seed, ops, 0))
+    state = _Run(run_dir, runlog, env, operations, Faults(env, operations),
+                 Summary(seed, ops, 0, admin=admin))
     return state, steps
 
 
@@ -163,7 +165,10 @@ def _heal(state: _Run, step: Step) -> None:
 
 
 def _operate(state: _Run, step: Step) -> None:
-    state.summary.ops_run += 1
+    if step.side == "admin":  # counted apart: `--ops` counts the users' operations
+        state.summary.admin_ops[step.kind] += 1
+    else:
+        state.summary.ops_run += 1
     step_acks = state.ops.run(step)
     state.runlog.write({"event": "op", **step.as_json()})
     for ack in step_acks:

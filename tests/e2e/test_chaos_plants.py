@@ -31,6 +31,7 @@ class Schedule(NamedTuple):
     seed: int
     ops: int
     faults: tuple[str, ...]
+    admin: bool = False  # admin operations (the first schedules were chosen without them)
 
 
 # 30 operations with no fault, a conversion and blanks on both sides: the unplanted run is clean
@@ -38,6 +39,9 @@ CLEAN = Schedule(205, 30, ())
 # two leader kills, each right after a Salesforce edit (op-0008, op-0024); the unplanted run has
 # known lost changes, all of them stale platform values in Salesforce, none inbound
 KILLS = Schedule(525, 30, ("kill_leader",))
+# no fault; a mapping edit (adm-001, after op-0025) maps people.mobile_phone, which Salesforce
+# users had set on five records: the unplanted run is clean
+REMAP = Schedule(43, 30, (), admin=True)
 
 
 class Case(NamedTuple):
@@ -52,6 +56,7 @@ CASES = {
     "blank_rule": Case(CLEAN, None, "loop"),
     "conversion_relink": Case(CLEAN, None, "duplicate"),
     "offset_order": Case(KILLS, "slow_apply", "lost_change", inbound=True),
+    "remerge": Case(REMAP, None, "lost_change"),
 }
 
 
@@ -61,7 +66,7 @@ def _run(schedule: Schedule, plant: str | None) -> RunResult:
     # A short wait can only add liveness/lost_change findings: not the classes CLEAN's cases need.
     timeout = 45.0 if schedule is CLEAN else BARRIER_TIMEOUT
     return run(schedule.seed, schedule.ops, faults=schedule.faults, echo=False, plant=plant,
-               barrier_timeout=timeout)
+               barrier_timeout=timeout, admin=schedule.admin)
 
 
 def _inbound_loss(message: str) -> bool:

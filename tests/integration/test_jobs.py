@@ -122,6 +122,18 @@ class TestRetryOne:
         assert (outcome.status, outcome.new_log_ids) == ("queued", [])
         assert await store.db.sync_logs.count_documents({}) == 1
 
+    async def test_an_outbound_retry_never_sends_a_from_salesforce_field(self, store: Store) -> None:
+        """`city` is `from_salesforce` ("we will never send SalesLoft data back to Salesforce"):
+        the platform's value stays out of the re-queued write (chaos seed 9001: LeadSource sent
+        by admin retries of a failed update)."""
+        pid = (await store.db.people.insert_one({"last_name": "Lee", "city": "Paris",
+                                                 "crm": {"object": "Lead", "id": LEAD}})).inserted_id
+        [log_id] = await store.insert_sync_logs([failed_outbound(pid)])
+        outbox = FakeOutbox()
+        await jobs_for(store, FakeSalesforce(), outbox=outbox).retry_log(log_id)
+        [write] = outbox.writes
+        assert write.fields == {"LastName": "Lee"}
+
     async def test_a_queued_retry_says_so_and_is_linked_to_its_outcome_when_it_comes(
         self, store: Store
     ) -> None:

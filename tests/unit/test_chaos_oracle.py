@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
+from bench.chaos.env import chaos_mappings
 from bench.chaos.operations import Ack, Entity
-from bench.chaos.oracle import Model, Observed, check
+from bench.chaos.oracle import Model, Observed, check, merge_decision
+from settings import Direction, MergeBehaviour
 
 T0 = 1_000_000.0  # acknowledgement times, epoch seconds
 LEAD = "00Q000000000001AAA"
@@ -292,6 +294,208 @@ class TestSalesforceWritesNotReadYet:
         """The platform had the first value long before the fault: it keeps it."""
         acks = [sf(0, Phone="+1 first"), sf(100, Phone="+1 second")]
         assert model_local(feed(acks, [fault("replay_retention", 90)]), "phone") == {"+1 first"}
+
+    def test_a_platform_blank_before_the_service_read_salesforces_edit_may_be_filled(self) -> None:
+        """The platform blanked the phone while Salesforce's edit of it was still unread (a
+        retention fault, then polling): read afterwards, Salesforce's data fills the blank ("if
+        there is data in a field, that value will always win over a blank field"; chaos seed
+        2718, L14.phone)."""
+        acks = [sf(0, Phone="+1 a"), pf(22, phone=None)]
+        assert model_local(feed(acks), "phone") == {None}
+        assert model_local(feed(acks, [fault("replay_retention", 0.4)]), "phone") == {None, "+1 a"}
+
+
+class TestSalesforceDataNotSeenYet:
+    def test_a_platform_edit_may_overwrite_salesforce_data_the_service_had_not_read(self) -> None:
+        """`salesforce_unless_blank` ("if there is data in that field in Salesforce, SalesLoft
+        will not write in a new value") is decided on the shadow: Salesforce's edit of a blank
+        field 10 ms before the platform's is not known yet, so the platform's value may go out
+        over it (chaos seed 5150, L15.title, a conflict)."""
+        unless_blank = mapping_edit(0, title_merge="salesforce_unless_blank")
+        model = feed([unless_blank, sf(10, Title=None), sf(20, Title="Sf"), pf(20.01, title="pf")])
+        assert allowed_sf(model, "L1", "title") == {"Sf", "pf"}
+
+    def test_not_once_the_service_has_read_it(self) -> None:
+        unless_blank = mapping_edit(0, title_merge="salesforce_unless_blank")
+        model = feed([unless_blank, sf(10, Title=None), sf(20, Title="Sf"), pf(30, title="pf")])
+        assert allowed_sf(model, "L1", "title") == {"Sf"}
+
+
+# --- admin operations: each is a merge (product: "A merge happens when: (1) The records are first
+# linked, (2) when you retry a failed sync job, (3) when you re-import a Person, (4) when you
+# convert a Lead to a Contact, or (5) when you edit field mappings") ------------------------------
+
+def reimport(at: float, slot: str = "L1", sobject: str = "Lead") -> Ack:
+    return Ack(f"i{at}", "admin_import", "admin", slot, T0 + at, "ok", sobject, {})
+
+
+def retry(at: float, job: str, slot: str = "L1") -> Ack:
+    return Ack(f"r{at}", "admin_retry", "admin", slot, T0 + at, "ok", None, {"job": job})
+
+
+def mapping_edit(at: float, status: str = "ok", **variant: Any) -> Ack:
+    """The remerge seen to finish at `at`, the rolling restart begun 5 s before."""
+    return Ack(f"m{at}", "mapping_edit", "admin", None, T0 + at, status, None,
+               {"mappings": chaos_mappings(**variant), "started": T0 + at - 5})
+
+
+B, M, F, T = Direction.BOTH, Direction.FROM_SALESFORCE, Direction.TO_SALESFORCE, MergeBehaviour
+# (direction, merge, writable, local, salesforce, what the merge writes, the product's rule)
+MERGES = [
+    (B, T.MOST_RECENT, True, None, "sf", ("local", "sf"), "data always wins over a blank field"),
+    (B, T.MOST_RECENT, True, "pf", None, ("salesforce", "pf"), "data always wins over a blank field"),
+    (B, T.MOST_RECENT, True, None, None, None, "we will not write null values or blanks"),
+    (B, T.MOST_RECENT, True, "x", "x", None, "equal: nothing to merge"),
+    (B, T.MOST_RECENT, True, "pf", "sf", ("either", None), "most recent value: the field times decide"),
+    (B, T.SALESFORCE_UNLESS_BLANK, True, "pf", "sf", ("local", "sf"), "Salesforce value unless blank"),
+    (B, T.SALESFORCE_UNLESS_BLANK, True, "pf", None, ("salesforce", "pf"), "... unless blank"),
+    (B, T.LOCAL_UNLESS_BLANK, True, "pf", "sf", ("salesforce", "pf"), "SalesLoft value unless blank"),
+    (B, T.LOCAL_UNLESS_BLANK, True, None, "sf", ("local", "sf"), "... unless blank"),
+    (M, T.MOST_RECENT, True, "pf", "sf", ("local", "sf"), "SalesLoft <- Salesforce: only bring data in"),
+    (M, T.MOST_RECENT, True, "pf", None, None, "never send SalesLoft data back; no blank written"),
+    (F, T.MOST_RECENT, True, "pf", "sf", ("salesforce", "pf"), "SalesLoft -> Salesforce: never back"),
+    (F, T.MOST_RECENT, True, None, "sf", None, "never send Salesforce data back; no blank written"),
+    (B, T.MOST_RECENT, False, "pf", "sf", ("local", "sf"), "read-only fields only sync from Salesforce"),
+]
+
+
+class TestMergeDecision:
+    @pytest.mark.parametrize(("direction", "merge", "writable", "local", "sf_value", "expected", "rule"),
+                             MERGES, ids=[f"{r[0].value}-{r[1].value}-{r[3]}-{r[4]}" for r in MERGES])
+    def test_what_a_merge_writes(self, direction: Direction, merge: MergeBehaviour, writable: bool,
+                                 local: Any, sf_value: Any, expected: Any, rule: str) -> None:
+        assert merge_decision(direction, merge, writable, local, sf_value) == expected, rule
+
+
+class TestReimportAndRetry:
+    def test_a_reimport_fills_the_platforms_blank_with_salesforces_data(self) -> None:
+        """The platform blanked the title (a blank is never sent: Salesforce keeps its data); a
+        re-import merges, and data wins over the blank."""
+        history = [sf(0, Title="Sf"), pf(10, title="")]
+        assert model_local(feed(history), "title") == {None}
+        assert model_local(feed([*history, reimport(30)]), "title") == {"Sf"}
+
+    def test_a_reimport_gives_a_salesforce_unless_blank_field_salesforces_value(self) -> None:
+        """The platform's edit was held back ("SalesLoft will not write in a new value"); at the
+        merge the platform takes Salesforce's value."""
+        history = [sf(0, Company="Sf Co"), pf(10, company_name="pf co")]
+        assert model_local(feed([*history, reimport(30)]), "company_name") == {"Sf Co"}
+
+    def test_a_value_the_merge_sends_is_in_flight_like_a_platform_edit(self) -> None:
+        """Salesforce blanked `city`; the merge sends the platform's value through the outbox, so
+        a Salesforce edit half a second later may end either way."""
+        history = [pf(0, city="Pf"), sf(10, City=None), reimport(30)]
+        assert allowed_sf(feed(history), "L1", "city") == {"Pf"}
+        assert allowed_sf(feed([*history, sf(30.5, City="Sf")]), "L1", "city") == {"Pf", "Sf"}
+        assert allowed_sf(feed([*history, sf(60, City="Sf")]), "L1", "city") == {"Sf"}
+
+    def test_an_edit_in_flight_at_the_merge_leaves_both_values_possible(self) -> None:
+        """The platform edit 0.5 s before the re-import may not have been sent: the merge may
+        see either Salesforce value, so the model only widens."""
+        model = feed([sf(0, Company="Sf Co"), pf(29.5, company_name="pf co"), reimport(30)])
+        assert model_local(model, "company_name") == {"pf co", "Sf Co"}
+
+    def test_a_record_not_linked_yet_is_merged_when_it_links(self) -> None:
+        late = Entity("L1", "Lead", "people", "salesforce", sf_id=LEAD, local_id="p1", bound_at=T0 + 60)
+        model = Model()
+        model.feed([sf(0, Company="Sf Co"), pf(70, company_name="pf co"), reimport(30)], {"L1": late})
+        assert "Sf Co" in model_local(model, "company_name")
+
+    def test_an_inbound_retry_is_a_merge_like_a_reimport(self) -> None:
+        history = [sf(0, Title="Sf"), pf(10, title="")]
+        assert model_local(feed([*history, retry(30, "inbound")]), "title") == {"Sf"}
+
+    def test_an_outbound_retry_resends_the_record_data_filling_salesforces_blanks(self) -> None:
+        """An outbound job re-queues the platform's record as it is now."""
+        model = feed([sf(0, Title=None), pf(10, title="pf"), sf(11, Title=None), retry(30, "outbound")])
+        assert "pf" in allowed_sf(model, "L1", "title")
+
+    def test_a_merge_counts_towards_the_records_bounds(self) -> None:
+        model = feed([sf(0, Title="Sf"), reimport(10), retry(20, "event")])
+        assert model.entities["L1"].merges == 2
+
+
+class TestMappingEdits:
+    def test_a_field_mapped_by_the_edit_takes_salesforces_data_at_the_remerge(self) -> None:
+        """Added mapping `people.mobile_phone`: the platform has no data there, Salesforce's
+        value written while it was unmapped fills it; later edits flow as for any field."""
+        history = [sf(0, MobilePhone="+1 m"), mapping_edit(30, mobile_phone=True)]
+        model = feed(history)
+        assert model_local(model, "mobile_phone") == {"+1 m"}
+        assert model_local(feed([*history, sf(60, MobilePhone="+1 n")]), "mobile_phone") == {"+1 n"}
+
+    def test_a_field_unmapped_keeps_its_platform_value_for_when_it_is_mapped_again(self) -> None:
+        """Unmapped, nothing syncs it: Salesforce's later blank is not the platform's, and the
+        platform keeps what it had (a blank never wins at the next remerge)."""
+        model = feed([sf(0, MobilePhone="+1 m"), mapping_edit(30, mobile_phone=True),
+                      mapping_edit(60), sf(70, MobilePhone=None), mapping_edit(100, mobile_phone=True)])
+        assert model_local(model, "mobile_phone") == {"+1 m"}
+        assert allowed_sf(model, "L1", "mobile_phone") == {"+1 m"}
+
+    def test_an_unmapped_field_is_not_checked(self) -> None:
+        model = feed([sf(0, MobilePhone="+1 m"), mapping_edit(30, mobile_phone=True), mapping_edit(60)])
+        assert "mobile_phone" not in model.entities["L1"].fields
+        assert "mobile_phone" not in {m.local_field for m in model.mappings.for_object("Lead")}
+
+    def test_a_merge_behaviour_changed_is_remerged_and_rules_live_edits_after(self) -> None:
+        """`title` to `salesforce_unless_blank`: the remerge fills the platform's blank with
+        Salesforce's data; a later platform edit does not replace Salesforce's data."""
+        history = [sf(0, Title="Sf"), pf(10, title=""),
+                   mapping_edit(40, title_merge="salesforce_unless_blank")]
+        model = feed(history)
+        assert model_local(model, "title") == {"Sf"}
+        assert model.entities["L1"].fields["title"].merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK
+        assert allowed_sf(feed([*history, pf(90, title="pf")]), "L1", "title") == {"Sf"}
+
+    def test_a_remerge_not_seen_to_finish_only_widens(self) -> None:
+        history = [sf(0, Title="Sf"), pf(10, title="")]
+        model = feed([*history, mapping_edit(40, "rejected", title_merge="salesforce_unless_blank")])
+        assert model_local(model, "title") == {None, "Sf"}
+
+    def test_an_edit_just_before_the_restart_leaves_both_values_possible(self) -> None:
+        """A platform edit 2 s before the rolling restart began may still wait in the outbox
+        when the new leader remerges: the model only widens."""
+        model = feed([sf(0, Title="Sf"), pf(33, title=""),
+                      mapping_edit(40, title_merge="salesforce_unless_blank")])
+        assert model_local(model, "title") == {None, "Sf"}
+
+
+    def test_a_remerge_of_sides_the_model_cannot_place_may_end_as_any_of_their_merges(self) -> None:
+        """`title` under `salesforce_unless_blank`: a platform edit 1.25 s after Salesforce's (so
+        either may stand on the platform: WINDOW) is held back from Salesforce. Edited back to
+        `most_recent`, the remerge sends the platform's later value ("the side whose field changed
+        last wins"; chaos seed 16180, C4.title)."""
+        model = feed([mapping_edit(0, title_merge="salesforce_unless_blank"), sf(5, Title="Sf"),
+                      pf(6.25, title="pf"), mapping_edit(30)])
+        assert allowed_sf(model, "L1", "title") == {"Sf", "pf"}
+        assert model_local(model, "title") == {"Sf", "pf"}
+
+
+class TestRetriedFailedLogs:
+    def observed(self, logs: list[dict[str, Any]]) -> Observed:
+        person = Entity("P1", "Lead", "people", "platform", local_id="p1")
+        return Observed(acks=[], entities={"P1": person}, sf_records={}, people=[{"_id": "p1"}],
+                        companies=[], sync_logs=logs, writes=[], state_writes=[], faults=[], barrier_ok=True,
+                        barrier_detail="", idle_writes=0, idle_local_changes=0)
+
+    def lost(self, logs: list[dict[str, Any]]) -> list[str]:
+        person = Entity("P1", "Lead", "people", "platform", local_id="p1")
+        model = Model()
+        model.feed([Ack("c", "pf_create_person", "platform", "P1", T0, "ok", "Lead", {"last_name": "x"})],
+                   {"P1": person})
+        return [v.message for v in check(self.observed(logs), model) if v.check == "lost_change"]
+
+    def failed(self, log_id: int, **extra: Any) -> dict[str, Any]:
+        return {"_id": log_id, "source": "local", "type": "create", "status": "failed", "local_id": "p1",
+                **extra}
+
+    def test_a_failed_create_retried_and_failed_again_is_one_open_failure(self) -> None:
+        """A retry "writes new sync logs with attempt + 1 and marks the old log `retried_by`"
+        (design: the admin retries a failed job): the chain explains the record once."""
+        assert self.lost([self.failed(1, retried_by="2"), self.failed(2, attempt=2)]) == []
+
+    def test_two_open_failures_of_one_create_are_still_a_violation(self) -> None:
+        assert len(self.lost([self.failed(1), self.failed(2)])) == 1
 
 
 class TestBlankOverAnUnreadValue:

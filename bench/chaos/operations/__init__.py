@@ -3,8 +3,9 @@
 Salesforce side (`salesforce_side`): REST as another integration (`client=chaos-other-app`) or a
 UI edit through the emulator's control API; conversions, deletes and undeletes as a UI user.
 Platform side (`platform_side`): what the platform does — top-level fields plus `updated_at`
-written straight to MongoDB. `binding` ties the schedule's slots to real ids; `records` holds
-the entities and acks.
+written straight to MongoDB. Admin (`admin_side`): mapping edits (a rolling restart and the
+remerge), retries of failed sync logs and re-imports, through the admin API of the leader.
+`binding` ties the schedule's slots to real ids; `records` holds the entities and acks.
 
 Each executed step yields an *ack*: the step id, which side acknowledged it, when, and what it
 wrote (Salesforce field names for Salesforce writes, local names for platform writes). The oracle
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.chaos.env import Environment
+from bench.chaos.operations.admin_side import AdminSide
 from bench.chaos.operations.binding import Bindings
 from bench.chaos.operations.platform_side import PlatformSide
 from bench.chaos.operations.records import Ack, Entity, skip
@@ -32,7 +34,8 @@ class Operations:
         self.entities = self.bindings.entities
         self.salesforce = SalesforceSide(env, self.bindings)
         self.platform = PlatformSide(env, self.bindings)
-        sf, pf = self.salesforce, self.platform
+        self.admin = AdminSide(env, self.bindings)
+        sf, pf, admin = self.salesforce, self.platform, self.admin
         self._handlers: dict[str, Callable[[Step], list[Ack]]] = {
             "sf_create_lead": sf.create_lead, "sf_create_contact": sf.create_contact,
             "sf_create_account": sf.create_account, "sf_update": sf.update, "sf_bulk_update": sf.bulk_update,
@@ -40,6 +43,8 @@ class Operations:
             "sf_owner_change": sf.owner_change,
             "pf_create_person": pf.create_person, "pf_create_company": pf.create_company, "pf_edit": pf.edit,
             "conflict": self._conflict,
+            "mapping_edit": admin.edit_mappings, "admin_retry": admin.retry,
+            "admin_import": admin.import_record,
         }
 
     def run(self, step: Step) -> list[Ack]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.chaos.schedule import conflict, platform_ops, salesforce_ops
+from bench.chaos.schedule import admin_ops, conflict, platform_ops, salesforce_ops
 from bench.chaos.schedule.drawing import Drawing
 from bench.chaos.schedule.fault_draws import FaultPlan
 from bench.chaos.schedule.step import FAULT_KINDS, Step
@@ -41,8 +41,11 @@ def draw_op(d: Drawing) -> None:
             return
 
 
-def build_schedule(seed: int, ops: int, faults: tuple[str, ...] = FAULT_KINDS) -> list[Step]:
-    """The steps of a run: `ops` operations, faults at FAULT_RATE between them, every heal."""
+def build_schedule(seed: int, ops: int, faults: tuple[str, ...] = FAULT_KINDS, *,
+                   admin: bool = True) -> list[Step]:
+    """The steps of a run: `ops` operations, faults at FAULT_RATE between them, every heal; with
+    `admin`, admin steps interleaved from their own stream (`admin_ops`: without them the
+    schedule is the one seeds drew before admin operations existed)."""
     unknown = set(faults) - set(FAULT_KINDS)
     if unknown:
         raise ValueError(f"unknown fault kind(s): {', '.join(sorted(unknown))}")
@@ -57,7 +60,7 @@ def build_schedule(seed: int, ops: int, faults: tuple[str, ...] = FAULT_KINDS) -
         draw_op(d)
         plan.flush_heals(d)
     plan.flush_heals(d, force=True)
-    return d.steps
+    return admin_ops.interleave(seed, d.steps) if admin else d.steps
 
 
 __all__ = ["FAULT_RATE", "OP_MIX", "build_schedule", "draw_op"]
