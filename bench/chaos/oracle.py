@@ -515,45 +515,10 @@ class Model:
             self.resync()
 
     def _apply(self, em: EntityModel, ack: Ack, entities: Mapping[str, Entity]) -> None:
-        kind = ack.kind
         if ack.side == "salesforce":
-            em.sf_ops.append(ack.step)
-            if kind in ("sf_create_lead", "sf_create_contact", "sf_create_account"):
-                owner = ack.fields.get("OwnerId")
-                em.created_mapped = isinstance(owner, str) and self.mappings.local_user(owner) is not None
-                em.created_by_read = any(start <= ack.at <= end for start, end in self.read_windows)
-            if kind == "sf_delete":
-                em.deleted = True
-                return
-            if kind == "sf_undelete":
-                em.deleted = False
-                for fm in em.fields.values():
-                    fm.undelete()
-                return
-            if kind == "sf_convert":
-                self._convert(em, ack, entities)
-                return
-            seen = em.entity.bound_at is not None and ack.at >= em.entity.bound_at
-            if "OwnerId" in ack.fields:
-                em.owner_sf = ack.fields["OwnerId"]
-                if not seen and em.created_by_read and self.mappings.local_user(em.owner_sf) is None:
-                    # the create may reach the service only by a read, which shows this owner:
-                    # no Person for an unmapped owner (seed 1679 x 2000, C3)
-                    em.created_mapped = None
-            em.sf_raw.update(ack.fields)
-            silent = ack.kind in ("cdc_gap", "cdc_overflow")
-            by_read = silent or any(start <= ack.at <= end for start, end in self.read_windows)
-            for m in self._mapping(em.sobject):
-                if m.sf_field in ack.fields and m.local_field not in em.frozen:
-                    fm = self._field(em, m)
-                    before = (frozenset(fm.sf), fm.sf_known)
-                    written = len(fm.writes)
-                    fm.write("salesforce", ack.fields[m.sf_field], ack.at, ack.step,
-                             other_exists=seen, certain=not silent, by_read=by_read)
-                    if len(fm.writes) > written:  # (a write of the value it holds is no change)
-                        fm.writes[-1].sf_before = before  # what a platform edit not seeing it decides on
+            self._apply_salesforce(em, ack, entities)
         elif ack.side == "admin":
-            self._admin_merge(em, ack)
+            _admin_merge(self._mapping(em.sobject), em, ack)
         else:
             em.pf_ops.append(ack.step)
             seen = em.entity.bound_at is not None and ack.at >= em.entity.bound_at
@@ -567,22 +532,39 @@ class Model:
                     if not em.deleted:
                         _sent_over_unread(fm, ack.fields[m.local_field], ack.at, unread, seen)
 
-    def _admin_merge(self, em: EntityModel, ack: Ack) -> None:
-        """A re-import or a retry of one record: a merge (product: "a merge happens when you
-        retry a failed sync job, when you re-import a Person"). An outbound retry re-sends the
-        platform's record as it is now: data fills blanks in Salesforce (as a resync)."""
-        em.merges += 1
-        em.admin_ops.append(ack.step)
-        outbound = ack.kind == "admin_retry" and ack.fields.get("job") == "outbound"
-        exact = not outbound and _linked(em, ack.at) and not em.deleted
+    def _apply_salesforce(self, em: EntityModel, ack: Ack, entities: Mapping[str, Entity]) -> None:
+        kind = ack.kind
+        em.sf_ops.append(ack.step)
+        if kind in ("sf_create_lead", "sf_create_contact", "sf_create_account"):
+            owner = ack.fields.get("OwnerId")
+            em.created_mapped = isinstance(owner, str) and self.mappings.local_user(owner) is not None
+            em.created_by_read = any(start <= ack.at <= end for start, end in self.read_windows)
+        if kind in ("sf_delete", "sf_undelete"):
+            em.deleted = kind == "sf_delete"
+            for fm in em.fields.values() if not em.deleted else []:
+                fm.undelete()
+            return
+        if kind == "sf_convert":
+            self._convert(em, ack, entities)
+            return
+        seen = em.entity.bound_at is not None and ack.at >= em.entity.bound_at
+        if "OwnerId" in ack.fields:
+            em.owner_sf = ack.fields["OwnerId"]
+            if not seen and em.created_by_read and self.mappings.local_user(em.owner_sf) is None:
+                # the create may reach the service only by a read, which shows this owner: no
+                # Person for an unmapped owner (seed 1679 x 2000, C3)
+                em.created_mapped = None
+        em.sf_raw.update(ack.fields)
+        silent = ack.kind in ("cdc_gap", "cdc_overflow")
+        by_read = silent or any(start <= ack.at <= end for start, end in self.read_windows)
         for m in self._mapping(em.sobject):
-            fm = em.fields.get(m.local_field)
-            if fm is None or m.local_field in em.frozen:
-                continue
-            if outbound:
-                fm.fill_blanks()
-            else:
-                merge_now(fm, ack.at, ack.step, exact=exact and m.sf_field not in LINK_FIELDS)
+            if m.sf_field in ack.fields and m.local_field not in em.frozen:
+                fm = self._field(em, m)
+                before, written = (frozenset(fm.sf), fm.sf_known), len(fm.writes)
+                fm.write("salesforce", ack.fields[m.sf_field], ack.at, ack.step,
+                         other_exists=seen, certain=not silent, by_read=by_read)
+                if len(fm.writes) > written:  # (a write of the value it holds is no change)
+                    fm.writes[-1].sf_before = before  # what a platform edit not seeing it decides on
 
     def _remap(self, ack: Ack) -> None:
         """A mapping edit: the new rules from now on, and the remerge of the fields it added or
@@ -662,6 +644,24 @@ class Model:
 # --- admin operations: merges (README "Merge rules", the "at a merge" column) --------------------
 
 LINK_FIELDS = frozenset({"OwnerId", "AccountId"})  # owner and Account links: users / rules, not values
+
+
+def _admin_merge(mappings: Iterable[FieldMapping], em: EntityModel, ack: Ack) -> None:
+    """A re-import or a retry of one record: a merge (product: "a merge happens when you
+    retry a failed sync job, when you re-import a Person"). An outbound retry re-sends the
+    platform's record as it is now: data fills blanks in Salesforce (as a resync)."""
+    em.merges += 1
+    em.admin_ops.append(ack.step)
+    outbound = ack.kind == "admin_retry" and ack.fields.get("job") == "outbound"
+    exact = not outbound and _linked(em, ack.at) and not em.deleted
+    for m in mappings:
+        fm = em.fields.get(m.local_field)
+        if fm is None or m.local_field in em.frozen:
+            continue
+        if outbound:
+            fm.fill_blanks()
+        else:
+            merge_now(fm, ack.at, ack.step, exact=exact and m.sf_field not in LINK_FIELDS)
 
 
 def merge_decision(direction: Direction, merge: MergeBehaviour, writable: bool, local: Any,
