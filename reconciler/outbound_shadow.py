@@ -198,7 +198,7 @@ class ShadowGate:
         return docs
 
     async def _fill(self, sobject: str, collection: str, docs: Mapping[str, dict[str, Any]],
-                    refreshed: Mapping[Any, Mapping[str, Any]]) -> None:
+                    refreshed: Mapping[Any, Mapping[str, Sequence[Any]]]) -> None:
         """`refreshed`: the documents read again (re-sent or waited writes), each with what earlier
         attempts of its write sent (their answers lost)."""
         mappings = self._mappings.for_object(sobject)
@@ -266,12 +266,11 @@ class ShadowGate:
             await self._store.record_shadow(collection, sets_by_doc)
 
 
-def _is_own(key: str, entry: Mapping[str, Any], sent: Mapping[str, Any]) -> bool:
-    name = key.rsplit(".", 1)[-1]
-    return name in sent and sent[name] == entry.get("v")
+def _is_own(key: str, entry: Mapping[str, Any], sent: Mapping[str, Sequence[Any]]) -> bool:
+    return entry.get("v") in sent.get(key.rsplit(".", 1)[-1], ())
 
 
-def _own_unknown(found: dict[str, Any], sent: Mapping[str, Any]) -> dict[str, Any]:
+def _own_unknown(found: dict[str, Any], sent: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
     """A value read back that an earlier attempt of the write sent is the platform's own, as old
     as that attempt's value, not a Salesforce edit of the record's `LastModifiedDate` (a lost
     answer's write re-sent once more after the platform's next edit: chaos seed 314,

@@ -70,7 +70,7 @@ class OutboxEntry:
     first_sent_at: datetime | None = None   # when a flusher first claimed it to send (this host's clock)
     failures: int = 0               # retriable failures (expired claims included) since queued
     last_error: str | None = None
-    sent: dict[str, Any] = field(default_factory=dict)  # what earlier claims sent, latest per field
+    sent: dict[str, list[Any]] = field(default_factory=dict)  # every value earlier claims sent, per field
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> OutboxEntry:
@@ -84,7 +84,7 @@ class OutboxEntry:
                    lease=doc.get("lease"),
                    first_sent_at=aware(doc["first_sent_at"]) if doc.get("first_sent_at") else None,
                    failures=int(doc.get("failures", 0)), last_error=doc.get("last_error"),
-                   sent=dict(doc.get("sent_before") or {}))
+                   sent=_claimed_values(doc.get("claims_before")))
 
 
 @dataclass(frozen=True)
@@ -188,14 +188,16 @@ class OutboxCollection:
                 return []
             # The status filter makes each document's claim atomic: a replica that lost the
             # race simply claims fewer.
-            # `sent`: the values claimed to go out, kept through a release or an expiry: an
-            # answer lost, they may be read back from Salesforce later as this write's own
-            # (`sent_before`: those of the earlier claims, what this one's reader compares)
+            # `claims`: the values each claim sent, kept through a release or an expiry: an
+            # answer lost, any of them may be read back from Salesforce later as this write's
+            # own (`claims_before`: those of the earlier claims, what this one's reader compares).
+            # Every claim's, not the latest per field: a recovered create's claim sends nothing
+            # but carries the edit coalesced since (chaos seed 11376, Q4.domain)
             await self._coll.update_many({"_id": {"$in": ids}, "status": PENDING}, [{"$set": {
                 **{name: {"$literal": value} for name, value in claimed.items()},
                 "first_sent_at": {"$min": ["$first_sent_at", {"$literal": now}]},
-                "sent_before": {"$ifNull": ["$sent", {}]},
-                "sent": {"$mergeObjects": [{"$ifNull": ["$sent", {}]}, "$fields"]}}}])
+                "claims_before": {"$ifNull": ["$claims", []]},
+                "claims": {"$concatArrays": [{"$ifNull": ["$claims", []]}, ["$fields"]]}}}])
             docs = await self._coll.find({"lease": token}).to_list(None)
         order = {doc_id: i for i, doc_id in enumerate(ids)}
         docs.sort(key=lambda d: order[d["_id"]])
@@ -290,12 +292,23 @@ class OutboxCollection:
             "enqueued_at": {"$min": [{"$literal": older["enqueued_at"]}, "$enqueued_at"]},
             "attempt": {"$max": [{"$literal": int(older.get("attempt", 0))}, "$attempt"]},
             "first_sent_at": _earliest(older.get("first_sent_at")),
-            "sent": {"$mergeObjects": [{"$ifNull": ["$sent", {}]}, {"$literal": older.get("sent") or {}}]},
+            "claims": {"$concatArrays": [{"$ifNull": ["$claims", []]},
+                                         {"$literal": older.get("claims") or []}]},
         }}]
         with translate_errors("outbox.merge"):
             result = await self._coll.update_one({"key": key, "status": PENDING}, merged)
             if result.matched_count:
                 await self._coll.delete_one({"_id": older["_id"]})
+
+
+def _claimed_values(claims: Any) -> dict[str, list[Any]]:
+    """Every value the claims sent, per field (documents claimed before `claims` have none)."""
+    values: dict[str, list[Any]] = {}
+    for fields in claims if isinstance(claims, list) else ():
+        for name, value in (fields or {}).items():
+            if value not in values.setdefault(name, []):
+                values[name].append(value)
+    return values
 
 
 def _earliest(first_sent_at: datetime | None) -> Any:
