@@ -188,11 +188,9 @@ class OutboxCollection:
                 return []
             # The status filter makes each document's claim atomic: a replica that lost the
             # race simply claims fewer.
-            # `claims`: the values each claim sent, kept through a release or an expiry: an
-            # answer lost, any of them may be read back from Salesforce later as this write's
-            # own (`claims_before`: those of the earlier claims, what this one's reader compares).
-            # Every claim's, not the latest per field: a recovered create's claim sends nothing
-            # but carries the edit coalesced since (chaos seed 11376, Q4.domain)
+            # `claims`: what each claim sent (an answer lost, any may be read back later as this
+            # write's own; `claims_before`: the earlier ones, for this claim's reader). Not the
+            # latest per field: a recovered create's claim carries a coalesced edit (seed 11376 Q4)
             await self._coll.update_many({"_id": {"$in": ids}, "status": PENDING}, [{"$set": {
                 **{name: {"$literal": value} for name, value in claimed.items()},
                 "first_sent_at": {"$min": ["$first_sent_at", {"$literal": now}]},
@@ -286,14 +284,14 @@ class OutboxCollection:
         """Fold an older document into the pending one for `key` (its values win), then drop it.
         A given-up document's failures are not carried: the retry that re-queued it starts over."""
         failures = 0 if older.get("status") == FAILED else int(older.get("failures", 0))
+        claims = {"$concatArrays": [{"$ifNull": ["$claims", []]}, {"$literal": older.get("claims") or []}]}
         merged = [{"$set": {
             "failures": {"$max": [{"$literal": failures}, {"$ifNull": ["$failures", 0]}]},
             "fields": {"$mergeObjects": [{"$literal": older.get("fields") or {}}, "$fields"]},
             "enqueued_at": {"$min": [{"$literal": older["enqueued_at"]}, "$enqueued_at"]},
             "attempt": {"$max": [{"$literal": int(older.get("attempt", 0))}, "$attempt"]},
             "first_sent_at": _earliest(older.get("first_sent_at")),
-            "claims": {"$concatArrays": [{"$ifNull": ["$claims", []]},
-                                         {"$literal": older.get("claims") or []}]},
+            "claims": claims,
         }}]
         with translate_errors("outbox.merge"):
             result = await self._coll.update_one({"key": key, "status": PENDING}, merged)
