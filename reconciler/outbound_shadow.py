@@ -55,10 +55,14 @@ class ShadowStore(Protocol):
 
 
 class ClockOffset(Protocol):
-    """Salesforce's clock minus this host's (`listener.salesforce_time.SalesforceClock`)."""
+    """Salesforce's clock minus this host's, and the latest `Date` it sent
+    (`listener.salesforce_time.SalesforceClock`)."""
 
     @property
     def offset(self) -> timedelta: ...
+
+    @property
+    def latest(self) -> datetime | None: ...
 
 
 @dataclass(frozen=True)
@@ -253,7 +257,7 @@ class ShadowGate:
         # `sent`: when Salesforce took the value, on its own clock as known now (an older event
         # of the field is stale): compared with Salesforce's stamps as they are, not moved onto
         # this host's clock with an offset learned later (the org's clock may have stepped since)
-        now = datetime.now(UTC) + (self._sf_clock.offset if self._sf_clock is not None else timedelta(0))
+        now = self._salesforce_now()
         for entry, ok in zip(entries, succeeded, strict=True):
             decided = self._decided.pop(entry.id, None)
             if not ok:
@@ -264,6 +268,19 @@ class ShadowGate:
             by_collection.setdefault(entry.write.collection, {})[entry.write.local_id] = sets
         for collection, sets_by_doc in by_collection.items():
             await self._store.record_shadow(collection, sets_by_doc)
+
+
+    def _salesforce_now(self) -> datetime:
+        """Salesforce's time just after a write: host now + the offset, capped by the latest
+        `Date` it sent (the write's answer's, or later: not before the second the write was
+        stamped in). The offset alone may run ahead of Salesforce's clock when it slews back
+        after a skew, into the next second: another user's edit a moment after our write was
+        then taken for a value our write replaced (chaos seed 11376, P12.first_name)."""
+        if self._sf_clock is None:
+            return datetime.now(UTC)
+        now = datetime.now(UTC) + self._sf_clock.offset
+        latest = self._sf_clock.latest
+        return now if latest is None else min(now, latest)
 
 
 def _is_own(key: str, entry: Mapping[str, Any], sent: Mapping[str, Sequence[Any]]) -> bool:

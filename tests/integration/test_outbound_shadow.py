@@ -295,10 +295,12 @@ class TestResentUpdate:
 
 
 class MovableOffset:
-    """Salesforce's clock minus this host's, as the service last learned it: set by the test."""
+    """Salesforce's clock minus this host's, as the service last learned it, and the latest
+    `Date` Salesforce sent: set by the test."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, latest: datetime | None = None) -> None:
         self.offset = timedelta(seconds=seconds)
+        self.latest = latest
 
 
 class TestSalesforceClockMovedAfterOurWrite:
@@ -322,6 +324,32 @@ class TestSalesforceClockMovedAfterOurWrite:
         sf_clock.offset = timedelta(seconds=4)  # stepped ahead; it slews back, never goes back
         theirs = change(sf_id(1), {"FirstName": "Theirs"},
                         at=after_write.replace(microsecond=0) + timedelta(seconds=1))
+        await Reconciler(store, MAPPINGS, sf_clock=sf_clock).apply([theirs])
+        doc = await store.db.people.find_one({"_id": "p-1"})
+        assert doc is not None and doc["first_name"] == "Theirs"
+
+
+class TestSalesforceClockBehindTheOffsetLearned:
+    """Salesforce's clock slews back after a skew heals (it never steps back), so the offset
+    learned from earlier responses runs ahead of it: our write's time on Salesforce's clock,
+    taken as host now + that offset, fell in the next second. Another user's edit of the same
+    field a moment after our write, stamped in the second Salesforce took our write in, was then
+    taken for the value our write replaced: dropped on the platform, kept in Salesforce (chaos
+    seed 11376, P12.first_name: 0.07 s after the service created the Lead). The `Date` of the
+    write's answer, Salesforce's own reading, bounds our write's time."""
+
+    async def test_an_edit_in_the_second_salesforce_took_our_write_in_is_applied(self, store: Store) -> None:
+        # Salesforce's latest `Date` is a second behind host now + the offset learned (0)
+        org_second = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+        sf_clock = MovableOffset(0, latest=org_second)
+        clock, sf = Clock(), QueryingSalesforce()
+        outbox = Outbox(store.outbox, clock=clock)
+        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync", clock=clock,
+                                  writable={"Lead": {}}, gate=ShadowGate(sf, store, MAPPINGS, sf_clock))
+        await person(store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")
+        await outbox.enqueue([edit(1, FirstName="Ours")])
+        await flusher.flush()
+        theirs = change(sf_id(1), {"FirstName": "Theirs"}, at=org_second)
         await Reconciler(store, MAPPINGS, sf_clock=sf_clock).apply([theirs])
         doc = await store.db.people.find_one({"_id": "p-1"})
         assert doc is not None and doc["first_name"] == "Theirs"
