@@ -124,6 +124,7 @@ class _Pending:
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)
     sf_updates: dict[str, Any] = field(default_factory=dict)
     held: dict[str, str] = field(default_factory=dict)   # local field -> the rule that held it
+    won: dict[str, Any] = field(default_factory=dict)    # Salesforce field -> platform value that won
 
     def put(self, path: str, value: Any, *, logged: bool = True) -> None:
         old = get_path(self.doc, path)
@@ -312,8 +313,7 @@ class Reconciler:
         if isinstance(account, str) and account in accounts:
             item.put("company_id", accounts[account])
 
-    def _owner_fields(self, change: SalesforceChange) -> set[str]:
-        """The platform owner and the local field of the Owner CRM ID mapping (`OwnerId`)."""
+    def _owner_fields(self, change: SalesforceChange) -> set[str]:  # owner_id, the OwnerId mapping's
         return {"owner_id", *(m.local_field for m in self.mappings.for_object(change.sobject)
                               if m.sf_field == "OwnerId")}
 
@@ -337,6 +337,7 @@ class Reconciler:
             item.sf_updates.update(merged.sf_updates)
         elif not item.merge:
             item.held.update(merged.held)
+            item.won.update(shadow.won_by_platform(mappings, merged.sf_updates, record))
         # the shadow's times are on this host's clock, like the field times they are weighed against
         shadow.record(item, mappings, record, host_at, complete=change.kind in _FULL_RECORD)
 
@@ -351,7 +352,8 @@ class Reconciler:
         conflicted = [to_write[i] for i in sorted(outcome.conflicts)]
         run.result.unchanged += sum(1 for i in items if not i.changed and not i.sf_updates)
         failed = _outcome_logs(collection, to_write, outcome, run) | {id(i) for i in conflicted}
-        merged = [i for i in items if i.sf_updates and id(i) not in failed and i.doc.get("_id") is not None]
+        merged = [i for i in items if (i.sf_updates or i.won) and id(i) not in failed
+                  and i.doc.get("_id") is not None]
         await _enqueue_merges(self.outbox, merged, run)
         return conflicted
 
@@ -395,17 +397,19 @@ def _outcome_logs(collection: str, written: list[_Pending], outcome: BulkOutcome
 
 
 async def _enqueue_merges(outbox: OutboundQueue | None, items: list[_Pending], run: _Run) -> None:
-    """Where the local value won a merge, Salesforce gets it through the outbox."""
+    """Where the local value won a merge, or a live conflict (`won`), Salesforce gets it through
+    the outbox (the flusher re-decides it against the shadow: a value Salesforce has is not sent)."""
     if not items or outbox is None:
         return
     await outbox.enqueue([
         OutboundWrite(sobject=i.change.sobject, sf_id=i.change.sf_id, collection=i.collection,
-                      local_id=i.doc["_id"], fields=dict(i.sf_updates), reason="merge")
+                      local_id=i.doc["_id"], fields=dict(i.sf_updates or i.won),
+                      reason="merge" if i.sf_updates else "local_edit")
         for i in items
     ])
     run.result.enqueued += len(items)
     if not run.summary:  # a merge that changed only Salesforce's side still leaves a log
-        run.result.logs += [_success(i, run.attempt) for i in items if not i.changed]
+        run.result.logs += [_success(i, run.attempt) for i in items if not i.changed and i.sf_updates]
 
 
 def _start(

@@ -9,11 +9,11 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from reconciler.ports import SalesforceChange
-from reconciler.records import get_path
+from reconciler.records import get_path, is_blank
 from reconciler.shadow import ROOT, shadow_sets, shadow_side
 from reconciler.shadow import path as shadow_path
 from reconciler.sync_logs import SyncLog
-from settings import FieldMapping
+from settings import Direction, FieldMapping, MergeBehaviour
 
 
 class PendingRecord(Protocol):
@@ -57,6 +57,22 @@ def edits_only(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Ma
         if _replaced_since(item.doc, item.change.sobject, name, sf_at):
             continue
         out[name] = value
+    return out
+
+
+def won_by_platform(mappings: Iterable[FieldMapping], sf_updates: Mapping[str, Any],
+                    fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The platform's values that won a live Salesforce edit by the most recent value (both
+    directions, Salesforce's value not blank): they must reach Salesforce. Its own queued write
+    normally carries them, but the flusher may have dropped it already, deciding on the record
+    read again and dated by `LastModifiedDate` (a later edit of other fields moves it), before
+    this edit's own, earlier time came in (chaos seed 11376, P6.city). Not a blank's answer: a
+    Salesforce user's blank stands there, as the platform's data stands here."""
+    out: dict[str, Any] = {}
+    for m in mappings:
+        if (m.sf_field in sf_updates and m.direction is Direction.BOTH
+                and m.merge is MergeBehaviour.MOST_RECENT and not is_blank(fields.get(m.sf_field))):
+            out[m.sf_field] = sf_updates[m.sf_field]
     return out
 
 

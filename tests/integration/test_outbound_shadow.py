@@ -353,3 +353,29 @@ class TestSalesforceClockBehindTheOffsetLearned:
         await Reconciler(store, MAPPINGS, sf_clock=sf_clock).apply([theirs])
         doc = await store.db.people.find_one({"_id": "p-1"})
         assert doc is not None and doc["first_name"] == "Theirs"
+
+
+class TestAConflictThePlatformWon:
+    """Chaos seed 11376, P6.city: the platform and a Salesforce user edited City 4 ms apart. The
+    platform's write waited through a leader change; the new leader's flusher read the Lead again
+    and, dating Salesforce's value by the Lead's `LastModifiedDate` (moved on by a later edit of
+    other fields), dropped the platform's value as older. The edit's own event came in after,
+    dated before the platform's edit: the platform's value stands by the most recent value, and
+    nothing was left to send it. The sides stayed apart."""
+
+    async def test_the_inbound_side_queues_the_platforms_newer_value(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")  # edited at T1
+        theirs = change(sf_id(1), {"FirstName": "Theirs"}, at=T1 - timedelta(milliseconds=500))
+        await Reconciler(rig.store, MAPPINGS, outbox=rig.outbox).apply([theirs])
+        assert (await rig.doc("p-1"))["first_name"] == "Ours"
+        await rig.flusher.flush()
+        assert [r.get("FirstName") for call in rig.sf.calls for r in call.records] == ["Ours"]
+
+    async def test_a_salesforce_blank_is_not_answered(self, rig: Rig) -> None:
+        """A Salesforce user blanked the field after the platform's edit: the platform keeps its
+        data (blanks are never written) and Salesforce its blank; nothing is sent."""
+        await person(rig.store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")
+        theirs = change(sf_id(1), {"FirstName": None}, at=T2)
+        await Reconciler(rig.store, MAPPINGS, outbox=rig.outbox).apply([theirs])
+        await rig.flusher.flush()
+        assert rig.sf.calls == [] and await rig.outbox.depth() == 0
