@@ -58,6 +58,7 @@ from reconciler.ports import (
 )
 from reconciler.records import check_value, get_path, is_blank, set_path
 from reconciler.rules import cannot_start, may_create, owner_updates
+from reconciler.shadow import stamped_time
 from reconciler.store import BulkOutcome, Fence, RecordVersion, RecordWrite
 from reconciler.sync_logs import LogType, SyncLog, event_job, failed_inbound, utcnow
 from settings import Direction, Mappings
@@ -472,8 +473,10 @@ def _with_concurrent_edits(fresh: dict[str, Any], before: dict[str, Any] | None,
     """`fresh` re-read after a conflict: a mapped field whose value changed since `before` was
     edited at `fresh`'s `updated_at` at the latest (its field time, if older, is raised to it);
     one that did not change keeps the time it had in `before` (`shadow.platform_time`, so a
-    fresh, unstamped edit is not guessed onto it). Every field now has its time, so the working
-    copy counts as stamped up to `updated_at`."""
+    fresh, unstamped edit is not guessed onto it), unless the watcher stamped it since: its own
+    time then, not the document's latest edit that `before` guessed it by (chaos seed 11376,
+    P3.first_name). Every field now has its time, so the working copy counts as
+    stamped up to `updated_at`."""
     edited_at = fresh.get("updated_at")
     if before is None or not isinstance(edited_at, datetime):
         return fresh
@@ -481,8 +484,12 @@ def _with_concurrent_edits(fresh: dict[str, Any], before: dict[str, Any] | None,
     doc = _copy(fresh)
     sobject = get_path(fresh, "crm.object")
     for m in mappings.for_object(sobject) if isinstance(sobject, str) else ():
-        when = edited_at if get_path(before, m.local_field) != get_path(fresh, m.local_field) \
-            else local_side(before, m).changed_at
+        if get_path(before, m.local_field) != get_path(fresh, m.local_field):
+            when: datetime | None = edited_at
+        elif stamped_time(fresh, m.local_field) != stamped_time(before, m.local_field):
+            continue  # the watcher stamped the edit since: its own time stands
+        else:
+            when = local_side(before, m).changed_at
         path = f"_sync.field_times.{m.local_field}"
         known = get_path(doc, path)
         if when is not None and (not isinstance(known, datetime) or _utc(known) < _utc(when)):
