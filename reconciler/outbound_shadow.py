@@ -34,7 +34,7 @@ import structlog
 
 from reconciler.merge import SALESFORCE_NEWER, SAME_VALUE, Side, capped_offset, decide_outgoing
 from reconciler.ports import OutboundWrite, SalesforceApi
-from reconciler.records import get_path, set_path
+from reconciler.records import get_path, is_blank, set_path
 from reconciler.rules import OWNER_FIELD
 from reconciler.shadow import Seen, has_shadow, path, platform_time, shadow_sets, shadow_side, stamped_time
 from reconciler.soql import parse_sf_datetime, soql_string
@@ -225,7 +225,7 @@ class ShadowGate:
                     # edits); the rest decides this flush only: the platform has not taken what
                     # Salesforce changed since, and the inbound side skips a value equal to the
                     # stored shadow as read before (`inbound_shadow.edits_only`).
-                    found = _own_unknown(found, own)
+                    found = _own_unknown(_created_blank(found, doc), own)
                     sets[doc["_id"]] = {k: v for k, v in found.items() if _is_own(k, v, own)}
                 elif not has_shadow(doc, sobject):
                     sets[doc["_id"]] = found
@@ -294,6 +294,17 @@ def _own_unknown(found: dict[str, Any], sent: Mapping[str, Sequence[Any]]) -> di
     L1.first_name): its time is unknown (older than any platform edit)."""
     for key, entry in found.items():
         if _is_own(key, entry, sent):
+            found[key] = {**entry, "at": None}
+    return found
+
+
+def _created_blank(found: dict[str, Any], doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A blank read again for a field the shadow never knew is the blank the record was created
+    with as far as anyone told us, not an edit at the record's `LastModifiedDate` (moved on by
+    other fields' edits): its time is unknown (chaos seed 11376, P23.state: a `to_salesforce`
+    value set after the create was dropped as older than that blank)."""
+    for key, entry in found.items():
+        if is_blank(entry.get("v")) and get_path(doc, key) is None:
             found[key] = {**entry, "at": None}
     return found
 

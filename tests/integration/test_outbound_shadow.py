@@ -379,3 +379,44 @@ class TestAConflictThePlatformWon:
         await Reconciler(rig.store, MAPPINGS, outbox=rig.outbox).apply([theirs])
         await rig.flusher.flush()
         assert rig.sf.calls == [] and await rig.outbox.depth() == 0
+
+
+class TestABlankSalesforceAlwaysHad:
+    """Chaos seed 11376, P23.state (`to_salesforce`): the platform set State after the Person's
+    create (which carried none); the write, sent again after a leader change, read the Lead:
+    State blank, dated by the Lead's `LastModifiedDate` (our create, an owner change since), so
+    the platform's value looked older than Salesforce's and was not sent. A blank for a field
+    the shadow never knew is the blank the record was created with, not an edit."""
+
+    def flusher(self, store: Store, sf: QueryingSalesforce) -> tuple[Outbox, OutboundFlusher]:
+        mappings = parse_mappings(mappings_toml({"people.title": {"direction": "to_salesforce"}}))
+        clock = Clock()
+        outbox = Outbox(store.outbox, clock=clock)
+        gate = ShadowGate(sf, store, mappings)
+        return outbox, OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync",
+                                       clock=clock, writable={"Lead": {}}, gate=gate)
+
+    def resend(self, n: int, **fields: Any) -> OutboundWrite:
+        return OutboundWrite(sobject="Lead", sf_id=sf_id(n), collection="people", local_id=f"p-{n}",
+                             fields=fields, reason="local_edit", attempt=1)
+
+    async def test_the_platforms_value_goes_out(self, store: Store) -> None:
+        sf = QueryingSalesforce()
+        outbox, flusher = self.flusher(store, sf)
+        await person(store, 1, shadow={"FirstName": "Ann"}, title="Plat")  # edited at T1
+        sf.records[sf_id(1)] = {"Id": sf_id(1), "FirstName": "Ann", "Title": None,
+                                "LastModifiedDate": "2026-03-01T12:00:02.000+0000"}  # T2
+        await outbox.enqueue([self.resend(1, Title="Plat")])
+        await flusher.flush()
+        assert [c.records for c in sf.calls] == [[{"Title": "Plat", "Id": sf_id(1)}]]
+
+    async def test_a_blank_over_data_the_shadow_knew_is_an_edit(self, store: Store) -> None:
+        """A Salesforce user blanked it after the platform's value: that stands (not sent)."""
+        sf = QueryingSalesforce()
+        outbox, flusher = self.flusher(store, sf)
+        await person(store, 1, shadow={"FirstName": "Ann", "Title": "Old"}, title="Plat")
+        sf.records[sf_id(1)] = {"Id": sf_id(1), "FirstName": "Ann", "Title": None,
+                                "LastModifiedDate": "2026-03-01T12:00:02.000+0000"}
+        await outbox.enqueue([self.resend(1, Title="Plat")])
+        await flusher.flush()
+        assert sf.calls == []
