@@ -130,6 +130,31 @@ class TestEchoLogs:
         assert found == ["logs"]
 
 
+class TestFormulaFieldLogs:
+    """Product documentation, "Syncing Specifics": read-only fields, formula fields among them,
+    sync from Salesforce to the platform only. The org recomputes a formula whenever its inputs
+    change, by either side's writes, and the service sees the new value only by reading the
+    record: each is a Salesforce-side log with no Salesforce operation (seed 11376, P7: Score__c
+    80 after the service's create, 100 after its update, both read by polls)."""
+
+    def observed(self, *changes: dict[str, Any]) -> Observed:
+        logs = [{"_id": i, "source": "salesforce", "status": "success", "type": "update", "sf_id": LEAD,
+                 "fields": fields} for i, fields in enumerate(changes)]
+        return Observed(acks=[], entities={"L1": lead_entity()}, sf_records={}, people=[], companies=[],
+                        sync_logs=logs, writes=[], state_writes=[], faults=[], barrier_ok=True,
+                        barrier_detail="", idle_writes=0, idle_local_changes=0)
+
+    def test_recomputed_formula_values_are_not_counted_as_salesforce_operations(self) -> None:
+        model = feed([pf(0, city="Here")])
+        score = [{"score": {"old": None, "new": 80.0}}, {"score": {"old": 80.0, "new": 100.0}}]
+        assert [v for v in check(self.observed(*score), model) if v.check == "logs"] == []
+
+    def test_updates_of_other_fields_with_no_salesforce_operation_still_are(self) -> None:
+        model = feed([pf(0, city="Here")])
+        edits = [{"title": {"old": None, "new": "A"}}, {"title": {"old": "A", "new": "B"}}]
+        assert [v.check for v in check(self.observed(*edits), model) if v.check == "logs"] == ["logs"]
+
+
 class TestPlatformSide:
     def test_a_person_created_after_a_salesforce_blank_may_be_blank(self) -> None:
         """The Lead's FirstName was blanked before the Person existed: the Person is created from the
