@@ -894,6 +894,26 @@ def _check_offsets(writes: list[StateWrite]) -> list[Violation]:
     return out
 
 
+def _echo_logs(em: EntityModel, inbound: list[dict[str, Any]], slot: str) -> list[Violation]:
+    """Salesforce-side logs that apply a value only the platform ever wrote: echoes."""
+    out: list[Violation] = []
+    for lg in inbound:
+        for name, change in (lg.get("fields") or {}).items():
+            fm = em.fields.get(name)
+            if fm is None or not isinstance(change, Mapping):
+                continue
+            new, old = norm(change.get("new")), norm(change.get("old"))
+            sides = {w.side for w in fm.writes if w.value == new}
+            # a conflict converging replaces a value the platform took from Salesforce; an
+            # echo replaces the platform's own later edit
+            took_salesforce = any(w.side == "salesforce" and w.value == old for w in fm.writes)
+            if new is not None and sides == {"platform"} and not (took_salesforce and fm.conflicted(new)):
+                out.append(Violation("logs", f"{slot}: a Salesforce-side log applied "
+                                             f"{name}={new!r}, a value "
+                                     "only the platform wrote (an echo)", fm.steps(), slot))
+    return out
+
+
 def _formula_only(log: Mapping[str, Any], model: Model, sobject: str) -> bool:
     """Does this log change read-only (formula) fields only?"""
     formula = {m.local_field for m in model.mappings.for_object(sobject) if m.sf_field in READ_ONLY}
@@ -927,21 +947,7 @@ def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[d
             out.append(Violation("logs", f"{slot}: {len(counted)} Salesforce update logs for "
                                          f"{len(em.sf_ops)} "
                                  f"Salesforce operations (bound {bound})", em.sf_ops[-3:], slot))
-        # a Salesforce-side log that applies a value only the platform ever wrote: an echo
-        for lg in inbound:
-            for name, change in (lg.get("fields") or {}).items():
-                fm = em.fields.get(name)
-                if fm is None or not isinstance(change, Mapping):
-                    continue
-                new, old = norm(change.get("new")), norm(change.get("old"))
-                sides = {w.side for w in fm.writes if w.value == new}
-                # a conflict converging replaces a value the platform took from Salesforce; an
-                # echo replaces the platform's own later edit
-                took_salesforce = any(w.side == "salesforce" and w.value == old for w in fm.writes)
-                if new is not None and sides == {"platform"} and not (took_salesforce and fm.conflicted(new)):
-                    out.append(Violation("logs", f"{slot}: a Salesforce-side log applied "
-                                                 f"{name}={new!r}, a value "
-                                         "only the platform wrote (an echo)", fm.steps(), slot))
+        out += _echo_logs(em, inbound, slot)
         outbound = [lg for lg in logs.values() if lg.get("source") == "local"
                     and lg.get("type") in ("create", "update")]
         tried = sum(attempts[k] for k in keys if len(k) == 15)
