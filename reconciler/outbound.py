@@ -45,7 +45,7 @@ from reconciler.pacing import backoff_seconds, every
 from reconciler.ports import Budget, RecordResult, SalesforceApi
 from reconciler.records import is_blank
 from reconciler.soql import format_sf_datetime, parse_sf_datetime, soql_string
-from reconciler.store import CREATE, OutboxEntry, OutboxGroup
+from reconciler.store import CREATE, Fence, OutboxEntry, OutboxGroup
 from reconciler.sync_logs import SyncLog
 from settings import SyncSettings
 
@@ -91,9 +91,13 @@ class FlushOutbox(Protocol):
 
     async def created(self, collection: str, local_id: object, sobject: str, sf_id: str) -> None: ...
 
+    def fence(self) -> Fence | None: ...
+
 
 class FlushStore(Protocol):
     """What the flusher needs from the store (`reconciler.store.Store` provides it)."""
+
+    async def check_fence(self, fence: Fence) -> None: ...
 
     async def insert_sync_logs(self, logs: Sequence[SyncLog]) -> Any: ...
 
@@ -483,6 +487,7 @@ class OutboundFlusher:
                 entries, records = await self._recover_lost_creates(sobject, entries, records)
                 if not entries:
                     return True
+            await _check_term(self._outbox, self._store)
             call = self._sf.create if kind == CREATE else self._sf.update
             self.calls_made += 1
             results = await call(sobject, records)
@@ -523,8 +528,7 @@ class OutboundFlusher:
         return screened.send
 
     async def _give_up_exhausted(self, entries: list[OutboxEntry]) -> list[OutboxEntry]:
-        """Claimed writes that failed retriably `max_attempts` times become open failed logs
-        (retried from the page like any failed job) and are parked; the rest is returned."""
+        """Writes failed retriably `max_attempts` times: parked, with open failed logs; the rest."""
         exhausted = [e for e in entries if e.failures >= self.policy.max_attempts]
         if not exhausted:
             return entries
@@ -594,6 +598,15 @@ def _refused(entries: Sequence[OutboxEntry]) -> tuple[list[dict[str, Any]], list
     """A call refused as a whole: each write's fields (its failed log names what a later success
     must cover) and a failed result."""
     return [dict(e.write.fields) for e in entries], [RecordResult(success=False, errors=[]) for _ in entries]
+async def _check_term(outbox: FlushOutbox, store: FlushStore) -> None:
+    """Right before a call: a leader paused between its claim and its call (SIGSTOP, a long
+    stall) must not send once another term took over, which has taken its claims back and
+    looked for their creates already (chaos seed 11376, P23: a create sent twice)."""
+    fence = outbox.fence()
+    if fence is not None:
+        await store.check_fence(fence)
+
+
 async def _settle_unsent(outbox: FlushOutbox, screened: Screened) -> None:
     """Writes left with nothing to send are done. Creates of documents linked meanwhile go
     back to the outbox as updates of the linked record (re-decided against the shadow when
