@@ -233,13 +233,17 @@ class FieldModel:
     def _write_salesforce(self, value: Any, at: float, other_exists: bool, certain: bool,
                           undelivered: list[tuple[frozenset[Any], bool]],
                           by_read: bool = False) -> None:
+        # a value Salesforce certainly held already is no change of the field: an update event
+        # lists only the fields that changed (ChangeEventHeader `changedFields`), so nothing of
+        # it reaches the platform (seed 50321, Q1.industry: a held platform edit stays there)
+        unchanged = self.sf_known and self.sf == {value}
         self.sf = {value} | self._recent("platform", at, self._outbound())
         if self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK and self._outbound():
             # the platform's data is preferred: an edit still in the outbox goes out over this
             self.sf |= {w.value for w in self.writes if w.side == "platform" and w.value is not None
                         and self._maybe_unsent(w, at)}
         self.sf_known = True
-        if value is not None and self._inbound():
+        if value is not None and self._inbound() and not unchanged:
             unless_blank = (self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK
                             and self.direction is Direction.BOTH)
             allowed = _may_replace(self.local, self.local_known, unless_blank)

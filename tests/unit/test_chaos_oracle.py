@@ -130,6 +130,27 @@ class TestEchoLogs:
         assert found == ["logs"]
 
 
+class TestASalesforceWriteOfTheValueItHolds:
+    """An update event lists only the fields that changed (Salesforce's ChangeEventHeader,
+    `changedFields`): a Salesforce user saving a field with the value it already holds changes
+    nothing the service can see. Seed 50321, Q1.industry (`salesforce_unless_blank`): the
+    platform's edit was held back (Salesforce held data); a later Salesforce update "set" the
+    same Industry among other fields; the platform keeps its edit."""
+
+    def sf_account(self, at: float, **fields: Any) -> Ack:
+        return Ack(f"s{at}", "sf_update", "salesforce", "A1", T0 + at, "ok", "Account", fields)
+
+    def test_it_does_not_reach_the_platform(self) -> None:
+        model = feed([pf(0, "A1", "Account", industry="Energy"), pf(30, "A1", "Account", industry="Tech"),
+                      self.sf_account(60, Industry="Energy")])
+        assert model.entities["A1"].fields["industry"].local == {"Tech"}
+
+    def test_a_changed_value_still_does(self) -> None:
+        model = feed([pf(0, "A1", "Account", industry="Energy"), pf(30, "A1", "Account", industry="Tech"),
+                      self.sf_account(60, Industry="Retail")])
+        assert model.entities["A1"].fields["industry"].local == {"Retail"}
+
+
 class TestFormulaFieldLogs:
     """Product documentation, "Syncing Specifics": read-only fields, formula fields among them,
     sync from Salesforce to the platform only. The org recomputes a formula whenever its inputs
