@@ -237,6 +237,7 @@ class FieldModel:
         # lists only the fields that changed (ChangeEventHeader `changedFields`), so nothing of
         # it reaches the platform (seed 50321, Q1.industry: a held platform edit stays there)
         unchanged = self.sf_known and self.sf == {value}
+        maybe_unchanged = self.sf_known and value in self.sf  # one of the values it may hold
         self.sf = {value} | self._recent("platform", at, self._outbound())
         if self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK and self._outbound():
             # the platform's data is preferred: an edit still in the outbox goes out over this
@@ -256,8 +257,9 @@ class FieldModel:
                 # Salesforce's earlier values the service had not read yet were replaced there
                 # first: it reads this one, decided against what the platform held before them
                 allowed = "maybe"
-            if allowed == "yes" and not certain:
-                allowed = "maybe"  # a change with no event: the refetch may read a later state
+            if allowed == "yes" and (not certain or maybe_unchanged):
+                # a change with no event: the refetch may read a later state; or maybe no change
+                allowed = "maybe"
             if allowed == "yes":
                 self.local = {value} | self._recent("platform", at, True)
                 self.local_known = True
