@@ -141,11 +141,15 @@ class FlushPolicy:
                    poll_interval=timedelta(minutes=sync.frequency_minutes),
                    max_attempts=sync.outbox_max_attempts)
 
-    def refresh_before(self, mode: str, now: datetime) -> datetime | None:
+    def refresh_before(self, mode: str, now: datetime, since: datetime | None = None) -> datetime | None:
         """Writes queued before this are re-decided against Salesforce's records, read again (one
         query per call). Streaming only: polling-mode writes wait an interval by design, and a
-        query per call would double that mode's API cost; its shadow is as old as its last poll."""
-        return now - self.stale_after if mode == "streaming" else None
+        query per call would double that mode's API cost; its shadow is as old as its last poll.
+        `since`: the leader term's start: edits made before it are read again however recent
+        (the new term's stream has not read what Salesforce changed in the leader gap yet)."""
+        if mode != "streaming":
+            return None
+        return now - self.stale_after if since is None else max(now - self.stale_after, since)
 
     def sizes_due(self, *, mode: str, pending: int, oldest_wait: timedelta,
                   since_last_flush: timedelta) -> list[int]:
@@ -403,8 +407,8 @@ class OutboundFlusher:
         clock: Clock = utcnow, rng: random.Random | None = None, gate: ShadowGate | None = None,
         sf_clock: SalesforceTime | None = None,
     ) -> None:
-        self._outbox, self._sf, self._store, self._budget = outbox, sf, store, budget
-        self._gate = gate  # re-decides writes against the Salesforce shadow (outbound_shadow)
+        self._outbox, self._sf, self._store, self._budget, self._gate = outbox, sf, store, budget, gate
+        self._term_started: datetime | None = None  # when run() started: its leader term's start
         self._lost = LostCreates(sf, store, sf_clock)
         self.client_name = client_name
         self.policy = policy or FlushPolicy()
@@ -418,6 +422,7 @@ class OutboundFlusher:
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until `stop` is set: recover expired leases, flush when the policy says so."""
         log.info("outbound_flusher_started", client=self.client_name)
+        self._term_started = self._clock()
         recovered_at = self._clock() - self._outbox.lease
         async for _ in every(self._tick.total_seconds(), stop):
             try:
@@ -439,8 +444,7 @@ class OutboundFlusher:
         calls = due_calls(groups, self.policy, mode=mode, now=now, since_last_flush=since_last_flush)
         if not calls:
             return False
-        if mode != "polling":
-            self._last_flush = now
+        self._last_flush = now if mode != "polling" else self._last_flush
         sent, ok = await self._send_calls(calls)
         if ok and any(size == self.policy.batch_size for _, _, size in calls):
             # What is left of a group after its full batches has its own, younger, oldest write.
@@ -520,7 +524,7 @@ class OutboundFlusher:
     async def _screen(self, gate: ShadowGate, sobject: str, kind: str,
                       entries: list[OutboxEntry]) -> list[OutboxEntry]:
         """The writes still to send once re-decided against the shadow; the rest are done."""
-        stale = self.policy.refresh_before(self._budget.mode, self._clock())
+        stale = self.policy.refresh_before(self._budget.mode, self._clock(), since=self._term_started)
         screened = await gate.screen(sobject, kind, entries, refresh_before=stale)
         if screened.logs:
             await self._store.insert_sync_logs(screened.logs)
