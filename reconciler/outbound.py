@@ -602,6 +602,8 @@ def _refused(entries: Sequence[OutboxEntry]) -> tuple[list[dict[str, Any]], list
     """A call refused as a whole: each write's fields (its failed log names what a later success
     must cover) and a failed result."""
     return [dict(e.write.fields) for e in entries], [RecordResult(success=False, errors=[]) for _ in entries]
+
+
 async def _check_term(outbox: FlushOutbox, store: FlushStore) -> None:
     """Right before a call: a leader paused between its claim and its call (SIGSTOP, a long
     stall) must not send once another term took over, which has taken its claims back and
