@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -126,6 +126,7 @@ class _Pending:
     sf_updates: dict[str, Any] = field(default_factory=dict)
     held: dict[str, str] = field(default_factory=dict)   # local field -> the rule that held it
     won: dict[str, Any] = field(default_factory=dict)    # Salesforce field -> platform value that won
+    unordered: set[str] = field(default_factory=set)     # edits set aside: the record is read again
 
     def put(self, path: str, value: Any, *, logged: bool = True) -> None:
         old = get_path(self.doc, path)
@@ -224,6 +225,7 @@ class Reconciler:
             group = [c for c in live if collection_for(c.sobject) == collection]
             if group:
                 await self._apply_collection(collection, group, run)
+        await _read_unordered_again(self, run)
         if summary:
             result.logs += [
                 SyncLog(source="salesforce", type="import", status="success", object=sobject,
@@ -308,15 +310,11 @@ class Reconciler:
         owner = owner_updates(self.mappings, item.doc, change.fields.get("OwnerId"))
         for path, value in owner.items():
             item.put(path, value, logged=path == "owner_id")
-        if "owner_id" in owner and item.type == "update" and set(item.fields) <= self._owner_fields(change):
+        if "owner_id" in owner and item.type == "update" and _owner_only(item, self.mappings):
             item.type = "owner_change"
         account = change.fields.get("AccountId") if change.sobject == "Contact" else None
         if isinstance(account, str) and account in accounts:
             item.put("company_id", accounts[account])
-
-    def _owner_fields(self, change: SalesforceChange) -> set[str]:  # owner_id, the OwnerId mapping's
-        return {"owner_id", *(m.local_field for m in self.mappings.for_object(change.sobject)
-                              if m.sf_field == "OwnerId")}
 
     def _merge_fields(self, item: _Pending, change: SalesforceChange) -> None:
         mappings = self.mappings.for_object(change.sobject)
@@ -327,6 +325,7 @@ class Reconciler:
                                change.changed_at, utcnow())
         host_at = None if change.changed_at is None else change.changed_at - offset
         # the stale-event check weighs Salesforce's stamp against our write on Salesforce's clock
+        record = record if item.merge else shadow.set_aside_unordered(item, mappings, record)
         edits = record if item.merge else shadow.edits_only(item, mappings, record, change.changed_at)
         merged = merge_record(mappings, item.doc, edits, change.changed_at, writable,
                               complete=change.kind in _FULL_RECORD, sf_clock_offset=offset)
@@ -356,6 +355,7 @@ class Reconciler:
         merged = [i for i in items if (i.sf_updates or i.won) and id(i) not in failed
                   and i.doc.get("_id") is not None]
         await _enqueue_merges(self.outbox, merged, run)
+        run.unordered += [c for i in items if i.unordered and id(i) not in failed for c in i.changes]
         return conflicted
 
 
@@ -368,6 +368,7 @@ class _Run:
     summary: bool
     attempt: int
     unjournaled: bool = False  # records were written without `j`: the batch must end journaled
+    unordered: list[SalesforceChange] = field(default_factory=list)  # changes with edits set aside
 
 
 def _outcome_logs(collection: str, written: list[_Pending], outcome: BulkOutcome, run: _Run) -> set[int]:
@@ -395,6 +396,33 @@ def _outcome_logs(collection: str, written: list[_Pending], outcome: BulkOutcome
         if item.held:
             result.logs.append(shadow.held_log(item, run.attempt))
     return failed
+
+
+def _owner_only(item: _Pending, mappings: Mappings) -> bool:
+    """Did the change set only the platform owner and the Owner CRM ID mapping's field?"""
+    owner = {m.local_field for m in mappings.for_object(item.change.sobject) if m.sf_field == "OwnerId"}
+    return set(item.fields) <= {"owner_id", *owner}
+
+
+async def _read_unordered_again(reconciler: Reconciler, run: _Run) -> None:
+    """Records with edits set aside as unordered against our own write (`inbound_shadow.
+    set_aside_unordered`) are read again, one query per object, and applied as read: the value
+    Salesforce holds now is the later one (chaos seed 50321, L4.first_name, P7.last_name).
+    Without a fetcher, or the budget for the query, the changes are applied as they came."""
+    changes, run.unordered = run.unordered, []
+    if not changes:
+        return
+    fetcher, budget = reconciler.fetcher, reconciler.budget
+    if fetcher is None or (budget is not None and not budget.allows_optional_calls()):
+        as_came = [replace(c, source=ChangeSource.GAP) for c in changes]  # not set aside again
+        await reconciler.apply_batch(as_came, attempt=run.attempt)
+        return
+    ids: dict[str, set[str]] = {}
+    for c in changes:
+        ids.setdefault(c.sobject, set()).add(c.sf_id)
+    reads = [r for sobject, found in sorted(ids.items())
+             for r in await fetcher.fetch(sobject, sorted(found), source=ChangeSource.POLL)]
+    await reconciler.apply_batch(reads, attempt=run.attempt)
 
 
 async def _enqueue_merges(outbox: OutboundQueue | None, items: list[_Pending], run: _Run) -> None:

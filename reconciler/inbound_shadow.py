@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from reconciler.ports import SalesforceChange
+from reconciler.ports import ChangeSource, SalesforceChange
 from reconciler.records import get_path, is_blank
 from reconciler.shadow import ROOT, shadow_sets, shadow_side
 from reconciler.shadow import path as shadow_path
@@ -25,6 +25,10 @@ class PendingRecord(Protocol):
     held: dict[str, str]
 
     def put(self, path: str, value: Any, *, logged: bool = True) -> None: ...
+
+
+class UnorderedItem(PendingRecord, Protocol):
+    unordered: set[str]
 
 
 def record(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Mapping[str, Any],
@@ -55,6 +59,29 @@ def edits_only(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Ma
         if seen is not None and seen.value == value:
             continue
         if _replaced_since(item.doc, item.change.sobject, name, sf_at):
+            continue
+        out[name] = value
+    return out
+
+
+def set_aside_unordered(item: UnorderedItem, mappings: Iterable[FieldMapping],
+                        fields: Mapping[str, Any]) -> dict[str, Any]:
+    """`fields` without the edits a streamed change makes in the second Salesforce took our own
+    write of the field (the shadow's `sent`): their stamp cannot order them against that write
+    (before it, Salesforce holds our value and applying them swaps the sides; after it,
+    Salesforce holds theirs), so they are set aside on `item.unordered` for the record to be
+    read again (`reconciler.inbound`). Reads are not set aside: they see Salesforce as it is."""
+    change = item.change
+    if change.source is not ChangeSource.STREAM or change.changed_at is None:
+        return dict(fields)
+    sf_fields = {m.sf_field for m in mappings}
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        sent = get_path(item.doc, f"{shadow_path(change.sobject, name)}.sent")
+        seen = shadow_side(item.doc, change.sobject, name) if name in sf_fields else None
+        if (isinstance(sent, datetime) and seen is not None and seen.value != value
+                and _naive(change.changed_at).replace(microsecond=0) == _naive(sent).replace(microsecond=0)):
+            item.unordered.add(name)
             continue
         out[name] = value
     return out
