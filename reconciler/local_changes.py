@@ -120,11 +120,7 @@ def plan_record(mappings: Mappings, objects: Collection[str], collection: str, d
     sobject = str(crm["object"]) if linked and crm else create_object(mappings, collection, objects)
     selected = [name for name in mapped_fields(mappings, collection) if changed is None or name in changed]
     times = {name: at for name in selected if get_path(doc, name) is not None}
-    # a plan of every field of a linked record (a replayed insert, a document polled with no
-    # baseline) is no owner edit: re-sent, the platform's owner put back Salesforce's owner
-    # change (to a user `[[users]]` does not map: chaos seeds 50321 L1, 2718 P11)
-    owner_edit = OWNER_FIELD in changed if changed is not None else not linked
-    if owner_edit and doc.get(OWNER_FIELD) is not None:
+    if (changed is None or OWNER_FIELD in changed) and doc.get(OWNER_FIELD) is not None:
         times[OWNER_FIELD] = at  # what `most_recent` weighs an outbound owner by
     if sobject is None or (crm and crm.get("deleted")):
         return None, times, None
@@ -133,7 +129,8 @@ def plan_record(mappings: Mappings, objects: Collection[str], collection: str, d
     fields.pop("OwnerId", None)  # the owner goes out as the platform's user, translated:
     # a create carries the owner whatever changed (without it Salesforce makes the integration
     # user the owner, and that comes back to the platform)
-    owner, unmapped = owner_out(mappings, sobject, doc) if not linked or owner_edit else (None, None)
+    owner, unmapped = owner_out(mappings, sobject, doc) if not linked or changed is None \
+        or OWNER_FIELD in changed else (None, None)
     if owner is not None:
         fields["OwnerId"] = owner
     sf_id = str(crm["id"]) if linked and crm else None

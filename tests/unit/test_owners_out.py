@@ -97,18 +97,3 @@ class TestUnmappedOwner:
         assert write.fields == {"LastName": "Li"}
         [entry] = plan.logs
         assert list(entry.fields) == ["OwnerId"]
-
-
-class TestAWholeRecordPlanOfALinkedPerson:
-    """A plan of every field (an insert event replayed by a new leader's watcher from an older
-    resume token, a polled document with no baseline) is no edit of the owner: re-sending the
-    platform's owner put back Salesforce's owner change to a user `[[users]]` does not map, the
-    platform's owner translation winning on the document's latest edit time (chaos seeds 50321
-    L1, 2718 P11). The other fields are re-sent as before; a create still carries the owner."""
-
-    def test_the_owner_is_left_out(self) -> None:
-        plan = plan_changes(MAPPINGS, ("Lead",), "people", [change(
-            "insert", linked(company_name="Acme", owner_id="u-1"))])
-        [write] = plan.writes
-        assert "OwnerId" not in write.fields and write.fields["LastName"] == "Lee"
-        assert "owner_id" not in plan.field_times["p-1"]
