@@ -14,7 +14,10 @@ steps and they stop overlapping, it starts again from the latest response) and g
   signpost below it never runs ahead of Salesforce;
 - `upper_now()`: a time Salesforce has certainly not reached yet (host now + upper bound);
 - `now()`: Salesforce's current time by `offset` (the smallest correction the bounds allow);
-- `to_host(t)` / `offset`: a Salesforce time on this host's clock (merge comparisons).
+- `to_host(t)` / `offset`: a Salesforce time on this host's clock (merge comparisons);
+- `latest`: the latest `Date` Salesforce sent, its own reading (whole seconds): after a write's
+  response, a time no earlier than the second Salesforce stamped the write in, whatever the
+  offset's error (the bounds assume a steady offset; a clock slewing back breaks them).
 
 Before the first response it knows nothing and answers with the host's clock (offset 0).
 `ClockReadingTransport` wraps the Salesforce client's HTTP transport (its `transport=` seam;
@@ -58,6 +61,7 @@ class SalesforceClock:
         self._samples: deque[tuple[float, float]] = deque(maxlen=window)  # (low, high) per response
         self._low = 0.0
         self._high = 0.0
+        self._latest: float | None = None
 
     @property
     def learned(self) -> bool:
@@ -82,6 +86,7 @@ class SalesforceClock:
         server = parse_http_date(date_header)
         if server is None:
             return
+        self._latest = server if self._latest is None else max(self._latest, server)
         sample = (server - received, server + 1.0 - sent)
         self._samples.append(sample)
         low = max(s[0] for s in self._samples)
@@ -92,6 +97,11 @@ class SalesforceClock:
             self._samples.append(sample)
             low, high = sample
         self._low, self._high = low, high
+
+    @property
+    def latest(self) -> datetime | None:
+        """The latest `Date` Salesforce sent (None before the first response)."""
+        return None if self._latest is None else datetime.fromtimestamp(self._latest, UTC)
 
     def now(self) -> datetime:
         """Salesforce's current time, best estimate."""

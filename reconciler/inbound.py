@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -59,6 +59,7 @@ from reconciler.ports import (
 )
 from reconciler.records import check_value, get_path, is_blank, set_path
 from reconciler.rules import cannot_start, may_create, owner_updates
+from reconciler.shadow import stamped_time
 from reconciler.store import BulkOutcome, Fence, RecordVersion, RecordWrite
 from reconciler.sync_logs import LogType, SyncLog, event_job, failed_inbound, utcnow
 from settings import Direction, Mappings
@@ -126,6 +127,8 @@ class _Pending:
     sf_updates: dict[str, Any] = field(default_factory=dict)
     held: dict[str, str] = field(default_factory=dict)   # local field -> the rule that held it
     deleted_at: datetime | None = None  # undeleted here: when Salesforce deleted it (its stamp)
+    won: dict[str, Any] = field(default_factory=dict)    # Salesforce field -> platform value that won
+    unordered: set[str] = field(default_factory=set)     # edits set aside: the record is read again
 
     def put(self, path: str, value: Any, *, logged: bool = True) -> None:
         old = get_path(self.doc, path)
@@ -224,6 +227,7 @@ class Reconciler:
             group = [c for c in live if collection_for(c.sobject) == collection]
             if group:
                 await self._apply_collection(collection, group, run)
+        await _read_unordered_again(self, run)
         if summary:
             result.logs += [
                 SyncLog(source="salesforce", type="import", status="success", object=sobject,
@@ -309,16 +313,11 @@ class Reconciler:
         owner = owner_updates(self.mappings, item.doc, change.fields.get("OwnerId"))
         for path, value in owner.items():
             item.put(path, value, logged=path == "owner_id")
-        if "owner_id" in owner and item.type == "update" and set(item.fields) <= self._owner_fields(change):
+        if "owner_id" in owner and item.type == "update" and _owner_only(item, self.mappings):
             item.type = "owner_change"
         account = change.fields.get("AccountId") if change.sobject == "Contact" else None
         if isinstance(account, str) and account in accounts:
             item.put("company_id", accounts[account])
-
-    def _owner_fields(self, change: SalesforceChange) -> set[str]:
-        """The platform owner and the local field of the Owner CRM ID mapping (`OwnerId`)."""
-        return {"owner_id", *(m.local_field for m in self.mappings.for_object(change.sobject)
-                              if m.sf_field == "OwnerId")}
 
     def _merge_fields(self, item: _Pending, change: SalesforceChange) -> None:
         mappings = self.mappings.for_object(change.sobject)
@@ -328,6 +327,7 @@ class Reconciler:
         offset = _offset_at(self.sf_clock, change.changed_at)
         host_at = None if change.changed_at is None else change.changed_at - offset
         # the stale-event check weighs Salesforce's stamp against our write on Salesforce's clock
+        record = record if item.merge else shadow.set_aside_unordered(item, mappings, record)
         edits = record if item.merge else shadow.edits_only(item, mappings, record, change.changed_at)
         merged = merge_record(mappings, item.doc, edits, change.changed_at, writable,
                               complete=change.kind in _FULL_RECORD, sf_clock_offset=offset)
@@ -339,6 +339,7 @@ class Reconciler:
             item.sf_updates.update(merged.sf_updates)
         elif not item.merge:
             item.held.update(merged.held)
+            item.won.update(shadow.won_by_platform(mappings, merged.sf_updates, record))
         # the shadow's times are on this host's clock, like the field times they are weighed against
         shadow.record(item, mappings, record, host_at, complete=change.kind in _FULL_RECORD)
 
@@ -353,10 +354,12 @@ class Reconciler:
         conflicted = [to_write[i] for i in sorted(outcome.conflicts)]
         run.result.unchanged += sum(1 for i in items if not i.changed and not i.sf_updates)
         failed = _outcome_logs(collection, to_write, outcome, run) | {id(i) for i in conflicted}
-        merged = [i for i in items if i.sf_updates and id(i) not in failed and i.doc.get("_id") is not None]
+        merged = [i for i in items if (i.sf_updates or i.won) and id(i) not in failed
+                  and i.doc.get("_id") is not None]
         await _enqueue_merges(self.outbox, merged, run)
         revived = [i for i in to_write if i.deleted_at is not None and id(i) not in failed]
         await _send_held_edits(self.outbox, self.mappings, revived, self.sf_clock, run)
+        run.unordered += [c for i in items if i.unordered and id(i) not in failed for c in i.changes]
         return conflicted
 
 
@@ -369,6 +372,7 @@ class _Run:
     summary: bool
     attempt: int
     unjournaled: bool = False  # records were written without `j`: the batch must end journaled
+    unordered: list[SalesforceChange] = field(default_factory=list)  # changes with edits set aside
 
 
 def _outcome_logs(collection: str, written: list[_Pending], outcome: BulkOutcome, run: _Run) -> set[int]:
@@ -398,18 +402,47 @@ def _outcome_logs(collection: str, written: list[_Pending], outcome: BulkOutcome
     return failed
 
 
+def _owner_only(item: _Pending, mappings: Mappings) -> bool:
+    """Did the change set only the platform owner and the Owner CRM ID mapping's field?"""
+    owner = {m.local_field for m in mappings.for_object(item.change.sobject) if m.sf_field == "OwnerId"}
+    return set(item.fields) <= {"owner_id", *owner}
+
+
+async def _read_unordered_again(reconciler: Reconciler, run: _Run) -> None:
+    """Records with edits set aside as unordered against our own write (`inbound_shadow.
+    set_aside_unordered`) are read again, one query per object, and applied as read: the value
+    Salesforce holds now is the later one (chaos seed 50321, L4.first_name, P7.last_name).
+    Without a fetcher, or the budget for the query, the changes are applied as they came."""
+    changes, run.unordered = run.unordered, []
+    if not changes:
+        return
+    fetcher, budget = reconciler.fetcher, reconciler.budget
+    if fetcher is None or (budget is not None and not budget.allows_optional_calls()):
+        as_came = [replace(c, source=ChangeSource.GAP) for c in changes]  # not set aside again
+        await reconciler.apply_batch(as_came, attempt=run.attempt)
+        return
+    ids: dict[str, set[str]] = {}
+    for c in changes:
+        ids.setdefault(c.sobject, set()).add(c.sf_id)
+    reads = [r for sobject, found in sorted(ids.items())
+             for r in await fetcher.fetch(sobject, sorted(found), source=ChangeSource.POLL)]
+    await reconciler.apply_batch(reads, attempt=run.attempt)
+
+
 async def _enqueue_merges(outbox: OutboundQueue | None, items: list[_Pending], run: _Run) -> None:
-    """Where the local value won a merge, Salesforce gets it through the outbox."""
+    """Where the local value won a merge, or a live conflict (`won`), Salesforce gets it through
+    the outbox (the flusher re-decides it against the shadow: a value Salesforce has is not sent)."""
     if not items or outbox is None:
         return
     await outbox.enqueue([
         OutboundWrite(sobject=i.change.sobject, sf_id=i.change.sf_id, collection=i.collection,
-                      local_id=i.doc["_id"], fields=dict(i.sf_updates), reason="merge")
+                      local_id=i.doc["_id"], fields=dict(i.sf_updates or i.won),
+                      reason="merge" if i.sf_updates else "local_edit")
         for i in items
     ])
     run.result.enqueued += len(items)
     if not run.summary:  # a merge that changed only Salesforce's side still leaves a log
-        run.result.logs += [_success(i, run.attempt) for i in items if not i.changed]
+        run.result.logs += [_success(i, run.attempt) for i in items if not i.changed and i.sf_updates]
 
 
 def _offset_at(sf_clock: SalesforceOffset | None, stamp: datetime | None) -> timedelta:
@@ -498,8 +531,10 @@ def _with_concurrent_edits(fresh: dict[str, Any], before: dict[str, Any] | None,
     """`fresh` re-read after a conflict: a mapped field whose value changed since `before` was
     edited at `fresh`'s `updated_at` at the latest (its field time, if older, is raised to it);
     one that did not change keeps the time it had in `before` (`shadow.platform_time`, so a
-    fresh, unstamped edit is not guessed onto it). Every field now has its time, so the working
-    copy counts as stamped up to `updated_at`."""
+    fresh, unstamped edit is not guessed onto it), unless the watcher stamped it since: its own
+    time then, not the document's latest edit that `before` guessed it by (chaos seed 11376,
+    P3.first_name). Every field now has its time, so the working copy counts as
+    stamped up to `updated_at`."""
     edited_at = fresh.get("updated_at")
     if before is None or not isinstance(edited_at, datetime):
         return fresh
@@ -507,8 +542,12 @@ def _with_concurrent_edits(fresh: dict[str, Any], before: dict[str, Any] | None,
     doc = _copy(fresh)
     sobject = get_path(fresh, "crm.object")
     for m in mappings.for_object(sobject) if isinstance(sobject, str) else ():
-        when = edited_at if get_path(before, m.local_field) != get_path(fresh, m.local_field) \
-            else local_side(before, m).changed_at
+        if get_path(before, m.local_field) != get_path(fresh, m.local_field):
+            when: datetime | None = edited_at
+        elif stamped_time(fresh, m.local_field) != stamped_time(before, m.local_field):
+            continue  # the watcher stamped the edit since: its own time stands
+        else:
+            when = local_side(before, m).changed_at
         path = f"_sync.field_times.{m.local_field}"
         known = get_path(doc, path)
         if when is not None and (not isinstance(known, datetime) or _utc(known) < _utc(when)):

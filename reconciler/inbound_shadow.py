@@ -8,12 +8,12 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from reconciler.ports import SalesforceChange
-from reconciler.records import get_path
+from reconciler.ports import ChangeSource, SalesforceChange
+from reconciler.records import get_path, is_blank
 from reconciler.shadow import ROOT, shadow_sets, shadow_side
 from reconciler.shadow import path as shadow_path
 from reconciler.sync_logs import SyncLog
-from settings import FieldMapping
+from settings import Direction, FieldMapping, MergeBehaviour
 
 
 class PendingRecord(Protocol):
@@ -25,6 +25,10 @@ class PendingRecord(Protocol):
     held: dict[str, str]
 
     def put(self, path: str, value: Any, *, logged: bool = True) -> None: ...
+
+
+class UnorderedItem(PendingRecord, Protocol):
+    unordered: set[str]
 
 
 def record(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Mapping[str, Any],
@@ -57,6 +61,45 @@ def edits_only(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Ma
         if _replaced_since(item.doc, item.change.sobject, name, sf_at):
             continue
         out[name] = value
+    return out
+
+
+def set_aside_unordered(item: UnorderedItem, mappings: Iterable[FieldMapping],
+                        fields: Mapping[str, Any]) -> dict[str, Any]:
+    """`fields` without the edits a streamed change makes in the second Salesforce took our own
+    write of the field (the shadow's `sent`): their stamp cannot order them against that write
+    (before it, Salesforce holds our value and applying them swaps the sides; after it,
+    Salesforce holds theirs), so they are set aside on `item.unordered` for the record to be
+    read again (`reconciler.inbound`). Reads are not set aside: they see Salesforce as it is."""
+    change = item.change
+    if change.source is not ChangeSource.STREAM or change.changed_at is None:
+        return dict(fields)
+    sf_fields = {m.sf_field for m in mappings}
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        sent = get_path(item.doc, f"{shadow_path(change.sobject, name)}.sent")
+        seen = shadow_side(item.doc, change.sobject, name) if name in sf_fields else None
+        if (isinstance(sent, datetime) and seen is not None and seen.value != value
+                and _naive(change.changed_at).replace(microsecond=0) == _naive(sent).replace(microsecond=0)):
+            item.unordered.add(name)
+            continue
+        out[name] = value
+    return out
+
+
+def won_by_platform(mappings: Iterable[FieldMapping], sf_updates: Mapping[str, Any],
+                    fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The platform's values that won a live Salesforce edit by the most recent value (both
+    directions, Salesforce's value not blank): they must reach Salesforce. Its own queued write
+    normally carries them, but the flusher may have dropped it already, deciding on the record
+    read again and dated by `LastModifiedDate` (a later edit of other fields moves it), before
+    this edit's own, earlier time came in (chaos seed 11376, P6.city). Not a blank's answer: a
+    Salesforce user's blank stands there, as the platform's data stands here."""
+    out: dict[str, Any] = {}
+    for m in mappings:
+        if (m.sf_field in sf_updates and m.direction is Direction.BOTH
+                and m.merge is MergeBehaviour.MOST_RECENT and not is_blank(fields.get(m.sf_field))):
+            out[m.sf_field] = sf_updates[m.sf_field]
     return out
 
 

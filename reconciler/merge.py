@@ -224,17 +224,20 @@ def decide_outgoing(mapping: FieldMapping, doc: Mapping[str, Any] | None, queued
     `local` gives the platform's side (the owner: its user translated to a Salesforce user).
     Without a shadow for the field the queued value goes out (Salesforce's side unknown:
     direction and blank rules were applied when it was queued). A `to_salesforce` value older
-    than the shadow's last Salesforce edit is not sent again.
+    than the shadow's last Salesforce edit, or any value older than a Salesforce blank, is not
+    sent over it.
     """
     seen = shadow_side(doc, mapping.sobject, mapping.sf_field)
     local = local or local_side(doc, mapping)
     if seen is None or doc is None:
         return Outgoing(FieldDecision(Winner.LOCAL, queued), at=local.changed_at)
     decision = merge_field(mapping, local, Side(seen.value, seen.at), sf_field_writable=True)
-    if (decision.write_salesforce and mapping.direction is Direction.TO_SALESFORCE
-            and local.changed_at is not None and _newer(seen.at, local.changed_at)):
-        # the platform's value was set before Salesforce's last edit: it is not a change any more
-        # (re-queued after it went out), and only platform *changes* overwrite Salesforce
+    if (decision.write_salesforce and local.changed_at is not None and _newer(seen.at, local.changed_at)
+            and (mapping.direction is Direction.TO_SALESFORCE or is_blank(seen.value))):
+        # the platform's value was set before Salesforce's last edit of a `to_salesforce` field,
+        # or before a Salesforce user blanked the field (a blank stands there as the platform's
+        # data stands here, as inbound): it is not a change after it (re-queued, or held back
+        # meanwhile), and only platform *changes* overwrite Salesforce
         return Outgoing(FieldDecision(Winner.NONE, None, "salesforce newer"), at=local.changed_at)
     if decision.winner is not Winner.SALESFORCE:
         return Outgoing(decision, at=local.changed_at)

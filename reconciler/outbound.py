@@ -45,7 +45,7 @@ from reconciler.pacing import backoff_seconds, every
 from reconciler.ports import Budget, RecordResult, SalesforceApi
 from reconciler.records import is_blank
 from reconciler.soql import format_sf_datetime, parse_sf_datetime, soql_string
-from reconciler.store import CREATE, OutboxEntry, OutboxGroup
+from reconciler.store import CREATE, Fence, OutboxEntry, OutboxGroup
 from reconciler.sync_logs import SyncLog
 from settings import SyncSettings
 
@@ -92,9 +92,13 @@ class FlushOutbox(Protocol):
 
     async def created(self, collection: str, local_id: object, sobject: str, sf_id: str) -> None: ...
 
+    def fence(self) -> Fence | None: ...
+
 
 class FlushStore(Protocol):
     """What the flusher needs from the store (`reconciler.store.Store` provides it)."""
+
+    async def check_fence(self, fence: Fence) -> None: ...
 
     async def insert_sync_logs(self, logs: Sequence[SyncLog]) -> Any: ...
 
@@ -138,11 +142,15 @@ class FlushPolicy:
                    poll_interval=timedelta(minutes=sync.frequency_minutes),
                    max_attempts=sync.outbox_max_attempts)
 
-    def refresh_before(self, mode: str, now: datetime) -> datetime | None:
+    def refresh_before(self, mode: str, now: datetime, since: datetime | None = None) -> datetime | None:
         """Writes queued before this are re-decided against Salesforce's records, read again (one
         query per call). Streaming only: polling-mode writes wait an interval by design, and a
-        query per call would double that mode's API cost; its shadow is as old as its last poll."""
-        return now - self.stale_after if mode == "streaming" else None
+        query per call would double that mode's API cost; its shadow is as old as its last poll.
+        `since`: the leader term's start: edits made before it are read again however recent
+        (the new term's stream has not read what Salesforce changed in the leader gap yet)."""
+        if mode != "streaming":
+            return None
+        return now - self.stale_after if since is None else max(now - self.stale_after, since)
 
     def sizes_due(self, *, mode: str, pending: int, oldest_wait: timedelta,
                   since_last_flush: timedelta) -> list[int]:
@@ -407,8 +415,8 @@ class OutboundFlusher:
         clock: Clock = utcnow, rng: random.Random | None = None, gate: ShadowGate | None = None,
         sf_clock: SalesforceTime | None = None,
     ) -> None:
-        self._outbox, self._sf, self._store, self._budget = outbox, sf, store, budget
-        self._gate = gate  # re-decides writes against the Salesforce shadow (outbound_shadow)
+        self._outbox, self._sf, self._store, self._budget, self._gate = outbox, sf, store, budget, gate
+        self._term_started: datetime | None = None  # when run() started: its leader term's start
         self._lost = LostCreates(sf, store, sf_clock)
         self.client_name, self.policy = client_name, policy or FlushPolicy()
         self._writability = Writability(sf, writable).fields
@@ -421,6 +429,7 @@ class OutboundFlusher:
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until `stop` is set: recover expired leases, flush when the policy says so."""
         log.info("outbound_flusher_started", client=self.client_name)
+        self._term_started = self._clock()
         recovered_at = self._clock() - self._outbox.lease
         async for _ in every(self._tick.total_seconds(), stop):
             try:
@@ -442,8 +451,7 @@ class OutboundFlusher:
         calls = due_calls(groups, self.policy, mode=mode, now=now, since_last_flush=since_last_flush)
         if not calls:
             return False
-        if mode != "polling":
-            self._last_flush = now
+        self._last_flush = now if mode != "polling" else self._last_flush
         sent, ok = await self._send_calls(calls)
         if ok and any(size == self.policy.batch_size for _, _, size in calls):
             # What is left of a group after its full batches has its own, younger, oldest write.
@@ -491,6 +499,7 @@ class OutboundFlusher:
                 entries, records = await self._recover_lost_creates(sobject, entries, records)
                 if not entries:
                     return True
+            await _check_term(self._outbox, self._store)
             call = self._sf.create if kind == CREATE else self._sf.update
             self.calls_made += 1
             results = await call(sobject, records)
@@ -523,7 +532,7 @@ class OutboundFlusher:
     async def _screen(self, gate: ShadowGate, sobject: str, kind: str,
                       entries: list[OutboxEntry]) -> list[OutboxEntry]:
         """The writes still to send once re-decided against the shadow; the rest are done."""
-        stale = self.policy.refresh_before(self._budget.mode, self._clock())
+        stale = self.policy.refresh_before(self._budget.mode, self._clock(), since=self._term_started)
         screened = await gate.screen(sobject, kind, entries, refresh_before=stale)
         if screened.logs:
             await self._store.insert_sync_logs(screened.logs)
@@ -531,8 +540,7 @@ class OutboundFlusher:
         return screened.send
 
     async def _give_up_exhausted(self, entries: list[OutboxEntry]) -> list[OutboxEntry]:
-        """Claimed writes that failed retriably `max_attempts` times become open failed logs
-        (retried from the page like any failed job) and are parked; the rest is returned."""
+        """Writes failed retriably `max_attempts` times: parked, with open failed logs; the rest."""
         exhausted = [e for e in entries if e.failures >= self.policy.max_attempts]
         if not exhausted:
             return entries
@@ -602,6 +610,17 @@ def _refused(entries: Sequence[OutboxEntry]) -> tuple[list[dict[str, Any]], list
     """A call refused as a whole: each write's fields (its failed log names what a later success
     must cover) and a failed result."""
     return [dict(e.write.fields) for e in entries], [RecordResult(success=False, errors=[]) for _ in entries]
+
+
+async def _check_term(outbox: FlushOutbox, store: FlushStore) -> None:
+    """Right before a call: a leader paused between its claim and its call (SIGSTOP, a long
+    stall) must not send once another term took over, which has taken its claims back and
+    looked for their creates already (chaos seed 11376, P23: a create sent twice)."""
+    fence = outbox.fence()
+    if fence is not None:
+        await store.check_fence(fence)
+
+
 async def _settle_unsent(outbox: FlushOutbox, screened: Screened) -> None:
     """Writes left with nothing to send are done. Creates of documents linked meanwhile go
     back to the outbox as updates of the linked record (re-decided against the shadow when

@@ -34,7 +34,7 @@ import structlog
 
 from reconciler.merge import SALESFORCE_NEWER, SAME_VALUE, Side, capped_offset, decide_outgoing
 from reconciler.ports import OutboundWrite, SalesforceApi
-from reconciler.records import get_path, set_path
+from reconciler.records import get_path, is_blank, set_path
 from reconciler.rules import OWNER_FIELD
 from reconciler.shadow import Seen, has_shadow, path, platform_time, shadow_sets, shadow_side, stamped_time
 from reconciler.soql import parse_sf_datetime, soql_string
@@ -55,10 +55,14 @@ class ShadowStore(Protocol):
 
 
 class ClockOffset(Protocol):
-    """Salesforce's clock minus this host's (`listener.salesforce_time.SalesforceClock`)."""
+    """Salesforce's clock minus this host's, and the latest `Date` it sent
+    (`listener.salesforce_time.SalesforceClock`)."""
 
     @property
     def offset(self) -> timedelta: ...
+
+    @property
+    def latest(self) -> datetime | None: ...
 
 
 @dataclass(frozen=True)
@@ -198,7 +202,7 @@ class ShadowGate:
         return docs
 
     async def _fill(self, sobject: str, collection: str, docs: Mapping[str, dict[str, Any]],
-                    refreshed: Mapping[Any, Mapping[str, Any]]) -> None:
+                    refreshed: Mapping[Any, Mapping[str, Sequence[Any]]]) -> None:
         """`refreshed`: the documents read again (re-sent or waited writes), each with what earlier
         attempts of its write sent (their answers lost)."""
         mappings = self._mappings.for_object(sobject)
@@ -221,7 +225,7 @@ class ShadowGate:
                     # edits); the rest decides this flush only: the platform has not taken what
                     # Salesforce changed since, and the inbound side skips a value equal to the
                     # stored shadow as read before (`inbound_shadow.edits_only`).
-                    found = _own_unknown(found, own)
+                    found = _own_unknown(_created_blank(found, doc), own)
                     sets[doc["_id"]] = {k: v for k, v in found.items() if _is_own(k, v, own)}
                 elif not has_shadow(doc, sobject):
                     sets[doc["_id"]] = found
@@ -253,7 +257,7 @@ class ShadowGate:
         # `sent`: when Salesforce took the value, on its own clock as known now (an older event
         # of the field is stale): compared with Salesforce's stamps as they are, not moved onto
         # this host's clock with an offset learned later (the org's clock may have stepped since)
-        now = datetime.now(UTC) + (self._sf_clock.offset if self._sf_clock is not None else timedelta(0))
+        now = self._salesforce_now()
         for entry, ok in zip(entries, succeeded, strict=True):
             decided = self._decided.pop(entry.id, None)
             if not ok:
@@ -266,18 +270,41 @@ class ShadowGate:
             await self._store.record_shadow(collection, sets_by_doc)
 
 
-def _is_own(key: str, entry: Mapping[str, Any], sent: Mapping[str, Any]) -> bool:
-    name = key.rsplit(".", 1)[-1]
-    return name in sent and sent[name] == entry.get("v")
+    def _salesforce_now(self) -> datetime:
+        """Salesforce's time just after a write: host now + the offset, capped by the latest
+        `Date` it sent (the write's answer's, or later: not before the second the write was
+        stamped in). The offset alone may run ahead of Salesforce's clock when it slews back
+        after a skew, into the next second: another user's edit a moment after our write was
+        then taken for a value our write replaced (chaos seed 11376, P12.first_name)."""
+        if self._sf_clock is None:
+            return datetime.now(UTC)
+        now = datetime.now(UTC) + self._sf_clock.offset
+        latest = self._sf_clock.latest
+        return now if latest is None else min(now, latest)
 
 
-def _own_unknown(found: dict[str, Any], sent: Mapping[str, Any]) -> dict[str, Any]:
+def _is_own(key: str, entry: Mapping[str, Any], sent: Mapping[str, Sequence[Any]]) -> bool:
+    return entry.get("v") in sent.get(key.rsplit(".", 1)[-1], ())
+
+
+def _own_unknown(found: dict[str, Any], sent: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
     """A value read back that an earlier attempt of the write sent is the platform's own, as old
     as that attempt's value, not a Salesforce edit of the record's `LastModifiedDate` (a lost
     answer's write re-sent once more after the platform's next edit: chaos seed 314,
     L1.first_name): its time is unknown (older than any platform edit)."""
     for key, entry in found.items():
         if _is_own(key, entry, sent):
+            found[key] = {**entry, "at": None}
+    return found
+
+
+def _created_blank(found: dict[str, Any], doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A blank read again for a field the shadow never knew is the blank the record was created
+    with as far as anyone told us, not an edit at the record's `LastModifiedDate` (moved on by
+    other fields' edits): its time is unknown (chaos seed 11376, P23.state: a `to_salesforce`
+    value set after the create was dropped as older than that blank)."""
+    for key, entry in found.items():
+        if is_blank(entry.get("v")) and get_path(doc, key) is None:
             found[key] = {**entry, "at": None}
     return found
 

@@ -94,6 +94,10 @@ class Outbox:
             log.warning("outbox_leases_expired", writes=recovered)
         return recovered
 
+    def fence(self) -> Fence | None:
+        """The running term's fence (None without terms); `FencedError` between terms."""
+        return self._term()
+
     def _term(self) -> Fence | None:
         """The running term's fence; `FencedError` when fenced and between terms."""
         if self._fence is None:

@@ -259,12 +259,9 @@ class FieldModel:
 
     def write(self, side: str, value: Any, at: float, step: str, *, deleted: bool = False,
               other_exists: bool = True, certain: bool = True, by_read: bool = False) -> None:
-        """`other_exists` False: the other side's record may not exist yet (it is created later
-        from the then current values), so an "unless blank" rule may not hold it back.
-        `by_read`: a Salesforce write whose event may have been lost (see `read_over`)."""
+        """`other_exists` False: the other side's record may not exist yet (made later from the
+        values then: an "unless blank" rule may not hold it back). `by_read`: see `read_over`."""
         value = norm(value)
-        if side == "salesforce" and self.sf_known and self.sf == {value}:
-            return  # the value it holds: Salesforce reports no change (no event field, no read change)
         w = _Write(at, side, value, step, by_read=by_read)
         if side == "salesforce":
             undelivered = self.undelivered_states(at)
@@ -277,13 +274,18 @@ class FieldModel:
     def _write_salesforce(self, value: Any, at: float, other_exists: bool, certain: bool,
                           undelivered: list[tuple[frozenset[Any], bool]],
                           by_read: bool = False) -> None:
+        # a value Salesforce certainly held already is no change of the field: an update event
+        # lists only the fields that changed (ChangeEventHeader `changedFields`), so nothing of
+        # it reaches the platform (seed 50321, Q1.industry: a held platform edit stays there)
+        unchanged = self.sf_known and self.sf == {value}
+        maybe_unchanged = self.sf_known and value in self.sf  # one of the values it may hold
         self.sf = {value} | self._recent("platform", at, self._outbound())
         if self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK and self._outbound():
             # the platform's data is preferred: an edit still in the outbox goes out over this
             self.sf |= {w.value for w in self.writes if w.side == "platform" and w.value is not None
                         and self._maybe_unsent(w, at)}
         self.sf_known = True
-        if value is not None and self._inbound():
+        if value is not None and self._inbound() and not unchanged:
             unless_blank = (self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK
                             and self.direction is Direction.BOTH)
             allowed = _may_replace(self.local, self.local_known, unless_blank)
@@ -296,8 +298,9 @@ class FieldModel:
                 # Salesforce's earlier values the service had not read yet were replaced there
                 # first: it reads this one, decided against what the platform held before them
                 allowed = "maybe"
-            if allowed == "yes" and not certain:
-                allowed = "maybe"  # a change with no event: the refetch may read a later state
+            if allowed == "yes" and (not certain or maybe_unchanged):
+                # a change with no event: the refetch may read a later state; or maybe no change
+                allowed = "maybe"
             if allowed == "yes":
                 self.local = {value} | self._recent("platform", at, True)
                 self.local_known = True
@@ -309,10 +312,9 @@ class FieldModel:
             # they are then, blanks included (a blank never blanks an existing one)
             self.local |= {None}
         elif value is None and self._inbound():
-            # a blank never blanks the platform; Salesforce's earlier values the service had not
-            # read yet were replaced by it: the platform may keep what it held before them
-            for before, _known in undelivered:
-                self.local |= set(before)
+            # a blank never blanks the platform, and replaced Salesforce's values the service had
+            # not read yet: the platform may keep what it held before them (1097 C2.title)
+            self.local |= {v for before, _known in undelivered for v in before}
 
     def _write_platform(self, w: _Write, deleted: bool, other_exists: bool) -> None:
         value, at = w.value, w.at
@@ -385,8 +387,7 @@ class FieldModel:
         return _undelivered_states(self.writes, at, self.inbound_held)
 
     def unsent_states(self, at: float) -> list[tuple[frozenset[Any], bool]]:
-        """What Salesforce held before each of the latest platform writes that may not have been
-        sent by `at` (the newest first; an older write is sent no later than a newer one)."""
+        """What Salesforce held before each of the latest platform writes maybe unsent by `at`."""
         out: list[tuple[frozenset[Any], bool]] = []
         for w in reversed(self.writes):
             if w.side != "platform" or w.sf_before is None or not self._maybe_unsent(w, at):
@@ -396,8 +397,7 @@ class FieldModel:
 
     def undelete(self) -> None:
         if self.held and self._outbound():
-            self.sf |= {w.value for w in self.held if w.value is not None}
-            self.relaxed = True
+            self.sf, self.relaxed = self.sf | {w.value for w in self.held if w.value is not None}, True
         self.held.clear()
 
     def merge_on_link(self) -> None:
@@ -1114,6 +1114,26 @@ def _check_offsets(writes: list[StateWrite]) -> list[Violation]:
     return out
 
 
+def _echo_logs(em: EntityModel, inbound: list[dict[str, Any]], slot: str) -> list[Violation]:
+    """Salesforce-side logs that apply a value only the platform ever wrote: echoes."""
+    out: list[Violation] = []
+    for lg in inbound:
+        for name, change in (lg.get("fields") or {}).items():
+            fm = em.fields.get(name)
+            if fm is None or not isinstance(change, Mapping):
+                continue
+            new, old = norm(change.get("new")), norm(change.get("old"))
+            sides = {w.side for w in fm.writes if w.value == new}
+            # a conflict converging replaces a value the platform took from Salesforce; an
+            # echo replaces the platform's own later edit
+            took_salesforce = any(w.side == "salesforce" and w.value == old for w in fm.writes)
+            if new is not None and sides == {"platform"} and not (took_salesforce and fm.conflicted(new)):
+                out.append(Violation("logs", f"{slot}: a Salesforce-side log applied "
+                                             f"{name}={new!r}, a value "
+                                     "only the platform wrote (an echo)", fm.steps(), slot))
+    return out
+
+
 def _formula_only(log: Mapping[str, Any], read_only: frozenset[str]) -> bool:
     names = set(log.get("fields") or {})
     return bool(names) and names <= read_only
@@ -1160,21 +1180,7 @@ def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[d
                               if m.sf_field in READ_ONLY)
         out += _count_inbound_logs(slot, em, inbound, sum(attempts[k] for k in keys if len(k) == 15),
                                    read_only)
-        # a Salesforce-side log that applies a value only the platform ever wrote: an echo
-        for lg in inbound:
-            for name, change in (lg.get("fields") or {}).items():
-                fm = em.fields.get(name)
-                if fm is None or not isinstance(change, Mapping):
-                    continue
-                new, old = norm(change.get("new")), norm(change.get("old"))
-                sides = {w.side for w in fm.writes if w.value == new}
-                # a conflict converging replaces a value the platform took from Salesforce; an
-                # echo replaces the platform's own later edit
-                took_salesforce = any(w.side == "salesforce" and w.value == old for w in fm.writes)
-                if new is not None and sides == {"platform"} and not (took_salesforce and fm.conflicted(new)):
-                    out.append(Violation("logs", f"{slot}: a Salesforce-side log applied "
-                                                 f"{name}={new!r}, a value "
-                                         "only the platform wrote (an echo)", fm.steps(), slot))
+        out += _echo_logs(em, inbound, slot)
         outbound = [lg for lg in logs.values() if lg.get("source") == "local"
                     and lg.get("type") in ("create", "update")]
         tried = sum(attempts[k] for k in keys if len(k) == 15)

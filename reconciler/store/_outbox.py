@@ -71,7 +71,7 @@ class OutboxEntry:
     first_sent_sf_at: datetime | None = None  # the same moment on Salesforce's clock, as known then
     failures: int = 0               # retriable failures (expired claims included) since queued
     last_error: str | None = None
-    sent: dict[str, Any] = field(default_factory=dict)  # what earlier claims sent, latest per field
+    sent: dict[str, list[Any]] = field(default_factory=dict)  # every value earlier claims sent, per field
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> OutboxEntry:
@@ -86,7 +86,7 @@ class OutboxEntry:
                    first_sent_at=aware(doc["first_sent_at"]) if doc.get("first_sent_at") else None,
                    first_sent_sf_at=aware(doc["first_sent_sf_at"]) if doc.get("first_sent_sf_at") else None,
                    failures=int(doc.get("failures", 0)), last_error=doc.get("last_error"),
-                   sent=dict(doc.get("sent_before") or {}))
+                   sent=_claimed_values(doc.get("claims_before")))
 
 
 @dataclass(frozen=True)
@@ -187,16 +187,16 @@ class OutboxCollection:
                    .sort([("enqueued_at", ASCENDING), ("_id", ASCENDING)]).limit(limit)]
             if not ids:
                 return []
-            # The status filter makes each claim atomic (a replica that lost the race claims
-            # fewer). `sent`: the values claimed to go out, kept through a release or an expiry:
-            # an answer lost, they may be read back from Salesforce later as this write's own
-            # (`sent_before`: those of the earlier claims, what this one's reader compares)
+            # The status filter makes each claim atomic (a replica that lost the race claims fewer).
+            # `claims`: what each claim sent (an answer lost, any may be read back later as this
+            # write's own; `claims_before`: the earlier ones, for this claim's reader). Not the
+            # latest per field: a recovered create's claim carries a coalesced edit (seed 11376 Q4)
             await self._coll.update_many({"_id": {"$in": ids}, "status": PENDING}, [{"$set": {
                 **{name: {"$literal": value} for name, value in claimed.items()},
                 "first_sent_at": {"$min": ["$first_sent_at", {"$literal": now}]},
                 "first_sent_sf_at": {"$min": ["$first_sent_sf_at", {"$literal": now + sf_offset}]},
-                "sent_before": {"$ifNull": ["$sent", {}]},
-                "sent": {"$mergeObjects": [{"$ifNull": ["$sent", {}]}, "$fields"]}}}])
+                "claims_before": {"$ifNull": ["$claims", []]},
+                "claims": {"$concatArrays": [{"$ifNull": ["$claims", []]}, ["$fields"]]}}}])
             docs = await self._coll.find({"lease": token}).to_list(None)
         order = {doc_id: i for i, doc_id in enumerate(ids)}
         docs.sort(key=lambda d: order[d["_id"]])
@@ -285,6 +285,7 @@ class OutboxCollection:
         """Fold an older document into the pending one for `key` (its values win), then drop it.
         A given-up document's failures are not carried: the retry that re-queued it starts over."""
         failures = 0 if older.get("status") == FAILED else int(older.get("failures", 0))
+        claims = {"$concatArrays": [{"$ifNull": ["$claims", []]}, {"$literal": older.get("claims") or []}]}
         merged = [{"$set": {
             "failures": {"$max": [{"$literal": failures}, {"$ifNull": ["$failures", 0]}]},
             "fields": {"$mergeObjects": [{"$literal": older.get("fields") or {}}, "$fields"]},
@@ -292,12 +293,22 @@ class OutboxCollection:
             "attempt": {"$max": [{"$literal": int(older.get("attempt", 0))}, "$attempt"]},
             "first_sent_at": _earliest("first_sent_at", older.get("first_sent_at")),
             "first_sent_sf_at": _earliest("first_sent_sf_at", older.get("first_sent_sf_at")),
-            "sent": {"$mergeObjects": [{"$ifNull": ["$sent", {}]}, {"$literal": older.get("sent") or {}}]},
+            "claims": claims,
         }}]
         with translate_errors("outbox.merge"):
             result = await self._coll.update_one({"key": key, "status": PENDING}, merged)
             if result.matched_count:
                 await self._coll.delete_one({"_id": older["_id"]})
+
+
+def _claimed_values(claims: Any) -> dict[str, list[Any]]:
+    """Every value the claims sent, per field (documents claimed before `claims` have none)."""
+    values: dict[str, list[Any]] = {}
+    for fields in claims if isinstance(claims, list) else ():
+        for name, value in (fields or {}).items():
+            if value not in values.setdefault(name, []):
+                values[name].append(value)
+    return values
 
 
 def _earliest(name: str, first_sent: datetime | None) -> Any:

@@ -118,6 +118,46 @@ class TestPlatformEditDuringInboundWrite:
         assert failed["sf_id"] == LEAD and "CONFLICT" in failed["error"] and failed["retriable"] is True
 
 
+class WatcherStampsDuringWrite:
+    """Delegates to the store; before the first People write, the local watcher stamps the
+    platform's edits with their own times (its real store call)."""
+
+    def __init__(self, store: Store, times: dict[str, datetime]) -> None:
+        self._store = store
+        self._times: dict[str, datetime] | None = times
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def bulk_apply(self, collection: str, writes: Sequence[RecordWrite], **kw: Any) -> BulkOutcome:
+        if collection == PEOPLE and self._times is not None:
+            doc = await self._store.db.people.find_one({"crm.id": LEAD})
+            assert doc is not None
+            await self._store.watched(PEOPLE).record_field_times({doc["_id"]: self._times}, datetime.now(UTC))
+            self._times = None
+        return await self._store.bulk_apply(collection, writes, **kw)
+
+
+class TestTheWatcherStampsDuringInboundWrite:
+    async def test_the_edits_own_time_decides_not_the_documents_latest_edit(self, store: Store) -> None:
+        """Chaos seed 11376, P3.first_name: the platform edited first_name at T0+8s, then
+        last_name at T0+12s, both unstamped when a T0+10s Salesforce FirstName edit is read
+        (first_name's time is guessed as the document's `updated_at`, T0+12s: later than
+        Salesforce's). The watcher stamps the edits with their own times before the write; after
+        the re-read, first_name's own time decides: Salesforce's edit is newer and is applied.
+        Deciding on the guess, the platform kept its value while the flusher, seeing the stamp,
+        dropped it as older than Salesforce's: the sides stayed apart."""
+        await store.db.people.update_one({"crm.id": LEAD}, {"$set": {
+            "first_name": "Platform", "last_name": "Later", "updated_at": T0 + timedelta(seconds=12),
+            "_sync.written_at": T0}})
+        racing: Any = WatcherStampsDuringWrite(store, {"first_name": T0 + timedelta(seconds=8),
+                                                       "last_name": T0 + timedelta(seconds=12)})
+        await Reconciler(racing, LEAD_NAME_MAPPINGS).apply([salesforce_update(T0 + timedelta(seconds=10))])
+        doc = await store.db.people.find_one({"crm.id": LEAD})
+        assert doc is not None
+        assert (doc["first_name"], doc["last_name"]) == ("Anna", "Later")
+
+
 class FixedOffset:
     def __init__(self, seconds: float) -> None:
         self.offset = timedelta(seconds=seconds)

@@ -200,10 +200,12 @@ class TestTheFlusherRecoversALostCreate:
         assert len(await org.rows("SELECT Id FROM Lead")) == 1  # the 500 applied nothing here
 
 
-async def platform_edit(store: Store, outbox: Outbox, local_id: ObjectId, **fields: Any) -> None:
-    """What the watcher does with an edit of a Person not linked yet: stamp the fields' times and
-    queue a create with every mapped field, which coalesces into the create already queued."""
-    now = datetime.now(UTC)
+async def platform_edit(store: Store, outbox: Outbox, local_id: ObjectId, *, at: datetime | None = None,
+                        **fields: Any) -> None:
+    """What the watcher does with an edit of a Person not linked yet (made `at`, default now):
+    stamp the fields' times and queue a create with every mapped field, which coalesces into the
+    create already queued."""
+    now = at or datetime.now(UTC)
     await store.db.people.update_one({"_id": local_id}, {"$set": {
         **fields, "updated_at": now, "_sync.written_at": now,
         **{f"_sync.field_times.{name}": now for name in fields}}})
@@ -247,6 +249,38 @@ class TestALostCreateIsRecoveredWithTheEditsMadeSince:
         assert sorted((x["type"], x["status"]) for x in logs) == [("link", "success"), ("update", "success")]
         [update] = [x for x in logs if x["type"] == "update"]
         assert set(update["fields"]) == {"Phone"}
+
+
+class TestAnEditMadeWhileTheLostCreateWasInFlight:
+    async def test_it_goes_out_over_the_value_the_lost_create_sent(self, org: Org, store: Store) -> None:
+        """Chaos seed 11376, Q4.domain: the platform edited the Person while its create was in
+        flight (claimed, not applied yet); the create's answer was lost. The retry's claim carries
+        the edit (coalesced meanwhile) but sends nothing: it finds and links the record. Sent
+        again as an update, the record is read: the value the lost create sent is the write's
+        own, not a Salesforce edit dated by the Lead's `LastModifiedDate` (later than the
+        platform's edit), so the edit goes out instead of waiting for an inbound change that
+        never comes (the platform then took its own older value back as Salesforce's)."""
+        outbox, flusher = flusher_for(store, org)
+        local_id = ObjectId()
+        created_at = datetime.now(UTC) - timedelta(seconds=10)
+        person = {"last_name": "Ng", "company_name": "Acme", "email": "ng@x.com", "phone": "+1 555 0100"}
+        await store.db.people.insert_one({
+            "_id": local_id, **person, "updated_at": created_at,
+            "_sync": {"written_at": created_at, "field_times": dict.fromkeys(person, created_at)}})
+        await outbox.enqueue([OutboundWrite("Lead", None, "people", local_id, {
+            "LastName": "Ng", "Company": "Acme", "Email": "ng@x.com", "Phone": "+1 555 0100"}, "create")])
+        await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True)
+        claimed_at = datetime.now(UTC)
+        await flusher.flush()  # created in Salesforce, answer lost: queued again
+
+        # made before the call landed: stamped a whole second before the Lead's LastModifiedDate
+        await platform_edit(store, outbox, local_id, at=claimed_at - timedelta(seconds=1),
+                            phone="+1 555 0199")
+        await flush_until_empty(outbox, flusher)
+
+        [lead] = await org.rows("SELECT Id, Phone FROM Lead WHERE Email = 'ng@x.com'")
+        assert lead["Phone"] == "+1 555 0199"
+        assert org.posts() == 1
 
 
 class TestARecoveredCreateKeepsSalesforcesLaterEdits:

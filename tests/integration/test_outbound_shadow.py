@@ -295,10 +295,12 @@ class TestResentUpdate:
 
 
 class MovableOffset:
-    """Salesforce's clock minus this host's, as the service last learned it: set by the test."""
+    """Salesforce's clock minus this host's, as the service last learned it, and the latest
+    `Date` Salesforce sent: set by the test."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, latest: datetime | None = None) -> None:
         self.offset = timedelta(seconds=seconds)
+        self.latest = latest
 
 
 class TestSalesforceClockMovedAfterOurWrite:
@@ -325,3 +327,96 @@ class TestSalesforceClockMovedAfterOurWrite:
         await Reconciler(store, MAPPINGS, sf_clock=sf_clock).apply([theirs])
         doc = await store.db.people.find_one({"_id": "p-1"})
         assert doc is not None and doc["first_name"] == "Theirs"
+
+
+class TestSalesforceClockBehindTheOffsetLearned:
+    """Salesforce's clock slews back after a skew heals (it never steps back), so the offset
+    learned from earlier responses runs ahead of it: our write's time on Salesforce's clock,
+    taken as host now + that offset, fell in the next second. Another user's edit of the same
+    field a moment after our write, stamped in the second Salesforce took our write in, was then
+    taken for the value our write replaced: dropped on the platform, kept in Salesforce (chaos
+    seed 11376, P12.first_name: 0.07 s after the service created the Lead). The `Date` of the
+    write's answer, Salesforce's own reading, bounds our write's time."""
+
+    async def test_an_edit_in_the_second_salesforce_took_our_write_in_is_applied(self, store: Store) -> None:
+        # Salesforce's latest `Date` is a second behind host now + the offset learned (0)
+        org_second = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+        sf_clock = MovableOffset(0, latest=org_second)
+        clock, sf = Clock(), QueryingSalesforce()
+        outbox = Outbox(store.outbox, clock=clock)
+        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync", clock=clock,
+                                  writable={"Lead": {}}, gate=ShadowGate(sf, store, MAPPINGS, sf_clock))
+        await person(store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")
+        await outbox.enqueue([edit(1, FirstName="Ours")])
+        await flusher.flush()
+        theirs = change(sf_id(1), {"FirstName": "Theirs"}, at=org_second)
+        await Reconciler(store, MAPPINGS, sf_clock=sf_clock).apply([theirs])
+        doc = await store.db.people.find_one({"_id": "p-1"})
+        assert doc is not None and doc["first_name"] == "Theirs"
+
+
+class TestAConflictThePlatformWon:
+    """Chaos seed 11376, P6.city: the platform and a Salesforce user edited City 4 ms apart. The
+    platform's write waited through a leader change; the new leader's flusher read the Lead again
+    and, dating Salesforce's value by the Lead's `LastModifiedDate` (moved on by a later edit of
+    other fields), dropped the platform's value as older. The edit's own event came in after,
+    dated before the platform's edit: the platform's value stands by the most recent value, and
+    nothing was left to send it. The sides stayed apart."""
+
+    async def test_the_inbound_side_queues_the_platforms_newer_value(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")  # edited at T1
+        theirs = change(sf_id(1), {"FirstName": "Theirs"}, at=T1 - timedelta(milliseconds=500))
+        await Reconciler(rig.store, MAPPINGS, outbox=rig.outbox).apply([theirs])
+        assert (await rig.doc("p-1"))["first_name"] == "Ours"
+        await rig.flusher.flush()
+        assert [r.get("FirstName") for call in rig.sf.calls for r in call.records] == ["Ours"]
+
+    async def test_a_salesforce_blank_is_not_answered(self, rig: Rig) -> None:
+        """A Salesforce user blanked the field after the platform's edit: the platform keeps its
+        data (blanks are never written) and Salesforce its blank; nothing is sent."""
+        await person(rig.store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")
+        theirs = change(sf_id(1), {"FirstName": None}, at=T2)
+        await Reconciler(rig.store, MAPPINGS, outbox=rig.outbox).apply([theirs])
+        await rig.flusher.flush()
+        assert rig.sf.calls == [] and await rig.outbox.depth() == 0
+
+
+class TestABlankSalesforceAlwaysHad:
+    """Chaos seed 11376, P23.state (`to_salesforce`): the platform set State after the Person's
+    create (which carried none); the write, sent again after a leader change, read the Lead:
+    State blank, dated by the Lead's `LastModifiedDate` (our create, an owner change since), so
+    the platform's value looked older than Salesforce's and was not sent. A blank for a field
+    the shadow never knew is the blank the record was created with, not an edit."""
+
+    def flusher(self, store: Store, sf: QueryingSalesforce) -> tuple[Outbox, OutboundFlusher]:
+        mappings = parse_mappings(mappings_toml({"people.title": {"direction": "to_salesforce"}}))
+        clock = Clock()
+        outbox = Outbox(store.outbox, clock=clock)
+        gate = ShadowGate(sf, store, mappings)
+        return outbox, OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync",
+                                       clock=clock, writable={"Lead": {}}, gate=gate)
+
+    def resend(self, n: int, **fields: Any) -> OutboundWrite:
+        return OutboundWrite(sobject="Lead", sf_id=sf_id(n), collection="people", local_id=f"p-{n}",
+                             fields=fields, reason="local_edit", attempt=1)
+
+    async def test_the_platforms_value_goes_out(self, store: Store) -> None:
+        sf = QueryingSalesforce()
+        outbox, flusher = self.flusher(store, sf)
+        await person(store, 1, shadow={"FirstName": "Ann"}, title="Plat")  # edited at T1
+        sf.records[sf_id(1)] = {"Id": sf_id(1), "FirstName": "Ann", "Title": None,
+                                "LastModifiedDate": "2026-03-01T12:00:02.000+0000"}  # T2
+        await outbox.enqueue([self.resend(1, Title="Plat")])
+        await flusher.flush()
+        assert [c.records for c in sf.calls] == [[{"Title": "Plat", "Id": sf_id(1)}]]
+
+    async def test_a_blank_over_data_the_shadow_knew_is_an_edit(self, store: Store) -> None:
+        """A Salesforce user blanked it after the platform's value: that stands (not sent)."""
+        sf = QueryingSalesforce()
+        outbox, flusher = self.flusher(store, sf)
+        await person(store, 1, shadow={"FirstName": "Ann", "Title": "Old"}, title="Plat")
+        sf.records[sf_id(1)] = {"Id": sf_id(1), "FirstName": "Ann", "Title": None,
+                                "LastModifiedDate": "2026-03-01T12:00:02.000+0000"}
+        await outbox.enqueue([self.resend(1, Title="Plat")])
+        await flusher.flush()
+        assert sf.calls == []

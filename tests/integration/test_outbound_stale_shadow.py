@@ -4,6 +4,7 @@ org emulator over HTTP)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -122,3 +123,37 @@ class TestAWriteThatWaitedIsDecidedAgainstSalesforceNow:
         assert queries(org) == before
         [lead] = await org.rows(f"SELECT Title FROM Lead WHERE Id = '{sf_id}'")
         assert lead["Title"] == "Platform"
+
+
+class TestANewTermReadsWhatItsStreamHasNotYet:
+    async def test_an_edit_made_before_the_term_started_is_decided_against_salesforce_now(
+            self, org: Org, store: Store) -> None:
+        """Chaos seed 50321, P14.city: the platform edited City, a Salesforce user edited it
+        1.4 s later, and the leader was stopped; the new leader's flusher sent the platform's
+        older value 0.25 s into its term, 4.7 s after the edit (not yet "waited"), before its
+        stream had read the Salesforce edit made in the leader gap. An edit made before the
+        flusher's term started is decided against the Lead read again: Salesforce's stands."""
+        sf_id = await org.seed_as_user({"LastName": "Ng", "Company": "Acme", "Title": "Old"})
+        edited = datetime.now(UTC) - timedelta(seconds=3)
+        local_id = await platform_title_edit(store, sf_id, edited)
+        await edit_as_user(org, sf_id, Title="Sf")
+        clock = Clock()
+        clock.now = edited
+        outbox = Outbox(store.outbox, clock=clock)
+        await outbox.enqueue([OutboundWrite("Lead", sf_id, "people", local_id, {"Title": "Platform"},
+                                            "local_edit")])
+        flusher = OutboundFlusher(outbox, org.client, store, Budget(), client_name="salesforce-sync",
+                                  gate=ShadowGate(org.client, store, MAPPINGS))
+
+        stop = asyncio.Event()
+        running = asyncio.create_task(flusher.run(stop))  # a new term's flusher: it starts now
+        try:
+            async with asyncio.timeout(30):
+                while await outbox.depth():
+                    await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await running
+
+        [lead] = await org.rows(f"SELECT Title FROM Lead WHERE Id = '{sf_id}'")
+        assert lead["Title"] == "Sf"

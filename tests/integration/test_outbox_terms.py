@@ -4,14 +4,18 @@ cannot claim."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from reconciler.errors import FencedError
+from reconciler.outbound import OutboundFlusher
+from reconciler.outbound_shadow import Screened, ShadowGate
 from reconciler.outbox import Outbox
 from reconciler.ports import OutboundWrite
-from reconciler.store import Fence, Store
+from reconciler.store import Fence, OutboxEntry, Store
+from tests.integration.test_outbound import FakeBudget, FakeSalesforce
+from tests.integration.test_outbound_shadow import MAPPINGS
 from tests.support.clock import Clock
 
 
@@ -73,3 +77,36 @@ class TestClaimsCarryTheTerm:
         assert len(await outbox.claim("Lead", "update", 200)) == 1
         clock.advance(1)
         assert await outbox.recover_expired() == 0
+
+
+class TakeoverWhileScreening(ShadowGate):
+    """The gate, except that another term takes the lease while it screens: the leader was
+    paused (SIGSTOP) between its claim and its call, and a new term took over meanwhile."""
+
+    def __init__(self, store: Store, sf: FakeSalesforce) -> None:
+        super().__init__(sf, store, MAPPINGS)
+        self._store_for_takeover = store
+
+    async def screen(self, sobject: str, kind: str, entries: list[OutboxEntry], *,
+                     refresh_before: datetime | None = None) -> Screened:
+        store = self._store_for_takeover
+        await store.db.sync_state.update_one({"_id": "lease:sync"},
+                                             {"$set": {"expires_at": datetime.now(UTC)}})
+        await take_lease(store, "new-leader")
+        return await super().screen(sobject, kind, entries, refresh_before=refresh_before)
+
+
+class TestAPausedTermSendsNothing:
+    async def test_a_create_claimed_before_a_takeover_is_not_sent_after_it(self, store: Store) -> None:
+        """Chaos seed 11376, P23: a leader claimed a Person's create and was stopped before its
+        call; the new term took the claim back and, finding no Lead, created it; the old leader,
+        resumed, sent its create too: two Leads. The term is checked right before the call."""
+        term, sf = TermFence(), FakeSalesforce()
+        outbox = Outbox(store.outbox, lease=timedelta(minutes=2), fence=term)
+        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync",
+                                  gate=TakeoverWhileScreening(store, sf))
+        term.current = await take_lease(store, "old-leader")
+        await outbox.enqueue([OutboundWrite("Lead", None, "people", "p-1", {"LastName": "Ng"}, "create")])
+        with pytest.raises(FencedError):
+            await flusher.flush()
+        assert sf.calls == []

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
+from listener.reader import RecordReader
 from reconciler.inbound import Reconciler
 from reconciler.merge import HELD_LOCAL
 from reconciler.ports import ChangeKind, ChangeSource
 from reconciler.store import Store
 from settings import parse_mappings
-from tests.support.salesforce_changes import OWNER_1, T0, change, mappings_toml
+from tests.support.salesforce_changes import OWNER_1, T0, FakeSalesforce, change, mappings_toml
 
 SF_ID = "00Q000000000001AAA"
 MAPPINGS = parse_mappings(mappings_toml({"people.title": {"merge": "local_unless_blank"}}))
@@ -140,3 +141,42 @@ class TestCreatedShadow:
         racing = Unseen(store.client, store.db)
         await Reconciler(racing, MAPPINGS).apply([change(SF_ID, NEW_LEAD, kind=ChangeKind.CREATE, at=T0)])
         assert (await person(store))["_sync"]["sf"]["Lead"] == {"FirstName": {"v": "Anne", "at": later}}
+
+
+class TestAnEditInTheSecondOfOurWrite:
+    """Chaos seed 50321, L4.first_name and P7.last_name: a Salesforce user edited the field 85 ms
+    and 0.5 s before the flusher wrote the platform's value, in the same second of Salesforce's
+    clock; the event came in after our write. Its stamp cannot tell whether it came before our
+    write (Salesforce holds ours: applying it swaps the two sides) or after (Salesforce holds
+    theirs). Such an event is decided by the record read again (one query): what Salesforce
+    holds now is the later value."""
+
+    OUR_WRITE = T0 + timedelta(seconds=10)   # Salesforce took our value in this second
+
+    async def ours_sent(self, store: Store) -> None:
+        await lead(store, first_name="Ours", updated_at=T0 + timedelta(seconds=8),
+                   _sync={"written_at": T0 + timedelta(seconds=8),
+                          "field_times": {"first_name": T0 + timedelta(seconds=8)},
+                          "sf": {"Lead": {"FirstName": {"v": "Ours", "at": T0 + timedelta(seconds=8),
+                                                        "sent": self.OUR_WRITE}}}})
+
+    def org(self, first_name: str) -> FakeSalesforce:
+        return FakeSalesforce({"Lead": [{"Id": SF_ID, "FirstName": first_name, "LastName": "Lee",
+                                         "Email": "ann@x.com", "IsDeleted": False,
+                                         "LastModifiedDate": "2024-05-01T10:00:10.000+0000",
+                                         "SystemModstamp": "2024-05-01T10:00:10.000+0000"}]})
+
+    async def test_one_made_before_our_write_leaves_our_value(self, store: Store) -> None:
+        await self.ours_sent(store)
+        sf = self.org("Ours")  # our write landed after theirs
+        theirs = change(SF_ID, {"FirstName": "Theirs"}, at=self.OUR_WRITE)
+        await Reconciler(store, MAPPINGS, fetcher=RecordReader(sf, MAPPINGS)).apply([theirs])
+        assert (await person(store))["first_name"] == "Ours"
+        assert len(sf.queries) == 1
+
+    async def test_one_made_after_our_write_is_applied(self, store: Store) -> None:
+        await self.ours_sent(store)
+        sf = self.org("Theirs")
+        theirs = change(SF_ID, {"FirstName": "Theirs"}, at=self.OUR_WRITE)
+        await Reconciler(store, MAPPINGS, fetcher=RecordReader(sf, MAPPINGS)).apply([theirs])
+        assert (await person(store))["first_name"] == "Theirs"

@@ -170,6 +170,62 @@ class TestFormulaLogs:
         assert self.count_violations(logs, service_writes=5) == [
             "L1: 3 Salesforce update logs for 1 Salesforce operations (bound 2)"]
 
+class TestAWriteOfTheHeldValueListsNoField:
+    """An update event lists only the fields that changed (Salesforce's ChangeEventHeader,
+    `changedFields`): a Salesforce user saving a field with the value it already holds changes
+    nothing the service can see. Seed 50321, Q1.industry (`salesforce_unless_blank`): the
+    platform's edit was held back (Salesforce held data); a later Salesforce update "set" the
+    same Industry among other fields; the platform keeps its edit."""
+
+    def sf_account(self, at: float, **fields: Any) -> Ack:
+        return Ack(f"s{at}", "sf_update", "salesforce", "A1", T0 + at, "ok", "Account", fields)
+
+    def test_it_does_not_reach_the_platform(self) -> None:
+        model = feed([pf(0, "A1", "Account", industry="Energy"), pf(30, "A1", "Account", industry="Tech"),
+                      self.sf_account(60, Industry="Energy")])
+        assert model.entities["A1"].fields["industry"].local == {"Tech"}
+
+    def test_one_it_may_hold_may_reach_it_or_not(self) -> None:
+        """The platform's edit 3 s after its create may have gone out in the create (coalesced):
+        Salesforce holds either value, so the write may or may not be a change."""
+        model = feed([pf(0, "A1", "Account", industry="Energy"), pf(3, "A1", "Account", industry="Tech"),
+                      self.sf_account(60, Industry="Energy")])
+        assert model.entities["A1"].fields["industry"].local == {"Tech", "Energy"}
+
+    def test_a_changed_value_still_does(self) -> None:
+        model = feed([pf(0, "A1", "Account", industry="Energy"), pf(30, "A1", "Account", industry="Tech"),
+                      self.sf_account(60, Industry="Retail")])
+        assert model.entities["A1"].fields["industry"].local == {"Retail"}
+
+
+class TestFormulaFieldLogs:
+    """Product documentation, "Syncing Specifics": read-only fields, formula fields among them,
+    sync from Salesforce to the platform only. The org recomputes a formula whenever its inputs
+    change, by either side's writes, and the service sees the new value only by reading the
+    record: each is a Salesforce-side log with no Salesforce operation (seed 11376, P7: Score__c
+    80 after the service's create, 100 after its update, both read by polls)."""
+
+    def observed(self, *changes: dict[str, Any]) -> Observed:
+        logs = [{"_id": i, "source": "salesforce", "status": "success", "type": "update", "sf_id": LEAD,
+                 "fields": fields} for i, fields in enumerate(changes)]
+        # the service's create and update of the Lead, which the org recomputed the score after
+        writes = [{"seq": i, "client": "client=salesforce-sync", "method": "PATCH", "at": T0 + i,
+                   "status": 204, "path": f"/services/data/v62.0/sobjects/Lead/{LEAD}",
+                   "body": {"City": "Here"}} for i in range(2)]
+        return Observed(acks=[], entities={"L1": lead_entity()}, sf_records={}, people=[], companies=[],
+                        sync_logs=logs, writes=writes, state_writes=[], faults=[], barrier_ok=True,
+                        barrier_detail="", idle_writes=0, idle_local_changes=0)
+
+    def test_recomputed_formula_values_are_not_counted_as_salesforce_operations(self) -> None:
+        model = feed([pf(0, city="Here")])
+        score = [{"score": {"old": None, "new": 80.0}}, {"score": {"old": 80.0, "new": 100.0}}]
+        assert [v for v in check(self.observed(*score), model) if v.check == "logs"] == []
+
+    def test_updates_of_other_fields_with_no_salesforce_operation_still_are(self) -> None:
+        model = feed([pf(0, city="Here")])
+        edits = [{"title": {"old": None, "new": "A"}}, {"title": {"old": "A", "new": "B"}}]
+        assert [v.check for v in check(self.observed(*edits), model) if v.check == "logs"] == ["logs"]
+
 
 class TestPlatformSide:
     def test_a_person_created_after_a_salesforce_blank_may_be_blank(self) -> None:

@@ -59,6 +59,9 @@ class MemoryOutbox:
     async def created(self, collection: str, local_id: object, sobject: str, sf_id: str) -> None:
         self.rekeyed.append((collection, local_id, sobject, sf_id))
 
+    def fence(self) -> None:
+        return None  # no leader terms here
+
 
 @dataclass
 class MemoryStore:

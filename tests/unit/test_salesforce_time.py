@@ -69,6 +69,17 @@ class TestOffsetBounds:
         clock.observe(http_date(HOST + 60), sent=HOST + 1, received=HOST + 1.1)
         assert abs(clock.offset.total_seconds() - 59) <= 1.0
 
+    def test_latest_is_the_latest_date_salesforce_sent(self) -> None:
+        """Salesforce's own reading of its clock (whole seconds), whatever the offset's error
+        (the bounds assume a steady offset; a clock slewing back after a skew runs behind them:
+        chaos seed 11376, P12.first_name). An answer stamped earlier but received later (two
+        calls in flight) does not lower it: Salesforce's clock never goes back."""
+        clock = SalesforceClock(host=lambda: HOST)
+        assert clock.latest is None
+        clock.observe(http_date(HOST + 2.7), sent=HOST, received=HOST + 0.1)
+        clock.observe(http_date(HOST + 1.2), sent=HOST, received=HOST + 0.2)
+        assert clock.latest == datetime.fromtimestamp(HOST + 2, UTC)
+
     @pytest.mark.parametrize("header", [None, "", "yesterday", "Mon, 99 Foo 2024 99:99:99 GMT"])
     def test_unreadable_dates_are_ignored(self, header: str | None) -> None:
         """A response without a readable `Date` teaches nothing."""

@@ -135,6 +135,25 @@ class TestToSalesforceQueuedValue:
         assert out.decision.write_salesforce
 
 
+class TestASalesforceBlankMadeAfterThePlatformsValue:
+    """A Salesforce user blanked the field after the platform's value was set: the blank stands
+    there as the platform's data stands here (the inbound side does not apply a blank either).
+    A queued platform value older than the blank is not a change after it, so it is not sent
+    over it, whatever the merge behaviour (chaos seeds 11376 P21.title, 50321 Q4.industry: a
+    write that waited through a leader change or a paused budget went out after the blank)."""
+
+    @pytest.mark.parametrize("merge", ["most_recent", "salesforce_unless_blank", "local_unless_blank"])
+    def test_an_older_platform_value_is_not_sent_over_it(self, merge: str) -> None:
+        current = doc("plat@x", "blank", shadow_at=T2, field_time=T1, updated_at=T1, written_at=T1)
+        assert not decide_outgoing(mapping(merge), current, "plat@x").decision.write_salesforce
+
+    @pytest.mark.parametrize("merge", ["most_recent", "salesforce_unless_blank", "local_unless_blank"])
+    def test_a_platform_edit_made_after_it_fills_it(self, merge: str) -> None:
+        current = doc("plat@x", "blank", shadow_at=T2, field_time=T3, updated_at=T3, written_at=T3)
+        out = decide_outgoing(mapping(merge), current, "plat@x")
+        assert out.decision.write_salesforce and out.decision.value == "plat@x"
+
+
 class TestSameSecondEdits:
     """A fresh platform edit counts with its `updated_at` before the watcher stamps its field time."""
 
