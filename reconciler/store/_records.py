@@ -56,8 +56,10 @@ class RecordsMixin:
         for part in chunks(values, self.lookup_chunk):
             query = {field: {"$in": part}, **(extra or {})}
             with translate_errors(f"find {collection}.{field}"):
-                # One reply for the whole slice (the default first batch of 101 costs a getMore).
-                found += await self.db[collection].find(query, batch_size=len(part), **options) \
+                # One reply for the whole slice (the default first batch of 101 costs a getMore), one
+                # larger than it can fill when every id matches once: a reply that fills its batch
+                # exactly leaves the cursor open, and closing it costs another (empty) round-trip.
+                found += await self.db[collection].find(query, batch_size=len(part) + 1, **options) \
                     .to_list(None)
         return found
 
