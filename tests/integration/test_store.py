@@ -132,6 +132,14 @@ class TestRecords:
         assert len(found) == 7
         assert commands.names == ["find"]
 
+    async def test_a_lookup_of_more_ids_than_a_slice_finds_them_all(self, store: Store) -> None:
+        """Ids are looked up in slices of `lookup_chunk` (SecantusDB's `$in` is quadratic in its
+        list): a lookup of more ids than a slice holds finds every linked document once."""
+        ids = [f"00Q{i:04d}" for i in range(store.lookup_chunk * 2 + 3)]
+        await store.db.people.insert_many([{"crm": {"object": "Lead", "id": i}} for i in ids])
+        found = await store.find_linked("people", [*ids, "00Q-missing"])
+        assert sorted(d["crm"]["id"] for d in found) == ids
+
 
 class Commands(monitoring.CommandListener):
     """The names of the commands sent on `people`, in order."""
