@@ -109,7 +109,9 @@ class BatchResult:
 
 @dataclass
 class _Pending:
-    """One record's accumulated write within a batch, over a working copy of its document."""
+    """One record's accumulated write within a batch, over a working copy of its document: a
+    shallow copy whose nested dicts are copied when first written (`_set`), so the document as
+    read (`read`) stays as read without a deep copy of every document of the batch."""
 
     change: SalesforceChange
     collection: str
@@ -129,6 +131,23 @@ class _Pending:
     deleted_at: datetime | None = None  # undeleted here: when Salesforce deleted it (its stamp)
     won: dict[str, Any] = field(default_factory=dict)    # Salesforce field -> platform value that won
     unordered: set[str] = field(default_factory=set)     # edits set aside: the record is read again
+    # the nested dicts copied so far, by id() (held here, so no id is reused while in use)
+    owned: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.doc = dict(self.doc)
+
+    def _set(self, path: str, value: Any) -> None:
+        """`set_path` on the working copy, copying each nested dict on the way the first time."""
+        parts = path.split(".")
+        node = self.doc
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict) or id(child) not in self.owned:
+                child = node[part] = dict(child) if isinstance(child, dict) else {}
+                self.owned[id(child)] = child
+            node = child
+        node[parts[-1]] = value
 
     def put(self, path: str, value: Any, *, logged: bool = True) -> None:
         old = get_path(self.doc, path)
@@ -138,7 +157,7 @@ class _Pending:
             self.fields.setdefault(path, {"old": old})["new"] = value
         self.sets[path] = value
         self.unsets.discard(path)
-        set_path(self.doc, path, value)
+        self._set(path, value)
 
     def drop(self, path: str) -> None:
         if get_path(self.doc, path) is None:
@@ -146,7 +165,7 @@ class _Pending:
         self.fields.setdefault(path, {"old": get_path(self.doc, path)})["new"] = None
         self.sets.pop(path, None)
         self.unsets.add(path)
-        set_path(self.doc, path, None)
+        self._set(path, None)
 
     def retype(self, new: LogType) -> None:
         if _TYPE_RANK[new] < _TYPE_RANK[self.type]:
@@ -480,12 +499,12 @@ def _start(
     merge = change.source in _MERGE_SOURCES
     if doc is not None:
         kind_type: LogType = "merge" if merge or change.kind is ChangeKind.CREATE else "update"
-        return _Pending(change, collection, _copy(doc), {"_id": doc["_id"]}, kind_type,
+        return _Pending(change, collection, doc, {"_id": doc["_id"]}, kind_type,
                         merge=merge or change.kind is ChangeKind.CREATE,
                         expected=RecordVersion.of(doc), read=doc)
     reason = cannot_start(change, converted)
     if reason is None and (match := matches.get(change.sf_id)) is not None:
-        item = _Pending(change, collection, _copy(match), {"_id": match["_id"], "crm.id": {"$exists": False}},
+        item = _Pending(change, collection, match, {"_id": match["_id"], "crm.id": {"$exists": False}},
                         "link", merge=True, expected=RecordVersion.of(match), read=match)
         _link(item, change)
         return item

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from motor.motor_asyncio import AsyncIOMotorClient
+from pymongo import monitoring
 
 from reconciler.errors import RetriableError
 from reconciler.store import RecordWrite, Store
@@ -116,6 +120,53 @@ class TestRecords:
                                           + [{"crm": {"object": "Contact", "id": "003"}}, {"x": 1}])
         pages = [p async for p in store.iter_linked("people", "Lead", batch_size=2)]
         assert [len(p) for p in pages] == [2, 2, 1]
+
+    async def test_a_lookup_that_finds_every_id_is_one_round_trip(self, counted: tuple[Store, Commands]
+                                                                  ) -> None:
+        """A micro-batch's lookup of its linked documents is one `find`, with no `getMore` after it
+        (a reply exactly as large as its batch size leaves the cursor open for one more, empty, reply)."""
+        store, commands = counted
+        await store.db.people.insert_many([{"crm": {"object": "Lead", "id": f"00Q{i}"}} for i in range(7)])
+        commands.names.clear()
+        found = await store.find_linked("people", [f"00Q{i}" for i in range(7)])
+        assert len(found) == 7
+        assert commands.names == ["find"]
+
+    async def test_a_lookup_of_more_ids_than_a_slice_finds_them_all(self, store: Store) -> None:
+        """Ids are looked up in slices of `lookup_chunk` (SecantusDB's `$in` is quadratic in its
+        list): a lookup of more ids than a slice holds finds every linked document once."""
+        ids = [f"00Q{i:04d}" for i in range(store.lookup_chunk * 2 + 3)]
+        await store.db.people.insert_many([{"crm": {"object": "Lead", "id": i}} for i in ids])
+        found = await store.find_linked("people", [*ids, "00Q-missing"])
+        assert sorted(d["crm"]["id"] for d in found) == ids
+
+
+class Commands(monitoring.CommandListener):
+    """The names of the commands sent on `people`, in order."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command.get(event.command_name) == "people" or event.command_name == "getMore":
+            self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.fixture
+async def counted(mongo_uri: str, database_name: str) -> AsyncIterator[tuple[Store, Commands]]:
+    commands = Commands()
+    client: Any = AsyncIOMotorClient(mongo_uri, tz_aware=True, event_listeners=[commands])
+    store = Store(client, client[database_name])
+    await store.ensure_indexes()
+    yield store, commands
+    await client.drop_database(database_name)
+    client.close()
 
 
 def test_public_surface_is_pinned() -> None:
