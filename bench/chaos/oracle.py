@@ -57,7 +57,8 @@ Checks (each can fail; where a rule is not modelled exactly the check is conserv
   the platform wrote it within `WINDOW` of a Salesforce write of the field and the log replaces a
   value Salesforce wrote: a conflict converging); no more
   Salesforce-side update logs for a record than Salesforce operations on it (+ merges); no
-  local-side log without a write attempt for that record.
+  Salesforce-side log at all of a platform record no Salesforce operation touched (unless a
+  fault may have caused a resync); no local-side log without a write attempt for that record.
 - liveness: the quiet period's barrier (a new Lead crossing in, a new Person crossing out) passed.
 """
 
@@ -592,6 +593,7 @@ def check(obs: Observed, model: Model) -> list[Violation]:
     out += _check_loop(obs, model, service)
     out += _check_offsets(obs.state_writes)
     out += _check_logs(obs, model, logs_by_record, service)
+    out += _check_untouched(obs, model, logs_by_record)
     return out
 
 
@@ -937,6 +939,31 @@ def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[d
             out.append(Violation("logs", f"{slot}: {len(outbound)} local-side logs but the service "
                                          f"never wrote "
                                  "the record", em.pf_ops[-3:], slot))
+    return out
+
+
+def _check_untouched(obs: Observed, model: Model, logs_by_record: Mapping[str, list[dict[str, Any]]]
+                     ) -> list[Violation]:
+    """Salesforce-side logs of a platform record no Salesforce operation touched: only the service
+    wrote its Salesforce record, so each such log applied one of our own writes coming back (an
+    echo: a create's echo is logged as a `merge` into the Person even when it changes nothing).
+    Not checked after a fault that may resync (a backfill may log a merge on any record)."""
+    if any(f.get("status") == "injected" and f.get("kind") in RESYNC_FAULTS for f in obs.faults):
+        return []
+    out: list[Violation] = []
+    for slot, em in sorted(model.entities.items()):
+        ent = em.entity
+        if ent.origin != "platform" or em.sf_ops or em.merges:
+            continue
+        keys = {_key(i) for i in (ent.sf_id, ent.lead_id) if i} | (
+            {str(ent.local_id)} if ent.local_id is not None else set())
+        logs = {lg.get("_id"): lg for k in keys for lg in logs_by_record.get(k, [])
+                if lg.get("source") == "salesforce"}
+        if logs:
+            kinds = ", ".join(sorted({str(lg.get("type")) for lg in logs.values()}))
+            out.append(Violation("logs", f"{slot}: {len(logs)} Salesforce-side log(s) ({kinds}) of a record "
+                                         "no Salesforce operation touched (an echo of our own write)",
+                                 em.pf_ops[-3:], slot))
     return out
 
 
