@@ -593,7 +593,7 @@ def check(obs: Observed, model: Model) -> list[Violation]:
     out += _check_loop(obs, model, service)
     out += _check_offsets(obs.state_writes)
     out += _check_logs(obs, model, logs_by_record, service)
-    out += _check_untouched(obs, model, logs_by_record)
+    out += _check_untouched(obs, model, by_local, logs_by_record)
     return out
 
 
@@ -942,8 +942,8 @@ def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[d
     return out
 
 
-def _check_untouched(obs: Observed, model: Model, logs_by_record: Mapping[str, list[dict[str, Any]]]
-                     ) -> list[Violation]:
+def _check_untouched(obs: Observed, model: Model, by_local: Mapping[str, dict[str, Any]],
+                     logs_by_record: Mapping[str, list[dict[str, Any]]]) -> list[Violation]:
     """Salesforce-side logs of a platform record no Salesforce operation touched: only the service
     wrote its Salesforce record, so each such log applied one of our own writes coming back (an
     echo: a create's echo is logged as a `merge` into the Person even when it changes nothing).
@@ -955,7 +955,9 @@ def _check_untouched(obs: Observed, model: Model, logs_by_record: Mapping[str, l
         ent = em.entity
         if ent.origin != "platform" or em.sf_ops or em.merges:
             continue
-        keys = {_key(i) for i in (ent.sf_id, ent.lead_id) if i} | (
+        # the record's id as its Person/Company holds it too: no operation may have learned it
+        linked = _path(by_local.get(str(ent.local_id), {}), "crm.id")
+        keys = {_key(i) for i in (ent.sf_id, ent.lead_id, linked) if i} | (
             {str(ent.local_id)} if ent.local_id is not None else set())
         logs = {lg.get("_id"): lg for k in keys for lg in logs_by_record.get(k, [])
                 if lg.get("source") == "salesforce"}

@@ -19,7 +19,9 @@ and each is caught on an observable condition, not on timing:
   so only inbound losses count.
 
 The six runs (two baselines, four plants) are independent (each its own emulator, SecantusDB
-and replicas) and start together, WORKERS at a time, when the first case needs them.
+and replicas) and start together, WORKERS at a time, when the first case needs them. Marked
+`chaos` like the convergence test and, like it, in the default run; the hook's own tests below
+are not marked.
 """
 
 from __future__ import annotations

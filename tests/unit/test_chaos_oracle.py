@@ -149,6 +149,21 @@ UNTOUCHED = [
 ]
 
 
+def test_a_log_is_found_by_the_id_the_platform_record_is_linked_to() -> None:
+    """No operation needed the Account's id, so the run never learned it: the Company's link
+    names it (an echo that came before the link may have been logged without the Company)."""
+    entity = Entity("A1", "Account", "companies", "platform", local_id="c1")
+    model = Model()
+    acks = [pf(0, "A1", "Account", name="Co")]
+    model.feed(acks, {"A1": entity}, [])
+    log = {**merge_log("001000000000001AAA"), "local_id": "c9"}
+    obs = Observed(acks=acks, entities={"A1": entity}, sf_records={}, people=[],
+                   companies=[{"_id": "c1", "crm": {"id": "001000000000001AAA"}}], sync_logs=[log],
+                   writes=[], state_writes=[], faults=[], barrier_ok=True, barrier_detail="",
+                   idle_writes=0, idle_local_changes=0)
+    assert [v.check for v in check(obs, model) if v.check == "logs"] == ["logs"]
+
+
 class TestLogsOfARecordNoSalesforceOperationTouched:
     @pytest.mark.parametrize(("acks", "faults", "expected", "why"), UNTOUCHED, ids=[r[3] for r in UNTOUCHED])
     def test_a_salesforce_side_log(self, acks: list[Ack], faults: list[dict[str, Any]], expected: list[str],
