@@ -247,23 +247,48 @@ class ShadowGate:
         return None if modified is None else modified - capped_offset(offset, modified, datetime.now(UTC))
 
     async def remember(self, sobject: str, kind: str, entries: Sequence[OutboxEntry],
-                       succeeded: Sequence[bool]) -> None:
-        """The values written become the shadow, at the platform time of each value."""
+                       succeeded: Sequence[bool]) -> list[OutboxEntry]:
+        """The values written become the shadow, at the platform time of each value. Returns the
+        written updates an inbound apply overtook during the call (`_overtaken`): to send again."""
+        decided = {entry.id: self._decided.pop(entry.id, None) for entry in entries}
+        written = [e for e, ok in zip(entries, succeeded, strict=True) if ok]
+        overtaken = [] if kind == CREATE or not written else await _overtaken(
+            self._store, sobject, written, decided)
         by_collection: dict[str, dict[Any, dict[str, Any]]] = {}
         # `sent`: when Salesforce took the value, on its own clock as known now (an older event
         # of the field is stale): compared with Salesforce's stamps as they are, not moved onto
         # this host's clock with an offset learned later (the org's clock may have stepped since)
         now = datetime.now(UTC) + (self._sf_clock.offset if self._sf_clock is not None else timedelta(0))
-        for entry, ok in zip(entries, succeeded, strict=True):
-            decided = self._decided.pop(entry.id, None)
-            if not ok:
-                continue
-            times = decided.times if decided else {}
+        for entry in written:
+            seen = decided[entry.id]
+            times = seen.times if seen else {}
             sets = {path(sobject, name): {"v": value, "at": times.get(name) or entry.enqueued_at, "sent": now}
                     for name, value in entry.write.fields.items()}
             by_collection.setdefault(entry.write.collection, {})[entry.write.local_id] = sets
         for collection, sets_by_doc in by_collection.items():
             await self._store.record_shadow(collection, sets_by_doc)
+        return overtaken
+
+async def _overtaken(store: ShadowStore, sobject: str, written: Sequence[OutboxEntry],
+                     decided: Mapping[Any, Redecided | None]) -> list[OutboxEntry]:
+    """Writes whose shadow an inbound apply changed while the call was in flight (one query):
+    Salesforce took that other edit first and our value after it, while the platform took
+    the edit, so the sides differ. Sent again, the write is re-decided against the platform's
+    value as it is now (the merge's outcome)."""
+    docs = {d["_id"]: d for d in await store.find_records(
+        written[0].write.collection, list({e.write.local_id for e in written}))}
+    out: list[OutboxEntry] = []
+    for entry in written:
+        seen_before = decided[entry.id]
+        before = seen_before.old if seen_before is not None else {}
+        changed = [name for name, value in entry.write.fields.items() if name in before
+                   and (seen := shadow_side(docs.get(entry.write.local_id), sobject, name)) is not None
+                   and seen.value not in (value, before[name])]
+        if changed:
+            log.info("outbound_overtaken_by_inbound", sobject=sobject, sf_id=entry.write.sf_id,
+                     fields=sorted(changed))
+            out.append(entry)
+    return out
 
 
 def _is_own(key: str, entry: Mapping[str, Any], sent: Mapping[str, Any]) -> bool:

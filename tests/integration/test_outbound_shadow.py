@@ -4,7 +4,7 @@ over a real MongoDB-wire server and a fake Salesforce API."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +17,7 @@ from reconciler.merge import HELD_SALESFORCE, SAME_VALUE
 from reconciler.outbound import OutboundFlusher
 from reconciler.outbound_shadow import ShadowGate
 from reconciler.outbox import Outbox
-from reconciler.ports import OutboundWrite
+from reconciler.ports import OutboundWrite, RecordResult
 from reconciler.store import Store
 from reconciler.sync_logs import SyncLog
 from settings import parse_mappings
@@ -325,3 +325,41 @@ class TestSalesforceClockMovedAfterOurWrite:
         await Reconciler(store, MAPPINGS, sf_clock=sf_clock).apply([theirs])
         doc = await store.db.people.find_one({"_id": "p-1"})
         assert doc is not None and doc["first_name"] == "Theirs"
+
+
+@dataclass
+class InboundDuringTheCall(QueryingSalesforce):
+    """Runs `during` (an inbound apply) while the next update call is in flight: Salesforce took
+    that edit first, then our write."""
+
+    during: Callable[[], Awaitable[None]] | None = None
+
+    async def update(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
+        if self.during is not None:
+            during, self.during = self.during, None
+            await during()
+        return await super().update(sobject, records)
+
+
+class TestInboundApplyDuringOurWrite:
+    """The platform edited FirstName; 0.6 s later another Salesforce user edited it too, and a new
+    leader's stream applied that edit to the Person while its flusher's call with the platform's
+    value was in flight. Salesforce then holds our value, the platform Salesforce's later one:
+    the sides must still agree (chaos seed 83, A4.domain: 3 of 7 CI runs)."""
+
+    async def test_the_platforms_value_is_sent_again(self, store: Store) -> None:
+        clock, sf = Clock(), InboundDuringTheCall()
+        outbox = Outbox(store.outbox, clock=clock)
+        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync", clock=clock,
+                                  writable={"Lead": {}}, gate=ShadowGate(sf, store, MAPPINGS))
+        await person(store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")
+        await outbox.enqueue([edit(1, FirstName="Ours")])
+        theirs = change(sf_id(1), {"FirstName": "Theirs"}, at=T1 + timedelta(seconds=0.6))
+        sf.during = lambda: Reconciler(store, MAPPINGS).apply([theirs])
+        await flusher.flush()
+        doc = await store.db.people.find_one({"_id": "p-1"})
+        assert doc is not None and doc["first_name"] == "Theirs"  # the later edit, applied inbound
+        await flusher.flush()
+        assert [c.records for c in sf.calls] == [[{"FirstName": "Ours", "Id": sf_id(1)}],
+                                                 [{"FirstName": "Theirs", "Id": sf_id(1)}]]
+        assert await outbox.depth() == 0
