@@ -34,7 +34,7 @@ import structlog
 
 from reconciler.merge import SALESFORCE_NEWER, SAME_VALUE, Side, capped_offset, decide_outgoing
 from reconciler.ports import OutboundWrite, SalesforceApi
-from reconciler.records import get_path, set_path
+from reconciler.records import get_path, is_blank, set_path
 from reconciler.rules import OWNER_FIELD
 from reconciler.shadow import Seen, has_shadow, path, platform_time, shadow_sets, shadow_side, stamped_time
 from reconciler.soql import parse_sf_datetime, soql_string
@@ -213,9 +213,9 @@ class ShadowGate:
                 if doc is None:
                     continue
                 own = refreshed.get(doc["_id"])
-                found = shadow_sets(mappings, doc, sobject, record,
-                                    self._seen_at(doc, sobject, record, read_again=own is not None),
-                                    complete=True)
+                found = _unseen_blanks(doc, shadow_sets(
+                    mappings, doc, sobject, record,
+                    self._seen_at(doc, sobject, record, read_again=own is not None), complete=True))
                 if own is not None:
                     # Only the write's own values read back are stored (their echoes are not
                     # edits); the rest decides this flush only: the platform has not taken what
@@ -294,6 +294,17 @@ async def _overtaken(store: ShadowStore, sobject: str, written: Sequence[OutboxE
 def _is_own(key: str, entry: Mapping[str, Any], sent: Mapping[str, Any]) -> bool:
     name = key.rsplit(".", 1)[-1]
     return name in sent and sent[name] == entry.get("v")
+
+
+def _unseen_blanks(doc: Mapping[str, Any], found: dict[str, Any]) -> dict[str, Any]:
+    """A blank read where the shadow has no entry for the field is no edit of the record's
+    `LastModifiedDate`: our creates send no blanks, and a Salesforce edit of the field would have
+    left an entry; it is the blank the record was made with (chaos seed 64, P3.state: a platform
+    edit made while the create was in flight was dropped as older): its time is unknown."""
+    for key, entry in found.items():
+        if is_blank(entry.get("v")) and get_path(doc, key) is None:
+            found[key] = {**entry, "at": None}
+    return found
 
 
 def _own_unknown(found: dict[str, Any], sent: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ over a real MongoDB-wire server and a fake Salesforce API."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -363,3 +364,27 @@ class TestInboundApplyDuringOurWrite:
         assert [c.records for c in sf.calls] == [[{"FirstName": "Ours", "Id": sf_id(1)}],
                                                  [{"FirstName": "Theirs", "Id": sf_id(1)}]]
         assert await outbox.depth() == 0
+
+
+STATE_MAPPINGS = parse_mappings(mappings_toml({"people.state": {"direction": "to_salesforce"}}))
+
+
+class TestABlankOurCreateLeft:
+    """The platform set State (`to_salesforce`) while the Person's create was in flight, so the
+    edit went out later as a write read again first (a create of a document linked meanwhile, a
+    re-sent write). The read finds State blank, as our create left it, under a LastModifiedDate
+    later than the edit (users changed other fields): that blank is no Salesforce edit of State
+    (the shadow has no entry for it), so the platform's value goes out (chaos seed 64, P3.state:
+    it never reached Salesforce)."""
+
+    async def test_the_platforms_value_is_sent(self, store: Store) -> None:
+        clock, sf = Clock(), QueryingSalesforce()
+        outbox = Outbox(store.outbox, clock=clock)
+        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync", clock=clock,
+                                  writable={"Lead": {}}, gate=ShadowGate(sf, store, STATE_MAPPINGS))
+        await person(store, 1, shadow={"FirstName": "Fn"}, first_name="Fn", state="St1")
+        sf.records[sf_id(1)] = {"Id": sf_id(1), "FirstName": "Fn", "State": None,
+                                "LastModifiedDate": "2026-03-01T12:00:02.000+0000"}
+        await outbox.enqueue([dataclasses.replace(edit(1, State="St1"), attempt=1)])
+        await flusher.flush()
+        assert [c.records for c in sf.calls] == [[{"State": "St1", "Id": sf_id(1)}]]
