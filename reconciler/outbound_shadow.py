@@ -70,6 +70,7 @@ class Redecided:
     superseded: dict[str, str] = field(default_factory=dict)   # local field -> why it is dropped
     old: dict[str, Any] = field(default_factory=dict)          # Salesforce field -> shadow value
     times: dict[str, datetime | None] = field(default_factory=dict)  # platform time of each value
+    local: dict[str, Any] = field(default_factory=dict)  # local field -> the platform's value as read
 
 
 def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mapping[str, Any] | None,
@@ -85,6 +86,7 @@ def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mappin
             continue
         seen = shadow_side(doc, write.sobject, name)
         out.old[name] = None if seen is None else seen.value
+        out.local[mapping.local_field] = get_path(doc, mapping.local_field)
         local = owner_side(doc, seen, owner or queued) if name == "OwnerId" else None
         decided = decide_outgoing(mapping, doc, queued, local)
         if decided.decision.write_salesforce:
@@ -249,11 +251,9 @@ class ShadowGate:
     async def remember(self, sobject: str, kind: str, entries: Sequence[OutboxEntry],
                        succeeded: Sequence[bool]) -> list[OutboxEntry]:
         """The values written become the shadow, at the platform time of each value. Returns the
-        written updates an inbound apply overtook during the call (`_overtaken`): to send again."""
+        written updates an inbound apply overtook (`_overtaken`): to send again."""
         decided = {entry.id: self._decided.pop(entry.id, None) for entry in entries}
         written = [e for e, ok in zip(entries, succeeded, strict=True) if ok]
-        overtaken = [] if kind == CREATE or not written else await _overtaken(
-            self._store, sobject, written, decided)
         by_collection: dict[str, dict[Any, dict[str, Any]]] = {}
         # `sent`: when Salesforce took the value, on its own clock as known now (an older event
         # of the field is stale): compared with Salesforce's stamps as they are, not moved onto
@@ -267,26 +267,29 @@ class ShadowGate:
             by_collection.setdefault(entry.write.collection, {})[entry.write.local_id] = sets
         for collection, sets_by_doc in by_collection.items():
             await self._store.record_shadow(collection, sets_by_doc)
-        return overtaken
+        return [] if kind == CREATE or not written else await _overtaken(self._store, written, decided)
 
-async def _overtaken(store: ShadowStore, sobject: str, written: Sequence[OutboxEntry],
+
+async def _overtaken(store: ShadowStore, written: Sequence[OutboxEntry],
                      decided: Mapping[Any, Redecided | None]) -> list[OutboxEntry]:
-    """Writes whose shadow an inbound apply changed while the call was in flight (one query):
-    Salesforce took that other edit first and our value after it, while the platform took
-    the edit, so the sides differ. Sent again, the write is re-decided against the platform's
-    value as it is now (the merge's outcome)."""
+    """Written updates whose platform values changed since the gate read them (one query, after
+    the shadow is recorded): an inbound apply that read the document before our write was
+    recorded may have taken another Salesforce edit onto the platform while Salesforce took our
+    value after it (chaos seed 83, A4.domain: the sides swapped). Sent again, the write is
+    re-decided against the platform's value as it is now (the merge's outcome); a platform edit
+    made meanwhile is queued anyway. A later inbound apply sees our write (`sent`) and its
+    compare-and-set fails on the shadow's version, so none is missed."""
     docs = {d["_id"]: d for d in await store.find_records(
         written[0].write.collection, list({e.write.local_id for e in written}))}
     out: list[OutboxEntry] = []
     for entry in written:
-        seen_before = decided[entry.id]
-        before = seen_before.old if seen_before is not None else {}
-        changed = [name for name, value in entry.write.fields.items() if name in before
-                   and (seen := shadow_side(docs.get(entry.write.local_id), sobject, name)) is not None
-                   and seen.value not in (value, before[name])]
+        seen = decided[entry.id]
+        doc = docs.get(entry.write.local_id)
+        changed = sorted(name for name, value in (seen.local if seen else {}).items()
+                         if doc is not None and get_path(doc, name) != value)
         if changed:
-            log.info("outbound_overtaken_by_inbound", sobject=sobject, sf_id=entry.write.sf_id,
-                     fields=sorted(changed))
+            log.info("outbound_overtaken", sobject=entry.write.sobject, sf_id=entry.write.sf_id,
+                     fields=changed)
             out.append(entry)
     return out
 

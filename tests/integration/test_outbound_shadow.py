@@ -388,3 +388,42 @@ class TestABlankOurCreateLeft:
         await outbox.enqueue([dataclasses.replace(edit(1, State="St1"), attempt=1)])
         await flusher.flush()
         assert [c.records for c in sf.calls] == [[{"State": "St1", "Id": sf_id(1)}]]
+
+
+class InboundBeforeTheShadow:
+    """The store as the gate uses it, running `during` (an inbound apply) once, just before the
+    written values are recorded as the shadow: after the call, before `remember` writes."""
+
+    def __init__(self, store: Store, during: Callable[[], Awaitable[None]]) -> None:
+        self.store = store
+        self.during: Callable[[], Awaitable[None]] | None = during
+
+    async def find_records(self, collection: str, ids: Any) -> list[dict[str, Any]]:
+        return await self.store.find_records(collection, ids)
+
+    async def record_shadow(self, collection: str, sets: Any) -> None:
+        if self.during is not None:
+            during, self.during = self.during, None
+            await during()
+        await self.store.record_shadow(collection, sets)
+
+
+class TestInboundApplyBeforeOurShadow:
+    """As above, but the inbound apply lands after the call returned, before the flusher records
+    what it wrote (chaos seed 83, A4.domain again: the new leader's stream wrote 70 ms after the
+    call, the flusher's shadow a few ms later)."""
+
+    async def test_the_platforms_value_is_sent_again(self, store: Store) -> None:
+        clock, sf = Clock(), QueryingSalesforce()
+        outbox = Outbox(store.outbox, clock=clock)
+        theirs = change(sf_id(1), {"FirstName": "Theirs"}, at=T1 + timedelta(seconds=0.6))
+        gate_store = InboundBeforeTheShadow(store, lambda: Reconciler(store, MAPPINGS).apply([theirs]))
+        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync", clock=clock,
+                                  writable={"Lead": {}}, gate=ShadowGate(sf, gate_store, MAPPINGS))
+        await person(store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")
+        await outbox.enqueue([edit(1, FirstName="Ours")])
+        await flusher.flush()
+        await flusher.flush()
+        assert [c.records for c in sf.calls] == [[{"FirstName": "Ours", "Id": sf_id(1)}],
+                                                 [{"FirstName": "Theirs", "Id": sf_id(1)}]]
+        assert await outbox.depth() == 0
