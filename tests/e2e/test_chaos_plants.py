@@ -38,6 +38,7 @@ import pytest
 
 from bench.chaos.plants import ALLOW_VAR, PLANT_VAR, PLANTS, REFUSED_EXIT, SITE_DIR, service_env
 from bench.chaos.runner import BARRIER_TIMEOUT, RunResult, run
+from bench.chaos.schedule import Step, build_schedule
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 3  # runs at a time: each is mostly waiting (operations paced, faults healed, quiet period)
@@ -120,6 +121,25 @@ def test_the_oracle_reports_a_planted_bug(plant: str, runs: dict[RunKey, Future[
     assert case.caught_as not in _classes(baseline, case), baseline.text
     result = runs[(case.schedule, plant)].result()
     assert case.caught_as in _classes(result, case), result.text
+
+
+def _steps(schedule: Schedule) -> list[Step]:
+    return build_schedule(schedule.seed, schedule.ops, schedule.faults)
+
+
+def test_the_schedules_hold_what_the_cases_need() -> None:
+    """What each case's catch rests on (a change to the schedule's drawing may move it)."""
+    clean = _steps(CLEAN)
+    made_on_the_platform = {s.target for s in clean if s.kind in ("pf_create_person", "pf_create_company")}
+    touched_in_salesforce = {slot for s in clean if s.side in ("salesforce", "both")
+                             for slot in (s.target, *s.args.get("updates", {}))}
+    assert made_on_the_platform - touched_in_salesforce, "echo_filter: a platform record never touched in SF"
+    assert any(s.kind == "sf_convert" for s in clean), "conversion_relink: a conversion"
+    assert any(s.kind == "pf_edit" and {None, ""} & set(s.args["fields"].values()) for s in clean), \
+        "blank_rule: a platform blank"
+    kills = _steps(KILLS)
+    assert all(kills[i - 1].side == "salesforce" for i, s in enumerate(kills) if s.kind == "kill_leader"), \
+        "offset_order: each kill right after a Salesforce edit"
 
 
 # --- the hook itself (default run) ----------------------------------------------------------------
