@@ -582,12 +582,12 @@ class OutboundFlusher:
             self.records_sent += 1
             if kind == CREATE and sf_id:
                 logs.extend(await self._link(entry, sf_id))
-        if self._gate is not None and not recovered:  # what a lost call wrote is not known
-            await self._gate.remember(entries[0].write.sobject, kind, entries, [r.success for r in results])
+        again = [] if self._gate is None or recovered else await self._gate.remember(  # a lost call: unknown
+            entries[0].write.sobject, kind, entries, [r.success for r in results])  # overtaken: sent again
         # Logs before the outbox delete: a crash in between re-sends (at least once), never loses.
         await self._store.insert_sync_logs(logs)
         await (_requeue_recovered(self._outbox, self._store, entries, results) if recovered
-               else self._outbox.done(entries))
+               else _done_or_again(self._outbox, entries, again))
         log.info("outbound_batch_done", sobject=entries[0].write.sobject, kind=kind,
                  written=sum(r.success for r in results), failed=sum(not r.success for r in results))
 
@@ -637,6 +637,14 @@ async def _settle_unsent(outbox: FlushOutbox, screened: Screened) -> None:
             continue
         await outbox.retry_later([entry], timedelta(0), count_attempt=False)
         await outbox.created(write.collection, write.local_id, sobject, sf_id)
+
+
+async def _done_or_again(outbox: FlushOutbox, entries: Sequence[OutboxEntry],
+                         again: Sequence[OutboxEntry]) -> None:
+    """Written writes are done; those an inbound apply overtook go back to the queue, due now."""
+    await outbox.done([e for e in entries if e not in again])
+    if again:
+        await outbox.retry_later(again, timedelta(0), count_attempt=False)
 
 
 async def _requeue_recovered(outbox: FlushOutbox, store: FlushStore, entries: Sequence[OutboxEntry],

@@ -74,6 +74,7 @@ class Redecided:
     superseded: dict[str, str] = field(default_factory=dict)   # local field -> why it is dropped
     old: dict[str, Any] = field(default_factory=dict)          # Salesforce field -> shadow value
     times: dict[str, datetime | None] = field(default_factory=dict)  # platform time of each value
+    local: dict[str, Any] = field(default_factory=dict)  # local field -> the platform's value as read
 
 
 def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mapping[str, Any] | None,
@@ -89,6 +90,7 @@ def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mappin
             continue
         seen = shadow_side(doc, write.sobject, name)
         out.old[name] = None if seen is None else seen.value
+        out.local[mapping.local_field] = get_path(doc, mapping.local_field)
         local = owner_side(doc, seen, owner or queued) if name == "OwnerId" else None
         decided = decide_outgoing(mapping, doc, queued, local)
         if decided.decision.write_salesforce:
@@ -217,15 +219,15 @@ class ShadowGate:
                 if doc is None:
                     continue
                 own = refreshed.get(doc["_id"])
-                found = shadow_sets(mappings, doc, sobject, record,
-                                    self._seen_at(doc, sobject, record, read_again=own is not None),
-                                    complete=True)
+                found = _created_blank(shadow_sets(
+                    mappings, doc, sobject, record,
+                    self._seen_at(doc, sobject, record, read_again=own is not None), complete=True), doc)
                 if own is not None:
                     # Only the write's own values read back are stored (their echoes are not
                     # edits); the rest decides this flush only: the platform has not taken what
                     # Salesforce changed since, and the inbound side skips a value equal to the
                     # stored shadow as read before (`inbound_shadow.edits_only`).
-                    found = _own_unknown(_created_blank(found, doc), own)
+                    found = _own_unknown(found, own)
                     sets[doc["_id"]] = {k: v for k, v in found.items() if _is_own(k, v, own)}
                 elif not has_shadow(doc, sobject):
                     sets[doc["_id"]] = found
@@ -250,26 +252,6 @@ class ShadowGate:
         offset = self._sf_clock.offset if self._sf_clock is not None else timedelta(0)
         return None if modified is None else modified - capped_offset(offset, modified, datetime.now(UTC))
 
-    async def remember(self, sobject: str, kind: str, entries: Sequence[OutboxEntry],
-                       succeeded: Sequence[bool]) -> None:
-        """The values written become the shadow, at the platform time of each value."""
-        by_collection: dict[str, dict[Any, dict[str, Any]]] = {}
-        # `sent`: when Salesforce took the value, on its own clock as known now (an older event
-        # of the field is stale): compared with Salesforce's stamps as they are, not moved onto
-        # this host's clock with an offset learned later (the org's clock may have stepped since)
-        now = self._salesforce_now()
-        for entry, ok in zip(entries, succeeded, strict=True):
-            decided = self._decided.pop(entry.id, None)
-            if not ok:
-                continue
-            times = decided.times if decided else {}
-            sets = {path(sobject, name): {"v": value, "at": times.get(name) or entry.enqueued_at, "sent": now}
-                    for name, value in entry.write.fields.items()}
-            by_collection.setdefault(entry.write.collection, {})[entry.write.local_id] = sets
-        for collection, sets_by_doc in by_collection.items():
-            await self._store.record_shadow(collection, sets_by_doc)
-
-
     def _salesforce_now(self) -> datetime:
         """Salesforce's time just after a write: host now + the offset, capped by the latest
         `Date` it sent (the write's answer's, or later: not before the second the write was
@@ -281,6 +263,51 @@ class ShadowGate:
         now = datetime.now(UTC) + self._sf_clock.offset
         latest = self._sf_clock.latest
         return now if latest is None else min(now, latest)
+
+    async def remember(self, sobject: str, kind: str, entries: Sequence[OutboxEntry],
+                       succeeded: Sequence[bool]) -> list[OutboxEntry]:
+        """The values written become the shadow, at the platform time of each value. Returns the
+        written updates an inbound apply overtook (`_overtaken`): to send again."""
+        decided = {entry.id: self._decided.pop(entry.id, None) for entry in entries}
+        written = [e for e, ok in zip(entries, succeeded, strict=True) if ok]
+        by_collection: dict[str, dict[Any, dict[str, Any]]] = {}
+        # `sent`: when Salesforce took the value, on its own clock as known now (an older event
+        # of the field is stale): compared with Salesforce's stamps as they are, not moved onto
+        # this host's clock with an offset learned later (the org's clock may have stepped since)
+        now = self._salesforce_now()
+        for entry in written:
+            seen = decided[entry.id]
+            times = seen.times if seen else {}
+            sets = {path(sobject, name): {"v": value, "at": times.get(name) or entry.enqueued_at, "sent": now}
+                    for name, value in entry.write.fields.items()}
+            by_collection.setdefault(entry.write.collection, {})[entry.write.local_id] = sets
+        for collection, sets_by_doc in by_collection.items():
+            await self._store.record_shadow(collection, sets_by_doc)
+        return [] if kind == CREATE or not written else await _overtaken(self._store, written, decided)
+
+
+async def _overtaken(store: ShadowStore, written: Sequence[OutboxEntry],
+                     decided: Mapping[Any, Redecided | None]) -> list[OutboxEntry]:
+    """Written updates whose platform values changed since the gate read them (one query, after
+    the shadow is recorded): an inbound apply that read the document before our write was
+    recorded may have taken another Salesforce edit onto the platform while Salesforce took our
+    value after it (chaos seed 83, A4.domain: the sides swapped). Sent again, the write is
+    re-decided against the platform's value as it is now (the merge's outcome); a platform edit
+    made meanwhile is queued anyway. A later inbound apply sees our write (`sent`) and its
+    compare-and-set fails on the shadow's version, so none is missed."""
+    docs = {d["_id"]: d for d in await store.find_records(
+        written[0].write.collection, list({e.write.local_id for e in written}))}
+    out: list[OutboxEntry] = []
+    for entry in written:
+        seen = decided[entry.id]
+        doc = docs.get(entry.write.local_id)
+        changed = sorted(name for name, value in (seen.local if seen else {}).items()
+                         if doc is not None and get_path(doc, name) != value)
+        if changed:
+            log.info("outbound_overtaken", sobject=entry.write.sobject, sf_id=entry.write.sf_id,
+                     fields=changed)
+            out.append(entry)
+    return out
 
 
 def _is_own(key: str, entry: Mapping[str, Any], sent: Mapping[str, Sequence[Any]]) -> bool:
@@ -302,7 +329,8 @@ def _created_blank(found: dict[str, Any], doc: Mapping[str, Any]) -> dict[str, A
     """A blank read again for a field the shadow never knew is the blank the record was created
     with as far as anyone told us, not an edit at the record's `LastModifiedDate` (moved on by
     other fields' edits): its time is unknown (chaos seed 11376, P23.state: a `to_salesforce`
-    value set after the create was dropped as older than that blank)."""
+    value set after the create was dropped as older than that blank; seed 64, P3.state: the same
+    for a record read again before a late flush)."""
     for key, entry in found.items():
         if is_blank(entry.get("v")) and get_path(doc, key) is None:
             found[key] = {**entry, "at": None}

@@ -31,13 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="where run directories are made")
     parser.add_argument("--plant", choices=PLANTS + CONTROLS, default=None,
                         help="TEST-ONLY: start the replicas with this bug planted (bench/chaos/plants.py)")
+    parser.add_argument("--kill-when-committed", action="store_true",
+                        help="a kill_leader waits until the newest event's replay id is committed")
     args = parser.parse_args(argv)
     kinds = () if args.faults.strip() in ("", "none") else tuple(k.strip() for k in args.faults.split(","))
     unknown = [k for k in kinds if k not in FAULT_KINDS]
     if unknown:
         parser.error(f"unknown fault kind(s) {', '.join(unknown)}; known: {', '.join(FAULT_KINDS)}")
     result = run(args.seed, args.ops, minutes=args.minutes, faults=kinds, keep=args.keep, base_dir=args.dir,
-                 plant=args.plant, admin=not args.no_admin)
+                 plant=args.plant, admin=not args.no_admin,
+                 kill_when_committed=args.kill_when_committed)
     return 0 if result.ok else 1
 
 

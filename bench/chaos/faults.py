@@ -48,6 +48,7 @@ class Faults:
     stopped: dict[str, Replica] = field(default_factory=dict)
     acks: list[Ack] = field(default_factory=list)              # silent Salesforce writes (gap/overflow)
     skews: dict[str, float] = field(default_factory=dict)      # open clock_skew faults, in order
+    kill_when_committed: bool = False  # a kill waits for the newest event's offset (runner.run)
 
     def inject(self, step: Step) -> FaultRecord:
         try:
@@ -114,10 +115,11 @@ class Faults:
         leader = self._leader()
         if leader is None or leader.pid is None:
             return "skipped: no leader"
+        waited = wait_committed(self.env) if self.kill_when_committed else ""
         os.kill(leader.pid, signal.SIGKILL)
         leader.service.process.wait(timeout=10)  # type: ignore[union-attr]
         self.killed[step.id] = leader
-        return f"SIGKILL {leader.name}"
+        return f"SIGKILL {leader.name}{waited}"
 
     def _stop_leader(self, step: Step) -> str:
         leader = self._leader()
@@ -231,6 +233,28 @@ class Faults:
         event = {"schema": "chaos", "payload": payload}
         body = self._control("POST", "streaming/publish", {"channel": "/data/LeadChangeEvent", "data": event})
         return f"poison {variant} on {record_id} replayId {body.get('replayId')}"
+
+
+def wait_committed(env: Environment, timeout: float = 10.0) -> str:
+    """Until a replay id as new as the newest event's is committed (`sync_state`, as recorded)."""
+    newest = int(env.org.control("GET", "streaming/stats").body["last_replay_id"])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        writes = list(env.recorder.writes) if env.recorder is not None else []
+        if max((_replay_id(w.value) for w in writes if w.key.startswith("replay:")), default=0) >= newest:
+            return f" after replay id {newest} was committed"
+        time.sleep(0.02)
+    return f" (replay id {newest} not committed within {timeout:g}s)"
+
+
+def _replay_id(value: Any) -> int:
+    """The replay id of one recorded `replay:<channel>` write (an insert, or an update's fields)."""
+    if not isinstance(value, dict):
+        return 0
+    found = value.get("replay_id", value.get("value.replay_id"))
+    if found is None and isinstance(value.get("value"), dict):
+        found = value["value"].get("replay_id")
+    return found if isinstance(found, int) else 0
 
 
 __all__ = ["FaultRecord", "Faults"]

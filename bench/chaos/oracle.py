@@ -68,7 +68,8 @@ Checks (each can fail; where a rule is not modelled exactly the check is conserv
   value Salesforce wrote: a conflict converging); no more
   Salesforce-side update logs for a record than Salesforce operations on it (+ merges; a
   formula field's own logs are bounded by every write of the record, the service's included); no
-  local-side log without a write attempt for that record.
+  Salesforce-side log at all of a platform record no Salesforce operation touched (unless a
+  fault may have caused a resync); no local-side log without a write attempt for that record.
 - liveness: the quiet period's barrier (a new Lead crossing in, a new Person crossing out) passed.
 """
 
@@ -806,6 +807,7 @@ def check(obs: Observed, model: Model) -> list[Violation]:
     out += _check_loop(obs, model, service)
     out += _check_offsets(obs.state_writes)
     out += _check_logs(obs, model, logs_by_record, service)
+    out += _check_untouched(obs, model, by_local, logs_by_record)
     return out
 
 
@@ -1188,6 +1190,33 @@ def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[d
             out.append(Violation("logs", f"{slot}: {len(outbound)} local-side logs but the service "
                                          f"never wrote "
                                  "the record", em.pf_ops[-3:], slot))
+    return out
+
+
+def _check_untouched(obs: Observed, model: Model, by_local: Mapping[str, dict[str, Any]],
+                     logs_by_record: Mapping[str, list[dict[str, Any]]]) -> list[Violation]:
+    """Salesforce-side logs of a platform record no Salesforce operation touched: only the service
+    wrote its Salesforce record, so each such log applied one of our own writes coming back (an
+    echo: a create's echo is logged as a `merge` into the Person even when it changes nothing).
+    Not checked after a fault that may resync (a backfill may log a merge on any record)."""
+    if any(f.get("status") == "injected" and f.get("kind") in RESYNC_FAULTS for f in obs.faults):
+        return []
+    out: list[Violation] = []
+    for slot, em in sorted(model.entities.items()):
+        ent = em.entity
+        if ent.origin != "platform" or em.sf_ops or em.merges:
+            continue
+        # the record's id as its Person/Company holds it too: no operation may have learned it
+        linked = _path(by_local.get(str(ent.local_id), {}), "crm.id")
+        keys = {_key(i) for i in (ent.sf_id, ent.lead_id, linked) if i} | (
+            {str(ent.local_id)} if ent.local_id is not None else set())
+        logs = {lg.get("_id"): lg for k in keys for lg in logs_by_record.get(k, [])
+                if lg.get("source") == "salesforce"}
+        if logs:
+            kinds = ", ".join(sorted({str(lg.get("type")) for lg in logs.values()}))
+            out.append(Violation("logs", f"{slot}: {len(logs)} Salesforce-side log(s) ({kinds}) of a record "
+                                         "no Salesforce operation touched (an echo of our own write)",
+                                 em.pf_ops[-3:], slot))
     return out
 
 

@@ -132,7 +132,7 @@ def _offset_order() -> None:
     from datetime import UTC, datetime
 
     import listener.sources.cometd as cometd
-    from listener.sources.cdc_batch import sort_batch
+    from listener.sources.cdc_batch import apply_batch, sort_batch
 
     async def process_offsets_first(self: Any, messages: Any, policy: Any) -> None:
         batch = sort_batch(messages, client_name=self.options.client_name, objects=set(self.objects),
@@ -142,15 +142,7 @@ def _offset_order() -> None:
         await self._offsets.commit()
         policy.committed()
         await asyncio.sleep(APPLY_DELAY)  # a slow apply: the window a process fault falls in
-        changes = batch.changes
-        if batch.gaps:
-            changes = changes + await self._fetch_gaps(batch.gaps)
-        if changes:
-            await self._sink.apply(changes)
-        if batch.rejected:
-            await self._sink.reject(batch.rejected)
-        for overflow in batch.overflows:
-            await self._catch_up.poll_since(overflow.sobject, overflow.since)
+        await apply_batch(batch, sink=self._sink, catch_up=self._catch_up)
         self._handover.saw_commits(batch.committed_at)
 
     cometd.CdcStream._process = process_offsets_first  # type: ignore[method-assign]

@@ -49,11 +49,17 @@ class RunResult:
 
 def run(seed: int, ops: int, *, minutes: float | None = None, faults: tuple[str, ...] = FAULT_KINDS,
         keep: bool = False, base_dir: Path | None = None, echo: bool = True,
-        barrier_timeout: float = BARRIER_TIMEOUT, plant: str | None = None, admin: bool = True) -> RunResult:
+        barrier_timeout: float = BARRIER_TIMEOUT, plant: str | None = None, admin: bool = True,
+        kill_when_committed: bool = False) -> RunResult:
     """One run; `plant` starts the replicas with a planted bug (test-only, bench/chaos/plants.py);
-    `admin` False leaves the admin operations out (the schedules seeds drew before them)."""
+    `admin` False leaves the admin operations out (the schedules seeds drew before them).
+
+    `kill_when_committed`: a `kill_leader` waits until the stream has committed the newest
+    event's replay id, so it falls between that commit and whatever follows it.
+    """
     started = time.monotonic()
     state, steps = _set_up(seed, ops, faults, base_dir, plant, admin)
+    state.injector.kill_when_committed = kill_when_committed
     try:
         _start(state)
         _play(state, steps, deadline=started + minutes * 60 if minutes else None)

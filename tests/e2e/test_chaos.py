@@ -3,7 +3,11 @@
 Each seed starts its own emulator, SecantusDB and two replicas of the real service, plays 80
 operations on both sides with the faults its schedule draws, and checks the outcome against the
 reference model in `bench/chaos/oracle.py`. A violation is a bug in the service: the failure
-message lists each one with the seed, the operation ids and the command that replays it.
+message lists each one with the seed, the operation ids and the command that replays it, and the
+run directory (steps, what the oracle read, the replicas' logs) is kept in the system temp dir.
+
+Part of the default run (about 2 minutes for the three seeds on a loaded 2-core machine:
+bench/README.md); `pytest -m 'not chaos'` leaves it out for a quick local run.
 """
 
 from __future__ import annotations
@@ -29,8 +33,6 @@ def test_a_schedule_is_a_function_of_its_seed() -> None:
     assert first != [s.as_json() for s in build_schedule(SEEDS[1], OPS)]
 
 
-# Marked `chaos` (`pytest -m chaos`); whether it joins the default run (pyproject `addopts`) is
-# CI's call: about 2 minutes for the three seeds on a loaded 2-core machine (bench/README.md).
 @pytest.mark.chaos
 @pytest.mark.parametrize("seed", SEEDS)
 def test_chaos_run_converges_with_no_violation(seed: int) -> None:

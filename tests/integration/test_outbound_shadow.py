@@ -4,7 +4,8 @@ over a real MongoDB-wire server and a fake Salesforce API."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from reconciler.merge import HELD_SALESFORCE, SAME_VALUE
 from reconciler.outbound import OutboundFlusher
 from reconciler.outbound_shadow import ShadowGate
 from reconciler.outbox import Outbox
-from reconciler.ports import OutboundWrite
+from reconciler.ports import OutboundWrite, RecordResult
 from reconciler.store import Store
 from reconciler.sync_logs import SyncLog
 from settings import parse_mappings
@@ -420,3 +421,104 @@ class TestABlankSalesforceAlwaysHad:
         await outbox.enqueue([self.resend(1, Title="Plat")])
         await flusher.flush()
         assert sf.calls == []
+
+
+@dataclass
+class InboundDuringTheCall(QueryingSalesforce):
+    """Runs `during` (an inbound apply) while the next update call is in flight: Salesforce took
+    that edit first, then our write."""
+
+    during: Callable[[], Awaitable[None]] | None = None
+
+    async def update(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
+        if self.during is not None:
+            during, self.during = self.during, None
+            await during()
+        return await super().update(sobject, records)
+
+
+class TestInboundApplyDuringOurWrite:
+    """The platform edited FirstName; 0.6 s later another Salesforce user edited it too, and a new
+    leader's stream applied that edit to the Person while its flusher's call with the platform's
+    value was in flight. Salesforce then holds our value, the platform Salesforce's later one:
+    the sides must still agree (chaos seed 83, A4.domain: 3 of 7 CI runs)."""
+
+    async def test_the_platforms_value_is_sent_again(self, store: Store) -> None:
+        clock, sf = Clock(), InboundDuringTheCall()
+        outbox = Outbox(store.outbox, clock=clock)
+        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync", clock=clock,
+                                  writable={"Lead": {}}, gate=ShadowGate(sf, store, MAPPINGS))
+        await person(store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")
+        await outbox.enqueue([edit(1, FirstName="Ours")])
+        theirs = change(sf_id(1), {"FirstName": "Theirs"}, at=T1 + timedelta(seconds=0.6))
+        sf.during = lambda: Reconciler(store, MAPPINGS).apply([theirs])
+        await flusher.flush()
+        doc = await store.db.people.find_one({"_id": "p-1"})
+        assert doc is not None and doc["first_name"] == "Theirs"  # the later edit, applied inbound
+        await flusher.flush()
+        assert [c.records for c in sf.calls] == [[{"FirstName": "Ours", "Id": sf_id(1)}],
+                                                 [{"FirstName": "Theirs", "Id": sf_id(1)}]]
+        assert await outbox.depth() == 0
+
+
+STATE_MAPPINGS = parse_mappings(mappings_toml({"people.state": {"direction": "to_salesforce"}}))
+
+
+class TestABlankOurCreateLeft:
+    """The platform set State (`to_salesforce`) while the Person's create was in flight, so the
+    edit went out later as a write read again first (a create of a document linked meanwhile, a
+    re-sent write). The read finds State blank, as our create left it, under a LastModifiedDate
+    later than the edit (users changed other fields): that blank is no Salesforce edit of State
+    (the shadow has no entry for it), so the platform's value goes out (chaos seed 64, P3.state:
+    it never reached Salesforce)."""
+
+    async def test_the_platforms_value_is_sent(self, store: Store) -> None:
+        clock, sf = Clock(), QueryingSalesforce()
+        outbox = Outbox(store.outbox, clock=clock)
+        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync", clock=clock,
+                                  writable={"Lead": {}}, gate=ShadowGate(sf, store, STATE_MAPPINGS))
+        await person(store, 1, shadow={"FirstName": "Fn"}, first_name="Fn", state="St1")
+        sf.records[sf_id(1)] = {"Id": sf_id(1), "FirstName": "Fn", "State": None,
+                                "LastModifiedDate": "2026-03-01T12:00:02.000+0000"}
+        await outbox.enqueue([dataclasses.replace(edit(1, State="St1"), attempt=1)])
+        await flusher.flush()
+        assert [c.records for c in sf.calls] == [[{"State": "St1", "Id": sf_id(1)}]]
+
+
+class InboundBeforeTheShadow:
+    """The store as the gate uses it, running `during` (an inbound apply) once, just before the
+    written values are recorded as the shadow: after the call, before `remember` writes."""
+
+    def __init__(self, store: Store, during: Callable[[], Awaitable[None]]) -> None:
+        self.store = store
+        self.during: Callable[[], Awaitable[None]] | None = during
+
+    async def find_records(self, collection: str, ids: Any) -> list[dict[str, Any]]:
+        return await self.store.find_records(collection, ids)
+
+    async def record_shadow(self, collection: str, sets: Any) -> None:
+        if self.during is not None:
+            during, self.during = self.during, None
+            await during()
+        await self.store.record_shadow(collection, sets)
+
+
+class TestInboundApplyBeforeOurShadow:
+    """As above, but the inbound apply lands after the call returned, before the flusher records
+    what it wrote (chaos seed 83, A4.domain again: the new leader's stream wrote 70 ms after the
+    call, the flusher's shadow a few ms later)."""
+
+    async def test_the_platforms_value_is_sent_again(self, store: Store) -> None:
+        clock, sf = Clock(), QueryingSalesforce()
+        outbox = Outbox(store.outbox, clock=clock)
+        theirs = change(sf_id(1), {"FirstName": "Theirs"}, at=T1 + timedelta(seconds=0.6))
+        gate_store = InboundBeforeTheShadow(store, lambda: Reconciler(store, MAPPINGS).apply([theirs]))
+        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync", clock=clock,
+                                  writable={"Lead": {}}, gate=ShadowGate(sf, gate_store, MAPPINGS))
+        await person(store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")
+        await outbox.enqueue([edit(1, FirstName="Ours")])
+        await flusher.flush()
+        await flusher.flush()
+        assert [c.records for c in sf.calls] == [[{"FirstName": "Ours", "Id": sf_id(1)}],
+                                                 [{"FirstName": "Theirs", "Id": sf_id(1)}]]
+        assert await outbox.depth() == 0

@@ -227,6 +227,52 @@ class TestFormulaFieldLogs:
         assert [v.check for v in check(self.observed(*edits), model) if v.check == "logs"] == ["logs"]
 
 
+def merge_log(sf_id: str) -> dict[str, Any]:
+    """What the inbound side logs for a Salesforce create that links or merges into a Person."""
+    return {"_id": 2, "source": "salesforce", "status": "success", "type": "merge", "sf_id": sf_id,
+            "fields": {}}
+
+
+# (history of the platform-created Company A1, faults, the violations its one Salesforce-side
+# merge log is)
+UNTOUCHED = [
+    ([pf(0, "A1", "Account", name="Co")], [], ["logs"],
+     "only the platform and the service wrote it: the log is our create's echo"),
+    ([pf(0, "A1", "Account", name="Co"), Ack("s5", "sf_update", "salesforce", "A1", T0 + 5, "ok", "Account",
+                                             {"Name": "Acct"})], [], [],
+     "a Salesforce user edited it: the log may be that edit's"),
+    ([pf(0, "A1", "Account", name="Co")], [fault("kill_leader", 3)], [],
+     "after a fault that may resync, a backfill may merge into any record"),
+]
+
+
+def test_a_log_is_found_by_the_id_the_platform_record_is_linked_to() -> None:
+    """No operation needed the Account's id, so the run never learned it: the Company's link
+    names it (an echo that came before the link may have been logged without the Company)."""
+    entity = Entity("A1", "Account", "companies", "platform", local_id="c1")
+    model = Model()
+    acks = [pf(0, "A1", "Account", name="Co")]
+    model.feed(acks, {"A1": entity}, [])
+    log = {**merge_log("001000000000001AAA"), "local_id": "c9"}
+    obs = Observed(acks=acks, entities={"A1": entity}, sf_records={}, people=[],
+                   companies=[{"_id": "c1", "crm": {"id": "001000000000001AAA"}}], sync_logs=[log],
+                   writes=[], state_writes=[], faults=[], barrier_ok=True, barrier_detail="",
+                   idle_writes=0, idle_local_changes=0)
+    assert [v.check for v in check(obs, model) if v.check == "logs"] == ["logs"]
+
+
+class TestLogsOfARecordNoSalesforceOperationTouched:
+    @pytest.mark.parametrize(("acks", "faults", "expected", "why"), UNTOUCHED, ids=[r[3] for r in UNTOUCHED])
+    def test_a_salesforce_side_log(self, acks: list[Ack], faults: list[dict[str, Any]], expected: list[str],
+                                   why: str) -> None:
+        model = feed(acks, faults)
+        obs = Observed(acks=acks, entities={"A1": account_entity()}, sf_records={}, people=[], companies=[],
+                       sync_logs=[merge_log("001000000000001AAA")], writes=[], state_writes=[],
+                       faults=faults, barrier_ok=True, barrier_detail="", idle_writes=0,
+                       idle_local_changes=0)
+        assert [v.check for v in check(obs, model) if v.check == "logs"] == expected, why
+
+
 class TestPlatformSide:
     def test_a_person_created_after_a_salesforce_blank_may_be_blank(self) -> None:
         """The Lead's FirstName was blanked before the Person existed: the Person is created from the
