@@ -110,6 +110,22 @@ async def new_person(store: Store, outbox: Outbox, **fields: Any) -> ObjectId:
     return local_id
 
 
+async def person_whose_create_is_lost(store: Store, outbox: Outbox, org: Org, **extra: str) -> ObjectId:
+    """A Person Ng (Acme, ng@x.com, plus `extra`: phone / title) edited 10 s ago, its create
+    queued, and the next call's answer set to be lost after Salesforce applies it."""
+    local_id = ObjectId()
+    created_at = datetime.now(UTC) - timedelta(seconds=10)
+    person = {"last_name": "Ng", "company_name": "Acme", "email": "ng@x.com", **extra}
+    await store.db.people.insert_one({
+        "_id": local_id, **person, "updated_at": created_at,
+        "_sync": {"written_at": created_at, "field_times": dict.fromkeys(person, created_at)}})
+    fields = {"LastName": "Ng", "Company": "Acme", "Email": "ng@x.com",
+              **{name.title(): value for name, value in extra.items()}}
+    await outbox.enqueue([OutboundWrite("Lead", None, "people", local_id, fields, "create")])
+    await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True)
+    return local_id
+
+
 async def flush_until_empty(outbox: Outbox, flusher: OutboundFlusher) -> None:
     for _ in range(20):
         await flusher.flush()
@@ -261,15 +277,7 @@ class TestAnEditMadeWhileTheLostCreateWasInFlight:
         platform's edit), so the edit goes out instead of waiting for an inbound change that
         never comes (the platform then took its own older value back as Salesforce's)."""
         outbox, flusher = flusher_for(store, org)
-        local_id = ObjectId()
-        created_at = datetime.now(UTC) - timedelta(seconds=10)
-        person = {"last_name": "Ng", "company_name": "Acme", "email": "ng@x.com", "phone": "+1 555 0100"}
-        await store.db.people.insert_one({
-            "_id": local_id, **person, "updated_at": created_at,
-            "_sync": {"written_at": created_at, "field_times": dict.fromkeys(person, created_at)}})
-        await outbox.enqueue([OutboundWrite("Lead", None, "people", local_id, {
-            "LastName": "Ng", "Company": "Acme", "Email": "ng@x.com", "Phone": "+1 555 0100"}, "create")])
-        await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True)
+        local_id = await person_whose_create_is_lost(store, outbox, org, phone="+1 555 0100")
         claimed_at = datetime.now(UTC)
         await flusher.flush()  # created in Salesforce, answer lost: queued again
 
@@ -291,15 +299,7 @@ class TestARecoveredCreateKeepsSalesforcesLaterEdits:
         write's values are decided against the Lead read again: what the lost create sent is the
         write's own, what differs is Salesforce's later edit, which stands (most recent value)."""
         outbox, flusher = flusher_for(store, org)
-        local_id = ObjectId()
-        created_at = datetime.now(UTC) - timedelta(seconds=10)
-        person = {"last_name": "Ng", "company_name": "Acme", "email": "ng@x.com", "title": "Platform"}
-        await store.db.people.insert_one({
-            "_id": local_id, **person, "updated_at": created_at,
-            "_sync": {"written_at": created_at, "field_times": dict.fromkeys(person, created_at)}})
-        await outbox.enqueue([OutboundWrite("Lead", None, "people", local_id, {
-            "LastName": "Ng", "Company": "Acme", "Email": "ng@x.com", "Title": "Platform"}, "create")])
-        await org.fault(path_prefix=COLLECTIONS, count=1, apply_then_drop=True)
+        local_id = await person_whose_create_is_lost(store, outbox, org, title="Platform")
         await flusher.flush()  # created in Salesforce, answer lost: queued again
         [lead] = await org.rows("SELECT Id FROM Lead WHERE Email = 'ng@x.com'")
         async with aiohttp.ClientSession() as session:  # a Salesforce user edits the new Lead

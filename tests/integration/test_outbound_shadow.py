@@ -304,6 +304,18 @@ class MovableOffset:
         self.latest = latest
 
 
+async def write_ours_through_the_gate(store: Store, sf_clock: MovableOffset) -> None:
+    """Person 1 (shadow FirstName "Ann") edited to "Ours", flushed through the shadow gate with
+    `sf_clock`: the write records `sent` on Salesforce's clock as that clock tells it."""
+    clock, sf = Clock(), QueryingSalesforce()
+    outbox = Outbox(store.outbox, clock=clock)
+    flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync", clock=clock,
+                              writable={"Lead": {}}, gate=ShadowGate(sf, store, MAPPINGS, sf_clock))
+    await person(store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")
+    await outbox.enqueue([edit(1, FirstName="Ours")])
+    await flusher.flush()
+
+
 class TestSalesforceClockMovedAfterOurWrite:
     """Salesforce's clock ran 1 s behind when the flusher wrote FirstName, then stepped 4 s ahead
     and slews back (it never goes back) before another user's edit of the same field, made after
@@ -314,13 +326,7 @@ class TestSalesforceClockMovedAfterOurWrite:
 
     async def test_an_edit_made_after_our_write_is_applied(self, store: Store) -> None:
         sf_clock = MovableOffset(-1)
-        clock, sf = Clock(), QueryingSalesforce()
-        outbox = Outbox(store.outbox, clock=clock)
-        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync", clock=clock,
-                                  writable={"Lead": {}}, gate=ShadowGate(sf, store, MAPPINGS, sf_clock))
-        await person(store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")
-        await outbox.enqueue([edit(1, FirstName="Ours")])
-        await flusher.flush()
+        await write_ours_through_the_gate(store, sf_clock)
         after_write = datetime.now(UTC) + sf_clock.offset  # Salesforce's time, past our write
         sf_clock.offset = timedelta(seconds=4)  # stepped ahead; it slews back, never goes back
         theirs = change(sf_id(1), {"FirstName": "Theirs"},
@@ -343,13 +349,7 @@ class TestSalesforceClockBehindTheOffsetLearned:
         # Salesforce's latest `Date` is a second behind host now + the offset learned (0)
         org_second = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
         sf_clock = MovableOffset(0, latest=org_second)
-        clock, sf = Clock(), QueryingSalesforce()
-        outbox = Outbox(store.outbox, clock=clock)
-        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync", clock=clock,
-                                  writable={"Lead": {}}, gate=ShadowGate(sf, store, MAPPINGS, sf_clock))
-        await person(store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")
-        await outbox.enqueue([edit(1, FirstName="Ours")])
-        await flusher.flush()
+        await write_ours_through_the_gate(store, sf_clock)
         theirs = change(sf_id(1), {"FirstName": "Theirs"}, at=org_second)
         await Reconciler(store, MAPPINGS, sf_clock=sf_clock).apply([theirs])
         doc = await store.db.people.find_one({"_id": "p-1"})
