@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ import structlog.testing
 
 from reconciler.store import Store
 from reconciler.sync_logs import SyncLog
-from tests.support.admin import TOKEN, RunningAdmin, running_admin
+from tests.support.admin import TOKEN, RunningAdmin, logged_at, recent_minute, running_admin
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -92,7 +92,7 @@ def truthful_rows() -> list[SyncLog]:
                 local_id="665f00000000000000000013", collection="people",
                 fields={"email": {"old": "ada@example.com", "new": "ada@example.org"}}),
     ]
-    t0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
+    t0 = recent_minute()
     for i, row in enumerate(rows):
         row.ts = t0 + timedelta(minutes=i)
     return rows
@@ -189,7 +189,9 @@ async def test_resolved_and_open_failures_more_fields_and_a_retry_outcome(
     assert await resolved.get_attribute("class") == "row-failed"
     assert await resolved.locator("button:has-text('Retry')").count() == 0
     resolved_link = resolved.locator("a.outcome")
-    assert (await resolved_link.inner_text()).startswith("resolved by update at 2024-05-01 09:03:00 UTC")
+    fixed_at = await logged_at(admin.store, fix)
+    assert (await resolved_link.inner_text()).startswith(
+        f"resolved by update at {fixed_at:%Y-%m-%d %H:%M:%S} UTC")
     assert (await resolved_link.get_attribute("href") or "").endswith(f"#log-{fix}")
     opened = page.locator(f"#log-{open_failure}")
     assert await opened.locator("button:has-text('Retry')").is_visible()

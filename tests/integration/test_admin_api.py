@@ -6,7 +6,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -18,7 +18,7 @@ from reconciler.store import Store
 from reconciler.sync_logs import SyncLog
 from service.admin import NotLeaderError
 from service.admin.auth import COOKIE_NAME
-from tests.support.admin import TOKEN, FakeJobs, FakeStatus, running_admin
+from tests.support.admin import TOKEN, FakeJobs, FakeStatus, logged_at, running_admin
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -195,9 +195,9 @@ class TestPaging:
     async def test_cursor_is_stable_under_concurrent_inserts(self, admin: Admin) -> None:
         """Logs inserted while paging (newer, and one in the same second) neither repeat nor hide old ones."""
         _, first = await admin.get("/api/sync-logs", params={"limit": "2"})
-        # the first page ends at log 4 (09:04:00); a log with that very ts but a newer _id sorts
-        # above it, so it belongs to the pages already seen, as do the later ones
-        cursor_ts = datetime(2024, 5, 1, 9, 4, tzinfo=UTC)
+        # the first page ends at log 4; a log with that very ts but a newer _id sorts above it, so
+        # it belongs to the pages already seen, as do the later ones
+        cursor_ts = await logged_at(admin.store, admin.log_ids[4])
         await asyncio.gather(*(
             admin.store.insert_sync_logs([SyncLog(source="salesforce", type="update", status="success",
                                                   ts=cursor_ts + timedelta(seconds=s))])

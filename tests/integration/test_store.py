@@ -57,7 +57,7 @@ class TestState:
 class TestSyncLogs:
     async def test_pages_newest_first_with_a_stable_cursor(self, store: Store) -> None:
         """Pages follow (ts, _id) newest first; logs inserted after the first page do not shift it."""
-        base = datetime(2024, 5, 1, tzinfo=UTC)
+        base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)  # inside the TTL
         same = base + timedelta(minutes=5)
         await store.insert_sync_logs([log_at(base + timedelta(minutes=i), sf_id=f"00Q{i}") for i in range(5)]
                                      + [log_at(same, sf_id="00Qx")])

@@ -99,9 +99,25 @@ class FakeJobs:
         return new_id
 
 
+def recent_minute(minutes_ago: int = 30) -> datetime:
+    """A whole minute not long ago. Sample sync logs are dated from it, never from a fixed date:
+    `sync_logs` has a TTL index on `ts`, and SecantusDB's TTL monitor (about once a minute)
+    deletes logs older than the retention in the middle of the test that inserted them."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    return now - timedelta(minutes=minutes_ago)
+
+
+async def logged_at(store: Store, log_id: str) -> datetime:
+    """The `ts` of a stored sync log, as a datetime."""
+    log = await store.get_sync_log(log_id)
+    assert log is not None, log_id
+    ts = log["ts"]
+    return ts if isinstance(ts, datetime) else datetime.fromisoformat(str(ts).replace("Z", "+00:00"))
+
+
 def sample_logs(base: datetime | None = None) -> list[SyncLog]:
-    """A small, varied history: newest last (ts increasing)."""
-    t0 = base or datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
+    """A small, varied history: newest last (ts increasing), inside the sync-log retention."""
+    t0 = base or recent_minute()
     rows: list[SyncLog] = [
         SyncLog(source="salesforce", type="create", status="success", object="Lead",
                 sf_id="00Q000000000001AAA", local_id="665f00000000000000000001", collection="people",
