@@ -232,7 +232,7 @@ class ShadowGate:
                 elif not has_shadow(doc, sobject):
                     sets[doc["_id"]] = found
                 for key, value in found.items():
-                    set_path(doc, key, value)
+                    set_path(doc, key, _with_prior(value, get_path(doc, key)))
         sets = {doc_id: entries for doc_id, entries in sets.items() if entries}
         if sets:
             await self._store.record_shadow(collection, sets)
@@ -308,6 +308,14 @@ async def _overtaken(store: ShadowStore, written: Sequence[OutboxEntry],
                      fields=changed)
             out.append(entry)
     return out
+
+
+def _with_prior(entry: dict[str, Any], prior: Any) -> dict[str, Any]:
+    """The entry read, with the value the shadow knew before it (`was`) when the read changed it:
+    kept in this flush's copy of the document only (`shadow.platform_time`)."""
+    if isinstance(prior, Mapping) and prior.get("v") != entry.get("v"):
+        return {**entry, "was": prior.get("v")}
+    return entry
 
 
 def _is_own(key: str, entry: Mapping[str, Any], sent: Mapping[str, Sequence[Any]]) -> bool:

@@ -46,6 +46,9 @@ class Seen:
 
     value: Any
     at: datetime | None
+    # the value(s) Salesforce held before this one, when a re-read replaced what the shadow
+    # knew (in memory only, for the flush that read it: see `platform_time`)
+    was: tuple[Any, ...] = ()
 
 
 def shadow_side(doc: Mapping[str, Any] | None, sobject: str, sf_field: str) -> Seen | None:
@@ -54,7 +57,8 @@ def shadow_side(doc: Mapping[str, Any] | None, sobject: str, sf_field: str) -> S
     if not isinstance(entry, Mapping):
         return None
     at = entry.get("at")
-    return Seen(entry.get("v"), at if isinstance(at, datetime) else None)
+    was = (entry["was"],) if "was" in entry else ()
+    return Seen(entry.get("v"), at if isinstance(at, datetime) else None, was)
 
 
 def shadow_sets(mappings: Iterable[FieldMapping], doc: Mapping[str, Any] | None, sobject: str,
@@ -104,12 +108,17 @@ def platform_time(doc: Mapping[str, Any] | None, local_field: str, shadow: Seen 
     edit is unstamped and the value differs from Salesforce's last value, the document's
     `updated_at` when that is later (a fresh edit counts before the watcher stamps it).
     `value`: the platform's value as Salesforce would hold it, when not the field's own (the
-    owner, translated through `[[users]]`)."""
+    owner, translated through `[[users]]`).
+
+    A value equal to the one Salesforce held before a re-read replaced it (`Seen.was`) is not the
+    unstamped edit either: the platform had it before Salesforce's change, and the fresh edit
+    touched other fields (chaos seed 24680, P17.title: a blank re-sent over as "newer")."""
     stamped = stamped_time(doc, local_field)
     if not has_unstamped_edit(doc):
         return stamped
     assert doc is not None
-    if shadow is not None and shadow.value == (get_path(doc, local_field) if value is None else value):
+    current = get_path(doc, local_field) if value is None else value
+    if shadow is not None and (shadow.value == current or current in shadow.was):
         return stamped
     updated: datetime = doc["updated_at"]
     if stamped is None or _naive(updated) > _naive(stamped):

@@ -288,6 +288,33 @@ class TestResentUpdate:
         assert [c.records for c in rig.sf.calls] == [[{"FirstName": "Plat", "Id": sf_id(1)}]]
         assert len(rig.sf.queries) == 1
 
+    async def test_a_blank_after_our_write_stands_beside_a_fresh_edit_of_another_field(
+        self, rig: Rig
+    ) -> None:
+        """Chaos seed 24680, P17.title: our write sent Title "Plat" (edited at T1); a Salesforce
+        user blanked it at T2; at T3 the platform edited State, which the watcher has not stamped
+        yet when the write is re-read. That fresh edit does not date the platform's Title (the
+        value Salesforce held before its blank): the blank stands, Title is not sent again."""
+        await person(rig.store, 1, shadow={"Title": "Plat"}, title="Plat")
+        t3 = T2 + timedelta(seconds=1)
+        await rig.store.db.people.update_one({"_id": "p-1"}, {"$set": {"state": "St", "updated_at": t3}})
+        rig.sf.records[sf_id(1)] = {"Id": sf_id(1), "Title": None,
+                                    "LastModifiedDate": "2026-03-01T12:00:02.000+0000"}  # T2
+        await rig.outbox.enqueue([self.resend(1, Title="Plat")])
+        await rig.flusher.flush()
+        assert rig.sf.calls == [] and await rig.outbox.depth() == 0
+
+    async def test_a_fresh_edit_of_the_field_itself_still_goes_out(self, rig: Rig) -> None:
+        """The same, but the unstamped edit set Title to a new value: it is newer than the blank."""
+        await person(rig.store, 1, shadow={"Title": "Plat"}, title="Plat")
+        t3 = T2 + timedelta(seconds=1)
+        await rig.store.db.people.update_one({"_id": "p-1"}, {"$set": {"title": "Newer", "updated_at": t3}})
+        rig.sf.records[sf_id(1)] = {"Id": sf_id(1), "Title": None,
+                                    "LastModifiedDate": "2026-03-01T12:00:02.000+0000"}  # T2
+        await rig.outbox.enqueue([self.resend(1, Title="Plat")])
+        await rig.flusher.flush()
+        assert [c.records for c in rig.sf.calls] == [[{"Title": "Newer", "Id": sf_id(1)}]]
+
     async def test_a_first_send_reads_nothing(self, rig: Rig) -> None:
         await person(rig.store, 1, shadow={"FirstName": "Old"}, first_name="Plat")
         await rig.outbox.enqueue([edit(1, FirstName="Plat")])

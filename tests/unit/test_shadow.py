@@ -183,6 +183,15 @@ class TestSameSecondEdits:
         assert has_unstamped_edit(fresh)
         assert platform_time(fresh, "email", shadow_side(fresh, "Lead", "Email")) == T0
 
+    def test_a_value_salesforce_held_before_a_re_read_keeps_its_stamped_time(self) -> None:
+        """A re-read replaced the shadow's "plat@x" with a blank (`was` keeps "plat@x" for this
+        flush); the platform still holds "plat@x" and its unstamped edit was of another field:
+        the value is as old as its stamp, not the edit (chaos seed 24680, P17.title)."""
+        fresh = doc("plat@x", "blank", field_time=T0, updated_at=T3, written_at=T1, shadow_at=T2)
+        fresh["_sync"]["sf"]["Lead"]["Email"]["was"] = "plat@x"
+        assert platform_time(fresh, "email", shadow_side(fresh, "Lead", "Email")) == T0
+        assert not decide_outgoing(mapping(), fresh, "plat@x").decision.write_salesforce
+
     def test_a_service_write_is_not_an_unstamped_edit(self) -> None:
         assert not has_unstamped_edit(doc("x", "present", updated_at=T2, written_at=T2))
         assert has_unstamped_edit(doc("x", "present", updated_at=T2, written_at=None))
