@@ -10,6 +10,7 @@ from aiohttp import web
 from emulator.auth import token_endpoint
 from emulator.chaos import add_chaos_routes
 from emulator.cometd import add_cometd_routes
+from emulator.composite import add_composite_routes
 from emulator.control import add_control_routes, traffic_middleware
 from emulator.pubsub import add_pubsub
 from emulator.rest import add_rest_routes, rest_middleware
@@ -41,6 +42,7 @@ def create_app(config: EmulatorConfig) -> web.Application:
         app["state"] = state
     app.router.add_post("/services/oauth2/token", token_endpoint)
     add_rest_routes(app)
+    add_composite_routes(app)
     add_tooling_routes(app, control=config.control_enabled)
     install_time_control(app)
     if config.control_enabled:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -244,17 +246,24 @@ async def create_row(request: web.Request) -> web.Response:
 
 
 def _row(request: web.Request) -> tuple[SObjectDef, dict[str, Any]] | web.Response:
-    sobj = sobject(request.match_info["sobject"])
-    record_id = normalize_id(request.match_info["id"])
+    return find_row(_state(request), request.match_info["sobject"], request.match_info["id"])
+
+
+def find_row(
+    state: EmulatorState, name: str, raw_id: str
+) -> tuple[SObjectDef, dict[str, Any]] | web.Response:
+    """An sObject Rows resource's record, or the error Salesforce answers for it."""
+    sobj = sobject(name)
+    record_id = normalize_id(raw_id)
     if sobj is None:
         return _not_found()
     if record_id is None:
         return sf_error(
             404,
             "NOT_FOUND",
-            f"Provided external ID field does not exist or is not accessible: {request.match_info['id']}",
+            f"Provided external ID field does not exist or is not accessible: {raw_id}",
         )
-    record = _state(request).org.tables[sobj.name].get(record_id)
+    record = state.org.tables[sobj.name].get(record_id)
     if record is None:
         return _not_found()
     if record.get("IsDeleted"):
@@ -294,6 +303,9 @@ async def update_row(request: web.Request) -> web.Response:
     payload = await _json_body(request)
     if not isinstance(payload, dict):
         return sf_error(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of sObject from START_ARRAY")
+    refused = precondition_failure(request.headers, record)
+    if refused is not None:
+        return refused
     org = _state(request).org
     try:
         _, values = org.prepare_update(sobj, record["Id"], payload)
@@ -301,6 +313,32 @@ async def update_row(request: web.Request) -> web.Response:
         return web.json_response(_record_errors(exc), status=400)
     org.update(sobj, record, values, org.transaction(_actor(request)))
     return web.Response(status=204)
+
+
+def precondition_failure(headers: Mapping[str, str], record: Mapping[str, Any]) -> web.Response | None:
+    """`If-Unmodified-Since` on an sObject Rows PATCH: 412 when the record was modified after the
+    date (nothing written), 400 when the value is not an HTTP date. Both sides have whole-second
+    precision (`Org.now`): a change in the same second as the date is not "since"."""
+    raw = next((v for k, v in headers.items() if k.lower() == "if-unmodified-since"), None)
+    if raw is None:
+        return None
+    since = _http_date(raw)
+    if since is None:
+        return sf_error(400, "INVALID_HEADER_VALUE", f"If-Unmodified-Since: invalid date: {raw}")
+    modified = record.get("LastModifiedDate")
+    if isinstance(modified, datetime) and modified.replace(microsecond=0) > since:
+        return sf_error(412, "PRECONDITION_FAILED",
+                        "The record was modified since the If-Unmodified-Since date")
+    return None
+
+
+def _http_date(raw: str) -> datetime | None:
+    """`EEE, dd MMM yyyy HH:mm:ss z` (RFC 7231's IMF-fixdate) as an aware datetime, else None."""
+    try:
+        parsed = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 async def delete_row(request: web.Request) -> web.Response:
