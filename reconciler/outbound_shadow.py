@@ -75,6 +75,8 @@ class Redecided:
     old: dict[str, Any] = field(default_factory=dict)          # Salesforce field -> shadow value
     times: dict[str, datetime | None] = field(default_factory=dict)  # platform time of each value
     local: dict[str, Any] = field(default_factory=dict)  # local field -> the platform's value as read
+    # the record was read again for this decision: its `LastModifiedDate` then (Salesforce's clock)
+    read_modified: datetime | None = None
 
 
 def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mapping[str, Any] | None,
@@ -129,11 +131,18 @@ class ShadowGate:
                  sf_clock: ClockOffset | None = None) -> None:
         self._sf, self._store, self._mappings, self._sf_clock = sf, store, mappings, sf_clock
         self._decided: dict[Any, Redecided] = {}   # outbox entry id -> its re-decision
+        self._read_modified: dict[Any, datetime | None] = {}  # local id -> record read again: modified
         self.fills = 0                              # shadow-filling queries made
 
     def old_values(self, entry: OutboxEntry) -> Mapping[str, Any]:
         decided = self._decided.get(entry.id)
         return decided.old if decided else {}
+
+    def unmodified_since(self, entry: OutboxEntry) -> datetime | None:
+        """The `LastModifiedDate` of the record read again to decide this write, if it was: the
+        write goes out only if Salesforce has not modified the record since (`If-Unmodified-Since`)."""
+        decided = self._decided.get(entry.id)
+        return decided.read_modified if decided else None
 
     async def screen(self, sobject: str, kind: str, entries: list[OutboxEntry], *,
                      refresh_before: datetime | None = None) -> Screened:
@@ -147,8 +156,9 @@ class ShadowGate:
         mappings = self._mappings.for_object(sobject)
         for entry in entries:
             doc = docs.get(entry.write.local_id)
-            decided = redecide(mappings, entry.write, doc if doc and _linked_to(doc, entry.write) else None,
-                               self._owner(doc))
+            decided = dataclasses.replace(
+                redecide(mappings, entry.write, doc if doc and _linked_to(doc, entry.write) else None,
+                         self._owner(doc)), read_modified=self._read_modified.get(entry.write.local_id))
             self._decided[entry.id] = decided
             if not decided.fields and entry.write.reason == "retry":
                 # a retry's outcome is a row: every field it carried, and why none went out
@@ -194,6 +204,7 @@ class ShadowGate:
         docs = {d["_id"]: d for d in await self._store.find_records(
             collection, list({e.write.local_id for e in entries}))}
         mappings = self._mappings.for_object(sobject)
+        self._read_modified = {}
         resent = {e.write.local_id for e in entries if e.write.attempt > 0
                   or _waited(mappings, e, docs.get(e.write.local_id), refresh_before)}
         unfilled = {str(get_path(d, "crm.id")): d for d in docs.values()
@@ -223,6 +234,7 @@ class ShadowGate:
                     mappings, doc, sobject, record,
                     self._seen_at(doc, sobject, record, read_again=own is not None), complete=True), doc)
                 if own is not None:
+                    self._read_modified[doc["_id"]] = parse_sf_datetime(record.get("LastModifiedDate"))
                     # Only the write's own values read back are stored (their echoes are not
                     # edits); the rest decides this flush only: the platform has not taken what
                     # Salesforce changed since, and the inbound side skips a value equal to the

@@ -80,13 +80,21 @@ class RecordError:
     fields: list[str] = field(default_factory=list)
 
 
+# A conditional update's record changed after the date it was decided on (HTTP 412): not written.
+PRECONDITION_FAILED = "PRECONDITION_FAILED"
+
+
 @dataclass(frozen=True)
 class RecordResult:
-    """One record's outcome in a `composite/sobjects` call, matched by position."""
+    """One record's outcome in a `composite/sobjects` (or `/composite`) call, matched by position."""
 
     success: bool
     id: str | None = None
     errors: list[RecordError] = field(default_factory=list)
+
+    @property
+    def precondition_failed(self) -> bool:
+        return not self.success and any(e.status_code == PRECONDITION_FAILED for e in self.errors)
 
 
 class SalesforceApi(Protocol):

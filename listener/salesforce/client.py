@@ -1,4 +1,5 @@
-"""The Salesforce REST client: query, describe, get, sObject Collections, limits.
+"""The Salesforce REST client: query, describe, get, sObject Collections, conditional updates
+(`/composite` subrequests with `If-Unmodified-Since`), limits.
 
 Implements `reconciler.ports.SalesforceApi`. Every call, OAuth included, goes through one
 `HttpTransport` (`listener.salesforce.http`): by default an aiohttp session with a bounded
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -21,12 +24,13 @@ from listener.salesforce.auth import Authenticator
 from listener.salesforce.http import AiohttpTransport, HttpTransport
 from listener.salesforce.usage import ApiUsage
 from reconciler.errors import FatalError, OutcomeUnknownError, RetriableError
-from reconciler.ports import RecordError, RecordResult
+from reconciler.ports import PRECONDITION_FAILED, RecordError, RecordResult
 from settings import SalesforceSettings
 
 log = structlog.get_logger(__name__)
 
 COLLECTION_LIMIT = 200  # records per composite/sobjects call
+COMPOSITE_LIMIT = 25  # subrequests per /composite call
 
 
 class ClientState(enum.Enum):
@@ -194,13 +198,31 @@ class SalesforceClient:
         was lost, or when a later chunk fails after earlier ones created records (their ids would
         be lost with the exception, so re-sending everything would duplicate them).
         """
-        return await self._collections("POST", sobject, records)
+        _, transport = self._open()
+        return await _collections(transport, self._base, "POST", sobject, records)
 
     async def update(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
         """PATCH composite/sobjects in chunks of 200; every record needs its `Id`."""
         if any(not r.get("Id") for r in records):
             raise ValueError("update needs an Id in every record")
-        return await self._collections("PATCH", sobject, records)
+        _, transport = self._open()
+        return await _collections(transport, self._base, "PATCH", sobject, records)
+
+    async def update_if_unmodified(
+        self, sobject: str, records: Sequence[tuple[dict[str, Any], datetime]]
+    ) -> list[RecordResult]:
+        """PATCH each record (with its `Id`) only if Salesforce has not modified it after the
+        datetime given with it (`If-Unmodified-Since`, whole seconds): `/composite` subrequests,
+        25 a call (one API call each). A record modified since answers `precondition_failed`
+        (nothing written); other failures are its errors, as `update`'s."""
+        if any(not r.get("Id") for r, _ in records):
+            raise ValueError("update needs an Id in every record")
+        _, transport = self._open()
+        results: list[RecordResult] = []
+        for start in range(0, len(records), COMPOSITE_LIMIT):
+            results.extend(await _conditional_chunk(transport, self._base, sobject,
+                                                    records[start : start + COMPOSITE_LIMIT]))
+        return results
 
     async def delete(self, sobject: str, sf_id: str) -> None:
         """Delete one record; a record that is already gone counts as deleted."""
@@ -209,32 +231,78 @@ class SalesforceClient:
             "DELETE", f"{self._base}/sobjects/{_name(sobject)}/{_name(sf_id)}", not_found_ok=True
         )
 
-    async def _collections(
-        self, method: str, sobject: str, records: Sequence[dict[str, Any]]
-    ) -> list[RecordResult]:
-        _, transport = self._open()
-        results: list[RecordResult] = []
-        for start in range(0, len(records), COLLECTION_LIMIT):
-            chunk = records[start : start + COLLECTION_LIMIT]
-            body = {
-                "allOrNone": False,
-                "records": [{"attributes": {"type": sobject}, **r} for r in chunk],
-            }
-            try:
-                answer = await transport.request(method, f"{self._base}/composite/sobjects", body=body)
-            except RetriableError as exc:
-                if method != "POST" or not results or isinstance(exc, OutcomeUnknownError):
-                    raise
-                raise OutcomeUnknownError(
-                    f"POST composite/sobjects {sobject}: {start} records created before: {exc}"
-                ) from exc
-            if not isinstance(answer, list) or len(answer) != len(chunk):
-                raise FatalError(
-                    f"{method} composite/sobjects {sobject}: expected {len(chunk)} results, "
-                    f"got {len(answer) if isinstance(answer, list) else type(answer).__name__}"
-                )
-            results.extend(_record_result(item) for item in answer)
-        return results
+
+async def _collections(
+    transport: Transport, base: str, method: str, sobject: str, records: Sequence[dict[str, Any]]
+) -> list[RecordResult]:
+    results: list[RecordResult] = []
+    for start in range(0, len(records), COLLECTION_LIMIT):
+        chunk = records[start : start + COLLECTION_LIMIT]
+        body = {
+            "allOrNone": False,
+            "records": [{"attributes": {"type": sobject}, **r} for r in chunk],
+        }
+        try:
+            answer = await transport.request(method, f"{base}/composite/sobjects", body=body)
+        except RetriableError as exc:
+            if method != "POST" or not results or isinstance(exc, OutcomeUnknownError):
+                raise
+            raise OutcomeUnknownError(
+                f"POST composite/sobjects {sobject}: {start} records created before: {exc}"
+            ) from exc
+        if not isinstance(answer, list) or len(answer) != len(chunk):
+            raise FatalError(
+                f"{method} composite/sobjects {sobject}: expected {len(chunk)} results, "
+                f"got {len(answer) if isinstance(answer, list) else type(answer).__name__}"
+            )
+        results.extend(_record_result(item) for item in answer)
+    return results
+
+
+async def _conditional_chunk(
+    transport: Transport, base: str, sobject: str, chunk: Sequence[tuple[dict[str, Any], datetime]]
+) -> list[RecordResult]:
+    """One `/composite` call: a PATCH subrequest per record, with its own `If-Unmodified-Since`
+    (`allOrNone` false: each record is written, or not, on its own)."""
+    subrequests = [
+        {
+            "method": "PATCH",
+            "url": f"{base}/sobjects/{_name(sobject)}/{_name(str(record['Id']))}",
+            "referenceId": f"r{index}",
+            "body": {k: v for k, v in record.items() if k != "Id"},
+            "httpHeaders": {"If-Unmodified-Since": http_date(since)},
+        }
+        for index, (record, since) in enumerate(chunk)
+    ]
+    answer = await transport.request("POST", f"{base}/composite",
+                                     body={"allOrNone": False, "compositeRequest": subrequests})
+    found = answer.get("compositeResponse") if isinstance(answer, dict) else None
+    by_reference = {str(a.get("referenceId")): a for a in found or [] if isinstance(a, dict)}
+    if len(by_reference) != len(chunk) or any(f"r{i}" not in by_reference for i in range(len(chunk))):
+        raise FatalError(f"POST composite {sobject}: expected {len(chunk)} subrequest results, got "
+                         f"{len(found) if isinstance(found, list) else type(answer).__name__}")
+    return [_subrequest_result(by_reference[f"r{i}"], str(record["Id"]))
+            for i, (record, _) in enumerate(chunk)]
+
+
+def _subrequest_result(answer: dict[str, Any], sf_id: str) -> RecordResult:
+    """A PATCH subrequest's answer: 2xx written; 412 the record changed since (decided on the
+    status, as Salesforce documents it, not on the body); else the errors its body lists."""
+    status = int(answer.get("httpStatusCode") or 0)
+    if 200 <= status < 300:
+        return RecordResult(success=True, id=sf_id)
+    if status == 412:
+        return RecordResult(success=False, id=sf_id, errors=[
+            RecordError(PRECONDITION_FAILED, "the record was modified after the values were decided")])
+    body = answer.get("body")
+    failed = _record_result({"success": False, "errors": body if isinstance(body, list) else []})
+    return RecordResult(success=False, id=sf_id, errors=failed.errors or [
+        RecordError(f"HTTP_{status}", "the subrequest failed without an error body")])
+
+
+def http_date(at: datetime) -> str:
+    """`If-Unmodified-Since`'s format (`EEE, dd MMM yyyy HH:mm:ss GMT`): whole seconds."""
+    return format_datetime(at.astimezone(UTC).replace(microsecond=0), usegmt=True)
 
 
 def _record_result(item: Any) -> RecordResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ class Call:
     method: str
     sobject: str
     records: list[dict[str, Any]]
+    unmodified_since: list[datetime] | None = None  # a conditional update's dates, per record
 
 
 @dataclass
@@ -57,6 +58,13 @@ class FakeSalesforce:
 
     async def update(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
         return self._answer("PATCH", sobject, records)
+
+    async def update_if_unmodified(self, sobject: str, records: Sequence[tuple[dict[str, Any], datetime]]
+                                   ) -> list[RecordResult]:
+        """As `update` (this org's records are never modified by anyone else), dates recorded."""
+        results = self._answer("PATCH", sobject, [r for r, _ in records])
+        self.calls[-1].unmodified_since = [at for _, at in records]
+        return results
 
     def _answer(self, method: str, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
         self.calls.append(Call(method, sobject, [dict(r) for r in records]))
