@@ -21,7 +21,10 @@ from bench.chaos.env import LEASE_SECONDS, Environment, Replica
 from bench.chaos.operations import Ack, Operations
 from bench.chaos.schedule import Step
 
-COMPOSITE = "/services/data/v62.0/composite/sobjects"
+# The service's writes: `composite/sobjects` (creates, updates) and `/composite` (late updates sent
+# only if their record is unmodified since read, issue 14). Faults that model Salesforce failing the
+# service's writes hit both: this prefix covers both paths (the seeds' schedules are unchanged).
+WRITES = "/services/data/v62.0/composite"
 DATA = "/services/data/v62.0/"
 RETENTION_DEFAULT = 72 * 3600.0
 
@@ -155,17 +158,18 @@ class Faults:
 
     def _rest_5xx(self, step: Step) -> str:
         count, status = int(step.args["count"]), int(step.args["status"])
-        prefix = DATA + str(step.args.get("path", "composite/sobjects"))
+        path = str(step.args.get("path", "composite/sobjects"))
+        prefix = WRITES if path == "composite/sobjects" else DATA + path
         self._control("POST", "faults", {"path_prefix": prefix, "status": status, "count": count})
         return f"next {count} calls under {prefix} answer {status}"
 
     def _lock_row(self, step: Step) -> str:
         count = int(step.args["count"])
-        self._control("POST", "chaos/lock-row", {"path_prefix": COMPOSITE, "count": count})
+        self._control("POST", "chaos/lock-row", {"path_prefix": WRITES, "count": count})
         return f"next {count} composite calls answer UNABLE_TO_LOCK_ROW"
 
     def _apply_then_drop(self, step: Step) -> str:
-        self._control("POST", "faults", {"path_prefix": COMPOSITE, "apply_then_drop": True, "count": 1})
+        self._control("POST", "faults", {"path_prefix": WRITES, "apply_then_drop": True, "count": 1})
         return "next composite call applied, response lost"
 
     def _token_expiry(self, step: Step) -> str:

@@ -842,6 +842,9 @@ def _service_writes(writes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if SERVICE_CLIENT not in str(w.get("client", "")):
             continue
         body = w.get("body")
+        if isinstance(body, dict) and isinstance(body.get("compositeRequest"), list):
+            out += _composite_writes(w, body["compositeRequest"])
+            continue
         path = str(w.get("path", ""))
         records: list[dict[str, Any]] = []
         if isinstance(body, dict) and isinstance(body.get("records"), list):
@@ -866,6 +869,29 @@ def _service_writes(writes: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "id": rec.get("Id") or created, "created": created,
                         "fields": {k: v for k, v in rec.items() if k not in ("attributes", "Id")},
                         "ok": ok, "status": w.get("status")})
+    return out
+
+
+def _composite_writes(w: Mapping[str, Any], subrequests: list[Any]) -> list[dict[str, Any]]:
+    """A `/composite` call's subrequests, each a write of the record its url names (sObject Rows:
+    `.../sobjects/{sObject}/{id}`), ok per its own `httpStatusCode` (a 412 wrote nothing); with
+    no answer recorded (a 5xx, a lock), per the call's status."""
+    answer = w.get("response")
+    answers = answer.get("compositeResponse") if isinstance(answer, dict) else None
+    by_reference = {a.get("referenceId"): a for a in answers or [] if isinstance(a, dict)}
+    out: list[dict[str, Any]] = []
+    for sub in subrequests:
+        if not isinstance(sub, dict) or "/sobjects/" not in str(sub.get("url", "")):
+            continue
+        sobject, _, sf_id = str(sub["url"]).split("/sobjects/")[1].partition("/")
+        result = by_reference.get(sub.get("referenceId"))
+        status = result.get("httpStatusCode") if result is not None else w.get("status")
+        body = sub.get("body")
+        fields: dict[str, Any] = body if isinstance(body, dict) else {}
+        out.append({"seq": w["seq"], "at": w.get("at"), "method": sub.get("method"), "sobject": sobject,
+                    "id": sf_id or None, "created": None,
+                    "fields": {k: v for k, v in fields.items() if k not in ("attributes", "Id")},
+                    "ok": status is not None and int(status) < 300, "status": status})
     return out
 
 

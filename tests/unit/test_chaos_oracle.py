@@ -9,7 +9,7 @@ import pytest
 
 from bench.chaos.env import chaos_mappings
 from bench.chaos.operations import Ack, Entity
-from bench.chaos.oracle import Model, Observed, check, merge_decision
+from bench.chaos.oracle import Model, Observed, _service_writes, check, merge_decision
 from settings import Direction, MergeBehaviour
 
 T0 = 1_000_000.0  # acknowledgement times, epoch seconds
@@ -721,3 +721,38 @@ class TestACreateReadAfterItsOwnerChanged:
 
     def test_a_streamed_create_still_makes_one(self) -> None:
         assert len(self.lost([])) == 1
+
+
+class TestTheServicesConditionalWrites:
+    """Late writes go out as `/composite` PATCH subrequests with `If-Unmodified-Since` (issue 14):
+    each subrequest is one write of the record its url names, written only if its own status is
+    2xx (412: the record changed since the service read it, nothing written)."""
+
+    def composite(self, answers: list[dict[str, Any]] | None, status: int = 200) -> dict[str, Any]:
+        base = "/services/data/v62.0"
+        subs = [{"method": "PATCH", "url": f"{base}/sobjects/Lead/{LEAD}", "referenceId": "r0",
+                 "body": {"Title": "A"},
+                 "httpHeaders": {"If-Unmodified-Since": "Mon, 30 Nov 2026 09:00:00 GMT"}},
+                {"method": "PATCH", "url": f"{base}/sobjects/Account/001000000000001AAA", "referenceId": "r1",
+                 "body": {"Website": "b.example"}}]
+        write: dict[str, Any] = {"seq": 7, "at": T0, "method": "POST", "path": f"{base}/composite",
+                                 "client": "client=salesforce-sync", "body": {"allOrNone": False,
+                                                                             "compositeRequest": subs},
+                                 "status": status}
+        if answers is not None:
+            write["response"] = {"compositeResponse": answers}
+        return write
+
+    def test_each_subrequest_is_a_write_ok_by_its_own_status(self) -> None:
+        written = _service_writes([self.composite([
+            {"referenceId": "r1", "httpStatusCode": 204, "body": None, "httpHeaders": {}},
+            {"referenceId": "r0", "httpStatusCode": 412, "body": [{"errorCode": "PRECONDITION_FAILED"}],
+             "httpHeaders": {}}])])
+
+        assert [(w["sobject"], w["id"], w["fields"], w["ok"]) for w in written] == [
+            ("Lead", LEAD, {"Title": "A"}, False),
+            ("Account", "001000000000001AAA", {"Website": "b.example"}, True)]
+        assert {w["method"] for w in written} == {"PATCH"} and {w["seq"] for w in written} == {7}
+
+    def test_a_call_with_no_answer_recorded_is_judged_by_its_status(self) -> None:
+        assert [w["ok"] for w in _service_writes([self.composite(None, status=503)])] == [False, False]
