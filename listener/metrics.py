@@ -18,7 +18,7 @@ _HELP: dict[str, tuple[str, str]] = {
     "sfsync_events_failed_total": ("counter", "Inbound changes or events that failed, by object"),
     "sfsync_records_polled_total": ("counter", "Records read by the poller, by object"),
     "sfsync_outbound_records_total": ("counter", "Records written to Salesforce, by object and status"),
-    "sfsync_outbound_calls_total": ("counter", "composite/sobjects calls made"),
+    "sfsync_outbound_calls_total": ("counter", "Outbound write calls made (composite/sobjects, /composite)"),
     "sfsync_api_calls_total": ("counter", "Salesforce REST calls made by this process"),
     "sfsync_api_used": ("gauge", "Daily API requests used (Sforce-Limit-Info)"),
     "sfsync_api_max": ("gauge", "Daily API request allocation"),

@@ -428,7 +428,7 @@ class OutboundFlusher:
         self._backoff_base, self._backoff_cap, self._budget_wait = backoff_base, backoff_cap, budget_wait
         self._tick, self._clock, self._rng = tick, clock, rng or random.Random()
         self._last_flush = clock()
-        self.calls_made = 0        # composite/sobjects calls: the bench's "calls per 1,000 edits"
+        self.calls_made = 0        # write calls (composite/sobjects, /composite): "calls per 1,000 edits"
         self.records_sent, self.records_failed = 0, 0  # records written / failed (logged)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -515,8 +515,8 @@ class OutboundFlusher:
         except RetriableError as exc:
             delay = self._delay(entries)
             # A lost create's records are looked for before they are sent again (next attempt).
-            event = ("outbound_create_outcome_unknown" if isinstance(exc, OutcomeUnknownError)
-                     else "outbound_call_failed")
+            unknown = isinstance(exc, OutcomeUnknownError) and kind == CREATE
+            event = "outbound_create_outcome_unknown" if unknown else "outbound_call_failed"
             log.warning(event, sobject=sobject, kind=kind, writes=len(entries),
                         error=str(exc), retry_in_s=round(delay.total_seconds(), 1))
             await self._outbox.retry_later(entries, delay, error=f"{type(exc).__name__}: {exc}")
