@@ -4,6 +4,7 @@ our write is not overwritten (real SecantusDB, the org emulator over HTTP)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from bson import ObjectId
 
 from reconciler.inbound import Reconciler
-from reconciler.outbound import OutboundFlusher
+from reconciler.outbound import FlushPolicy, OutboundFlusher
 from reconciler.outbound_shadow import ShadowGate
 from reconciler.outbox import Outbox
 from reconciler.ports import ChangeKind, ChangeSource, OutboundWrite, RecordResult, SalesforceChange
@@ -35,17 +36,29 @@ class UserEditsJustBeforeTheWrite:
     call, after the gate read the record: the race of chaos seeds 1582 and 1679, made
     deterministic. Every other call goes to the real client."""
 
-    def __init__(self, org: Org, sf_id: str, **fields: Any) -> None:
-        self._org, self._sf_id, self._fields = org, sf_id, fields
+    def __init__(self, org: Org, sf_id: str, *, every_time: bool = False, **fields: Any) -> None:
+        self._org, self._sf_id, self._fields, self._every_time = org, sf_id, fields, every_time
         self.edited = False
+        self.edits = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._org.client, name)
 
     async def _edit_once(self) -> None:
-        if not self.edited:
+        if not self.edited or self._every_time:
             self.edited = True
-            await edit_as_user(self._org, self._sf_id, **self._fields)
+            self.edits += 1
+            await self._next_second()
+            await edit_as_user(self._org, self._sf_id, **{k: f"{v}{self.edits}" if self._every_time else v
+                                                          for k, v in self._fields.items()})
+
+    async def _next_second(self) -> None:
+        """Until the org's clock is past the record's `LastModifiedDate` (whole seconds): an edit
+        in the same second as the flusher's read is the documented limit, not this race."""
+        org = self._org.emulator.state.org
+        async with asyncio.timeout(10):
+            while org.now() <= org.tables["Lead"][self._sf_id]["LastModifiedDate"]:
+                await asyncio.sleep(0.02)
 
     async def update(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
         await self._edit_once()
@@ -112,6 +125,27 @@ class TestALateWriteIsConditional:
             changed_at=datetime.now(UTC), source=ChangeSource.POLL)])
         doc = await store.db.people.find_one({"_id": local_id})
         assert doc is not None and doc["title"] == "User"
+
+    async def test_a_record_modified_before_every_write_is_given_up_not_resent_forever(
+            self, org: Org, store: Store) -> None:
+        """A Salesforce user edits another field (Phone) right before each of our writes: Title
+        is re-decided and sent again each time, refused each time. Each refusal counts as an
+        attempt (with the backoff): after `max_attempts` the write is an open failed log, retriable."""
+        sf_id, _, outbox, clock = await a_late_title_edit(org, store)
+        racing = UserEditsJustBeforeTheWrite(org, sf_id, every_time=True, Phone="555-01")
+        flusher = OutboundFlusher(outbox, racing, store, Budget(), client_name="salesforce-sync",
+                                  policy=FlushPolicy(max_attempts=3),
+                                  gate=ShadowGate(org.client, store, MAPPINGS))
+
+        for _ in range(4):
+            await flusher.flush()
+            clock.now += timedelta(hours=1)  # past any backoff
+
+        assert await outbox.depth() == 0 and racing.edits == 3 and await lead_title(org, sf_id) == "Old"
+        logs, _ = await store.find_sync_logs(limit=10)
+        [failed] = [log for log in logs if log.get("status") == "failed"]
+        assert failed["error"].startswith("GAVE_UP: 3 attempts failed")
+        assert "PRECONDITION_FAILED" in failed["error"]
 
     async def test_a_late_write_nobody_raced_is_written_through_composite(self, org: Org,
                                                                           store: Store) -> None:
