@@ -17,6 +17,10 @@ many records goes out as full calls) or one polling interval (polling mode, low 
 batches once per interval; a remainder waits at most one more interval). After full batches
 go, the remainder is looked at again with its own oldest write (one more outbox read, no API
 call). `flush()` sends everything due at once (an explicit drain).
+
+Updates the gate decided on their record read again (late or re-sent writes) go out through
+`/composite` instead, each only if Salesforce has not modified the record since that read
+(`If-Unmodified-Since`, 25 a call); one modified since stays queued and is re-decided (`_write`).
 """
 
 from __future__ import annotations
