@@ -456,7 +456,7 @@ async def _enqueue_merges(outbox: OutboundQueue | None, items: list[_Pending], r
     await outbox.enqueue([
         OutboundWrite(sobject=i.change.sobject, sf_id=i.change.sf_id, collection=i.collection,
                       local_id=i.doc["_id"], fields=dict(i.sf_updates or i.won),
-                      reason="merge" if i.sf_updates else "local_edit")
+                      reason="merge" if i.sf_updates else "local_edit", origin=f"inbound:{i.change.source}")
         for i in items
     ])
     run.result.enqueued += len(items)
@@ -483,7 +483,7 @@ async def _send_held_edits(outbox: OutboundQueue | None, mappings: Mappings, ite
                    and _utc(t) > since]
         write = plan_record(mappings, (), item.collection, item.doc, changed, utcnow())[0]
         if changed and write is not None:
-            writes.append(write)
+            writes.append(replace(write, origin="inbound:undelete"))
     if writes and outbox is not None:
         await outbox.enqueue(writes)
         run.result.enqueued += len(writes)

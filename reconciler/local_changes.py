@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -183,14 +184,14 @@ def plan_changes(mappings: Mappings, objects: Collection[str], collection: str,
             if not changed:
                 continue
         _add(plan, plan_record(mappings, objects, collection, change.document, changed, change.at),
-             change.doc_id)
+             change.doc_id, f"watcher:{change.op}")
     return plan
 
 
-def _add(plan: Plan, planned: Planned, doc_id: Any) -> None:
+def _add(plan: Plan, planned: Planned, doc_id: Any, origin: str) -> None:
     write, times, failed = planned
     if write is not None:
-        plan.writes.append(write)
+        plan.writes.append(dataclasses.replace(write, origin=origin))
     if failed is not None:
         plan.logs.append(failed)
     if times:
@@ -219,7 +220,8 @@ def plan_polled(mappings: Mappings, objects: Collection[str], collection: str,
             continue
         at = doc.get("updated_at")
         at = at if isinstance(at, datetime) else datetime.now(UTC)
-        _add(plan, plan_record(mappings, objects, collection, doc, changed, at), doc["_id"])
+        _add(plan, plan_record(mappings, objects, collection, doc, changed, at), doc["_id"],
+             "watcher:poll" if changed is not None else "watcher:poll_unseen")
     return plan
 
 
