@@ -19,7 +19,7 @@ as queued (no Salesforce side), unless their document was linked meanwhile: then
 re-queued as updates of that record.
 The owner is re-decided like any field, under the merge behaviour of the mapping of `OwnerId`
 (`owner_crm_id`): its platform side is the document's owner translated through `[[users]]`, at
-the owner's field time.
+the owner's field time (only its stamped one where the platform's owner does not follow Salesforce's).
 """
 
 from __future__ import annotations
@@ -78,9 +78,10 @@ class Redecided:
 
 
 def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mapping[str, Any] | None,
-             owner: str | None = None) -> Redecided:
+             owner: str | None = None, *, follows: bool = True) -> Redecided:
     """Re-decide one queued update over the local document as it is now (pure). `owner`: the
-    Salesforce user the document's owner translates to now (through `[[users]]`), if any."""
+    Salesforce user the document's owner translates to now (through `[[users]]`), if any;
+    `follows`: whether the platform's owner follows Salesforce's as the shadow holds it."""
     by_field = {m.sf_field: m for m in mappings}
     out = Redecided(fields={})
     for name, queued in write.fields.items():
@@ -91,7 +92,7 @@ def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mappin
         seen = shadow_side(doc, write.sobject, name)
         out.old[name] = None if seen is None else seen.value
         out.local[mapping.local_field] = get_path(doc, mapping.local_field)
-        local = owner_side(doc, seen, owner or queued) if name == "OwnerId" else None
+        local = owner_side(doc, seen, owner or queued, follows=follows) if name == "OwnerId" else None
         decided = decide_outgoing(mapping, doc, queued, local)
         if decided.decision.write_salesforce:
             out.fields[name] = decided.decision.value
@@ -104,9 +105,24 @@ def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mappin
     return out
 
 
-def owner_side(doc: Mapping[str, Any], seen: Seen | None, sf_user: str) -> Side:
-    """The platform's side of `OwnerId`: its owner as a Salesforce user, at the owner's time."""
+def owner_side(doc: Mapping[str, Any], seen: Seen | None, sf_user: str, *, follows: bool = True) -> Side:
+    """The platform's side of `OwnerId`: its owner as a Salesforce user, at the owner's time.
+
+    Where the platform's owner does not follow Salesforce's (`follows` False: an owner without a
+    `[[users]]` entry, or the `ignore` rule), the two differ without any edit, so an unstamped
+    platform edit is not taken for the owner's: only the owner's own stamped time counts (chaos
+    seed 50321, L1: an edit of an unmapped field put the old owner back in Salesforce)."""
+    if not follows:
+        return Side(sf_user, stamped_time(doc, OWNER_FIELD))
     return Side(sf_user, platform_time(doc, OWNER_FIELD, seen, value=sf_user))
+
+
+def _follows_salesforce(mappings: Mappings, doc: Mapping[str, Any] | None, sobject: str) -> bool:
+    """Does the platform's owner follow Salesforce's as the shadow holds it? `rules.owner_updates`
+    gives the Person a mapped owner under `update_owner`, and nothing else."""
+    seen = shadow_side(doc, sobject, "OwnerId")
+    mapped = seen is None or not isinstance(seen.value, str) or mappings.local_user(seen.value) is not None
+    return mapped and mappings.rules.on_salesforce_owner_change == "update_owner"
 
 
 def _linked_to(doc: Mapping[str, Any], write: OutboundWrite) -> bool:
@@ -148,7 +164,7 @@ class ShadowGate:
         for entry in entries:
             doc = docs.get(entry.write.local_id)
             decided = redecide(mappings, entry.write, doc if doc and _linked_to(doc, entry.write) else None,
-                               self._owner(doc))
+                               self._owner(doc), follows=_follows_salesforce(self._mappings, doc, sobject))
             self._decided[entry.id] = decided
             if not decided.fields and entry.write.reason == "retry":
                 # a retry's outcome is a row: every field it carried, and why none went out
