@@ -251,11 +251,11 @@ class FieldModel:
     def _outbound(self) -> bool:
         return self.writable and self.direction in (Direction.BOTH, Direction.TO_SALESFORCE)
 
-    def _recent(self, side: str, at: float, propagate: bool) -> set[Any]:
-        """Non-blank values `side` wrote within WINDOW before `at` (they may still win)."""
+    def _recent(self, side: str, at: float, propagate: bool, within: float = WINDOW) -> set[Any]:
+        """Non-blank values `side` wrote within `within` before `at` (they may still win)."""
         if not propagate:
             return set()
-        return {w.value for w in self.writes if w.side == side and at - w.at <= WINDOW
+        return {w.value for w in self.writes if w.side == side and at - w.at <= within
                 and w.value is not None}
 
     def write(self, side: str, value: Any, at: float, step: str, *, deleted: bool = False,
@@ -280,7 +280,10 @@ class FieldModel:
         # it reaches the platform (seed 50321, Q1.industry: a held platform edit stays there)
         unchanged = self.sf_known and self.sf == {value}
         maybe_unchanged = self.sf_known and value in self.sf  # one of the values it may hold
-        self.sf = {value} | self._recent("platform", at, self._outbound())
+        # a platform edit still in the outbox is decided on the shadow, which does not know this
+        # write yet: it may go out over it (chaos seed 2025, L4.last_name), and both sides keep it
+        in_flight = self._recent("platform", at, self._outbound(), OUTBOUND_LATENCY)
+        self.sf = {value} | in_flight
         if self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK and self._outbound():
             # the platform's data is preferred: an edit still in the outbox goes out over this
             self.sf |= {w.value for w in self.writes if w.side == "platform" and w.value is not None
@@ -303,7 +306,7 @@ class FieldModel:
                 # a change with no event: the refetch may read a later state; or maybe no change
                 allowed = "maybe"
             if allowed == "yes":
-                self.local = {value} | self._recent("platform", at, True)
+                self.local = {value} | in_flight | self._recent("platform", at, True)
                 self.local_known = True
                 self.local_from_read = by_read
             elif allowed == "maybe":

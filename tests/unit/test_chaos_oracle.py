@@ -86,6 +86,25 @@ class TestPlatformWritesInFlight:
         assert allowed_sf(feed(acks, [fault("kill_leader", 9)]), "L1", "city") == {"new", "Old"}
 
 
+class TestASalesforceEditWhilePlatformsIsInFlight:
+    """`most_recent` is decided at flush time on the shadow ("Deciding this for a platform edit
+    needs Salesforce's side without an API call: keep the last value seen from Salesforce per mapped
+    field", design.md): a platform edit waits up to OUTBOUND_LATENCY before it is sent, and a
+    Salesforce edit made meanwhile that the service has not read yet is not known to it, so the
+    platform's older value may go out over it and both sides keep it (chaos seed 2025, L4.last_name:
+    Salesforce's edit 2.23 s after the platform's, our write 13 ms after Salesforce's, the Lead
+    converted with ours)."""
+
+    def test_salesforce_may_end_with_the_platforms_value(self) -> None:
+        model = feed([sf(0, LastName="Old"), pf(10, last_name="pf"), sf(12.23, LastName="Sf")])
+        assert allowed_sf(model, "L1", "last_name") == {"Sf", "pf"}
+        assert model.entities["L1"].fields["last_name"].local == {"Sf", "pf"}
+
+    def test_not_once_the_platforms_edit_was_sent(self) -> None:
+        model = feed([sf(0, LastName="Old"), pf(10, last_name="pf"), sf(13.5, LastName="Sf")])
+        assert allowed_sf(model, "L1", "last_name") == {"Sf"}
+
+
 class TestConversionSnapshot:
     def convert(self, at: float, **lead: Any) -> Ack:
         return Ack(f"c{at}", "sf_convert", "salesforce", "L1", T0 + at, "ok", "Lead",
