@@ -219,9 +219,13 @@ def _unread_fill_blank(fm: FieldModel, value: Any, unread: list[_Write]) -> None
 
 
 def _may_replace(current: set[Any], known: bool, unless_blank: bool) -> str:
-    """May a write replace `current` under an "unless blank" rule? yes, no, or maybe."""
-    if not unless_blank or not known:
+    """May a write replace `current` under an "unless blank" rule? yes, no, or maybe. Not
+    `known` (the side may hold a value the model has not seen): yes, unless data the model knows
+    the side may hold keeps it (maybe: chaos seed 65537, C1.phone)."""
+    if not unless_blank:
         return "yes"
+    if not known:
+        return "maybe" if any(v is not None for v in current) else "yes"
     blanks = {v for v in current if v is None}
     if not blanks:
         return "no"

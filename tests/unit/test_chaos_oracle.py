@@ -327,6 +327,19 @@ class TestPlatformPreferred:
         assert allowed_sf(model, "L1", "phone") == {"+1 sf"}
 
 
+class TestPlatformDataTheModelIsNotSureOf:
+    def test_a_salesforce_edit_does_not_drop_data_the_platform_may_hold(self) -> None:
+        """`local_unless_blank` ("If SalesLoft already has data, leave it untouched"): a silent
+        Salesforce write (a CDC overflow) filled the platform's blank phone, or not yet (it reaches
+        the service only by a read): the platform may hold it. A later Salesforce edit is held
+        back where it does, so the model keeps that value beside the edit, not the edit alone
+        (chaos seed 65537, C1.phone: the platform kept the overflow's value and a re-import sent
+        it to Salesforce)."""
+        overflow = Ack("f10", "cdc_overflow", "salesforce", "L1", T0 + 10, "ok", "Lead", {"Phone": "+1 of"})
+        model = feed([overflow, sf(20, Phone="+1 sf")])
+        assert model_local(model, "phone") == {"+1 of", "+1 sf"}
+
+
 class TestResyncMerge:
     def test_a_merge_after_a_resync_fault_may_give_salesforce_unless_blank_to_salesforce(self) -> None:
         """A merge (the backfill of a term that finds no watermark) applies the preference: where
