@@ -284,10 +284,8 @@ class FieldModel:
         # it reaches the platform (seed 50321, Q1.industry: a held platform edit stays there)
         unchanged = self.sf_known and self.sf == {value}
         maybe_unchanged = self.sf_known and value in self.sf  # one of the values it may hold
-        # a platform edit still in the outbox is decided on the shadow, which does not know this
-        # write yet: it may go out over it (chaos seed 2025, L4.last_name), and both sides keep it
-        in_flight = self._recent("platform", at, self._outbound(), OUTBOUND_LATENCY)
-        self.sf = {value} | in_flight
+        # an edit in the outbox is decided on a shadow without this write: may go out over it (2025 L4)
+        self.sf = {value} | (in_flight := self._recent("platform", at, self._outbound(), OUTBOUND_LATENCY))
         if self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK and self._outbound():
             # the platform's data is preferred: an edit still in the outbox goes out over this
             self.sf |= {w.value for w in self.writes if w.side == "platform" and w.value is not None
@@ -427,15 +425,16 @@ class FieldModel:
         if (None in self.local or sf_wins) and self._inbound():
             self.local |= {v for v in self.sf if v is not None}
 
-    def conflicted(self, value: Any) -> bool:
-        """Did the platform write `value` within WINDOW of a Salesforce write of this field? Then
-        either may win in Salesforce, and the platform, having taken Salesforce's value first,
-        may take its own back as Salesforce's current value: a change there, not an echo."""
-        return any(w.side == "platform" and w.value == value and o.side == "salesforce"
-                   and abs(o.at - w.at) <= WINDOW for w in self.writes for o in self.writes)
-
     def steps(self) -> list[str]:
         return [w.step for w in self.writes[-4:]]
+
+
+def _conflicted(fm: FieldModel, value: Any) -> bool:
+    """Did the platform write `value` within WINDOW of a Salesforce write of this field? Then
+    either may win in Salesforce, and the platform, having taken Salesforce's value first,
+    may take its own back as Salesforce's current value: a change there, not an echo."""
+    return any(w.side == "platform" and w.value == value and o.side == "salesforce"
+               and abs(o.at - w.at) <= WINDOW for w in fm.writes for o in fm.writes)
 
 
 @dataclass
@@ -1136,7 +1135,7 @@ def _echo_logs(em: EntityModel, inbound: list[dict[str, Any]], slot: str) -> lis
             # a conflict converging replaces a value the platform took from Salesforce; an
             # echo replaces the platform's own later edit
             took_salesforce = any(w.side == "salesforce" and w.value == old for w in fm.writes)
-            if new is not None and sides == {"platform"} and not (took_salesforce and fm.conflicted(new)):
+            if new is not None and sides == {"platform"} and not (took_salesforce and _conflicted(fm, new)):
                 out.append(Violation("logs", f"{slot}: a Salesforce-side log applied "
                                              f"{name}={new!r}, a value "
                                      "only the platform wrote (an echo)", fm.steps(), slot))
