@@ -35,7 +35,7 @@ import structlog
 from reconciler.merge import SALESFORCE_NEWER, SAME_VALUE, Side, capped_offset, decide_outgoing
 from reconciler.ports import OutboundWrite, SalesforceApi
 from reconciler.records import get_path, is_blank, set_path
-from reconciler.rules import OWNER_FIELD
+from reconciler.rules import OWNER_FIELD, follows_salesforce_owner
 from reconciler.shadow import Seen, has_shadow, path, platform_time, shadow_sets, shadow_side, stamped_time
 from reconciler.soql import parse_sf_datetime, soql_string
 from reconciler.store import CREATE, OutboxEntry
@@ -117,14 +117,6 @@ def owner_side(doc: Mapping[str, Any], seen: Seen | None, sf_user: str, *, follo
     return Side(sf_user, platform_time(doc, OWNER_FIELD, seen, value=sf_user))
 
 
-def _follows_salesforce(mappings: Mappings, doc: Mapping[str, Any] | None, sobject: str) -> bool:
-    """Does the platform's owner follow Salesforce's as the shadow holds it? `rules.owner_updates`
-    gives the Person a mapped owner under `update_owner`, and nothing else."""
-    seen = shadow_side(doc, sobject, "OwnerId")
-    mapped = seen is None or not isinstance(seen.value, str) or mappings.local_user(seen.value) is not None
-    return mapped and mappings.rules.on_salesforce_owner_change == "update_owner"
-
-
 def _linked_to(doc: Mapping[str, Any], write: OutboundWrite) -> bool:
     return get_path(doc, "crm.id") == write.sf_id and not get_path(doc, "crm.deleted")
 
@@ -164,7 +156,8 @@ class ShadowGate:
         for entry in entries:
             doc = docs.get(entry.write.local_id)
             decided = redecide(mappings, entry.write, doc if doc and _linked_to(doc, entry.write) else None,
-                               self._owner(doc), follows=_follows_salesforce(self._mappings, doc, sobject))
+                               self._owner(doc), follows=follows_salesforce_owner(
+                                   self._mappings, get_path(doc, path(sobject, "OwnerId") + ".v")))
             self._decided[entry.id] = decided
             if not decided.fields and entry.write.reason == "retry":
                 # a retry's outcome is a row: every field it carried, and why none went out
