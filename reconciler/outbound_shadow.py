@@ -117,6 +117,28 @@ def owner_side(doc: Mapping[str, Any], seen: Seen | None, sf_user: str, *, follo
     return Side(sf_user, platform_time(doc, OWNER_FIELD, seen, value=sf_user))
 
 
+def _as_now(mappings: Mappings, entry: OutboxEntry, doc: Mapping[str, Any] | None) -> OutboxEntry:
+    """A create without the values the platform blanked after it was queued (a blank never enters
+    the outbox, so the queued value stayed): it carries the record as it is, as an update does
+    (chaos seed 50321, P9.title: Salesforce was created with a title the platform had blanked, and
+    a read of the record then put it back on the platform). The owner is the platform's user."""
+    if doc is None:
+        return entry
+    blanked = {m.sf_field for m in mappings.for_object(entry.write.sobject) if m.sf_field != "OwnerId"
+               and m.sf_field in entry.write.fields and _set_blank(doc, m.local_field)}
+    if not blanked:
+        return entry
+    fields = {name: value for name, value in entry.write.fields.items() if name not in blanked}
+    return dataclasses.replace(entry, write=dataclasses.replace(entry.write, fields=fields))
+
+
+def _set_blank(doc: Mapping[str, Any], local_field: str) -> bool:
+    """Does the document hold `local_field`, blank (a field it lacks was never set: no edit)?"""
+    *parents, name = local_field.split(".")
+    holder = get_path(doc, ".".join(parents)) if parents else doc
+    return isinstance(holder, Mapping) and name in holder and is_blank(holder[name])
+
+
 def _linked_to(doc: Mapping[str, Any], write: OutboundWrite) -> bool:
     return get_path(doc, "crm.id") == write.sf_id and not get_path(doc, "crm.deleted")
 
@@ -189,7 +211,7 @@ class ShadowGate:
             if isinstance(crm, Mapping) and crm.get("id") and not crm.get("deleted"):
                 out.linked.append((entry, str(crm.get("object")), str(crm["id"])))
             else:
-                out.send.append(entry)
+                out.send.append(_as_now(self._mappings, entry, docs.get(entry.write.local_id)))
         return out
 
     async def _docs(self, sobject: str, entries: Sequence[OutboxEntry],

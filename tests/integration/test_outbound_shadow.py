@@ -189,6 +189,24 @@ class TestOwnerFollowsItsMergeBehaviour:
             assert skipped[0]["fields"]["owner_crm_id"]["reason"] == HELD_SALESFORCE
 
 
+class TestAValueBlankedBeforeItsCreateWentOut:
+    """Chaos seed 50321, P9.title: the platform created a Person with a title and blanked it
+    0.27 s later; the queued create kept the title (blanks never enter the outbox, and a create
+    went out as queued), so Salesforce was created with it, and a read of the record then filled
+    the platform's blank with it: the platform's latest edit was undone. A create carries the
+    platform's values as they are when it is sent, as an update does."""
+
+    async def test_the_create_does_not_carry_it(self, rig: Rig) -> None:
+        await rig.store.db.people.insert_one({"_id": "p-1", "last_name": "Lee", "company_name": "Acme",
+                                              "title": "", "updated_at": T1})
+        await rig.outbox.enqueue([OutboundWrite("Lead", None, "people", "p-1",
+                                                {"LastName": "Lee", "Company": "Acme", "Title": "CTO"},
+                                                reason="create")])
+        await rig.flusher.flush()
+        assert [(c.method, c.records) for c in rig.sf.calls] == [
+            ("POST", [{"LastName": "Lee", "Company": "Acme"}])]
+
+
 UNMAPPED_OWNER = "005000000000009AAA"  # no `[[users]]` entry (the integration user, say)
 
 
