@@ -62,7 +62,7 @@ from reconciler.rules import cannot_start, may_create, owner_updates
 from reconciler.shadow import stamped_time
 from reconciler.store import BulkOutcome, Fence, RecordVersion, RecordWrite
 from reconciler.sync_logs import LogType, SyncLog, event_job, failed_inbound, utcnow
-from settings import Direction, Mappings
+from settings import Direction, FieldMapping, Mappings
 
 log = structlog.get_logger(__name__)
 
@@ -340,16 +340,16 @@ class Reconciler:
 
     def _merge_fields(self, item: _Pending, change: SalesforceChange) -> None:
         mappings = self.mappings.for_object(change.sobject)
-        record = dict(change.fields)
-        record.update(dict.fromkeys(change.nulled_fields - record.keys()))
+        record = _values(change, mappings)
         writable = self.writable(change.sobject) if self.writable else None
         offset = _offset_at(self.sf_clock, change.changed_at)
         host_at = None if change.changed_at is None else change.changed_at - offset
         # the stale-event check weighs Salesforce's stamp against our write on Salesforce's clock
         record = record if item.merge else shadow.set_aside_unordered(item, mappings, record)
         edits = record if item.merge else shadow.edits_only(item, mappings, record, change.changed_at)
+        # not `complete`: what `edits_only` left out was read again, not blanked (seed 50321, L1)
         merged = merge_record(mappings, item.doc, edits, change.changed_at, writable,
-                              complete=change.kind in _FULL_RECORD, sf_clock_offset=offset)
+                              sf_clock_offset=offset)
         for local_field, value in merged.local_updates.items():
             item.put(local_field, value)
         for local_field, when in merged.field_times.items():
@@ -421,6 +421,17 @@ def _outcome_logs(collection: str, written: list[_Pending], outcome: BulkOutcome
     return failed
 
 
+def _values(change: SalesforceChange, mappings: Sequence[FieldMapping]) -> dict[str, Any]:
+    """The Salesforce values a change carries, its cleared fields blank; a full record's every
+    mapped field (one it lacks is blank in Salesforce), so that a field `edits_only` leaves out
+    of it is known as Salesforce's value read again, not taken for a blank."""
+    record = dict(change.fields)
+    record.update(dict.fromkeys(change.nulled_fields - record.keys()))
+    if change.kind in _FULL_RECORD:
+        record.update({m.sf_field: None for m in mappings if m.sf_field not in record})
+    return record
+
+
 def _owner_only(item: _Pending, mappings: Mappings) -> bool:
     """Did the change set only the platform owner and the Owner CRM ID mapping's field?"""
     owner = {m.local_field for m in mappings.for_object(item.change.sobject) if m.sf_field == "OwnerId"}
@@ -456,7 +467,7 @@ async def _enqueue_merges(outbox: OutboundQueue | None, items: list[_Pending], r
     await outbox.enqueue([
         OutboundWrite(sobject=i.change.sobject, sf_id=i.change.sf_id, collection=i.collection,
                       local_id=i.doc["_id"], fields=dict(i.sf_updates or i.won),
-                      reason="merge" if i.sf_updates else "local_edit")
+                      reason="merge" if i.sf_updates else "local_edit", origin=f"inbound:{i.change.source}")
         for i in items
     ])
     run.result.enqueued += len(items)
@@ -483,7 +494,7 @@ async def _send_held_edits(outbox: OutboundQueue | None, mappings: Mappings, ite
                    and _utc(t) > since]
         write = plan_record(mappings, (), item.collection, item.doc, changed, utcnow())[0]
         if changed and write is not None:
-            writes.append(write)
+            writes.append(replace(write, origin="inbound:undelete"))
     if writes and outbox is not None:
         await outbox.enqueue(writes)
         run.result.enqueued += len(writes)

@@ -218,7 +218,8 @@ class Jobs:
             fields = local_to_sf(sends, docs[0])
             writes[entry["id"]] = OutboundWrite(
                 sobject=job["sobject"], sf_id=job.get("sf_id"), collection=job["collection"],
-                local_id=docs[0]["_id"], fields=fields, reason="retry", attempt=int(entry.get("attempt", 1)))
+                local_id=docs[0]["_id"], fields=fields, reason="retry", attempt=int(entry.get("attempt", 1)),
+                origin="admin_retry")
         since = datetime.now(UTC) - timedelta(milliseconds=1)  # BSON dates keep milliseconds
         if writes:
             # Marked before the flusher can answer: the store links the first outcome logged

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,7 +43,7 @@ from reconciler.outbox import Clock, utcnow
 from reconciler.pacing import Backoff, every, sleep_unless_stopped
 from reconciler.ports import OutboundQueue, OutboundWrite
 from reconciler.records import get_path
-from reconciler.rules import OWNER_FIELD, owner_out
+from reconciler.rules import OWNER_FIELD, follows_salesforce_owner, owner_out
 from reconciler.store import LocalChange, StreamHistoryLostError, WatchedCollection
 from reconciler.store.state_keys import local_watermark_key, resume_key
 from reconciler.sync_logs import SyncLog
@@ -120,7 +121,10 @@ def plan_record(mappings: Mappings, objects: Collection[str], collection: str, d
     sobject = str(crm["object"]) if linked and crm else create_object(mappings, collection, objects)
     selected = [name for name in mapped_fields(mappings, collection) if changed is None or name in changed]
     times = {name: at for name in selected if get_path(doc, name) is not None}
-    if (changed is None or OWNER_FIELD in changed) and doc.get(OWNER_FIELD) is not None:
+    # a whole record of a linked document says nothing of an owner it cannot follow from Salesforce
+    owned = OWNER_FIELD in changed if changed is not None else \
+        not linked or follows_salesforce_owner(mappings, get_path(doc, "crm.owner_id"))
+    if owned and doc.get(OWNER_FIELD) is not None:
         times[OWNER_FIELD] = at  # what `most_recent` weighs an outbound owner by
     if sobject is None or (crm and crm.get("deleted")):
         return None, times, None
@@ -129,8 +133,7 @@ def plan_record(mappings: Mappings, objects: Collection[str], collection: str, d
     fields.pop("OwnerId", None)  # the owner goes out as the platform's user, translated:
     # a create carries the owner whatever changed (without it Salesforce makes the integration
     # user the owner, and that comes back to the platform)
-    owner, unmapped = owner_out(mappings, sobject, doc) if not linked or changed is None \
-        or OWNER_FIELD in changed else (None, None)
+    owner, unmapped = owner_out(mappings, sobject, doc) if not linked or owned else (None, None)
     if owner is not None:
         fields["OwnerId"] = owner
     sf_id = str(crm["id"]) if linked and crm else None
@@ -183,14 +186,14 @@ def plan_changes(mappings: Mappings, objects: Collection[str], collection: str,
             if not changed:
                 continue
         _add(plan, plan_record(mappings, objects, collection, change.document, changed, change.at),
-             change.doc_id)
+             change.doc_id, f"watcher:{change.op}")
     return plan
 
 
-def _add(plan: Plan, planned: Planned, doc_id: Any) -> None:
+def _add(plan: Plan, planned: Planned, doc_id: Any, origin: str) -> None:
     write, times, failed = planned
     if write is not None:
-        plan.writes.append(write)
+        plan.writes.append(dataclasses.replace(write, origin=origin))
     if failed is not None:
         plan.logs.append(failed)
     if times:
@@ -219,7 +222,8 @@ def plan_polled(mappings: Mappings, objects: Collection[str], collection: str,
             continue
         at = doc.get("updated_at")
         at = at if isinstance(at, datetime) else datetime.now(UTC)
-        _add(plan, plan_record(mappings, objects, collection, doc, changed, at), doc["_id"])
+        _add(plan, plan_record(mappings, objects, collection, doc, changed, at), doc["_id"],
+             "watcher:poll" if changed is not None else "watcher:poll_unseen")
     return plan
 
 

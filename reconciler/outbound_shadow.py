@@ -19,7 +19,7 @@ as queued (no Salesforce side), unless their document was linked meanwhile: then
 re-queued as updates of that record.
 The owner is re-decided like any field, under the merge behaviour of the mapping of `OwnerId`
 (`owner_crm_id`): its platform side is the document's owner translated through `[[users]]`, at
-the owner's field time.
+the owner's field time (only its stamped one where the platform's owner does not follow Salesforce's).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import structlog
 from reconciler.merge import SALESFORCE_NEWER, SAME_VALUE, Side, capped_offset, decide_outgoing
 from reconciler.ports import OutboundWrite, SalesforceApi
 from reconciler.records import get_path, is_blank, set_path
-from reconciler.rules import OWNER_FIELD
+from reconciler.rules import OWNER_FIELD, follows_salesforce_owner
 from reconciler.shadow import Seen, has_shadow, path, platform_time, shadow_sets, shadow_side, stamped_time
 from reconciler.soql import parse_sf_datetime, soql_string
 from reconciler.store import CREATE, OutboxEntry
@@ -80,9 +80,10 @@ class Redecided:
 
 
 def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mapping[str, Any] | None,
-             owner: str | None = None) -> Redecided:
+             owner: str | None = None, *, follows: bool = True) -> Redecided:
     """Re-decide one queued update over the local document as it is now (pure). `owner`: the
-    Salesforce user the document's owner translates to now (through `[[users]]`), if any."""
+    Salesforce user the document's owner translates to now (through `[[users]]`), if any;
+    `follows`: whether the platform's owner follows Salesforce's as the shadow holds it."""
     by_field = {m.sf_field: m for m in mappings}
     out = Redecided(fields={})
     for name, queued in write.fields.items():
@@ -93,7 +94,7 @@ def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mappin
         seen = shadow_side(doc, write.sobject, name)
         out.old[name] = None if seen is None else seen.value
         out.local[mapping.local_field] = get_path(doc, mapping.local_field)
-        local = owner_side(doc, seen, owner or queued) if name == "OwnerId" else None
+        local = owner_side(doc, seen, owner or queued, follows=follows) if name == "OwnerId" else None
         decided = decide_outgoing(mapping, doc, queued, local)
         if decided.decision.write_salesforce:
             out.fields[name] = decided.decision.value
@@ -106,9 +107,38 @@ def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mappin
     return out
 
 
-def owner_side(doc: Mapping[str, Any], seen: Seen | None, sf_user: str) -> Side:
-    """The platform's side of `OwnerId`: its owner as a Salesforce user, at the owner's time."""
+def owner_side(doc: Mapping[str, Any], seen: Seen | None, sf_user: str, *, follows: bool = True) -> Side:
+    """The platform's side of `OwnerId`: its owner as a Salesforce user, at the owner's time.
+
+    Where the platform's owner does not follow Salesforce's (`follows` False: an owner without a
+    `[[users]]` entry, or the `ignore` rule), the two differ without any edit, so an unstamped
+    platform edit is not taken for the owner's: only the owner's own stamped time counts (chaos
+    seed 50321, L1: an edit of an unmapped field put the old owner back in Salesforce)."""
+    if not follows:
+        return Side(sf_user, stamped_time(doc, OWNER_FIELD))
     return Side(sf_user, platform_time(doc, OWNER_FIELD, seen, value=sf_user))
+
+
+def _as_now(mappings: Mappings, entry: OutboxEntry, doc: Mapping[str, Any] | None) -> OutboxEntry:
+    """A create without the values the platform blanked after it was queued (a blank never enters
+    the outbox, so the queued value stayed): it carries the record as it is, as an update does
+    (chaos seed 50321, P9.title: Salesforce was created with a title the platform had blanked, and
+    a read of the record then put it back on the platform). The owner is the platform's user."""
+    if doc is None:
+        return entry
+    blanked = {m.sf_field for m in mappings.for_object(entry.write.sobject) if m.sf_field != "OwnerId"
+               and m.sf_field in entry.write.fields and _set_blank(doc, m.local_field)}
+    if not blanked:
+        return entry
+    fields = {name: value for name, value in entry.write.fields.items() if name not in blanked}
+    return dataclasses.replace(entry, write=dataclasses.replace(entry.write, fields=fields))
+
+
+def _set_blank(doc: Mapping[str, Any], local_field: str) -> bool:
+    """Does the document hold `local_field`, blank (a field it lacks was never set: no edit)?"""
+    *parents, name = local_field.split(".")
+    holder = get_path(doc, ".".join(parents)) if parents else doc
+    return isinstance(holder, Mapping) and name in holder and is_blank(holder[name])
 
 
 def _linked_to(doc: Mapping[str, Any], write: OutboundWrite) -> bool:
@@ -158,7 +188,9 @@ class ShadowGate:
             doc = docs.get(entry.write.local_id)
             decided = dataclasses.replace(
                 redecide(mappings, entry.write, doc if doc and _linked_to(doc, entry.write) else None,
-                         self._owner(doc)), read_modified=self._read_modified.get(entry.write.local_id))
+                         self._owner(doc), follows=follows_salesforce_owner(
+                             self._mappings, get_path(doc, path(sobject, "OwnerId") + ".v"))),
+                read_modified=self._read_modified.get(entry.write.local_id))
             self._decided[entry.id] = decided
             if not decided.fields and entry.write.reason == "retry":
                 # a retry's outcome is a row: every field it carried, and why none went out
@@ -190,7 +222,7 @@ class ShadowGate:
             if isinstance(crm, Mapping) and crm.get("id") and not crm.get("deleted"):
                 out.linked.append((entry, str(crm.get("object")), str(crm["id"])))
             else:
-                out.send.append(entry)
+                out.send.append(_as_now(self._mappings, entry, docs.get(entry.write.local_id)))
         return out
 
     async def _docs(self, sobject: str, entries: Sequence[OutboxEntry],

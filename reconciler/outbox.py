@@ -63,7 +63,10 @@ class Outbox:
         if kept:
             await self.ensure_indexes()
             await self._collection.add(kept, self._clock())
-            log.debug("outbox_enqueued", writes=len(kept))
+            for write in kept:  # what queued each write, and what it carries (names, not values)
+                log.info("outbox_write_queued", sobject=write.sobject, sf_id=write.sf_id,
+                         local_id=str(write.local_id), reason=write.reason, origin=write.origin,
+                         fields=sorted(write.fields), attempt=write.attempt)
 
     async def due_groups(self) -> list[OutboxGroup]:
         return await self._collection.due_groups(self._clock())

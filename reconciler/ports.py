@@ -166,6 +166,9 @@ class OutboundWrite:
     fields: dict[str, Any]
     reason: str                       # "local_edit" | "merge" | "create" | "retry" | "remerge"
     attempt: int = 0
+    # who queued it (the watcher's stream or poll, an inbound apply and its source, a retry):
+    # named in the outbox's log line only, not stored
+    origin: str = ""
 
 
 class OutboundQueue(Protocol):

@@ -54,6 +54,15 @@ def owner_updates(mappings: Mappings, doc: Mapping[str, Any] | None, owner_sf_id
 OWNER_FIELD = "owner_id"  # the platform's user id on a Person/Company
 
 
+def follows_salesforce_owner(mappings: Mappings, sf_owner: Any) -> bool:
+    """Does the platform's owner follow this Salesforce owner (`owner_updates`: a mapped user,
+    under `update_owner`)? Else the two differ without any edit, and a platform write that did
+    not change the owner must not send it back over Salesforce's (chaos issue 14, the owner
+    class). An owner not known (None) is taken as followed."""
+    mapped = not isinstance(sf_owner, str) or mappings.local_user(sf_owner) is not None
+    return mapped and mappings.rules.on_salesforce_owner_change == "update_owner"
+
+
 def owner_out(mappings: Mappings, sobject: str, doc: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """The `OwnerId` a platform owner goes out as, through `[[users]]` (issue 10): (the
     Salesforce user to send or None, why it is not sent or None).

@@ -219,9 +219,13 @@ def _unread_fill_blank(fm: FieldModel, value: Any, unread: list[_Write]) -> None
 
 
 def _may_replace(current: set[Any], known: bool, unless_blank: bool) -> str:
-    """May a write replace `current` under an "unless blank" rule? yes, no, or maybe."""
-    if not unless_blank or not known:
+    """May a write replace `current` under an "unless blank" rule? yes, no, or maybe. Not
+    `known` (the side may hold a value the model has not seen): yes, unless data the model knows
+    the side may hold keeps it (maybe: chaos seed 65537, C1.phone)."""
+    if not unless_blank:
         return "yes"
+    if not known:
+        return "maybe" if any(v is not None for v in current) else "yes"
     blanks = {v for v in current if v is None}
     if not blanks:
         return "no"
@@ -251,11 +255,11 @@ class FieldModel:
     def _outbound(self) -> bool:
         return self.writable and self.direction in (Direction.BOTH, Direction.TO_SALESFORCE)
 
-    def _recent(self, side: str, at: float, propagate: bool) -> set[Any]:
-        """Non-blank values `side` wrote within WINDOW before `at` (they may still win)."""
+    def _recent(self, side: str, at: float, propagate: bool, within: float = WINDOW) -> set[Any]:
+        """Non-blank values `side` wrote within `within` before `at` (they may still win)."""
         if not propagate:
             return set()
-        return {w.value for w in self.writes if w.side == side and at - w.at <= WINDOW
+        return {w.value for w in self.writes if w.side == side and at - w.at <= within
                 and w.value is not None}
 
     def write(self, side: str, value: Any, at: float, step: str, *, deleted: bool = False,
@@ -280,7 +284,8 @@ class FieldModel:
         # it reaches the platform (seed 50321, Q1.industry: a held platform edit stays there)
         unchanged = self.sf_known and self.sf == {value}
         maybe_unchanged = self.sf_known and value in self.sf  # one of the values it may hold
-        self.sf = {value} | self._recent("platform", at, self._outbound())
+        # an edit in the outbox is decided on a shadow without this write: may go out over it (2025 L4)
+        self.sf = {value} | (in_flight := self._recent("platform", at, self._outbound(), OUTBOUND_LATENCY))
         if self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK and self._outbound():
             # the platform's data is preferred: an edit still in the outbox goes out over this
             self.sf |= {w.value for w in self.writes if w.side == "platform" and w.value is not None
@@ -303,7 +308,7 @@ class FieldModel:
                 # a change with no event: the refetch may read a later state; or maybe no change
                 allowed = "maybe"
             if allowed == "yes":
-                self.local = {value} | self._recent("platform", at, True)
+                self.local = {value} | in_flight | self._recent("platform", at, True)
                 self.local_known = True
                 self.local_from_read = by_read
             elif allowed == "maybe":
@@ -420,15 +425,16 @@ class FieldModel:
         if (None in self.local or sf_wins) and self._inbound():
             self.local |= {v for v in self.sf if v is not None}
 
-    def conflicted(self, value: Any) -> bool:
-        """Did the platform write `value` within WINDOW of a Salesforce write of this field? Then
-        either may win in Salesforce, and the platform, having taken Salesforce's value first,
-        may take its own back as Salesforce's current value: a change there, not an echo."""
-        return any(w.side == "platform" and w.value == value and o.side == "salesforce"
-                   and abs(o.at - w.at) <= WINDOW for w in self.writes for o in self.writes)
-
     def steps(self) -> list[str]:
         return [w.step for w in self.writes[-4:]]
+
+
+def _conflicted(fm: FieldModel, value: Any) -> bool:
+    """Did the platform write `value` within WINDOW of a Salesforce write of this field? Then
+    either may win in Salesforce, and the platform, having taken Salesforce's value first,
+    may take its own back as Salesforce's current value: a change there, not an echo."""
+    return any(w.side == "platform" and w.value == value and o.side == "salesforce"
+               and abs(o.at - w.at) <= WINDOW for w in fm.writes for o in fm.writes)
 
 
 @dataclass
@@ -1155,7 +1161,7 @@ def _echo_logs(em: EntityModel, inbound: list[dict[str, Any]], slot: str) -> lis
             # a conflict converging replaces a value the platform took from Salesforce; an
             # echo replaces the platform's own later edit
             took_salesforce = any(w.side == "salesforce" and w.value == old for w in fm.writes)
-            if new is not None and sides == {"platform"} and not (took_salesforce and fm.conflicted(new)):
+            if new is not None and sides == {"platform"} and not (took_salesforce and _conflicted(fm, new)):
                 out.append(Violation("logs", f"{slot}: a Salesforce-side log applied "
                                              f"{name}={new!r}, a value "
                                      "only the platform wrote (an echo)", fm.steps(), slot))

@@ -91,24 +91,25 @@ class _AppliedPairs:
         self._pairs: dict[str, dict[tuple[str, datetime], None]] = {}
 
     def fresh(self, sobject: str, changes: list[SalesforceChange]) -> list[SalesforceChange]:
-        """The changes not applied before; they are remembered as applied."""
+        """The changes not applied before."""
+        seen = self._pairs.get(sobject, {})
+        return [c for c in changes if (key := _pair(c)) is None or key not in seen]
+
+    def remember(self, sobject: str, changes: list[SalesforceChange]) -> None:
+        """These changes are applied: only once the sink took them, so a pass whose apply failed
+        (a fenced term, a MongoDB failure) leaves them for the next (chaos seed 50321, A14)."""
         seen = self._pairs.setdefault(sobject, {})
-        out: list[SalesforceChange] = []
-        for change in changes:
-            stamp = parse_sf_datetime(change.fields.get("SystemModstamp"))
-            if stamp is None:
-                out.append(change)
-                continue
-            key = (change.sf_id, stamp.replace(microsecond=0))
-            if key not in seen:
-                seen[key] = None
-                out.append(change)
-        return out
+        seen.update((key, None) for c in changes if (key := _pair(c)) is not None)
 
     def forget_before(self, sobject: str, moment: datetime) -> None:
         seen = self._pairs.get(sobject)
         if seen:
             self._pairs[sobject] = {k: None for k in seen if k[1] >= moment}
+
+
+def _pair(change: SalesforceChange) -> tuple[str, datetime] | None:
+    stamp = parse_sf_datetime(change.fields.get("SystemModstamp"))
+    return None if stamp is None else (change.sf_id, stamp.replace(microsecond=0))
 
 
 class QueryApi(Protocol):
@@ -253,6 +254,7 @@ class Poller:
                 changes = self._applied.fresh(sobject, page.changes)
                 if changes:
                     await self._sink.apply(changes)
+                    self._applied.remember(sobject, changes)
                 seen += len(changes)
                 METRICS.inc("sfsync_records_polled_total", page.read, object=sobject)
                 moved = mark.at_least(page.mark)

@@ -24,7 +24,8 @@ from reconciler.sync_logs import SyncLog
 from settings import parse_mappings
 from tests.integration.test_outbound import FakeBudget, FakeSalesforce
 from tests.support.clock import Clock
-from tests.support.salesforce_changes import change, mappings_toml
+from tests.support.mappings import sample_mappings
+from tests.support.salesforce_changes import INBOUND_EDITS, change, mappings_toml
 
 MAPPINGS = parse_mappings(mappings_toml({"people.email": {"merge": "salesforce_unless_blank"}}))
 T1 = datetime(2026, 3, 1, 12, 0, 1, tzinfo=UTC)
@@ -186,6 +187,63 @@ class TestOwnerFollowsItsMergeBehaviour:
         assert [list(x["fields"]) for x in skipped] == ([["owner_crm_id"]] if held else [])
         if held:
             assert skipped[0]["fields"]["owner_crm_id"]["reason"] == HELD_SALESFORCE
+
+
+class TestAValueBlankedBeforeItsCreateWentOut:
+    """Chaos seed 50321, P9.title: the platform created a Person with a title and blanked it
+    0.27 s later; the queued create kept the title (blanks never enter the outbox, and a create
+    went out as queued), so Salesforce was created with it, and a read of the record then filled
+    the platform's blank with it: the platform's latest edit was undone. A create carries the
+    platform's values as they are when it is sent, as an update does."""
+
+    async def test_the_create_does_not_carry_it(self, rig: Rig) -> None:
+        await rig.store.db.people.insert_one({"_id": "p-1", "last_name": "Lee", "company_name": "Acme",
+                                              "title": "", "updated_at": T1})
+        await rig.outbox.enqueue([OutboundWrite("Lead", None, "people", "p-1",
+                                                {"LastName": "Lee", "Company": "Acme", "Title": "CTO"},
+                                                reason="create")])
+        await rig.flusher.flush()
+        assert [(c.method, c.records) for c in rig.sf.calls] == [
+            ("POST", [{"LastName": "Lee", "Company": "Acme"}])]
+
+
+UNMAPPED_OWNER = "005000000000009AAA"  # no `[[users]]` entry (the integration user, say)
+
+
+class TestAnOwnerThePlatformDoesNotFollow:
+    """Chaos seed 50321, L1.owner_crm_id (and 2718, P11): a Salesforce user moved the Contact to
+    a user `[[users]]` does not map; the Person kept its owner, u-2 (`update_owner` has no local
+    user to give it). Then the platform edited a field the watcher does not stamp (an unmapped
+    one), and a write of the record carrying `OwnerId` went out as u-2's Salesforce user, dated
+    by that edit: the old owner was put back. Where the platform's owner cannot follow
+    Salesforce's (an unmapped owner, or the `ignore` rule), its differing says nothing of an edit:
+    only a platform change of the owner (stamped by the watcher) overwrites Salesforce's owner.
+
+    The Salesforce owner changed at T1 (shadow); the platform's owner was set at `owner_at`; the
+    platform's last edit, at T2, is unstamped unless the owner's time is T2."""
+
+    @pytest.mark.parametrize(("salesforce_owner", "rule", "owner_at", "sent"), [
+        (UNMAPPED_OWNER, "update_owner", T0, False),   # another field's edit: not the owner's
+        (OWNER_1, "ignore", T0, False),                # the platform ignores owner changes
+        (UNMAPPED_OWNER, "update_owner", T2, True),    # the platform moved the Person since
+        (OWNER_1, "update_owner", T0, True),           # u-1 followed, then a fresh move to u-2
+    ])
+    async def test_a_queued_owner(self, rig: Rig, salesforce_owner: str, rule: str, owner_at: datetime,
+                                  sent: bool) -> None:
+        stamped = owner_at == T2
+        await rig.store.db.people.insert_one({
+            "_id": "p-1", "owner_id": "u-2", "owner_crm_id": salesforce_owner, "notes": "edited",
+            "updated_at": T2, "crm": {"object": "Lead", "id": sf_id(1), "owner_id": salesforce_owner},
+            "_sync": {"written_at": T2 if stamped else T1, "field_times": {"owner_id": owner_at},
+                      "sf": {"Lead": {"OwnerId": {"v": salesforce_owner, "at": T1}}}}})
+        await rig.outbox.enqueue([OutboundWrite("Lead", sf_id(1), "people", "p-1",
+                                                {"OwnerId": salesforce_owner}, reason="merge")])
+        mappings = parse_mappings(sample_mappings(
+            {**INBOUND_EDITS, "people.owner_crm_id": {"direction": "both"}}, users={"u-2": OWNER_2},
+            rules={"on_salesforce_owner_change": rule}))
+        await OutboundFlusher(rig.outbox, rig.sf, rig.store, FakeBudget(), client_name="salesforce-sync",
+                              writable={"Lead": {}}, gate=ShadowGate(rig.sf, rig.store, mappings)).flush()
+        assert [c.records for c in rig.sf.calls] == ([[{"OwnerId": OWNER_2, "Id": sf_id(1)}]] if sent else [])
 
 
 async def retried_with_flusher(rig: Rig, log_id: str) -> JobOutcome:

@@ -12,13 +12,14 @@ import pytest
 from listener.reader import RecordReader
 from listener.salesforce import SalesforceClient
 from listener.sources.polling import DEFAULT_POLL_OVERLAP, Poller, Watermark
+from reconciler.errors import RetriableError
 from reconciler.inbound import Reconciler
 from reconciler.ports import ChangeKind, RejectedEvent, SalesforceChange
 from reconciler.store import Store
 from reconciler.store.state_keys import watermark_key
 from tests.support.mappings import LEAD_NAME_MAPPINGS as MAPPINGS
 from tests.support.org_rig import Org, org_and_store
-from tests.support.sinks import RecordingSink
+from tests.support.sinks import FlakySink, RecordingSink
 
 BASE = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 
@@ -81,6 +82,24 @@ class TestSameSecond:
         assert [c.sf_id for c in rig.sink.applied] == [second]
         person = await rig.store.db.people.find_one({"crm.id": second})
         assert person is not None and person["last_name"] == "Second"
+
+
+class TestAFailedApply:
+    async def test_the_next_pass_applies_what_a_failed_pass_read(self, rig: Rig) -> None:
+        """Chaos seed 50321, A14: a stream's closing poll read a new Account and its apply was
+        refused (the leader term had just ended: fenced); the same process's next term polled
+        again over the overlap, found the pair remembered as applied, skipped it, and moved the
+        watermark past it: the Account never reached the platform. A pair is applied only once
+        the sink has taken it."""
+        [sf_id] = await rig.org.seed("Lead", [lead("Kept", 10, OwnerId="005000000000001AAA")])
+        sink = FlakySink(rig.sink)
+        sink.fail_on(sf_id)
+        poller = Poller(rig.sf, rig.store, sink, MAPPINGS, ["Lead"], clock=lambda: rig.now[0])
+        with pytest.raises(RetriableError):
+            await poller.run_once()
+        await poller.run_once()
+        assert [c.sf_id for c in sink.journal.applied()] == [sf_id]
+        assert await rig.store.db.people.find_one({"crm.id": sf_id}) is not None
 
 
 class TestDeletions:

@@ -15,7 +15,7 @@ from reconciler.merge import HELD_LOCAL
 from reconciler.ports import ChangeKind, ChangeSource
 from reconciler.store import Store
 from settings import parse_mappings
-from tests.support.salesforce_changes import OWNER_1, T0, FakeSalesforce, change, mappings_toml
+from tests.support.salesforce_changes import OWNER_1, T0, FakeOutbox, FakeSalesforce, change, mappings_toml
 
 SF_ID = "00Q000000000001AAA"
 MAPPINGS = parse_mappings(mappings_toml({"people.title": {"merge": "local_unless_blank"}}))
@@ -180,3 +180,36 @@ class TestAnEditInTheSecondOfOurWrite:
         theirs = change(SF_ID, {"FirstName": "Theirs"}, at=self.OUR_WRITE)
         await Reconciler(store, MAPPINGS, fetcher=RecordReader(sf, MAPPINGS)).apply([theirs])
         assert (await person(store))["first_name"] == "Theirs"
+
+
+class TestARecordReadAgainUnchanged:
+    """Chaos seed 50321, L1.owner_crm_id: the platform edited an unmapped field (notes), and a
+    resync's poll then read the Contact, unchanged since the shadow last saw it. Every mapped
+    value was Salesforce's own read again (`edits_only` leaves them out), yet the full record's
+    merge took each for a Salesforce blank: the platform's data "won" and every field, the owner
+    too, was queued for Salesforce. A value read again is not an edit of the field, nor a blank."""
+
+    VALUES = {"FirstName": "Ann", "LastName": "Lee", "Email": "ann@x.com", "Title": "CTO",
+              "City": "Paris", "OwnerId": OWNER_1, "LinkedIn__c": None}
+
+    async def test_nothing_is_queued_for_salesforce(self, store: Store) -> None:
+        shadow = {"Lead": {name: {"v": value, "at": T0} for name, value in self.VALUES.items()}}
+        await lead(store, title="CTO", city="Paris", owner_crm_id=OWNER_1, notes="edited",
+                   updated_at=T0 + timedelta(seconds=3), _sync={"written_at": T0, "sf": shadow})
+        polled = change(SF_ID, self.VALUES, at=T0 + timedelta(seconds=2), kind=ChangeKind.UPSERT,
+                        source=ChangeSource.POLL)
+        outbox = FakeOutbox()
+        await Reconciler(store, MAPPINGS, outbox=outbox).apply([polled])
+        assert outbox.writes == []
+
+    async def test_a_field_salesforce_blanked_is_still_a_blank(self, store: Store) -> None:
+        """The record read lacks a value the shadow knew: Salesforce's blank. The platform keeps
+        its data (data wins over a blank) and the shadow learns the blank."""
+        shadow = {"Lead": {name: {"v": value, "at": T0} for name, value in self.VALUES.items()}}
+        await lead(store, title="CTO", city="Paris", _sync={"written_at": T0, "sf": shadow})
+        read = {name: value for name, value in self.VALUES.items() if name != "Title"}
+        polled = change(SF_ID, read, at=T0 + timedelta(seconds=2), kind=ChangeKind.UPSERT,
+                        source=ChangeSource.POLL)
+        await Reconciler(store, MAPPINGS, outbox=FakeOutbox()).apply([polled])
+        doc = await person(store)
+        assert doc["title"] == "CTO" and doc["_sync"]["sf"]["Lead"]["Title"]["v"] is None

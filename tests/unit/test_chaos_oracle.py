@@ -86,6 +86,25 @@ class TestPlatformWritesInFlight:
         assert allowed_sf(feed(acks, [fault("kill_leader", 9)]), "L1", "city") == {"new", "Old"}
 
 
+class TestASalesforceEditWhilePlatformsIsInFlight:
+    """`most_recent` is decided at flush time on the shadow ("Deciding this for a platform edit
+    needs Salesforce's side without an API call: keep the last value seen from Salesforce per mapped
+    field", design.md): a platform edit waits up to OUTBOUND_LATENCY before it is sent, and a
+    Salesforce edit made meanwhile that the service has not read yet is not known to it, so the
+    platform's older value may go out over it and both sides keep it (chaos seed 2025, L4.last_name:
+    Salesforce's edit 2.23 s after the platform's, our write 13 ms after Salesforce's, the Lead
+    converted with ours)."""
+
+    def test_salesforce_may_end_with_the_platforms_value(self) -> None:
+        model = feed([sf(0, LastName="Old"), pf(10, last_name="pf"), sf(12.23, LastName="Sf")])
+        assert allowed_sf(model, "L1", "last_name") == {"Sf", "pf"}
+        assert model.entities["L1"].fields["last_name"].local == {"Sf", "pf"}
+
+    def test_not_once_the_platforms_edit_was_sent(self) -> None:
+        model = feed([sf(0, LastName="Old"), pf(10, last_name="pf"), sf(13.5, LastName="Sf")])
+        assert allowed_sf(model, "L1", "last_name") == {"Sf"}
+
+
 class TestConversionSnapshot:
     def convert(self, at: float, **lead: Any) -> Ack:
         return Ack(f"c{at}", "sf_convert", "salesforce", "L1", T0 + at, "ok", "Lead",
@@ -306,6 +325,19 @@ class TestPlatformPreferred:
     def test_one_sent_long_before_does_not(self) -> None:
         model = feed([sf(0, Phone="+1 0"), pf(10, phone="+1 pf"), sf(30, Phone="+1 sf")])
         assert allowed_sf(model, "L1", "phone") == {"+1 sf"}
+
+
+class TestPlatformDataTheModelIsNotSureOf:
+    def test_a_salesforce_edit_does_not_drop_data_the_platform_may_hold(self) -> None:
+        """`local_unless_blank` ("If SalesLoft already has data, leave it untouched"): a silent
+        Salesforce write (a CDC overflow) filled the platform's blank phone, or not yet (it reaches
+        the service only by a read): the platform may hold it. A later Salesforce edit is held
+        back where it does, so the model keeps that value beside the edit, not the edit alone
+        (chaos seed 65537, C1.phone: the platform kept the overflow's value and a re-import sent
+        it to Salesforce)."""
+        overflow = Ack("f10", "cdc_overflow", "salesforce", "L1", T0 + 10, "ok", "Lead", {"Phone": "+1 of"})
+        model = feed([overflow, sf(20, Phone="+1 sf")])
+        assert model_local(model, "phone") == {"+1 of", "+1 sf"}
 
 
 class TestResyncMerge:

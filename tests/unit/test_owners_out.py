@@ -11,7 +11,7 @@ from settings import parse_mappings
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 SF_USER = "005000000000001AAA"
-MAPPINGS = parse_mappings(f"""
+MAPPINGS_TOML = f"""
 [people.last_name]
 lead = "LastName"
 [people.company_name]
@@ -23,7 +23,8 @@ local = "u-1"
 salesforce = "{SF_USER}"
 [rules]
 create_in_salesforce = "lead"
-""")
+"""
+MAPPINGS = parse_mappings(MAPPINGS_TOML)
 
 
 def change(op: str, doc: dict[str, Any], *paths: str) -> LocalChange:
@@ -75,6 +76,32 @@ class TestOwnersOut:
         plan = plan_changes(MAPPINGS, ("Lead",), "people", [change(
             "update", linked(owner_id="u-1"), "owner_id", "updated_at")])
         assert plan.field_times == {"p-1": {"owner_id": T0}}
+
+
+class TestAWholeRecordOfALinkedPerson:
+    """A change that says nothing of what changed (a replaced document, one polled without a
+    baseline) plans every field. Where Salesforce's owner is a user `[[users]]` does not map (the
+    Person kept its owner: `update_owner` had no local user to give it), the Person's owner is
+    not a change: sent, it would put the old owner back over Salesforce's move (chaos issue 14,
+    the owner class)."""
+
+    UNMAPPED = "005000000000009AAA"
+
+    def test_the_owner_is_neither_sent_nor_stamped(self) -> None:
+        doc = linked(owner_id="u-1", last_name="Li",
+                     crm={"object": "Lead", "id": "00Q000000000001AAA", "owner_id": self.UNMAPPED})
+        plan = plan_changes(MAPPINGS, ("Lead",), "people", [change("replace", doc)])
+        [write] = plan.writes
+        assert write.fields == {"LastName": "Li"}
+        assert "owner_id" not in plan.field_times["p-1"]
+
+    def test_an_owner_salesforce_got_from_the_platform_is_still_sent(self) -> None:
+        """Salesforce's owner is a mapped user: the Person's differing owner is the platform's."""
+        other = "005000000000002AAA"
+        mappings = parse_mappings(MAPPINGS_TOML + f'[[users]]\nlocal = "u-2"\nsalesforce = "{other}"\n')
+        doc = linked(owner_id="u-1", crm={"object": "Lead", "id": "00Q000000000001AAA", "owner_id": other})
+        [write] = plan_changes(mappings, ("Lead",), "people", [change("replace", doc)]).writes
+        assert write.fields["OwnerId"] == SF_USER
 
 
 class TestUnmappedOwner:
