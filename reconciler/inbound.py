@@ -59,7 +59,7 @@ from reconciler.ports import (
 )
 from reconciler.records import check_value, get_path, is_blank, set_path
 from reconciler.rules import cannot_start, may_create, owner_updates
-from reconciler.shadow import stamped_time
+from reconciler.shadow import Seen, shadow_side, stamped_time
 from reconciler.store import BulkOutcome, Fence, RecordVersion, RecordWrite
 from reconciler.sync_logs import LogType, SyncLog, event_job, failed_inbound, utcnow
 from settings import Direction, FieldMapping, Mappings
@@ -328,12 +328,9 @@ class Reconciler:
             item.drop("crm.deleted")
             item.drop("crm.deleted_at")
             item.retype("undelete")
+        prior_owner = shadow_side(item.doc, change.sobject, "OwnerId")
         self._merge_fields(item, change)
-        owner = owner_updates(self.mappings, item.doc, change.fields.get("OwnerId"))
-        for path, value in owner.items():
-            item.put(path, value, logged=path == "owner_id")
-        if "owner_id" in owner and item.type == "update" and _owner_only(item, self.mappings):
-            item.type = "owner_change"
+        _apply_owner(self.mappings, item, change, prior_owner)
         account = change.fields.get("AccountId") if change.sobject == "Contact" else None
         if isinstance(account, str) and account in accounts:
             item.put("company_id", accounts[account])
@@ -430,6 +427,18 @@ def _values(change: SalesforceChange, mappings: Sequence[FieldMapping]) -> dict[
     if change.kind in _FULL_RECORD:
         record.update({m.sf_field: None for m in mappings if m.sf_field not in record})
     return record
+
+
+def _apply_owner(mappings: Mappings, item: _Pending, change: SalesforceChange, prior: Seen | None) -> None:
+    """Salesforce's owner onto the document (`rules.owner_updates`). One the platform did not
+    take keeps, in its shadow entry, the owner it replaced (`inbound_shadow.keep_owner_not_followed`)."""
+    owner = owner_updates(mappings, item.doc, change.fields.get("OwnerId"))
+    for path, value in owner.items():
+        item.put(path, value, logged=path == "owner_id")
+    if "owner_id" not in owner and prior is not None:
+        shadow.keep_owner_not_followed(item, prior.value)
+    if "owner_id" in owner and item.type == "update" and _owner_only(item, mappings):
+        item.type = "owner_change"
 
 
 def _owner_only(item: _Pending, mappings: Mappings) -> bool:

@@ -39,6 +39,18 @@ def record(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Mappin
         item.put(path, value, logged=False)
 
 
+def keep_owner_not_followed(item: PendingRecord, prior: Any) -> None:
+    """A Salesforce owner the platform did not take (a user `[[users]]` does not map, or the
+    rules ignore owner changes): its shadow entry keeps the owner it replaced (`was`), which the
+    platform's owner still is. Without it, an unstamped platform edit of any other field dated
+    that unchanged owner as fresh, and the flusher put it back over Salesforce's newer one
+    (`shadow.platform_time`; chaos seed 1291 x 2000, P69)."""
+    key = shadow_path(item.change.sobject, "OwnerId")
+    entry = get_path(item.doc, key)
+    if isinstance(entry, Mapping) and entry.get("v") != prior:
+        item.put(key, {**entry, "was": prior}, logged=False)
+
+
 def edits_only(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Mapping[str, Any],
                sf_at: datetime | None = None) -> dict[str, Any]:
     """The fields of a live change that are Salesforce edits: a value equal to the shadow's is

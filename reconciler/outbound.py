@@ -4,7 +4,8 @@ Per object and kind (create vs update), up to 200 pending writes go out in ONE c
 are matched to records by position (failed records carry no id). A record Salesforce refuses
 becomes a `failed` sync log (that log is what an admin or the auto-retry re-runs) and leaves
 the outbox; a call that fails as a whole (network, 5xx, lock storm) leaves its writes in the
-outbox with exponential backoff (`retry_delay`: full jitter above a floor); with the budget
+outbox with exponential backoff (`retry_delay`: full jitter above a floor; each write by its own
+failed calls since queued, `_retry_each`); with the budget
 below its reserve nothing is claimed at all. A write that has failed retriably
 `FlushPolicy.max_attempts` times (whole-call failures and expired claims count alike) is given
 up when next claimed: an open `failed` sync log with its last error (retriable from the page)
@@ -289,6 +290,23 @@ def retry_delay(attempt: int, *, base: timedelta, cap: timedelta, rng: random.Ra
     return timedelta(seconds=seconds)
 
 
+async def _retry_each(outbox: FlushOutbox, entries: Sequence[OutboxEntry], error: str, *,
+                      backoff: tuple[timedelta, timedelta], rng: random.Random) -> timedelta:
+    """A whole-call failure: each write waits by its own failed calls since it was queued
+    (`failures`), not by the call's largest `attempt`, which counts admin retries of a refused
+    record too: a fresh write sharing a call with one retried eight times waited 4 minutes
+    (chaos seed 1194 x 2000, P150). Returns the longest wait."""
+    by_failures: dict[int, list[OutboxEntry]] = {}
+    for entry in entries:
+        by_failures.setdefault(entry.failures, []).append(entry)
+    longest = timedelta(0)
+    for failures, group in sorted(by_failures.items()):
+        delay = retry_delay(failures, base=backoff[0], cap=backoff[1], rng=rng)
+        await outbox.retry_later(group, delay, error=error)
+        longest = max(longest, delay)
+    return longest
+
+
 def error_text(result: RecordResult) -> str:
     if not result.errors:
         return "UNKNOWN: Salesforce reported a failure without an error"
@@ -517,13 +535,13 @@ class OutboundFlusher:
             await self._outbox.retry_later(entries, self._budget_wait, count_attempt=False)
             return False
         except RetriableError as exc:
-            delay = self._delay(entries)
             # A lost create's records are looked for before they are sent again (next attempt).
             unknown = isinstance(exc, OutcomeUnknownError) and kind == CREATE
             event = "outbound_create_outcome_unknown" if unknown else "outbound_call_failed"
+            longest = await _retry_each(self._outbox, entries, f"{type(exc).__name__}: {exc}",
+                                        backoff=(self._backoff_base, self._backoff_cap), rng=self._rng)
             log.warning(event, sobject=sobject, kind=kind, writes=len(entries),
-                        error=str(exc), retry_in_s=round(delay.total_seconds(), 1))
-            await self._outbox.retry_later(entries, delay, error=f"{type(exc).__name__}: {exc}")
+                        error=str(exc), retry_in_s=round(longest.total_seconds(), 1))
             return False
         except SkippableError as exc:
             await self._finish(kind, entries, *_refused(entries), call_error=str(exc))

@@ -47,7 +47,8 @@ class Seen:
     value: Any
     at: datetime | None
     # the value(s) Salesforce held before this one, when a re-read replaced what the shadow
-    # knew (in memory only, for the flush that read it: see `platform_time`)
+    # knew (in memory only, for the flush that read it: see `platform_time`), or stored on an
+    # `OwnerId` entry the platform did not take (`inbound_shadow.keep_owner_not_followed`)
     was: tuple[Any, ...] = ()
 
 

@@ -218,6 +218,14 @@ def _unread_fill_blank(fm: FieldModel, value: Any, unread: list[_Write]) -> None
     fm.local |= {w.value for w in unread if w.value is not None}
 
 
+def _platform_state(fm: FieldModel) -> tuple[frozenset[Any], bool]:
+    """What the platform may hold (its values, known?). Before the field's first write since the
+    record was made, the blank the record was made with (seed 1194 x 2000, L18.phone)."""
+    if not fm.writes and not fm.local_known and not fm.local:
+        return frozenset({None}), True
+    return frozenset(fm.local), fm.local_known
+
+
 def _may_replace(current: set[Any], known: bool, unless_blank: bool) -> str:
     """May a write replace `current` under an "unless blank" rule? yes, no, or maybe. Not
     `known` (the side may hold a value the model has not seen): yes, unless data the model knows
@@ -270,7 +278,7 @@ class FieldModel:
         w = _Write(at, side, value, step, by_read=by_read)
         if side == "salesforce":
             undelivered = self.undelivered_states(at)
-            w.local_before = (frozenset(self.local), self.local_known)
+            w.local_before = _platform_state(self)
             self._write_salesforce(value, at, other_exists, certain, undelivered, by_read)
         else:
             self._write_platform(w, deleted, other_exists)

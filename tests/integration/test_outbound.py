@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -119,6 +121,18 @@ def rig(store: Store) -> Rig:
     flusher = OutboundFlusher(outbox, sf, store, budget, client_name="salesforce-sync",
                               writable={"Lead": {"IsConverted": False}}, clock=clock)
     return Rig(store, outbox, sf, budget, clock, flusher)
+
+
+async def waits_of(outbox: Outbox, clock: Clock) -> dict[Any, float]:
+    """Each pending write's wait, in seconds, by its local id."""
+    return {e.write.local_id: (e.next_attempt_at - clock()).total_seconds() for e in await outbox.pending()}
+
+
+class LongestJitter(random.Random):
+    """Full jitter that always draws the longest wait: backoffs become exact."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
 
 
 def lead_update(n: int, **fields: Any) -> OutboundWrite:
@@ -254,6 +268,28 @@ class TestWholeCallFailures:
         rig.clock.advance(10)
         assert await rig.flusher.flush() == 1
         assert await rig.outbox.depth() == 0
+
+    async def test_each_write_waits_by_its_own_failed_calls(self, store: Store) -> None:
+        """Chaos seed 1194 x 2000, P150-P152: three fresh creates shared a call with a Person's
+        create an admin had retried eight times (each retry a new attempt of a record Salesforce
+        refused, not a failed call). The call's answer was lost and all four waited the backoff
+        of the eighth attempt (237 s), past the run's quiet period. The backoff grows with each
+        write's own failed calls since it was queued (`failures`), not with the call's largest
+        attempt."""
+        clock, sf = Clock(), FakeSalesforce()
+        outbox = Outbox(store.outbox, clock=clock)
+        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync",
+                                  writable={"Lead": {}}, clock=clock, rng=LongestJitter())
+        sf.fail_next.append(RetriableError("HTTP 503"))
+        await outbox.enqueue([lead_update(1), dataclasses.replace(lead_update(2), attempt=8)])
+        await flusher.flush()
+        waits = await waits_of(outbox, clock)
+        assert waits == {"p-1": 5.0, "p-2": 5.0}  # base 5 s: the first failed call of each
+        sf.fail_next.append(RetriableError("HTTP 503"))
+        clock.advance(5)
+        await flusher.flush()
+        waits = await waits_of(outbox, clock)
+        assert waits == {"p-1": 10.0, "p-2": 10.0}  # the second
 
     async def test_a_call_refused_as_a_whole_logs_each_write_with_its_fields(self, rig: Rig) -> None:
         """A SkippableError for the whole call: each write's failed log names the fields it

@@ -245,6 +245,61 @@ class TestAnOwnerThePlatformDoesNotFollow:
                               writable={"Lead": {}}, gate=ShadowGate(rig.sf, rig.store, mappings)).flush()
         assert [c.records for c in rig.sf.calls] == ([[{"OwnerId": OWNER_2, "Id": sf_id(1)}]] if sent else [])
 
+OWNER_3, NOBODY = "005000000000003AAA", "005000000000009AAA"  # NOBODY: no `[[users]]` entry
+OWNED = parse_mappings(sample_mappings({**INBOUND_EDITS, "people.owner_crm_id": {"direction": "both"}},
+                                       users={"u-2": OWNER_2, "u-3": OWNER_3}))
+
+
+class TestASalesforceOwnerThePlatformCannotShow:
+    """Chaos seed 1291 x 2000, P69: a Salesforce user gave the Lead to a user `[[users]]` does not
+    map; `update_owner` left the Person's owner (u-2) alone. A queued write carrying `OwnerId` (a
+    merge's, or a whole record's) was flushed just after the platform edited another field, before
+    the watcher stamped that edit: the owner, still what Salesforce held before its change, was
+    dated by that edit and put back over Salesforce's newer owner (the sides diverged)."""
+
+    async def moved_to_an_unmapped_user(self, rig: Rig) -> None:
+        """u-2 (stamped T1); Salesforce's owner OWNER_2 until a user moves the Lead at T2."""
+        await rig.store.db.people.insert_one({
+            "_id": "p-1", "owner_id": "u-2", "first_name": "Ann", "updated_at": T1,
+            "crm": {"object": "Lead", "id": sf_id(1), "owner_id": OWNER_2},
+            "_sync": {"written_at": T1, "field_times": {"owner_id": T1, "first_name": T1},
+                      "sf": {"Lead": {"OwnerId": {"v": OWNER_2, "at": T0},
+                                      "FirstName": {"v": "Ann", "at": T0}}}}})
+        await Reconciler(rig.store, OWNED, outbox=rig.outbox).apply([change(sf_id(1), {"OwnerId": NOBODY},
+                                                                            at=T2)])
+        assert (await rig.doc("p-1"))["owner_id"] == "u-2"
+
+    async def flushed_with(self, rig: Rig, attempt: int = 0, **platform: Any) -> list[list[dict[str, Any]]]:
+        """The platform edits `platform` now, after the inbound write (not stamped yet), and a
+        write carrying the owner and the first name is flushed (`attempt` 1: sent before, so
+        the Lead is read again first)."""
+        now = datetime.now(UTC) + timedelta(seconds=1)
+        await rig.store.db.people.update_one({"_id": "p-1"}, {"$set": {**platform, "updated_at": now}})
+        rig.sf.records[sf_id(1)] = {"Id": sf_id(1), "FirstName": "Ann", "OwnerId": NOBODY,
+                                    "LastModifiedDate": "2026-03-01T12:00:02.000+0000"}  # T2
+        await rig.outbox.enqueue([dataclasses.replace(edit(1, FirstName="Plat", OwnerId=OWNER_2),
+                                                      attempt=attempt)])
+        flusher = OutboundFlusher(rig.outbox, rig.sf, rig.store, FakeBudget(), client_name="salesforce-sync",
+                                  writable={"Lead": {}}, gate=ShadowGate(rig.sf, rig.store, OWNED))
+        await flusher.flush()
+        return [c.records for c in rig.sf.calls]
+
+    async def test_an_edit_of_another_field_does_not_date_the_owner(self, rig: Rig) -> None:
+        await self.moved_to_an_unmapped_user(rig)
+        assert await self.flushed_with(rig, first_name="Plat") == [[{"FirstName": "Plat", "Id": sf_id(1)}]]
+
+    async def test_nor_when_the_lead_is_read_again_before_the_write(self, rig: Rig) -> None:
+        """A write sent before is re-decided on the Lead read again (same owner): the same."""
+        await self.moved_to_an_unmapped_user(rig)
+        calls = await self.flushed_with(rig, attempt=1, first_name="Plat")
+        assert calls == [[{"FirstName": "Plat", "Id": sf_id(1)}]] and len(rig.sf.queries) == 1
+
+    async def test_a_fresh_owner_change_on_the_platform_still_goes_out(self, rig: Rig) -> None:
+        """The unstamped edit moved the Person to u-3: that owner is newer than Salesforce's."""
+        await self.moved_to_an_unmapped_user(rig)
+        calls = await self.flushed_with(rig, first_name="Plat", owner_id="u-3")
+        assert calls == [[{"FirstName": "Plat", "OwnerId": OWNER_3, "Id": sf_id(1)}]]
+
 
 async def retried_with_flusher(rig: Rig, log_id: str) -> JobOutcome:
     """Retry `log_id` while the flusher drains the outbox, as the running service does."""

@@ -647,6 +647,19 @@ class TestBlankOverAnUnreadValue:
         model = feed([pf(0, title="Pf"), sf(10, Title="Sf1"), sf(20, Title=None)])
         assert model_local(model, "title") == {"Sf1"}
 
+    def test_a_field_nobody_had_written_stays_blank_on_the_platform(self) -> None:
+        """The unread value was the field's first write since the record was made: what the
+        platform held before it is the blank the Person was made with, and a read after the
+        Salesforce blank finds nothing to bring ("we will not write null values or blanks";
+        seed 1194 x 2000, L18.phone: set and blanked 2.7 s apart while the budget had the
+        service polling)."""
+        model = feed([sf(10, Phone="+1 555 9276"), sf(12.7, Phone=None)])
+        assert model_local(model, "phone") == {"+1 555 9276", None}
+
+    def test_read_before_the_blank_it_stays_on_the_platform(self) -> None:
+        model = feed([sf(10, Phone="+1 555 9276"), sf(20, Phone=None)])
+        assert model_local(model, "phone") == {"+1 555 9276"}
+
 
 def sf_account(at: float, **fields: Any) -> Ack:
     return Ack(f"s{at}", "sf_update", "salesforce", "A1", T0 + at, "ok", "Account", fields)
