@@ -113,8 +113,10 @@ def owner_side(doc: Mapping[str, Any], seen: Seen | None, sf_user: str, *, follo
     Where the platform's owner does not follow Salesforce's (`follows` False: an owner without a
     `[[users]]` entry, or the `ignore` rule), the two differ without any edit, so an unstamped
     platform edit is not taken for the owner's: only the owner's own stamped time counts (chaos
-    seed 50321, L1: an edit of an unmapped field put the old owner back in Salesforce)."""
-    if not follows:
+    seed 50321, L1: an edit of an unmapped field put the old owner back in Salesforce). Unless
+    the shadow knows the owner Salesforce's replaced (`Seen.was`, kept by the inbound side): then
+    an owner other than that one is a fresh platform change, dated as any field's (seed 1291, P69)."""
+    if not follows and not (seen is not None and seen.was):
         return Side(sf_user, stamped_time(doc, OWNER_FIELD))
     return Side(sf_user, platform_time(doc, OWNER_FIELD, seen, value=sf_user))
 
