@@ -55,11 +55,13 @@ class ShadowStore(Protocol):
 
 
 class ClockOffset(Protocol):
-    """Salesforce's clock minus this host's, and the latest `Date` it sent
-    (`listener.salesforce_time.SalesforceClock`)."""
+    """Salesforce's clock minus this host's (now, and when Salesforce stamped a time), and the
+    latest `Date` it sent (`listener.salesforce_time.SalesforceClock`)."""
 
     @property
     def offset(self) -> timedelta: ...
+
+    def offset_at(self, salesforce_time: datetime) -> timedelta: ...
 
     @property
     def latest(self) -> datetime | None: ...
@@ -293,8 +295,10 @@ class ShadowGate:
         if not has_shadow(doc, sobject) and not read_again:
             return None
         modified = parse_sf_datetime(record.get("LastModifiedDate"))
-        offset = self._sf_clock.offset if self._sf_clock is not None else timedelta(0)
-        return None if modified is None else modified - capped_offset(offset, modified, datetime.now(UTC))
+        if modified is None:
+            return None
+        offset = self._sf_clock.offset_at(modified) if self._sf_clock is not None else timedelta(0)
+        return modified - capped_offset(offset, modified, datetime.now(UTC))
 
     def _salesforce_now(self) -> datetime:
         """Salesforce's time just after a write: host now + the offset, capped by the latest

@@ -388,6 +388,9 @@ class MovableOffset:
         self.offset = timedelta(seconds=seconds)
         self.latest = latest
 
+    def offset_at(self, salesforce_time: datetime) -> timedelta:
+        return self.offset
+
 
 async def write_ours_through_the_gate(store: Store, sf_clock: MovableOffset) -> None:
     """Person 1 (shadow FirstName "Ann") edited to "Ours", flushed through the shadow gate with
