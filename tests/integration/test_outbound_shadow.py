@@ -470,6 +470,29 @@ class TestAConflictThePlatformWon:
         assert rig.sf.calls == [] and await rig.outbox.depth() == 0
 
 
+class TestASalesforceEditAfterOurWriteDatedBeforeIt:
+    """Chaos seed 8191, L5.first_name: our write sent the platform's FirstName (edited at T1);
+    a Salesforce user's edit came after it on Salesforce's clock (a later second than our write's
+    `sent`), but the offset it was moved onto this host's clock by (learned after the org's clock
+    stepped ahead) dated it before T1. The platform's value won by the most recent value and was
+    queued back to Salesforce; the shadow, "never backwards" by those host times, kept our own
+    value, so the flusher dropped the write as "Salesforce already has this value" while
+    Salesforce held the user's: the sides diverged. Salesforce's own clock orders the two: the
+    user's value replaced ours there, whatever the host times say."""
+
+    async def test_the_platforms_value_that_won_goes_out(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")  # edited at T1
+        await rig.store.db.people.update_one({"_id": "p-1"}, {"$set": {  # our write, taken at T2
+            "_sync.sf.Lead.FirstName": {"v": "Ours", "at": T1, "sent": T2}}})
+        theirs = change(sf_id(1), {"FirstName": "Theirs"}, at=T2 + timedelta(seconds=1))
+        await Reconciler(rig.store, MAPPINGS, outbox=rig.outbox, sf_clock=MovableOffset(4)).apply([theirs])
+        doc = await rig.doc("p-1")
+        assert doc["first_name"] == "Ours"  # T2+1 s - 4 s is before T1: the platform's edit wins
+        assert doc["_sync"]["sf"]["Lead"]["FirstName"]["v"] == "Theirs"
+        await rig.flusher.flush()
+        assert [r.get("FirstName") for call in rig.sf.calls for r in call.records] == ["Ours"]
+
+
 class TestABlankSalesforceAlwaysHad:
     """Chaos seed 11376, P23.state (`to_salesforce`): the platform set State after the Person's
     create (which carried none); the write, sent again after a leader change, read the Lead:
