@@ -478,9 +478,10 @@ async def _enqueue_merges(outbox: OutboundQueue | None, items: list[_Pending], r
 def _offset_at(sf_clock: SalesforceOffset | None, stamp: datetime | None) -> timedelta:
     """Salesforce's clock minus this host's for a change stamped `stamp`: the offset of when it
     was stamped, not one learned after a step (chaos seed 8191, L5), capped (`capped_offset`)."""
-    if sf_clock is None or stamp is None:
-        return timedelta(0)  # no clock: Salesforce's time is taken as the host's; no stamp: none to move
-    return capped_offset(sf_clock.offset_at(stamp), stamp, utcnow())
+    if stamp is None:
+        return timedelta(0)  # nothing to move
+    offset = sf_clock.offset_at(stamp) if sf_clock is not None else timedelta(0)
+    return capped_offset(offset, stamp, utcnow())
 
 
 async def _send_held_edits(outbox: OutboundQueue | None, mappings: Mappings, items: list[_Pending],
