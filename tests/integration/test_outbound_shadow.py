@@ -493,6 +493,33 @@ class TestASalesforceEditAfterOurWriteDatedBeforeIt:
         assert [r.get("FirstName") for call in rig.sf.calls for r in call.records] == ["Ours"]
 
 
+class TestAnUnstampedEditOfAnotherFieldAfterTheWriteWasQueued:
+    """Chaos seed 12289, L2.state: the platform set the field at T1 (stamped) and its write waited
+    (leader changes, a paused budget); a Salesforce user's later edit (T2) reached the shadow; the
+    platform then edited *another* field (T3, after the write was last queued), not yet stamped
+    by the watcher when the flusher decided. The field's value differs from Salesforce's, so it was
+    dated by the document's `updated_at` (T3) and overwrote the newer Salesforce edit. The value
+    is still the one queued, and the unstamped edit came after it was queued: it did not make it."""
+
+    async def test_the_queued_value_keeps_its_stamped_time(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"FirstName": "Ann"}, first_name="Plat")  # stamped T1
+        await rig.outbox.enqueue([edit(1, FirstName="Plat")])  # queued (the test clock: 2025)
+        await rig.store.db.people.update_one({"_id": "p-1"}, {"$set": {
+            "_sync.sf.Lead.FirstName": {"v": "Theirs", "at": T2},  # Salesforce's later edit
+            "last_name": "Fresh", "updated_at": T2 + timedelta(seconds=1)}})  # unstamped, after queuing
+        await rig.flusher.flush()
+        assert rig.sf.calls == [] and await rig.outbox.depth() == 0
+
+    async def test_a_fresh_edit_of_the_field_itself_still_goes_out(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"FirstName": "Ann"}, first_name="Plat")
+        await rig.outbox.enqueue([edit(1, FirstName="Plat")])
+        await rig.store.db.people.update_one({"_id": "p-1"}, {"$set": {
+            "_sync.sf.Lead.FirstName": {"v": "Theirs", "at": T2},
+            "first_name": "Fresher", "updated_at": T2 + timedelta(seconds=1)}})  # this field, unstamped
+        await rig.flusher.flush()
+        assert [r.get("FirstName") for call in rig.sf.calls for r in call.records] == ["Fresher"]
+
+
 class TestABlankSalesforceAlwaysHad:
     """Chaos seed 11376, P23.state (`to_salesforce`): the platform set State after the Person's
     create (which carried none); the write, sent again after a leader change, read the Lead:
