@@ -8,18 +8,36 @@ our receive, so one response bounds the offset (Salesforce minus host), in secon
     Date - received  <=  offset  <  Date + 1 - sent
 
 `SalesforceClock` keeps the tightest bounds over the last `window` responses (when a clock
-steps and they stop overlapping, it starts again from the latest response) and gives:
+steps and they stop overlapping, it starts a new span from the latest response, keeping the old
+spans' offsets) and gives:
 
 - `safe_now()`: a time Salesforce has certainly reached (host now + lower bound): a polling
   signpost below it never runs ahead of Salesforce;
 - `upper_now()`: a time Salesforce has certainly not reached yet (host now + upper bound);
 - `now()`: Salesforce's current time by `offset` (the smallest correction the bounds allow);
-- `to_host(t)` / `offset`: a Salesforce time on this host's clock (merge comparisons);
+- `to_host(t)` / `offset_at(t)`: a Salesforce time on this host's clock (merge comparisons), by
+  the offset of the span the time falls in (`offset_at`, below), not the one learned since;
+- `offset`: the current span's offset (this host's time onto Salesforce's: `sent`, claims);
 - `latest`: the latest `Date` Salesforce sent, its own reading (whole seconds): after a write's
   response, a time no earlier than the second Salesforce stamped the write in, whatever the
   offset's error (the bounds assume a steady offset; a clock slewing back breaks them).
 
 Before the first response it knows nothing and answers with the host's clock (offset 0).
+
+Spans (chaos seed 8191, L5.first_name): a Salesforce user's edit stamped at offset 0, then the
+org's clock stepped 4 s ahead, then a new leader applied the edit's event with the offset learned
+since: the stamp dated before an older platform edit, which won. Salesforce's clock never goes
+back, so its stamps are ordered and each span's offset holds for the Salesforce times stamped
+while it did. The step between span A (offset a) and the next, B (offset b), came after A's last
+response was asked (host `last_sent`) and before B's first came in (`first_received`): a stamp
+`s` fits A if `s - a` is before B's first answer, B if `s - b` is after A's last question. One
+that fits both was stamped in the gap, before or after the step: it is dated at the later of the
+two host times, as "a tie goes to Salesforce" (README) -- an edit the service cannot order
+against a platform edit wins as an exact tie would -- and never later than B's first answer,
+which it preceded. What a clock knows nothing of: steps before its first response (a process
+started after the step) and after its latest; stamps there take the nearest span's offset, the
+current one while no step has been seen, as before spans.
+
 `ClockReadingTransport` wraps the Salesforce client's HTTP transport (its `transport=` seam;
 OAuth and REST calls both pass through it) and feeds every response's `Date` to a clock: the
 client itself is not changed.
@@ -30,6 +48,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
@@ -53,15 +72,43 @@ def parse_http_date(value: str | None) -> float | None:
     return parsed.timestamp()
 
 
+@dataclass(frozen=True)
+class Span:
+    """Responses that agreed on one offset: its bounds, when the first of them came in and when
+    the last was asked (this host's clock, epoch seconds)."""
+
+    low: float
+    high: float
+    first_received: float
+    last_sent: float
+
+    @property
+    def offset(self) -> float:
+        """The smallest correction the bounds allow (see `SalesforceClock.offset`)."""
+        return min(max(0.0, self.low), self.high)
+
+
+def span_offset(spans: list[Span], stamp: float) -> float:
+    """The offset for a Salesforce time `stamp` over `spans` (oldest first, the current one last):
+    of the spans it fits (module docstring), the smallest offset -- the latest host time; the
+    current span's when it fits none (a whole second's rounding at a boundary), as before spans."""
+    fits = [span.offset for k, span in enumerate(spans)
+            if (k == 0 or stamp - span.offset > spans[k - 1].last_sent)
+            and (k == len(spans) - 1 or stamp - span.offset < spans[k + 1].first_received)]
+    return min(fits) if fits else spans[-1].offset
+
+
 class SalesforceClock:
     """The offset between this host's clock and Salesforce's, from response `Date` headers."""
 
-    def __init__(self, *, host: Callable[[], float] = time.time, window: int = 32) -> None:
+    def __init__(self, *, host: Callable[[], float] = time.time, window: int = 32, spans: int = 16) -> None:
         self._host = host
         self._samples: deque[tuple[float, float]] = deque(maxlen=window)  # (low, high) per response
         self._low = 0.0
         self._high = 0.0
         self._latest: float | None = None
+        self._past: deque[Span] = deque(maxlen=spans)  # spans before the current one, oldest first
+        self._first_received = self._last_sent = 0.0  # the current span's (`Span`)
 
     @property
     def learned(self) -> bool:
@@ -88,15 +135,24 @@ class SalesforceClock:
             return
         self._latest = server if self._latest is None else max(self._latest, server)
         sample = (server - received, server + 1.0 - sent)
+        if not self._samples:
+            self._first_received = received
         self._samples.append(sample)
         low = max(s[0] for s in self._samples)
         high = min(s[1] for s in self._samples)
         if low > high:  # a clock stepped: the old responses no longer describe it
-            log.info("salesforce_clock_stepped", previous_offset=self.offset.total_seconds())
+            self._past.append(self._span())
             self._samples.clear()
             self._samples.append(sample)
             low, high = sample
+            self._first_received = received
+            log.info("salesforce_clock_stepped", previous_offset=self._past[-1].offset,
+                     offset=min(max(0.0, low), high), spans=len(self._past) + 1)
         self._low, self._high = low, high
+        self._last_sent = sent
+
+    def _span(self) -> Span:
+        return Span(self._low, self._high, self._first_received, self._last_sent)
 
     @property
     def latest(self) -> datetime | None:
@@ -115,9 +171,16 @@ class SalesforceClock:
         """A time Salesforce's clock has certainly not passed yet."""
         return datetime.fromtimestamp(self._host() + (self._high if self.learned else 0.0), UTC)
 
+    def offset_at(self, salesforce_time: datetime) -> timedelta:
+        """Salesforce minus host for a time Salesforce stamped: the offset of the span it falls
+        in (module docstring), the current `offset` while no step has been seen."""
+        if not self._past:
+            return self.offset
+        return timedelta(seconds=span_offset([*self._past, self._span()], salesforce_time.timestamp()))
+
     def to_host(self, salesforce_time: datetime) -> datetime:
         """A Salesforce time on this host's clock."""
-        return salesforce_time - self.offset
+        return salesforce_time - self.offset_at(salesforce_time)
 
 
 class ClockReadingTransport:

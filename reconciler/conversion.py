@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from reconciler.merge import Side, merge_field
@@ -42,7 +42,7 @@ from reconciler.rules import is_converted_lead
 from reconciler.shadow import stamped_time
 from reconciler.store import BulkOutcome, RecordWrite
 from reconciler.sync_logs import SyncLog, failed_inbound, utcnow
-from settings import Mappings
+from settings import Direction, Mappings
 
 
 class ConversionStore(Protocol):
@@ -191,13 +191,17 @@ def _folded(mappings: Mappings, person: dict[str, Any], duplicate: dict[str, Any
     the Contact's values, i.e. the Lead's latest (some perhaps never seen on the Lead: their
     events lost), so it is merged like a same-batch Contact create: by the merge behaviour, on
     both sides' field times. A platform record taken over only fills blanks (its values are the
-    platform's own, not Salesforce's)."""
+    platform's own, not Salesforce's). So are a `to_salesforce` field's, which Salesforce never
+    writes: a platform edit of the Person the create made (chaos seed 12289, L8.state: lost with
+    it, as Salesforce's value, which never writes the field) -- the later edit stays."""
     from_salesforce = bool(get_path(duplicate, "_sync.created_by_sync"))
     out: dict[str, Any] = {}
     for m in mappings.for_object("Contact"):
         mine = Side(get_path(person, m.local_field), stamped_time(person, m.local_field))
         theirs = Side(get_path(duplicate, m.local_field), stamped_time(duplicate, m.local_field))
-        if from_salesforce:
+        if from_salesforce and m.direction is Direction.TO_SALESFORCE:
+            take = theirs.value != mine.value and _edited_later(theirs, mine)
+        elif from_salesforce:
             take = merge_field(m, mine, theirs, sf_field_writable=True).write_local
         else:
             take = is_blank(mine.value) and not is_blank(theirs.value)
@@ -206,6 +210,19 @@ def _folded(mappings: Mappings, person: dict[str, Any], duplicate: dict[str, Any
             if from_salesforce and theirs.changed_at is not None:
                 out[f"_sync.field_times.{m.local_field}"] = theirs.changed_at
     return out
+
+
+def _edited_later(theirs: Side, mine: Side) -> bool:
+    """Of two platform values, is `theirs` the later edit? A stamped edit is later than an
+    unstamped value; with neither stamped, data only fills a blank."""
+    if theirs.changed_at is None:
+        return mine.changed_at is None and is_blank(mine.value) and not is_blank(theirs.value)
+    return mine.changed_at is None or _utc(theirs.changed_at) > _utc(mine.changed_at)
+
+
+def _utc(value: datetime) -> datetime:
+    """BSON dates may come back naive (they are UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def _log(

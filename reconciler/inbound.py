@@ -89,10 +89,10 @@ class InboundStore(Protocol):
 
 
 class SalesforceOffset(Protocol):
-    """Salesforce's clock minus this host's (`listener.salesforce_time.SalesforceClock`)."""
+    """Salesforce's clock minus this host's for a time Salesforce stamped: the offset valid when
+    it was stamped (`listener.salesforce_time.SalesforceClock.offset_at`)."""
 
-    @property
-    def offset(self) -> timedelta: ...
+    def offset_at(self, salesforce_time: datetime) -> timedelta: ...
 
 
 @dataclass
@@ -485,8 +485,12 @@ async def _enqueue_merges(outbox: OutboundQueue | None, items: list[_Pending], r
 
 
 def _offset_at(sf_clock: SalesforceOffset | None, stamp: datetime | None) -> timedelta:
-    """Salesforce's clock minus this host's for a change stamped `stamp` (see `capped_offset`)."""
-    return capped_offset(sf_clock.offset if sf_clock is not None else timedelta(0), stamp, utcnow())
+    """Salesforce's clock minus this host's for a change stamped `stamp`: the offset of when it
+    was stamped, not one learned after a step (chaos seed 8191, L5), capped (`capped_offset`)."""
+    if stamp is None:
+        return timedelta(0)  # nothing to move
+    offset = sf_clock.offset_at(stamp) if sf_clock is not None else timedelta(0)
+    return capped_offset(offset, stamp, utcnow())
 
 
 async def _send_held_edits(outbox: OutboundQueue | None, mappings: Mappings, items: list[_Pending],

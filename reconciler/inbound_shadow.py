@@ -33,9 +33,10 @@ class UnorderedItem(PendingRecord, Protocol):
 
 def record(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Mapping[str, Any],
            at: datetime | None, *, complete: bool) -> None:
-    """Bring the working document's shadow up to the Salesforce values this change carries."""
+    """Bring the working document's shadow up to the Salesforce values this change carries
+    (`at` on this host's clock; the change's own stamp orders it against our writes)."""
     for path, value in shadow_sets(mappings, item.doc, item.change.sobject, fields, at,
-                                   complete=complete).items():
+                                   complete=complete, stamp=item.change.changed_at).items():
         item.put(path, value, logged=False)
 
 

@@ -36,7 +36,16 @@ from reconciler.merge import SALESFORCE_NEWER, SAME_VALUE, Side, capped_offset, 
 from reconciler.ports import OutboundWrite, SalesforceApi
 from reconciler.records import get_path, is_blank, set_path
 from reconciler.rules import OWNER_FIELD, follows_salesforce_owner
-from reconciler.shadow import Seen, has_shadow, path, platform_time, shadow_sets, shadow_side, stamped_time
+from reconciler.shadow import (
+    Seen,
+    has_shadow,
+    has_unstamped_edit,
+    path,
+    platform_time,
+    shadow_sets,
+    shadow_side,
+    stamped_time,
+)
 from reconciler.soql import parse_sf_datetime, soql_string
 from reconciler.store import CREATE, OutboxEntry
 from reconciler.sync_logs import SyncLog
@@ -55,11 +64,13 @@ class ShadowStore(Protocol):
 
 
 class ClockOffset(Protocol):
-    """Salesforce's clock minus this host's, and the latest `Date` it sent
-    (`listener.salesforce_time.SalesforceClock`)."""
+    """Salesforce's clock minus this host's (now, and when Salesforce stamped a time), and the
+    latest `Date` it sent (`listener.salesforce_time.SalesforceClock`)."""
 
     @property
     def offset(self) -> timedelta: ...
+
+    def offset_at(self, salesforce_time: datetime) -> timedelta: ...
 
     @property
     def latest(self) -> datetime | None: ...
@@ -80,10 +91,12 @@ class Redecided:
 
 
 def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mapping[str, Any] | None,
-             owner: str | None = None, *, follows: bool = True) -> Redecided:
+             owner: str | None = None, *, follows: bool = True,
+             queued_at: datetime | None = None) -> Redecided:
     """Re-decide one queued update over the local document as it is now (pure). `owner`: the
     Salesforce user the document's owner translates to now (through `[[users]]`), if any;
-    `follows`: whether the platform's owner follows Salesforce's as the shadow holds it."""
+    `follows`: whether the platform's owner follows Salesforce's as the shadow holds it;
+    `queued_at`: when the write was last queued (`_queued_side`)."""
     by_field = {m.sf_field: m for m in mappings}
     out = Redecided(fields={})
     for name, queued in write.fields.items():
@@ -94,7 +107,8 @@ def redecide(mappings: Sequence[FieldMapping], write: OutboundWrite, doc: Mappin
         seen = shadow_side(doc, write.sobject, name)
         out.old[name] = None if seen is None else seen.value
         out.local[mapping.local_field] = get_path(doc, mapping.local_field)
-        local = owner_side(doc, seen, owner or queued, follows=follows) if name == "OwnerId" else None
+        local = (owner_side(doc, seen, owner or queued, follows=follows) if name == "OwnerId"
+                 else _queued_side(doc, mapping, queued, queued_at))
         decided = decide_outgoing(mapping, doc, queued, local)
         if decided.decision.write_salesforce:
             out.fields[name] = decided.decision.value
@@ -119,6 +133,28 @@ def owner_side(doc: Mapping[str, Any], seen: Seen | None, sf_user: str, *, follo
     if not follows and not (seen is not None and seen.was):
         return Side(sf_user, stamped_time(doc, OWNER_FIELD))
     return Side(sf_user, platform_time(doc, OWNER_FIELD, seen, value=sf_user))
+
+
+def _queued_side(doc: Mapping[str, Any], mapping: FieldMapping, queued: Any,
+                 queued_at: datetime | None) -> Side | None:
+    """The platform's side of a field that still holds the queued value while the document has an
+    edit the watcher has not stamped, made after the write was last queued: that edit did not
+    make the value (it changed other fields), so the field's stamped time stands, not the
+    document's `updated_at` (chaos seed 12289, L2.state: a 16-s-older value overwrote a Salesforce
+    edit, dated by another field's fresh edit). None: `shadow.platform_time` decides."""
+    stamped = stamped_time(doc, mapping.local_field)
+    updated = doc.get("updated_at")
+    if (queued_at is None or stamped is None or not isinstance(updated, datetime)
+            or not has_unstamped_edit(doc) or get_path(doc, mapping.local_field) != queued):
+        return None
+    if _aware(updated) <= _aware(queued_at):
+        return None
+    return Side(queued, stamped)
+
+
+def _aware(value: datetime) -> datetime:
+    """BSON dates may come back naive (they are UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def _as_now(mappings: Mappings, entry: OutboxEntry, doc: Mapping[str, Any] | None) -> OutboxEntry:
@@ -191,7 +227,8 @@ class ShadowGate:
             decided = dataclasses.replace(
                 redecide(mappings, entry.write, doc if doc and _linked_to(doc, entry.write) else None,
                          self._owner(doc), follows=follows_salesforce_owner(
-                             self._mappings, get_path(doc, path(sobject, "OwnerId") + ".v"))),
+                             self._mappings, get_path(doc, path(sobject, "OwnerId") + ".v")),
+                         queued_at=entry.last_queued_at),
                 read_modified=self._read_modified.get(entry.write.local_id))
             self._decided[entry.id] = decided
             if not decided.fields and entry.write.reason == "retry":
@@ -295,8 +332,10 @@ class ShadowGate:
         if not has_shadow(doc, sobject) and not read_again:
             return None
         modified = parse_sf_datetime(record.get("LastModifiedDate"))
-        offset = self._sf_clock.offset if self._sf_clock is not None else timedelta(0)
-        return None if modified is None else modified - capped_offset(offset, modified, datetime.now(UTC))
+        if modified is None:
+            return None
+        offset = self._sf_clock.offset_at(modified) if self._sf_clock is not None else timedelta(0)
+        return modified - capped_offset(offset, modified, datetime.now(UTC))
 
     def _salesforce_now(self) -> datetime:
         """Salesforce's time just after a write: host now + the offset, capped by the latest

@@ -63,14 +63,20 @@ def shadow_side(doc: Mapping[str, Any] | None, sobject: str, sf_field: str) -> S
 
 
 def shadow_sets(mappings: Iterable[FieldMapping], doc: Mapping[str, Any] | None, sobject: str,
-                record: Mapping[str, Any], at: datetime | None, *, complete: bool = False
-                ) -> dict[str, Any]:
+                record: Mapping[str, Any], at: datetime | None, *, complete: bool = False,
+                stamp: datetime | None = None) -> dict[str, Any]:
     """`$set` entries that bring the shadow up to `record` (Salesforce fields seen at `at`).
 
     Only mapped fields present in `record` (all of them when `complete`: a missing one is
     blank). An entry changes only when the value does (its time is when Salesforce's value
     changed, not when it was last read), and never backwards (an entry seen later than `at`
     stays), so a re-delivered or re-polled record writes nothing.
+
+    Except our own write's entry (`sent`) against a record Salesforce stamped (`stamp`, its own
+    clock) in a later second: Salesforce took that value after ours, so it holds it now, even
+    where `at` (moved onto this host's clock by an offset that may be off) falls before the
+    platform time our write carried (chaos seed 8191, L5.first_name: kept, the flusher dropped
+    the platform's answer as "Salesforce already has this value").
     """
     sets: dict[str, Any] = {}
     for mapping in mappings:
@@ -79,10 +85,18 @@ def shadow_sets(mappings: Iterable[FieldMapping], doc: Mapping[str, Any] | None,
             continue
         value = record.get(name)
         known = shadow_side(doc, sobject, name)
-        if known is not None and (known.value == value or _later(known.at, at)):
+        if known is not None and (known.value == value or (
+                _later(known.at, at) and not _after_sent(doc, sobject, name, stamp))):
             continue
         sets[path(sobject, name)] = {"v": value, "at": at}
     return sets
+
+
+def _after_sent(doc: Mapping[str, Any] | None, sobject: str, sf_field: str, stamp: datetime | None) -> bool:
+    """Was `stamp` in a later second than Salesforce took our own last write of the field?"""
+    sent = get_path(doc, f"{path(sobject, sf_field)}.sent")
+    return (isinstance(sent, datetime) and stamp is not None
+            and _naive(stamp).replace(microsecond=0) > _naive(sent).replace(microsecond=0))
 
 
 def has_unstamped_edit(doc: Mapping[str, Any] | None) -> bool:

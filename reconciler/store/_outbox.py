@@ -72,6 +72,7 @@ class OutboxEntry:
     failures: int = 0               # retriable failures (expired claims included) since queued
     last_error: str | None = None
     sent: dict[str, list[Any]] = field(default_factory=dict)  # every value earlier claims sent, per field
+    last_queued_at: datetime | None = None  # the latest coalesced edit (the document's `updated_at`)
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> OutboxEntry:
@@ -86,7 +87,8 @@ class OutboxEntry:
                    first_sent_at=aware(doc["first_sent_at"]) if doc.get("first_sent_at") else None,
                    first_sent_sf_at=aware(doc["first_sent_sf_at"]) if doc.get("first_sent_sf_at") else None,
                    failures=int(doc.get("failures", 0)), last_error=doc.get("last_error"),
-                   sent=_claimed_values(doc.get("claims_before")))
+                   sent=_claimed_values(doc.get("claims_before")),
+                   last_queued_at=aware(doc["updated_at"]) if doc.get("updated_at") else None)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from listener.salesforce_time import SalesforceClock
 from reconciler.inbound import Reconciler
 from reconciler.objects import PEOPLE
 from reconciler.ports import ChangeKind, ChangeSource, SalesforceChange
@@ -162,6 +163,9 @@ class FixedOffset:
     def __init__(self, seconds: float) -> None:
         self.offset = timedelta(seconds=seconds)
 
+    def offset_at(self, salesforce_time: datetime) -> timedelta:
+        return self.offset
+
 
 class TestMergeClock:
     @pytest.mark.parametrize(("sf_ahead", "first_name"), [(0, "Anna"), (15, "Ann")])
@@ -188,3 +192,45 @@ class TestMergeClock:
         stamped = doc["_sync"]["field_times"]["first_name"].replace(tzinfo=UTC)
         seen = doc["_sync"]["sf"]["Lead"]["FirstName"]["at"].replace(tzinfo=UTC)
         assert before <= stamped <= after and before <= seen <= after
+
+
+def http_date(at: datetime) -> str:
+    return at.strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+def clock_that_saw_a_step(last_asked: float) -> SalesforceClock:
+    """Responses at offset 0 from T0-10 s to T0+`last_asked`; the org's clock stepped 3 s ahead
+    at T0+5 s; the next response, at T0+8 s, shows it (the clock a new leader has then)."""
+    clock = SalesforceClock()
+    at = -10.0
+    while at <= last_asked:
+        asked = (T0 + timedelta(seconds=at)).timestamp()
+        clock.observe(http_date(T0 + timedelta(seconds=at)), sent=asked, received=asked + 0.05)
+        at += 1.0
+    asked = (T0 + timedelta(seconds=8)).timestamp()
+    clock.observe(http_date(T0 + timedelta(seconds=11)), sent=asked, received=asked + 0.05)
+    return clock
+
+
+class TestAnEditStampedBeforeAClockStep:
+    """Chaos seed 8191, L5.first_name: the platform set first_name at T0; a Salesforce user set it
+    2 s later, stamped T0+2 s on an org clock at offset 0; the org's clock then stepped 3 s ahead,
+    and the edit was applied after the service had learned the new offset. Moved onto this host's
+    clock by that offset, the stamp fell before the platform's edit, which kept its value by the
+    most recent value: the newer Salesforce edit lost. It is dated by the offset of when it was
+    stamped: the clock's span of Salesforce time it falls in."""
+
+    @pytest.mark.parametrize(("last_asked", "why"), [
+        (3.0, "the old offset's responses go on past the stamp: it was stamped at offset 0"),
+        (-4.0, "no response between T0-4 s and the step: stamped before it or after, it cannot "
+               "be ordered against the platform's edit, and a tie goes to Salesforce"),
+    ])
+    async def test_it_is_dated_by_the_offset_it_was_stamped_at(self, store: Store, last_asked: float,
+                                                                  why: str) -> None:
+        clock = clock_that_saw_a_step(last_asked)
+        assert clock.offset > timedelta(seconds=2.5)  # the offset learned since the step
+        await Reconciler(store, LEAD_NAME_MAPPINGS, sf_clock=clock).apply(
+            [salesforce_update(T0 + timedelta(seconds=2))])
+        doc = await store.db.people.find_one({"crm.id": LEAD})
+        assert doc is not None and doc["first_name"] == "Anna", why
+        assert doc["_sync"]["field_times"]["first_name"].replace(tzinfo=UTC) == T0 + timedelta(seconds=2)

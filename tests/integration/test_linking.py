@@ -11,7 +11,16 @@ from listener.reader import RecordReader
 from reconciler.inbound import Reconciler
 from reconciler.ports import ChangeKind
 from reconciler.store import Store
-from tests.support.salesforce_changes import MAPPINGS, OWNER_1, T0, FakeOutbox, FakeSalesforce, change
+from settings import parse_mappings
+from tests.support.salesforce_changes import (
+    MAPPINGS,
+    OWNER_1,
+    T0,
+    FakeOutbox,
+    FakeSalesforce,
+    change,
+    mappings_toml,
+)
 
 LEAD = "00Q000000000001AAA"
 CONTACT = "003000000000001AAA"
@@ -143,6 +152,29 @@ class TestLeadConversion:
         await sink.apply([lead])
         doc = await store.db.people.find_one({"_id": pid})
         assert (doc["crm"]["id"], doc["first_name"], doc["city"]) == (CONTACT, "Annie", "Oslo")
+
+    @pytest.mark.parametrize(("folded_edit", "city"), [(timedelta(seconds=2), "Bergen"),
+                                                        (timedelta(minutes=-2), "Oslo")])
+    async def test_a_to_salesforce_field_keeps_the_later_platform_edit(
+        self, store: Store, folded_edit: timedelta, city: str
+    ) -> None:
+        """Chaos seed 12289, L8.state: the Contact's create made a Person before the conversion
+        came in, and the platform edited that Person's `to_salesforce` field (stamped). Folding
+        it in merged it as Salesforce's value, which never writes a `to_salesforce` field: the
+        platform's edit was lost with the folded Person. Salesforce cannot have set it, so it is
+        the platform's own: of the two Persons' edits (the Lead's at T0-1 min), the later stays."""
+        mappings = parse_mappings(mappings_toml({"people.city": {"direction": "to_salesforce"}}))
+        lead_edit = T0 - timedelta(minutes=1)
+        pid = await lead_person(store, city="Oslo", _sync={"field_times": {"city": lead_edit}})
+        account, contact, lead = conversion_changes()
+        sink = Reconciler(store, mappings)
+        await sink.apply([account, contact])
+        await store.db.people.update_one({"crm.id": CONTACT}, {"$set": {  # the platform's edit
+            "city": "Bergen", "_sync.field_times.city": T0 + folded_edit}})
+        await sink.apply([lead])
+        doc = await store.db.people.find_one({"_id": pid})
+        assert (doc["crm"]["id"], doc["city"]) == (CONTACT, city)
+        assert await store.db.people.count_documents({}) == 1
 
     async def test_a_folded_contact_is_merged_with_the_merge_behaviours(self, store: Store) -> None:
         """A conversion is a merge ("SalesLoft ... selects the preferred data based on your

@@ -443,6 +443,9 @@ class MovableOffset:
         self.offset = timedelta(seconds=seconds)
         self.latest = latest
 
+    def offset_at(self, salesforce_time: datetime) -> timedelta:
+        return self.offset
+
 
 async def write_ours_through_the_gate(store: Store, sf_clock: MovableOffset) -> None:
     """Person 1 (shadow FirstName "Ann") edited to "Ours", flushed through the shadow gate with
@@ -520,6 +523,56 @@ class TestAConflictThePlatformWon:
         await Reconciler(rig.store, MAPPINGS, outbox=rig.outbox).apply([theirs])
         await rig.flusher.flush()
         assert rig.sf.calls == [] and await rig.outbox.depth() == 0
+
+
+class TestASalesforceEditAfterOurWriteDatedBeforeIt:
+    """Chaos seed 8191, L5.first_name: our write sent the platform's FirstName (edited at T1);
+    a Salesforce user's edit came after it on Salesforce's clock (a later second than our write's
+    `sent`), but the offset it was moved onto this host's clock by (learned after the org's clock
+    stepped ahead) dated it before T1. The platform's value won by the most recent value and was
+    queued back to Salesforce; the shadow, "never backwards" by those host times, kept our own
+    value, so the flusher dropped the write as "Salesforce already has this value" while
+    Salesforce held the user's: the sides diverged. Salesforce's own clock orders the two: the
+    user's value replaced ours there, whatever the host times say."""
+
+    async def test_the_platforms_value_that_won_goes_out(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")  # edited at T1
+        await rig.store.db.people.update_one({"_id": "p-1"}, {"$set": {  # our write, taken at T2
+            "_sync.sf.Lead.FirstName": {"v": "Ours", "at": T1, "sent": T2}}})
+        theirs = change(sf_id(1), {"FirstName": "Theirs"}, at=T2 + timedelta(seconds=1))
+        await Reconciler(rig.store, MAPPINGS, outbox=rig.outbox, sf_clock=MovableOffset(4)).apply([theirs])
+        doc = await rig.doc("p-1")
+        assert doc["first_name"] == "Ours"  # T2+1 s - 4 s is before T1: the platform's edit wins
+        assert doc["_sync"]["sf"]["Lead"]["FirstName"]["v"] == "Theirs"
+        await rig.flusher.flush()
+        assert [r.get("FirstName") for call in rig.sf.calls for r in call.records] == ["Ours"]
+
+
+class TestAnUnstampedEditOfAnotherFieldAfterTheWriteWasQueued:
+    """Chaos seed 12289, L2.state: the platform set the field at T1 (stamped) and its write waited
+    (leader changes, a paused budget); a Salesforce user's later edit (T2) reached the shadow; the
+    platform then edited *another* field (T3, after the write was last queued), not yet stamped
+    by the watcher when the flusher decided. The field's value differs from Salesforce's, so it was
+    dated by the document's `updated_at` (T3) and overwrote the newer Salesforce edit. The value
+    is still the one queued, and the unstamped edit came after it was queued: it did not make it."""
+
+    async def test_the_queued_value_keeps_its_stamped_time(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"FirstName": "Ann"}, first_name="Plat")  # stamped T1
+        await rig.outbox.enqueue([edit(1, FirstName="Plat")])  # queued (the test clock: 2025)
+        await rig.store.db.people.update_one({"_id": "p-1"}, {"$set": {
+            "_sync.sf.Lead.FirstName": {"v": "Theirs", "at": T2},  # Salesforce's later edit
+            "last_name": "Fresh", "updated_at": T2 + timedelta(seconds=1)}})  # unstamped, after queuing
+        await rig.flusher.flush()
+        assert rig.sf.calls == [] and await rig.outbox.depth() == 0
+
+    async def test_a_fresh_edit_of_the_field_itself_still_goes_out(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"FirstName": "Ann"}, first_name="Plat")
+        await rig.outbox.enqueue([edit(1, FirstName="Plat")])
+        await rig.store.db.people.update_one({"_id": "p-1"}, {"$set": {
+            "_sync.sf.Lead.FirstName": {"v": "Theirs", "at": T2},
+            "first_name": "Fresher", "updated_at": T2 + timedelta(seconds=1)}})  # this field, unstamped
+        await rig.flusher.flush()
+        assert [r.get("FirstName") for call in rig.sf.calls for r in call.records] == ["Fresher"]
 
 
 class TestABlankSalesforceAlwaysHad:

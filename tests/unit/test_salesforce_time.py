@@ -104,3 +104,81 @@ class TestTransport:
         response = await transport.send(HttpRequest("GET", "https://x/services/data"))
         assert response.status == 200
         assert clock.learned and abs(clock.offset.total_seconds() - 30) <= 1.0
+
+
+def org_clock(steps: list[tuple[float, float]], slew: float = 0.8) -> list[float]:
+    """The org's time at each host second 0..59: `steps` = (from host second, target offset); a
+    higher offset is a step forward, a lower one is reached at `slew` of the host's rate (the
+    emulator's `OrgClock`: never backwards)."""
+    org, times = None, []
+    for second in range(60):
+        target = second + [o for at, o in steps if at <= second][-1]
+        org = target if org is None else max(target, org + slew)
+        times.append(org)
+    return times
+
+
+def learned(steps: list[tuple[float, float]], asked: list[float]) -> SalesforceClock:
+    """A clock that saw one response at each host time in `asked` (0.05 s round trips, the
+    server answering mid-way), from an org whose clock follows `steps`."""
+    org = org_clock(steps)
+    clock = SalesforceClock(host=lambda: HOST + 60)
+    for at in asked:
+        second = int(at)
+        server = org[second] + (at + 0.025 - second) * (org[min(second + 1, 59)] - org[second])
+        clock.observe(http_date(HOST + int(server)), sent=HOST + at, received=HOST + at + 0.05)
+    return clock
+
+
+STEP_AHEAD = [(0, 0.0), (15, 4.0)]  # stepped 4 s ahead at host second 15
+ASKED = [*(float(t) for t in range(0, 11)), *(float(t) for t in range(25, 31))]  # none from 11 to 24
+
+
+class TestSpans:
+    """A Salesforce stamp is moved onto this host's clock by the offset of the span of Salesforce
+    time it was stamped in, not by one learned after the org's clock stepped (chaos seed 8191,
+    L5.first_name). The clock saw responses at host seconds 0-10 and 25-30 only."""
+
+    @pytest.mark.parametrize(
+        ("stamp", "offset", "why"),
+        [
+            (5, 0.0, "stamped before the step, among the old span's responses"),
+            (-100, 0.0, "older than the first response: the first span's (nothing else is known)"),
+            (30, 4.0, "stamped after the step, among the new span's responses"),
+            (40, 4.0, "after the latest response: the current span's"),
+            (13, 0.0, "in the gap, fits only the old span (host 9 under +4 is before its last question)"),
+            (17, 0.0, "in the gap, fits both: the later host time, as a tie goes to Salesforce"),
+            (28, 4.0, "in the gap, fits only the new span (host 28 is after its first answer)"),
+        ],
+    )
+    def test_a_step_ahead(self, stamp: float, offset: float, why: str) -> None:
+        clock = learned(STEP_AHEAD, ASKED)
+        at = clock.offset_at(datetime.fromtimestamp(HOST + stamp, UTC))
+        assert abs(at.total_seconds() - offset) < 1.0, why
+        assert abs(clock.offset.total_seconds() - 4.0) < 1.0  # what every stamp was dated by before
+
+    def test_a_stamp_in_the_gap_is_never_dated_after_the_new_spans_first_answer(self) -> None:
+        """It was stamped before that answer's `Date`, so before the host received it."""
+        clock = learned(STEP_AHEAD, ASKED)
+        for stamp in range(11, 29):  # 29: the `Date` of that answer
+            host = clock.to_host(datetime.fromtimestamp(HOST + stamp, UTC))
+            assert host < datetime.fromtimestamp(HOST + 25.05, UTC), stamp
+
+    def test_a_slew_behind_dates_every_stamp_near_its_own_moment(self) -> None:
+        """Skewed 4 s ahead from the start, then healed at host second 10: the org slews back
+        (0.8 of the host's rate) for 20 s; the responses stop agreeing every few seconds. A stamp
+        made at any host second is dated within the responses' precision of that second; the
+        offset learned last (0) would date the early ones up to 4 s late."""
+        steps = [(0, 4.0), (10, 0.0)]
+        org = org_clock(steps)
+        clock = learned(steps, [t / 2 for t in range(0, 100)])
+        assert abs(clock.offset.total_seconds()) < 1.0
+        for second in range(0, 50):
+            stamp = datetime.fromtimestamp(HOST + int(org[second]), UTC)
+            dated = clock.to_host(stamp).timestamp() - HOST
+            assert second - 1.5 < dated < second + 1.5, (second, dated)
+
+    def test_without_a_step_every_stamp_takes_the_offset(self) -> None:
+        clock = learned([(0, 3.0)], [float(t) for t in range(0, 10)])
+        for stamp in (-50, 5, 50):
+            assert clock.offset_at(datetime.fromtimestamp(HOST + stamp, UTC)) == clock.offset

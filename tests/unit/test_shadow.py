@@ -218,6 +218,21 @@ class TestShadowSets:
         """A change older than what the shadow holds does not overwrite it."""
         assert shadow_sets(self.M, doc("a", "present", shadow_at=T2), "Lead", {"Email": "old@x"}, T1) == {}
 
+    @pytest.mark.parametrize(("stamp", "replaced", "why"), [
+        (T3, True, "stamped in a later second than Salesforce took our write: Salesforce holds it"),
+        (T2 + timedelta(milliseconds=600), False, "in the second of our write: not ordered against it"),
+        (T1, False, "stamped before our write: the value our write replaced"),
+        (None, False, "no stamp: host times only, never backwards"),
+    ])
+    def test_our_own_writes_entry_against_salesforces_clock(self, stamp: datetime | None, replaced: bool,
+                                                            why: str) -> None:
+        """Our write (the platform's value of T2) taken by Salesforce at T2 on its clock; a value
+        dated T1 on this host's clock (its offset may be off: chaos seed 8191, L5.first_name)."""
+        ours = doc("a", "present", shadow_at=T2)
+        ours["_sync"]["sf"]["Lead"]["Email"]["sent"] = T2
+        sets = shadow_sets(self.M, ours, "Lead", {"Email": "theirs@x"}, T1, stamp=stamp)
+        assert (sets == {"_sync.sf.Lead.Email": {"v": "theirs@x", "at": T1}}) is replaced, why
+
 
 @dataclass
 class _Pending:
