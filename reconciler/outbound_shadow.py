@@ -301,9 +301,9 @@ class ShadowGate:
                 if doc is None:
                     continue
                 own = refreshed.get(doc["_id"])
-                found = _created_blank(shadow_sets(
-                    mappings, doc, sobject, record,
-                    self._seen_at(doc, sobject, record, read_again=own is not None), complete=True), doc)
+                found = shadow_sets(mappings, doc, sobject, record,
+                                    self._seen_at(doc, sobject, record, read_again=own is not None),
+                                    complete=True)
                 if own is not None:
                     self._read_modified[doc["_id"]] = parse_sf_datetime(record.get("LastModifiedDate"))
                     # Only the write's own values read back are stored (their echoes are not
@@ -414,18 +414,6 @@ def _own_unknown(found: dict[str, Any], sent: Mapping[str, Sequence[Any]]) -> di
     L1.first_name): its time is unknown (older than any platform edit)."""
     for key, entry in found.items():
         if _is_own(key, entry, sent):
-            found[key] = {**entry, "at": None}
-    return found
-
-
-def _created_blank(found: dict[str, Any], doc: Mapping[str, Any]) -> dict[str, Any]:
-    """A blank read again for a field the shadow never knew is the blank the record was created
-    with as far as anyone told us, not an edit at the record's `LastModifiedDate` (moved on by
-    other fields' edits): its time is unknown (chaos seed 11376, P23.state: a `to_salesforce`
-    value set after the create was dropped as older than that blank; seed 64, P3.state: the same
-    for a record read again before a late flush)."""
-    for key, entry in found.items():
-        if is_blank(entry.get("v")) and get_path(doc, key) is None:
             found[key] = {**entry, "at": None}
     return found
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from reconciler.records import get_path
+from reconciler.records import get_path, is_blank
 from settings import FieldMapping
 
 ROOT = "_sync.sf"
@@ -77,6 +77,12 @@ def shadow_sets(mappings: Iterable[FieldMapping], doc: Mapping[str, Any] | None,
     where `at` (moved onto this host's clock by an offset that may be off) falls before the
     platform time our write carried (chaos seed 8191, L5.first_name: kept, the flusher dropped
     the platform's answer as "Salesforce already has this value").
+
+    A blank a whole record read (`complete`) shows for a field the shadow never knew has no time:
+    it is the blank the record was created with as far as anyone told us, not an edit at the
+    record's `LastModifiedDate` (moved on by other fields' edits), whichever side read it (chaos
+    seeds 11376 P23.state and 64 P3.state, the flusher's re-read; 21977 P11.phone, a gap fetch:
+    the platform's first value was dropped as older than that blank).
     """
     sets: dict[str, Any] = {}
     for mapping in mappings:
@@ -85,10 +91,10 @@ def shadow_sets(mappings: Iterable[FieldMapping], doc: Mapping[str, Any] | None,
             continue
         value = record.get(name)
         known = shadow_side(doc, sobject, name)
-        if known is not None and (known.value == value or (
-                _later(known.at, at) and not _after_sent(doc, sobject, name, stamp))):
-            continue
-        sets[path(sobject, name)] = {"v": value, "at": at}
+        if known is None:
+            sets[path(sobject, name)] = {"v": value, "at": None if complete and is_blank(value) else at}
+        elif known.value != value and (not _later(known.at, at) or _after_sent(doc, sobject, name, stamp)):
+            sets[path(sobject, name)] = {"v": value, "at": at}
     return sets
 
 

@@ -18,7 +18,7 @@ from reconciler.merge import HELD_SALESFORCE, SAME_VALUE
 from reconciler.outbound import OutboundFlusher
 from reconciler.outbound_shadow import ShadowGate
 from reconciler.outbox import Outbox
-from reconciler.ports import OutboundWrite, RecordResult
+from reconciler.ports import ChangeKind, ChangeSource, OutboundWrite, RecordResult
 from reconciler.store import Store
 from reconciler.sync_logs import SyncLog
 from settings import parse_mappings
@@ -614,6 +614,34 @@ class TestABlankSalesforceAlwaysHad:
         await outbox.enqueue([self.resend(1, Title="Plat")])
         await flusher.flush()
         assert sf.calls == []
+
+
+class TestABlankAnInboundReadFillsIn:
+    """Chaos seed 21977, P11.phone: the platform created the Person (no Phone) and set Phone
+    later; before its write went out, a gap fetch read the Lead for another field's silent edit
+    and recorded Phone's blank in the shadow at the Lead's `LastModifiedDate`, after the
+    platform's edit, so the flusher dropped the platform's first value as "Salesforce's value
+    changed later". A blank for a field the shadow never knew is the blank the record was
+    created with as far as anyone told us, whichever side reads it: no edit, no time."""
+
+    async def test_the_platforms_first_value_goes_out(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"FirstName": "Ann"}, title="Plat")  # edited at T1
+        await rig.outbox.enqueue([edit(1, Title="Plat")])
+        read = change(sf_id(1), {"FirstName": "Ann", "Company": "Co"}, at=T2, kind=ChangeKind.UPSERT,
+                      source=ChangeSource.GAP)
+        await Reconciler(rig.store, MAPPINGS, outbox=rig.outbox).apply([read])
+        await rig.flusher.flush()
+        assert [r.get("Title") for call in rig.sf.calls for r in call.records] == ["Plat"]
+
+    async def test_a_blank_over_data_the_shadow_knew_still_stands(self, rig: Rig) -> None:
+        """A Salesforce user blanked Title after the platform's value: not sent over."""
+        await person(rig.store, 1, shadow={"FirstName": "Ann", "Title": "Old"}, title="Plat")
+        await rig.outbox.enqueue([edit(1, Title="Plat")])
+        read = change(sf_id(1), {"FirstName": "Ann", "Company": "Co"}, at=T2, kind=ChangeKind.UPSERT,
+                      source=ChangeSource.GAP)
+        await Reconciler(rig.store, MAPPINGS, outbox=rig.outbox).apply([read])
+        await rig.flusher.flush()
+        assert rig.sf.calls == []
 
 
 @dataclass

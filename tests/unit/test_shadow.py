@@ -207,8 +207,25 @@ class TestShadowSets:
         assert sets == {"_sync.sf.Lead.Email": {"v": "e@x", "at": T2}}
 
     def test_a_complete_record_records_missing_fields_as_blank(self) -> None:
+        """A blank the shadow never knew has no time (the record was created with it, as far as
+        anyone told us); data read has the read's time."""
         sets = shadow_sets(self.M, None, "Lead", {"Email": "e@x"}, T2, complete=True)
-        assert sets["_sync.sf.Lead.FirstName"] == {"v": None, "at": T2}
+        assert sets == {"_sync.sf.Lead.FirstName": {"v": None, "at": None},
+                        "_sync.sf.Lead.Email": {"v": "e@x", "at": T2}}
+
+    @pytest.mark.parametrize(("shadow", "record", "complete", "expected", "why"), [
+        ("missing", {"Email": None}, True, None, "never known, read blank: the create's blank, no time"),
+        ("missing", {}, True, None, "never known, missing from a whole record: the same"),
+        ("missing", {"Email": None}, False, T2, "an event that carries a blank: a Salesforce user's edit"),
+        ("missing", {"Email": "e@x"}, True, T2, "data read: dated by the read"),
+        ("present", {"Email": None}, True, T2, "a blank over data the shadow knew: an edit"),
+    ])
+    def test_when_a_blank_has_a_time(self, shadow: str, record: dict[str, Any], complete: bool,
+                                     expected: datetime | None, why: str) -> None:
+        """Chaos seed 21977, P11.phone: a gap fetch dated a never-known blank by the Lead's
+        `LastModifiedDate`, and the platform's first value was dropped as older."""
+        sets = shadow_sets([mapping()], doc("a", shadow), "Lead", record, T2, complete=complete)
+        assert sets["_sync.sf.Lead.Email"]["at"] == expected, why
 
     def test_a_redelivered_change_writes_nothing(self) -> None:
         """Same value: nothing (the time is when the value changed, not when it was last read)."""
