@@ -323,19 +323,17 @@ def _earliest(name: str, first_sent: datetime | None) -> Any:
 def _upsert(write: OutboundWrite, now: datetime) -> UpdateOne:
     kind = UPDATE if write.sf_id else CREATE
     fields = {f"fields.{name}": value for name, value in write.fields.items()}
-    return UpdateOne(
-        {"key": coalescing_key(write), "status": PENDING},
-        {
-            "$set": {**fields, "reason": write.reason, "updated_at": now},
-            "$setOnInsert": {
-                "kind": kind, "sobject": write.sobject, "sf_id": write.sf_id,
-                "collection": write.collection, "local_id": write.local_id,
-                "enqueued_at": now, "next_attempt_at": now,
-            },
-            "$max": {"attempt": write.attempt},
-        },
-        upsert=True,
-    )
+    on_insert = {"kind": kind, "sobject": write.sobject, "sf_id": write.sf_id,
+                 "collection": write.collection, "local_id": write.local_id, "enqueued_at": now}
+    update: dict[str, Any] = {"$set": {**fields, "reason": write.reason, "updated_at": now},
+                              "$setOnInsert": on_insert, "$max": {"attempt": write.attempt}}
+    if write.attempt > 0:
+        # a retry (admin or auto) asked for a send now: it cuts short the backoff of the
+        # record's pending write it lands on (an edit does not)
+        update["$min"] = {"next_attempt_at": now}
+    else:
+        on_insert["next_attempt_at"] = now
+    return UpdateOne({"key": coalescing_key(write), "status": PENDING}, update, upsert=True)
 
 
 def _duplicate_index(exc: BulkWriteError) -> int | None:

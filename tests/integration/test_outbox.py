@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -130,6 +131,23 @@ class TestClaims:
         clock.advance(31)
         again = await outbox.claim("Lead", UPDATE, 10)
         assert [e.write.attempt for e in again] == [1]
+
+
+    async def test_a_retry_is_due_at_once(self, outbox: Outbox, clock: Clock) -> None:
+        """An admin's (or the auto-retry's) re-queue of a failed write lands on the record's
+        pending write, which is backing off for its own failures: the retry asked for a send now,
+        so the write is due now, not after that backoff."""
+        await outbox.enqueue([update("00Q1", City="Paris")])
+        await outbox.retry_later(await outbox.claim("Lead", UPDATE, 10), timedelta(minutes=10))
+        await outbox.enqueue([dataclasses.replace(update("00Q1", City="Lyon"), attempt=2, reason="retry")])
+        [due] = await outbox.claim("Lead", UPDATE, 10)
+        assert due.write.fields == {"City": "Lyon"} and due.write.attempt == 2
+
+    async def test_an_edit_does_not_cut_a_backoff_short(self, outbox: Outbox, clock: Clock) -> None:
+        await outbox.enqueue([update("00Q1", City="Paris")])
+        await outbox.retry_later(await outbox.claim("Lead", UPDATE, 10), timedelta(minutes=10))
+        await outbox.enqueue([update("00Q1", City="Lyon")])
+        assert await outbox.claim("Lead", UPDATE, 10) == []
 
 
 class TestLeaseExpiry:
