@@ -21,14 +21,14 @@ fields). The approach chosen:
    the budget allows) and merged with the merge behaviours (a conversion is a merge: where both
    sides differ, the preferred data wins, not only blanks), a folded Person or not: its
    Salesforce edits made before the conversion may never have reached the Lead's Person.
-
 4. No Person is linked to the Lead (it was never read: created and converted before the service
    read either, chaos seed 60013 L10; or never synced). Its Contact's Person records the Lead
    (`crm.converted_from`): one that exists at once (a `convert` log); else the one the Contact's
    create or read makes or links in this batch (the Contact re-fetched when it is not in the
-   batch). A Lead create or read of a batch holding its conversion, or applied after it, then
-   starts nothing (`rules.cannot_start`): the Lead channel and the Contact's have no order
-   between them, and the Lead's create event carries it as created (`IsConverted` false).
+   batch, unless a backfill read the Lead: it imports the Contacts next). A Lead create or read
+   of a batch holding its conversion, or applied after it, then starts nothing
+   (`rules.cannot_start`): the Lead's channel and the Contact's have no order between them, and
+   the Lead's create event carries the Lead as created (`IsConverted` false).
 
 Each conversion leaves one `convert` sync log; the merge that follows leaves a `merge` log.
 A conversion already applied (the Person is linked to the Contact, `converted_from` set) is
@@ -85,6 +85,7 @@ class Conversion:
     contact_id: str
     account_id: str | None
     changed_at: datetime
+    source: ChangeSource = ChangeSource.STREAM
 
 
 @dataclass
@@ -126,7 +127,7 @@ def conversions_in(changes: list[SalesforceChange]) -> list[Conversion]:
         if is_converted_lead(c) and isinstance(contact, str) and contact:
             account = c.fields.get("ConvertedAccountId")
             out[c.sf_id] = Conversion(c.sf_id, contact, account if isinstance(account, str) else None,
-                                      c.changed_at)
+                                      c.changed_at, c.source)
     return list(out.values())
 
 
@@ -163,9 +164,11 @@ async def relink(reconciler: Converter, changes: list[SalesforceChange], *, atte
             result.failed += 1
         else:
             result.applied += 1
-    # a relinked Person merges its Contact; a Contact to make or link a Person for records the Lead
+    # A relinked Person merges its Contact; a Contact to make or link a Person for records the
+    # Lead (not an import's: the backfill reads Contacts after Leads, a page at a time).
     in_batch = {c.sf_id for c in changes if c.sobject == "Contact"}
-    refetch = [x.contact_id for x, p, _ in plan.done if not _marked(x, p)] + list(result.follows)
+    refetch = [x.contact_id for x, p, _ in plan.done if not _marked(x, p)]
+    refetch += [c for c, x in result.follows.items() if x.source is not ChangeSource.IMPORT]
     refetch = [c for c in refetch if c not in in_batch]
     if refetch and not failed:
         result.refetched = await _refetch(reconciler, refetch)
