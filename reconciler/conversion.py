@@ -21,6 +21,14 @@ fields). The approach chosen:
    the budget allows) and merged with the merge behaviours (a conversion is a merge: where both
    sides differ, the preferred data wins, not only blanks), a folded Person or not: its
    Salesforce edits made before the conversion may never have reached the Lead's Person.
+4. No Person is linked to the Lead (it was never read: created and converted before the service
+   read either, chaos seed 60013 L10; or never synced). Its Contact's Person records the Lead
+   (`crm.converted_from`): one that exists at once (a `convert` log); else the one the Contact's
+   create or read makes or links in this batch (the Contact re-fetched when it is not in the
+   batch, unless a backfill read the Lead: it imports the Contacts next). A Lead create or read
+   of a batch holding its conversion, or applied after it, then starts nothing
+   (`rules.cannot_start`): the Lead's channel and the Contact's have no order between them, and
+   the Lead's create event carries the Lead as created (`IsConverted` false).
 
 Each conversion leaves one `convert` sync log; the merge that follows leaves a `merge` log.
 A conversion already applied (the Person is linked to the Contact, `converted_from` set) is
@@ -29,9 +37,10 @@ recognised and not applied twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Protocol
 
 from reconciler.merge import Side, merge_field
@@ -70,22 +79,45 @@ class Converter(Protocol):
     def budget(self) -> Budget | None: ...
 
 
-@dataclass
-class Relinked:
-    """What `relink` did: its `convert` logs and counts, and the Contacts it re-fetched to merge."""
-
-    logs: list[SyncLog] = field(default_factory=list)
-    applied: int = 0
-    failed: int = 0
-    refetched: list[SalesforceChange] = field(default_factory=list)
-
-
 @dataclass(frozen=True)
 class Conversion:
     lead_id: str
     contact_id: str
     account_id: str | None
     changed_at: datetime
+    source: ChangeSource = ChangeSource.STREAM
+
+
+@dataclass
+class Relinked:
+    """What `relink` did: its `convert` logs and counts, and the Contacts it re-fetched to merge.
+    `leads`: every converted Lead of the batch (its changes start no Person); `follows`: Contact
+    id -> the conversion its Person, made or linked in this batch, is to record."""
+
+    logs: list[SyncLog] = field(default_factory=list)
+    applied: int = 0
+    failed: int = 0
+    refetched: list[SalesforceChange] = field(default_factory=list)
+    leads: set[str] = field(default_factory=set)
+    follows: dict[str, Conversion] = field(default_factory=dict)
+
+
+class Step(StrEnum):
+    """What a conversion does, by the Persons linked to its Lead and to its Contact."""
+
+    RELINK = "relink"  # the Lead's Person follows the Contact, folding in the Contact's, if any
+    MARK = "mark"      # no Lead Person: the Contact's records the Lead
+    FOLLOW = "follow"  # no Person of either yet: the one the Contact's change makes records the Lead
+    DONE = "done"      # applied already: the Contact's Person records a Lead
+
+
+def conversion_step(lead_person: Mapping[str, Any] | None, contact_person: Mapping[str, Any] | None) -> Step:
+    """The pure decision behind `relink` (`lead_person`: linked by `crm.id` to the Lead)."""
+    if lead_person is not None and get_path(lead_person, "crm.object") == "Lead":
+        return Step.RELINK
+    if contact_person is None:
+        return Step.FOLLOW
+    return Step.DONE if get_path(contact_person, "crm.converted_from") else Step.MARK
 
 
 def conversions_in(changes: list[SalesforceChange]) -> list[Conversion]:
@@ -95,8 +127,17 @@ def conversions_in(changes: list[SalesforceChange]) -> list[Conversion]:
         if is_converted_lead(c) and isinstance(contact, str) and contact:
             account = c.fields.get("ConvertedAccountId")
             out[c.sf_id] = Conversion(c.sf_id, contact, account if isinstance(account, str) else None,
-                                      c.changed_at)
+                                      c.changed_at, c.source)
     return list(out.values())
+
+
+@dataclass
+class _Planned:
+    """The writes of a batch's conversions, and each applied one's (conversion, Person, folded)."""
+
+    people: list[RecordWrite] = field(default_factory=list)
+    companies: list[RecordWrite] = field(default_factory=list)
+    done: list[tuple[Conversion, dict[str, Any], dict[str, Any] | None]] = field(default_factory=list)
 
 
 async def relink(reconciler: Converter, changes: list[SalesforceChange], *, attempt: int = 1) -> Relinked:
@@ -110,32 +151,51 @@ async def relink(reconciler: Converter, changes: list[SalesforceChange], *, atte
     people = await store.find_linked(PEOPLE, ids)
     by_crm = {d["crm"]["id"]: d for d in people if get_path(d, "crm.id")}
     companies = await _companies(reconciler, conversions, by_crm)
-    in_batch = {c.sf_id for c in changes if c.sobject == "Contact"}
-    people_writes: list[RecordWrite] = []
-    company_writes: list[RecordWrite] = []
-    done: list[tuple[Conversion, dict[str, Any], dict[str, Any] | None]] = []
-    for conv in conversions:
-        person = by_crm.get(conv.lead_id)
-        if person is None or get_path(person, "crm.object") != "Lead":
-            continue  # never synced, or already converted
-        duplicate = by_crm.get(conv.contact_id)
-        people_writes += _person_writes(reconciler, conv, person, duplicate, companies, company_writes)
-        done.append((conv, person, duplicate))
-    await store.bulk_apply(COMPANIES, company_writes)
-    outcome = await store.write_in_order(PEOPLE, people_writes)
+    result.leads = {x.lead_id for x in conversions}
+    plan = _plan(reconciler, conversions, by_crm, companies, result)
+    await store.bulk_apply(COMPANIES, plan.companies)
+    outcome = await store.write_in_order(PEOPLE, plan.people)
     # ordered writes stop at the first failure: the batch's conversions stand or fall together
     error = outcome.errors[min(outcome.errors)] if outcome.errors else None
     failed = error is not None
-    for conv, person, duplicate in done:
+    for conv, person, duplicate in plan.done:
         result.logs.append(_log(conv, person, duplicate, error, attempt))
         if failed:
             result.failed += 1
         else:
             result.applied += 1
-    refetch = [x.contact_id for x, _, _ in done if x.contact_id not in in_batch]
+    # A relinked Person merges its Contact; a Contact to make or link a Person for records the
+    # Lead (not an import's: the backfill reads Contacts after Leads, a page at a time).
+    in_batch = {c.sf_id for c in changes if c.sobject == "Contact"}
+    refetch = [x.contact_id for x, p, _ in plan.done if not _marked(x, p)]
+    refetch += [c for c, x in result.follows.items() if x.source is not ChangeSource.IMPORT]
+    refetch = [c for c in refetch if c not in in_batch]
     if refetch and not failed:
         result.refetched = await _refetch(reconciler, refetch)
     return result
+
+
+def _plan(reconciler: Converter, conversions: list[Conversion], by_crm: dict[str, dict[str, Any]],
+          companies: dict[str, Any], result: Relinked) -> _Planned:
+    """Each conversion's step (`conversion_step`) as writes, or as a Contact to follow."""
+    plan = _Planned()
+    for conv in conversions:
+        person, duplicate = by_crm.get(conv.lead_id), by_crm.get(conv.contact_id)
+        step = conversion_step(person, duplicate)
+        if step is Step.FOLLOW:
+            result.follows[conv.contact_id] = conv
+        elif step is Step.MARK and duplicate is not None:
+            plan.people.append(_mark(conv, duplicate))
+            plan.done.append((conv, duplicate, None))
+        elif step is Step.RELINK and person is not None:
+            plan.people += _person_writes(reconciler, conv, person, duplicate, companies, plan.companies)
+            plan.done.append((conv, person, duplicate))
+    return plan
+
+
+def _marked(conv: Conversion, person: dict[str, Any]) -> bool:
+    """Was this conversion applied by marking the Contact's own Person (`Step.MARK`)?"""
+    return bool(person["crm"]["id"] == conv.contact_id)
 
 
 async def _companies(
@@ -154,6 +214,16 @@ async def _companies(
         if company_id in by_id:
             out[account_id] = {**by_id[company_id], "_link_to_account": True}
     return out
+
+
+def _mark(conv: Conversion, contact_person: dict[str, Any]) -> RecordWrite:
+    """The Contact's Person records the Lead it was converted from (no Person of the Lead)."""
+    now = utcnow()
+    return RecordWrite(
+        filter={"_id": contact_person["_id"], "crm.id": conv.contact_id,
+                "crm.converted_from": {"$exists": False}},
+        set={"crm.converted_from": conv.lead_id, "crm.converted_at": conv.changed_at,
+             "_sync.written_at": now, "updated_at": now})
 
 
 def _person_writes(
@@ -229,15 +299,15 @@ def _log(
     conv: Conversion, person: dict[str, Any], duplicate: dict[str, Any] | None, error: str | None,
     attempt: int,
 ) -> SyncLog:
-    if error is not None:
-        return failed_inbound("Lead", conv.lead_id, error, type="convert", collection=PEOPLE,
-                              local_id=str(person["_id"]), attempt=attempt,
-                              fields={"crm.object": {"old": "Lead", "new": "Contact"},
-                                      "crm.id": {"old": conv.lead_id, "new": conv.contact_id}})
     fields: dict[str, dict[str, Any]] = {
         "crm.object": {"old": "Lead", "new": "Contact"},
         "crm.id": {"old": conv.lead_id, "new": conv.contact_id},
     }
+    if _marked(conv, person):
+        fields = {"crm.converted_from": {"old": None, "new": conv.lead_id}}
+    if error is not None:
+        return failed_inbound("Lead", conv.lead_id, error, type="convert", collection=PEOPLE,
+                              local_id=str(person["_id"]), attempt=attempt, fields=fields)
     if duplicate is not None:
         fields["merged_person"] = {"old": str(duplicate["_id"]), "new": str(person["_id"])}
     return SyncLog(source="salesforce", type="convert", status="success", object="Contact",

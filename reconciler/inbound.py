@@ -42,6 +42,7 @@ import structlog
 
 from reconciler import conversion
 from reconciler import inbound_shadow as shadow
+from reconciler.conversion import Conversion
 from reconciler.errors import FencedError, SkippableError
 from reconciler.linking import company_ids, find_matches
 from reconciler.local_changes import plan_record, watched_fields
@@ -241,7 +242,7 @@ class Reconciler:
         result.failed += relinked.failed
         live += relinked.refetched
         applied: Counter[str] = Counter()
-        run = _Run(result, applied, summary, attempt)
+        run = _Run(result, applied, summary, attempt, relinked.leads, relinked.follows)
         for collection in (COMPANIES, PEOPLE):
             group = [c for c in live if collection_for(c.sobject) == collection]
             if group:
@@ -290,6 +291,7 @@ class Reconciler:
         linked = {d["crm"]["id"]: _with_concurrent_edits(d, before.get(d["crm"]["id"]), self.mappings)
                   for d in docs if get_path(d, "crm.id")}
         converted = {d["crm"]["converted_from"] for d in docs if get_path(d, "crm.converted_from")}
+        converted |= run.converted  # the batch's conversions: their Leads start no Person
         claimed = {d["_id"] for d in docs}
         unlinked = [c for c in group if c.sf_id not in linked and c.kind in (*_FULL_RECORD,
                                                                           ChangeKind.UNDELETE)]
@@ -304,6 +306,8 @@ class Reconciler:
                                                            converted, matches, run.result)
                 if item is None:
                     continue
+                if change.sf_id not in pending and change.sf_id in run.follows:
+                    _record_conversion(item, run.follows[change.sf_id])
                 pending[change.sf_id] = item
                 self._apply_change(item, change, accounts)
             except SkippableError as exc:
@@ -387,6 +391,8 @@ class _Run:
     applied: Counter[str]
     summary: bool
     attempt: int
+    converted: set[str] = field(default_factory=set)  # Leads converted in the batch (`Relinked.leads`)
+    follows: dict[str, Conversion] = field(default_factory=dict)  # `Relinked.follows`
     unjournaled: bool = False  # records were written without `j`: the batch must end journaled
     unordered: list[SalesforceChange] = field(default_factory=list)  # changes with edits set aside
 
@@ -541,6 +547,14 @@ def _start(
     _link(item, change)
     set_path(item.doc, "crm.id", change.sf_id)
     return item
+
+
+def _record_conversion(item: _Pending, conv: Conversion) -> None:
+    """The Person a converted Lead's Contact makes or links records the Lead (`conversion`, step
+    4), so that the Lead's own changes, applied later, start no second Person (seed 60013, L10)."""
+    if item.type in ("create", "link") and not get_path(item.doc, "crm.converted_from"):
+        item.put("crm.converted_from", conv.lead_id)
+        item.put("crm.converted_at", conv.changed_at, logged=False)
 
 
 def _link(item: _Pending, change: SalesforceChange) -> None:

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from listener.budget import BudgetGovernor
+from listener.events import parse_message
 from listener.reader import RecordReader
+from listener.salesforce import SalesforceClient
+from listener.sources.cometd import CdcStream, StreamOptions
+from listener.sources.polling import Poller
 from reconciler.inbound import Reconciler
-from reconciler.ports import ChangeKind
+from reconciler.ports import ChangeKind, ChangeSource, SalesforceChange
 from reconciler.store import Store
-from settings import parse_mappings
+from reconciler.store.state_keys import replay_key
+from settings import BudgetSettings, parse_mappings
+from tests.support.eventually import eventually
+from tests.support.mappings import sample_mappings
+from tests.support.org_rig import Org, org_and_store
 from tests.support.salesforce_changes import (
     MAPPINGS,
     OWNER_1,
@@ -239,3 +252,128 @@ class TestLeadConversion:
         lead = create(LEAD, {"LastName": "Lee", "IsConverted": True, "ConvertedContactId": CONTACT})
         result = await Reconciler(store, MAPPINGS).apply_batch([lead])
         assert result.skipped == 1 and await store.db.people.count_documents({}) == 0
+
+
+# A Salesforce user creates a Lead and converts it (two transactions) before the service has read
+# either: the Lead channel carries its CREATE (IsConverted false, as created) then the conversion's
+# UPDATE; the Account and Contact CREATEs come on their own channels, in no order with the Lead's.
+SF_OBJECTS = ["Lead", "Contact", "Account"]
+CLIENT = "salesforce-sync"
+NEW_EMAIL = "grace@example.com"
+SAMPLE = parse_mappings(sample_mappings())  # the fields the emulator's objects have
+
+
+@dataclass
+class CreatedAndConverted:
+    """The emulator's ids, and the events it published as the stream parses them: `Lc` (the
+    Lead's create), `Lu` (its conversion update), `A`, `C` (the conversion's creates)."""
+
+    lead: str
+    contact: str
+    events: dict[str, SalesforceChange]
+
+
+async def create_and_convert(org: Org) -> CreatedAndConverted:
+    first = org.emu.state.bus.last_replay_id
+    seeded = await org.control("seed", {"records": {"Lead": [{
+        "FirstName": "Grace", "LastName": "Hopper", "Company": "Navy", "Email": NEW_EMAIL,
+        "OwnerId": OWNER_1}]}})
+    lead = seeded["ids"]["Lead"][0]
+    converted = await org.control("convert-lead", {"leadId": lead})
+    changes: list[SalesforceChange] = []
+    for event in org.emu.state.bus.retained():
+        if event.replay_id > first:
+            parsed = parse_message({"channel": event.channel, "data": event.data},
+                                   client_name=CLIENT, objects=SF_OBJECTS)
+            assert isinstance(parsed, list), parsed
+            changes += parsed
+    lead_create, account, contact, lead_update = changes
+    assert lead_create.kind is ChangeKind.CREATE and lead_create.fields["IsConverted"] is False
+    return CreatedAndConverted(lead, converted["contactId"],
+                               {"Lc": lead_create, "A": account, "C": contact, "Lu": lead_update})
+
+
+@asynccontextmanager
+async def emulated(mongo_uri: str, database_name: str) -> AsyncIterator[tuple[Org, SalesforceClient, Store]]:
+    async with org_and_store(mongo_uri, database_name) as (org, settings, store), \
+            SalesforceClient(settings) as sf:
+        try:
+            yield org, sf, store
+        finally:
+            await store.client.drop_database(database_name)
+
+
+async def the_one_person(store: Store, done: CreatedAndConverted) -> None:
+    """Exactly one Person for the Lead and its Contact: linked to the Contact, recording the Lead."""
+    people = await store.db.people.find({"email": NEW_EMAIL}).to_list(None)
+    assert [(p["crm"]["object"], p["crm"]["id"], p["crm"].get("converted_from")) for p in people] == [
+        ("Contact", done.contact, done.lead)]
+
+
+class TestLeadCreatedAndConvertedBeforeItWasRead:
+    """Chaos seed 60013, L10: a Lead converted 0.28 s after its creation, before the service read
+    either. Whatever the order the Lead's and the Contact's channels (or a read of the Lead) come
+    in, the Lead and its Contact end as one Person, linked to the Contact."""
+
+    async def test_one_batch_over_the_stream_makes_one_person(self, mongo_uri: str,
+                                                              database_name: str) -> None:
+        """The Lead's create, the Account's and Contact's creates and the conversion's update arrive
+        in one CometD batch: the Lead's create makes no Person of its own."""
+        async with emulated(mongo_uri, database_name) as (org, sf, store):
+            reconciler = Reconciler(store, SAMPLE, fetcher=RecordReader(sf, SAMPLE), client_name=CLIENT)
+            options = StreamOptions(client_name=CLIENT, api_version="62.0", batch_size=20,
+                                    batch_wait_ms=20, stall_timeout=2.0)
+            stream = CdcStream(sf=sf, store=store, sink=reconciler,
+                               catch_up=Poller(sf, store, reconciler, SAMPLE, SF_OBJECTS),
+                               objects=SF_OBJECTS, options=options, governor=BudgetGovernor(BudgetSettings()))
+            stop = asyncio.Event()
+            task = asyncio.create_task(stream.run(stop))
+            try:
+                handover = (await org.control("seed", {"records": {"Lead": [{
+                    "LastName": "Handover", "Company": "Acme", "OwnerId": OWNER_1}]}}))["ids"]["Lead"][0]
+                await eventually(lambda: store.db.people.find_one({"crm.id": handover}))
+                await org.control("streaming/pause", {})
+                done = await create_and_convert(org)
+                await org.control("streaming/resume", {})
+
+                async def all_applied() -> bool:
+                    state = await store.load_state(replay_key("/data/LeadChangeEvent"))
+                    return state is not None and state["replay_id"] == org.emu.state.bus.last_replay_id
+                await eventually(all_applied)
+                await the_one_person(store, done)
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 10)
+
+    @pytest.mark.parametrize("batches", [
+        pytest.param([["A", "C"], ["Lc", "Lu"]], id="contact-first-then-lead-create-and-conversion"),
+        pytest.param([["Lc", "Lu"], ["A", "C"]], id="lead-create-and-conversion-then-contact"),
+        pytest.param([["Lc", "Lu"], ["read"], ["A", "C"]], id="lead-create-and-conversion-read-contact"),
+        pytest.param([["read"], ["Lc", "Lu"], ["A", "C"]], id="a-read-of-the-lead-ahead-of-its-events"),
+        pytest.param([["A", "C"], ["read"], ["Lc"], ["Lu"]], id="contact-read-then-lead-events-apart"),
+        pytest.param([["A", "C"], ["Lc"], ["Lu"]], id="contact-lead-create-conversion"),
+        pytest.param([["Lc"], ["A", "C"], ["Lu"]], id="lead-create-contact-conversion"),
+        pytest.param([["Lc"], ["Lu"], ["A", "C"]], id="lead-create-conversion-contact"),
+        pytest.param([["Lc", "A", "C", "Lu"]], id="all-in-one-batch"),
+    ])
+    async def test_any_order_of_the_channels_makes_one_person(
+        self, mongo_uri: str, database_name: str, batches: list[list[str]]
+    ) -> None:
+        """The emulator's events (and `read`: a poll, gap fetch or resync reading the Lead, already
+        converted) applied in the batches given; then all of them delivered again, and the Lead
+        read again: still one Person."""
+        async with emulated(mongo_uri, database_name) as (org, sf, store):
+            reader = RecordReader(sf, SAMPLE)
+            reconciler = Reconciler(store, SAMPLE, fetcher=reader, client_name=CLIENT)
+            done = await create_and_convert(org)
+
+            async def changes(names: list[str]) -> list[SalesforceChange]:
+                return [c for name in names for c in (
+                    await reader.fetch("Lead", [done.lead], source=ChangeSource.POLL) if name == "read"
+                    else [done.events[name]])]
+            for batch in batches:
+                await reconciler.apply(await changes(batch))
+            await the_one_person(store, done)
+            await reconciler.apply(await changes(["Lc", "A", "C", "Lu"]))
+            await reconciler.apply(await changes(["read"]))
+            await the_one_person(store, done)
