@@ -212,12 +212,16 @@ class Jobs:
             docs = await self.store.find_records(job["collection"], [parse_local_id(str(job["local_id"]))])
             if not docs:
                 continue
+            # to the record the document is linked to now (a Lead converted since: its Contact)
+            crm = docs[0].get("crm") or {}
+            sobject, sf_id = ((str(crm["object"]), str(crm["id"])) if crm.get("object") and crm.get("id")
+                              else (job["sobject"], job.get("sf_id")))
             # the fields a local edit sends: never a `from_salesforce` one
-            sends = [m for m in self.mappings.for_object(job["sobject"])
+            sends = [m for m in self.mappings.for_object(sobject)
                      if m.direction is not Direction.FROM_SALESFORCE]
             fields = local_to_sf(sends, docs[0])
             writes[entry["id"]] = OutboundWrite(
-                sobject=job["sobject"], sf_id=job.get("sf_id"), collection=job["collection"],
+                sobject=sobject, sf_id=sf_id, collection=job["collection"],
                 local_id=docs[0]["_id"], fields=fields, reason="retry", attempt=int(entry.get("attempt", 1)),
                 origin="admin_retry")
         since = datetime.now(UTC) - timedelta(milliseconds=1)  # BSON dates keep milliseconds

@@ -122,6 +122,21 @@ class TestRetryOne:
         assert (outcome.status, outcome.new_log_ids) == ("queued", [])
         assert await store.db.sync_logs.count_documents({}) == 1
 
+    async def test_an_outbound_retry_goes_to_the_record_the_document_is_linked_to_now(
+        self, store: Store
+    ) -> None:
+        """The Lead converted after its write failed: the Person is the Contact's now, so the
+        retry writes the Contact (a write to the converted Lead could only fail again,
+        `CANNOT_UPDATE_CONVERTED_LEAD`: chaos seed 64927, adm-011)."""
+        contact = "003000000000001AAA"
+        pid = (await store.db.people.insert_one({"last_name": "Lee", "title": "CEO", "crm": {
+            "object": "Contact", "id": contact, "converted_from": LEAD}})).inserted_id
+        [log_id] = await store.insert_sync_logs([failed_outbound(pid)])
+        outbox = FakeOutbox()
+        await jobs_for(store, FakeSalesforce(), outbox=outbox).retry_log(log_id)
+        [write] = outbox.writes
+        assert (write.sobject, write.sf_id, write.fields) == ("Contact", contact, {"LastName": "Lee", "Title": "CEO"})
+
     async def test_an_outbound_retry_never_sends_a_from_salesforce_field(self, store: Store) -> None:
         """`city` is `from_salesforce` ("we will never send SalesLoft data back to Salesforce"):
         the platform's value stays out of the re-queued write (chaos seed 9001: LeadSource sent
