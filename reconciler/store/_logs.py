@@ -8,7 +8,7 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
@@ -16,6 +16,7 @@ from bson.errors import InvalidId
 
 from reconciler.store._client import translate_errors
 from reconciler.store._open_failures import MAX_KEPT, Key, OpenFailures
+from reconciler.store._retry_links import link_later_attempts
 from reconciler.sync_logs import SyncLog, can_resolve, record_keys, resolves
 
 
@@ -49,11 +50,6 @@ def public_log(doc: dict[str, Any]) -> dict[str, Any]:
     out = {"id": str(doc["_id"])}
     out.update({k: _json_safe(v) for k, v in doc.items() if k != "_id"})
     return out
-
-
-def _utc(value: datetime) -> datetime:
-    """Aware UTC (the driver may hand back naive UTC datetimes)."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _object_id(log_id: str) -> ObjectId | None:
@@ -114,33 +110,11 @@ class LogsMixin:
         self._open_failures().add(failed)  # see `_open_failures`: a lookup meanwhile missed them
         ids = [str(oid) for oid in result.inserted_ids]
         await self._resolve_failures(docs, ids)
-        await self._link_queued_retries(docs, ids)
+        await link_later_attempts(self.db, docs, ids)
         return ids
 
-    async def _link_queued_retries(self, docs: Sequence[dict[str, Any]], ids: Sequence[str]) -> None:
-        """A retry still queued when the job stopped waiting (`retry_queued`) gets its outcome
-        now: the first outbound log of the same record since it was queued, as `retried_by`
-        (what `Jobs` would have linked had the flusher answered in time). One find per batch
-        of outbound logs that may be a retry's outcome; one update per retry linked."""
-        outbound = [(d, i) for d, i in zip(docs, ids, strict=True)
-                    if d.get("source") == "local" and d.get("local_id")]
-        # A retry's write carries the failed log's attempt, so its outcome logs attempt >= 2 (a
-        # give-up logs the write's own attempt, and is failed): plain edits cost no query.
-        if not any(int(d.get("attempt") or 1) > 1 or d.get("status") == "failed" for d, _ in outbound):
-            return
-        query = {"local_id": {"$in": sorted({str(d["local_id"]) for d, _ in outbound})},
-                 "retry_queued": {"$ne": None}, "retried_by": None}
-        with translate_errors("link_queued_retries"):
-            queued = await self.db.sync_logs.find(query, {"local_id": 1, "retry_queued": 1}).to_list(None)
-            for entry in queued:
-                outcome = next((i for d, i in outbound if str(d["local_id"]) == str(entry["local_id"])
-                                and _utc(d["ts"]) >= _utc(entry["retry_queued"])), None)
-                if outcome is not None:
-                    await self.db.sync_logs.update_one({"_id": entry["_id"], "retried_by": None},
-                                                       {"$set": {"retried_by": outcome}})
-
     async def mark_retry_queued(self, log_ids: Sequence[str], *, at: datetime) -> None:
-        """These failed logs' retries are in the outbox, not answered yet (see `_link_queued_retries`)."""
+        """These failed logs' retries are in the outbox, not answered yet (see `_retry_links`)."""
         oids = [oid for oid in map(_object_id, log_ids) if oid is not None]
         if oids:
             with translate_errors("mark_retry_queued"):

@@ -117,5 +117,40 @@ class TestOtherWriters:
         assert await resolved_by(store, failed_id) == fixed_id
 
 
+def failed_create(local_id: str, attempt: int, **fields: Any) -> SyncLog:
+    job = {"kind": "outbound", "sobject": "Lead", "sf_id": None, "collection": "people", "local_id": local_id}
+    return SyncLog(source="local", type="create", status="failed", object="Lead", local_id=local_id,
+                   collection="people", job=job, attempt=attempt, error="REQUIRED_FIELD_MISSING: [Company]",
+                   fields={name: {"old": None, "new": value} for name, value in fields.items()})
+
+
+async def log_field(store: Store, log_id: str, name: str) -> Any:
+    return ((await store.get_sync_log(log_id)) or {}).get(name)
+
+
+class TestAFailureSentAgain:
+    """Chaos seed 1776 x 2000, P135: a leader logged a create's permanent failure and was stopped
+    before it could park the write; the next leader recovered the write and sent it again, which
+    failed the same way. One write, one failure: the earlier log is no longer open, the later
+    attempt's log is (the page shows one open failure, and its retry is the record's)."""
+
+    async def test_the_later_attempt_supersedes_the_earlier_open_failure(self, store: Store) -> None:
+        [first] = await store.insert_sync_logs([failed_create("p-1", 3, LastName="Ng", Email="n@x")])
+        [second] = await store.insert_sync_logs([failed_create("p-1", 4, LastName="Ng", Email="n@x")])
+        assert await log_field(store, first, "retried_by") == second
+        assert await log_field(store, second, "retried_by") is None
+
+    async def test_a_failure_of_other_fields_stays_open(self, store: Store) -> None:
+        """It failed writing a field the later attempt did not carry: not the same write."""
+        [first] = await store.insert_sync_logs([failed_create("p-1", 1, Title="CEO")])
+        await store.insert_sync_logs([failed_create("p-1", 1, LastName="Ng")])
+        assert await log_field(store, first, "retried_by") is None
+
+    async def test_another_records_failure_stays_open(self, store: Store) -> None:
+        [first] = await store.insert_sync_logs([failed_create("p-1", 1, LastName="Ng")])
+        await store.insert_sync_logs([failed_create("p-2", 1, LastName="Ng")])
+        assert await log_field(store, first, "retried_by") is None
+
+
 def at(moment: datetime) -> Callable[[], datetime]:
     return lambda: moment
