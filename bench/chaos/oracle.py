@@ -45,7 +45,8 @@ service's code: per record and mapped field it keeps the set of values each side
   the field, still unsent when the record was modified again (the service's write of other
   fields, another Salesforce edit: service write times from the emulator's write log), that
   date is later than the edit, so `most_recent` may keep Salesforce's earlier value on both
-  sides. Without field history no rule can tell the two orders apart. And a read sees the
+  sides (a `to_salesforce` field keeps it in Salesforce, the platform its own: seed 88001).
+  Without field history no rule can tell the two orders apart. And a read sees the
   record as it is: a value read, not streamed, that was replaced before the read never reaches
   the platform, so a later Salesforce value may fill the blank it would have filled.
 
@@ -358,16 +359,20 @@ class FieldModel:
         self.sf_known = (self.sf_known or (value is not None and self._outbound())) and not unknown
         earlier = self.read_over(w)
         if earlier is not None:
-            self.local.add(earlier)
+            if self._inbound():
+                self.local.add(earlier)
             self.sf.add(earlier)
 
     def read_over(self, w: _Write) -> Any:
         """The earlier Salesforce value that may win over platform write `w` (module doc, "Read,
-        not streamed"), or None: `most_recent`, the field's last Salesforce change may have
-        reached the service only by a read, and the record was written again after `w` while `w`
-        may still have been unsent (so that the read's `LastModifiedDate` is later than `w`)."""
-        if not (self.direction is Direction.BOTH and self.merge is MergeBehaviour.MOST_RECENT
-                and self.writable):
+        not streamed"), or None: `most_recent` (or `to_salesforce`, where a platform value older
+        than Salesforce's last change is not sent over it), the field's last Salesforce change
+        may have reached the service only by a read, and the record was written again after `w`
+        while `w` may still have been unsent (so that the read's `LastModifiedDate` is later
+        than `w`). A `to_salesforce` value stays in Salesforce only (seed 88001, P1.state)."""
+        dated_by_time = ((self.direction is Direction.BOTH and self.merge is MergeBehaviour.MOST_RECENT)
+                         or self.direction is Direction.TO_SALESFORCE)
+        if not (dated_by_time and self.writable):
             return None
         last_sf = next((x for x in reversed(self.writes) if x.side == "salesforce"), None)
         if last_sf is None or not last_sf.by_read or last_sf.value is None:

@@ -396,6 +396,33 @@ class TestChangeSeenOnlyByARead:
         assert model_local(model, "first_name") == {"Pf"}
 
 
+class TestAToSalesforceChangeSeenOnlyByARead:
+    """The same limit for a `to_salesforce` field (README, "Reliability"): a platform value older
+    than Salesforce's last change of such a field is not sent over it (only platform *changes*
+    go out, `merge.decide_outgoing`), and a change that reached the service only by a read is
+    dated by the record's `LastModifiedDate`. Modified again after the platform's edit, while
+    that edit waited (a paused budget), the read dates Salesforce's earlier value after it: it
+    stays in Salesforce; the platform keeps its own ("we will never send Salesforce data back
+    to SalesLoft"). Seed 88001, P1.state: a silent update with an overflow event, the platform's
+    edit held 40 s by a paused budget, a Salesforce user's edit of Title before it went out."""
+
+    LOST = [fault("replay_retention", 1)]
+    HISTORY = [sf(0, State="Sf"), pf(10, state="Pf")]
+
+    def test_salesforces_earlier_value_may_stay_there(self) -> None:
+        model = fed_with_writes(self.HISTORY, self.LOST, service_writes=[11])
+        assert allowed_sf(model, "L1", "state") == {"Pf", "Sf"}
+        assert model_local(model, "state") == {"Pf"}
+
+    def test_not_when_its_event_was_delivered(self) -> None:
+        model = fed_with_writes(self.HISTORY, [], service_writes=[11])
+        assert allowed_sf(model, "L1", "state") == {"Pf"}
+
+    def test_not_when_the_platform_edit_was_sent_before_the_record_was_modified_again(self) -> None:
+        model = fed_with_writes(self.HISTORY, self.LOST, service_writes=[30])
+        assert allowed_sf(model, "L1", "state") == {"Pf"}
+
+
 class TestSupersededBeforeTheRead:
     """A read sees a record as it is: a Salesforce value that reached the service only by a read
     and was replaced before that read never reaches the platform, so a later value may fill the
