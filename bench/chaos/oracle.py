@@ -725,9 +725,9 @@ def _merge_any(fm: FieldModel, at: float) -> None:
     `merge_decision` says for any pair of values the two sides may hold (edits still in flight
     either way included: the merge may read a side before they land)."""
     locals_ = set(fm.local).union(*(before for before, _ in fm.undelivered_states(at)))
-    sfs = set(fm.sf).union(*(before for before, _ in fm.unsent_states(at)))
+    unsent = set().union(*(before for before, _ in fm.unsent_states(at)))
     for local in locals_:
-        for sf in sfs:
+        for sf in set(fm.sf) | unsent:
             decision = merge_decision(fm.direction, fm.merge, fm.writable, local, sf)
             if decision is None:
                 continue
@@ -736,6 +736,10 @@ def _merge_any(fm: FieldModel, at: float) -> None:
                 fm.local.add(sf)
             if side in ("salesforce", "either"):
                 fm.sf.add(local)
+            elif sf in unsent:
+                # a platform edit still queued is decided by the rule in force when it goes
+                # out, which may hold it back: Salesforce keeps what it held (seed 1873, P2.title)
+                fm.sf.add(sf)
 
 
 def merge_now(fm: FieldModel, at: float, step: str, *, exact: bool, began: float | None = None) -> None:

@@ -621,6 +621,18 @@ class TestMappingEdits:
         assert model_local(model, "title") == {None, "Sf"}
 
 
+    def test_an_edit_still_queued_is_decided_by_the_new_rule(self) -> None:
+        """Seed 1873 x 2000, P2.title: a platform edit held in the outbox by a killed leader when
+        `title` became `salesforce_unless_blank`; the flusher decides the queued write by the rule
+        in force ("if Salesforce already has data, leave it untouched"): Salesforce may keep its
+        value, and the remerge may bring it to the platform."""
+        history = [sf(0, Title="Sf"), pf(10, title="Pf"),
+                   mapping_edit(17, title_merge="salesforce_unless_blank")]
+        model = feed(history, [fault("kill_leader", 10.5)])
+        assert allowed_sf(model, "L1", "title") == {"Pf", "Sf"}
+        assert model_local(model, "title") == {"Pf", "Sf"}
+
+
     def test_a_remerge_of_sides_the_model_cannot_place_may_end_as_any_of_their_merges(self) -> None:
         """`title` under `salesforce_unless_blank`: a platform edit 1.25 s after Salesforce's (so
         either may stand on the platform: WINDOW) is held back from Salesforce. Edited back to
