@@ -180,7 +180,10 @@ def _set_blank(doc: Mapping[str, Any], local_field: str) -> bool:
 
 
 def _linked_to(doc: Mapping[str, Any], write: OutboundWrite) -> bool:
-    return get_path(doc, "crm.id") == write.sf_id and not get_path(doc, "crm.deleted")
+    """Is the document still linked to the write's record? Marked deleted too: its values as they
+    are now decide, not the queued ones (the record may be undeleted already; chaos seed 77777,
+    L4.first_name: a value the platform had replaced was sent)."""
+    return bool(get_path(doc, "crm.id") == write.sf_id)
 
 
 @dataclass

@@ -573,6 +573,22 @@ class TestASalesforceEditReadInTheSecondOfOurWrite:
         assert [r.get("FirstName") for call in rig.sf.calls for r in call.records] == ["Ours"]
 
 
+class TestAWriteQueuedBeforeTheRecordWasDeleted:
+    """Chaos seed 77777, L4.first_name: the platform and a Salesforce user set FirstName 2 ms
+    apart, and the user deleted the Lead; the platform's write waited (lock faults, a leader
+    stop). The user's edit and the delete came in together: Salesforce's value won on the
+    platform, and the document was marked deleted. The Lead was undeleted meanwhile, and the
+    write, decided without the document (not linked: deleted), sent its queued value, older than
+    what the platform held now: the sides swapped. Its document still says what goes out."""
+
+    async def test_the_platforms_value_as_it_is_now_decides(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"FirstName": "Theirs"}, first_name="Theirs")
+        await rig.store.db.people.update_one({"_id": "p-1"}, {"$set": {"crm.deleted": True}})
+        await rig.outbox.enqueue([edit(1, FirstName="Ours")])  # queued before the user's edit won
+        await rig.flusher.flush()
+        assert [r.get("FirstName") for call in rig.sf.calls for r in call.records] == []
+
+
 class TestAnUnstampedEditOfAnotherFieldAfterTheWriteWasQueued:
     """Chaos seed 12289, L2.state: the platform set the field at T1 (stamped) and its write waited
     (leader changes, a paused budget); a Salesforce user's later edit (T2) reached the shadow; the
