@@ -35,8 +35,9 @@ def record(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Mappin
            at: datetime | None, *, complete: bool) -> None:
     """Bring the working document's shadow up to the Salesforce values this change carries
     (`at` on this host's clock; the change's own stamp orders it against our writes)."""
+    read = item.change.source is not ChangeSource.STREAM
     for path, value in shadow_sets(mappings, item.doc, item.change.sobject, fields, at,
-                                   complete=complete, stamp=item.change.changed_at).items():
+                                   complete=complete, stamp=item.change.changed_at, read=read).items():
         item.put(path, value, logged=False)
 
 

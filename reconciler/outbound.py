@@ -582,6 +582,7 @@ class OutboundFlusher:
         recovered = await self._lost.find(sobject, entries, records)
         if recovered:
             order = sorted(recovered)
+            await _remember_lost(self._gate, sobject, [entries[i] for i in order])  # before the link
             await self._finish(CREATE, [entries[i] for i in order], [records[i] for i in order],
                                [RecordResult(True, recovered[i]) for i in order], recovered=True)
         rest = [i for i in range(len(entries)) if i not in recovered]
@@ -760,6 +761,12 @@ async def _requeue_recovered(outbox: FlushOutbox, store: FlushStore, entries: Se
             await outbox.created(write.collection, write.local_id, write.sobject, result.id)
         else:
             await outbox.done([entry])
+
+
+async def _remember_lost(gate: ShadowGate | None, sobject: str, entries: Sequence[OutboxEntry]) -> None:
+    """The values the lost calls sent, where they agree, as the write's own (`remember_lost`)."""
+    if gate is not None:
+        await gate.remember_lost(sobject, entries)
 
 
 async def _linked_to(store: FlushStore, entry: OutboxEntry, sf_id: str) -> bool:

@@ -180,7 +180,10 @@ def _set_blank(doc: Mapping[str, Any], local_field: str) -> bool:
 
 
 def _linked_to(doc: Mapping[str, Any], write: OutboundWrite) -> bool:
-    return get_path(doc, "crm.id") == write.sf_id and not get_path(doc, "crm.deleted")
+    """Is the document still linked to the write's record? Marked deleted too: its values as they
+    are now decide, not the queued ones (the record may be undeleted already; chaos seed 77777,
+    L4.first_name: a value the platform had replaced was sent)."""
+    return bool(get_path(doc, "crm.id") == write.sf_id)
 
 
 @dataclass
@@ -349,6 +352,9 @@ class ShadowGate:
         latest = self._sf_clock.latest
         return now if latest is None else min(now, latest)
 
+    async def remember_lost(self, sobject: str, entries: Sequence[OutboxEntry]) -> None:
+        await remember_lost(self._store, sobject, [e for e in entries if e.sent])
+
     async def remember(self, sobject: str, kind: str, entries: Sequence[OutboxEntry],
                        succeeded: Sequence[bool]) -> list[OutboxEntry]:
         """The values written become the shadow, at the platform time of each value. Returns the
@@ -393,6 +399,22 @@ async def _overtaken(store: ShadowStore, written: Sequence[OutboxEntry],
                      fields=changed)
             out.append(entry)
     return out
+
+
+async def remember_lost(store: ShadowStore, sobject: str, entries: Sequence[OutboxEntry]) -> None:
+    """Recovered creates (found and linked after a lost answer): the value every earlier attempt
+    sent of a field (`OutboxEntry.sent`, one value only) is what the lost call made the record
+    with, the write's own; it becomes the shadow with no time (older than any platform edit), so
+    a read of the record before the re-sent update reads it again is no Salesforce edit (chaos
+    seed 13579, P15.title: the create's title filled the platform's later blank). A field sent
+    with several values stays unknown; a different value read is an edit, as before."""
+    by_collection: dict[str, dict[Any, dict[str, Any]]] = {}
+    for entry in entries:
+        sets = {path(sobject, name): {"v": values[0], "at": None}
+                for name, values in entry.sent.items() if len(values) == 1}
+        by_collection.setdefault(entry.write.collection, {})[entry.write.local_id] = sets
+    for collection, sets_by_doc in by_collection.items():
+        await store.record_shadow(collection, sets_by_doc)
 
 
 def _with_prior(entry: dict[str, Any], prior: Any) -> dict[str, Any]:

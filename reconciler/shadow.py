@@ -64,7 +64,7 @@ def shadow_side(doc: Mapping[str, Any] | None, sobject: str, sf_field: str) -> S
 
 def shadow_sets(mappings: Iterable[FieldMapping], doc: Mapping[str, Any] | None, sobject: str,
                 record: Mapping[str, Any], at: datetime | None, *, complete: bool = False,
-                stamp: datetime | None = None) -> dict[str, Any]:
+                stamp: datetime | None = None, read: bool = False) -> dict[str, Any]:
     """`$set` entries that bring the shadow up to `record` (Salesforce fields seen at `at`).
 
     Only mapped fields present in `record` (all of them when `complete`: a missing one is
@@ -76,7 +76,9 @@ def shadow_sets(mappings: Iterable[FieldMapping], doc: Mapping[str, Any] | None,
     clock) in a later second: Salesforce took that value after ours, so it holds it now, even
     where `at` (moved onto this host's clock by an offset that may be off) falls before the
     platform time our write carried (chaos seed 8191, L5.first_name: kept, the flusher dropped
-    the platform's answer as "Salesforce already has this value").
+    the platform's answer as "Salesforce already has this value"). A record `read` (not an event)
+    stamped in our write's second yields it too: a read shows the value Salesforce holds (chaos
+    seed 44444, P15.title: another user's edit 0.17 s after our write, read by a poll).
 
     A blank a whole record read (`complete`) shows for a field the shadow never knew has no time:
     it is the blank the record was created with as far as anyone told us, not an edit at the
@@ -93,16 +95,21 @@ def shadow_sets(mappings: Iterable[FieldMapping], doc: Mapping[str, Any] | None,
         known = shadow_side(doc, sobject, name)
         if known is None:
             sets[path(sobject, name)] = {"v": value, "at": None if complete and is_blank(value) else at}
-        elif known.value != value and (not _later(known.at, at) or _after_sent(doc, sobject, name, stamp)):
+        elif known.value != value and (not _later(known.at, at)
+                                       or _after_sent(doc, sobject, name, stamp, read)):
             sets[path(sobject, name)] = {"v": value, "at": at}
     return sets
 
 
-def _after_sent(doc: Mapping[str, Any] | None, sobject: str, sf_field: str, stamp: datetime | None) -> bool:
-    """Was `stamp` in a later second than Salesforce took our own last write of the field?"""
+def _after_sent(doc: Mapping[str, Any] | None, sobject: str, sf_field: str, stamp: datetime | None,
+                read: bool = False) -> bool:
+    """Was `stamp` in a later second than Salesforce took our own last write of the field (or,
+    for a read, in that second or later)?"""
     sent = get_path(doc, f"{path(sobject, sf_field)}.sent")
-    return (isinstance(sent, datetime) and stamp is not None
-            and _naive(stamp).replace(microsecond=0) > _naive(sent).replace(microsecond=0))
+    if not isinstance(sent, datetime) or stamp is None:
+        return False
+    stamp_second, sent_second = _naive(stamp).replace(microsecond=0), _naive(sent).replace(microsecond=0)
+    return stamp_second >= sent_second if read else stamp_second > sent_second
 
 
 def has_unstamped_edit(doc: Mapping[str, Any] | None) -> bool:

@@ -257,6 +257,7 @@ class FieldModel:
     modified: list[float] = field(default_factory=list)  # when the Salesforce record was written
     local_from_read: bool = False  # the platform's value came from a change read, not streamed
     inbound_held: list[tuple[float, float]] = field(default_factory=list)  # faults: (at, inbound held)
+    carried: set[Any] = field(default_factory=set)  # values a conversion wrote into the Contact
 
     def _inbound(self) -> bool:
         return self.direction in (Direction.BOTH, Direction.FROM_SALESFORCE)
@@ -637,6 +638,8 @@ class Model:
                     f"Salesforce held {actual!r}, model allows {_show(allowed)}", [*fm.steps(), ack.step],
                     em.entity.slot))
             fm.sf = {actual}  # what the Contact and Account are made from
+            if actual is not None:
+                fm.carried.add(actual)  # a Salesforce operation wrote it into the Contact
         contact = {m.local_field for m in self._mapping("Contact")}
         em.frozen |= {name for name in em.fields if name not in contact}
         em.frozen |= {m.local_field for m in self._mapping("Lead") if m.local_field not in contact}
@@ -1175,6 +1178,10 @@ def _echo_logs(em: EntityModel, inbound: list[dict[str, Any]], slot: str) -> lis
                 continue
             new, old = norm(change.get("new")), norm(change.get("old"))
             sides = {w.side for w in fm.writes if w.value == new}
+            if new in fm.carried:
+                # the conversion made the Contact from the Lead's values: the conversion's merge
+                # may take one back onto the platform (seed 77777, P2.first_name)
+                sides.add("salesforce")
             # a conflict converging replaces a value the platform took from Salesforce; an
             # echo replaces the platform's own later edit
             took_salesforce = any(w.side == "salesforce" and w.value == old for w in fm.writes)

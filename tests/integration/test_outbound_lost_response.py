@@ -20,10 +20,12 @@ from emulator.state import SAMPLE_CLIENT_ID, SAMPLE_CLIENT_SECRET
 from listener.salesforce import RetryPolicy, SalesforceClient
 from listener.salesforce_time import SalesforceClock, clocked_transport
 from reconciler.errors import OutcomeUnknownError
+from reconciler.inbound import Reconciler
 from reconciler.outbound import OutboundFlusher
 from reconciler.outbound_shadow import ShadowGate
 from reconciler.outbox import Outbox
-from reconciler.ports import OutboundWrite
+from reconciler.ports import ChangeKind, ChangeSource, OutboundWrite, SalesforceChange
+from reconciler.soql import parse_sf_datetime
 from reconciler.store import Store
 from settings import AuthFlow, SalesforceSettings, parse_mappings
 from tests.support.emulator import RunningEmulator, running_emulator
@@ -316,7 +318,42 @@ class TestARecoveredCreateKeepsSalesforcesLaterEdits:
         # The shadow stores the write's own values read back (their echoes are no edits: chaos
         # seed 16180, P3.last_name), not Salesforce's edit, which still reaches the platform
         shadow = doc["_sync"]["sf"]["Lead"]
-        assert shadow["LastName"]["v"] == "Ng" and "Title" not in shadow
+        assert shadow["LastName"]["v"] == "Ng" and shadow.get("Title", {}).get("v") != "Sf"
+
+
+class TestARecoveredCreatesOwnValuesReadBack:
+    async def test_a_read_before_the_re_sent_update_is_no_salesforce_edit(self, org: Org,
+                                                                          store: Store) -> None:
+        """Chaos seed 13579, P15.title: the create's answer was lost; the platform then blanked
+        the title (a blank is never sent: the queued create lost the field). The retry found and
+        linked the Lead, and before its re-sent update read the Lead again, a poll read it: with
+        no shadow for the new link, the create's own title looked like a Salesforce edit and
+        filled the platform's blank (an echo logged as a Salesforce change). The values every
+        lost attempt sent are the write's own, as the re-sent update already knows."""
+        outbox, flusher = flusher_for(store, org)
+        local_id = await person_whose_create_is_lost(store, outbox, org, title="Platform")
+        await flusher.flush()  # created in Salesforce, answer lost: queued again
+        now = datetime.now(UTC)
+        await store.db.people.update_one({"_id": local_id}, {"$set": {  # the platform blanks it
+            "title": None, "updated_at": now, "_sync.written_at": now, "_sync.field_times.title": now}})
+        untitled = {"LastName": "Ng", "Company": "Acme", "Email": "ng@x.com"}  # the queued create, coalesced
+        await outbox.enqueue([OutboundWrite("Lead", None, "people", local_id, untitled, "create")])
+        await asyncio.sleep(BACKOFF.total_seconds())
+        await flusher.flush()  # found and linked; queued again as an update of the Lead
+
+        [lead] = await org.rows("SELECT Id, LastName, Company, Email, Title, LastModifiedDate FROM Lead "
+                                "WHERE Email = 'ng@x.com'")
+        polled = SalesforceChange(sobject="Lead", sf_id=lead["Id"], kind=ChangeKind.UPSERT,
+                                  fields={k: v for k, v in lead.items() if k not in ("attributes", "Id")},
+                                  changed_at=parse_sf_datetime(lead["LastModifiedDate"]),
+                                  source=ChangeSource.POLL)
+        await Reconciler(store, MAPPINGS).apply([polled])
+
+        doc = await store.db.people.find_one({"_id": local_id})
+        assert doc is not None and doc["crm"]["id"] == lead["Id"]
+        assert doc.get("title") is None
+        logs, _ = await store.find_sync_logs(limit=10)
+        assert [x for x in logs if x["source"] == "salesforce" and x["type"] == "update"] == []
 
 
 class TestRecoveryLinksOnlyWhatThisIntegrationCreated:

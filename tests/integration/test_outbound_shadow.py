@@ -548,6 +548,47 @@ class TestASalesforceEditAfterOurWriteDatedBeforeIt:
         assert [r.get("FirstName") for call in rig.sf.calls for r in call.records] == ["Ours"]
 
 
+class TestASalesforceEditReadInTheSecondOfOurWrite:
+    """Chaos seed 44444, P15.title: the platform edited Title (S.24), our write sent it (taken in
+    second S), a Salesforce user set Title 0.17 s later, still in second S, and a poll read the
+    Lead (`LastModifiedDate` S). Dated by that whole second, Salesforce's value looked older than
+    the platform's edit, so the platform's value won and was queued back; but the shadow kept our
+    own write's entry (its time S.24, later than S), so the flusher dropped the write as
+    "Salesforce already has this value" while Salesforce held the user's: the sides diverged. A
+    read shows Salesforce's value as it is: the shadow takes it, and the platform's value that
+    won goes out."""
+
+    async def test_the_platforms_value_that_won_goes_out(self, rig: Rig) -> None:
+        edited, sent = T1 + timedelta(milliseconds=240), T1 + timedelta(milliseconds=830)
+        await person(rig.store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")
+        await rig.store.db.people.update_one({"_id": "p-1"}, {"$set": {  # our write, taken in second T1
+            "_sync.field_times.first_name": edited,
+            "_sync.sf.Lead.FirstName": {"v": "Ours", "at": edited, "sent": sent}}})
+        theirs = change(sf_id(1), {"FirstName": "Theirs"}, at=T1, source=ChangeSource.POLL)
+        await Reconciler(rig.store, MAPPINGS, outbox=rig.outbox, sf_clock=MovableOffset(0)).apply([theirs])
+        doc = await rig.doc("p-1")
+        assert doc["first_name"] == "Ours"  # second T1 is before the platform's edit: it wins
+        assert doc["_sync"]["sf"]["Lead"]["FirstName"]["v"] == "Theirs"
+        await rig.flusher.flush()
+        assert [r.get("FirstName") for call in rig.sf.calls for r in call.records] == ["Ours"]
+
+
+class TestAWriteQueuedBeforeTheRecordWasDeleted:
+    """Chaos seed 77777, L4.first_name: the platform and a Salesforce user set FirstName 2 ms
+    apart, and the user deleted the Lead; the platform's write waited (lock faults, a leader
+    stop). The user's edit and the delete came in together: Salesforce's value won on the
+    platform, and the document was marked deleted. The Lead was undeleted meanwhile, and the
+    write, decided without the document (not linked: deleted), sent its queued value, older than
+    what the platform held now: the sides swapped. Its document still says what goes out."""
+
+    async def test_the_platforms_value_as_it_is_now_decides(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"FirstName": "Theirs"}, first_name="Theirs")
+        await rig.store.db.people.update_one({"_id": "p-1"}, {"$set": {"crm.deleted": True}})
+        await rig.outbox.enqueue([edit(1, FirstName="Ours")])  # queued before the user's edit won
+        await rig.flusher.flush()
+        assert [r.get("FirstName") for call in rig.sf.calls for r in call.records] == []
+
+
 class TestAnUnstampedEditOfAnotherFieldAfterTheWriteWasQueued:
     """Chaos seed 12289, L2.state: the platform set the field at T1 (stamped) and its write waited
     (leader changes, a paused budget); a Salesforce user's later edit (T2) reached the shadow; the

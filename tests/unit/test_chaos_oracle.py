@@ -151,6 +151,39 @@ class TestEchoLogs:
         assert found == ["logs"]
 
 
+class TestAValueTheConversionCarried:
+    """Chaos seed 77777, P2.first_name: the platform's value (sent to the Lead) was on the Lead
+    when a Salesforce user converted it; the platform's next edit was still in the outbox. The
+    conversion made the Contact from the Lead's values, so that value is the Contact's, written
+    by a Salesforce operation, and the conversion is a merge ("A merge happens when ... (4) when
+    you convert a Lead to a Contact", help text, Advanced Configuration): a Salesforce-side log
+    applying it afterwards is that merge's outcome, not an echo of the service's own write."""
+
+    def convert(self, at: float, **lead: Any) -> Ack:
+        return Ack(f"c{at}", "sf_convert", "salesforce", "L1", T0 + at, "ok", "Lead",
+                   {"lead_before": lead, "ConvertedContactId": "003000000000001AAA",
+                    "ConvertedAccountId": "001000000000009AAA"})
+
+    def logs(self, model: Model, new: str, old: str) -> list[str]:
+        log = {"_id": 1, "source": "salesforce", "status": "success", "type": "update", "sf_id": LEAD,
+               "fields": {"first_name": {"old": old, "new": new}}}
+        observed = Observed(acks=[], entities={"L1": lead_entity()}, sf_records={}, people=[],
+                            companies=[], sync_logs=[log], writes=[], state_writes=[], faults=[],
+                            barrier_ok=True, barrier_detail="", idle_writes=0, idle_local_changes=0)
+        return [v.message for v in check(observed, model) if v.check == "logs"]
+
+    def test_the_leads_value_the_contact_was_made_from_is_salesforces(self) -> None:
+        model = feed([pf(0, first_name="Sent"), pf(10, first_name="Queued"),
+                      self.convert(11, FirstName="Sent")])
+        assert self.logs(model, "Sent", old="Queued") == []
+
+    def test_a_value_the_lead_no_longer_held_is_still_an_echo(self) -> None:
+        model = feed([pf(0, first_name="Older"), pf(10, first_name="Sent"),
+                      self.convert(20, FirstName="Sent"), pf(30, first_name="Later")])
+        assert self.logs(model, "Older", old="Later") == [
+            "L1: a Salesforce-side log applied first_name='Older', a value only the platform wrote (an echo)"]
+
+
 class TestFormulaLogs:
     """A formula field (Score__c -> score, read-only: "any formula fields ... can only be synced
     from Salesforce", help text) changes whenever anyone writes one of its inputs, the service's

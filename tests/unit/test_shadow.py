@@ -250,6 +250,21 @@ class TestShadowSets:
         sets = shadow_sets(self.M, ours, "Lead", {"Email": "theirs@x"}, T1, stamp=stamp)
         assert (sets == {"_sync.sf.Lead.Email": {"v": "theirs@x", "at": T1}}) is replaced, why
 
+    @pytest.mark.parametrize(("stamp", "replaced", "why"), [
+        (T3, True, "stamped in a later second than Salesforce took our write"),
+        (T2 + timedelta(milliseconds=600), True, "in the second of our write: read, so Salesforce holds it"),
+        (T1, False, "stamped before our write: the value our write replaced (a read racing it)"),
+        (None, False, "no stamp: host times only, never backwards"),
+    ])
+    def test_our_own_writes_entry_against_a_record_read(self, stamp: datetime | None, replaced: bool,
+                                                        why: str) -> None:
+        """A record read (a poll, a re-read) shows what Salesforce holds: a value other than ours
+        stamped in our write's second was set after it (chaos seed 44444, P15.title)."""
+        ours = doc("a", "present", shadow_at=T2)
+        ours["_sync"]["sf"]["Lead"]["Email"]["sent"] = T2
+        sets = shadow_sets(self.M, ours, "Lead", {"Email": "theirs@x"}, T1, stamp=stamp, read=True)
+        assert (sets == {"_sync.sf.Lead.Email": {"v": "theirs@x", "at": T1}}) is replaced, why
+
 
 @dataclass
 class _Pending:
