@@ -753,6 +753,35 @@ class TestASalesforceWriteOfTheValueItHolds:
         assert model.entities["A1"].fields["industry"].local == {"Bank"}
 
 
+class TestAPlatformWriteOfTheValueItHolds:
+    """The mirror of the above: the watcher queues only the mapped fields that changed (the change
+    stream's `updatedFields`, or the polled diff), so a platform save of the value a field already
+    holds is no edit of it, and nothing goes out. Seed 39157, A1.industry
+    (`salesforce_unless_blank`, "a live platform edit: sent only where Salesforce's value is
+    blank"): the platform's Industry was held back (Salesforce held data); a Salesforce user then
+    blanked it (a blank never reaches the platform); the platform's next save listed the same
+    Industry among other fields: Salesforce stays blank."""
+
+    def test_is_no_change_for_salesforce(self) -> None:
+        model = feed([sf_account(0, Industry="Tech"), pf(10, "A1", "Account", industry="Edu"),
+                      sf_account(40, Industry=None), pf(50, "A1", "Account", industry="Edu")])
+        assert allowed_sf(model, "A1", "industry") == {None}
+
+    def test_one_it_may_hold_may_be_sent_or_not(self) -> None:
+        """A Salesforce edit 1 s after the platform's may have reached the platform before the
+        platform's edit went out, or not: the platform holds either value, so its save of "Edu"
+        may or may not be an edit."""
+        model = feed([sf_account(0, Industry="Tech"), pf(10, "A1", "Account", industry="Edu"),
+                      sf_account(11, Industry="Bank"), sf_account(40, Industry=None),
+                      pf(50, "A1", "Account", industry="Edu")])
+        assert allowed_sf(model, "A1", "industry") == {None, "Edu"}
+
+    def test_a_new_value_still_is(self) -> None:
+        model = feed([sf_account(0, Industry="Tech"), pf(10, "A1", "Account", industry="Edu"),
+                      sf_account(40, Industry=None), pf(50, "A1", "Account", industry="Retail")])
+        assert allowed_sf(model, "A1", "industry") == {"Retail"}
+
+
 class TestAFailedLogNamingTheField:
     """A lost change is explained by exactly one open failed sync log: for a field, the one that
     names it, whatever other failures the record had (seed 1291 x 2000, L6.city: two sends refused
