@@ -850,7 +850,7 @@ def check(obs: Observed, model: Model) -> list[Violation]:
     out += _check_fields(obs, model, by_local, people_by_crm, logs_by_record)
     out += _check_loop(obs, model, service)
     out += _check_offsets(obs.state_writes)
-    out += _check_logs(obs, model, logs_by_record, service)
+    out += _check_logs(obs, model, by_local, logs_by_record, service)
     out += _check_untouched(obs, model, by_local, logs_by_record)
     return out
 
@@ -1235,7 +1235,8 @@ def _count_inbound_logs(slot: str, em: EntityModel, inbound: list[dict[str, Any]
     return out
 
 
-def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[dict[str, Any]]],
+def _check_logs(obs: Observed, model: Model, by_local: Mapping[str, dict[str, Any]],
+                logs_by_record: Mapping[str, list[dict[str, Any]]],
                 service: list[dict[str, Any]]) -> list[Violation]:
     out: list[Violation] = []
     attempts: Counter[str] = Counter()
@@ -1244,7 +1245,9 @@ def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[d
             attempts[_key(w["id"])] += 1
     for slot, em in sorted(model.entities.items()):
         ent = em.entity
-        keys = [k for k in ({_key(i) for i in (ent.sf_id, ent.lead_id) if i}
+        # the id its Person/Company is linked to too: no operation may have learned it (20719 P19)
+        linked = _path(by_local.get(str(ent.local_id), {}), "crm.id")
+        keys = [k for k in ({_key(i) for i in (ent.sf_id, ent.lead_id, linked) if i}
                             | ({str(ent.local_id)} if ent.local_id is not None else set()))]
         logs: dict[Any, dict[str, Any]] = {}
         for k in keys:

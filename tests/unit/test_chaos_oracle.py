@@ -222,6 +222,21 @@ class TestFormulaLogs:
         assert self.count_violations(logs, service_writes=5) == [
             "L1: 3 Salesforce update logs for 1 Salesforce operations (bound 2)"]
 
+    def test_the_writes_of_a_record_the_run_never_learned_the_id_of_count(self) -> None:
+        """A Person made on the platform that no later operation addressed in Salesforce: the run
+        never learned its Lead's id, which its link names. The service's create and update of
+        the Lead are writes of the record (seed 20719, P19: two Score changes after them)."""
+        person = Entity("P1", "Lead", "people", "platform", local_id="p1")
+        acks = [pf(0, "P1", "Lead", last_name="Pf"), pf(10, "P1", "Lead", last_name="Pf2")]
+        model = Model()
+        model.feed(acks, {"P1": person}, [])
+        obs = self.observed([self.score(80), self.score(100)], service_writes=2)
+        obs.entities = {"P1": person}
+        obs.people = [{"_id": "p1", "crm": {"id": LEAD, "object": "Lead"}}]
+        for row in obs.sync_logs:
+            row["local_id"] = "p1"
+        assert [v.message for v in check(obs, model) if "logs for" in v.message] == []
+
 class TestAWriteOfTheHeldValueListsNoField:
     """An update event lists only the fields that changed (Salesforce's ChangeEventHeader,
     `changedFields`): a Salesforce user saving a field with the value it already holds changes
