@@ -334,6 +334,7 @@ class FieldModel:
 
     def _write_platform(self, w: _Write, deleted: bool, other_exists: bool) -> None:
         value, at = w.value, w.at
+        held = (frozenset(self.local), self.local_known)
         self.local = {value} | self._recent("salesforce", at, self._inbound())
         self.local_from_read = False
         last_sf = next((x.value for x in reversed(self.writes) if x.side == "salesforce"), None)
@@ -347,7 +348,7 @@ class FieldModel:
             return
         unsent = self.unsent_states(at)
         w.sf_before = (frozenset(self.sf), self.sf_known)
-        sf = self._sent(value, at, self.sf, self.sf_known, other_exists)
+        sf, sent = _sent_if_changed(self, value, at, held, other_exists)
         # the outbox sends the platform's current value: earlier edits it had not sent yet
         # reach Salesforce as this one (superseded by a later change: no loss), decided
         # against what Salesforce held before them
@@ -357,7 +358,7 @@ class FieldModel:
         # a blank over an unsent edit leaves Salesforce's earlier value: if the model
         # did not know it, it does not know Salesforce's value now
         unknown = value is None and not all(known for _, known in unsent)
-        self.sf_known = (self.sf_known or (value is not None and self._outbound())) and not unknown
+        self.sf_known = (self.sf_known or sent) and not unknown
         earlier = self.read_over(w)
         if earlier is not None:
             if self._inbound():
@@ -441,6 +442,23 @@ class FieldModel:
 
     def steps(self) -> list[str]:
         return [w.step for w in self.writes[-4:]]
+
+
+def _sent_if_changed(fm: FieldModel, value: Any, at: float, held: tuple[frozenset[Any], bool],
+                     other_exists: bool) -> tuple[set[Any], bool]:
+    """What Salesforce may hold once a platform write of `value` is sent, and was it surely sent?
+    A value the platform held already (`held`: its values before the write, known?) is no edit
+    of the field: the watcher queues only the fields that changed (the change stream's
+    `updatedFields`, or the polled diff), so nothing goes out; if it is one of the values the
+    platform may hold, maybe (seed 39157, A1.industry: a save listing the Industry that
+    `salesforce_unless_blank` had held back did not send it over a Salesforce user's blank)."""
+    values, known = held
+    if known and values == {value}:
+        return set(fm.sf), False
+    sf = fm._sent(value, at, fm.sf, fm.sf_known, other_exists)
+    if known and value in values:
+        return sf | fm.sf, False
+    return sf, value is not None and fm._outbound()
 
 
 def _conflicted(fm: FieldModel, value: Any) -> bool:
@@ -832,7 +850,7 @@ def check(obs: Observed, model: Model) -> list[Violation]:
     out += _check_fields(obs, model, by_local, people_by_crm, logs_by_record)
     out += _check_loop(obs, model, service)
     out += _check_offsets(obs.state_writes)
-    out += _check_logs(obs, model, logs_by_record, service)
+    out += _check_logs(obs, model, by_local, logs_by_record, service)
     out += _check_untouched(obs, model, by_local, logs_by_record)
     return out
 
@@ -1217,7 +1235,8 @@ def _count_inbound_logs(slot: str, em: EntityModel, inbound: list[dict[str, Any]
     return out
 
 
-def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[dict[str, Any]]],
+def _check_logs(obs: Observed, model: Model, by_local: Mapping[str, dict[str, Any]],
+                logs_by_record: Mapping[str, list[dict[str, Any]]],
                 service: list[dict[str, Any]]) -> list[Violation]:
     out: list[Violation] = []
     attempts: Counter[str] = Counter()
@@ -1226,7 +1245,9 @@ def _check_logs(obs: Observed, model: Model, logs_by_record: Mapping[str, list[d
             attempts[_key(w["id"])] += 1
     for slot, em in sorted(model.entities.items()):
         ent = em.entity
-        keys = [k for k in ({_key(i) for i in (ent.sf_id, ent.lead_id) if i}
+        # the id its Person/Company is linked to too: no operation may have learned it (20719 P19)
+        linked = _path(by_local.get(str(ent.local_id), {}), "crm.id")
+        keys = [k for k in ({_key(i) for i in (ent.sf_id, ent.lead_id, linked) if i}
                             | ({str(ent.local_id)} if ent.local_id is not None else set()))]
         logs: dict[Any, dict[str, Any]] = {}
         for k in keys:

@@ -222,6 +222,21 @@ class TestFormulaLogs:
         assert self.count_violations(logs, service_writes=5) == [
             "L1: 3 Salesforce update logs for 1 Salesforce operations (bound 2)"]
 
+    def test_the_writes_of_a_record_the_run_never_learned_the_id_of_count(self) -> None:
+        """A Person made on the platform that no later operation addressed in Salesforce: the run
+        never learned its Lead's id, which its link names. The service's create and update of
+        the Lead are writes of the record (seed 20719, P19: two Score changes after them)."""
+        person = Entity("P1", "Lead", "people", "platform", local_id="p1")
+        acks = [pf(0, "P1", "Lead", last_name="Pf"), pf(10, "P1", "Lead", last_name="Pf2")]
+        model = Model()
+        model.feed(acks, {"P1": person}, [])
+        obs = self.observed([self.score(80), self.score(100)], service_writes=2)
+        obs.entities = {"P1": person}
+        obs.people = [{"_id": "p1", "crm": {"id": LEAD, "object": "Lead"}}]
+        for row in obs.sync_logs:
+            row["local_id"] = "p1"
+        assert [v.message for v in check(obs, model) if "logs for" in v.message] == []
+
 class TestAWriteOfTheHeldValueListsNoField:
     """An update event lists only the fields that changed (Salesforce's ChangeEventHeader,
     `changedFields`): a Salesforce user saving a field with the value it already holds changes
@@ -751,6 +766,35 @@ class TestASalesforceWriteOfTheValueItHolds:
         model = feed([pf(0, "A1", "Account", industry="Edu"), sf_account(10, Industry="Cons"),
                       pf(20, "A1", "Account", industry="Retail"), sf_account(30, Industry="Bank")])
         assert model.entities["A1"].fields["industry"].local == {"Bank"}
+
+
+class TestAPlatformWriteOfTheValueItHolds:
+    """The mirror of the above: the watcher queues only the mapped fields that changed (the change
+    stream's `updatedFields`, or the polled diff), so a platform save of the value a field already
+    holds is no edit of it, and nothing goes out. Seed 39157, A1.industry
+    (`salesforce_unless_blank`, "a live platform edit: sent only where Salesforce's value is
+    blank"): the platform's Industry was held back (Salesforce held data); a Salesforce user then
+    blanked it (a blank never reaches the platform); the platform's next save listed the same
+    Industry among other fields: Salesforce stays blank."""
+
+    def test_is_no_change_for_salesforce(self) -> None:
+        model = feed([sf_account(0, Industry="Tech"), pf(10, "A1", "Account", industry="Edu"),
+                      sf_account(40, Industry=None), pf(50, "A1", "Account", industry="Edu")])
+        assert allowed_sf(model, "A1", "industry") == {None}
+
+    def test_one_it_may_hold_may_be_sent_or_not(self) -> None:
+        """A Salesforce edit 1 s after the platform's may have reached the platform before the
+        platform's edit went out, or not: the platform holds either value, so its save of "Edu"
+        may or may not be an edit."""
+        model = feed([sf_account(0, Industry="Tech"), pf(10, "A1", "Account", industry="Edu"),
+                      sf_account(11, Industry="Bank"), sf_account(40, Industry=None),
+                      pf(50, "A1", "Account", industry="Edu")])
+        assert allowed_sf(model, "A1", "industry") == {None, "Edu"}
+
+    def test_a_new_value_still_is(self) -> None:
+        model = feed([sf_account(0, Industry="Tech"), pf(10, "A1", "Account", industry="Edu"),
+                      sf_account(40, Industry=None), pf(50, "A1", "Account", industry="Retail")])
+        assert allowed_sf(model, "A1", "industry") == {"Retail"}
 
 
 class TestAFailedLogNamingTheField:
