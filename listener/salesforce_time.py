@@ -34,7 +34,8 @@ response was asked (host `last_sent`) and before B's first came in (`first_recei
 that fits both was stamped in the gap, before or after the step: it is dated at the later of the
 two host times, as "a tie goes to Salesforce" (README) -- an edit the service cannot order
 against a platform edit wins as an exact tie would -- and never later than B's first answer,
-which it preceded. What a clock knows nothing of: steps before its first response (a process
+which it preceded, nor later than a later stamp (`span_host`: Salesforce's order is kept). What
+a clock knows nothing of: steps before its first response (a process
 started after the step) and after its latest; stamps there take the nearest span's offset, the
 current one while no step has been seen, as before spans.
 
@@ -96,6 +97,21 @@ def span_offset(spans: list[Span], stamp: float) -> float:
             if (k == 0 or stamp - span.offset > spans[k - 1].last_sent)
             and (k == len(spans) - 1 or stamp - span.offset < spans[k + 1].first_received)]
     return min(fits) if fits else spans[-1].offset
+
+
+def span_host(spans: list[Span], stamp: float) -> float:
+    """`stamp` on this host's clock: by `span_offset`, but never after a later stamp's host time.
+    Salesforce's clock never goes back, so neither may its stamps' order here: a stamp in a gap
+    dated by the old span (the later host time) would otherwise come after one just past the gap,
+    dated by the new span's larger offset (chaos seed 68239, A12.domain: the later of two
+    Website edits lost to the earlier one). Where a stamp stops fitting a span, the dating drops;
+    a stamp before such a point is dated no later than the first stamp after it."""
+    host = stamp - span_offset(spans, stamp)
+    for k in range(1, len(spans)):
+        fits_no_more = spans[k].first_received + spans[k - 1].offset  # past it: not span k-1's
+        if stamp < fits_no_more:
+            host = min(host, fits_no_more - span_offset(spans, fits_no_more))
+    return host
 
 
 class SalesforceClock:
@@ -176,7 +192,8 @@ class SalesforceClock:
         in (module docstring), the current `offset` while no step has been seen."""
         if not self._past:
             return self.offset
-        return timedelta(seconds=span_offset([*self._past, self._span()], salesforce_time.timestamp()))
+        stamp = salesforce_time.timestamp()
+        return timedelta(seconds=stamp - span_host([*self._past, self._span()], stamp))
 
     def to_host(self, salesforce_time: datetime) -> datetime:
         """A Salesforce time on this host's clock."""

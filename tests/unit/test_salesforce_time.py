@@ -164,6 +164,25 @@ class TestSpans:
             host = clock.to_host(datetime.fromtimestamp(HOST + stamp, UTC))
             assert host < datetime.fromtimestamp(HOST + 25.05, UTC), stamp
 
+    def test_salesforces_order_is_kept(self) -> None:
+        """Salesforce's clock never goes back, so a later stamp is a later change: on this host's
+        clock too, whatever span each falls in (chaos seed 68239, A12.domain: a stamp made at
+        +2 s, unseen, was dated in the gap by the old span's 0, the next at +4 s by the new
+        span's 3.5, 1 s before it; the second Website edit lost to the first)."""
+        clock = learned(STEP_AHEAD, ASKED)
+        stamps = [t / 10 for t in range(-100, 500)]
+        hosts = [clock.to_host(datetime.fromtimestamp(HOST + s, UTC)) for s in stamps]
+        backwards = [s for s, h, n in zip(stamps, hosts, hosts[1:], strict=False) if h > n]
+        assert backwards == []
+
+    def test_the_68239_interleaving(self) -> None:
+        """The org at 0, +2 s from host second 20 (no response saw it), +4 s from second 21; the
+        clock saw 0-10 and then 23-30: the edit at host 20.3 (+2) precedes the one at 20.6 (+4)."""
+        steps = [(0, 0.0), (20, 2.0), (21, 4.0)]
+        clock = learned(steps, [*(float(t) for t in range(0, 11)), *(float(t) for t in range(23, 31))])
+        first, second = (clock.to_host(datetime.fromtimestamp(HOST + s, UTC)) for s in (22.3, 24.6))
+        assert first <= second
+
     def test_a_slew_behind_dates_every_stamp_near_its_own_moment(self) -> None:
         """Skewed 4 s ahead from the start, then healed at host second 10: the org slews back
         (0.8 of the host's rate) for 20 s; the responses stop agreeing every few seconds. A stamp
