@@ -33,7 +33,7 @@ once another term holds the lease (`FencedError`, raised to the caller: nothing 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -57,6 +57,7 @@ from reconciler.ports import (
     RecordFetcher,
     RejectedEvent,
     SalesforceChange,
+    SentValues,
 )
 from reconciler.records import check_value, get_path, is_blank, set_path
 from reconciler.rules import cannot_start, may_create, owner_updates
@@ -132,6 +133,8 @@ class _Pending:
     deleted_at: datetime | None = None  # undeleted here: when Salesforce deleted it (its stamp)
     won: dict[str, Any] = field(default_factory=dict)    # Salesforce field -> platform value that won
     unordered: set[str] = field(default_factory=set)     # edits set aside: the record is read again
+    # a read record's queued write: every value its claims sent (`OutboundQueue.sent_values`)
+    own: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     # the nested dicts copied so far, by id() (held here, so no id is reused while in use)
     owned: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -257,14 +260,8 @@ class Reconciler:
         result.log_ids = await self.store.insert_sync_logs(result.logs)
         if run.unjournaled and not result.logs:
             await self.store.journal_barrier()  # the batch's records wrote without `j`: close it
-        self._count(result)
+        _count(self.totals, result)
         return result
-
-    def _count(self, result: BatchResult) -> None:
-        for name in ("applied", "unchanged", "echoes", "skipped", "failed", "enqueued"):
-            self.totals[name] += getattr(result, name)
-        log.info("inbound_batch_applied", applied=result.applied, unchanged=result.unchanged,
-                 echoes=result.echoes, skipped=result.skipped, failed=result.failed)
 
     async def _apply_collection(self, collection: str, group: list[SalesforceChange], run: _Run) -> None:
         """Read, merge and write `group`; what changed under us is read and merged again."""
@@ -298,6 +295,7 @@ class Reconciler:
         matches = await find_matches(self.store, self.mappings, collection, unlinked, claimed) \
             if unlinked and (collection == PEOPLE or self.mappings.accounts_importable()) else {}
         accounts = await company_ids(self.store, group) if collection == PEOPLE else {}
+        own = await _sent_values(self.outbox, group, linked)
         pending: dict[str, _Pending] = {}
         for change in group:
             try:
@@ -306,6 +304,7 @@ class Reconciler:
                                                            converted, matches, run.result)
                 if item is None:
                     continue
+                item.own = own.get((change.sobject, change.sf_id), item.own)
                 if change.sf_id not in pending and change.sf_id in run.follows:
                     _record_conversion(item, run.follows[change.sf_id])
                 pending[change.sf_id] = item
@@ -472,6 +471,21 @@ async def _read_unordered_again(reconciler: Reconciler, run: _Run) -> None:
     reads = [r for sobject, found in sorted(ids.items())
              for r in await fetcher.fetch(sobject, sorted(found), source=ChangeSource.POLL)]
     await reconciler.apply_batch(reads, attempt=run.attempt)
+
+
+def _count(totals: Counter[str], result: BatchResult) -> None:
+    for name in ("applied", "unchanged", "echoes", "skipped", "failed", "enqueued"):
+        totals[name] += getattr(result, name)
+    log.info("inbound_batch_applied", applied=result.applied, unchanged=result.unchanged,
+             echoes=result.echoes, skipped=result.skipped, failed=result.failed)
+
+
+async def _sent_values(outbox: OutboundQueue | None, group: Sequence[SalesforceChange],
+                       linked: Mapping[str, Any]) -> SentValues:
+    """What the queued writes of the linked records read here (not streamed) sent: one outbox
+    query per batch, none for a batch of events (`inbound_shadow.edits_only`)."""
+    reads = {(c.sobject, c.sf_id) for c in group if c.source is not ChangeSource.STREAM and c.sf_id in linked}
+    return await outbox.sent_values(reads) if reads and outbox is not None else {}
 
 
 async def _enqueue_merges(outbox: OutboundQueue | None, items: list[_Pending], run: _Run) -> None:

@@ -4,7 +4,7 @@ rule held back (`local_unless_blank` with platform data). Kept out of `Reconcile
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ class PendingRecord(Protocol):
     collection: str
     doc: dict[str, Any]
     held: dict[str, str]
+    own: Mapping[str, Sequence[Any]]  # what claims of the record's queued write sent (`sent_values`)
 
     def put(self, path: str, value: Any, *, logged: bool = True) -> None: ...
 
@@ -37,7 +38,8 @@ def record(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Mappin
     (`at` on this host's clock; the change's own stamp orders it against our writes)."""
     read = item.change.source is not ChangeSource.STREAM
     for path, value in shadow_sets(mappings, item.doc, item.change.sobject, fields, at,
-                                   complete=complete, stamp=item.change.changed_at, read=read).items():
+                                   complete=complete, stamp=item.change.changed_at, read=read,
+                                   own=item.own if read else None).items():
         item.put(path, value, logged=False)
 
 
@@ -65,12 +67,18 @@ def edits_only(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Ma
     either, or the two sides would swap values. A read is not always current: it may race our
     write and be applied after it. Both times stay on Salesforce's clock, which never goes back:
     moved onto this host's with the offset known at apply time, a stamp made before the org's
-    clock stepped ahead would date before a write it followed (chaos seed 2718, P23)."""
+    clock stepped ahead would date before a write it followed (chaos seed 2718, P23).
+
+    A record read holding a value a claim of the record's queued write sent (`item.own`: its
+    answer lost, or not in yet) holds the platform's own value, not an edit (chaos seed 40427,
+    P20.title: a poll before the re-sent write filled a blank the platform made since). Not an
+    event: our own write's events are echoes already."""
     sf_fields = {m.sf_field for m in mappings}
+    own = item.own if item.change.source is not ChangeSource.STREAM else {}
     out: dict[str, Any] = {}
     for name, value in fields.items():
         seen = shadow_side(item.doc, item.change.sobject, name) if name in sf_fields else None
-        if seen is not None and seen.value == value:
+        if (seen is not None and seen.value == value) or value in own.get(name, ()):
             continue
         if _replaced_since(item.doc, item.change.sobject, name, sf_at):
             continue

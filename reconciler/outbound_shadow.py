@@ -304,16 +304,16 @@ class ShadowGate:
                 if doc is None:
                     continue
                 own = refreshed.get(doc["_id"])
+                # a value an earlier attempt sent is the write's own, time unknown (`shadow_sets`)
                 found = shadow_sets(mappings, doc, sobject, record,
                                     self._seen_at(doc, sobject, record, read_again=own is not None),
-                                    complete=True)
+                                    complete=True, own=own)
                 if own is not None:
                     self._read_modified[doc["_id"]] = parse_sf_datetime(record.get("LastModifiedDate"))
                     # Only the write's own values read back are stored (their echoes are not
                     # edits); the rest decides this flush only: the platform has not taken what
                     # Salesforce changed since, and the inbound side skips a value equal to the
                     # stored shadow as read before (`inbound_shadow.edits_only`).
-                    found = _own_unknown(found, own)
                     sets[doc["_id"]] = {k: v for k, v in found.items() if _is_own(k, v, own)}
                 elif not has_shadow(doc, sobject):
                     sets[doc["_id"]] = found
@@ -331,7 +331,7 @@ class ShadowGate:
         platform edit); for a record read again (a shadow brought up to date, or a re-sent
         write's record, a recovered create's included), the record's `LastModifiedDate` on this
         host's clock (a value changed since was set at the latest then: a platform value older
-        than that does not overwrite it; the write's own values are told apart by `_own_unknown`)."""
+        than that does not overwrite it; the write's own values have no time: `shadow_sets`)."""
         if not has_shadow(doc, sobject) and not read_again:
             return None
         modified = parse_sf_datetime(record.get("LastModifiedDate"))
@@ -427,17 +427,6 @@ def _with_prior(entry: dict[str, Any], prior: Any) -> dict[str, Any]:
 
 def _is_own(key: str, entry: Mapping[str, Any], sent: Mapping[str, Sequence[Any]]) -> bool:
     return entry.get("v") in sent.get(key.rsplit(".", 1)[-1], ())
-
-
-def _own_unknown(found: dict[str, Any], sent: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
-    """A value read back that an earlier attempt of the write sent is the platform's own, as old
-    as that attempt's value, not a Salesforce edit of the record's `LastModifiedDate` (a lost
-    answer's write re-sent once more after the platform's next edit: chaos seed 314,
-    L1.first_name): its time is unknown (older than any platform edit)."""
-    for key, entry in found.items():
-        if _is_own(key, entry, sent):
-            found[key] = {**entry, "at": None}
-    return found
 
 
 def _waited(mappings: Sequence[FieldMapping], entry: OutboxEntry, doc: Mapping[str, Any] | None,

@@ -12,14 +12,14 @@ first `recover_expired` instead of waiting out their lease (`reconciler.store`'s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
 from reconciler.errors import FencedError
-from reconciler.ports import OutboundWrite
+from reconciler.ports import OutboundWrite, SentValues
 from reconciler.records import is_blank
 from reconciler.store import Fence, OutboxCollection, OutboxEntry, OutboxGroup
 
@@ -67,6 +67,9 @@ class Outbox:
                 log.info("outbox_write_queued", sobject=write.sobject, sf_id=write.sf_id,
                          local_id=str(write.local_id), reason=write.reason, origin=write.origin,
                          fields=sorted(write.fields), attempt=write.attempt)
+
+    async def sent_values(self, records: Collection[tuple[str, str]]) -> SentValues:
+        return await self._collection.sent_values(records)
 
     async def due_groups(self) -> list[OutboxGroup]:
         return await self._collection.due_groups(self._clock())

@@ -6,7 +6,7 @@ The reconciler never imports `listener`: the process wires concrete implementati
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -171,7 +171,16 @@ class OutboundWrite:
     origin: str = ""
 
 
+# (Salesforce object, record id) -> Salesforce field -> every value a queued write's claims sent
+SentValues = dict[tuple[str, str], dict[str, list[Any]]]
+
+
 class OutboundQueue(Protocol):
     """Where writes to Salesforce are enqueued (the durable outbox)."""
 
     async def enqueue(self, writes: Sequence[OutboundWrite]) -> None: ...
+
+    async def sent_values(self, records: Collection[tuple[str, str]]) -> SentValues:
+        """Per (object, Salesforce id): every value a queued write's claims sent, per field,
+        whose answer was lost or is not in yet (it may be in Salesforce: the write's own)."""
+        ...

@@ -21,7 +21,7 @@ It lets the merge behaviours decide live edits with no API call:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -64,7 +64,8 @@ def shadow_side(doc: Mapping[str, Any] | None, sobject: str, sf_field: str) -> S
 
 def shadow_sets(mappings: Iterable[FieldMapping], doc: Mapping[str, Any] | None, sobject: str,
                 record: Mapping[str, Any], at: datetime | None, *, complete: bool = False,
-                stamp: datetime | None = None, read: bool = False) -> dict[str, Any]:
+                stamp: datetime | None = None, read: bool = False,
+                own: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:
     """`$set` entries that bring the shadow up to `record` (Salesforce fields seen at `at`).
 
     Only mapped fields present in `record` (all of them when `complete`: a missing one is
@@ -85,6 +86,11 @@ def shadow_sets(mappings: Iterable[FieldMapping], doc: Mapping[str, Any] | None,
     record's `LastModifiedDate` (moved on by other fields' edits), whichever side read it (chaos
     seeds 11376 P23.state and 64 P3.state, the flusher's re-read; 21977 P11.phone, a gap fetch:
     the platform's first value was dropped as older than that blank).
+
+    A value a claim of the record's queued write sent (`own`, per field: its answer lost or not
+    in yet) has no time either: it is the platform's own, as old as that claim's value, not a
+    Salesforce edit at the record's `LastModifiedDate` (chaos seeds 314 L1.first_name, the
+    flusher's re-read; 40427 P20.title, a poll).
     """
     sets: dict[str, Any] = {}
     for mapping in mappings:
@@ -93,11 +99,10 @@ def shadow_sets(mappings: Iterable[FieldMapping], doc: Mapping[str, Any] | None,
             continue
         value = record.get(name)
         known = shadow_side(doc, sobject, name)
-        if known is None:
-            sets[path(sobject, name)] = {"v": value, "at": None if complete and is_blank(value) else at}
-        elif known.value != value and (not _later(known.at, at)
-                                       or _after_sent(doc, sobject, name, stamp, read)):
-            sets[path(sobject, name)] = {"v": value, "at": at}
+        untimed = (complete and is_blank(value) and known is None) or value in (own or {}).get(name, ())
+        if known is None or (known.value != value and (not _later(known.at, at)
+                                                       or _after_sent(doc, sobject, name, stamp, read))):
+            sets[path(sobject, name)] = {"v": value, "at": None if untimed else at}
     return sets
 
 

@@ -69,7 +69,8 @@ from reconciler.store._bulk import BulkOutcome, RecordVersion, RecordWrite
 from reconciler.store._client import Connection, translate_errors
 from reconciler.store._lease import Fence, Lease, LeaseHolder, LeaseMixin
 from reconciler.store._logs import LogsMixin, decode_cursor, encode_cursor
-from reconciler.store._outbox import CREATE, UPDATE, OutboxCollection, OutboxEntry, OutboxGroup
+from reconciler.store._outbox import OutboxCollection
+from reconciler.store._outbox_entry import CREATE, UPDATE, OutboxEntry, OutboxGroup
 from reconciler.store._records import RecordsMixin
 from reconciler.store._state import StateMixin
 from reconciler.store._watch import (

@@ -21,8 +21,7 @@ attempt > 0) and folds the parked document in, keeping its `first_sent_at`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -33,75 +32,23 @@ from reconciler.errors import RetriableError
 from reconciler.ports import OutboundWrite
 from reconciler.store._client import DURABLE, translate_errors
 from reconciler.store._lease import Fence, check_fence
+from reconciler.store._outbox_entry import (
+    CREATE,
+    FAILED,
+    INFLIGHT,
+    LEASE_EXPIRED,
+    OUTBOX,
+    PENDING,
+    UPDATE,
+    OutboxEntry,
+    coalescing_key,
+    record_key,
+)
+from reconciler.store._outbox_views import OutboxViews
 
-OUTBOX = "outbox"
-PENDING = "pending"
-INFLIGHT = "inflight"
-FAILED = "failed"       # given up after too many retriable failures: parked until a retry
-LEASE_EXPIRED = "LEASE_EXPIRED: the flusher that claimed it stopped before finishing"
-CREATE = "create"
-UPDATE = "update"
 _DUPLICATE_KEY = 11000
 
-
-def aware(value: datetime) -> datetime:
-    """BSON dates come back naive unless the client is tz-aware: they are UTC either way."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def coalescing_key(write: OutboundWrite) -> str:
-    """Writes to one Salesforce record, or to one not-yet-linked local doc, share a key."""
-    if write.sf_id:
-        return f"sf:{write.sobject}:{write.sf_id}"
-    return f"local:{write.collection}:{write.local_id}"
-
-
-@dataclass(frozen=True)
-class OutboxEntry:
-    """One claimed (or pending) outbox document."""
-
-    id: ObjectId
-    key: str
-    kind: str                       # "create" | "update"
-    write: OutboundWrite
-    enqueued_at: datetime           # the oldest coalesced edit: what the flush wait is timed from
-    next_attempt_at: datetime
-    lease: str | None = None        # set while claimed
-    first_sent_at: datetime | None = None   # when a flusher first claimed it to send (this host's clock)
-    first_sent_sf_at: datetime | None = None  # the same moment on Salesforce's clock, as known then
-    failures: int = 0               # retriable failures (expired claims included) since queued
-    last_error: str | None = None
-    sent: dict[str, list[Any]] = field(default_factory=dict)  # every value earlier claims sent, per field
-    last_queued_at: datetime | None = None  # the latest coalesced edit (the document's `updated_at`)
-
-    @classmethod
-    def from_document(cls, doc: dict[str, Any]) -> OutboxEntry:
-        write = OutboundWrite(
-            sobject=doc["sobject"], sf_id=doc.get("sf_id"), collection=doc["collection"],
-            local_id=doc["local_id"], fields=dict(doc.get("fields") or {}),
-            reason=doc.get("reason", "local_edit"), attempt=int(doc.get("attempt", 0)),
-        )
-        return cls(id=doc["_id"], key=doc["key"], kind=doc["kind"], write=write,
-                   enqueued_at=aware(doc["enqueued_at"]), next_attempt_at=aware(doc["next_attempt_at"]),
-                   lease=doc.get("lease"),
-                   first_sent_at=aware(doc["first_sent_at"]) if doc.get("first_sent_at") else None,
-                   first_sent_sf_at=aware(doc["first_sent_sf_at"]) if doc.get("first_sent_sf_at") else None,
-                   failures=int(doc.get("failures", 0)), last_error=doc.get("last_error"),
-                   sent=_claimed_values(doc.get("claims_before")),
-                   last_queued_at=aware(doc["updated_at"]) if doc.get("updated_at") else None)
-
-
-@dataclass(frozen=True)
-class OutboxGroup:
-    """Due pending writes of one object and kind: one or more `composite/sobjects` calls."""
-
-    sobject: str
-    kind: str
-    count: int
-    oldest: datetime
-
-
-class OutboxCollection:
+class OutboxCollection(OutboxViews):
     """The `outbox` collection. Takes a motor database."""
 
     def __init__(self, db: Any) -> None:
@@ -159,18 +106,6 @@ class OutboxCollection:
             await self._coll.update_many(
                 {"_id": {"$in": [e.id for e in entries]}, "lease": entries[0].lease},
                 {"$set": {"status": FAILED}, "$unset": {"lease": "", "lease_until": "", "term": ""}})
-
-    async def due_groups(self, now: datetime) -> list[OutboxGroup]:
-        pipeline = [
-            {"$match": {"status": PENDING, "next_attempt_at": {"$lte": now}}},
-            {"$group": {"_id": {"sobject": "$sobject", "kind": "$kind"},
-                        "count": {"$sum": 1}, "oldest": {"$min": "$enqueued_at"}}},
-        ]
-        with translate_errors("outbox.due_groups"):
-            rows = await self._coll.aggregate(pipeline).to_list(None)
-        groups = [OutboxGroup(r["_id"]["sobject"], r["_id"]["kind"], int(r["count"]), aware(r["oldest"]))
-                  for r in rows]
-        return sorted(groups, key=lambda g: (g.oldest, g.sobject, g.kind))
 
     async def claim(self, sobject: str, kind: str, *, now: datetime, lease: timedelta, limit: int,
                     fence: Fence | None = None, sf_offset: timedelta = timedelta(0)) -> list[OutboxEntry]:
@@ -242,7 +177,7 @@ class OutboxCollection:
                 {"key": f"local:{collection}:{local_id}", "status": PENDING})
         if doc is None:
             return
-        sf_key = f"sf:{sobject}:{sf_id}"
+        sf_key = record_key(sobject, sf_id)
         change = {"key": sf_key, "sf_id": sf_id, "sobject": sobject, "kind": UPDATE}
         with translate_errors("outbox.rekey_created"):
             try:
@@ -251,18 +186,6 @@ class OutboxCollection:
             except DuplicateKeyError:
                 pass
         await self._merge_into_pending(doc, sf_key)
-
-    async def depth(self) -> int:
-        """Writes waiting or in flight (given-up writes are not queued: their logs show them)."""
-        with translate_errors("outbox.depth"):
-            return int(await self._coll.count_documents({"status": {"$in": [PENDING, INFLIGHT]}}))
-
-    async def pending(self) -> list[OutboxEntry]:
-        """Every pending write, oldest first (admin views and tests)."""
-        with translate_errors("outbox.pending"):
-            docs = await self._coll.find({"status": PENDING}).sort(
-                [("enqueued_at", ASCENDING), ("_id", ASCENDING)]).to_list(None)
-        return [OutboxEntry.from_document(d) for d in docs]
 
     async def _to_pending(self, entry_id: ObjectId, lease: str | None, due: datetime,
                           add_attempt: int, error: str | None = None) -> None:
@@ -301,16 +224,6 @@ class OutboxCollection:
             result = await self._coll.update_one({"key": key, "status": PENDING}, merged)
             if result.matched_count:
                 await self._coll.delete_one({"_id": older["_id"]})
-
-
-def _claimed_values(claims: Any) -> dict[str, list[Any]]:
-    """Every value the claims sent, per field (documents claimed before `claims` have none)."""
-    values: dict[str, list[Any]] = {}
-    for fields in claims if isinstance(claims, list) else ():
-        for name, value in (fields or {}).items():
-            if value not in values.setdefault(name, []):
-                values[name].append(value)
-    return values
 
 
 def _earliest(name: str, first_sent: datetime | None) -> Any:

@@ -22,7 +22,8 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 from reconciler.errors import SyncError
 from reconciler.store._bulk import VERSION
 from reconciler.store._client import translate_errors
-from reconciler.store._outbox import OutboxCollection, aware
+from reconciler.store._outbox import OutboxCollection
+from reconciler.store._outbox_entry import aware
 
 SNAPSHOTS = "local_snapshots"
 # NoReplicationEnabled/"only supported on replica sets", unrecognised stage, not supported.

@@ -483,3 +483,87 @@ class TestAStalledUpdateIsSentAgainWithTheEditMadeSince:
 
         [lead] = await org.rows(f"SELECT Title FROM Lead WHERE Id = '{sf_id}'")
         assert lead["Title"] == "Platform"
+
+
+async def linked_person_whose_update_is_lost(store: Store, outbox: Outbox, org: Org,
+                                             flusher: OutboundFlusher) -> tuple[str, ObjectId]:
+    """A Lead (Title "Old", made by a Salesforce user) linked to a Person whose platform Title
+    "Platform" went out in an update Salesforce applied and whose answer was lost: the write is
+    queued again (attempt 1), and the Lead holds "Platform" at a `LastModifiedDate` the shadow never saw."""
+    sf_id = await org.seed_as_user({"LastName": "Ng", "Company": "Acme", "Title": "Old"})
+    earlier = datetime.now(UTC) - timedelta(seconds=20)
+    local_id = ObjectId()
+    await store.db.people.insert_one({
+        "_id": local_id, "last_name": "Ng", "company_name": "Acme", "title": "Platform",
+        "updated_at": earlier, "crm": {"object": "Lead", "id": sf_id},
+        "_sync": {"written_at": earlier, "field_times": {"title": earlier},
+                  "sf": {"Lead": {"LastName": {"v": "Ng", "at": None}, "Company": {"v": "Acme", "at": None},
+                                  "Title": {"v": "Old", "at": earlier - timedelta(minutes=1)}}}}})
+    await outbox.enqueue([OutboundWrite("Lead", sf_id, "people", local_id, {"Title": "Platform"},
+                                        "local_edit")])
+    # the write went out conditional (the record read again first: it waited past the flush
+    # wait), a `/composite` POST, which is never sent again blind
+    await org.fault(path_prefix="/services/data/v62.0/composite", count=1, apply_then_drop=True)
+    await flusher.flush()
+    assert await outbox.depth() == 1
+    [lead] = await org.rows(f"SELECT Title FROM Lead WHERE Id = '{sf_id}'")
+    assert lead["Title"] == "Platform"
+    return sf_id, local_id
+
+
+async def poll(org: Org, sf_id: str) -> SalesforceChange:
+    """The Lead as the poller reads it."""
+    [lead] = await org.rows("SELECT Id, LastName, Company, Email, Phone, Title, LastModifiedDate "
+                            f"FROM Lead WHERE Id = '{sf_id}'")
+    return SalesforceChange(sobject="Lead", sf_id=sf_id, kind=ChangeKind.UPSERT,
+                            fields={k: v for k, v in lead.items() if k not in ("attributes", "Id")},
+                            changed_at=parse_sf_datetime(lead["LastModifiedDate"]), source=ChangeSource.POLL)
+
+
+class TestALostUpdatesOwnValueReadByAnInboundRead:
+    """Chaos seed 40427, P20.title: an update's answer was lost after Salesforce applied it, and
+    an inbound read (a poll, a gap fetch, a re-import) reached the record before the re-sent
+    write read it again: the value the lost attempt sent is the platform's own, not a
+    Salesforce edit at the record's `LastModifiedDate`."""
+
+    async def test_it_does_not_fill_a_blank_the_platform_made_since(self, org: Org, store: Store) -> None:
+        """The platform blanked the title after the lost call (a blank is never sent). The new
+        leader's poll took the title for a Salesforce edit and filled the blank with it: an echo
+        logged as a Salesforce change."""
+        outbox, flusher = flusher_for(store, org)
+        sf_id, local_id = await linked_person_whose_update_is_lost(store, outbox, org, flusher)
+        now = datetime.now(UTC)
+        await store.db.people.update_one({"_id": local_id}, {"$set": {
+            "title": None, "updated_at": now, "_sync.written_at": now, "_sync.field_times.title": now}})
+
+        await Reconciler(store, MAPPINGS, outbox=outbox).apply([await poll(org, sf_id)])
+
+        doc = await store.db.people.find_one({"_id": local_id})
+        assert doc is not None and doc.get("title") is None
+        logs, _ = await store.find_sync_logs(limit=10)
+        assert [x for x in logs if x["source"] == "salesforce"] == []
+        # known as Salesforce's value now, with no time: older than any platform edit
+        assert doc["_sync"]["sf"]["Lead"]["Title"] == {"v": "Platform", "at": None}
+
+    async def test_it_does_not_undo_an_edit_made_while_the_call_was_in_flight(
+            self, org: Org, store: Store) -> None:
+        """The platform edited the title again while the lost call was in flight: its time is
+        before the Lead's `LastModifiedDate`. Taken for a Salesforce edit, the lost call's older
+        value replaced the newer one on the platform, and the re-sent write then had nothing to
+        send: the platform's last edit was lost on both sides."""
+        outbox, flusher = flusher_for(store, org)
+        before_call = datetime.now(UTC) - timedelta(seconds=1)
+        sf_id, local_id = await linked_person_whose_update_is_lost(store, outbox, org, flusher)
+        await store.db.people.update_one({"_id": local_id}, {"$set": {
+            "title": "Newer", "updated_at": before_call, "_sync.written_at": before_call,
+            "_sync.field_times.title": before_call}})
+        await outbox.enqueue([OutboundWrite("Lead", sf_id, "people", local_id, {"Title": "Newer"},
+                                            "local_edit")])
+
+        await Reconciler(store, MAPPINGS, outbox=outbox).apply([await poll(org, sf_id)])
+        doc = await store.db.people.find_one({"_id": local_id})
+        assert doc is not None and doc["title"] == "Newer"
+        await flush_until_empty(outbox, flusher)
+
+        [lead] = await org.rows(f"SELECT Title FROM Lead WHERE Id = '{sf_id}'")
+        assert lead["Title"] == "Newer"

@@ -123,6 +123,25 @@ class TestClaims:
         [pending] = await outbox.pending()
         assert pending.write.attempt == 1 and pending.first_sent_at is not None
 
+    async def test_what_claims_sent_is_known_until_the_write_is_done(self, outbox: Outbox) -> None:
+        """Chaos seed 40427: an inbound read weighs what a record's queued write sent (its answer
+        lost, or not in yet) as the platform's own. Every claim counts, in flight or released, and
+        a record's pending and in-flight writes together; a write never claimed, or done, does not."""
+        await outbox.enqueue([update("00Q1", City="Paris", Title="CEO"), update("00Q2", City="Rome")])
+        first = await outbox.claim("Lead", UPDATE, 10)
+        await outbox.enqueue([update("00Q1", City="Lyon"), update("00Q3", City="Oslo")])
+        records = [("Lead", "00Q1"), ("Lead", "00Q2"), ("Lead", "00Q3"), ("Contact", "00Q1")]
+        assert await outbox.sent_values(records) == {
+            ("Lead", "00Q1"): {"City": ["Paris"], "Title": ["CEO"]}, ("Lead", "00Q2"): {"City": ["Rome"]}}
+
+        await outbox.retry_later(first, timedelta(seconds=0))  # Q1 folds into its pending Lyon
+        second = await outbox.claim("Lead", UPDATE, 10)
+        await outbox.retry_later([e for e in second if e.write.sf_id != "00Q2"], timedelta(seconds=0))
+        await outbox.done([e for e in second if e.write.sf_id == "00Q2"])
+        assert await outbox.sent_values(records) == {
+            ("Lead", "00Q1"): {"City": ["Paris", "Lyon"], "Title": ["CEO"]},
+            ("Lead", "00Q3"): {"City": ["Oslo"]}}
+
     async def test_retry_later_counts_the_attempt_and_delays(self, outbox: Outbox, clock: Clock) -> None:
         """A released write is not due until its next attempt time."""
         await outbox.enqueue([update("00Q1", City="Paris")])

@@ -4,11 +4,18 @@ Salesforce REST surface and of the outbox (seams, not patches)."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from reconciler.ports import ChangeKind, ChangeSource, OutboundWrite, RecordResult, SalesforceChange
+from reconciler.ports import (
+    ChangeKind,
+    ChangeSource,
+    OutboundWrite,
+    RecordResult,
+    SalesforceChange,
+    SentValues,
+)
 from reconciler.soql import parse_sf_datetime
 from settings import parse_mappings
 from tests.support.mappings import sample_mappings
@@ -56,6 +63,9 @@ class FakeOutbox:
 
     async def enqueue(self, writes: Sequence[OutboundWrite]) -> None:
         self.writes.extend(writes)
+
+    async def sent_values(self, records: Collection[tuple[str, str]]) -> SentValues:
+        return {}  # nothing is ever sent, so no answer is lost
 
 
 _SELECT = re.compile(r"SELECT (?P<fields>.+?) FROM (?P<object>\w+)(?: WHERE (?P<where>.+?))?"

@@ -266,12 +266,28 @@ class TestShadowSets:
         assert (sets == {"_sync.sf.Lead.Email": {"v": "theirs@x", "at": T1}}) is replaced, why
 
 
+    @pytest.mark.parametrize(("value", "own", "untimed", "why"), [
+        ("ours@x", {"Email": ["ours@x"]}, True, "a lost answer's value read back: the write's own, no time"),
+        ("ours@x", {"Email": ["older@x", "ours@x"]}, True, "any earlier attempt's value"),
+        ("theirs@x", {"Email": ["ours@x"]}, False, "another value: Salesforce's, at the read's time"),
+        ("ours@x", {"Phone": ["ours@x"]}, False, "sent for another field"),
+        ("ours@x", None, False, "nothing sent"),
+    ])
+    def test_a_value_a_queued_write_sent(self, value: str, own: dict[str, list[Any]] | None,
+                                         untimed: bool, why: str) -> None:
+        """Chaos seeds 314 (the flusher's re-read) and 40427 (a poll): a value a claim of the
+        record's queued write sent, its answer lost, is the platform's own, as old as that claim."""
+        sets = shadow_sets(self.M, doc("a", "present"), "Lead", {"Email": value}, T2, read=True, own=own)
+        assert sets == {"_sync.sf.Lead.Email": {"v": value, "at": None if untimed else T2}}, why
+
+
 @dataclass
 class _Pending:
     change: SalesforceChange
     collection: str
     doc: dict[str, Any]
     held: dict[str, str] = field(default_factory=dict)
+    own: dict[str, list[Any]] = field(default_factory=dict)
 
     def put(self, path: str, value: Any, *, logged: bool = True) -> None:
         raise AssertionError("edits_only writes nothing")
@@ -318,3 +334,29 @@ class TestEventOlderThanOurWrite:
         """Modified since Salesforce took our value: someone changed it again."""
         item = self.item(T3, ChangeSource.POLL)
         assert edits_only(item, [mapping()], {"Email": "theirs@x"}, T3) == {"Email": "theirs@x"}
+
+
+class TestAReadOfAValueOurQueuedWriteSent:
+    """Chaos seed 40427, P20.title: our update was applied and its answer lost; before the write
+    was sent again, a poll read the record. What any claim of the queued write sent (`own`) is
+    the platform's own value coming back, not a Salesforce edit, even at a later
+    `LastModifiedDate` than the platform's last edit."""
+
+    def item(self, source: ChangeSource, own: dict[str, list[Any]]) -> _Pending:
+        change = SalesforceChange(sobject="Lead", sf_id="00Q1", kind=ChangeKind.UPSERT,
+                                  fields={"Email": "ours@x"}, changed_at=T3, source=source)
+        sync = {"sf": {"Lead": {"Email": {"v": "old@x", "at": T0}}}}
+        return _Pending(change, "people", {"_id": 1, "email": None, "_sync": sync}, own=own)
+
+    @pytest.mark.parametrize(("source", "own", "edit", "why"), [
+        (ChangeSource.POLL, {"Email": ["ours@x"]}, False, "a poll of our lost answer's value"),
+        (ChangeSource.GAP, {"Email": ["older@x", "ours@x"]}, False, "a gap fetch, any claim's value"),
+        (ChangeSource.IMPORT, {"Email": ["ours@x"]}, False, "a re-import"),
+        (ChangeSource.POLL, {"Email": ["older@x"]}, True, "a value no claim sent: Salesforce's edit"),
+        (ChangeSource.POLL, {}, True, "no queued write"),
+        (ChangeSource.STREAM, {"Email": ["ours@x"]}, True, "an event: our own are echoes already"),
+    ])
+    def test_it_is_no_edit(self, source: ChangeSource, own: dict[str, list[Any]], edit: bool,
+                           why: str) -> None:
+        found = edits_only(self.item(source, own), [mapping()], {"Email": "ours@x"}, T3)
+        assert found == ({"Email": "ours@x"} if edit else {}), why
