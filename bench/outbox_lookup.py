@@ -2,9 +2,9 @@
 
     .venv/bin/python -m bench.outbox_lookup [--queued 5000] [--claimed 1000] [--batch 200]
 
-Every inbound batch with record reads (a poll, a gap fetch, a backfill page) asks the outbox,
-once, what the queued writes of its linked records sent (chaos seed 40427). The outbox is
-deepest when it matters most: a paused budget holds every platform edit. This script fills a
+Every inbound batch with reads of linked records (a poll, a gap fetch) asks the outbox, once,
+what their queued writes sent (chaos seed 40427). The outbox is deepest when it matters most:
+a paused budget holds every platform edit. This script fills a
 real SecantusDB outbox with `--queued` pending updates, claims `--claimed` of them (what a send
 whose answer was lost leaves), and times the lookup of a `--batch` of records, one in 25 of them
 queued, with the service's indexes and without the `key_status` index.

@@ -71,6 +71,7 @@ log = structlog.get_logger(__name__)
 CAS_ATTEMPTS = 3  # reads, merges and compare-and-set writes of one record before giving up
 _FULL_RECORD = (ChangeKind.CREATE, ChangeKind.UPSERT)
 _MERGE_SOURCES = (ChangeSource.RETRY, ChangeSource.IMPORT)
+_LIVE_READS = (ChangeSource.POLL, ChangeSource.GAP)  # records read, merged as live edits
 # When one record gets several changes in a batch, its log carries the most telling type.
 _TYPE_RANK: dict[str, int] = {t: i for i, t in enumerate(
     ("create", "link", "convert", "merge", "delete", "undelete", "owner_change", "update"))}
@@ -482,9 +483,9 @@ def _count(totals: Counter[str], result: BatchResult) -> None:
 
 async def _sent_values(outbox: OutboundQueue | None, group: Sequence[SalesforceChange],
                        linked: Mapping[str, Any]) -> SentValues:
-    """What the queued writes of the linked records read here (not streamed) sent: one outbox
-    query per batch, none for a batch of events (`inbound_shadow.edits_only`)."""
-    reads = {(c.sobject, c.sf_id) for c in group if c.source is not ChangeSource.STREAM and c.sf_id in linked}
+    """What the queued writes of the linked records polled or fetched here sent: one outbox query
+    per batch, none for events or merges (`inbound_shadow.edits_only`)."""
+    reads = {(c.sobject, c.sf_id) for c in group if c.source in _LIVE_READS and c.sf_id in linked}
     return await outbox.sent_values(reads) if reads and outbox is not None else {}
 
 

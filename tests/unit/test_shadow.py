@@ -351,7 +351,6 @@ class TestAReadOfAValueOurQueuedWriteSent:
     @pytest.mark.parametrize(("source", "own", "edit", "why"), [
         (ChangeSource.POLL, {"Email": ["ours@x"]}, False, "a poll of our lost answer's value"),
         (ChangeSource.GAP, {"Email": ["older@x", "ours@x"]}, False, "a gap fetch, any claim's value"),
-        (ChangeSource.IMPORT, {"Email": ["ours@x"]}, False, "a re-import"),
         (ChangeSource.POLL, {"Email": ["older@x"]}, True, "a value no claim sent: Salesforce's edit"),
         (ChangeSource.POLL, {}, True, "no queued write"),
         (ChangeSource.STREAM, {"Email": ["ours@x"]}, True, "an event: our own are echoes already"),
