@@ -209,9 +209,10 @@ def _plan(reconciler: Converter, conversions: list[Conversion], by_crm: dict[str
     """Each conversion's step (`conversion_step`) as writes, or as a Contact to follow. `by_crm`
     is kept as the writes leave it, so that several Leads converted into one Contact in one batch
     each see the Person the ones before made the Contact's; Leads with a Person go first, so a
-    Lead without one records itself on the Person the others relinked, not on one to be made."""
+    Lead without one records itself on the Person the others relinked, not on one to be made;
+    then in Salesforce's order: the first conversion made the Contact, the later ones fold."""
     plan = _Planned()
-    for conv in sorted(conversions, key=lambda x: x.lead_id not in by_crm):
+    for conv in sorted(conversions, key=lambda x: (x.lead_id not in by_crm, x.changed_at)):
         person, contact_person = by_crm.get(conv.lead_id), by_crm.get(conv.contact_id)
         step = conversion_step(conv.lead_id, person, contact_person)
         if step is Step.FOLLOW:
@@ -280,7 +281,7 @@ def _person_writes(
         else:
             writes.append(RecordWrite(filter={"_id": duplicate["_id"]}, unset=["crm"],
                                       set={"crm_previous": duplicate.get("crm"), **stamp}))
-        values.update(_folded(reconciler.mappings, person, duplicate))
+        values.update(_folded(reconciler.mappings, person, duplicate, contacts=relinked))
     writes.append(RecordWrite(filter=where, set=values))
     after = copy.deepcopy(person)
     for path, value in values.items():
@@ -303,15 +304,23 @@ def _company(conv: Conversion, companies: dict[str, Any], company_writes: list[R
     return {"company_id": company["_id"]}
 
 
-def _folded(mappings: Mappings, person: dict[str, Any], duplicate: dict[str, Any]) -> dict[str, Any]:
-    """What the Lead's Person takes from the Person the Contact's create made. That one holds
+def _folded(mappings: Mappings, person: dict[str, Any], duplicate: dict[str, Any], *,
+            contacts: bool = True) -> dict[str, Any]:
+    """What the Person that stays takes from the one folded into it.
+
+    `contacts`: the Lead's Person takes from the Person the Contact's create made. That one holds
     the Contact's values, i.e. the Lead's latest (some perhaps never seen on the Lead: their
     events lost), so it is merged like a same-batch Contact create: by the merge behaviour, on
     both sides' field times. A platform record taken over only fills blanks (its values are the
     platform's own, not Salesforce's). So are a `to_salesforce` field's, which Salesforce never
     writes: a platform edit of the Person the create made (chaos seed 12289, L8.state: lost with
-    it, as Salesforce's value, which never writes the field) -- the later edit stays."""
-    from_salesforce = bool(get_path(duplicate, "_sync.created_by_sync"))
+    it, as Salesforce's value, which never writes the field) -- the later edit stays.
+
+    Else (`Step.FOLD`) an existing Contact's Person takes from the Lead's only what it lacks:
+    Salesforce kept the Contact's values, filling only its blanks from the Lead ("only empty
+    fields in the target object are overwritten"), and so does the platform, or the two would
+    differ with nothing to send the difference."""
+    from_salesforce = contacts and bool(get_path(duplicate, "_sync.created_by_sync"))
     out: dict[str, Any] = {}
     for m in mappings.for_object("Contact"):
         mine = Side(get_path(person, m.local_field), stamped_time(person, m.local_field))

@@ -406,11 +406,13 @@ async def convert_a_second_lead(org: Org, first: CreatedAndConverted) -> Created
 
 
 async def one_person_for_both(store: Store, first: CreatedAndConverted, second: CreatedAndConverted) -> Any:
-    """Exactly one Person: linked to the Contact, recording both Leads, with the Title the second
-    Lead brought to the Contact. Returns its `_id`."""
+    """Exactly one Person: linked to the Contact, recording both Leads, with the Contact's values:
+    its own email (Salesforce kept it: the second Lead's filled only blanks), and the Title the
+    second Lead brought to it. Returns its `_id`."""
     people = await store.db.people.find().to_list(None)
-    assert [(p["crm"]["object"], p["crm"]["id"], recorded_leads(p), p.get("title")) for p in people] == [
-        ("Contact", first.contact, sorted([first.lead, second.lead]), "Rear Admiral")]
+    assert [(p["crm"]["object"], p["crm"]["id"], recorded_leads(p), p.get("email"), p.get("title"))
+            for p in people] == [
+        ("Contact", first.contact, sorted([first.lead, second.lead]), NEW_EMAIL, "Rear Admiral")]
     return people[0]["_id"]
 
 
