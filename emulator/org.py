@@ -418,7 +418,12 @@ def convert_lead(
 ) -> dict[str, str]:
     """Convert a Lead the way Salesforce does, in one transaction: Account CREATE (unless an existing
     one is given), Contact CREATE (unless given), then the Lead UPDATE — whose event, as documented,
-    carries no LastModifiedDate in changedFields."""
+    carries no LastModifiedDate in changedFields.
+
+    Into an existing Account or Contact (`convertLead`: "only empty fields in the target object
+    are overwritten"): the Lead's values fill that record's blank fields only, an UPDATE when any
+    was blank; a Contact needs its Account given (`contactId`: "this contact must be associated
+    with the specified accountId, and an accountId must be specified")."""
     found = org.find(lead_id)
     if found is None or found[0] is not LEAD or found[1].get("IsDeleted"):
         raise RecordRejected(
@@ -433,12 +438,21 @@ def convert_lead(
             raise RecordRejected(
                 FieldError("INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id: {given}")
             )
+    contact = org.find(contact_id) if contact_id else None
+    if contact is not None and (not account_id or normalize_id(str(contact[1].get("AccountId") or ""))
+                                != normalize_id(account_id)):
+        raise RecordRejected(FieldError(
+            "INVALID_CROSS_REFERENCE_KEY", "the contact must be associated with the specified accountId"))
     tx = org.transaction(actor)
     if account_id is None:
         account_id = org.create(ACCOUNT, _copy(lead, _LEAD_TO_ACCOUNT), tx)
+    else:
+        _fill_blanks(org, ACCOUNT, account_id, _copy(lead, _LEAD_TO_ACCOUNT), tx)
     account_id = normalize_id(account_id) or account_id
     if contact_id is None:
         contact_id = org.create(CONTACT, {**_copy(lead, _LEAD_TO_CONTACT), "AccountId": account_id}, tx)
+    else:
+        _fill_blanks(org, CONTACT, contact_id, _copy(lead, _LEAD_TO_CONTACT), tx)
     contact_id = normalize_id(contact_id) or contact_id
     changes = {
         "IsConverted": True,
@@ -449,6 +463,17 @@ def convert_lead(
     }
     org.update(LEAD, lead, changes, tx, stamp_event=False)
     return {"leadId": lead["Id"], "accountId": account_id, "contactId": contact_id}
+
+
+def _fill_blanks(
+    org: Org, sobject: SObjectDef, record_id: str, values: dict[str, Any], tx: Transaction
+) -> None:
+    """A conversion into an existing record: the Lead's values of its blank fields, if any."""
+    found = org.find(record_id)
+    assert found is not None  # checked by `convert_lead`
+    blanks = {name: value for name, value in values.items() if found[1].get(name) in (None, "")}
+    if blanks:
+        org.update(sobject, found[1], blanks, tx)
 
 
 def _copy(source: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:

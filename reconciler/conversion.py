@@ -6,7 +6,7 @@ fields). The approach chosen:
 
 1. Within a batch the conversion runs FIRST, whatever the order of the changes: the Person
    linked to the Lead is relinked to the Contact (`crm.object = "Contact"`, `crm.id` = the
-   contact id, `crm.converted_from` = the lead id), and its Company to the Account. The
+   contact id, `crm.converted_from` = [the lead id]), and its Company to the Account. The
    Contact CREATE of the same batch is then applied as a merge into that Person, so no second
    Person is ever created when both arrive together (the Contact create is in effect held
    back behind its transaction's Lead update).
@@ -29,14 +29,26 @@ fields). The approach chosen:
    of a batch holding its conversion, or applied after it, then starts nothing
    (`rules.cannot_start`): the Lead's channel and the Contact's have no order between them, and
    the Lead's create event carries the Lead as created (`IsConverted` false).
+5. A Lead converted into an EXISTING Contact (Salesforce's "merge into an existing contact": no
+   Contact CREATE; the Lead's values fill the Contact's blank fields, a Contact UPDATE), so one
+   Contact, and its Person, may absorb several Leads over time: `crm.converted_from` is the
+   list of every Lead converted into the Person's Contact (a document written before holds one
+   id; `recorded_leads` reads both), and a Lead not in it is still to record (steps 4 and 5),
+   in whatever order its events come (chaos.md, round 8). A Contact's Person that records a
+   Lead already is such an existing Contact's: the new Lead's Person, if it has one, is folded
+   into it as in step 2 (`Step.FOLD`; the roles swapped, the Lead's Person deleted or
+   unlinked), not the other way round, so the Person the first conversion left, and the Leads
+   it records, stay. Several Leads converted into one Contact in one batch are planned in turn,
+   each on the Person the ones before left.
 
 Each conversion leaves one `convert` sync log; the merge that follows leaves a `merge` log.
-A conversion already applied (the Person is linked to the Contact, `converted_from` set) is
-recognised and not applied twice.
+A conversion already applied (the Contact's Person records the Lead) is recognised and not
+applied twice.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,7 +58,7 @@ from typing import Any, Protocol
 from reconciler.merge import Side, merge_field
 from reconciler.objects import COMPANIES, PEOPLE
 from reconciler.ports import Budget, ChangeSource, RecordFetcher, SalesforceChange
-from reconciler.records import get_path, is_blank
+from reconciler.records import get_path, is_blank, set_path
 from reconciler.rules import is_converted_lead
 from reconciler.shadow import stamped_time
 from reconciler.store import BulkOutcome, RecordWrite
@@ -92,32 +104,49 @@ class Conversion:
 class Relinked:
     """What `relink` did: its `convert` logs and counts, and the Contacts it re-fetched to merge.
     `leads`: every converted Lead of the batch (its changes start no Person); `follows`: Contact
-    id -> the conversion its Person, made or linked in this batch, is to record."""
+    id -> the conversions its Person, made or linked in this batch, is to record."""
 
     logs: list[SyncLog] = field(default_factory=list)
     applied: int = 0
     failed: int = 0
     refetched: list[SalesforceChange] = field(default_factory=list)
     leads: set[str] = field(default_factory=set)
-    follows: dict[str, Conversion] = field(default_factory=dict)
+    follows: dict[str, list[Conversion]] = field(default_factory=dict)
 
 
 class Step(StrEnum):
     """What a conversion does, by the Persons linked to its Lead and to its Contact."""
 
     RELINK = "relink"  # the Lead's Person follows the Contact, folding in the Contact's, if any
+    FOLD = "fold"      # the Lead's Person folds into the Contact's, which records another Lead
     MARK = "mark"      # no Lead Person: the Contact's records the Lead
     FOLLOW = "follow"  # no Person of either yet: the one the Contact's change makes records the Lead
-    DONE = "done"      # applied already: the Contact's Person records a Lead
+    DONE = "done"      # applied already: the Contact's Person records this Lead
 
 
-def conversion_step(lead_person: Mapping[str, Any] | None, contact_person: Mapping[str, Any] | None) -> Step:
-    """The pure decision behind `relink` (`lead_person`: linked by `crm.id` to the Lead)."""
+def conversion_step(lead_id: str, lead_person: Mapping[str, Any] | None,
+                    contact_person: Mapping[str, Any] | None) -> Step:
+    """The pure decision behind `relink` (`lead_person`: linked by `crm.id` to the Lead). A
+    Contact's Person that records a Lead already is an existing Contact's, which Salesforce let a
+    user convert this Lead into: it stays, the Lead's Person folds into it."""
     if lead_person is not None and get_path(lead_person, "crm.object") == "Lead":
-        return Step.RELINK
+        return Step.FOLD if recorded_leads(contact_person) else Step.RELINK
     if contact_person is None:
         return Step.FOLLOW
-    return Step.DONE if get_path(contact_person, "crm.converted_from") else Step.MARK
+    return Step.DONE if lead_id in recorded_leads(contact_person) else Step.MARK
+
+
+def recorded_leads(person: Mapping[str, Any] | None) -> list[str]:
+    """The Leads a Person records as converted into its Contact (`crm.converted_from`, a list,
+    queried with `$in`; a document written before a Contact could record several holds one id)."""
+    value = get_path(person, "crm.converted_from")
+    if isinstance(value, str):
+        return [value] if value else []
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def with_lead(leads: Sequence[str], lead_id: str) -> list[str]:
+    return [*leads, lead_id] if lead_id not in leads else list(leads)
 
 
 def conversions_in(changes: list[SalesforceChange]) -> list[Conversion]:
@@ -168,7 +197,7 @@ async def relink(reconciler: Converter, changes: list[SalesforceChange], *, atte
     # Lead (not an import's: the backfill reads Contacts after Leads, a page at a time).
     in_batch = {c.sf_id for c in changes if c.sobject == "Contact"}
     refetch = [x.contact_id for x, p, _ in plan.done if not _marked(x, p)]
-    refetch += [c for c, x in result.follows.items() if x.source is not ChangeSource.IMPORT]
+    refetch += [c for c, xs in result.follows.items() if any(x.source is not ChangeSource.IMPORT for x in xs)]
     refetch = [c for c in refetch if c not in in_batch]
     if refetch and not failed:
         result.refetched = await _refetch(reconciler, refetch)
@@ -177,24 +206,34 @@ async def relink(reconciler: Converter, changes: list[SalesforceChange], *, atte
 
 def _plan(reconciler: Converter, conversions: list[Conversion], by_crm: dict[str, dict[str, Any]],
           companies: dict[str, Any], result: Relinked) -> _Planned:
-    """Each conversion's step (`conversion_step`) as writes, or as a Contact to follow."""
+    """Each conversion's step (`conversion_step`) as writes, or as a Contact to follow. `by_crm`
+    is kept as the writes leave it, so that several Leads converted into one Contact in one batch
+    each see the Person the ones before made the Contact's; Leads with a Person go first, so a
+    Lead without one records itself on the Person the others relinked, not on one to be made;
+    then in Salesforce's order: the first conversion made the Contact, the later ones fold."""
     plan = _Planned()
-    for conv in conversions:
-        person, duplicate = by_crm.get(conv.lead_id), by_crm.get(conv.contact_id)
-        step = conversion_step(person, duplicate)
+    for conv in sorted(conversions, key=lambda x: (x.lead_id not in by_crm, x.changed_at)):
+        person, contact_person = by_crm.get(conv.lead_id), by_crm.get(conv.contact_id)
+        step = conversion_step(conv.lead_id, person, contact_person)
         if step is Step.FOLLOW:
-            result.follows[conv.contact_id] = conv
-        elif step is Step.MARK and duplicate is not None:
-            plan.people.append(_mark(conv, duplicate))
-            plan.done.append((conv, duplicate, None))
-        elif step is Step.RELINK and person is not None:
-            plan.people += _person_writes(reconciler, conv, person, duplicate, companies, plan.companies)
-            plan.done.append((conv, person, duplicate))
+            result.follows.setdefault(conv.contact_id, []).append(conv)
+            continue
+        if step is Step.DONE or (step is Step.RELINK and person is None) or \
+                (step is not Step.RELINK and contact_person is None):
+            continue
+        # the Person that stays, and the one folded into it
+        stays, folded = (person, contact_person) if step is Step.RELINK else (contact_person, person)
+        assert stays is not None
+        writes, after = _person_writes(reconciler, conv, stays, folded, companies, plan.companies)
+        plan.people += writes
+        plan.done.append((conv, stays, folded))
+        by_crm.pop(conv.lead_id, None)
+        by_crm[conv.contact_id] = after
     return plan
 
 
 def _marked(conv: Conversion, person: dict[str, Any]) -> bool:
-    """Was this conversion applied by marking the Contact's own Person (`Step.MARK`)?"""
+    """Was this conversion applied to the Contact's own Person (`Step.MARK`, `Step.FOLD`)?"""
     return bool(person["crm"]["id"] == conv.contact_id)
 
 
@@ -216,27 +255,25 @@ async def _companies(
     return out
 
 
-def _mark(conv: Conversion, contact_person: dict[str, Any]) -> RecordWrite:
-    """The Contact's Person records the Lead it was converted from (no Person of the Lead)."""
-    now = utcnow()
-    return RecordWrite(
-        filter={"_id": contact_person["_id"], "crm.id": conv.contact_id,
-                "crm.converted_from": {"$exists": False}},
-        set={"crm.converted_from": conv.lead_id, "crm.converted_at": conv.changed_at,
-             "_sync.written_at": now, "updated_at": now})
-
-
 def _person_writes(
     reconciler: Converter, conv: Conversion, person: dict[str, Any], duplicate: dict[str, Any] | None,
     companies: dict[str, Any], company_writes: list[RecordWrite],
-) -> list[RecordWrite]:
+) -> tuple[list[RecordWrite], dict[str, Any]]:
+    """The writes by which `person` records the Lead (relinked to the Contact when it is the
+    Lead's), taking over `duplicate`'s values and the Leads it records; and `person` as they
+    leave it."""
     now = utcnow()
     stamp = {"_sync.written_at": now, "updated_at": now}
+    relinked = person["crm"]["id"] == conv.lead_id
+    leads = with_lead([*recorded_leads(person), *recorded_leads(duplicate)], conv.lead_id)
+    values: dict[str, Any] = {"crm.converted_from": leads, "crm.converted_at": conv.changed_at, **stamp}
+    where: dict[str, Any] = {"_id": person["_id"], "crm.id": conv.lead_id}
+    if relinked:
+        values.update({"crm.object": "Contact", "crm.id": conv.contact_id, "crm.linked_at": now})
+        values.update(_company(conv, companies, company_writes, stamp))
+    else:
+        where.update({"crm.id": conv.contact_id, "crm.converted_from": {"$ne": conv.lead_id}})
     writes: list[RecordWrite] = []
-    values: dict[str, Any] = {
-        "crm.object": "Contact", "crm.id": conv.contact_id, "crm.converted_from": conv.lead_id,
-        "crm.converted_at": conv.changed_at, "crm.linked_at": now, **stamp,
-    }
     if duplicate is not None and duplicate["_id"] != person["_id"]:
         # free the contact id first (unique index), then take over the duplicate's values
         if get_path(duplicate, "_sync.created_by_sync"):
@@ -244,27 +281,46 @@ def _person_writes(
         else:
             writes.append(RecordWrite(filter={"_id": duplicate["_id"]}, unset=["crm"],
                                       set={"crm_previous": duplicate.get("crm"), **stamp}))
-        values.update(_folded(reconciler.mappings, person, duplicate))
+        values.update(_folded(reconciler.mappings, person, duplicate, contacts=relinked))
+    writes.append(RecordWrite(filter=where, set=values))
+    after = copy.deepcopy(person)
+    for path, value in values.items():
+        set_path(after, path, value)
+    return writes, after
+
+
+def _company(conv: Conversion, companies: dict[str, Any], company_writes: list[RecordWrite],
+             stamp: dict[str, Any]) -> dict[str, Any]:
+    """A relinked Person's Company follows to the conversion's Account (linking it, if it is the
+    Lead Person's own)."""
     company = companies.get(conv.account_id) if conv.account_id else None
-    if company is not None:
-        values["company_id"] = company["_id"]
-        if company.get("_link_to_account"):
-            company_writes.append(RecordWrite(
-                filter={"_id": company["_id"], "crm.id": {"$exists": False}},
-                set={"crm.object": "Account", "crm.id": conv.account_id, "crm.linked_at": now, **stamp}))
-    writes.append(RecordWrite(filter={"_id": person["_id"], "crm.id": conv.lead_id}, set=values))
-    return writes
+    if company is None:
+        return {}
+    if company.get("_link_to_account"):
+        company_writes.append(RecordWrite(
+            filter={"_id": company["_id"], "crm.id": {"$exists": False}},
+            set={"crm.object": "Account", "crm.id": conv.account_id, "crm.linked_at": stamp["updated_at"],
+                 **stamp}))
+    return {"company_id": company["_id"]}
 
 
-def _folded(mappings: Mappings, person: dict[str, Any], duplicate: dict[str, Any]) -> dict[str, Any]:
-    """What the Lead's Person takes from the Person the Contact's create made. That one holds
+def _folded(mappings: Mappings, person: dict[str, Any], duplicate: dict[str, Any], *,
+            contacts: bool = True) -> dict[str, Any]:
+    """What the Person that stays takes from the one folded into it.
+
+    `contacts`: the Lead's Person takes from the Person the Contact's create made. That one holds
     the Contact's values, i.e. the Lead's latest (some perhaps never seen on the Lead: their
     events lost), so it is merged like a same-batch Contact create: by the merge behaviour, on
     both sides' field times. A platform record taken over only fills blanks (its values are the
     platform's own, not Salesforce's). So are a `to_salesforce` field's, which Salesforce never
     writes: a platform edit of the Person the create made (chaos seed 12289, L8.state: lost with
-    it, as Salesforce's value, which never writes the field) -- the later edit stays."""
-    from_salesforce = bool(get_path(duplicate, "_sync.created_by_sync"))
+    it, as Salesforce's value, which never writes the field) -- the later edit stays.
+
+    Else (`Step.FOLD`) an existing Contact's Person takes from the Lead's only what it lacks:
+    Salesforce kept the Contact's values, filling only its blanks from the Lead ("only empty
+    fields in the target object are overwritten"), and so does the platform, or the two would
+    differ with nothing to send the difference."""
+    from_salesforce = contacts and bool(get_path(duplicate, "_sync.created_by_sync"))
     out: dict[str, Any] = {}
     for m in mappings.for_object("Contact"):
         mine = Side(get_path(person, m.local_field), stamped_time(person, m.local_field))
@@ -304,7 +360,8 @@ def _log(
         "crm.id": {"old": conv.lead_id, "new": conv.contact_id},
     }
     if _marked(conv, person):
-        fields = {"crm.converted_from": {"old": None, "new": conv.lead_id}}
+        before = recorded_leads(person)
+        fields = {"crm.converted_from": {"old": before or None, "new": with_lead(before, conv.lead_id)}}
     if error is not None:
         return failed_inbound("Lead", conv.lead_id, error, type="convert", collection=PEOPLE,
                               local_id=str(person["_id"]), attempt=attempt, fields=fields)

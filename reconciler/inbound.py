@@ -288,7 +288,7 @@ class Reconciler:
                                             converted=collection == PEOPLE)
         linked = {d["crm"]["id"]: _with_concurrent_edits(d, before.get(d["crm"]["id"]), self.mappings)
                   for d in docs if get_path(d, "crm.id")}
-        converted = {d["crm"]["converted_from"] for d in docs if get_path(d, "crm.converted_from")}
+        converted = {lead for d in docs for lead in conversion.recorded_leads(d)}
         converted |= run.converted  # the batch's conversions: their Leads start no Person
         claimed = {d["_id"] for d in docs}
         unlinked = [c for c in group if c.sf_id not in linked and c.kind in (*_FULL_RECORD,
@@ -392,7 +392,7 @@ class _Run:
     summary: bool
     attempt: int
     converted: set[str] = field(default_factory=set)  # Leads converted in the batch (`Relinked.leads`)
-    follows: dict[str, Conversion] = field(default_factory=dict)  # `Relinked.follows`
+    follows: dict[str, list[Conversion]] = field(default_factory=dict)  # `Relinked.follows`
     unjournaled: bool = False  # records were written without `j`: the batch must end journaled
     unordered: list[SalesforceChange] = field(default_factory=list)  # changes with edits set aside
 
@@ -564,12 +564,15 @@ def _start(
     return item
 
 
-def _record_conversion(item: _Pending, conv: Conversion) -> None:
-    """The Person a converted Lead's Contact makes or links records the Lead (`conversion`, step
-    4), so that the Lead's own changes, applied later, start no second Person (seed 60013, L10)."""
-    if item.type in ("create", "link") and not get_path(item.doc, "crm.converted_from"):
-        item.put("crm.converted_from", conv.lead_id)
-        item.put("crm.converted_at", conv.changed_at, logged=False)
+def _record_conversion(item: _Pending, convs: list[Conversion]) -> None:
+    """The Person a converted Lead's Contact makes or links records the Lead, every one converted
+    into it (`conversion`, step 4), so that their own changes, applied later, start no second
+    Person (seed 60013, L10)."""
+    leads = conversion.recorded_leads(item.doc)
+    new = [x for x in convs if x.lead_id not in leads]
+    if item.type in ("create", "link") and new:
+        item.put("crm.converted_from", [*leads, *(x.lead_id for x in new)])
+        item.put("crm.converted_at", max(x.changed_at for x in new), logged=False)
 
 
 def _link(item: _Pending, change: SalesforceChange) -> None:

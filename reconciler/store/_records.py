@@ -85,7 +85,8 @@ class RecordsMixin:
         self, collection: str, sf_ids: Collection[str], *, converted: bool = False
     ) -> list[dict[str, Any]]:
         """Documents linked (`crm.id`) to these ids; with `converted`, also the People whose
-        Lead (one of these ids) was converted (`crm.converted_from`)."""
+        Contact one of these Leads was converted into (`crm.converted_from`: a list of Lead ids,
+        or one id on a document written before; `$in` matches either, one index serves both)."""
         if not sf_ids:
             return []
         docs = await self._find_in(collection, "crm.id", sf_ids)

@@ -263,6 +263,27 @@ class TestLeadConversion:
         channels_caught_up(org, db)  # the conversion's events (Lead, Contact, Account) all applied
         assert db.people.count_documents({"email": email}) == 1
 
+    def test_a_second_lead_converted_into_that_contact_folds_into_its_person(
+        self, service: ServiceProcess, org: SalesforceOrg, db: Database[Doc]
+    ) -> None:
+        """A second Lead (its Person made) converted into the first one's Contact (Salesforce's
+        "merge into an existing contact"): its Person folds into the Contact's, which records
+        both Leads; no Person is left for the second Lead."""
+        first_id, person = linked_lead(org, db, "conv1")
+        result = org.convert_lead(first_id)
+        contact_id, account_id = result["contactId"], result["accountId"]
+        wait_person(db, contact_id, what="the Person relinked to the Contact")
+        second_id, second = linked_lead(org, db, "conv2")
+        org.convert_lead(second_id, contactId=contact_id, accountId=account_id)
+
+        both = wait_person(db, contact_id, lambda p: second_id in (p["crm"].get("converted_from") or []),
+                           "the Contact's Person recording the second Lead")
+        assert both["_id"] == person["_id"] and both["crm"]["converted_from"] == [first_id, second_id]
+        channels_caught_up(org, db)
+        assert db.people.find_one({"_id": second["_id"]}) is None
+        assert person_of(db, second_id) is None
+        assert db.people.count_documents({"crm.id": contact_id}) == 1
+
 
 class TestCreateRules:
     def test_lead_owned_by_a_mapped_user_creates_a_person(

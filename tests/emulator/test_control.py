@@ -159,6 +159,40 @@ class TestLeadConversion:
         assert result["accountId"] == body["ids"]["Account"][0]
         assert [h["entityName"] for h in _headers(org)] == ["Contact", "Lead"]
 
+    async def test_conversion_into_an_existing_contact_fills_only_its_blank_fields(
+        self, api: Api, org: RunningEmulator
+    ) -> None:
+        """`convertLead` with contactId (and its accountId): no Contact CREATE; the Lead's values
+        fill the Contact's empty fields only (Salesforce: "only empty fields in the target object
+        are overwritten"), one Contact UPDATE in the conversion's transaction."""
+        account = (await api.control("POST", "seed", json={
+            "emit_events": False, "records": {"Account": [{"Name": "Navy"}]}}))["ids"]["Account"][0]
+        seeded = await api.control("POST", "seed", json={"emit_events": False, "records": {
+            "Contact": [{"LastName": "Hopper", "Email": "grace@navy.example", "AccountId": account}],
+            "Lead": [{"LastName": "Hopper", "Company": "Navy", "Email": "g.hopper@example.com",
+                      "Title": "Rear Admiral"}]}})
+        contact, lead = seeded["ids"]["Contact"][0], seeded["ids"]["Lead"][0]
+        result = await api.control("POST", "convert-lead", json={
+            "leadId": lead, "accountId": account, "contactId": contact})
+        assert (result["contactId"], result["accountId"]) == (contact, account)
+        headers = _headers(org)
+        assert [(h["entityName"], h["changeType"]) for h in headers] == [
+            ("Contact", "UPDATE"), ("Lead", "UPDATE")]
+        assert len({h["transactionKey"] for h in headers}) == 1
+        assert "Title" in headers[0]["changedFields"] and "Email" not in headers[0]["changedFields"]
+        record = org.state.org.tables["Contact"][contact]
+        assert (record["Email"], record["Title"]) == ("grace@navy.example", "Rear Admiral")
+        assert len(org.state.org.tables["Contact"]) == 1
+
+    async def test_conversion_into_a_contact_needs_its_account(self, api: Api, org: RunningEmulator) -> None:
+        """A contactId without the accountId of its Account is refused, and nothing changes."""
+        seeded = await api.control("POST", "seed", json={"emit_events": False, "records": {
+            "Contact": [{"LastName": "Hopper"}], "Lead": [{"LastName": "Hopper", "Company": "Navy"}]}})
+        status, body, _ = await api.call("POST", f"{org.base_url}/_emulator/convert-lead", json={
+            "leadId": seeded["ids"]["Lead"][0], "contactId": seeded["ids"]["Contact"][0]})
+        assert (status, body["errors"][0]["statusCode"]) == (400, "INVALID_CROSS_REFERENCE_KEY")
+        assert _headers(org) == []
+
 
 class TestFaults:
     async def test_fault_answers_status_for_count_calls(self, api: Api) -> None:

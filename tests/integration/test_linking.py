@@ -121,7 +121,7 @@ class TestLeadConversion:
         assert await store.db.people.count_documents({}) == 1
         doc = await store.db.people.find_one({"_id": pid})
         crm = doc["crm"]
-        assert (crm["object"], crm["id"], crm["converted_from"]) == ("Contact", CONTACT, LEAD)
+        assert (crm["object"], crm["id"], crm["converted_from"]) == ("Contact", CONTACT, [LEAD])
         assert doc["city"] == "Oslo"
         company = await store.db.companies.find_one({"crm.id": ACCOUNT})
         assert doc["company_id"] == company["_id"]
@@ -280,17 +280,22 @@ async def create_and_convert(org: Org) -> CreatedAndConverted:
         "OwnerId": OWNER_1}]}})
     lead = seeded["ids"]["Lead"][0]
     converted = await org.control("convert-lead", {"leadId": lead})
+    lead_create, account, contact, lead_update = events_since(org, first)
+    assert lead_create.kind is ChangeKind.CREATE and lead_create.fields["IsConverted"] is False
+    return CreatedAndConverted(lead, converted["contactId"],
+                               {"Lc": lead_create, "A": account, "C": contact, "Lu": lead_update})
+
+
+def events_since(org: Org, replay_id: int) -> list[SalesforceChange]:
+    """The emulator's events after `replay_id`, as the stream parses them."""
     changes: list[SalesforceChange] = []
     for event in org.emu.state.bus.retained():
-        if event.replay_id > first:
+        if event.replay_id > replay_id:
             parsed = parse_message({"channel": event.channel, "data": event.data},
                                    client_name=CLIENT, objects=SF_OBJECTS)
             assert isinstance(parsed, list), parsed
             changes += parsed
-    lead_create, account, contact, lead_update = changes
-    assert lead_create.kind is ChangeKind.CREATE and lead_create.fields["IsConverted"] is False
-    return CreatedAndConverted(lead, converted["contactId"],
-                               {"Lc": lead_create, "A": account, "C": contact, "Lu": lead_update})
+    return changes
 
 
 @asynccontextmanager
@@ -307,7 +312,7 @@ async def the_one_person(store: Store, done: CreatedAndConverted) -> None:
     """Exactly one Person for the Lead and its Contact: linked to the Contact, recording the Lead."""
     people = await store.db.people.find({"email": NEW_EMAIL}).to_list(None)
     assert [(p["crm"]["object"], p["crm"]["id"], p["crm"].get("converted_from")) for p in people] == [
-        ("Contact", done.contact, done.lead)]
+        ("Contact", done.contact, [done.lead])]
 
 
 class TestLeadCreatedAndConvertedBeforeItWasRead:
@@ -377,3 +382,113 @@ class TestLeadCreatedAndConvertedBeforeItWasRead:
             await reconciler.apply(await changes(["Lc", "A", "C", "Lu"]))
             await reconciler.apply(await changes(["read"]))
             await the_one_person(store, done)
+
+
+SECOND_EMAIL = "g.hopper@example.com"
+
+
+async def convert_a_second_lead(org: Org, first: CreatedAndConverted) -> CreatedAndConverted:
+    """A second Lead, for the same woman, created and then converted into the first one's
+    Contact (Salesforce's "merge into an existing contact"): no Contact CREATE; the Lead's Title
+    fills the Contact's blank one (a Contact UPDATE, `Cu`). Events: `Lc2`, `Cu`, `Lu2`."""
+    start = org.emu.state.bus.last_replay_id
+    seeded = await org.control("seed", {"records": {"Lead": [{
+        "FirstName": "Grace", "LastName": "Hopper", "Company": "Navy", "Email": SECOND_EMAIL,
+        "Title": "Rear Admiral", "OwnerId": OWNER_1}]}})
+    lead = seeded["ids"]["Lead"][0]
+    await org.control("convert-lead", {"leadId": lead, "contactId": first.contact,
+                                       "accountId": first.events["A"].sf_id})
+    lead_create, contact, lead_update = events_since(org, start)
+    assert (contact.sobject, contact.kind, contact.sf_id) == ("Contact", ChangeKind.UPDATE, first.contact)
+    assert lead_update.fields["ConvertedContactId"] == first.contact
+    return CreatedAndConverted(lead, first.contact,
+                               {**first.events, "Lc2": lead_create, "Cu": contact, "Lu2": lead_update})
+
+
+async def one_person_for_both(store: Store, first: CreatedAndConverted, second: CreatedAndConverted) -> Any:
+    """Exactly one Person: linked to the Contact, recording both Leads, with the Contact's values:
+    its own email (Salesforce kept it: the second Lead's filled only blanks), and the Title the
+    second Lead brought to it. Returns its `_id`."""
+    people = await store.db.people.find().to_list(None)
+    assert [(p["crm"]["object"], p["crm"]["id"], recorded_leads(p), p.get("email"), p.get("title"))
+            for p in people] == [
+        ("Contact", first.contact, sorted([first.lead, second.lead]), NEW_EMAIL, "Rear Admiral")]
+    return people[0]["_id"]
+
+
+def recorded_leads(person: dict[str, Any]) -> list[str]:
+    """The Leads a Person records as converted into its Contact (one, or a list of them)."""
+    value = person.get("crm", {}).get("converted_from")
+    return sorted(value) if isinstance(value, list) else [value] if value else []
+
+
+class TestASecondLeadConvertedIntoTheSameContact:
+    """Salesforce lets a user convert a Lead into an existing Contact, so one Contact, and its
+    Person, may absorb several Leads over time. The first Lead's conversion is applied (one
+    Person, linked to the Contact, recording it); then a second Lead is created and converted into
+    that Contact. Whatever the order its events (and reads of it) come in, the second Lead makes
+    no Person of its own: the Contact's Person records it too, and stays the one Person."""
+
+    @pytest.mark.parametrize("batches", [
+        pytest.param([["Lu2"], ["Lc2"], ["Cu"]], id="conversion-then-create-in-a-later-batch"),
+        pytest.param([["Lu2", "Cu"], ["read2"], ["Lc2"]], id="conversion-then-a-read-then-create"),
+        pytest.param([["Lc2", "Lu2"], ["Cu"]], id="create-and-conversion-in-one-batch"),
+        pytest.param([["Lc2", "Cu", "Lu2"]], id="all-in-one-batch"),
+        pytest.param([["read2"], ["Lc2"], ["Lu2"], ["Cu"]], id="a-read-of-the-lead-ahead-of-its-events"),
+        pytest.param([["Lc2"], ["Lu2"], ["Cu"]], id="create-then-conversion-folds-its-person"),
+        pytest.param([["Lc2"], ["Cu"], ["Lu2"]], id="create-contact-update-then-conversion"),
+    ])
+    async def test_the_second_lead_makes_no_person_of_its_own(
+        self, mongo_uri: str, database_name: str, batches: list[list[str]]
+    ) -> None:
+        """Then every event of both Leads is delivered again and both Leads are read again:
+        still the one Person, the one the first conversion left."""
+        async with emulated(mongo_uri, database_name) as (org, sf, store):
+            reader = RecordReader(sf, SAMPLE)
+            reconciler = Reconciler(store, SAMPLE, fetcher=reader, client_name=CLIENT)
+            first = await create_and_convert(org)
+            await reconciler.apply([first.events[name] for name in ("Lc", "A", "C", "Lu")])
+            await the_one_person(store, first)
+            original = (await store.db.people.find_one({}))["_id"]
+            second = await convert_a_second_lead(org, first)
+
+            async def changes(names: list[str]) -> list[SalesforceChange]:
+                reads = {"read": first.lead, "read2": second.lead}
+                return [c for name in names for c in (
+                    await reader.fetch("Lead", [reads[name]], source=ChangeSource.POLL) if name in reads
+                    else [second.events[name]])]
+            for batch in batches:
+                await reconciler.apply(await changes(batch))
+            assert await one_person_for_both(store, first, second) == original
+            await reconciler.apply(await changes(["Lc", "A", "C", "Lu", "Lc2", "Cu", "Lu2"]))
+            await reconciler.apply(await changes(["read", "read2"]))
+            assert await one_person_for_both(store, first, second) == original
+
+    @pytest.mark.parametrize("batches", [
+        pytest.param([["Lu", "Lu2"], ["Lc", "Lc2"], ["A", "C", "Cu"]], id="both-conversions-in-one-batch"),
+        pytest.param([["Lc", "Lu", "Lc2", "Lu2"], ["A", "C", "Cu"]], id="both-leads-then-the-contact"),
+        pytest.param([["Lc", "Lc2"], ["Lu", "Lu2"], ["A", "C", "Cu"]], id="both-relinked-in-one-batch"),
+        pytest.param([["A", "C", "Cu"], ["Lc2", "Lu2", "Lc", "Lu"]], id="the-contact-then-both-leads"),
+    ])
+    async def test_both_leads_read_late_make_one_person(
+        self, mongo_uri: str, database_name: str, batches: list[list[str]]
+    ) -> None:
+        """Neither Lead read before both were converted: their events, and the Contact's, in the
+        batches given, then all delivered again and both Leads read again: one Person."""
+        async with emulated(mongo_uri, database_name) as (org, sf, store):
+            reader = RecordReader(sf, SAMPLE)
+            reconciler = Reconciler(store, SAMPLE, fetcher=reader, client_name=CLIENT)
+            first = await create_and_convert(org)
+            second = await convert_a_second_lead(org, first)
+
+            async def changes(names: list[str]) -> list[SalesforceChange]:
+                reads = {"read": first.lead, "read2": second.lead}
+                return [c for name in names for c in (
+                    await reader.fetch("Lead", [reads[name]], source=ChangeSource.POLL) if name in reads
+                    else [second.events[name]])]
+            for batch in batches:
+                await reconciler.apply(await changes(batch))
+            await one_person_for_both(store, first, second)
+            await reconciler.apply(await changes(["Lc", "A", "C", "Lu", "Lc2", "Cu", "Lu2"]))
+            await reconciler.apply(await changes(["read", "read2"]))
+            await one_person_for_both(store, first, second)
