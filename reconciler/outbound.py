@@ -94,6 +94,8 @@ class FlushOutbox(Protocol):
 
     async def give_up(self, entries: Sequence[OutboxEntry]) -> None: ...
 
+    async def hold(self, entries: Sequence[OutboxEntry]) -> None: ...
+
     async def recover_expired(self) -> int: ...
 
     async def created(self, collection: str, local_id: object, sobject: str, sf_id: str) -> None: ...
@@ -721,12 +723,17 @@ async def _check_term(outbox: FlushOutbox, store: FlushStore) -> None:
 
 
 async def _settle_unsent(outbox: FlushOutbox, screened: Screened) -> None:
-    """Writes left with nothing to send are done. Creates of documents linked meanwhile go
+    """Writes left with nothing to send are done; those for records deleted in Salesforce are held
+    until an undelete is read (`Outbox.hold`). Creates of documents linked meanwhile go
     back to the outbox as updates of the linked record (re-decided against the shadow when
     sent); one linked to another object (a conversion) is dropped: that link merged the
     platform's values into the new record."""
     if screened.empty:
         await outbox.done(screened.empty)
+    if screened.held:
+        await outbox.hold(screened.held)
+        log.info("outbound_held_for_deleted_records", sobject=screened.held[0].write.sobject,
+                 sf_ids=sorted(str(e.write.sf_id) for e in screened.held))
     for entry, sobject, sf_id in screened.linked:
         write = entry.write
         log.warning("outbound_create_of_linked_record", sobject=write.sobject, linked_to=sf_id,

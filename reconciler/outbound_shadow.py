@@ -191,6 +191,7 @@ class Screened:
     send: list[OutboxEntry]
     empty: list[OutboxEntry]
     logs: list[SyncLog]
+    held: list[OutboxEntry] = field(default_factory=list)  # updates of records deleted in Salesforce
     # creates whose document is linked now: (entry, the linked object, its id)
     linked: list[tuple[OutboxEntry, str, str]] = field(default_factory=list)
 
@@ -223,10 +224,13 @@ class ShadowGate:
         if kind == CREATE:
             return await self._screen_creates(entries)
         docs = await self._docs(sobject, entries, refresh_before)
-        send, empty, logs = [], [], []
+        send, empty, logs, held = [], [], [], []
         mappings = self._mappings.for_object(sobject)
         for entry in entries:
             doc = docs.get(entry.write.local_id)
+            if doc and _linked_to(doc, entry.write) and get_path(doc, "crm.deleted"):
+                held.append(entry)  # nothing to write to: sent when an undelete is read
+                continue
             decided = dataclasses.replace(
                 redecide(mappings, entry.write, doc if doc and _linked_to(doc, entry.write) else None,
                          self._owner(doc), follows=follows_salesforce_owner(
@@ -247,7 +251,7 @@ class ShadowGate:
                                                                                  fields=decided.fields)))
             else:
                 empty.append(entry)
-        return Screened(send, empty, logs)
+        return Screened(send, empty, logs, held)
 
     def _owner(self, doc: Mapping[str, Any] | None) -> str | None:
         owner = doc.get(OWNER_FIELD) if doc else None
@@ -261,7 +265,7 @@ class ShadowGate:
         out = Screened([], [], [])
         for entry in entries:
             crm = get_path(docs.get(entry.write.local_id), "crm")
-            if isinstance(crm, Mapping) and crm.get("id") and not crm.get("deleted"):
+            if isinstance(crm, Mapping) and crm.get("id"):  # deleted too: held as its update
                 out.linked.append((entry, str(crm.get("object")), str(crm["id"])))
             else:
                 out.send.append(_as_now(self._mappings, entry, docs.get(entry.write.local_id)))

@@ -68,6 +68,14 @@ class Outbox:
                          local_id=str(write.local_id), reason=write.reason, origin=write.origin,
                          fields=sorted(write.fields), attempt=write.attempt)
 
+    async def hold(self, entries: Sequence[OutboxEntry]) -> None:
+        """Their documents' records are deleted in Salesforce: no call until an undelete is read
+        (`release_held`), as the watcher holds an edit made while a record is deleted."""
+        await self._collection.give_up(entries, held=True)
+
+    async def release_held(self, records: Collection[tuple[str, str]]) -> None:
+        await self._collection.release_held(records, self._clock())
+
     async def sent_values(self, records: Collection[tuple[str, str]]) -> SentValues:
         return await self._collection.sent_values(records)
 

@@ -180,6 +180,11 @@ class OutboundQueue(Protocol):
 
     async def enqueue(self, writes: Sequence[OutboundWrite]) -> None: ...
 
+    async def release_held(self, records: Collection[tuple[str, str]]) -> None:
+        """The writes held for these (object, id) records, deleted in Salesforce when the flusher
+        came to them, are due again: the records are undeleted."""
+        ...
+
     async def sent_values(self, records: Collection[tuple[str, str]]) -> SentValues:
         """Per (object, Salesforce id): every value a queued write's claims sent, per field,
         whose answer was lost or is not in yet (it may be in Salesforce: the write's own)."""

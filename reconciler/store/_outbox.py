@@ -20,7 +20,7 @@ attempt > 0) and folds the parked document in, keeping its `first_sent_at`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,6 +35,7 @@ from reconciler.store._lease import Fence, check_fence
 from reconciler.store._outbox_entry import (
     CREATE,
     FAILED,
+    HELD,
     INFLIGHT,
     LEASE_EXPIRED,
     OUTBOX,
@@ -101,14 +102,24 @@ class OutboxCollection(OutboxViews):
         for doc in parked:
             await self._merge_into_pending(doc, doc["key"])
 
-    async def give_up(self, entries: Sequence[OutboxEntry]) -> None:
-        """Park claimed writes as `failed`: never claimed again, until a retry re-queues them."""
+    async def give_up(self, entries: Sequence[OutboxEntry], *, held: bool = False) -> None:
+        """Park claimed writes, never claimed again: `FAILED` until a retry re-queues them; `held`
+        (`HELD`) until their record is undeleted (`release_held`)."""
         if not entries:
             return
         with translate_errors("outbox.give_up"):
             await self._coll.update_many(
                 {"_id": {"$in": [e.id for e in entries]}, "lease": entries[0].lease},
-                {"$set": {"status": FAILED}, "$unset": {"lease": "", "lease_until": "", "term": ""}})
+                {"$set": {"status": HELD if held else FAILED},
+                 "$unset": {"lease": "", "lease_until": "", "term": ""}})
+
+    async def release_held(self, records: Collection[tuple[str, str]], now: datetime) -> None:
+        """The held writes of these (object, id) records are due again (folded into a pending one)."""
+        keys = [record_key(sobject, sf_id) for sobject, sf_id in records]
+        with translate_errors("outbox.release_held"):
+            held = await self._coll.find({"key": {"$in": keys}, "status": HELD}, {"_id": 1}).to_list(None)
+        for doc in held:
+            await self._to_pending(doc["_id"], None, now, 0)
 
     async def claim(self, sobject: str, kind: str, *, now: datetime, lease: timedelta, limit: int,
                     fence: Fence | None = None, sf_offset: timedelta = timedelta(0)) -> list[OutboxEntry]:

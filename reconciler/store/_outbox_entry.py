@@ -15,6 +15,7 @@ OUTBOX = "outbox"
 PENDING = "pending"
 INFLIGHT = "inflight"
 FAILED = "failed"       # given up after too many retriable failures: parked until a retry
+HELD = "held"           # its document's record is deleted in Salesforce: parked until undeleted
 LEASE_EXPIRED = "LEASE_EXPIRED: the flusher that claimed it stopped before finishing"
 CREATE = "create"
 UPDATE = "update"

@@ -567,3 +567,77 @@ class TestALostUpdatesOwnValueReadByAnInboundRead:
 
         [lead] = await org.rows(f"SELECT Title FROM Lead WHERE Id = '{sf_id}'")
         assert lead["Title"] == "Newer"
+
+
+class TestAWriteForADocumentWhoseRecordIsDeleted:
+    """Chaos seed 18181, P1: a leader's watcher read a platform edit of a Person made before the
+    Person's create linked it, and queued a create (the document was not linked when it read it);
+    a Salesforce user deleted the new Lead before the flusher sent that create. A create of a
+    document linked meanwhile becomes an update of the linked record, but a deleted link did
+    not count: the create went out, a second Lead, and the platform's edit was lost with it. A
+    write for a document whose record is deleted is held, as the watcher holds an edit made
+    while it is deleted, and goes out when the record is undeleted."""
+
+    async def deleted_person(self, store: Store, org: Org) -> tuple[str, ObjectId]:
+        """A Person linked to a Lead (its shadow known) that a Salesforce user deleted."""
+        sf_id = await org.seed_as_user({"LastName": "Ng", "Company": "Acme", "Email": "ng@x.com"})
+        at = datetime.now(UTC) - timedelta(seconds=20)
+        local_id = ObjectId()
+        await store.db.people.insert_one({
+            "_id": local_id, "last_name": "Ng", "company_name": "Acme", "email": "ng@x.com",
+            "phone": "+1 555 0100", "updated_at": at, "crm": {"object": "Lead", "id": sf_id, "deleted": True,
+                                                           "deleted_at": at},
+            "_sync": {"written_at": at, "field_times": {"phone": at},
+                      "sf": {"Lead": {name: {"v": value, "at": None} for name, value in
+                                      {"LastName": "Ng", "Company": "Acme", "Email": "ng@x.com"}.items()}}}})
+        async with aiohttp.ClientSession() as session:
+            answer = await session.delete(f"{org.emulator.base_url}/_emulator/records/Lead/{sf_id}")
+            assert answer.status == 200
+        return sf_id, local_id
+
+    async def undelete(self, store: Store, outbox: Outbox, org: Org, sf_id: str) -> None:
+        """A Salesforce user undeletes the Lead; its UNDELETE event comes in (the record's
+        non-null fields, as Salesforce sends it)."""
+        async with aiohttp.ClientSession() as session:
+            answer = await session.post(f"{org.emulator.base_url}/_emulator/records/Lead/{sf_id}/undelete")
+            assert answer.status == 200
+        [lead] = await org.rows("SELECT Id, LastName, Company, Email, Phone, Title, LastModifiedDate "
+                                f"FROM Lead WHERE Id = '{sf_id}'")
+        change = SalesforceChange(sobject="Lead", sf_id=sf_id, kind=ChangeKind.UNDELETE,
+                                  fields={k: v for k, v in lead.items() if k != "Id" and v is not None},
+                                  changed_at=parse_sf_datetime(lead["LastModifiedDate"]),
+                                  source=ChangeSource.STREAM)
+        await Reconciler(store, MAPPINGS, outbox=outbox).apply([change])
+
+    async def test_a_stale_create_makes_no_second_record_and_goes_out_on_the_undelete(
+            self, org: Org, store: Store) -> None:
+        outbox, flusher = flusher_for(store, org)
+        sf_id, local_id = await self.deleted_person(store, org)
+        await outbox.enqueue([OutboundWrite("Lead", None, "people", local_id, {
+            "LastName": "Ng", "Company": "Acme", "Email": "ng@x.com", "Phone": "+1 555 0100"}, "create")])
+        for _ in range(3):
+            await flusher.flush()
+            await asyncio.sleep(BACKOFF.total_seconds())
+        assert org.posts() == 0
+        assert await org.rows("SELECT Id FROM Lead") == []  # the one Lead is deleted
+
+        await self.undelete(store, outbox, org, sf_id)
+        await flush_until_empty(outbox, flusher)
+        assert await org.rows("SELECT Id, Phone FROM Lead") == [{"Id": sf_id, "Phone": "+1 555 0100"}]
+        assert org.posts() == 0
+
+    async def test_an_update_waits_for_the_undelete(self, org: Org, store: Store) -> None:
+        outbox, flusher = flusher_for(store, org)
+        sf_id, local_id = await self.deleted_person(store, org)
+        await outbox.enqueue([OutboundWrite("Lead", sf_id, "people", local_id, {"Phone": "+1 555 0100"},
+                                            "local_edit")])
+        for _ in range(3):
+            await flusher.flush()
+            await asyncio.sleep(BACKOFF.total_seconds())
+        logs, _ = await store.find_sync_logs(limit=10)
+        assert [x for x in logs if x["status"] == "failed"] == []  # not sent to a deleted record
+
+        await self.undelete(store, outbox, org, sf_id)
+        await flush_until_empty(outbox, flusher)
+        [lead] = await org.rows(f"SELECT Phone FROM Lead WHERE Id = '{sf_id}'")
+        assert lead["Phone"] == "+1 555 0100"

@@ -64,6 +64,9 @@ class FakeOutbox:
     async def enqueue(self, writes: Sequence[OutboundWrite]) -> None:
         self.writes.extend(writes)
 
+    async def release_held(self, records: Collection[tuple[str, str]]) -> None:
+        pass  # nothing is ever sent, so nothing is held
+
     async def sent_values(self, records: Collection[tuple[str, str]]) -> SentValues:
         return {}  # nothing is ever sent, so no answer is lost
 
