@@ -72,6 +72,7 @@ CAS_ATTEMPTS = 3  # reads, merges and compare-and-set writes of one record befor
 _FULL_RECORD = (ChangeKind.CREATE, ChangeKind.UPSERT)
 _MERGE_SOURCES = (ChangeSource.RETRY, ChangeSource.IMPORT)
 _LIVE_READS = (ChangeSource.POLL, ChangeSource.GAP)  # records read, merged as live edits
+_DELETED_ENTITY = "ENTITY_IS_DELETED"  # Salesforce's answer to a write of a deleted record
 # When one record gets several changes in a batch, its log carries the most telling type.
 _TYPE_RANK: dict[str, int] = {t: i for i, t in enumerate(
     ("create", "link", "convert", "merge", "delete", "undelete", "owner_change", "update"))}
@@ -89,6 +90,8 @@ class InboundStore(Protocol):
                              fence: Fence | None = None) -> BulkOutcome: ...
     async def insert_sync_logs(self, logs: Sequence[SyncLog]) -> list[str]: ...
     async def journal_barrier(self) -> None: ...
+    async def open_failed_fields(self, source: str, sf_ids: Sequence[str],
+                                 code: str) -> dict[str, set[str]]: ...
 
 
 class SalesforceOffset(Protocol):
@@ -378,7 +381,9 @@ class Reconciler:
                   and i.doc.get("_id") is not None]
         await _enqueue_merges(self.outbox, merged, run)
         revived = [i for i in to_write if i.deleted_at is not None and id(i) not in failed]
-        await _send_held_edits(self.outbox, self.mappings, revived, self.sf_clock, run)
+        refused = await self.store.open_failed_fields(
+            "local", [i.change.sf_id for i in revived], _DELETED_ENTITY) if revived else {}
+        await _send_held_edits(self.outbox, self.mappings, revived, self.sf_clock, run, refused)
         run.unordered += [c for i in items if i.unordered and id(i) not in failed for c in i.changes]
         return conflicted
 
@@ -515,11 +520,16 @@ def _offset_at(sf_clock: SalesforceOffset | None, stamp: datetime | None) -> tim
 
 
 async def _send_held_edits(outbox: OutboundQueue | None, mappings: Mappings, items: list[_Pending],
-                           sf_clock: SalesforceOffset | None, run: _Run) -> None:
+                           sf_clock: SalesforceOffset | None, run: _Run,
+                           refused: Mapping[str, set[str]]) -> None:
     """An undeleted record gets the platform edits made while it was deleted, which had nothing to
     go to (the watcher holds them, recording only their field times): the fields whose field time
     is after the delete go out as a local edit, through the flusher's shadow gate like any. So do
-    the writes the flusher held for it (queued before the delete was read: chaos seed 18181, P1)."""
+    the fields of an edit made before the delete whose write reached Salesforce after it: refused
+    (`refused`: the Salesforce fields of the record's open `ENTITY_IS_DELETED` failures), it had
+    nothing to go to either (chaos seeds 1291 and 1970 x 2000, L6.phone and L3: it waited for an
+    admin's retry); the write that lands resolves the failure. And the writes the flusher held for
+    it (queued before the delete was read: chaos seed 18181, P1)."""
     if outbox is not None:
         await outbox.release_held({(item.change.sobject, item.change.sf_id) for item in items})
     writes = []
@@ -529,6 +539,8 @@ async def _send_held_edits(outbox: OutboundQueue | None, mappings: Mappings, ite
         changed = [name for name in watched_fields(mappings, item.collection)
                    if isinstance(t := get_path(item.doc, f"_sync.field_times.{name}"), datetime)
                    and _utc(t) > since]
+        changed += [m.local_field for m in mappings.for_object(item.change.sobject)
+                    if m.sf_field in refused.get(item.change.sf_id, ()) and m.local_field not in changed]
         write = plan_record(mappings, (), item.collection, item.doc, changed, utcnow())[0]
         if changed and write is not None:
             writes.append(replace(write, origin="inbound:undelete"))

@@ -316,7 +316,11 @@ class LocalChangeWatcher:
                     plan = plan_changes(self._mappings, self._objects, watched.name, batch.changes)
                     await self.apply(watched, plan)
                 now = self._clock()
-                due = bool(batch.changes) or now - saved_at >= self._token_save_interval or stop.is_set()
+                # with no saved token, save where the stream began at once: a term that ends
+                # before its first save would leave the next one watching from its own start,
+                # blind to writes made in between (chaos seed 5309, Q1)
+                due = saved is None or bool(batch.changes) or now - saved_at >= self._token_save_interval \
+                    or stop.is_set()
                 if batch.resume_token and batch.resume_token != saved and due:
                     await self._store.save_state(key, {"token": batch.resume_token, "at": now})
                     saved, saved_at = batch.resume_token, now

@@ -210,6 +210,20 @@ class LogsMixin:
             first.setdefault(str(doc["local_id"]), public_log(doc))
         return first
 
+    async def open_failed_fields(self, source: str, sf_ids: Sequence[str], code: str) -> dict[str, set[str]]:
+        """The fields the open failed logs of these records (by Salesforce id) from `source` name,
+        where Salesforce's error was `code`, per Salesforce id (one query)."""
+        if not sf_ids:
+            return {}
+        query = {**_OPEN_FAILURE, "source": source, "sf_id": {"$in": list(sf_ids)}}
+        with translate_errors("open_failed_fields"):
+            docs = await self.db.sync_logs.find(query, {"sf_id": 1, "error": 1, "fields": 1}).to_list(None)
+        out: dict[str, set[str]] = {}
+        for doc in docs:
+            if error_code_of(doc.get("error")) == code:
+                out.setdefault(str(doc["sf_id"]), set()).update(doc.get("fields") or {})
+        return out
+
     async def get_sync_log(self, log_id: str) -> dict[str, Any] | None:
         oid = _object_id(log_id)
         if oid is None:

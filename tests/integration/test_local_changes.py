@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -260,6 +261,32 @@ class TestResume:
             [second] = await pending_after(store, outbox, 1)
         assert first.write.fields == {"FirstName": "Before"}
         assert second.write.fields == {"LastName": "While-Stopped"}
+
+    async def test_a_first_start_saves_where_its_stream_began_at_once(
+        self, store: Store, mappings: Mappings, outbox: Outbox
+    ) -> None:
+        """Chaos seed 5309, Q1: the first leader had watched the companies for 10 s with no change,
+        so no token was saved yet (one is saved with a change, or every 30 s), when it lost its
+        lease (MongoDB restarted) and stopped without its last save. A Company created before
+        the next term's stream opened was never seen: with no token, it watched from its own
+        start. A stream with no saved token saves where it began at once."""
+        first = LocalChangeWatcher(store, mappings, outbox, max_await_ms=50)  # 30 s save interval
+        task = asyncio.create_task(first.run(asyncio.Event()))
+
+        async def position_saved() -> bool:
+            if task.done():
+                task.result()
+            return bool((await store.load_state(resume_key(COMPANIES)) or {}).get("token"))
+        await eventually(position_saved)
+        task.cancel()  # the term ends abruptly: no save on the way out
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await store.db.companies.insert_one({"_id": "c-1", "name": "Acme", "domain": "acme.com",
+                                             "updated_at": now()})
+
+        async with Running(watcher(store, mappings, outbox), store):
+            [entry] = await pending_after(store, outbox, 1, COMPANIES)
+        assert (entry.write.local_id, entry.write.reason) == ("c-1", "create")
 
     async def test_polling_resumes_from_its_watermark(
         self, store: Store, mappings: Mappings, outbox: Outbox
