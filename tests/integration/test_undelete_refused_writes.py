@@ -85,11 +85,11 @@ class TestAWriteRefusedBecauseTheRecordWasDeleted:
         await outbox.enqueue([OutboundWrite("Lead", sf_id, "people", local_id, {"Phone": "Ours"},
                                             "local_edit")])
         await user_deletes(org, sf_id)
-        await reconciler.apply([await event(org, sf_id, ChangeKind.DELETE)])
-        await flush_until_empty(outbox, flusher)
+        await flush_until_empty(outbox, flusher)  # before the delete is read: sent, refused
         logs, _ = await store.find_sync_logs(limit=10)
         [refused] = [x for x in logs if x["status"] == "failed"]
         assert refused["error"].startswith("ENTITY_IS_DELETED")
+        await reconciler.apply([await event(org, sf_id, ChangeKind.DELETE)])
 
         await user_deletes(org, sf_id, undelete=True)
         await reconciler.apply([await event(org, sf_id, ChangeKind.UNDELETE)])
