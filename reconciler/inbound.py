@@ -15,8 +15,10 @@ document is still the version that was read (`RecordVersion`: `updated_at` and `
 One that changed meanwhile (a platform edit between our read and our write) is read again and
 merged again, up to `CAS_ATTEMPTS` times; a mapped field whose value changed between the two
 reads counts as edited at the fresh document's `updated_at` (the watcher may not have recorded
-its field time yet), so `most_recent` weighs the platform's edit against Salesforce's. Still
-changing after the last attempt: a failed, retriable log (`CONFLICT`).
+its field time yet), so `most_recent` weighs the platform's edit against Salesforce's; a time
+the re-read gave a field the platform's value won on is stored with the write (`keep_times`),
+so the flusher weighs that value alike. Still changing after the last attempt: a failed,
+retriable log (`CONFLICT`).
 
 Clocks (issue 11 item 10): with `sf_clock` (Salesforce's clock as learned from its responses),
 `LastModifiedDate` is moved onto this host's clock before `most_recent` compares it.
@@ -139,6 +141,7 @@ class _Pending:
     unordered: set[str] = field(default_factory=set)     # edits set aside: the record is read again
     # a read record's queued write: every value its claims sent (`OutboundQueue.sent_values`)
     own: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    stored: Mapping[str, Any] | None = None  # the document as stored (`read`: as merged, see `keep_times`)
     # the nested dicts copied so far, by id() (held here, so no id is reused while in use)
     owned: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -174,6 +177,19 @@ class _Pending:
         self.sets.pop(path, None)
         self.unsets.add(path)
         self._set(path, None)
+
+    def keep_times(self, mappings: Sequence[FieldMapping], won: Mapping[str, Any]) -> None:
+        """Store the field times a compare-and-set re-read gave the working copy only
+        (`_with_concurrent_edits`) for the fields the platform's value won on them: the flusher
+        then weighs that value by the time this merge did. Without them it saw the stamped time
+        and dropped the value as older than Salesforce's, which the platform had kept (chaos seed
+        33331, C3.city: the re-read dated it by another field's edit, unstamped when first read)."""
+        for m in mappings:
+            path = f"_sync.field_times.{m.local_field}"
+            when = get_path(self.doc, path)
+            if (m.sf_field in won and self.stored is not None and path not in self.sets
+                    and isinstance(when, datetime) and when != get_path(self.stored, path)):
+                self.sets[path] = when
 
     def retype(self, new: LogType) -> None:
         if _TYPE_RANK[new] < _TYPE_RANK[self.type]:
@@ -289,8 +305,8 @@ class Reconciler:
                           before: dict[str, dict[str, Any]]) -> list[_Pending]:
         docs = await self.store.find_linked(collection, {c.sf_id for c in group},
                                             converted=collection == PEOPLE)
-        linked = {d["crm"]["id"]: _with_concurrent_edits(d, before.get(d["crm"]["id"]), self.mappings)
-                  for d in docs if get_path(d, "crm.id")}
+        stored = {d["crm"]["id"]: d for d in docs if get_path(d, "crm.id")}
+        linked = {i: _with_concurrent_edits(d, before.get(i), self.mappings) for i, d in stored.items()}
         converted = {lead for d in docs for lead in conversion.recorded_leads(d)}
         converted |= run.converted  # the batch's conversions: their Leads start no Person
         claimed = {d["_id"] for d in docs}
@@ -309,6 +325,7 @@ class Reconciler:
                 if item is None:
                     continue
                 item.own = own.get((change.sobject, change.sf_id), item.own)
+                item.stored = item.stored or stored.get(change.sf_id)
                 if change.sf_id not in pending and change.sf_id in run.follows:
                     _record_conversion(item, run.follows[change.sf_id])
                 pending[change.sf_id] = item
@@ -358,6 +375,7 @@ class Reconciler:
             item.put(local_field, value)
         for local_field, when in merged.field_times.items():
             item.put(f"_sync.field_times.{local_field}", when, logged=False)
+        item.keep_times(mappings, merged.sf_updates)
         if item.merge and merged.sf_updates:
             item.sf_updates.update(merged.sf_updates)
         elif not item.merge:

@@ -784,3 +784,48 @@ class TestInboundApplyBeforeOurShadow:
         assert [c.records for c in sf.calls] == [[{"FirstName": "Ours", "Id": sf_id(1)}],
                                                  [{"FirstName": "Theirs", "Id": sf_id(1)}]]
         assert await outbox.depth() == 0
+
+
+class WatcherStampsDuringTheInboundWrite:
+    """The store as the reconciler uses it: before its first People write the local watcher
+    stamps the platform's edits (its real store call), so that write's compare-and-set fails
+    and the record is read and merged again."""
+
+    def __init__(self, store: Store, local_id: str, times: dict[str, datetime]) -> None:
+        self._store = store
+        self._local_id = local_id
+        self._times: dict[str, datetime] | None = times
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def bulk_apply(self, collection: str, writes: Sequence[Any], **kw: Any) -> Any:
+        if collection == "people" and self._times is not None:
+            times, self._times = self._times, None
+            await self._store.watched("people").record_field_times({self._local_id: times}, datetime.now(UTC))
+        return await self._store.bulk_apply(collection, writes, **kw)
+
+
+class TestAConflictWonOnATimeTheReReadGuessed:
+    """Chaos seed 33331, C3.city: the platform set the field at T1 (stamped; its queued write
+    dropped by a new leader's flusher, which dated Salesforce's value by the record's
+    `LastModifiedDate`), then another field at T1+3 s. A Salesforce user's edit of the first
+    field, dated T1+2 s (held by the leader gap), came in while that later edit was unstamped:
+    the field's value differs from Salesforce's last one, so it was dated by the document's
+    `updated_at` (T1+3 s), won, and was queued back. The watcher stamped the later edit before
+    the inbound write; the re-read merged again on that guessed time, kept in memory only, and
+    the flusher, seeing the field's stamp (T1), dropped the value as older than Salesforce's:
+    the platform kept its value, Salesforce the user's."""
+
+    async def test_the_sides_agree(self, rig: Rig) -> None:
+        await person(rig.store, 1, shadow={"FirstName": "Ann"}, first_name="Ours")  # stamped at T1
+        await rig.store.db.people.update_one({"_id": "p-1"}, {"$set": {  # not stamped yet
+            "last_name": "Later", "updated_at": T1 + timedelta(seconds=3)}})
+        racing: Any = WatcherStampsDuringTheInboundWrite(rig.store, "p-1",
+                                                         {"last_name": T1 + timedelta(seconds=3)})
+        theirs = change(sf_id(1), {"FirstName": "Theirs"}, at=T1 + timedelta(seconds=2))
+        await Reconciler(racing, MAPPINGS, outbox=rig.outbox).apply([theirs])
+        await rig.flusher.flush()
+        sent = [r["FirstName"] for call in rig.sf.calls for r in call.records if "FirstName" in r]
+        salesforce = sent[-1] if sent else "Theirs"
+        assert (await rig.doc("p-1"))["first_name"] == salesforce
