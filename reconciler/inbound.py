@@ -348,9 +348,11 @@ class Reconciler:
         # the stale-event check weighs Salesforce's stamp against our write on Salesforce's clock
         record = record if item.merge else shadow.set_aside_unordered(item, mappings, record)
         edits = record if item.merge else shadow.edits_only(item, mappings, record, change.changed_at)
+        # a merge dates a value the service knew already by when it came (seed 60607, P25)
+        known = shadow.known_times(item, mappings, record, host_at) if item.merge else None
         # not `complete`: what `edits_only` left out was read again, not blanked (seed 50321, L1)
         merged = merge_record(mappings, item.doc, edits, change.changed_at, writable,
-                              sf_clock_offset=offset)
+                              sf_clock_offset=offset, sf_field_times=known)
         for local_field, value in merged.local_updates.items():
             item.put(local_field, value)
         for local_field, when in merged.field_times.items():
