@@ -485,9 +485,10 @@ def _count(totals: Counter[str], result: BatchResult) -> None:
 
 async def _sent_values(outbox: OutboundQueue | None, group: Sequence[SalesforceChange],
                        linked: Mapping[str, Any]) -> SentValues:
-    """What the queued writes of the linked records polled or fetched here sent: one outbox query
-    per batch, none for events or merges (`inbound_shadow.edits_only`)."""
-    reads = {(c.sobject, c.sf_id) for c in group if c.source in _LIVE_READS and c.sf_id in linked}
+    """What the queued writes of the linked records read here sent: one outbox query per batch,
+    none for events (`inbound_shadow.edits_only`; for a merge, `inbound_shadow.known_times`)."""
+    reads = {(c.sobject, c.sf_id) for c in group
+             if c.source in (*_LIVE_READS, *_MERGE_SOURCES) and c.sf_id in linked}
     return await outbox.sent_values(reads) if reads and outbox is not None else {}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from bson import ObjectId
@@ -22,6 +22,7 @@ from tests.integration.test_outbound_lost_response import (
     Org,
     flush_until_empty,
     flusher_for,
+    linked_person_whose_update_is_lost,
     running_org,
 )
 
@@ -91,3 +92,32 @@ class TestAReImportOfTheServicesOwnWrite:
         await flush_until_empty(outbox, flusher)
         [lead] = await org.rows(f"SELECT FirstName FROM Lead WHERE Id = '{sf_id}'")
         assert lead["FirstName"] == "Anna"
+
+
+class TestAReImportOfALostUpdatesOwnValue:
+    """The same for a value our update sent whose answer was lost (chaos seed 40427's hole, met by
+    a merge): the shadow does not know it, but the queued write's claims do (`sent_values`)."""
+
+    async def test_a_platform_edit_made_while_the_call_was_in_flight_stands(
+            self, org: Org, store: Store) -> None:
+        """The platform edited the title again while the lost call was in flight (its time before
+        the Lead's `LastModifiedDate`); a re-import ran before the write was sent again. Dated by
+        that `LastModifiedDate`, the lost call's older value replaced the newer one on the
+        platform, and the re-sent write had nothing to send."""
+        outbox, flusher = flusher_for(store, org)
+        before_call = datetime.now(UTC) - timedelta(seconds=1)
+        sf_id, local_id = await linked_person_whose_update_is_lost(store, outbox, org, flusher)
+        await store.db.people.update_one({"_id": local_id}, {"$set": {
+            "title": "Newer", "updated_at": before_call, "_sync.written_at": before_call,
+            "_sync.field_times.title": before_call}})
+        await outbox.enqueue([OutboundWrite("Lead", sf_id, "people", local_id, {"Title": "Newer"},
+                                            "local_edit")])
+
+        outcome = await jobs_for(store, org, outbox).import_record(sf_id)
+
+        assert outcome.status == "retried"
+        doc = await store.db.people.find_one({"_id": local_id})
+        assert doc is not None and doc["title"] == "Newer"
+        await flush_until_empty(outbox, flusher)
+        [lead] = await org.rows(f"SELECT Title FROM Lead WHERE Id = '{sf_id}'")
+        assert lead["Title"] == "Newer"
