@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.outbox_lookup [--queued 5000] [--claimed 1000] [--batch 200]
 
-Every inbound batch with reads of linked records (a poll, a gap fetch) asks the outbox, once,
+Every inbound batch with reads of linked records (a poll, a gap fetch, a merge's) asks the outbox, once,
 what their queued writes sent (chaos seed 40427). The outbox is deepest when it matters most:
 a paused budget holds every platform edit. This script fills a
 real SecantusDB outbox with `--queued` pending updates, claims `--claimed` of them (what a send

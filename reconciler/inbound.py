@@ -48,7 +48,7 @@ from reconciler.conversion import Conversion
 from reconciler.errors import FencedError, SkippableError
 from reconciler.linking import company_ids, find_matches
 from reconciler.local_changes import plan_record, watched_fields
-from reconciler.merge import capped_offset, local_side, merge_record
+from reconciler.merge import RecordMerge, capped_offset, local_side, merge_record
 from reconciler.objects import COMPANIES, PEOPLE, collection_for
 from reconciler.ports import (
     Budget,
@@ -190,6 +190,20 @@ class _Pending:
             if (m.sf_field in won and self.stored is not None and path not in self.sets
                     and isinstance(when, datetime) and when != get_path(self.stored, path)):
                 self.sets[path] = when
+
+    def take(self, merged: RecordMerge, mappings: Sequence[FieldMapping], record: Mapping[str, Any]) -> None:
+        """What a merge of one change decided: the platform's updates and their times; for a
+        merge, what goes to Salesforce; for a live change, the rules that held and the values won."""
+        for local_field, value in merged.local_updates.items():
+            self.put(local_field, value)
+        for local_field, when in merged.field_times.items():
+            self.put(f"_sync.field_times.{local_field}", when, logged=False)
+        self.keep_times(mappings, merged.sf_updates)
+        if self.merge and merged.sf_updates:
+            self.sf_updates.update(merged.sf_updates)
+        elif not self.merge:
+            self.held.update(merged.held)
+            self.won.update(shadow.won_by_platform(mappings, merged.sf_updates, record))
 
     def retype(self, new: LogType) -> None:
         if _TYPE_RANK[new] < _TYPE_RANK[self.type]:
@@ -368,19 +382,12 @@ class Reconciler:
         # the stale-event check weighs Salesforce's stamp against our write on Salesforce's clock
         record = record if item.merge else shadow.set_aside_unordered(item, mappings, record)
         edits = record if item.merge else shadow.edits_only(item, mappings, record, change.changed_at)
+        # a merge dates a value the service knew already by when it came (seed 60607, P25)
+        known = shadow.known_times(item, mappings, record, host_at) if item.merge else None
         # not `complete`: what `edits_only` left out was read again, not blanked (seed 50321, L1)
         merged = merge_record(mappings, item.doc, edits, change.changed_at, writable,
-                              sf_clock_offset=offset)
-        for local_field, value in merged.local_updates.items():
-            item.put(local_field, value)
-        for local_field, when in merged.field_times.items():
-            item.put(f"_sync.field_times.{local_field}", when, logged=False)
-        item.keep_times(mappings, merged.sf_updates)
-        if item.merge and merged.sf_updates:
-            item.sf_updates.update(merged.sf_updates)
-        elif not item.merge:
-            item.held.update(merged.held)
-            item.won.update(shadow.won_by_platform(mappings, merged.sf_updates, record))
+                              sf_clock_offset=offset, sf_field_times=known)
+        item.take(merged, mappings, record)
         # the shadow's times are on this host's clock, like the field times they are weighed against
         shadow.record(item, mappings, record, host_at, complete=change.kind in _FULL_RECORD)
 
@@ -506,9 +513,10 @@ def _count(totals: Counter[str], result: BatchResult) -> None:
 
 async def _sent_values(outbox: OutboundQueue | None, group: Sequence[SalesforceChange],
                        linked: Mapping[str, Any]) -> SentValues:
-    """What the queued writes of the linked records polled or fetched here sent: one outbox query
-    per batch, none for events or merges (`inbound_shadow.edits_only`)."""
-    reads = {(c.sobject, c.sf_id) for c in group if c.source in _LIVE_READS and c.sf_id in linked}
+    """What the queued writes of the linked records read here sent: one outbox query per batch,
+    none for events (`inbound_shadow.edits_only`; for a merge, `inbound_shadow.known_times`)."""
+    reads = {(c.sobject, c.sf_id) for c in group
+             if c.source in (*_LIVE_READS, *_MERGE_SOURCES) and c.sf_id in linked}
     return await outbox.sent_values(reads) if reads and outbox is not None else {}
 
 

@@ -86,6 +86,31 @@ def edits_only(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Ma
     return out
 
 
+def known_times(item: PendingRecord, mappings: Iterable[FieldMapping], fields: Mapping[str, Any],
+                at: datetime | None) -> dict[str, datetime | None]:
+    """For a merge of a record read (a re-import, a retry): the fields whose value the service
+    knew already, dated by when that value came where that is earlier than the record's
+    `LastModifiedDate` (`at`, on this host's clock), which any later write of the record moves,
+    the service's own included. The shadow's value has the shadow's time (when Salesforce's
+    value changed as seen, or the platform time of the value our own write sent); a value a
+    claim of the record's queued write sent (`item.own`) has none: the platform's own, as old as
+    that claim's value. Chaos seed 60607, P25.first_name: a re-import dated the older first name
+    our create had carried by the create's `LastModifiedDate`, later than the platform's edit
+    made while the create was in flight, and put it back on the platform over that edit."""
+    out: dict[str, datetime | None] = {}
+    for m in mappings:
+        if m.sf_field not in fields:
+            continue
+        value = fields[m.sf_field]
+        seen = shadow_side(item.doc, item.change.sobject, m.sf_field)
+        if value in item.own.get(m.sf_field, ()):
+            out[m.sf_field] = None
+        elif seen is not None and seen.value == value and not (
+                seen.at is not None and at is not None and _naive(seen.at) >= _naive(at)):
+            out[m.sf_field] = seen.at
+    return out
+
+
 def set_aside_unordered(item: UnorderedItem, mappings: Iterable[FieldMapping],
                         fields: Mapping[str, Any]) -> dict[str, Any]:
     """`fields` without the edits a streamed change makes in the second Salesforce took our own

@@ -142,6 +142,7 @@ def merge_record(
     *,
     complete: bool = False,
     sf_clock_offset: timedelta = timedelta(0),
+    sf_field_times: Mapping[str, datetime | None] | None = None,
 ) -> RecordMerge:
     """Merge one Salesforce record into one local document, field by field.
 
@@ -150,22 +151,25 @@ def merge_record(
     is blank on Salesforce's side. `writable` maps Salesforce field -> updateable (default
     True for fields it does not list). `sf_changed_at` is on Salesforce's clock;
     `sf_clock_offset` (Salesforce minus this host) moves it onto the clock of local field times.
+    `sf_field_times`: Salesforce fields whose value's change time the caller knows better than
+    the record's, on this host's clock already (None: no time, older than any).
     """
     if sf_changed_at is not None:
         sf_changed_at = sf_changed_at - sf_clock_offset
     result = RecordMerge()
     unstamped = has_unstamped_edit(local_doc)
+    known = sf_field_times or {}
     for mapping in mappings_for_object:
         if mapping.sf_field not in sf_record and not complete:
             continue
         local = local_side(local_doc, mapping, unstamped=unstamped)
-        remote = Side(sf_record.get(mapping.sf_field), sf_changed_at)
+        remote = Side(sf_record.get(mapping.sf_field), known.get(mapping.sf_field, sf_changed_at))
         can_write = True if writable is None else writable.get(mapping.sf_field, True)
         decision = merge_field(mapping, local, remote, sf_field_writable=can_write)
         if decision.write_local:
             result.local_updates[mapping.local_field] = decision.value
-            if sf_changed_at is not None:
-                result.field_times[mapping.local_field] = sf_changed_at
+            if remote.changed_at is not None:
+                result.field_times[mapping.local_field] = remote.changed_at
         elif decision.write_salesforce:
             result.sf_updates[mapping.sf_field] = decision.value
             _stamp_fresh_edit(result, local_doc, mapping, local)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.inbound_shadow import edits_only
+from reconciler.inbound_shadow import edits_only, known_times
 from reconciler.merge import HELD_LOCAL, HELD_SALESFORCE, Winner, decide_outgoing, merge_record
 from reconciler.ports import ChangeKind, ChangeSource, SalesforceChange
 from reconciler.shadow import has_unstamped_edit, platform_time, shadow_sets, shadow_side
@@ -359,3 +359,35 @@ class TestAReadOfAValueOurQueuedWriteSent:
                            why: str) -> None:
         found = edits_only(self.item(source, own), [mapping()], {"Email": "ours@x"}, T3)
         assert found == ({"Email": "ours@x"} if edit else {}), why
+
+
+class TestAMergeDatesAValueTheServiceKnew:
+    """Chaos seed 60607, P25.first_name: a merge (a re-import, a retry) of a record read weighs a
+    value the service knew already by when that value came (the shadow's time, or none for a
+    value a claim of the record's queued write sent), not by the record's `LastModifiedDate`,
+    which any later write moves (here our own create's), and never later than that date. The
+    platform's value was set at T1; the record read is dated T3 unless the row says otherwise."""
+
+    @pytest.mark.parametrize(("read", "shadow", "own", "record_at", "winner", "why"), [
+        ("ours@x", ("ours@x", T0), {}, T3, "platform", "our own write's value, set at T0"),
+        ("ours@x", ("ours@x", None), {}, T3, "platform", "known with no time: older than any"),
+        ("ours@x", ("old@x", T0), {"Email": ["ours@x"]}, T3, "platform", "a queued write's claim sent it"),
+        ("theirs@x", ("ours@x", T0), {}, T3, "salesforce", "changed since: the record's date"),
+        ("theirs@x", None, {}, T3, "salesforce", "the shadow never knew the field"),
+        ("ours@x", ("ours@x", T2), {}, T3, "salesforce", "set after the platform's value"),
+        ("ours@x", ("ours@x", T3), {}, T0, "platform", "never later than the record's date"),
+    ])
+    def test_the_winner(self, read: str, shadow: tuple[str, datetime | None] | None,
+                        own: dict[str, list[Any]], record_at: datetime, winner: str, why: str) -> None:
+        sync: dict[str, Any] = {"written_at": T1, "field_times": {"email": T1}}
+        if shadow is not None:
+            sync["sf"] = {"Lead": {"Email": {"v": shadow[0], "at": shadow[1]}}}
+        change = SalesforceChange(sobject="Lead", sf_id="00Q1", kind=ChangeKind.UPSERT,
+                                  fields={"Email": read}, changed_at=record_at, source=ChangeSource.IMPORT)
+        item = _Pending(change, "people", {"_id": 1, "email": "plat@x", "updated_at": T1, "_sync": sync},
+                        own=own)
+        times = known_times(item, [mapping()], {"Email": read}, record_at)
+        merged = merge_record([mapping()], item.doc, {"Email": read}, record_at, sf_field_times=times)
+        got = "platform" if merged.sf_updates == {"Email": "plat@x"} else (
+            "salesforce" if merged.local_updates == {"email": read} else "neither")
+        assert got == winner, why
