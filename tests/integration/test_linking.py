@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -387,6 +387,16 @@ class TestLeadCreatedAndConvertedBeforeItWasRead:
 SECOND_EMAIL = "g.hopper@example.com"
 
 
+async def two_leads_changes(reader: RecordReader, first: CreatedAndConverted, second: CreatedAndConverted,
+                            names: list[str]) -> list[SalesforceChange]:
+    """The emulator's events of the two conversions by name ("Lc2": the second Lead's create...),
+    and "read" / "read2": each Lead read by a poll."""
+    reads = {"read": first.lead, "read2": second.lead}
+    return [c for name in names for c in (
+        await reader.fetch("Lead", [reads[name]], source=ChangeSource.POLL) if name in reads
+        else [second.events[name]])]
+
+
 async def convert_a_second_lead(org: Org, first: CreatedAndConverted) -> CreatedAndConverted:
     """A second Lead, for the same woman, created and then converted into the first one's
     Contact (Salesforce's "merge into an existing contact"): no Contact CREATE; the Lead's Title
@@ -452,11 +462,8 @@ class TestASecondLeadConvertedIntoTheSameContact:
             original = (await store.db.people.find_one({}))["_id"]
             second = await convert_a_second_lead(org, first)
 
-            async def changes(names: list[str]) -> list[SalesforceChange]:
-                reads = {"read": first.lead, "read2": second.lead}
-                return [c for name in names for c in (
-                    await reader.fetch("Lead", [reads[name]], source=ChangeSource.POLL) if name in reads
-                    else [second.events[name]])]
+            def changes(names: list[str]) -> Awaitable[list[SalesforceChange]]:
+                return two_leads_changes(reader, first, second, names)
             for batch in batches:
                 await reconciler.apply(await changes(batch))
             assert await one_person_for_both(store, first, second) == original
@@ -481,11 +488,8 @@ class TestASecondLeadConvertedIntoTheSameContact:
             first = await create_and_convert(org)
             second = await convert_a_second_lead(org, first)
 
-            async def changes(names: list[str]) -> list[SalesforceChange]:
-                reads = {"read": first.lead, "read2": second.lead}
-                return [c for name in names for c in (
-                    await reader.fetch("Lead", [reads[name]], source=ChangeSource.POLL) if name in reads
-                    else [second.events[name]])]
+            def changes(names: list[str]) -> Awaitable[list[SalesforceChange]]:
+                return two_leads_changes(reader, first, second, names)
             for batch in batches:
                 await reconciler.apply(await changes(batch))
             await one_person_for_both(store, first, second)

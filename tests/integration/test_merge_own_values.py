@@ -23,6 +23,7 @@ from tests.integration.test_outbound_lost_response import (
     flush_until_empty,
     flusher_for,
     linked_person_whose_update_is_lost,
+    platform_titles,
     running_org,
 )
 
@@ -107,11 +108,7 @@ class TestAReImportOfALostUpdatesOwnValue:
         outbox, flusher = flusher_for(store, org)
         before_call = datetime.now(UTC) - timedelta(seconds=1)
         sf_id, local_id = await linked_person_whose_update_is_lost(store, outbox, org, flusher)
-        await store.db.people.update_one({"_id": local_id}, {"$set": {
-            "title": "Newer", "updated_at": before_call, "_sync.written_at": before_call,
-            "_sync.field_times.title": before_call}})
-        await outbox.enqueue([OutboundWrite("Lead", sf_id, "people", local_id, {"Title": "Newer"},
-                                            "local_edit")])
+        await platform_titles(store, outbox, sf_id, local_id, "Newer", at=before_call)
 
         outcome = await jobs_for(store, org, outbox).import_record(sf_id)
 

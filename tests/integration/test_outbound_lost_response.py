@@ -511,6 +511,14 @@ async def linked_person_whose_update_is_lost(store: Store, outbox: Outbox, org: 
     return sf_id, local_id
 
 
+async def platform_titles(store: Store, outbox: Outbox, sf_id: str, local_id: ObjectId, title: str, *,
+                          at: datetime) -> None:
+    """The platform sets the Person's title (stamped `at`) and the watcher queues it."""
+    await store.db.people.update_one({"_id": local_id}, {"$set": {
+        "title": title, "updated_at": at, "_sync.written_at": at, "_sync.field_times.title": at}})
+    await outbox.enqueue([OutboundWrite("Lead", sf_id, "people", local_id, {"Title": title}, "local_edit")])
+
+
 async def poll(org: Org, sf_id: str) -> SalesforceChange:
     """The Lead as the poller reads it."""
     [lead] = await org.rows("SELECT Id, LastName, Company, Email, Phone, Title, LastModifiedDate "
@@ -554,11 +562,7 @@ class TestALostUpdatesOwnValueReadByAnInboundRead:
         outbox, flusher = flusher_for(store, org)
         before_call = datetime.now(UTC) - timedelta(seconds=1)
         sf_id, local_id = await linked_person_whose_update_is_lost(store, outbox, org, flusher)
-        await store.db.people.update_one({"_id": local_id}, {"$set": {
-            "title": "Newer", "updated_at": before_call, "_sync.written_at": before_call,
-            "_sync.field_times.title": before_call}})
-        await outbox.enqueue([OutboundWrite("Lead", sf_id, "people", local_id, {"Title": "Newer"},
-                                            "local_edit")])
+        await platform_titles(store, outbox, sf_id, local_id, "Newer", at=before_call)
 
         await Reconciler(store, MAPPINGS, outbox=outbox).apply([await poll(org, sf_id)])
         doc = await store.db.people.find_one({"_id": local_id})
