@@ -38,6 +38,7 @@ import structlog
 from reconciler.errors import (
     BudgetExhaustedError,
     FatalError,
+    FencedError,
     OutcomeUnknownError,
     RetriableError,
     SkippableError,
@@ -538,7 +539,7 @@ class OutboundFlusher:
                 entries, records = await self._recover_lost_creates(sobject, entries, records)
                 if not entries:
                     return True
-            await _check_term(self._outbox, self._store)
+            await _check_term(self._outbox, self._store, entries)
             written = await _write(self._sf, self._gate, sobject, kind, entries, records)
             self.calls_made += written.calls
             entries, records, results = await written.settle(self._outbox, self._delay)
@@ -723,13 +724,19 @@ def _refused(entries: Sequence[OutboxEntry]) -> tuple[list[dict[str, Any]], list
     return [dict(e.write.fields) for e in entries], [RecordResult(success=False, errors=[]) for _ in entries]
 
 
-async def _check_term(outbox: FlushOutbox, store: FlushStore) -> None:
+async def _check_term(outbox: FlushOutbox, store: FlushStore, entries: Sequence[OutboxEntry]) -> None:
     """Right before a call: a leader paused between its claim and its call (SIGSTOP, a long
-    stall) must not send once another term took over, which has taken its claims back and
-    looked for their creates already (chaos seed 11376, P23: a create sent twice)."""
+    stall) must not send once another term took over, which has taken its updates back and may
+    have looked for its creates already (chaos seed 11376, P23: a create sent twice). Fenced, it
+    hands its claims back unsent, so the new term need not wait out their lease."""
     fence = outbox.fence()
-    if fence is not None:
+    if fence is None:
+        return
+    try:
         await store.check_fence(fence)
+    except FencedError:
+        await outbox.retry_later(entries, timedelta(0), count_attempt=False)
+        raise
 
 
 async def _settle_unsent(outbox: FlushOutbox, screened: Screened) -> None:

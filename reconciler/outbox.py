@@ -6,8 +6,9 @@ majority), so a caller may then advance its own offset. Writes to one record coa
 pending write (latest value per field wins). Blank values never enter the outbox.
 
 With `fence` (the leader term's fence provider, `service.term.LeaderTerm.fence`), claims are
-the term's: refused once it is over, and a new term takes an older term's claims over at its
-first `recover_expired` instead of waiting out their lease (`reconciler.store`'s outbox).
+the term's: refused once it is over, and a new term takes an older term's update claims over at
+its first `recover_expired` instead of waiting out their lease; creates wait for it, a stalled
+create call may still land (`reconciler.store`'s outbox).
 """
 
 from __future__ import annotations

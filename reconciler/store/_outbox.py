@@ -6,8 +6,9 @@ batch by moving documents to `inflight` under a lease (an id only it knows, and 
 several replicas never send the same write; documents a crashed process left `inflight` return
 to `pending` once their lease expires. A claim made for a leader term (`fence`) first checks the
 term still holds the lease and carries its number (`term`): a newer term returns an older term's
-claims to `pending` at once (`recover_expired(now, term=...)`), without waiting out their lease,
-and the older term, fenced, claims nothing more.
+update claims to `pending` at once (`recover_expired(now, term=...)`), without waiting out their
+lease (its creates wait for it: a stalled create call may still land), and the older term,
+fenced, claims nothing more.
 
 Returning a document to `pending` when a newer pending document for the same record exists
 merges the two (the newer values win) instead of breaking the unique key.
@@ -171,10 +172,14 @@ class OutboxCollection(OutboxViews):
 
     async def recover_expired(self, now: datetime, *, term: int | None = None) -> int:
         """Return writes whose lease expired (their process died) to `pending`, and with `term`
-        those claimed by an older term (its leader is fenced: dead or stalled); how many."""
+        the updates claimed by an older term (its leader is fenced: dead or stalled); how many.
+        An older term's creates wait for their lease: its leader may have checked its term and
+        stalled before the call left, which can land any time (chaos seed 35107, P3: taken back
+        at once, the create was looked for 5 ms before the stalled one landed, and sent again).
+        An update sent twice writes the same values; a create sent twice is two records."""
         dead: list[dict[str, Any]] = [{"lease_until": {"$lt": now}}]
         if term is not None:
-            dead.append({"term": {"$lt": term}})
+            dead.append({"term": {"$lt": term}, "kind": {"$ne": CREATE}})
         with translate_errors("outbox.recover_expired"):
             expired = await self._coll.find(
                 {"status": INFLIGHT, "$or": dead}, {"_id": 1, "lease": 1}).to_list(None)

@@ -19,6 +19,11 @@ from tests.integration.test_outbound_shadow import MAPPINGS
 from tests.support.clock import Clock
 
 
+def create(local_id: str, **fields: object) -> OutboundWrite:
+    return OutboundWrite(sobject="Lead", sf_id=None, collection="people", local_id=local_id,
+                         fields=dict(fields), reason="create")
+
+
 def update(sf_id: str, **fields: object) -> OutboundWrite:
     return OutboundWrite(sobject="Lead", sf_id=sf_id, collection="people", local_id=f"p-{sf_id}",
                          fields=dict(fields), reason="local_edit")
@@ -68,6 +73,51 @@ class TestClaimsCarryTheTerm:
         with pytest.raises(FencedError):
             await old.claim("Lead", "update", 200)
 
+    async def test_a_dead_terms_create_is_taken_back_only_when_its_lease_runs_out(self, store: Store) -> None:
+        """Chaos seed 35107, P3: a leader checked its term, was stopped before its create call
+        left, and the new term took the claim back at once, looked for the record 5 ms before the
+        stalled call landed, found none and created it again: two Leads. An update sent twice is
+        the same update; a create is not, so its claim is the old term's until its lease ends
+        (and a stalled call that lands meanwhile is settled under it, or found by the lookup)."""
+        clock = Clock()
+        old_term, new_term = TermFence(), TermFence()
+        old = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=old_term)
+        new = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=new_term)
+        old_term.current = await take_lease(store, "old-leader")
+        await old.enqueue([create("p-1", LastName="Ng"), update("00Q2", City="Lyon")])
+        creates = await old.claim("Lead", "create", 200)
+        assert len(creates) == 1 and len(await old.claim("Lead", "update", 200)) == 1
+
+        await store.db.sync_state.update_one({"_id": "lease:sync"}, {"$set": {"expires_at": clock()}})
+        new_term.current = await take_lease(store, "new-leader")
+        clock.advance(1)
+        assert await new.recover_expired() == 1  # the update only
+        assert await new.claim("Lead", "create", 200) == []
+
+        clock.advance(121)  # the create's lease ran out: its leader is dead, or stalled past it
+        assert await new.recover_expired() == 1
+        retaken = await new.claim("Lead", "create", 200)
+        assert [e.write.local_id for e in retaken] == ["p-1"]
+        assert retaken[0].failures == 1  # counted: the lost create is looked for before it is sent
+
+    async def test_a_stalled_create_landing_in_its_lease_is_settled_by_its_sender(self, store: Store) -> None:
+        clock = Clock()
+        old_term, new_term = TermFence(), TermFence()
+        old = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=old_term)
+        new = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=new_term)
+        old_term.current = await take_lease(store, "old-leader")
+        await old.enqueue([create("p-1", LastName="Ng")])
+        claimed = await old.claim("Lead", "create", 200)
+        await store.db.sync_state.update_one({"_id": "lease:sync"}, {"$set": {"expires_at": clock()}})
+        new_term.current = await take_lease(store, "new-leader")
+        clock.advance(5)
+        assert await new.recover_expired() == 0
+
+        await old.done(claimed)  # its call landed: the claim is still its own
+        assert await store.outbox.depth() == 0
+        clock.advance(200)
+        assert await new.recover_expired() == 0 and await new.claim("Lead", "create", 200) == []
+
     async def test_the_live_terms_own_claims_are_not_taken_back(self, store: Store) -> None:
         clock = Clock()
         term = TermFence()
@@ -86,13 +136,14 @@ class TakeoverWhileScreening(ShadowGate):
     def __init__(self, store: Store, sf: FakeSalesforce) -> None:
         super().__init__(sf, store, MAPPINGS)
         self._store_for_takeover = store
+        self.new_term = TermFence()
 
     async def screen(self, sobject: str, kind: str, entries: list[OutboxEntry], *,
                      refresh_before: datetime | None = None) -> Screened:
         store = self._store_for_takeover
         await store.db.sync_state.update_one({"_id": "lease:sync"},
                                              {"$set": {"expires_at": datetime.now(UTC)}})
-        await take_lease(store, "new-leader")
+        self.new_term.current = await take_lease(store, "new-leader")
         return await super().screen(sobject, kind, entries, refresh_before=refresh_before)
 
 
@@ -110,3 +161,20 @@ class TestAPausedTermSendsNothing:
         with pytest.raises(FencedError):
             await flusher.flush()
         assert sf.calls == []
+
+    async def test_a_leader_fenced_before_its_call_hands_its_create_back_unsent(self, store: Store) -> None:
+        """Nothing was sent, and the sender knows it: the new term need not wait out the claim's
+        lease (a dead term's creates wait for it) nor look for a record that cannot exist."""
+        term, sf = TermFence(), FakeSalesforce()
+        outbox = Outbox(store.outbox, lease=timedelta(minutes=2), fence=term)
+        gate = TakeoverWhileScreening(store, sf)
+        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync", gate=gate)
+        term.current = await take_lease(store, "old-leader")
+        await outbox.enqueue([OutboundWrite("Lead", None, "people", "p-1", {"LastName": "Ng"}, "create")])
+        with pytest.raises(FencedError):
+            await flusher.flush()
+
+        new = Outbox(store.outbox, lease=timedelta(minutes=2), fence=gate.new_term)
+        retaken = await new.claim("Lead", "create", 200)
+        assert [e.write.local_id for e in retaken] == ["p-1"]
+        assert retaken[0].failures == 0 and retaken[0].write.attempt == 0
