@@ -32,7 +32,9 @@ from bench.chaos.oracle import Model, Observed, check, service_write_times
 from bench.chaos.report import RunLog, Summary, render, write_violations
 from bench.chaos.schedule import FAULT_KINDS, MAPPED_OWNERS, Step, build_schedule
 
-BARRIER_TIMEOUT = 150.0  # polling mode is one pass a minute; a paused budget one limits check a minute
+# polling mode is one pass a minute; a paused budget one limits check a minute; a create claimed
+# by a killed leader waits out its 2-minute lease (chaos seed 35107)
+BARRIER_TIMEOUT = 180.0
 IDLE = 3.0
 PACE = 0.05  # seconds between steps
 

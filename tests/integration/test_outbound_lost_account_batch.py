@@ -1,5 +1,6 @@
 """A create batch of Accounts whose sender dies after the org applied it (chaos seed 76): a new
-leader term takes the claims back at once and recovers every Account, even those the inbound
+leader term takes the claims back once their lease ran out (an older term's creates wait for
+it: its call may still be on its way, chaos seed 35107) and recovers every Account, even those the inbound
 side already linked by Website meanwhile (a poll or gap read has no `changeOrigin`, so the lost
 create's records come back as ordinary changes and match their unlinked Companies by domain).
 Three Accounts in Salesforce, each linked once, none created again."""
@@ -74,7 +75,9 @@ async def test_a_dead_senders_account_batch_is_recovered_by_the_next_term(
         client: SalesforceClient, store: Store, linked_by_inbound: int) -> None:
     old_term, new_term = TermFence(), TermFence()
     old = Outbox(store.outbox, lease=timedelta(minutes=2), fence=old_term)
-    new = Outbox(store.outbox, lease=timedelta(minutes=2), fence=new_term)
+    # the new term runs past the old claims' 2-minute lease
+    new = Outbox(store.outbox, lease=timedelta(minutes=2), fence=new_term,
+                 clock=lambda: datetime.now(UTC) + timedelta(minutes=3))
     old_term.current = await take_lease(store, "old-leader")
     ids = [ObjectId() for _ in ACCOUNTS]
     for local_id, account in zip(ids, ACCOUNTS, strict=True):

@@ -118,6 +118,34 @@ class TestClaimsCarryTheTerm:
         clock.advance(200)
         assert await new.recover_expired() == 0 and await new.claim("Lead", "create", 200) == []
 
+    async def test_a_create_queued_again_waits_for_the_one_in_flight(self, store: Store) -> None:
+        """Chaos seed 35107 again, P3: the stalled leader's create landed after its term was over
+        (a transport retry of UNABLE_TO_LOCK_ROW, no term check in between), its link was
+        refused, and a platform edit of the still unlinked Person queued a second create, which
+        the new term sent: two Leads. A create in flight holds back its document's next create
+        until it is settled, or its lease runs out and the two merge (and are looked for)."""
+        clock = Clock()
+        old_term, new_term = TermFence(), TermFence()
+        old = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=old_term)
+        new = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=new_term)
+        old_term.current = await take_lease(store, "old-leader")
+        await old.enqueue([create("p-1", LastName="Ng"), create("p-2", LastName="Ito")])
+        assert len(await old.claim("Lead", "create", 200)) == 2
+
+        await store.db.sync_state.update_one({"_id": "lease:sync"}, {"$set": {"expires_at": clock()}})
+        new_term.current = await take_lease(store, "new-leader")
+        await new.enqueue([create("p-1", LastName="Ng", Title="CFO"), create("p-3", LastName="Ota")])
+        clock.advance(1)
+        sent = await new.claim("Lead", "create", 200)
+        assert [e.write.local_id for e in sent] == ["p-3"]
+        await new.done(sent)
+
+        clock.advance(121)
+        assert await new.recover_expired() == 2
+        retaken = {e.write.local_id: e for e in await new.claim("Lead", "create", 200)}
+        assert sorted(retaken) == ["p-1", "p-2"]
+        assert retaken["p-1"].failures == 1 and retaken["p-1"].write.fields["Title"] == "CFO"
+
     async def test_the_live_terms_own_claims_are_not_taken_back(self, store: Store) -> None:
         clock = Clock()
         term = TermFence()
