@@ -138,7 +138,7 @@ class OutboxCollection(OutboxViews):
             found = await self._coll.find(due, {"_id": 1, "key": 1}).sort(
                 [("enqueued_at", ASCENDING), ("_id", ASCENDING)]).limit(limit).to_list(None)
             if kind == CREATE:
-                found = await self._not_in_flight(found)
+                found = await _no_create_in_flight(self._coll, found)
             ids = [d["_id"] for d in found]
             if not ids:
                 return []
@@ -156,15 +156,6 @@ class OutboxCollection(OutboxViews):
         order = {doc_id: i for i, doc_id in enumerate(ids)}
         docs.sort(key=lambda d: order[d["_id"]])
         return [OutboxEntry.from_document(d) for d in docs]
-
-    async def _not_in_flight(self, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Creates whose document has no create in flight: one claimed by an older term may still
-        land (`recover_expired`), so the next waits for it to be settled or taken back, merged
-        with it, and looked for (chaos seed 35107, P3: a second create sent beside a stalled one)."""
-        with translate_errors("outbox.claim"):
-            busy = {d["key"] for d in await self._coll.find(
-                {"key": {"$in": [d["key"] for d in found]}, "status": INFLIGHT}, {"key": 1}).to_list(None)}
-        return [d for d in found if d["key"] not in busy]
 
     async def remove(self, entries: Sequence[OutboxEntry]) -> None:
         """Drop writes that are done (sent, or logged as failed), if still under our lease."""
@@ -262,6 +253,16 @@ def _earliest(name: str, first_sent: datetime | None) -> Any:
     if first_sent is None:
         return f"${name}"
     return {"$ifNull": [{"$min": [{"$literal": first_sent}, f"${name}"]}, {"$literal": first_sent}]}
+
+
+async def _no_create_in_flight(coll: Any, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Creates whose document has no create in flight: one claimed by an older term may still
+    land (`recover_expired`), so the next waits for it to be settled or taken back, merged with
+    it, and looked for (chaos seed 35107, P3: a second create sent beside a stalled one)."""
+    with translate_errors("outbox.claim"):
+        busy = {d["key"] for d in await coll.find(
+            {"key": {"$in": [d["key"] for d in found]}, "status": INFLIGHT}, {"key": 1}).to_list(None)}
+    return [d for d in found if d["key"] not in busy]
 
 
 def _upsert(write: OutboundWrite, now: datetime) -> UpdateOne:
