@@ -48,7 +48,7 @@ from reconciler.objects import OBJECTS
 from reconciler.outbound_shadow import Screened, ShadowGate
 from reconciler.outbox import Clock, utcnow
 from reconciler.pacing import backoff_seconds, every
-from reconciler.ports import PRECONDITION_FAILED, Budget, RecordResult, SalesforceApi
+from reconciler.ports import PRECONDITION_FAILED, Budget, RecordResult, ResendGuard, SalesforceApi
 from reconciler.records import is_blank
 from reconciler.soql import format_sf_datetime, parse_sf_datetime, soql_string
 from reconciler.store import CREATE, Fence, OutboxEntry, OutboxGroup
@@ -136,8 +136,8 @@ class FlushSalesforce(SalesforceApi, Protocol):
 
     async def user_id(self) -> str | None: ...
 
-    async def update_if_unmodified(self, sobject: str, records: Sequence[tuple[dict[str, Any], datetime]]
-                                   ) -> list[RecordResult]: ...
+    async def update_if_unmodified(self, sobject: str, records: Sequence[tuple[dict[str, Any], datetime]],
+                                   *, before_resend: ResendGuard | None = None) -> list[RecordResult]: ...
 
 
 @dataclass(frozen=True)
@@ -540,7 +540,8 @@ class OutboundFlusher:
                 if not entries:
                     return True
             await _check_term(self._outbox, self._store, entries)
-            written = await _write(self._sf, self._gate, sobject, kind, entries, records)
+            written = await _write(self._sf, self._gate, sobject, kind, entries, records,
+                                   guard=lambda: _still_leading(self._outbox, self._store))
             self.calls_made += written.calls
             entries, records, results = await written.settle(self._outbox, self._delay)
         except BudgetExhaustedError:
@@ -685,7 +686,8 @@ class Written:
 
 
 async def _write(sf: FlushSalesforce, gate: ShadowGate | None, sobject: str, kind: str,
-                 entries: Sequence[OutboxEntry], records: Sequence[dict[str, Any]]) -> Written:
+                 entries: Sequence[OutboxEntry], records: Sequence[dict[str, Any]], *,
+                 guard: ResendGuard) -> Written:
     """Creates, and updates decided on the shadow, go out in ONE composite/sobjects call; updates
     decided on their record read again (late or re-sent writes) through `/composite`, each only if
     Salesforce has not modified the record since that read (a user's edit made after the read
@@ -698,10 +700,12 @@ async def _write(sf: FlushSalesforce, gate: ShadowGate | None, sobject: str, kin
     if plain:
         out.calls += 1
         call = sf.create if kind == CREATE else sf.update
-        out.results.update(zip(plain, await call(sobject, [records[i] for i in plain]), strict=False))
+        answers = await call(sobject, [records[i] for i in plain], before_resend=guard)
+        out.results.update(zip(plain, answers, strict=False))
     if checked:
         out.calls += -(-len(checked) // COMPOSITE_LIMIT)
-        answers = await sf.update_if_unmodified(sobject, [(records[i], at) for i, at in checked.items()])
+        answers = await sf.update_if_unmodified(sobject, [(records[i], at) for i, at in checked.items()],
+                                                before_resend=guard)
         out.results.update(zip(checked, answers, strict=False))
     return out
 
@@ -729,14 +733,20 @@ async def _check_term(outbox: FlushOutbox, store: FlushStore, entries: Sequence[
     stall) must not send once another term took over, which has taken its updates back and may
     have looked for its creates already (chaos seed 11376, P23: a create sent twice). Fenced, it
     hands its claims back unsent, so the new term need not wait out their lease."""
-    fence = outbox.fence()
-    if fence is None:
-        return
     try:
-        await store.check_fence(fence)
+        await _still_leading(outbox, store)
     except FencedError:
         await outbox.retry_later(entries, timedelta(0), count_attempt=False)
         raise
+
+
+async def _still_leading(outbox: FlushOutbox, store: FlushStore) -> None:
+    """`FencedError` once this leader's term is over; also what the client runs before it sends
+    a write again (a retry after UNABLE_TO_LOCK_ROW or a 5xx, the next chunk): a retry must not
+    cross into the next term either (chaos seed 35107, P3: a retried create landed there)."""
+    fence = outbox.fence()
+    if fence is not None:
+        await store.check_fence(fence)
 
 
 async def _settle_unsent(outbox: FlushOutbox, screened: Screened) -> None:

@@ -6,7 +6,7 @@ The reconciler never imports `listener`: the process wires concrete implementati
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -97,6 +97,11 @@ class RecordResult:
         return not self.success and any(e.status_code == PRECONDITION_FAILED for e in self.errors)
 
 
+# Runs before a write is sent again (a retry after a whole-call refusal, a re-authentication, the
+# next chunk): raising stops it. The flusher's checks that its leader term still holds the lease.
+ResendGuard = Callable[[], Awaitable[None]]
+
+
 class SalesforceApi(Protocol):
     """The Salesforce REST surface the reconciler uses (implemented by listener.salesforce)."""
 
@@ -109,9 +114,11 @@ class SalesforceApi(Protocol):
 
     async def describe(self, sobject: str) -> dict[str, Any]: ...
 
-    async def create(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]: ...
+    async def create(self, sobject: str, records: Sequence[dict[str, Any]], *,
+                     before_resend: ResendGuard | None = None) -> list[RecordResult]: ...
 
-    async def update(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]: ...
+    async def update(self, sobject: str, records: Sequence[dict[str, Any]], *,
+                     before_resend: ResendGuard | None = None) -> list[RecordResult]: ...
 
 
 class RecordFetcher(Protocol):

@@ -44,6 +44,7 @@ from reconciler.errors import (
     SessionExpiredError,
 )
 from reconciler.pacing import backoff_seconds
+from reconciler.ports import ResendGuard
 
 log = structlog.get_logger(__name__)
 
@@ -200,11 +201,15 @@ class Transport:
         params: dict[str, str] | None = None,
         body: Any = None,
         not_found_ok: bool = False,
+        before_resend: ResendGuard | None = None,
     ) -> Any:
-        """Send one REST call (re-authenticating once, retrying transient failures); return its JSON."""
+        """Send one REST call (re-authenticating once, retrying transient failures); return its JSON.
+        `before_resend` runs before each send after the first (raising stops the call)."""
         reauthenticated = False
         retry_number = 0
         while True:
+            if (retry_number or reauthenticated) and before_resend is not None:
+                await before_resend()
             token, instance_url = await self._tokens.token()
             try:
                 response = await self._send(method, instance_url + path, token, params, body)

@@ -24,7 +24,7 @@ from listener.salesforce.auth import Authenticator
 from listener.salesforce.http import AiohttpTransport, HttpTransport
 from listener.salesforce.usage import ApiUsage
 from reconciler.errors import FatalError, OutcomeUnknownError, RetriableError
-from reconciler.ports import PRECONDITION_FAILED, RecordError, RecordResult
+from reconciler.ports import PRECONDITION_FAILED, RecordError, RecordResult, ResendGuard
 from settings import SalesforceSettings
 
 log = structlog.get_logger(__name__)
@@ -191,25 +191,30 @@ class SalesforceClient:
 
     # -- writes ------------------------------------------------------------------------------
 
-    async def create(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
+    async def create(self, sobject: str, records: Sequence[dict[str, Any]], *,
+                     before_resend: ResendGuard | None = None) -> list[RecordResult]:
         """POST composite/sobjects in chunks of 200; results by position (failed creates carry no id).
 
         Never retried once it may have been applied: `OutcomeUnknownError` when a chunk's response
         was lost, or when a later chunk fails after earlier ones created records (their ids would
         be lost with the exception, so re-sending everything would duplicate them).
+        `before_resend` (every write) runs before each send after the first: a retry, a
+        re-authentication, the next chunk.
         """
         _, transport = self._open()
-        return await _collections(transport, self._base, "POST", sobject, records)
+        return await _collections(transport, self._base, "POST", sobject, records, before_resend)
 
-    async def update(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
+    async def update(self, sobject: str, records: Sequence[dict[str, Any]], *,
+                     before_resend: ResendGuard | None = None) -> list[RecordResult]:
         """PATCH composite/sobjects in chunks of 200; every record needs its `Id`."""
         if any(not r.get("Id") for r in records):
             raise ValueError("update needs an Id in every record")
         _, transport = self._open()
-        return await _collections(transport, self._base, "PATCH", sobject, records)
+        return await _collections(transport, self._base, "PATCH", sobject, records, before_resend)
 
     async def update_if_unmodified(
-        self, sobject: str, records: Sequence[tuple[dict[str, Any], datetime]]
+        self, sobject: str, records: Sequence[tuple[dict[str, Any], datetime]], *,
+        before_resend: ResendGuard | None = None,
     ) -> list[RecordResult]:
         """PATCH each record (with its `Id`) only if Salesforce has not modified it after the
         datetime given with it (`If-Unmodified-Since`, whole seconds): `/composite` subrequests,
@@ -220,8 +225,10 @@ class SalesforceClient:
         _, transport = self._open()
         results: list[RecordResult] = []
         for start in range(0, len(records), COMPOSITE_LIMIT):
+            if start and before_resend is not None:
+                await before_resend()
             results.extend(await _conditional_chunk(transport, self._base, sobject,
-                                                    records[start : start + COMPOSITE_LIMIT]))
+                                                    records[start : start + COMPOSITE_LIMIT], before_resend))
         return results
 
     async def delete(self, sobject: str, sf_id: str) -> None:
@@ -233,17 +240,21 @@ class SalesforceClient:
 
 
 async def _collections(
-    transport: Transport, base: str, method: str, sobject: str, records: Sequence[dict[str, Any]]
+    transport: Transport, base: str, method: str, sobject: str, records: Sequence[dict[str, Any]],
+    before_resend: ResendGuard | None,
 ) -> list[RecordResult]:
     results: list[RecordResult] = []
     for start in range(0, len(records), COLLECTION_LIMIT):
+        if start and before_resend is not None:
+            await before_resend()
         chunk = records[start : start + COLLECTION_LIMIT]
         body = {
             "allOrNone": False,
             "records": [{"attributes": {"type": sobject}, **r} for r in chunk],
         }
         try:
-            answer = await transport.request(method, f"{base}/composite/sobjects", body=body)
+            answer = await transport.request(method, f"{base}/composite/sobjects", body=body,
+                                             before_resend=before_resend)
         except RetriableError as exc:
             if method != "POST" or not results or isinstance(exc, OutcomeUnknownError):
                 raise
@@ -260,7 +271,8 @@ async def _collections(
 
 
 async def _conditional_chunk(
-    transport: Transport, base: str, sobject: str, chunk: Sequence[tuple[dict[str, Any], datetime]]
+    transport: Transport, base: str, sobject: str, chunk: Sequence[tuple[dict[str, Any], datetime]],
+    before_resend: ResendGuard | None,
 ) -> list[RecordResult]:
     """One `/composite` call: a PATCH subrequest per record, with its own `If-Unmodified-Since`
     (`allOrNone` false: each record is written, or not, on its own)."""
@@ -274,7 +286,7 @@ async def _conditional_chunk(
         }
         for index, (record, since) in enumerate(chunk)
     ]
-    answer = await transport.request("POST", f"{base}/composite",
+    answer = await transport.request("POST", f"{base}/composite", before_resend=before_resend,
                                      body={"allOrNone": False, "compositeRequest": subrequests})
     found = answer.get("compositeResponse") if isinstance(answer, dict) else None
     by_reference = {str(a.get("referenceId")): a for a in found or [] if isinstance(a, dict)}

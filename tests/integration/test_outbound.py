@@ -16,7 +16,7 @@ from bson import ObjectId
 from reconciler.errors import BudgetExhaustedError, RetriableError, SkippableError
 from reconciler.outbound import FlushPolicy, OutboundFlusher
 from reconciler.outbox import Outbox
-from reconciler.ports import OutboundWrite, RecordError, RecordResult
+from reconciler.ports import OutboundWrite, RecordError, RecordResult, ResendGuard
 from reconciler.store import Store
 from tests.support.clock import Clock
 
@@ -55,14 +55,16 @@ class FakeSalesforce:
     async def describe(self, sobject: str) -> dict[str, Any]:
         return self.describes.get(sobject, {"fields": []})
 
-    async def create(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
+    async def create(self, sobject: str, records: Sequence[dict[str, Any]], *,
+                     before_resend: ResendGuard | None = None) -> list[RecordResult]:
         return self._answer("POST", sobject, records)
 
-    async def update(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
+    async def update(self, sobject: str, records: Sequence[dict[str, Any]], *,
+                     before_resend: ResendGuard | None = None) -> list[RecordResult]:
         return self._answer("PATCH", sobject, records)
 
-    async def update_if_unmodified(self, sobject: str, records: Sequence[tuple[dict[str, Any], datetime]]
-                                   ) -> list[RecordResult]:
+    async def update_if_unmodified(self, sobject: str, records: Sequence[tuple[dict[str, Any], datetime]],
+                                   *, before_resend: ResendGuard | None = None) -> list[RecordResult]:
         """As `update` (this org's records are never modified by anyone else), dates recorded."""
         results = self._answer("PATCH", sobject, [r for r, _ in records])
         self.calls[-1].unmodified_since = [at for _, at in records]

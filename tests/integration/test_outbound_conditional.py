@@ -16,7 +16,14 @@ from reconciler.inbound import Reconciler
 from reconciler.outbound import FlushPolicy, OutboundFlusher
 from reconciler.outbound_shadow import ShadowGate
 from reconciler.outbox import Outbox
-from reconciler.ports import ChangeKind, ChangeSource, OutboundWrite, RecordResult, SalesforceChange
+from reconciler.ports import (
+    ChangeKind,
+    ChangeSource,
+    OutboundWrite,
+    RecordResult,
+    ResendGuard,
+    SalesforceChange,
+)
 from reconciler.store import Store
 from tests.integration.test_outbound_lost_response import MAPPINGS, Budget, Org, running_org
 from tests.integration.test_outbound_stale_shadow import edit_as_user, platform_title_edit
@@ -60,12 +67,13 @@ class UserEditsJustBeforeTheWrite:
             while org.now() <= org.tables["Lead"][self._sf_id]["LastModifiedDate"]:
                 await asyncio.sleep(0.02)
 
-    async def update(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
+    async def update(self, sobject: str, records: Sequence[dict[str, Any]], *,
+                     before_resend: ResendGuard | None = None) -> list[RecordResult]:
         await self._edit_once()
         return await self._org.client.update(sobject, records)
 
-    async def update_if_unmodified(self, sobject: str, records: Sequence[tuple[dict[str, Any], datetime]]
-                                   ) -> list[RecordResult]:
+    async def update_if_unmodified(self, sobject: str, records: Sequence[tuple[dict[str, Any], datetime]],
+                                   *, before_resend: ResendGuard | None = None) -> list[RecordResult]:
         await self._edit_once()
         return await self._org.client.update_if_unmodified(sobject, records)
 

@@ -18,7 +18,7 @@ from reconciler.merge import HELD_SALESFORCE, SAME_VALUE
 from reconciler.outbound import OutboundFlusher
 from reconciler.outbound_shadow import ShadowGate
 from reconciler.outbox import Outbox
-from reconciler.ports import ChangeKind, ChangeSource, OutboundWrite, RecordResult
+from reconciler.ports import ChangeKind, ChangeSource, OutboundWrite, RecordResult, ResendGuard
 from reconciler.store import Store
 from reconciler.sync_logs import SyncLog
 from settings import parse_mappings
@@ -692,7 +692,8 @@ class InboundDuringTheCall(QueryingSalesforce):
 
     during: Callable[[], Awaitable[None]] | None = None
 
-    async def update(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
+    async def update(self, sobject: str, records: Sequence[dict[str, Any]], *,
+                     before_resend: ResendGuard | None = None) -> list[RecordResult]:
         if self.during is not None:
             during, self.during = self.during, None
             await during()

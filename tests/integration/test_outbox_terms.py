@@ -4,7 +4,9 @@ cannot claim."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -12,9 +14,9 @@ from reconciler.errors import FencedError
 from reconciler.outbound import OutboundFlusher
 from reconciler.outbound_shadow import Screened, ShadowGate
 from reconciler.outbox import Outbox
-from reconciler.ports import OutboundWrite
+from reconciler.ports import OutboundWrite, RecordResult, ResendGuard
 from reconciler.store import Fence, OutboxEntry, Store
-from tests.integration.test_outbound import FakeBudget, FakeSalesforce
+from tests.integration.test_outbound import Call, FakeBudget, FakeSalesforce
 from tests.integration.test_outbound_shadow import MAPPINGS
 from tests.support.clock import Clock
 
@@ -206,3 +208,38 @@ class TestAPausedTermSendsNothing:
         retaken = await new.claim("Lead", "create", 200)
         assert [e.write.local_id for e in retaken] == ["p-1"]
         assert retaken[0].failures == 0 and retaken[0].write.attempt == 0
+
+
+class LockedThenTakenOver(FakeSalesforce):
+    """The org refuses the first send whole (UNABLE_TO_LOCK_ROW: nothing applied); during the
+    client's backoff another term takes the lease; the client asks before it sends again."""
+
+    store: Store | None = None
+
+    async def create(self, sobject: str, records: Sequence[dict[str, Any]], *,
+                     before_resend: ResendGuard | None = None) -> list[RecordResult]:
+        self.calls.append(Call("POST", sobject, [dict(r) for r in records]))  # refused: locked
+        assert self.store is not None
+        await self.store.db.sync_state.update_one({"_id": "lease:sync"},
+                                                  {"$set": {"expires_at": datetime.now(UTC)}})
+        await take_lease(self.store, "new-leader")
+        assert before_resend is not None, "the client re-sends with no term check"
+        await before_resend()
+        return await super().create(sobject, records)
+
+
+class TestAPausedTermSendsNothingAgain:
+    async def test_a_write_retried_by_the_client_is_not_sent_after_a_takeover(self, store: Store) -> None:
+        """Chaos seed 35107, P3: the client retried a create refused with UNABLE_TO_LOCK_ROW
+        across the leader's SIGSTOP, and the retry landed in the next term. The term is checked
+        before each re-send too; the create stays claimed (the new term waits out its lease)."""
+        term, sf = TermFence(), LockedThenTakenOver()
+        sf.store = store
+        outbox = Outbox(store.outbox, lease=timedelta(minutes=2), fence=term)
+        flusher = OutboundFlusher(outbox, sf, store, FakeBudget(), client_name="salesforce-sync")
+        term.current = await take_lease(store, "old-leader")
+        await outbox.enqueue([OutboundWrite("Lead", None, "people", "p-1", {"LastName": "Ng"}, "create")])
+        with pytest.raises(FencedError):
+            await flusher.flush()
+        assert len(sf.calls) == 1
+        assert await store.db.outbox.count_documents({"status": "inflight"}) == 1

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from listener.salesforce import ApiUsage, RetryPolicy, SalesforceClient
 from reconciler.errors import (
     BudgetExhaustedError,
     FatalError,
+    FencedError,
     RecordRejectedError,
     RetriableError,
     SessionExpiredError,
@@ -285,6 +287,39 @@ class TestRetries:
         async with org.client() as client:
             assert await client.limits() == {"ok": 1}
             assert client.calls_made == 3
+
+    @pytest.mark.parametrize("method", ["create", "update", "update_if_unmodified"])
+    async def test_a_write_is_sent_again_only_if_its_guard_allows(self, org: FakeOrg, method: str) -> None:
+        """A write refused whole (UNABLE_TO_LOCK_ROW: nothing applied) is retried after a backoff;
+        the caller's `before_resend` runs before each re-send (not before the first) and may stop
+        it: a leader whose term ended meanwhile sends nothing more (chaos seed 35107)."""
+        lock, done = (lambda: sf_error(400, "UNABLE_TO_LOCK_ROW"),
+                      lambda: sf_json([{"id": "00Q1", "success": True, "errors": []}]))
+        path, verb = (f"{V}/composite", "POST") if method == "update_if_unmodified" else (
+            f"{V}/composite/sobjects", "POST" if method == "create" else "PATCH")
+        if method == "update_if_unmodified":
+            done = lambda: sf_json({"compositeResponse": [  # noqa: E731
+                {"body": None, "httpStatusCode": 204, "referenceId": "r0"}]})
+        org.route(verb, path, sequence(lock, done))
+        checks: list[bool] = []
+
+        async def fenced() -> None:
+            checks.append(False)
+            raise FencedError("lease sync: term 2 is over")
+
+        async def allowed() -> None:
+            checks.append(True)
+
+        record = {"Id": "00Q1", "LastName": "Ng"}
+        async with org.client() as client:
+            call = getattr(client, method)
+            args = [(record, datetime.now(UTC))] if method == "update_if_unmodified" else [record]
+            with pytest.raises(FencedError):
+                await call("Lead", args, before_resend=fenced)
+            assert client.calls_made == 1 and checks == [False]
+            org.route(verb, path, sequence(lock, done))
+            [result] = await call("Lead", args, before_resend=allowed)
+            assert result.success and client.calls_made == 3 and checks == [False, True]
 
     async def test_gives_up_with_retriable_error(self, org: FakeOrg) -> None:
         """After `attempts` tries the error is a RetriableError naming the last failure."""

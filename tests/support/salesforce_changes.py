@@ -13,6 +13,7 @@ from reconciler.ports import (
     ChangeSource,
     OutboundWrite,
     RecordResult,
+    ResendGuard,
     SalesforceChange,
     SentValues,
 )
@@ -105,10 +106,12 @@ class FakeSalesforce:
     async def describe(self, sobject: str) -> dict[str, Any]:
         return {"name": sobject, "fields": []}
 
-    async def create(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
+    async def create(self, sobject: str, records: Sequence[dict[str, Any]], *,
+                     before_resend: ResendGuard | None = None) -> list[RecordResult]:
         raise NotImplementedError
 
-    async def update(self, sobject: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
+    async def update(self, sobject: str, records: Sequence[dict[str, Any]], *,
+                     before_resend: ResendGuard | None = None) -> list[RecordResult]:
         raise NotImplementedError
 
 
