@@ -539,9 +539,8 @@ class OutboundFlusher:
                 entries, records = await self._recover_lost_creates(sobject, entries, records)
                 if not entries:
                     return True
-            await _check_term(self._outbox, self._store, entries)
-            written = await _write(self._sf, self._gate, sobject, kind, entries, records,
-                                   guard=lambda: _still_leading(self._outbox, self._store))
+            guard = await _check_term(self._outbox, self._store, entries)
+            written = await _write(self._sf, self._gate, sobject, kind, entries, records, guard=guard)
             self.calls_made += written.calls
             entries, records, results = await written.settle(self._outbox, self._delay)
         except BudgetExhaustedError:
@@ -728,16 +727,19 @@ def _refused(entries: Sequence[OutboxEntry]) -> tuple[list[dict[str, Any]], list
     return [dict(e.write.fields) for e in entries], [RecordResult(success=False, errors=[]) for _ in entries]
 
 
-async def _check_term(outbox: FlushOutbox, store: FlushStore, entries: Sequence[OutboxEntry]) -> None:
+async def _check_term(outbox: FlushOutbox, store: FlushStore, entries: Sequence[OutboxEntry]
+                      ) -> ResendGuard:
     """Right before a call: a leader paused between its claim and its call (SIGSTOP, a long
     stall) must not send once another term took over, which has taken its updates back and may
     have looked for its creates already (chaos seed 11376, P23: a create sent twice). Fenced, it
-    hands its claims back unsent, so the new term need not wait out their lease."""
+    hands its claims back unsent, so the new term need not wait out their lease. Returns the
+    check the client repeats before it sends again."""
     try:
         await _still_leading(outbox, store)
     except FencedError:
         await outbox.retry_later(entries, timedelta(0), count_attempt=False)
         raise
+    return lambda: _still_leading(outbox, store)
 
 
 async def _still_leading(outbox: FlushOutbox, store: FlushStore) -> None:
