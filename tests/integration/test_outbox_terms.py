@@ -49,19 +49,33 @@ async def take_lease(store: Store, owner: str) -> Fence:
     return fence
 
 
+class TwoTerms:
+    """An old leader term holding the lease, and the new term that takes it over."""
+
+    def __init__(self) -> None:
+        self.old, self.new = TermFence(), TermFence()
+
+    async def start(self, store: Store, clock: Clock) -> tuple[Outbox, Outbox]:
+        """The two terms' outboxes (2-minute claims); the old term leads."""
+        old = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=self.old)
+        new = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=self.new)
+        self.old.current = await take_lease(store, "old-leader")
+        return old, new
+
+    async def take_over(self, store: Store, clock: Clock) -> None:
+        await store.db.sync_state.update_one({"_id": "lease:sync"}, {"$set": {"expires_at": clock()}})
+        self.new.current = await take_lease(store, "new-leader")
+
+
 class TestClaimsCarryTheTerm:
     async def test_a_new_term_takes_over_a_dead_terms_claims_at_once(self, store: Store) -> None:
-        clock = Clock()
-        old_term, new_term = TermFence(), TermFence()
-        old = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=old_term)
-        new = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=new_term)
-        old_term.current = await take_lease(store, "old-leader")
+        clock, terms = Clock(), TwoTerms()
+        old, new = await terms.start(store, clock)
         await old.enqueue([update("00Q1", City="Paris"), update("00Q2", City="Lyon")])
         claimed = await old.claim("Lead", "update", 200)
         assert len(claimed) == 2  # ... and then the old leader stalls (or dies) holding them
 
-        await store.db.sync_state.update_one({"_id": "lease:sync"}, {"$set": {"expires_at": clock()}})
-        new_term.current = await take_lease(store, "new-leader")
+        await terms.take_over(store, clock)
         clock.advance(1)  # seconds later, not the claims' two minutes
         assert await new.recover_expired() == 2
         retaken = await new.claim("Lead", "update", 200)
@@ -81,17 +95,13 @@ class TestClaimsCarryTheTerm:
         stalled call landed, found none and created it again: two Leads. An update sent twice is
         the same update; a create is not, so its claim is the old term's until its lease ends
         (and a stalled call that lands meanwhile is settled under it, or found by the lookup)."""
-        clock = Clock()
-        old_term, new_term = TermFence(), TermFence()
-        old = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=old_term)
-        new = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=new_term)
-        old_term.current = await take_lease(store, "old-leader")
+        clock, terms = Clock(), TwoTerms()
+        old, new = await terms.start(store, clock)
         await old.enqueue([create("p-1", LastName="Ng"), update("00Q2", City="Lyon")])
         creates = await old.claim("Lead", "create", 200)
         assert len(creates) == 1 and len(await old.claim("Lead", "update", 200)) == 1
 
-        await store.db.sync_state.update_one({"_id": "lease:sync"}, {"$set": {"expires_at": clock()}})
-        new_term.current = await take_lease(store, "new-leader")
+        await terms.take_over(store, clock)
         clock.advance(1)
         assert await new.recover_expired() == 1  # the update only
         assert await new.claim("Lead", "create", 200) == []
@@ -103,15 +113,11 @@ class TestClaimsCarryTheTerm:
         assert retaken[0].failures == 1  # counted: the lost create is looked for before it is sent
 
     async def test_a_stalled_create_landing_in_its_lease_is_settled_by_its_sender(self, store: Store) -> None:
-        clock = Clock()
-        old_term, new_term = TermFence(), TermFence()
-        old = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=old_term)
-        new = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=new_term)
-        old_term.current = await take_lease(store, "old-leader")
+        clock, terms = Clock(), TwoTerms()
+        old, new = await terms.start(store, clock)
         await old.enqueue([create("p-1", LastName="Ng")])
         claimed = await old.claim("Lead", "create", 200)
-        await store.db.sync_state.update_one({"_id": "lease:sync"}, {"$set": {"expires_at": clock()}})
-        new_term.current = await take_lease(store, "new-leader")
+        await terms.take_over(store, clock)
         clock.advance(5)
         assert await new.recover_expired() == 0
 
@@ -126,16 +132,12 @@ class TestClaimsCarryTheTerm:
         refused, and a platform edit of the still unlinked Person queued a second create, which
         the new term sent: two Leads. A create in flight holds back its document's next create
         until it is settled, or its lease runs out and the two merge (and are looked for)."""
-        clock = Clock()
-        old_term, new_term = TermFence(), TermFence()
-        old = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=old_term)
-        new = Outbox(store.outbox, clock=clock, lease=timedelta(minutes=2), fence=new_term)
-        old_term.current = await take_lease(store, "old-leader")
+        clock, terms = Clock(), TwoTerms()
+        old, new = await terms.start(store, clock)
         await old.enqueue([create("p-1", LastName="Ng"), create("p-2", LastName="Ito")])
         assert len(await old.claim("Lead", "create", 200)) == 2
 
-        await store.db.sync_state.update_one({"_id": "lease:sync"}, {"$set": {"expires_at": clock()}})
-        new_term.current = await take_lease(store, "new-leader")
+        await terms.take_over(store, clock)
         await new.enqueue([create("p-1", LastName="Ng", Title="CFO"), create("p-3", LastName="Ota")])
         clock.advance(1)
         sent = await new.claim("Lead", "create", 200)
