@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, UpdateOne
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from reconciler.errors import RetriableError
@@ -118,7 +118,10 @@ class OutboxCollection(OutboxViews):
         """The held writes of these (object, id) records are due again (folded into a pending one)."""
         keys = [record_key(sobject, sf_id) for sobject, sf_id in records]
         with translate_errors("outbox.release_held"):
-            held = await self._coll.find({"key": {"$in": keys}, "status": HELD}, {"_id": 1}).to_list(None)
+            # newest first: each older one folds into the pending write under its values (a
+            # document is queued only after the one before it was claimed: `enqueued_at` orders them)
+            held = await self._coll.find({"key": {"$in": keys}, "status": HELD}, {"_id": 1}).sort(
+                [("enqueued_at", DESCENDING), ("_id", DESCENDING)]).to_list(None)
         for doc in held:
             await self._to_pending(doc["_id"], None, now, 0)
 

@@ -205,3 +205,22 @@ class TestCreatedRecords:
         pending = await outbox.pending()
         assert [(e.kind, e.write.sf_id, e.write.fields) for e in pending] == [
             (UPDATE, "00Q000000000001AAA", {"Title": "CTO"})]
+
+
+class TestHeldWrites:
+    async def test_writes_held_for_a_deleted_record_go_out_newest_values_first(
+            self, outbox: Outbox, clock: Clock) -> None:
+        """Two edits held one after the other while the Lead was deleted in Salesforce: the
+        undelete releases both as one write, in which the later edit's values win (released
+        oldest first, the older one became the pending write and the newer folded into it
+        under it: Salesforce got the platform's older City)."""
+        await outbox.enqueue([update("00Q1", City="Paris", Title="CTO")])
+        await outbox.hold(await outbox.claim("Lead", UPDATE, 200))
+        clock.advance(5)
+        await outbox.enqueue([update("00Q1", City="Lyon")])
+        await outbox.hold(await outbox.claim("Lead", UPDATE, 200))
+        assert await outbox.claim("Lead", UPDATE, 200) == []
+
+        await outbox.release_held([("Lead", "00Q1")])
+        [write] = await outbox.claim("Lead", UPDATE, 200)
+        assert write.write.fields == {"City": "Lyon", "Title": "CTO"}
