@@ -386,7 +386,7 @@ class Reconciler:
         known = shadow.known_times(item, mappings, record, host_at) if item.merge else None
         # not `complete`: what `edits_only` left out was read again, not blanked (seed 50321, L1)
         merged = merge_record(mappings, item.doc, edits, change.changed_at, writable,
-                              sf_clock_offset=offset, sf_field_times=known)
+                              sf_clock_offset=offset, sf_field_times=known, live=not item.merge)
         item.take(merged, mappings, record)
         # the shadow's times are on this host's clock, like the field times they are weighed against
         shadow.record(item, mappings, record, host_at, complete=change.kind in _FULL_RECORD)

@@ -10,7 +10,10 @@ Rules (from the product's documentation, with the choices the docs leave open):
   a Salesforce win records its host-clock time. A side without a time is older than
   any side with one; a tie goes to Salesforce (it is the system of record for CRM fields, and
   a tie usually means both sides were set from the same change).
-- `salesforce_unless_blank` / `local_unless_blank`: that side wins unless it is blank.
+- `salesforce_unless_blank` / `local_unless_blank`: that side wins unless it is blank. A live
+  Salesforce edit (`live`: a stream event, a poll, a gap fetch; not a merge) under
+  `salesforce_unless_blank` is not applied over a platform value that changed later: read late,
+  an older Salesforce edit does not replace a newer platform edit (chaos seed 40961, A4).
 - Blank (None, "", whitespace, empty list) is never written, and data always wins over a
   blank whatever the direction of preference.
 - A field Salesforce marks read-only (formula, system, not updateable) only flows inbound:
@@ -30,6 +33,7 @@ from reconciler.records import get_path, is_blank
 from reconciler.shadow import has_unstamped_edit, platform_time, shadow_side, stamped_time
 from settings import Direction, FieldMapping, MergeBehaviour
 
+PLATFORM_LATER = "salesforce_unless_blank: the platform's value changed after this Salesforce edit"
 # The reasons a rule holds a live edit back (a `skipped` sync log names the field and the reason).
 HELD_SALESFORCE = "salesforce_unless_blank: Salesforce holds a value, the platform's is not sent"
 HELD_LOCAL = "local_unless_blank: the platform holds a value, Salesforce's is not applied"
@@ -80,7 +84,7 @@ def _nothing(reason: str) -> FieldDecision:
 
 
 def merge_field(
-    mapping: FieldMapping, local: Side, salesforce: Side, *, sf_field_writable: bool
+    mapping: FieldMapping, local: Side, salesforce: Side, *, sf_field_writable: bool, live: bool = False
 ) -> FieldDecision:
     """Decide one field. See the module docstring for the rules."""
     local_blank, sf_blank = is_blank(local.value), is_blank(salesforce.value)
@@ -102,11 +106,13 @@ def merge_field(
         return _to_local(salesforce.value)
     if sf_blank:
         return _to_salesforce(local.value)
-    return _both_present(mapping.merge, local, salesforce)
+    return _both_present(mapping.merge, local, salesforce, live)
 
 
-def _both_present(merge: MergeBehaviour, local: Side, salesforce: Side) -> FieldDecision:
+def _both_present(merge: MergeBehaviour, local: Side, salesforce: Side, live: bool) -> FieldDecision:
     if merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK:
+        if live and _newer(local.changed_at, salesforce.changed_at):
+            return _nothing(PLATFORM_LATER)
         return _to_local(salesforce.value)
     if merge is MergeBehaviour.LOCAL_UNLESS_BLANK:
         return _to_salesforce(local.value)
@@ -143,6 +149,7 @@ def merge_record(
     complete: bool = False,
     sf_clock_offset: timedelta = timedelta(0),
     sf_field_times: Mapping[str, datetime | None] | None = None,
+    live: bool = False,
 ) -> RecordMerge:
     """Merge one Salesforce record into one local document, field by field.
 
@@ -165,7 +172,7 @@ def merge_record(
         local = local_side(local_doc, mapping, unstamped=unstamped)
         remote = Side(sf_record.get(mapping.sf_field), known.get(mapping.sf_field, sf_changed_at))
         can_write = True if writable is None else writable.get(mapping.sf_field, True)
-        decision = merge_field(mapping, local, remote, sf_field_writable=can_write)
+        decision = merge_field(mapping, local, remote, sf_field_writable=can_write, live=live)
         if decision.write_local:
             result.local_updates[mapping.local_field] = decision.value
             if remote.changed_at is not None:

@@ -392,3 +392,27 @@ class TestBench:
     def test_bench_merge_reports_a_rate(self) -> None:
         """bench_merge returns decisions per second."""
         assert bench_merge(200) > 1000
+
+
+class TestLiveSalesforceEditUnderSalesforceUnlessBlank:
+    """A live Salesforce edit is applied, unless the platform's value changed later: read late
+    (a stream resync after a fault, a poll), an older Salesforce edit does not replace a newer
+    platform edit (chaos seed 40961, A4.industry: a value set in Salesforce 4 s before the
+    platform's edit, read 2 s after it, replaced it). At a merge (link, retry, re-import,
+    conversion, mapping edit) Salesforce's value wins whatever the times."""
+
+    @pytest.mark.parametrize(("newer", "live", "expected"), [
+        ("local", True, "-"), ("salesforce", True, "S"), ("tie", True, "S"),
+        ("local", False, "S"), ("salesforce", False, "S"), ("tie", False, "S"),
+    ])
+    def test_decision(self, newer: str, live: bool, expected: str) -> None:
+        local_at, sf_at = times(newer)
+        decision = merge_field(mapping(merge="salesforce_unless_blank"), Side("Retail", local_at),
+                               Side("Technology", sf_at), sf_field_writable=True, live=live)
+        assert decision.winner is EXPECT[expected]
+
+    def test_a_late_read_record_leaves_the_newer_platform_value(self) -> None:
+        doc = {"industry": "Retail", "_sync": {"field_times": {"industry": T0 + timedelta(seconds=4)}}}
+        merged = merge_record([mapping(merge="salesforce_unless_blank", local="industry", sf="Industry")],
+                              doc, {"Industry": "Technology"}, T0, live=True)
+        assert merged.local_updates == {} and merged.sf_updates == {}
