@@ -258,6 +258,7 @@ class FieldModel:
     local_from_read: bool = False  # the platform's value came from a change read, not streamed
     inbound_held: list[tuple[float, float]] = field(default_factory=list)  # faults: (at, inbound held)
     carried: set[Any] = field(default_factory=set)  # values a conversion wrote into the Contact
+    merged: list[_Write] = field(default_factory=list)  # a merge's values for Salesforce, maybe unsent
 
     def _inbound(self) -> bool:
         return self.direction in (Direction.BOTH, Direction.FROM_SALESFORCE)
@@ -298,8 +299,8 @@ class FieldModel:
         self.sf = {value} | (in_flight := self._recent("platform", at, self._outbound(), OUTBOUND_LATENCY))
         if self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK and self._outbound():
             # the platform's data is preferred: an edit still in the outbox goes out over this
-            self.sf |= {w.value for w in self.writes if w.side == "platform" and w.value is not None
-                        and self._maybe_unsent(w, at)}
+            self.sf |= {w.value for w in (*self.writes, *self.merged) if w.side == "platform"
+                        and w.value is not None and self._maybe_unsent(w, at)}
         self.sf_known = True
         if value is not None and self._inbound() and not unchanged:
             unless_blank = (self.merge is MergeBehaviour.LOCAL_UNLESS_BLANK
@@ -421,10 +422,13 @@ class FieldModel:
             self.sf, self.relaxed = self.sf | {w.value for w in self.held if w.value is not None}, True
         self.held.clear()
 
-    def merge_on_link(self) -> None:
-        """A merge (conversion): either side may take the other's data where it is blank."""
+    def merge_on_link(self, at: float, step: str) -> None:
+        """A merge (conversion): either side may take the other's data where it is blank. What
+        it sends waits in the outbox like a platform edit: decided when sent, it may go out over
+        a Salesforce write made meanwhile (`_write_salesforce`; chaos seed 40961, L6.phone)."""
         if self._outbound():
             self.sf |= {v for v in self.local if v is not None}
+            self.merged = [_Write(at, "platform", v, step) for v in self.local if v is not None]
         if self._inbound():
             self.local |= {v for v in self.sf if v is not None}
 
@@ -665,7 +669,7 @@ class Model:
         em.merges += 1
         for name, fm in em.fields.items():
             if name not in em.frozen:
-                fm.merge_on_link()
+                fm.merge_on_link(ack.at, ack.step)
         account = next(m for m in self._mapping("Contact") if m.sf_field == "AccountId")
         self._field(em, account).write("salesforce", ack.fields.get("ConvertedAccountId"), ack.at, ack.step)
         slot = ack.fields.get("account_slot")

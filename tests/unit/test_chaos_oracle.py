@@ -123,6 +123,17 @@ class TestConversionSnapshot:
         model = feed([sf(0, Phone="+1 0"), pf(5, phone="+1 5"), self.convert(40, Phone="+1 0")])
         assert [v.check for v in model.early] == ["lost_change"]
 
+    def test_the_conversions_merge_may_go_out_over_a_salesforce_blank_made_while_it_waits(self) -> None:
+        """`local_unless_blank`: the conversion's merge queues the platform's phone for the
+        Contact; a Salesforce user blanks the Contact's phone 0.9 s later, before that write went
+        out, and the write, decided when sent, puts the platform's data over the blank (data
+        wins over a blank; chaos seed 40961, L6.phone). Long after the merge, the blank stands."""
+        def blank(at: float) -> Ack:
+            return Ack(f"s{at}", "sf_update", "salesforce", "L1", T0 + at, "ok", "Contact", {"Phone": None})
+        history = [sf(0, Phone="+1 0"), sf(3, Phone="+1 3"), self.convert(30, Phone="+1 3")]
+        assert allowed_sf(feed([*history, blank(30.9)]), "L1", "phone") >= {None, "+1 0"}
+        assert allowed_sf(feed([*history, blank(60)]), "L1", "phone") == {None}
+
 
 class TestEchoLogs:
     def observed(self, model: Model, new: str, old: str = "x") -> Observed:
