@@ -87,17 +87,21 @@ class TestPlatformEditDuringInboundWrite:
         assert doc is not None
         assert (doc["first_name"], doc["last_name"]) == ("Anna", "Lea")
 
-    async def test_salesforce_unless_blank_takes_salesforce_after_the_race(self, store: Store) -> None:
-        """With `salesforce_unless_blank` the re-merge still gives Salesforce's value."""
+    @pytest.mark.parametrize(("platform_at", "expected"), [(5, "Anna"), (20, "Annie")])
+    async def test_salesforce_unless_blank_after_the_race(self, store: Store, platform_at: int,
+                                                          expected: str) -> None:
+        """With `salesforce_unless_blank` the re-merge gives Salesforce's live edit, unless the
+        platform's edit is the later one: an older Salesforce edit read late does not replace a
+        newer platform edit (chaos seed 40961, A4; at a merge Salesforce's value still wins)."""
         mappings = parse_mappings('[people.first_name]\nlead = "FirstName"\n'
                                   'merge = "salesforce_unless_blank"\n'
                                   '[people.last_name]\nlead = "LastName"\n'
                                   '[people.owner_crm_id]\nlead = "OwnerId"\n')
-        racing = edits(store, first_name="Annie", at=20)
+        racing = edits(store, first_name="Annie", at=platform_at)
         await Reconciler(racing, mappings).apply([salesforce_update(T0 + timedelta(seconds=10))])
         doc = await store.db.people.find_one({"crm.id": LEAD})
         assert doc is not None
-        assert doc["first_name"] == "Anna"
+        assert doc["first_name"] == expected
 
     async def test_an_unstamped_edit_read_first_still_counts_after_the_re_read(self, store: Store) -> None:
         """Issue 10 x 11: the platform edited first_name at T0+12s (the watcher has not stamped it)
