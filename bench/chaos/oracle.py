@@ -393,7 +393,11 @@ class FieldModel:
         if allowed == "no" and not other_exists:
             allowed = "maybe"
         if allowed == "yes":
-            return {value} | self._recent("salesforce", at, True)
+            # a Salesforce blank within WINDOW may be dated the later one: a value older than a
+            # Salesforce user's blank is not sent over it (chaos seed 9157, A1.industry)
+            blanked = any(w.side == "salesforce" and w.value is None and at - w.at <= WINDOW
+                          for w in self.writes)
+            return {value} | self._recent("salesforce", at, True) | ({None} if blanked else set())
         if allowed == "maybe":
             return set(current) | {value}
         return set(current)

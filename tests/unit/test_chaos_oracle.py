@@ -105,6 +105,21 @@ class TestASalesforceEditWhilePlatformsIsInFlight:
         assert allowed_sf(model, "L1", "last_name") == {"Sf"}
 
 
+class TestASalesforceBlankJustBeforeAPlatformEdit:
+    """A platform value older than a Salesforce user's blank is not sent over it (the blank
+    stands there as the platform's data stands here), and the two sides' stamps are on two
+    clocks: within WINDOW the blank may be dated the later one (chaos seed 9157, A1.industry: a
+    blank 0.1 s before the platform's edit, the org clock just back from 2 s ahead)."""
+
+    def test_the_blank_may_stand_within_the_window(self) -> None:
+        model = feed([sf(0, Title="Old"), sf(10, Title=None), pf(10.1, title="pf")])
+        assert allowed_sf(model, "L1", "title") >= {None, "pf"}
+
+    def test_not_outside_it(self) -> None:
+        model = feed([sf(0, Title="Old"), sf(10, Title=None), pf(15, title="pf")])
+        assert allowed_sf(model, "L1", "title") == {"pf"}
+
+
 class TestConversionSnapshot:
     def convert(self, at: float, **lead: Any) -> Ack:
         return Ack(f"c{at}", "sf_convert", "salesforce", "L1", T0 + at, "ok", "Lead",
