@@ -205,7 +205,7 @@ def _sent_over_unread(fm: FieldModel, value: Any, at: float, unread: list[_Write
         return
     for w in unread:
         if w.sf_before is not None:
-            fm.sf |= fm._sent(value, at, set(w.sf_before[0]), w.sf_before[1], other_exists)
+            fm.sf |= _sent_over(fm, value, at, set(w.sf_before[0]), w.sf_before[1], other_exists)
 
 
 def _unread_fill_blank(fm: FieldModel, value: Any, unread: list[_Write]) -> None:
@@ -354,7 +354,7 @@ class FieldModel:
         # reach Salesforce as this one (superseded by a later change: no loss), decided
         # against what Salesforce held before them
         for before, known in unsent:
-            sf |= self._sent(value, at, set(before), known, other_exists)
+            sf |= _sent_over(self, value, at, set(before), known, other_exists)
         self.sf = sf
         # a blank over an unsent edit leaves Salesforce's earlier value: if the model
         # did not know it, it does not know Salesforce's value now
@@ -383,24 +383,6 @@ class FieldModel:
         if any(w.at < at and self._maybe_unsent(w, at) for at in self.modified):
             return last_sf.value
         return None
-
-    def _sent(self, value: Any, at: float, current: set[Any], known: bool, other_exists: bool) -> set[Any]:
-        """What Salesforce may hold once a platform write of `value` is sent over `current`."""
-        if value is None or not self._outbound():
-            return set(current)  # blanks are never written
-        allowed = _may_replace(current, known, self.merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK
-                                    and self.direction is Direction.BOTH)
-        if allowed == "no" and not other_exists:
-            allowed = "maybe"
-        if allowed == "yes":
-            # a Salesforce blank within WINDOW may be dated the later one: a value older than a
-            # Salesforce user's blank is not sent over it (chaos seed 9157, A1.industry)
-            blanked = any(w.side == "salesforce" and w.value is None and at - w.at <= WINDOW
-                          for w in self.writes)
-            return {value} | self._recent("salesforce", at, True) | ({None} if blanked else set())
-        if allowed == "maybe":
-            return set(current) | {value}
-        return set(current)
 
     def _maybe_unsent(self, w: _Write, at: float) -> bool:
         """May platform write `w` still wait in the outbox at `at`? Within OUTBOUND_LATENCY, or
@@ -452,6 +434,26 @@ class FieldModel:
         return [w.step for w in self.writes[-4:]]
 
 
+def _sent_over(fm: FieldModel, value: Any, at: float, current: set[Any], known: bool,
+               other_exists: bool) -> set[Any]:
+    """What Salesforce may hold once a platform write of `value` is sent over `current`."""
+    if value is None or not fm._outbound():
+        return set(current)  # blanks are never written
+    unless_blank = fm.merge is MergeBehaviour.SALESFORCE_UNLESS_BLANK and fm.direction is Direction.BOTH
+    allowed = _may_replace(current, known, unless_blank)
+    if allowed == "no" and not other_exists:
+        allowed = "maybe"
+    if allowed == "yes":
+        # a Salesforce blank within WINDOW may be dated the later one: a value older than a
+        # Salesforce user's blank is not sent over it (chaos seed 9157, A1.industry)
+        blanked = any(w.side == "salesforce" and w.value is None and at - w.at <= WINDOW
+                      for w in fm.writes)
+        return {value} | fm._recent("salesforce", at, True) | ({None} if blanked else set())
+    if allowed == "maybe":
+        return set(current) | {value}
+    return set(current)
+
+
 def _sent_if_changed(fm: FieldModel, value: Any, at: float, held: tuple[frozenset[Any], bool],
                      other_exists: bool) -> tuple[set[Any], bool]:
     """What Salesforce may hold once a platform write of `value` is sent, and was it surely sent?
@@ -463,7 +465,7 @@ def _sent_if_changed(fm: FieldModel, value: Any, at: float, held: tuple[frozense
     values, known = held
     if known and values == {value}:
         return set(fm.sf), False
-    sf = fm._sent(value, at, fm.sf, fm.sf_known, other_exists)
+    sf = _sent_over(fm, value, at, fm.sf, fm.sf_known, other_exists)
     if known and value in values:
         return sf | fm.sf, False
     return sf, value is not None and fm._outbound()
