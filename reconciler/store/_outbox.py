@@ -113,6 +113,8 @@ class OutboxCollection(OutboxViews):
                 {"_id": {"$in": [e.id for e in entries]}, "lease": entries[0].lease},
                 {"$set": {"status": HELD if held else FAILED},
                  "$unset": {"lease": "", "lease_until": "", "term": ""}})
+        if held:
+            await _fold_held(self._coll, {e.key for e in entries})
 
     async def release_held(self, records: Collection[tuple[str, str]], now: datetime) -> None:
         """The held writes of these (object, id) records are due again (folded into a pending one)."""
@@ -232,23 +234,41 @@ class OutboxCollection(OutboxViews):
             await self._merge_into_pending({**doc, "attempt": counted[0], "failures": counted[1]}, doc["key"])
 
     async def _merge_into_pending(self, older: dict[str, Any], key: str) -> None:
-        """Fold an older document into the pending one for `key` (its values win), then drop it.
-        A given-up document's failures are not carried: the retry that re-queued it starts over."""
-        failures = 0 if older.get("status") == FAILED else int(older.get("failures", 0))
-        claims = {"$concatArrays": [{"$ifNull": ["$claims", []]}, {"$literal": older.get("claims") or []}]}
-        merged = [{"$set": {
-            "failures": {"$max": [{"$literal": failures}, {"$ifNull": ["$failures", 0]}]},
-            "fields": {"$mergeObjects": [{"$literal": older.get("fields") or {}}, "$fields"]},
-            "enqueued_at": {"$min": [{"$literal": older["enqueued_at"]}, "$enqueued_at"]},
-            "attempt": {"$max": [{"$literal": int(older.get("attempt", 0))}, "$attempt"]},
-            "first_sent_at": _earliest("first_sent_at", older.get("first_sent_at")),
-            "first_sent_sf_at": _earliest("first_sent_sf_at", older.get("first_sent_sf_at")),
-            "claims": claims,
-        }}]
-        with translate_errors("outbox.merge"):
-            result = await self._coll.update_one({"key": key, "status": PENDING}, merged)
-            if result.matched_count:
-                await self._coll.delete_one({"_id": older["_id"]})
+        await _merge_into(self._coll, older, {"key": key, "status": PENDING})
+
+
+async def _merge_into(coll: Any, older: dict[str, Any], target: dict[str, Any]) -> None:
+    """Fold an older document into the one `target` finds (its values win), then drop it.
+    A given-up document's failures are not carried: the retry that re-queued it starts over."""
+    failures = 0 if older.get("status") == FAILED else int(older.get("failures", 0))
+    claims = {"$concatArrays": [{"$ifNull": ["$claims", []]}, {"$literal": older.get("claims") or []}]}
+    merged = [{"$set": {
+        "failures": {"$max": [{"$literal": failures}, {"$ifNull": ["$failures", 0]}]},
+        "fields": {"$mergeObjects": [{"$literal": older.get("fields") or {}}, "$fields"]},
+        "enqueued_at": {"$min": [{"$literal": older["enqueued_at"]}, "$enqueued_at"]},
+        "attempt": {"$max": [{"$literal": int(older.get("attempt", 0))}, "$attempt"]},
+        "first_sent_at": _earliest("first_sent_at", older.get("first_sent_at")),
+        "first_sent_sf_at": _earliest("first_sent_sf_at", older.get("first_sent_sf_at")),
+        "claims": claims,
+    }}]
+    with translate_errors("outbox.merge"):
+        result = await coll.update_one(target, merged)
+        if result.matched_count:
+            await coll.delete_one({"_id": older["_id"]})
+
+
+async def _fold_held(coll: Any, keys: Collection[str]) -> None:
+    """One held document per record: an edit held while its record stays deleted folds into
+    the newest (its values win), so a record never undeleted leaves one, not one per edit."""
+    with translate_errors("outbox.give_up"):
+        held = await coll.find({"key": {"$in": list(keys)}, "status": HELD}).sort(
+            [("enqueued_at", DESCENDING), ("_id", DESCENDING)]).to_list(None)
+    newest: dict[str, Any] = {}
+    for doc in held:
+        if doc["key"] in newest:
+            await _merge_into(coll, doc, {"_id": newest[doc["key"]]})
+        else:
+            newest[doc["key"]] = doc["_id"]
 
 
 def _earliest(name: str, first_sent: datetime | None) -> Any:

@@ -224,3 +224,19 @@ class TestHeldWrites:
         await outbox.release_held([("Lead", "00Q1")])
         [write] = await outbox.claim("Lead", UPDATE, 200)
         assert write.write.fields == {"City": "Lyon", "Title": "CTO"}
+
+    async def test_a_deleted_record_keeps_one_held_write_whatever_the_edits(
+            self, outbox: Outbox, store: Store, clock: Clock) -> None:
+        """Each edit made while the Lead stays deleted folds into the one held write (the later
+        values win): a record never undeleted leaves one document, not one per edit."""
+        for city, title in (("Paris", "CTO"), ("Lyon", None), ("Nice", None)):
+            await outbox.enqueue([update("00Q1", City=city, **({"Title": title} if title else {}))])
+            await outbox.hold(await outbox.claim("Lead", UPDATE, 200))
+            clock.advance(5)
+        await outbox.enqueue([update("00Q2", City="Oslo")])
+        await outbox.hold(await outbox.claim("Lead", UPDATE, 200))
+
+        held = await store.db.outbox.find({"status": "held"}).sort("sf_id").to_list(None)
+        assert [(d["sf_id"], d["fields"]) for d in held] == [
+            ("00Q1", {"City": "Nice", "Title": "CTO"}), ("00Q2", {"City": "Oslo"})]
+        assert held[0]["enqueued_at"] == datetime(2025, 1, 1, 12, 0, tzinfo=UTC)  # the first edit's
