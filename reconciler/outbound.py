@@ -71,8 +71,11 @@ RETRIABLE_CODES = frozenset({
 # not the time, keeps other users' records out.
 RECOVERY_SKEW = timedelta(seconds=1)
 # How often the flusher returns dead claims to the queue: expired ones, and older leader terms'
-# (a fenced leader's last claim can land just after the new term's first look). One indexed query.
+# (a fenced leader's last claim can land just after the new term's first look), and held writes
+# past the recycle bin. Two indexed queries.
 RECOVER_EVERY = timedelta(seconds=2)
+RECYCLED = ("deleted in Salesforce and not undeleted within its recycle bin's 15 days: the {sobject} "
+            "is gone for good, so the edits held for its undelete were dropped")
 RECOVERED = ("linked after lost response: the create's answer was lost; the record the "
              "integration user created after the first send was found by {key} and linked")
 
@@ -98,6 +101,10 @@ class FlushOutbox(Protocol):
     async def hold(self, entries: Sequence[OutboxEntry]) -> None: ...
 
     async def recover_expired(self) -> int: ...
+
+    async def held_past_recycle_bin(self) -> list[OutboxEntry]: ...
+
+    async def drop_held(self, entries: Sequence[OutboxEntry]) -> None: ...
 
     async def created(self, collection: str, local_id: object, sobject: str, sf_id: str) -> None: ...
 
@@ -358,6 +365,18 @@ def _given_up_log(entry: OutboxEntry) -> SyncLog:
     )
 
 
+def _past_recycle_bin_log(entry: OutboxEntry) -> SyncLog:
+    """A `skipped` log for a held write dropped: its record is gone from Salesforce for good."""
+    reason = RECYCLED.format(sobject=entry.write.sobject)
+    return SyncLog(
+        source="local", type="skipped", status="success", object=entry.write.sobject,
+        sf_id=entry.write.sf_id, local_id=str(entry.write.local_id), collection=entry.write.collection,
+        fields={name: {"old": None, "new": sf_value(v), "reason": reason}
+                for name, v in entry.write.fields.items()},
+        note=reason, attempt=entry.write.attempt + 1,
+    )
+
+
 def _recovered_log(entry: OutboxEntry, sf_id: str, record: Mapping[str, Any]) -> SyncLog:
     """Not "created": this run did not see Salesforce create it; it found and linked it."""
     key = match_key(entry.write.sobject, record)
@@ -453,8 +472,7 @@ class OutboundFlusher:
         backoff_base: timedelta = timedelta(seconds=5), backoff_cap: timedelta = timedelta(minutes=5),
         budget_wait: timedelta = timedelta(minutes=1), tick: timedelta = timedelta(milliseconds=250),
         clock: Clock = utcnow, rng: random.Random | None = None, gate: ShadowGate | None = None,
-        sf_clock: SalesforceTime | None = None,
-    ) -> None:
+        sf_clock: SalesforceTime | None = None) -> None:
         self._outbox, self._sf, self._store, self._budget, self._gate = outbox, sf, store, budget, gate
         self._term_started: datetime | None = None  # when run() started: its leader term's start
         self._lost = LostCreates(sf, store, sf_clock)
@@ -475,6 +493,7 @@ class OutboundFlusher:
             try:
                 if self._clock() - recovered_at >= min(self._outbox.lease / 4, RECOVER_EVERY):
                     await self._outbox.recover_expired()
+                    await _drop_past_recycle_bin(self._outbox, self._store)
                     recovered_at = self._clock()
                 await self.tick()
             except RetriableError as exc:
@@ -644,6 +663,18 @@ class OutboundFlusher:
                         local_id=str(write.local_id), collection=write.collection,
                         error=f"ALREADY_LINKED: the local record was linked meanwhile; {sf_id} is not")]
 
+
+
+async def _drop_past_recycle_bin(outbox: FlushOutbox, store: FlushStore) -> None:
+    """Held writes no undelete can release any more leave the outbox, each with a `skipped`
+    log (written first: a crash between the two logs it again rather than not at all)."""
+    stale = await outbox.held_past_recycle_bin()
+    if not stale:
+        return
+    await store.insert_sync_logs([_past_recycle_bin_log(e) for e in stale])
+    await outbox.drop_held(stale)
+    log.warning("outbox_held_writes_dropped", writes=len(stale),
+                records=sorted(f"{e.write.sobject}:{e.write.sf_id}" for e in stale))
 
 
 async def _give_up(outbox: FlushOutbox, store: FlushStore, entries: Sequence[OutboxEntry],

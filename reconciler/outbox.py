@@ -28,6 +28,9 @@ log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
 
+# Salesforce keeps a deleted record in its recycle bin 15 days at most, then deletes it for good
+RECYCLE_BIN = timedelta(days=15)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -72,7 +75,15 @@ class Outbox:
     async def hold(self, entries: Sequence[OutboxEntry]) -> None:
         """Their documents' records are deleted in Salesforce: no call until an undelete is read
         (`release_held`), as the watcher holds an edit made while a record is deleted."""
-        await self._collection.give_up(entries, held=True)
+        await self._collection.give_up(entries, held_at=self._clock())
+
+    async def held_past_recycle_bin(self) -> list[OutboxEntry]:
+        """Held writes whose record has left Salesforce's recycle bin: it was deleted before it
+        was held, and stays there 15 days at most, so no undelete can release them now."""
+        return await self._collection.held_since(self._clock() - RECYCLE_BIN)
+
+    async def drop_held(self, entries: Sequence[OutboxEntry]) -> None:
+        await self._collection.drop_held(entries)
 
     async def release_held(self, records: Collection[tuple[str, str]]) -> None:
         await self._collection.release_held(records, self._clock())

@@ -103,18 +103,32 @@ class OutboxCollection(OutboxViews):
         for doc in parked:
             await self._merge_into_pending(doc, doc["key"])
 
-    async def give_up(self, entries: Sequence[OutboxEntry], *, held: bool = False) -> None:
-        """Park claimed writes, never claimed again: `FAILED` until a retry re-queues them; `held`
-        (`HELD`) until their record is undeleted (`release_held`)."""
+    async def give_up(self, entries: Sequence[OutboxEntry], *, held_at: datetime | None = None) -> None:
+        """Park claimed writes, never claimed again: `FAILED` until a retry re-queues them; with
+        `held_at`, `HELD` until their record is undeleted (`release_held`)."""
         if not entries:
             return
+        parked = {"status": FAILED} if held_at is None else {"status": HELD, "held_at": held_at}
         with translate_errors("outbox.give_up"):
             await self._coll.update_many(
                 {"_id": {"$in": [e.id for e in entries]}, "lease": entries[0].lease},
-                {"$set": {"status": HELD if held else FAILED},
-                 "$unset": {"lease": "", "lease_until": "", "term": ""}})
-        if held:
+                {"$set": parked, "$unset": {"lease": "", "lease_until": "", "term": ""}})
+        if held_at is not None:
             await _fold_held(self._coll, {e.key for e in entries})
+
+    async def held_since(self, before: datetime) -> list[OutboxEntry]:
+        """Held writes last held before `before` (those held before `held_at` was stamped: last
+        queued before it)."""
+        stale = {"status": HELD, "$or": [{"held_at": {"$lt": before}},
+                                         {"held_at": {"$exists": False}, "updated_at": {"$lt": before}}]}
+        with translate_errors("outbox.held_since"):
+            docs = await self._coll.find(stale).to_list(None)
+        return [OutboxEntry.from_document(d) for d in docs]
+
+    async def drop_held(self, entries: Sequence[OutboxEntry]) -> None:
+        """Remove these held writes, unless an undelete released them meanwhile."""
+        with translate_errors("outbox.drop_held"):
+            await self._coll.delete_many({"_id": {"$in": [e.id for e in entries]}, "status": HELD})
 
     async def release_held(self, records: Collection[tuple[str, str]], now: datetime) -> None:
         """The held writes of these (object, id) records are due again (folded into a pending one)."""
@@ -219,7 +233,7 @@ class OutboxCollection(OutboxViews):
         fields: dict[str, Any] = {"status": PENDING, "next_attempt_at": due}
         if error is not None:
             fields["last_error"] = error
-        update = {"$set": fields, "$unset": {"lease": "", "lease_until": "", "term": ""},
+        update = {"$set": fields, "$unset": {"lease": "", "lease_until": "", "term": "", "held_at": ""},
                   "$inc": {"attempt": add_attempt, "failures": add_attempt}}
         with translate_errors("outbox.release"):
             try:

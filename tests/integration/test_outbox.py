@@ -240,3 +240,17 @@ class TestHeldWrites:
         assert [(d["sf_id"], d["fields"]) for d in held] == [
             ("00Q1", {"City": "Nice", "Title": "CTO"}), ("00Q2", {"City": "Oslo"})]
         assert held[0]["enqueued_at"] == datetime(2025, 1, 1, 12, 0, tzinfo=UTC)  # the first edit's
+
+    async def test_an_undelete_read_meanwhile_keeps_a_write_found_past_the_recycle_bin(
+            self, outbox: Outbox, clock: Clock) -> None:
+        """The flusher found the write held 15 days, then an undelete released it before the
+        flusher dropped it: the released write stays, and goes out."""
+        await outbox.enqueue([update("00Q1", City="Paris")])
+        await outbox.hold(await outbox.claim("Lead", UPDATE, 200))
+        clock.advance(timedelta(days=15, seconds=1).total_seconds())
+        stale = await outbox.held_past_recycle_bin()
+        assert [e.write.sf_id for e in stale] == ["00Q1"]
+        await outbox.release_held([("Lead", "00Q1")])
+        await outbox.drop_held(stale)
+        assert [e.write.fields for e in await outbox.pending()] == [{"City": "Paris"}]
+        assert await outbox.held_past_recycle_bin() == []

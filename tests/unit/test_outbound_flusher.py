@@ -56,6 +56,12 @@ class MemoryOutbox:
     async def recover_expired(self) -> int:
         return 0
 
+    async def held_past_recycle_bin(self) -> list[OutboxEntry]:
+        return []
+
+    async def drop_held(self, entries: Sequence[OutboxEntry]) -> None:
+        raise AssertionError("nothing is held here")
+
     async def created(self, collection: str, local_id: object, sobject: str, sf_id: str) -> None:
         self.rekeyed.append((collection, local_id, sobject, sf_id))
 
