@@ -360,7 +360,10 @@ class Reconciler:
                 item.put("crm.deleted", True)
                 item.put("crm.deleted_at", change.changed_at, logged=False)
                 item.retype("delete")
-            return
+            if not (item.merge and item.doc.get("_id") is not None):
+                return
+            # a merge (a mapping edit's above all) covers a record in the recycle bin too: what
+            # Salesforce gains is held for its undelete, or the sides stay apart (seed 34871, L7)
         if get_path(item.doc, "crm.deleted") and change.kind in (ChangeKind.UNDELETE, ChangeKind.UPSERT):
             item.deleted_at = get_path(item.doc, "crm.deleted_at") or change.changed_at
             item.drop("crm.deleted")

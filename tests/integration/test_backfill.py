@@ -17,7 +17,16 @@ from reconciler.inbound import Reconciler
 from reconciler.remerge import changed_fields, remerge_if_mappings_changed, restricted
 from reconciler.store import Store
 from settings import parse_mappings
-from tests.support.salesforce_changes import MAPPINGS, OWNER_1, T0, FakeSalesforce, mappings_toml
+from reconciler.ports import ChangeKind
+from tests.support.salesforce_changes import (
+    MAPPINGS,
+    OWNER_1,
+    T0,
+    FakeOutbox,
+    FakeSalesforce,
+    change,
+    mappings_toml,
+)
 
 
 def stamp(seconds: int) -> str:
@@ -195,6 +204,30 @@ class TestRemerge:
         assert len((await store.find_sync_logs(type="merge"))[0]) == 3
         again = await remerge_if_mappings_changed(store, RecordReader(sf, MAPPINGS), edited, ["Lead"])
         assert again.records == 0
+
+    async def test_a_record_in_the_recycle_bin_is_merged_too(self, store: Store) -> None:
+        """A mapping edit merges the changed fields of every linked record, a Lead deleted in
+        Salesforce (in its recycle bin) too: what the platform gains is written now, what
+        Salesforce gains is queued, to be held for the undelete like any edit of a deleted record.
+        Left out, the two sides stayed apart after the undelete (chaos seed 34871, L7.title: a
+        value `salesforce_unless_blank` had held back, then mapped `most_recent` while deleted)."""
+        sf = FakeSalesforce(org(leads=2, contacts=0))
+        sf.records["Lead"][0]["Department"] = "Sales"
+        await backfill(RecordReader(sf, MAPPINGS), store, Reconciler(store, MAPPINGS), ["Lead"])
+        await remerge_if_mappings_changed(store, RecordReader(sf, MAPPINGS), MAPPINGS, ["Lead"])
+        await store.db.people.update_one({"crm.id": "00Q001"}, {"$set": {"department": "Ops"}})
+        for lead in sf.records["Lead"]:
+            lead["IsDeleted"] = True
+        await Reconciler(store, MAPPINGS).apply_batch(
+            [change(lead["Id"], {}, kind=ChangeKind.DELETE) for lead in sf.records["Lead"]])
+        edited = parse_mappings(mappings_toml({"people.department": {"lead": "Department"}}))
+        outbox = FakeOutbox()
+        result = await remerge_if_mappings_changed(store, RecordReader(sf, MAPPINGS), edited, ["Lead"],
+                                                   outbox=outbox)
+        assert result.finished
+        assert (await store.db.people.find_one({"crm.id": "00Q000"}) or {}).get("department") == "Sales"
+        assert [(w.sf_id, w.fields) for w in outbox.writes] == [("00Q001", {"Department": "Ops"})]
+        assert await store.db.people.count_documents({"crm.deleted": True}) == 2
 
     async def test_stops_when_the_budget_says_so(self, store: Store) -> None:
         """Below the reserve no page is fetched and the new hash is not stored."""
