@@ -14,10 +14,10 @@ import pytest
 from listener.backfill import backfill
 from listener.reader import RecordReader, prefetched
 from reconciler.inbound import Reconciler
+from reconciler.ports import ChangeKind
 from reconciler.remerge import changed_fields, remerge_if_mappings_changed, restricted
 from reconciler.store import Store
 from settings import parse_mappings
-from reconciler.ports import ChangeKind
 from tests.support.salesforce_changes import (
     MAPPINGS,
     OWNER_1,
