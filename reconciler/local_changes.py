@@ -76,6 +76,7 @@ class Plan:
 
     writes: list[OutboundWrite] = field(default_factory=list)
     field_times: dict[Any, dict[str, datetime]] = field(default_factory=dict)
+    field_values: dict[Any, dict[str, Any]] = field(default_factory=dict)  # the values stamped
     logs: list[SyncLog] = field(default_factory=list)
 
 
@@ -186,11 +187,11 @@ def plan_changes(mappings: Mappings, objects: Collection[str], collection: str,
             if not changed:
                 continue
         _add(plan, plan_record(mappings, objects, collection, change.document, changed, change.at),
-             change.doc_id, f"watcher:{change.op}")
+             change.document, f"watcher:{change.op}", change.doc_id)
     return plan
 
 
-def _add(plan: Plan, planned: Planned, doc_id: Any, origin: str) -> None:
+def _add(plan: Plan, planned: Planned, doc: Mapping[str, Any], origin: str, doc_id: Any) -> None:
     write, times, failed = planned
     if write is not None:
         plan.writes.append(dataclasses.replace(write, origin=origin))
@@ -198,6 +199,7 @@ def _add(plan: Plan, planned: Planned, doc_id: Any, origin: str) -> None:
         plan.logs.append(failed)
     if times:
         plan.field_times.setdefault(doc_id, {}).update(times)
+        plan.field_values.setdefault(doc_id, {}).update({name: get_path(doc, name) for name in times})
 
 
 def snapshot(mappings: Mappings, collection: str, doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -222,8 +224,8 @@ def plan_polled(mappings: Mappings, objects: Collection[str], collection: str,
             continue
         at = doc.get("updated_at")
         at = at if isinstance(at, datetime) else datetime.now(UTC)
-        _add(plan, plan_record(mappings, objects, collection, doc, changed, at), doc["_id"],
-             "watcher:poll" if changed is not None else "watcher:poll_unseen")
+        _add(plan, plan_record(mappings, objects, collection, doc, changed, at), doc,
+             "watcher:poll" if changed is not None else "watcher:poll_unseen", doc["_id"])
     return plan
 
 
@@ -287,7 +289,7 @@ class LocalChangeWatcher:
             await self._outbox.enqueue(plan.writes)
             self.edits_enqueued += len(plan.writes)
             log.info("local_edits_enqueued", collection=watched.name, writes=len(plan.writes))
-        await watched.record_field_times(plan.field_times, self._clock())
+        await watched.record_field_times(plan.field_times, self._clock(), plan.field_values)
         if plan.logs:
             await self._store.insert_sync_logs(plan.logs)
 

@@ -145,7 +145,9 @@ def platform_time(doc: Mapping[str, Any] | None, local_field: str, shadow: Seen 
 
     A value equal to the one Salesforce held before a re-read replaced it (`Seen.was`) is not the
     unstamped edit either: the platform had it before Salesforce's change, and the fresh edit
-    touched other fields (chaos seed 24680, P17.title: a blank re-sent over as "newer")."""
+    touched other fields (chaos seed 24680, P17.title: a blank re-sent over as "newer"). Nor is
+    a value the watcher stamped (`stamped_value`) and the field still holds: a rule held it back
+    from Salesforce, or it waits in the outbox (chaos seed 1873 x 2000, P3.company_name)."""
     stamped = stamped_time(doc, local_field)
     if not has_unstamped_edit(doc):
         return stamped
@@ -153,10 +155,30 @@ def platform_time(doc: Mapping[str, Any] | None, local_field: str, shadow: Seen 
     current = get_path(doc, local_field) if value is None else value
     if shadow is not None and (shadow.value == current or current in shadow.was):
         return stamped
+    if stamped is not None and _unchanged_since_stamp(doc, local_field, stamped):
+        return stamped
     updated: datetime = doc["updated_at"]
     if stamped is None or _naive(updated) > _naive(stamped):
         return updated
     return stamped
+
+
+STAMPED_VALUES = "_sync.field_values"
+
+
+def stamped_value(value: Any, at: datetime) -> dict[str, Any]:
+    """What the watcher keeps beside a field time it stamps (`STAMPED_VALUES.<field>`): the value
+    it stamped, and that time, which says whether the stamp is still the field's."""
+    return {"v": value, "at": at}
+
+
+def _unchanged_since_stamp(doc: Mapping[str, Any], local_field: str, stamped: datetime) -> bool:
+    """Does the field hold the value the watcher stamped, with that stamp still its time? (A
+    stamp another write moved on says nothing of the value: as if never kept.)"""
+    entry = get_path(doc, f"{STAMPED_VALUES}.{local_field}")
+    if not isinstance(entry, Mapping) or not isinstance(at := entry.get("at"), datetime):
+        return False
+    return _naive(at) == _naive(stamped) and entry.get("v") == get_path(doc, local_field)
 
 
 def _naive(value: datetime) -> datetime:

@@ -108,10 +108,11 @@ class _TermWatched(WatchedCollection):
         super().__init__(store.db, name)
         self._term_store = store
 
-    async def record_field_times(self, times: Mapping[Any, Mapping[str, datetime]], now: datetime) -> None:
+    async def record_field_times(self, times: Mapping[Any, Mapping[str, datetime]], now: datetime,
+                                 values: Mapping[Any, Mapping[str, Any]] | None = None) -> None:
         if any(times.values()):
             await self._term_store.check_term(f"record_field_times {self.name}")
-        await super().record_field_times(times, now)
+        await super().record_field_times(times, now, values)
 
     async def link(self, local_id: Any, *, sobject: str, sf_id: str, now: datetime) -> bool:
         await self._term_store.check_term(f"link {self.name}")

@@ -20,6 +20,7 @@ from pymongo import ASCENDING, ReplaceOne, UpdateOne
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from reconciler.errors import SyncError
+from reconciler.shadow import STAMPED_VALUES, stamped_value
 from reconciler.store._bulk import VERSION
 from reconciler.store._client import translate_errors
 from reconciler.store._outbox import OutboxCollection
@@ -123,12 +124,16 @@ class WatchedCollection:
             return list(await self._coll.find(query).sort(
                 [("updated_at", ASCENDING), ("_id", ASCENDING)]).limit(limit).to_list(None))
 
-    async def record_field_times(self, times: Mapping[Any, Mapping[str, datetime]], now: datetime) -> None:
-        """Set `_sync.field_times.<field>` (never backwards); a service write, so it is marked."""
+    async def record_field_times(self, times: Mapping[Any, Mapping[str, datetime]], now: datetime,
+                                 values: Mapping[Any, Mapping[str, Any]] | None = None) -> None:
+        """Set `_sync.field_times.<field>` (never backwards), and beside it the value stamped
+        (`values`, per document and field: `shadow.stamped_value`); a service write, so it is marked."""
         ops = [
             UpdateOne({"_id": doc_id}, {
                 "$max": {f"_sync.field_times.{name}": at for name, at in fields.items()},
-                "$set": {"_sync.written_at": now, "updated_at": now},
+                "$set": {"_sync.written_at": now, "updated_at": now, **{
+                    f"{STAMPED_VALUES}.{name}": stamped_value(value, fields[name])
+                    for name, value in (values or {}).get(doc_id, {}).items() if name in fields}},
                 "$inc": {VERSION: 1},
             })
             for doc_id, fields in times.items() if fields

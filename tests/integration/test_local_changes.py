@@ -13,6 +13,7 @@ from bson import ObjectId
 from reconciler.local_changes import LocalChangeWatcher
 from reconciler.objects import COMPANIES, PEOPLE
 from reconciler.outbox import Outbox
+from reconciler.shadow import has_unstamped_edit, platform_time
 from reconciler.store import OutboxEntry, Store
 from reconciler.store.state_keys import local_watermark_key, resume_key
 from settings import Mappings, parse_mappings
@@ -181,6 +182,25 @@ class TestPlatformEdits:
         doc = await store.db.people.find_one({"_id": doc_id})
         assert set(doc["_sync"]["field_times"]) >= {"first_name", "custom_fields"}
         assert doc["_sync"]["written_at"] == doc["updated_at"]
+
+    async def test_each_value_stamped_is_kept_beside_its_time(
+        self, store: Store, mappings: Mappings, outbox: Outbox, mode: str
+    ) -> None:
+        """The watcher keeps the value it stamped with the field's time, so a later edit of
+        another field, not stamped yet, does not date this one's older value as fresh (chaos seed
+        1873 x 2000, P3.company_name)."""
+        doc_id = await insert_linked_person(store)
+        async with Running(watcher(store, mappings, outbox, force_polling=mode == "poll"), store):
+            await platform_edit(store, doc_id, first_name="Anne")
+            await pending_after(store, outbox, 1)
+        doc = await store.db.people.find_one({"_id": doc_id})
+        stamped = doc["_sync"]["field_times"]["first_name"]
+        assert doc["_sync"]["field_values"]["first_name"] == {"v": "Anne", "at": stamped}
+        await platform_edit(store, doc_id, last_name="Lee")  # the watcher is stopped: unstamped
+        doc = await store.db.people.find_one({"_id": doc_id})
+        assert has_unstamped_edit(doc)
+        assert platform_time(doc, "first_name", None) == stamped
+        assert platform_time(doc, "last_name", None) == doc["updated_at"]
 
     async def test_the_services_own_writes_are_not_sent_back(
         self, store: Store, mappings: Mappings, outbox: Outbox, mode: str

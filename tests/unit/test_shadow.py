@@ -192,6 +192,29 @@ class TestSameSecondEdits:
         assert platform_time(fresh, "email", shadow_side(fresh, "Lead", "Email")) == T0
         assert not decide_outgoing(mapping(), fresh, "plat@x").decision.write_salesforce
 
+    def test_a_value_unchanged_since_its_stamp_keeps_its_stamped_time(self) -> None:
+        """The watcher stamped "plat@x" at T0 (`_sync.field_values` keeps what it stamped);
+        Salesforce holds another value (a rule held the platform's back). An unstamped edit of
+        another field at T3 does not make "plat@x" fresh: a live Salesforce edit at T2 is applied
+        (chaos seed 1873 x 2000, P3.company_name: an unrelated first-name edit 0.1 s before a
+        Salesforce edit dated the held-back company name as newer, and the sides stayed apart)."""
+        fresh = doc("plat@x", "present", field_time=T0, updated_at=T3, written_at=T1)
+        fresh["_sync"]["field_values"] = {"email": {"v": "plat@x", "at": T0}}
+        assert platform_time(fresh, "email", shadow_side(fresh, "Lead", "Email")) == T0
+        result = merge_record([mapping("salesforce_unless_blank")], fresh, {"Email": "sfnew@x"}, T2,
+                              live=True)
+        assert result.local_updates == {"email": "sfnew@x"}
+
+    @pytest.mark.parametrize(("stamped_value", "stamped_at"),
+                             [("older@x", T0), ("plat@x", T0 - timedelta(seconds=5))])
+    def test_a_value_changed_since_its_stamp_counts_with_the_edit(self, stamped_value: str,
+                                                                   stamped_at: datetime) -> None:
+        """The value differs from what the watcher stamped, or that stamp is no longer the field's
+        time (another write stamped it since): the unstamped edit may be this field's."""
+        fresh = doc("plat@x", "present", field_time=T0, updated_at=T3, written_at=T1)
+        fresh["_sync"]["field_values"] = {"email": {"v": stamped_value, "at": stamped_at}}
+        assert platform_time(fresh, "email", shadow_side(fresh, "Lead", "Email")) == T3
+
     def test_a_service_write_is_not_an_unstamped_edit(self) -> None:
         assert not has_unstamped_edit(doc("x", "present", updated_at=T2, written_at=T2))
         assert has_unstamped_edit(doc("x", "present", updated_at=T2, written_at=None))
