@@ -60,7 +60,7 @@ from reconciler.objects import COMPANIES, PEOPLE
 from reconciler.ports import Budget, ChangeSource, RecordFetcher, SalesforceChange
 from reconciler.records import get_path, is_blank, set_path
 from reconciler.rules import is_converted_lead
-from reconciler.shadow import stamped_time
+from reconciler.shadow import stamped_time, unstamped_times
 from reconciler.store import BulkOutcome, RecordWrite
 from reconciler.sync_logs import SyncLog, failed_inbound, utcnow
 from settings import Direction, Mappings
@@ -266,7 +266,10 @@ def _person_writes(
     stamp = {"_sync.written_at": now, "updated_at": now}
     relinked = person["crm"]["id"] == conv.lead_id
     leads = with_lead([*recorded_leads(person), *recorded_leads(duplicate)], conv.lead_id)
-    values: dict[str, Any] = {"crm.converted_from": leads, "crm.converted_at": conv.changed_at, **stamp}
+    # the stamp below hides an edit the watcher has not stamped yet: it is dated here
+    edited = unstamped_times(person, reconciler.mappings.for_object(person["crm"]["object"]))
+    values: dict[str, Any] = {**edited, "crm.converted_from": leads, "crm.converted_at": conv.changed_at,
+                              **stamp}
     where: dict[str, Any] = {"_id": person["_id"], "crm.id": conv.lead_id}
     if relinked:
         values.update({"crm.object": "Contact", "crm.id": conv.contact_id, "crm.linked_at": now})

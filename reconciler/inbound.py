@@ -63,7 +63,7 @@ from reconciler.ports import (
 )
 from reconciler.records import check_value, get_path, is_blank, set_path
 from reconciler.rules import cannot_start, may_create, owner_updates
-from reconciler.shadow import Seen, shadow_side, stamped_time
+from reconciler.shadow import Seen, shadow_side, stamped_time, unstamped_times
 from reconciler.store import BulkOutcome, Fence, RecordVersion, RecordWrite
 from reconciler.sync_logs import LogType, SyncLog, event_job, failed_inbound, utcnow
 from settings import Direction, FieldMapping, Mappings
@@ -399,8 +399,8 @@ class Reconciler:
         to_write = [i for i in items if i.changed]
         now = utcnow()
         # Majority without `j`: `apply_batch` ends with a journaled write (see the module docstring).
-        outcome = await self.store.bulk_apply(collection, [_record_write(i, now) for i in to_write],
-                                              journaled=False)
+        writes = [_record_write(i, now, self.mappings) for i in to_write]
+        outcome = await self.store.bulk_apply(collection, writes, journaled=False)
         run.unjournaled = run.unjournaled or bool(to_write)
         conflicted = [to_write[i] for i in sorted(outcome.conflicts)]
         run.result.unchanged += sum(1 for i in items if not i.changed and not i.sf_updates)
@@ -705,8 +705,10 @@ class _FencedStore:
         return await self._store.write_in_order(collection, writes, fence=fence or self._term())
 
 
-def _record_write(item: _Pending, now: datetime) -> RecordWrite:
-    values = dict(item.sets)
+def _record_write(item: _Pending, now: datetime, mappings: Mappings) -> RecordWrite:
+    # marked a service write below: a platform edit not stamped yet is dated first (its fields'
+    # own times, where this change set none)
+    values = {**unstamped_times(item.doc, mappings.for_object(item.change.sobject)), **item.sets}
     values.update({"_sync.written_at": now, "updated_at": now,
                    "_sync.sf_modstamp": item.change.changed_at})
     on_insert: dict[str, Any] = {}

@@ -129,6 +129,24 @@ def has_unstamped_edit(doc: Mapping[str, Any] | None) -> bool:
     return not isinstance(written, datetime) or _naive(updated) > _naive(written)
 
 
+def unstamped_times(doc: Mapping[str, Any] | None, mappings: Iterable[FieldMapping]) -> dict[str, datetime]:
+    """The `_sync.field_times` entries that date an unstamped platform edit (`platform_time`),
+    for a service write about to mark the document stamped (it sets `_sync.written_at`): without
+    them the edit counts as old as its fields' last stamps until the watcher stamps it, and a
+    merge in between takes Salesforce's older value over it (chaos seed 1970 x 2000, L4.last_name:
+    a conversion's relink, then the Contact's merge). Blanks are not stamped, as by the watcher."""
+    if not has_unstamped_edit(doc):
+        return {}
+    out: dict[str, datetime] = {}
+    for m in mappings:
+        if is_blank(get_path(doc, m.local_field)):
+            continue
+        when = platform_time(doc, m.local_field, shadow_side(doc, m.sobject, m.sf_field))
+        if when is not None and when != stamped_time(doc, m.local_field):
+            out[f"_sync.field_times.{m.local_field}"] = when
+    return out
+
+
 def stamped_time(doc: Mapping[str, Any] | None, local_field: str) -> datetime | None:
     """The field time the watcher (or an inbound write) stamped on `local_field`, if any."""
     stamped = get_path(doc, f"_sync.field_times.{local_field}")

@@ -189,6 +189,24 @@ class TestLeadConversion:
         assert (doc["crm"]["id"], doc["city"]) == (CONTACT, city)
         assert await store.db.people.count_documents({}) == 1
 
+    async def test_a_platform_edit_not_yet_stamped_is_dated_through_the_relink(
+        self, store: Store, outbox: FakeOutbox
+    ) -> None:
+        """The platform edited the Lead's Person after the conversion (T0+2 s; the Contact was
+        made at T0+1 s), and the watcher had not stamped the edit yet (a leader gap). The relink
+        is a service write: it marks the document stamped, so the edit must be dated in it, or
+        the Contact's older value wins the merge that follows (chaos seed 1970 x 2000,
+        L4.last_name: the platform's last name lost to the Contact's)."""
+        before = T0 - timedelta(minutes=1)
+        pid = await lead_person(store, updated_at=T0 + timedelta(seconds=2), _sync={
+            "written_at": before, "field_times": {"last_name": before},
+            "sf": {"Lead": {"LastName": {"v": "Lee", "at": before}}}})
+        await store.db.people.update_one({"_id": pid}, {"$set": {"last_name": "Li"}})
+        await Reconciler(store, MAPPINGS, outbox=outbox).apply(conversion_changes())
+        doc = await store.db.people.find_one({"_id": pid})
+        assert (doc["crm"]["id"], doc["last_name"], doc["city"]) == (CONTACT, "Li", "Oslo")
+        assert [(w.sf_id, w.fields.get("LastName")) for w in outbox.writes] == [(CONTACT, "Li")]
+
     async def test_a_folded_contact_is_merged_with_the_merge_behaviours(self, store: Store) -> None:
         """A conversion is a merge ("SalesLoft ... selects the preferred data based on your
         Advanced Configuration settings", most recent by default): Salesforce's first name, set

@@ -214,3 +214,20 @@ class TestARecordReadAgainUnchanged:
         await Reconciler(store, MAPPINGS, outbox=FakeOutbox()).apply([polled])
         doc = await person(store)
         assert doc["title"] == "CTO" and doc["_sync"]["sf"]["Lead"]["Title"]["v"] is None
+
+
+class TestAnEditNotYetStamped:
+    async def test_an_inbound_write_dates_it_before_marking_the_document_stamped(self, store: Store) -> None:
+        """The platform edited the Person's first name at T0+2 s and the watcher has not stamped
+        it (a leader gap). An inbound write of another field marks the document as the service's
+        (`_sync.written_at`): it dates the first name's edit in the same write, so a Salesforce
+        edit of it made before (T0+1 s) and read after does not replace it as if it were older."""
+        await lead(store, updated_at=T0 + timedelta(seconds=2), first_name="Annie", _sync={
+            "written_at": T0, "field_times": {"first_name": T0},
+            "sf": {"Lead": {"FirstName": {"v": "Ann", "at": T0}}}})
+        sink = Reconciler(store, parse_mappings(mappings_toml()))
+        await sink.apply([change(SF_ID, {"Email": "annie@x.com"}, at=T0 + timedelta(seconds=3))])
+        doc = await person(store)
+        assert doc["_sync"]["field_times"]["first_name"] == T0 + timedelta(seconds=2)
+        await sink.apply([change(SF_ID, {"FirstName": "Anna"}, at=T0 + timedelta(seconds=1))])
+        assert (await person(store))["first_name"] == "Annie"
